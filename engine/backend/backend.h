@@ -1,0 +1,136 @@
+// The compute backend the model is written against (DESIGN §1). Chosen once at
+// start-up: CpuBackend is always built, CudaBackend when LONGCTX_CUDA is on.
+//
+// Memory handed out by a backend ("device memory") is only touched through the
+// backend. Ops are enqueued in order on the backend's one stream; errors of an op
+// may surface at a later Synchronize().
+//
+// Thread safety: a Backend is owned by one engine thread; none of its methods may
+// be called concurrently.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/ops.h"
+
+namespace longctx {
+
+enum class DType { kF32, kBF16 };
+size_t DTypeSize(DType t);
+
+class Backend;
+
+// Owned device allocation; freed through its backend.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend* backend, void* data, size_t bytes)
+      : backend_(backend), data_(data), bytes_(bytes) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void Release();
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Non-owning 2-D view [rows, cols] of contiguous row-major device memory.
+struct Tensor {
+  void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t numel() const { return rows * cols; }
+  size_t bytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype); }
+  Tensor Rows(int64_t first, int64_t count) const;  // REQUIRES: in range
+};
+
+// Geometry of the paged KV arena (one arena per backend, all layers per block).
+// Physical block b holds, for each layer l, K then V of block_size tokens:
+// [layer][k|v][slot][kv_head][head_dim].
+struct KvGeometry {
+  int n_layers = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int block_size = 0;
+  int64_t n_blocks = 0;
+  int64_t ElementsPerBlock() const {
+    return int64_t{n_layers} * 2 * block_size * n_kv_heads * head_dim;
+  }
+};
+
+// One sequence's part of a batched attention call.
+struct AttentionSeq {
+  int q_row = 0;                        // first row of this sequence in q/out
+  int n_q = 0;                          // new tokens
+  int q_start = 0;                      // absolute index of the first new token
+  std::span<const int32_t> block_table;  // host memory, ceil((q_start+n_q)/block_size)
+  cpu::DcaParams dca;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string Name() const = 0;
+  // Element type of weights, activations and KV on this backend.
+  virtual DType WeightType() const = 0;
+  virtual DType ActivationType() const = 0;
+
+  // --- memory ---
+  virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;
+  virtual void Free(void* data) = 0;
+  // f32 host data converted to the tensor's dtype.
+  virtual absl::Status Upload(Tensor dst, const float* host) = 0;
+  // Tensor converted to f32 host data.
+  virtual absl::Status Download(float* host, Tensor src) = 0;
+  virtual absl::Status Synchronize() = 0;
+
+  // --- KV arena ---
+  // Allocates the arena for `geometry` (n_blocks blocks). Called once.
+  virtual absl::Status InitKv(const KvGeometry& geometry) = 0;
+  // Writes rows of k/v ([T, n_kv_heads * head_dim], k already rotated) of
+  // `layer` to slots (physical block * block_size + offset), one per row.
+  virtual absl::Status KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) = 0;
+  // Copies one physical block's contents (all layers) to host f32 and back:
+  // export/import and the Infini fold.
+  virtual absl::Status KvReadBlock(int64_t block, float* host) = 0;
+  virtual absl::Status KvWriteBlock(int64_t block, const float* host) = 0;
+
+  // --- ops (shapes as in kernels/ops.h) ---
+  virtual absl::Status Embedding(Tensor out, Tensor table, std::span<const int32_t> ids) = 0;
+  virtual absl::Status RmsNorm(Tensor out, Tensor x, Tensor w, float eps) = 0;
+  virtual absl::Status Linear(Tensor out, Tensor x, Tensor w, const Tensor* bias) = 0;
+  virtual absl::Status SwiGlu(Tensor out, Tensor gate, Tensor up) = 0;
+  virtual absl::Status AddInPlace(Tensor x, Tensor y) = 0;
+  // x viewed as [T, n_heads, head_dim]; pos [T].
+  virtual absl::Status Rope(Tensor x, int n_heads, std::span<const int32_t> pos,
+                            std::span<const float> inv_freq) = 0;
+  // q, out: [total new tokens, n_heads * head_dim]; q un-rotated.
+  virtual absl::Status Attention(Tensor out, Tensor q, int layer, int n_heads,
+                                 std::span<const AttentionSeq> seqs,
+                                 std::span<const float> inv_freq) = 0;
+  // out[r] = src[rows[r]]
+  virtual absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) = 0;
+};
+
+enum class BackendKind { kAuto, kCpu, kCuda };
+absl::StatusOr<BackendKind> ParseBackendKind(std::string_view s);
+// kAuto picks CUDA when built with it and a GPU is present.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind);
+
+}  // namespace longctx

@@ -1,0 +1,211 @@
+#include "engine/backend/cpu_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
+
+namespace longctx {
+namespace {
+
+float* F32(Tensor t) { return static_cast<float*>(t.data); }
+
+absl::Status CheckF32(const Tensor& t, const char* what) {
+  if (t.dtype != DType::kF32 || t.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu backend: ", what, " must be f32"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckShape(bool ok, const char* op) {
+  return ok ? absl::OkStatus()
+            : absl::InvalidArgumentError(absl::StrCat("cpu backend: shape mismatch in ", op));
+}
+
+}  // namespace
+
+CpuBackend::~CpuBackend() { std::free(kv_); }
+
+absl::StatusOr<DeviceBuffer> CpuBackend::Allocate(size_t bytes) {
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat("cpu backend: cannot allocate ", bytes, " bytes"));
+  }
+  return DeviceBuffer(this, p, bytes);
+}
+
+void CpuBackend::Free(void* data) { std::free(data); }
+
+absl::Status CpuBackend::Upload(Tensor dst, const float* host) {
+  if (auto s = CheckF32(dst, "upload destination"); !s.ok()) return s;
+  std::memcpy(dst.data, host, dst.bytes());
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Download(float* host, Tensor src) {
+  if (auto s = CheckF32(src, "download source"); !s.ok()) return s;
+  std::memcpy(host, src.data, src.bytes());
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::InitKv(const KvGeometry& g) {
+  if (kv_ != nullptr) return absl::FailedPreconditionError("cpu backend: KV arena already initialised");
+  const size_t bytes = static_cast<size_t>(g.n_blocks * g.ElementsPerBlock()) * sizeof(float);
+  // calloc of a large size maps fresh zero pages: memory is committed as blocks are used.
+  kv_ = static_cast<float*>(std::calloc(1, bytes));
+  if (kv_ == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat("cpu backend: cannot reserve ", bytes, " bytes of KV"));
+  }
+  kv_geometry_ = g;
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) {
+  const KvGeometry& g = kv_geometry_;
+  const int width = g.n_kv_heads * g.head_dim;
+  if (kv_ == nullptr) return absl::FailedPreconditionError("cpu backend: KV arena not initialised");
+  if (auto s = CheckShape(k.cols == width && v.cols == width && k.rows == v.rows &&
+                              static_cast<size_t>(k.rows) == slots.size() && layer >= 0 &&
+                              layer < g.n_layers,
+                          "KvWrite");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t plane = int64_t{g.block_size} * width;
+  for (size_t r = 0; r < slots.size(); ++r) {
+    const int64_t block = slots[r] / g.block_size, slot = slots[r] % g.block_size;
+    float* base = kv_ + block * g.ElementsPerBlock() + int64_t{layer} * 2 * plane + slot * width;
+    std::memcpy(base, F32(k) + r * width, sizeof(float) * width);
+    std::memcpy(base + plane, F32(v) + r * width, sizeof(float) * width);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::KvReadBlock(int64_t block, float* host) {
+  if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvReadBlock: block");
+  const int64_t n = kv_geometry_.ElementsPerBlock();
+  std::memcpy(host, kv_ + block * n, sizeof(float) * n);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::KvWriteBlock(int64_t block, const float* host) {
+  if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvWriteBlock: block");
+  const int64_t n = kv_geometry_.ElementsPerBlock();
+  std::memcpy(kv_ + block * n, host, sizeof(float) * n);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Embedding(Tensor out, Tensor table, std::span<const int32_t> ids) {
+  if (auto s = CheckShape(out.rows == static_cast<int64_t>(ids.size()) && out.cols == table.cols,
+                          "Embedding");
+      !s.ok()) {
+    return s;
+  }
+  for (int32_t id : ids) {
+    if (id < 0 || id >= table.rows) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary"));
+    }
+  }
+  cpu::Embedding(F32(out), F32(table), ids.data(), static_cast<int>(ids.size()),
+                 static_cast<int>(table.cols));
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::RmsNorm(Tensor out, Tensor x, Tensor w, float eps) {
+  if (auto s = CheckShape(out.rows == x.rows && out.cols == x.cols && w.numel() == x.cols, "RmsNorm");
+      !s.ok()) {
+    return s;
+  }
+  cpu::RmsNorm(F32(out), F32(x), F32(w), static_cast<int>(x.rows), static_cast<int>(x.cols), eps);
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* bias) {
+  if (auto s = CheckShape(out.rows == x.rows && out.cols == w.rows && x.cols == w.cols &&
+                              (bias == nullptr || bias->numel() == w.rows),
+                          "Linear");
+      !s.ok()) {
+    return s;
+  }
+  cpu::Linear(F32(out), F32(x), F32(w), bias ? F32(*bias) : nullptr, static_cast<int>(x.rows),
+              static_cast<int>(w.rows), static_cast<int>(w.cols));
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::SwiGlu(Tensor out, Tensor gate, Tensor up) {
+  if (auto s = CheckShape(out.numel() == gate.numel() && gate.numel() == up.numel(), "SwiGlu");
+      !s.ok()) {
+    return s;
+  }
+  cpu::SwiGlu(F32(out), F32(gate), F32(up), static_cast<int>(gate.rows), static_cast<int>(gate.cols));
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::AddInPlace(Tensor x, Tensor y) {
+  if (auto s = CheckShape(x.numel() == y.numel(), "AddInPlace"); !s.ok()) return s;
+  cpu::AddInPlace(F32(x), F32(y), x.numel());
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> pos,
+                              std::span<const float> inv_freq) {
+  const int64_t D = inv_freq.size() * 2;
+  if (auto s = CheckShape(x.rows == static_cast<int64_t>(pos.size()) && x.cols == n_heads * D &&
+                              D <= 512,
+                          "Rope");
+      !s.ok()) {
+    return s;
+  }
+  cpu::Rope(F32(x), pos.data(), inv_freq.data(), static_cast<int>(x.rows), n_heads,
+            static_cast<int>(D));
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
+                                   std::span<const AttentionSeq> seqs,
+                                   std::span<const float> inv_freq) {
+  const KvGeometry& g = kv_geometry_;
+  const int D = g.head_dim;
+  if (auto s = CheckShape(q.cols == int64_t{n_heads} * D && out.rows == q.rows &&
+                              out.cols == q.cols && n_heads % g.n_kv_heads == 0 &&
+                              static_cast<int>(inv_freq.size()) * 2 == D,
+                          "Attention");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
+  cpu::PagedKvView view;
+  view.k = kv_ + int64_t{layer} * 2 * plane;
+  view.v = view.k + plane;
+  view.block_stride = g.ElementsPerBlock();
+  view.block_size = g.block_size;
+  view.n_kv_heads = g.n_kv_heads;
+  for (const AttentionSeq& seq : seqs) {
+    if (seq.q_row + seq.n_q > q.rows ||
+        static_cast<int64_t>(seq.block_table.size()) * g.block_size < seq.q_start + seq.n_q) {
+      return absl::InvalidArgumentError("cpu backend: attention sequence out of range");
+    }
+    view.block_table = seq.block_table.data();
+    cpu::DcaAttention(F32(out) + int64_t{seq.q_row} * q.cols, F32(q) + int64_t{seq.q_row} * q.cols,
+                      view, inv_freq.data(), seq.dca, seq.n_q, seq.q_start, n_heads, D);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) {
+  if (auto s = CheckShape(out.rows == static_cast<int64_t>(rows.size()) && out.cols == src.cols,
+                          "GatherRows");
+      !s.ok()) {
+    return s;
+  }
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (rows[r] < 0 || rows[r] >= src.rows) return absl::OutOfRangeError("GatherRows: row");
+    std::memcpy(F32(out) + r * out.cols, F32(src) + int64_t{rows[r]} * src.cols,
+                sizeof(float) * src.cols);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace longctx

@@ -1,0 +1,45 @@
+// CPU backend: f32 everywhere, ops from kernels/cpu, BLAS for matrix products.
+#pragma once
+
+#include "engine/backend/backend.h"
+
+namespace longctx {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend() = default;
+  ~CpuBackend() override;
+
+  std::string Name() const override { return "cpu"; }
+  DType WeightType() const override { return DType::kF32; }
+  DType ActivationType() const override { return DType::kF32; }
+
+  absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
+  void Free(void* data) override;
+  absl::Status Upload(Tensor dst, const float* host) override;
+  absl::Status Download(float* host, Tensor src) override;
+  absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  absl::Status InitKv(const KvGeometry& geometry) override;
+  absl::Status KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) override;
+  absl::Status KvReadBlock(int64_t block, float* host) override;
+  absl::Status KvWriteBlock(int64_t block, const float* host) override;
+
+  absl::Status Embedding(Tensor out, Tensor table, std::span<const int32_t> ids) override;
+  absl::Status RmsNorm(Tensor out, Tensor x, Tensor w, float eps) override;
+  absl::Status Linear(Tensor out, Tensor x, Tensor w, const Tensor* bias) override;
+  absl::Status SwiGlu(Tensor out, Tensor gate, Tensor up) override;
+  absl::Status AddInPlace(Tensor x, Tensor y) override;
+  absl::Status Rope(Tensor x, int n_heads, std::span<const int32_t> pos,
+                    std::span<const float> inv_freq) override;
+  absl::Status Attention(Tensor out, Tensor q, int layer, int n_heads,
+                         std::span<const AttentionSeq> seqs,
+                         std::span<const float> inv_freq) override;
+  absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
+
+ private:
+  KvGeometry kv_geometry_;
+  float* kv_ = nullptr;  // owned: n_blocks * ElementsPerBlock() floats, pages committed lazily
+};
+
+}  // namespace longctx

@@ -1,0 +1,35 @@
+// Model weights on the host, dequantized to f32, under canonical GGUF names
+// ("token_embd.weight", "blk.N.attn_q.weight", ...). Safetensors names are mapped
+// to these at load. Matrices are row-major [out_features, in_features]; q/k rows
+// are in rotate-half order (llama-arch GGUF rows already un-permuted).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/model_config.h"
+#include "engine/tokenizer/vocab.h"
+
+namespace longctx {
+
+struct HostTensor {
+  std::vector<int64_t> shape;  // outermost first: [rows, cols] for matrices
+  std::vector<float> data;     // row-major, product(shape) elements
+  int64_t numel() const;
+};
+
+struct HostModel {
+  ModelConfig config;
+  VocabData vocab;                           // tokenizer data from the model file
+  std::map<std::string, HostTensor> tensors;  // canonical names
+};
+
+// Loads a GGUF file, or a Hugging Face directory (config.json + *.safetensors
+// [+ model.safetensors.index.json] + tokenizer.json), chosen by the path.
+// Never crashes on hostile input; errors name the problem.
+absl::StatusOr<HostModel> LoadHostModel(const std::string& path);
+
+}  // namespace longctx

