@@ -1,0 +1,60 @@
+// Paged KV cache bookkeeping (DESIGN §5): a pool of fixed-size blocks in the
+// backend's KV arena, and per-sequence block tables. The data itself lives in
+// the backend; this class only hands out block ids.
+//
+// Thread safety: owned by the engine thread; not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/backend/backend.h"
+
+namespace longctx {
+
+struct KvCacheConfig {
+  int block_size = 64;           // tokens per block; DCA chunk lengths are multiples of it
+  int64_t max_bytes = int64_t{4} << 30;  // arena budget (backend element size)
+};
+
+// One sequence's view of the cache: its length and block table.
+class KvSequence {
+ public:
+  int length() const { return length_; }
+  const std::vector<int32_t>& block_table() const { return blocks_; }
+
+ private:
+  friend class KvCache;
+  int length_ = 0;
+  std::vector<int32_t> blocks_;
+};
+
+class KvCache {
+ public:
+  // Initialises the backend's KV arena for `config`'s budget.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(Backend* backend, int n_layers,
+                                                         int n_kv_heads, int head_dim,
+                                                         const KvCacheConfig& config);
+
+  const KvGeometry& geometry() const { return geometry_; }
+  int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
+  int64_t total_blocks() const { return geometry_.n_blocks; }
+  int64_t BytesPerBlock() const;
+
+  // Grows `seq` to hold `n_new` more tokens and fills `slots` with their physical
+  // slots. RESOURCE_EXHAUSTED (and `seq` unchanged) when the pool is short.
+  absl::Status Append(KvSequence& seq, int n_new, std::vector<int32_t>* slots);
+  // Shrinks `seq` to `length` tokens (rollback), returning whole freed blocks.
+  void Truncate(KvSequence& seq, int length);
+  // Returns all of `seq`'s blocks.
+  void Release(KvSequence& seq) { Truncate(seq, 0); }
+
+ private:
+  KvCache(const KvGeometry& g, int64_t bytes_per_element);
+  KvGeometry geometry_;
+  int64_t bytes_per_element_;
+  std::vector<int32_t> free_;  // stack of free physical blocks
+};
+
+}  // namespace longctx

@@ -1,0 +1,68 @@
+// The Llama-family forward pass (llama, qwen2; DESIGN §2), written once against
+// the Backend interface. One call runs one batched step over several sequences:
+// their new tokens go through the linear layers as one matrix; attention runs
+// per sequence over its paged KV with its own DCA settings.
+//
+// Thread safety: owned by the engine thread; not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/kv/kv_cache.h"
+#include "engine/model/host_weights.h"
+
+namespace longctx {
+
+enum class LogitsMode { kNone, kLast, kAll };
+
+struct StepItem {
+  KvSequence* seq = nullptr;           // appended to by Forward
+  std::span<const int32_t> tokens;     // new tokens (≥ 1)
+  LogitsMode logits = LogitsMode::kLast;
+  cpu::DcaParams dca;                  // chunk_len/chunk_size; softmax_scale 0 = 1/sqrt(D)
+};
+
+class LlamaModel {
+ public:
+  // Uploads the weights to `backend` and initialises its KV arena.
+  static absl::StatusOr<std::unique_ptr<LlamaModel>> Create(const HostModel& host,
+                                                            Backend* backend,
+                                                            const KvCacheConfig& kv_config);
+  ~LlamaModel();
+
+  const ModelConfig& config() const { return config_; }
+  Backend* backend() const { return backend_; }
+  KvCache& kv_cache() { return *kv_; }
+  // Inverse RoPE frequencies [head_dim/2] including the model's rope scaling.
+  std::span<const float> inv_freq() const { return inv_freq_; }
+
+  // Appends each item's tokens to its sequence and writes logits, f32 [rows,
+  // vocab], rows in item order: kLast gives one row, kAll one per new token.
+  // On error no sequence has grown. RESOURCE_EXHAUSTED when KV blocks run out.
+  absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits);
+
+ private:
+  LlamaModel() = default;
+  struct Layer;
+  absl::Status EnsureScratch(int64_t tokens);
+  absl::Status RunLayers(std::span<const StepItem> items, int64_t total);
+
+  ModelConfig config_;
+  Backend* backend_ = nullptr;
+  std::unique_ptr<KvCache> kv_;
+  std::vector<float> inv_freq_;
+  std::vector<DeviceBuffer> weight_buffers_;
+  std::vector<Layer> layers_;
+  Tensor token_embd_, output_norm_, output_;
+  // Scratch activations, grown on demand.
+  int64_t scratch_tokens_ = 0;
+  DeviceBuffer scratch_;
+  Tensor x_, xn_, q_, k_, v_, attn_, gate_, up_, logits_rows_, logits_;
+};
+
+}  // namespace longctx
