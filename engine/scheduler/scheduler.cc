@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -322,6 +324,21 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
     }
   }
   job.target = static_cast<int64_t>(st.log.size());
+  // Refuse up front what cannot fit the KV blocks free now (others may still
+  // take blocks meanwhile; a step that runs out fails the job then).
+  KvCache& kv = model_->kv_cache();
+  const int64_t bs = kv.geometry().block_size;
+  const int64_t blocks_needed =
+      CeilDiv(job.target + (job.kind == Job::Kind::kGenerate ? 1 : 0), bs) -
+      static_cast<int64_t>(st.kv.block_table().size());
+  if (blocks_needed > kv.free_blocks()) {
+    const int64_t added = job.target - job.mark;
+    Finish(q, absl::ResourceExhaustedError(absl::StrCat(
+                  "KV cache is full: ", added, " more tokens for session ", session.id(),
+                  " need ", blocks_needed, " blocks of ", bs, " tokens, ", kv.free_blocks(),
+                  " are free")));
+    return false;
+  }
   // The step that reaches the target must compute logits for the position
   // just before the first token of interest; if the KV already holds it,
   // recompute that one token (KV is append-only: truncate and re-feed).
