@@ -549,7 +549,7 @@ TEST_F(SchedulerTest, StopFailsQueuedWorkWithUnavailable) {
   model_->Pause();
   GenerateOutcome out;
   std::promise<void> done;
-  scheduler_->SubmitGenerate(MakeGenerate(s, Tokens(2), 1000, &out, &done));
+  scheduler_->SubmitGenerate(MakeGenerate(s, Tokens(2), 1 << 30, &out, &done));
   std::thread stopper([this] { scheduler_->Stop(); });
   model_->Resume();
   done.get_future().wait();

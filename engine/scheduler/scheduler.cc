@@ -17,6 +17,7 @@ struct Scheduler::Job {
   uint64_t id = 0;
   std::shared_ptr<Session> session;
   std::shared_ptr<WorkHandle> handle;
+  bool counted = false;  // a request in the waiting/running gauges (not a read)
   absl::Time submitted;
   absl::Time deadline = absl::InfiniteFuture();
   IngestJob ingest;
@@ -82,7 +83,8 @@ void Scheduler::Stop() {
 
 void Scheduler::Enqueue(std::unique_ptr<Job> job) {
   job->submitted = absl::Now();
-  stats_->requests_waiting.fetch_add(1);
+  job->counted = job->kind != Job::Kind::kRead;
+  if (job->counted) stats_->requests_waiting.fetch_add(1);
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
@@ -90,7 +92,7 @@ void Scheduler::Enqueue(std::unique_ptr<Job> job) {
       return;
     }
   }
-  stats_->requests_waiting.fetch_sub(1);
+  if (job->counted) stats_->requests_waiting.fetch_sub(1);
   const absl::Status unavailable = absl::UnavailableError("the engine is shutting down");
   switch (job->kind) {
     case Job::Kind::kIngest: job->ingest.done(unavailable); break;
@@ -276,8 +278,10 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
   const int64_t len = static_cast<int64_t>(st.log.size());
   job.started = true;
   job.mark = len;
-  stats_->requests_waiting.fetch_sub(1);
-  stats_->requests_running.fetch_add(1);
+  if (job.counted) {
+    stats_->requests_waiting.fetch_sub(1);
+    stats_->requests_running.fetch_add(1);
+  }
   switch (job.kind) {
     case Job::Kind::kRead:
       job.read.fn(absl::OkStatus(), &st);
@@ -571,13 +575,11 @@ void Scheduler::Complete(SessionQueue& q, std::unique_ptr<Job> job, absl::Status
   Session& session = *q.session;
   const bool keep = status.ok() && (job->kind == Job::Kind::kIngest ||
                                     (job->kind == Job::Kind::kGenerate && job->generate.persist));
-  if (job->started) {
-    stats_->requests_running.fetch_sub(1);
-    if (!keep) Rollback(q, *job);
-  } else {
-    stats_->requests_waiting.fetch_sub(1);
+  if (job->counted) {
+    (job->started ? stats_->requests_running : stats_->requests_waiting).fetch_sub(1);
+    if (!status.ok()) stats_->request_failure_total.fetch_add(1);
   }
-  if (!status.ok()) stats_->request_failure_total.fetch_add(1);
+  if (job->started && !keep) Rollback(q, *job);
   // Only a started job (the head) changes the session; queued ones leave it alone.
   if (job->started) PublishSession(session);
   const int64_t position = static_cast<int64_t>(session.engine_state().log.size());
