@@ -1,0 +1,254 @@
+// Helpers shared by the tokenizer and chat template tests: a small JSON reader
+// for the fixtures under tests/fixtures/tokenizer/ (written by
+// tools/gen_tokenizer_golden.py) and the default model's vocabulary.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/escaping.h"
+#include "engine/tokenizer/unicode.h"
+#include "engine/tokenizer/vocab.h"
+
+namespace longctx::testing {
+
+// A parsed JSON value (objects keep keys sorted; numbers are doubles).
+struct Json {
+  enum Kind { kNull, kBool, kNumber, kString, kArray, kObject };
+  Kind kind = kNull;
+  bool boolean = false;
+  double number = 0;
+  std::string str;
+  std::vector<Json> items;
+  std::map<std::string, Json> fields;
+
+  const Json& operator[](const std::string& key) const {
+    static const Json kNullValue;
+    const auto it = fields.find(key);
+    return it == fields.end() ? kNullValue : it->second;
+  }
+  bool Has(const std::string& key) const { return fields.count(key) > 0; }
+  std::vector<int32_t> Ints() const {
+    std::vector<int32_t> out;
+    for (const Json& j : items) out.push_back(static_cast<int32_t>(j.number));
+    return out;
+  }
+  std::vector<std::string> Strings() const {
+    std::vector<std::string> out;
+    for (const Json& j : items) out.push_back(j.str);
+    return out;
+  }
+};
+
+class JsonReader {
+ public:
+  static absl::StatusOr<Json> Parse(const std::string& text) {
+    JsonReader r(text);
+    Json v;
+    if (!r.Value(&v)) return absl::InvalidArgumentError(absl::StrCat("bad JSON at ", r.pos_));
+    r.Space();
+    if (r.pos_ != text.size()) return absl::InvalidArgumentError("trailing bytes after JSON");
+    return v;
+  }
+
+ private:
+  explicit JsonReader(const std::string& s) : s_(s) {}
+
+  void Space() {
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' ||
+                                s_[pos_] == '\r')) {
+      ++pos_;
+    }
+  }
+  bool Literal(const char* word) {
+    const std::string w(word);
+    if (s_.compare(pos_, w.size(), w) != 0) return false;
+    pos_ += w.size();
+    return true;
+  }
+  bool Hex4(uint32_t* v) {
+    if (pos_ + 4 > s_.size()) return false;
+    *v = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = s_[pos_++];
+      *v <<= 4;
+      if (c >= '0' && c <= '9') {
+        *v |= c - '0';
+      } else if (c >= 'a' && c <= 'f') {
+        *v |= c - 'a' + 10;
+      } else if (c >= 'A' && c <= 'F') {
+        *v |= c - 'A' + 10;
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
+  bool String(std::string* out) {
+    if (s_[pos_] != '"') return false;
+    ++pos_;
+    while (pos_ < s_.size() && s_[pos_] != '"') {
+      char c = s_[pos_++];
+      if (c != '\\') {
+        out->push_back(c);
+        continue;
+      }
+      if (pos_ >= s_.size()) return false;
+      c = s_[pos_++];
+      switch (c) {
+        case 'n': out->push_back('\n'); break;
+        case 't': out->push_back('\t'); break;
+        case 'r': out->push_back('\r'); break;
+        case 'b': out->push_back('\b'); break;
+        case 'f': out->push_back('\f'); break;
+        case 'u': {
+          uint32_t cp;
+          if (!Hex4(&cp)) return false;
+          if (cp >= 0xD800 && cp < 0xDC00) {  // surrogate pair
+            uint32_t lo;
+            if (!Literal("\\u") || !Hex4(&lo)) return false;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          }
+          AppendUtf8(cp, out);
+          break;
+        }
+        default: out->push_back(c);
+      }
+    }
+    if (pos_ >= s_.size()) return false;
+    ++pos_;
+    return true;
+  }
+  bool Value(Json* v) {
+    Space();
+    if (pos_ >= s_.size()) return false;
+    const char c = s_[pos_];
+    if (c == '{') {
+      v->kind = Json::kObject;
+      ++pos_;
+      Space();
+      if (pos_ < s_.size() && s_[pos_] == '}') return ++pos_, true;
+      while (true) {
+        Space();
+        std::string key;
+        if (!String(&key)) return false;
+        Space();
+        if (pos_ >= s_.size() || s_[pos_++] != ':') return false;
+        if (!Value(&v->fields[key])) return false;
+        Space();
+        if (pos_ >= s_.size()) return false;
+        if (s_[pos_] == ',') { ++pos_; continue; }
+        if (s_[pos_] == '}') return ++pos_, true;
+        return false;
+      }
+    }
+    if (c == '[') {
+      v->kind = Json::kArray;
+      ++pos_;
+      Space();
+      if (pos_ < s_.size() && s_[pos_] == ']') return ++pos_, true;
+      while (true) {
+        v->items.emplace_back();
+        if (!Value(&v->items.back())) return false;
+        Space();
+        if (pos_ >= s_.size()) return false;
+        if (s_[pos_] == ',') { ++pos_; continue; }
+        if (s_[pos_] == ']') return ++pos_, true;
+        return false;
+      }
+    }
+    if (c == '"') {
+      v->kind = Json::kString;
+      return String(&v->str);
+    }
+    if (Literal("true")) { v->kind = Json::kBool; v->boolean = true; return true; }
+    if (Literal("false")) { v->kind = Json::kBool; return true; }
+    if (Literal("null")) return true;
+    const size_t start = pos_;
+    while (pos_ < s_.size() && std::string("+-.0123456789eE").find(s_[pos_]) != std::string::npos) {
+      ++pos_;
+    }
+    v->kind = Json::kNumber;
+    return pos_ > start && absl::SimpleAtod(s_.substr(start, pos_ - start), &v->number);
+  }
+
+  const std::string& s_;
+  size_t pos_ = 0;
+};
+
+inline absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline absl::StatusOr<Json> ReadFixture(const std::string& name) {
+  auto text = ReadFile(absl::StrCat(LONGCTX_SOURCE_DIR, "/tests/fixtures/tokenizer/", name));
+  if (!text.ok()) return text.status();
+  return JsonReader::Parse(*text);
+}
+
+// The default model's vocabulary, read once. Null when the model is not
+// available (LONGCTX_VOCAB_DUMP unset): callers skip.
+//
+// The dump is a line file written from the GGUF with the `gguf` package
+// ("key value" lines, then hex-encoded tokens, types and merges) until the
+// model loader provides VocabData directly.
+inline const VocabData* ModelVocab() {
+  static const VocabData* const vocab = []() -> const VocabData* {
+    const char* path = std::getenv("LONGCTX_VOCAB_DUMP");
+    if (path == nullptr) return nullptr;
+    std::ifstream in(path);
+    if (!in) return nullptr;
+    auto* v = new VocabData;
+    std::string key;
+    while (in >> key) {
+      if (key == "model") in >> v->model;
+      else if (key == "pre") in >> v->pre;
+      else if (key == "bos") in >> v->bos_id;
+      else if (key == "eos") in >> v->eos_id;
+      else if (key == "unk") in >> v->unk_id;
+      else if (key == "pad") in >> v->pad_id;
+      else if (key == "add_bos") in >> v->add_bos;
+      else if (key == "add_space_prefix") in >> v->add_space_prefix;
+      else if (key == "chat_template") {
+        std::string hex;
+        in >> hex;
+        v->chat_template = absl::HexStringToBytes(hex);
+      } else if (key == "tokens" || key == "merges") {
+        size_t n;
+        in >> n;
+        auto& dst = key == "tokens" ? v->tokens : v->merges;
+        for (size_t i = 0; i < n; ++i) {
+          std::string hex;
+          in >> hex;
+          dst.push_back(absl::HexStringToBytes(hex));
+        }
+      } else if (key == "types") {
+        size_t n;
+        in >> n;
+        for (size_t i = 0; i < n; ++i) {
+          int t;
+          in >> t;
+          v->types.push_back(static_cast<TokenType>(t));
+        }
+      }
+    }
+    return v;
+  }();
+  return vocab;
+}
+
+}  // namespace longctx::testing
