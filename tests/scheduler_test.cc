@@ -212,8 +212,8 @@ class SchedulerTest : public ::testing::Test {
 TEST_F(SchedulerTest, IngestAppendsInOrderAndReportsPosition) {
   Start();
   auto s = NewSession("a");
-  EXPECT_EQ(*Ingest(s, Tokens(10)), 10);
-  EXPECT_EQ(*Ingest(s, Tokens(5, 3)), 15);
+  EXPECT_EQ(*Ingest(s, Tokens(10), /*seq=*/1), 10);
+  EXPECT_EQ(*Ingest(s, Tokens(5, 3), /*seq=*/2), 15);
   std::vector<int32_t> want = Tokens(10);
   for (int32_t t : Tokens(5, 3)) want.push_back(t);
   EXPECT_EQ(Log(s), want);

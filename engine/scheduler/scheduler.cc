@@ -586,10 +586,12 @@ void Scheduler::Complete(SessionQueue& q, std::unique_ptr<Job> job, absl::Status
   switch (job->kind) {
     case Job::Kind::kIngest:
       if (status.ok()) {
-        const int64_t n = static_cast<int64_t>(job->ingest.tokens.size());
-        stats_->ingested_tokens_total.fetch_add(n);
-        stats_->ingested_segments_total.fetch_add(1);
-        session.AddIngested(n);
+        if (job->ingest.seq > 0) {  // client segments, not internal appends
+          const int64_t n = static_cast<int64_t>(job->ingest.tokens.size());
+          stats_->ingested_tokens_total.fetch_add(n);
+          stats_->ingested_segments_total.fetch_add(1);
+          session.AddIngested(n);
+        }
         job->ingest.done(position);
         break;
       }

@@ -111,6 +111,20 @@ void Session::Unreserve(int64_t tokens) {
   reserved_ -= tokens;
 }
 
+void Session::CompleteAppend(int64_t tokens, int64_t session_tokens) {
+  absl::MutexLock lock(&mu_);
+  tokens_.store(session_tokens, std::memory_order_release);
+  reserved_ -= tokens;
+}
+
+void Session::RestoreIngestState(int64_t applied_seq, int64_t segments, int64_t ingested_tokens) {
+  absl::MutexLock lock(&mu_);
+  applied_seq_ = applied_seq;
+  next_seq_ = applied_seq + 1;
+  segments_ = segments;
+  ingested_.store(ingested_tokens, std::memory_order_relaxed);
+}
+
 void Session::BeginUse() {
   absl::MutexLock lock(&mu_);
   ++in_use_;

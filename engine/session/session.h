@@ -98,6 +98,15 @@ class Session {
   // a persisted turn) against the session token limit.
   absl::Status Reserve(int64_t tokens);
   void Unreserve(int64_t tokens);
+  // Reserve()d tokens were appended; the session now holds `session_tokens`.
+  void CompleteAppend(int64_t tokens, int64_t session_tokens);
+  // An imported session continues its origin's sequence numbers.
+  void RestoreIngestState(int64_t applied_seq, int64_t segments, int64_t ingested_tokens);
+
+  // Where the current user turn of a CHAT session began (tokens); a question
+  // gets a blank line before it when the turn holds a document.
+  int64_t user_turn_start() const { return user_turn_start_.load(std::memory_order_relaxed); }
+  void set_user_turn_start(int64_t t) { user_turn_start_.store(t, std::memory_order_relaxed); }
 
   // --- use and expiry (any thread) ---
   // A session in use never expires; each end of use restarts its TTL.
@@ -148,6 +157,7 @@ class Session {
   std::atomic<int64_t> tokens_{0};
   std::atomic<int64_t> ingested_{0};
   std::atomic<int64_t> device_bytes_{0};
+  std::atomic<int64_t> user_turn_start_{0};
 
   SessionEngineState engine_;
 };
