@@ -236,7 +236,7 @@ absl::StatusOr<SessionSettings> SessionService::Resolve(const SessionRequest& r)
     return absl::InvalidArgumentError("memory.sink_tokens applies only to SLIDE and COMPRESS");
   }
 
-  s.prompt_format = r.prompt_format;
+  s.prompt_format = r.prompt_format.value_or(chat_ ? PromptFormat::kChat : PromptFormat::kRaw);
   if (s.prompt_format == PromptFormat::kChat && !chat_) {
     return absl::FailedPreconditionError(
         "prompt_format CHAT: the model has no supported chat template; use RAW");

@@ -67,7 +67,8 @@ struct SessionRequest {
   int64_t window_tokens = 0;
   int32_t sink_tokens = 0;
   OverflowPolicy overflow = OverflowPolicy::kReject;
-  PromptFormat prompt_format = PromptFormat::kChat;
+  // Unset: CHAT when the model has a chat template, RAW otherwise.
+  std::optional<PromptFormat> prompt_format;
   std::string system_prompt;
 };
 
@@ -195,6 +196,7 @@ class SessionService {
   const EngineInfo& info() const { return info_; }
   const EngineOptions& options() const { return options_; }
   EngineStats& stats() { return stats_; }
+  const EngineStats& stats() const { return stats_; }
   const SessionManager& sessions() const { return manager_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
 
