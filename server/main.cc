@@ -1,8 +1,9 @@
 // longctxd: the long-context inference service. See server/config.h for the
 // settings (longctxd --help lists them) and docs/service.md for operations.
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <thread>
 
@@ -14,6 +15,16 @@
 
 namespace {
 
+// SIGTERM/SIGINT write their number here; a thread reads it. (Libraries start
+// threads before main, e.g. OpenBLAS, so blocking the signals and sigwait()
+// cannot catch every delivery; a handler can.)
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int sig) {
+  const char c = static_cast<char>(sig);
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &c, 1);
+}
+
 longctx::server::BuildInfo Build() {
   return {LONGCTX_VERSION, LONGCTX_GIT_COMMIT, LONGCTX_BUILD_TYPE};
 }
@@ -22,12 +33,16 @@ longctx::server::BuildInfo Build() {
 
 int main(int argc, char** argv) {
   using longctx::server::Log;
-  // SIGTERM and SIGINT are taken by one thread (sigwait), never by a handler.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  if (pipe(g_signal_pipe) != 0) {
+    std::perror("pipe");
+    return 1;
+  }
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
 
   auto config = longctx::server::LoadServerConfig(argc, argv);
   if (!config.ok()) {
@@ -42,9 +57,12 @@ int main(int argc, char** argv) {
   const longctx::server::BuildInfo build = Build();
   Log(spdlog::level::info, "longctxd starting",
       {{"version", build.version}, {"git_commit", build.git_commit}, {"build", build.build_type}});
+  longctx::server::LogFields settings;
   for (const std::string& line : config->Describe()) {
-    Log(spdlog::level::info, "config", {{"setting", line}});
+    const size_t eq = line.find('=');
+    settings.emplace_back(line.substr(0, eq), line.substr(eq + 1));
   }
+  Log(spdlog::level::info, "config", settings);
 
   auto server = longctx::server::Server::Start(*config, build);
   if (!server.ok()) {
@@ -54,8 +72,9 @@ int main(int argc, char** argv) {
 
   absl::Notification stop;
   std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
+    char sig = 0;
+    while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
     if (!stop.HasBeenNotified()) {
       Log(spdlog::level::info, "signal received", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
       stop.Notify();
@@ -66,7 +85,7 @@ int main(int argc, char** argv) {
     Log(spdlog::level::critical, "cannot load the engine", {{"error", s.ToString()}});
     if (!stop.HasBeenNotified()) {
       stop.Notify();
-      pthread_kill(waiter.native_handle(), SIGTERM);
+      OnSignal(0);  // wakes the waiter
     }
     waiter.join();
     (*server)->Drain();
