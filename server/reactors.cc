@@ -103,12 +103,12 @@ void IngestReactor::Submit() {
     if (req_.session_id().empty()) {
       absl::MutexLock lock(&mu_);
       return FailLocked(
-          absl::InvalidArgumentError("session_id is required on the first message of a stream"));
+          absl::InvalidArgumentError("session_id is required on the first message of a stream"), /*cancel=*/false);
     }
     auto s = engine->FindSession(call_.caller.tenant, req_.session_id());
     if (!s.ok()) {
       absl::MutexLock lock(&mu_);
-      return FailLocked(s.status());
+      return FailLocked(s.status(), /*cancel=*/false);
     }
     session_ = *s;
     absl::MutexLock lock(&mu_);
@@ -117,11 +117,12 @@ void IngestReactor::Submit() {
     absl::MutexLock lock(&mu_);
     return FailLocked(absl::InvalidArgumentError(
         absl::StrCat("session_id changed within the stream (", session_->id(), " then ",
-                     req_.session_id(), "); open a stream per session")));
+                     req_.session_id(), "); open a stream per session")),
+                      /*cancel=*/false);
   }
   if (!req_.has_segment()) {
     absl::MutexLock lock(&mu_);
-    return FailLocked(absl::InvalidArgumentError("segment is required"));
+    return FailLocked(absl::InvalidArgumentError("segment is required"), /*cancel=*/false);
   }
   v1::Segment* seg = req_.mutable_segment();
   SegmentInput input;
@@ -139,7 +140,7 @@ void IngestReactor::Submit() {
     default: {
       absl::MutexLock lock(&mu_);
       return FailLocked(absl::InvalidArgumentError(absl::StrCat(
-          "segment ", seg->seq(), " is empty: segment.text or segment.tokens is required")));
+          "segment ", seg->seq(), " is empty: segment.text or segment.tokens is required")), /*cancel=*/false);
     }
   }
   {
@@ -152,7 +153,7 @@ void IngestReactor::Submit() {
   if (handle) {
     absl::MutexLock lock(&mu_);
     handles_.push_back(std::move(handle));
-    if (error_) handles_.back()->Cancel();
+    if (cancelled_) handles_.back()->Cancel();
     while (handles_.size() > 2 * kMaxInFlight) handles_.pop_front();
   }
 }
@@ -175,7 +176,7 @@ void IngestReactor::OnAck(absl::StatusOr<IngestAck> ack) {
       tokens_ += ack->tokens_ingested;
       MaybeWriteLocked();
     } else {
-      FailLocked(ack.status());
+      FailLocked(ack.status(), /*cancel=*/false);
     }
     MaybeReadLocked();
     finish = TakeFinishLocked();
@@ -183,10 +184,12 @@ void IngestReactor::OnAck(absl::StatusOr<IngestAck> ack) {
   if (finish) Finish(*finish);
 }
 
-void IngestReactor::FailLocked(absl::Status status) {
-  if (error_) return;
-  error_ = std::move(status);
-  for (auto& h : handles_) h->Cancel();
+void IngestReactor::FailLocked(absl::Status status, bool cancel) {
+  if (!error_) error_ = std::move(status);
+  if (cancel && !cancelled_) {
+    cancelled_ = true;
+    for (auto& h : handles_) h->Cancel();
+  }
 }
 
 void IngestReactor::MaybeWriteLocked() {
@@ -211,7 +214,7 @@ void IngestReactor::OnWriteDone(bool ok) {
     writing_ = false;
     if (!ok) {
       acks_.clear();
-      FailLocked(absl::CancelledError("the client went away"));
+      FailLocked(absl::CancelledError("the client went away"), /*cancel=*/true);
     }
     MaybeWriteLocked();
     finish = TakeFinishLocked();
@@ -224,7 +227,7 @@ void IngestReactor::OnCancel() {
   {
     absl::MutexLock lock(&mu_);
     acks_.clear();
-    FailLocked(absl::CancelledError("the client cancelled the stream"));
+    FailLocked(absl::CancelledError("the client cancelled the stream"), /*cancel=*/true);
     finish = TakeFinishLocked();
   }
   if (finish) Finish(*finish);

@@ -67,7 +67,9 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestRequest, v1
   // Validates the request in req_ and submits its segment.
   void Submit();
   void OnAck(absl::StatusOr<IngestAck> ack);
-  void FailLocked(absl::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the stream with `status` once the segments in flight are done;
+  // `cancel` also stops them (the client is gone).
+  void FailLocked(absl::Status status, bool cancel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<grpc::Status> TakeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -88,6 +90,7 @@ class IngestReactor final : public grpc::ServerBidiReactor<v1::IngestRequest, v1
   v1::IngestResponse writing_msg_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> error_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   int64_t segments_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t tokens_ ABSL_GUARDED_BY(mu_) = 0;

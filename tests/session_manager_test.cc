@@ -48,8 +48,13 @@ TEST(SessionTest, GapsAndReorderingAreRejectedNamingTheExpectedSeq) {
 
   ASSERT_TRUE(s.ClaimSegment(1, 1, &ack).ok());
   ASSERT_TRUE(s.ClaimSegment(2, 1, &ack).ok());
-  // 1 and 2 are in flight: a resend of 1 is neither applied nor re-acked yet.
-  EXPECT_EQ(s.ClaimSegment(1, 1, &ack).status().code(), absl::StatusCode::kAborted);
+  // 1 and 2 are in flight: a resend of 1 is acknowledged once 1 is applied.
+  EXPECT_EQ(*s.ClaimSegment(1, 1, &ack), Session::SegmentClaim::kInFlight);
+  EXPECT_FALSE(s.LookupAck(1, &ack));
+  s.CompleteSegment({1, 1, 1, false});
+  ASSERT_TRUE(s.LookupAck(1, &ack));
+  EXPECT_TRUE(ack.duplicate);
+  EXPECT_EQ(ack.session_tokens, 1);
   // 4 skips 3.
   EXPECT_EQ(s.ClaimSegment(4, 1, &ack).status().code(), absl::StatusCode::kFailedPrecondition);
 }

@@ -43,21 +43,8 @@ absl::StatusOr<Session::SegmentClaim> Session::ClaimSegment(int64_t seq, int64_t
         absl::StrCat("segment.seq must be >= 1 (got ", seq, ")"));
   }
   if (seq < next_seq_) {
-    if (seq > applied_seq_) {
-      return absl::AbortedError(absl::StrCat("segment.seq ", seq, " of session ", id_,
-                                             " is still being applied; resend it after ",
-                                             "its first copy is acknowledged or fails"));
-    }
-    ack->seq = seq;
-    ack->duplicate = true;
-    ack->tokens_ingested = 0;
-    ack->session_tokens = tokens_.load(std::memory_order_acquire);
-    // Acks are kept in seq order: find this one's original counts if still held.
-    if (!acks_.empty() && seq >= acks_.front().seq) {
-      const IngestAck& original = acks_[static_cast<size_t>(seq - acks_.front().seq)];
-      ack->tokens_ingested = original.tokens_ingested;
-      ack->session_tokens = original.session_tokens;
-    }
+    if (seq > applied_seq_) return SegmentClaim::kInFlight;
+    LookupAckLocked(seq, ack);
     return SegmentClaim::kDuplicate;
   }
   if (seq > next_seq_) {
@@ -75,6 +62,26 @@ absl::StatusOr<Session::SegmentClaim> Session::ClaimSegment(int64_t seq, int64_t
   reserved_ += tokens;
   ++next_seq_;
   return SegmentClaim::kApply;
+}
+
+void Session::LookupAckLocked(int64_t seq, IngestAck* ack) const {
+  ack->seq = seq;
+  ack->duplicate = true;
+  ack->tokens_ingested = 0;
+  ack->session_tokens = tokens_.load(std::memory_order_acquire);
+  // Acks are kept in seq order: find this one's original counts if still held.
+  if (!acks_.empty() && seq >= acks_.front().seq && seq <= acks_.back().seq) {
+    const IngestAck& original = acks_[static_cast<size_t>(seq - acks_.front().seq)];
+    ack->tokens_ingested = original.tokens_ingested;
+    ack->session_tokens = original.session_tokens;
+  }
+}
+
+bool Session::LookupAck(int64_t seq, IngestAck* ack) const {
+  absl::MutexLock lock(&mu_);
+  if (seq < 1 || seq > applied_seq_) return false;
+  LookupAckLocked(seq, ack);
+  return true;
 }
 
 void Session::CompleteSegment(const IngestAck& ack) {

@@ -82,17 +82,21 @@ class Session {
   //   - kApply: seq == next_seq, and `tokens` more tokens fit under the session
   //     token limit (they are reserved until CompleteSegment/FailSegment);
   //   - kDuplicate with `ack` filled: seq was applied before, re-acknowledge;
+  //   - kInFlight: seq was claimed and is still being applied; its ack can
+  //     be looked up (LookupAck) once the work queued before it is done;
   // and errors: FAILED_PRECONDITION for a gap or reordering (naming the seq
-  // expected), ABORTED for a resend of a segment still in flight,
-  // RESOURCE_EXHAUSTED when the tokens would exceed the session's limit,
-  // FAILED_PRECONDITION when the session is closed.
-  enum class SegmentClaim { kApply, kDuplicate };
+  // expected), RESOURCE_EXHAUSTED when the tokens would exceed the session's
+  // limit, FAILED_PRECONDITION when the session is closed.
+  enum class SegmentClaim { kApply, kDuplicate, kInFlight };
   absl::StatusOr<SegmentClaim> ClaimSegment(int64_t seq, int64_t tokens, IngestAck* ack);
   // The segment was applied; records its ack and releases its reservation.
   void CompleteSegment(const IngestAck& ack);
   // The segment failed: its seq and every later claimed one become free again
   // (the client resends from seq), and its reservation is released.
   void FailSegment(int64_t seq, int64_t tokens);
+  // The ack of an applied segment, as a duplicate; false when `seq` is not
+  // applied (it failed, or was never sent).
+  bool LookupAck(int64_t seq, IngestAck* ack) const;
 
   // Reserves room for `tokens` tokens of non-segment work (the template prefix,
   // a persisted turn) against the session token limit.
@@ -138,6 +142,8 @@ class Session {
   static constexpr size_t kAckHistory = 4096;
 
  private:
+  void LookupAckLocked(int64_t seq, IngestAck* ack) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const std::string id_;
   const std::string tenant_;
   const SessionSettings settings_;

@@ -409,6 +409,22 @@ std::shared_ptr<WorkHandle> SessionService::Ingest(
     done(ack);
     return nullptr;
   }
+  if (*claim == Session::SegmentClaim::kInFlight) {
+    // Re-acknowledge once the first copy (queued before this) is done.
+    ReadJob job;
+    job.session = session;
+    job.fn = [session, seq = input.seq, done = std::move(done)](absl::Status st,
+                                                                 const SessionEngineState*) {
+      IngestAck again;
+      if (!st.ok()) return done(st);
+      if (session->LookupAck(seq, &again)) return done(again);
+      done(absl::AbortedError(absl::StrCat("segment ", seq,
+                                           " failed before its resend could be acknowledged; "
+                                           "resend it")));
+    };
+    scheduler_->SubmitRead(std::move(job));
+    return nullptr;
+  }
   session->BeginUse();
   IngestJob job;
   job.session = session;
