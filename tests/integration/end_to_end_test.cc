@@ -35,21 +35,29 @@ class DirectModel {
     return d;
   }
 
-  // Logits rows for positions [from, tokens.size()) (each predicting the next
-  // token), after prefilling tokens[0, from) in pieces.
-  absl::StatusOr<std::vector<float>> Rows(const std::vector<int32_t>& tokens, size_t from) {
-    KvSequence seq;
-    std::vector<float> logits;
-    for (size_t at = 0; at < tokens.size();) {
-      const bool tail = at >= from;
-      const size_t n = tail ? tokens.size() - at : std::min<size_t>(512, from - at);
-      StepItem item{&seq, {tokens.data() + at, n}, tail ? LogitsMode::kAll : LogitsMode::kNone, {}};
-      std::vector<float> out;
-      if (auto s = model_->Forward({&item, 1}, &out); !s.ok()) return s;
-      if (tail) logits = std::move(out);
+  // Prefills `context` once; Branch() then scores continuations of it.
+  absl::Status Prefill(const std::vector<int32_t>& context) {
+    context_ = context;
+    for (size_t at = 0; at + 1 < context.size();) {
+      const size_t n = std::min<size_t>(512, context.size() - 1 - at);
+      StepItem item{&seq_, {context.data() + at, n}, LogitsMode::kNone, {}};
+      std::vector<float> unused;
+      if (auto s = model_->Forward({&item, 1}, &unused); !s.ok()) return s;
       at += n;
     }
-    model_->kv_cache().Release(seq);
+    return absl::OkStatus();
+  }
+
+  // Logits rows predicting tail[0], tail[1], ... after the context: row i
+  // is the distribution of tail[i] given context + tail[0, i).
+  absl::StatusOr<std::vector<float>> Branch(const std::vector<int32_t>& tail) {
+    model_->kv_cache().Truncate(seq_, static_cast<int>(context_.size()) - 1);
+    std::vector<int32_t> feed = {context_.back()};
+    feed.insert(feed.end(), tail.begin(), tail.end());
+    StepItem item{&seq_, {feed.data(), feed.size()}, LogitsMode::kAll, {}};
+    std::vector<float> logits;
+    if (auto s = model_->Forward({&item, 1}, &logits); !s.ok()) return s;
+    model_->kv_cache().Truncate(seq_, static_cast<int>(context_.size()) - 1);
     return logits;
   }
 
@@ -59,6 +67,8 @@ class DirectModel {
   DirectModel() = default;
   CpuBackend backend_;
   std::unique_ptr<LlamaModel> model_;
+  std::vector<int32_t> context_;
+  KvSequence seq_;
 };
 
 float LogSoftmaxAt(const float* row, int vocab, int32_t token) {
@@ -159,12 +169,12 @@ TEST_F(EndToEndTest, BookChapterStreamedInAnsweredAndScoredLikeTheEngine) {
   auto snap = DecodeSessionSnapshot(*exported);
   ASSERT_TRUE(snap.ok()) << snap.status();
   ASSERT_EQ(static_cast<int64_t>(snap->tokens.size()), position);
-  std::vector<int32_t> all = snap->tokens;
-  for (const auto& t : score->tokens()) all.push_back(t.id());
-  auto direct = DirectModel::Load(static_cast<int64_t>(all.size()) + 64);
+  std::vector<int32_t> cont;
+  for (const auto& t : score->tokens()) cont.push_back(t.id());
+  auto direct = DirectModel::Load(static_cast<int64_t>(snap->tokens.size()) + 256);
   ASSERT_TRUE(direct.ok()) << direct.status();
-  const size_t from = snap->tokens.size() - 1;
-  auto rows = (*direct)->Rows(all, from);
+  ASSERT_TRUE((*direct)->Prefill(snap->tokens).ok());
+  auto rows = (*direct)->Branch(cont);
   ASSERT_TRUE(rows.ok()) << rows.status();
   const int vocab = (*direct)->vocab();
   double direct_sum = 0;
@@ -193,12 +203,16 @@ TEST_F(EndToEndTest, BookChapterStreamedInAnsweredAndScoredLikeTheEngine) {
   for (size_t i = 0; i < kept.ids.size(); ++i) {
     EXPECT_EQ(snap2->tokens[answer_at + i], kept.ids[i]) << i;
   }
-  std::vector<int32_t> upto(snap2->tokens.begin(),
-                            snap2->tokens.begin() + static_cast<long>(answer_at + kept.ids.size()));
-  auto greedy_rows = (*direct)->Rows(upto, answer_at - 1);
+  // The session before the question is the direct model's context.
+  ASSERT_TRUE(std::equal(snap->tokens.begin(), snap->tokens.end(), snap2->tokens.begin()));
+  const std::vector<int32_t> tail(snap2->tokens.begin() + static_cast<long>(position),
+                                  snap2->tokens.begin() +
+                                      static_cast<long>(answer_at + kept.ids.size()));
+  auto greedy_rows = (*direct)->Branch(tail);
   ASSERT_TRUE(greedy_rows.ok());
   for (size_t i = 0; i < kept.ids.size(); ++i) {
-    const float* row = greedy_rows->data() + i * static_cast<size_t>(vocab);
+    const float* row =
+        greedy_rows->data() + (static_cast<size_t>(prompt_tokens) + i) * static_cast<size_t>(vocab);
     const int32_t best = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
     // Equal unless two logits are within float noise of each other.
     EXPECT_TRUE(best == kept.ids[i] || row[best] - row[kept.ids[i]] < 1e-3f)
