@@ -149,8 +149,7 @@ TEST_F(ModelTokenizerTest, IllFormedUtf8IsEncodedByteForByte) {
   EXPECT_EQ(bytes, text);
   const std::string decoded = Get().Decode(ids);
   EXPECT_TRUE(IsUtf8(decoded));
-  EXPECT_EQ(decoded,
-            "ok \uFFFD\uFFFD broken \uFFFD and \uFFFD\uFFFD\uFFFD end \uFFFD");
+  EXPECT_EQ(decoded, "ok \uFFFD\uFFFD broken \uFFFD and \uFFFD\uFFFD\uFFFD end \uFFFD");
   // 0xFF has no token in this vocabulary: dropped, never the unknown token
   // (here <|endoftext|>, which would end the text).
   EXPECT_EQ(Get().Encode("a\xff", true), Get().Encode("a", true));
@@ -271,17 +270,17 @@ TEST(PreTokenizerTest, NamesAndAliases) {
 
 TEST(UnicodeTest, CodepointClasses) {
   EXPECT_EQ(ClassifyCodepoint('a'), CharClass::kLetter);
-  EXPECT_EQ(ClassifyCodepoint(0xE9), CharClass::kLetter);     // é
-  EXPECT_EQ(ClassifyCodepoint(0x4E2D), CharClass::kLetter);   // 中
-  EXPECT_EQ(ClassifyCodepoint(0x0663), CharClass::kNumber);   // Arabic-Indic three
-  EXPECT_EQ(ClassifyCodepoint(0x00B2), CharClass::kNumber);   // superscript two
-  EXPECT_EQ(ClassifyCodepoint(0x2167), CharClass::kNumber);   // Roman numeral eight
+  EXPECT_EQ(ClassifyCodepoint(0xE9), CharClass::kLetter);    // é
+  EXPECT_EQ(ClassifyCodepoint(0x4E2D), CharClass::kLetter);  // 中
+  EXPECT_EQ(ClassifyCodepoint(0x0663), CharClass::kNumber);  // Arabic-Indic three
+  EXPECT_EQ(ClassifyCodepoint(0x00B2), CharClass::kNumber);  // superscript two
+  EXPECT_EQ(ClassifyCodepoint(0x2167), CharClass::kNumber);  // Roman numeral eight
   EXPECT_EQ(ClassifyCodepoint(0x00A0), CharClass::kWhitespace);
   EXPECT_EQ(ClassifyCodepoint(0x3000), CharClass::kWhitespace);
   EXPECT_EQ(ClassifyCodepoint(0x2028), CharClass::kWhitespace);
   EXPECT_EQ(ClassifyCodepoint(0x0085), CharClass::kWhitespace);
-  EXPECT_EQ(ClassifyCodepoint(0x200B), CharClass::kOther);    // zero width space is Cf
-  EXPECT_EQ(ClassifyCodepoint(0x1F600), CharClass::kOther);   // emoji
+  EXPECT_EQ(ClassifyCodepoint(0x200B), CharClass::kOther);   // zero width space is Cf
+  EXPECT_EQ(ClassifyCodepoint(0x1F600), CharClass::kOther);  // emoji
   EXPECT_EQ(ClassifyCodepoint('_'), CharClass::kOther);
   EXPECT_EQ(ClassifyCodepoint(0x10FFFF), CharClass::kOther);
 }
@@ -332,9 +331,19 @@ TEST(SentencePieceTest, MatchesSentencePieceGoldens) {
 VocabData TinySpm(bool with_bytes) {
   VocabData v;
   v.model = "llama";
-  const std::vector<std::pair<std::string, float>> pieces = {
-      {"<unk>", 0}, {"<s>", 0}, {"</s>", 0}, {"\xE2\x96\x81", -10}, {"a", -10}, {"b", -10},
-      {"c", -10}, {"ab", -3}, {"bc", -1}, {"abc", -2}, {"\xE2\x96\x81" "a", -0.5f}};
+  const std::vector<std::pair<std::string, float>> pieces = {{"<unk>", 0},
+                                                             {"<s>", 0},
+                                                             {"</s>", 0},
+                                                             {"\xE2\x96\x81", -10},
+                                                             {"a", -10},
+                                                             {"b", -10},
+                                                             {"c", -10},
+                                                             {"ab", -3},
+                                                             {"bc", -1},
+                                                             {"abc", -2},
+                                                             {"\xE2\x96\x81"
+                                                              "a",
+                                                              -0.5f}};
   for (const auto& [p, s] : pieces) {
     v.tokens.push_back(p);
     v.scores.push_back(s);
@@ -393,7 +402,8 @@ VocabData TinyByteLevel() {
   VocabData v;
   v.model = "gpt2";
   v.pre = "gpt2";
-  for (int b = 0; b < 256; ++b) v.tokens.push_back(BytesToPiece(std::string(1, static_cast<char>(b))));
+  for (int b = 0; b < 256; ++b)
+    v.tokens.push_back(BytesToPiece(std::string(1, static_cast<char>(b))));
   v.tokens.push_back("ab");
   v.merges = {"a b"};
   return v;

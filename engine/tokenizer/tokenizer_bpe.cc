@@ -18,8 +18,8 @@ uint64_t PairKey(int32_t left, int32_t right) {
 // A merge that may apply between the symbol at `left` and its right neighbour.
 struct MergeCandidate {
   int32_t rank;
-  int32_t left;      // symbol index (= byte position in the word)
-  int32_t left_id;   // ids at push time; a changed id means the pair is stale
+  int32_t left;     // symbol index (= byte position in the word)
+  int32_t left_id;  // ids at push time; a changed id means the pair is stale
   int32_t right_id;
 };
 
@@ -78,13 +78,12 @@ absl::Status Tokenizer::BuildByteLevel(const VocabData& vocab) {
     const int32_t merged_id = PieceToId(absl::StrCat(left, right));
     if (left_id < 0 || right_id < 0 || merged_id < 0) {
       const absl::string_view missing = left_id < 0 ? left : right_id < 0 ? right : "";
-      return absl::InvalidArgumentError(absl::StrCat(
-          "merge ", rank, " '", m, "' names a piece not in the vocabulary: '",
-          missing.empty() ? absl::StrCat(left, right) : std::string(missing), "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("merge ", rank, " '", m, "' names a piece not in the vocabulary: '",
+                       missing.empty() ? absl::StrCat(left, right) : std::string(missing), "'"));
     }
     // A repeated pair keeps its first (highest priority) rank.
-    merges_.emplace(PairKey(left_id, right_id),
-                    MergeRule{static_cast<int32_t>(rank), merged_id});
+    merges_.emplace(PairKey(left_id, right_id), MergeRule{static_cast<int32_t>(rank), merged_id});
   }
   return absl::OkStatus();
 }
