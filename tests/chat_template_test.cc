@@ -78,7 +78,7 @@ class ModelChatTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (testing::ModelVocab() == nullptr) {
-      GTEST_SKIP() << "LONGCTX_VOCAB_DUMP not set: default model vocabulary unavailable";
+      GTEST_SKIP() << "LONGCTX_MODEL not set: default model unavailable";
     }
     auto t = Tokenizer::Create(*testing::ModelVocab());
     ASSERT_TRUE(t.ok()) << t.status();

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer/byte_level.h"
 #include "engine/tokenizer/pre_tokenizer.h"
@@ -42,7 +43,7 @@ class ModelTokenizerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (testing::ModelVocab() == nullptr) {
-      GTEST_SKIP() << "LONGCTX_VOCAB_DUMP not set: default model vocabulary unavailable";
+      GTEST_SKIP() << "LONGCTX_MODEL not set: default model unavailable";
     }
   }
   const Tokenizer& Get(const std::string& pre = "smollm") {

@@ -14,11 +14,12 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/model/host_weights.h"
 #include "engine/tokenizer/unicode.h"
 #include "engine/tokenizer/vocab.h"
+#include "gtest/gtest.h"
 
 namespace longctx::testing {
 
@@ -224,61 +225,18 @@ inline absl::StatusOr<Json> ReadFixture(const std::string& name) {
   return JsonReader::Parse(*text);
 }
 
-// The default model's vocabulary, read once. Null when the model is not
-// available (LONGCTX_VOCAB_DUMP unset): callers skip.
-//
-// The dump is a line file written from the GGUF with the `gguf` package
-// ("key value" lines, then hex-encoded tokens, types and merges) until the
-// model loader provides VocabData directly.
+// The default model's vocabulary (LoadHostModel on $LONGCTX_MODEL), read once
+// per process. Null when LONGCTX_MODEL is unset: callers skip.
 inline const VocabData* ModelVocab() {
   static const VocabData* const vocab = []() -> const VocabData* {
-    const char* path = std::getenv("LONGCTX_VOCAB_DUMP");
+    const char* path = std::getenv("LONGCTX_MODEL");
     if (path == nullptr) return nullptr;
-    std::ifstream in(path);
-    if (!in) return nullptr;
-    auto* v = new VocabData;
-    std::string key;
-    while (in >> key) {
-      if (key == "model")
-        in >> v->model;
-      else if (key == "pre")
-        in >> v->pre;
-      else if (key == "bos")
-        in >> v->bos_id;
-      else if (key == "eos")
-        in >> v->eos_id;
-      else if (key == "unk")
-        in >> v->unk_id;
-      else if (key == "pad")
-        in >> v->pad_id;
-      else if (key == "add_bos")
-        in >> v->add_bos;
-      else if (key == "add_space_prefix")
-        in >> v->add_space_prefix;
-      else if (key == "chat_template") {
-        std::string hex;
-        in >> hex;
-        v->chat_template = absl::HexStringToBytes(hex);
-      } else if (key == "tokens" || key == "merges") {
-        size_t n;
-        in >> n;
-        auto& dst = key == "tokens" ? v->tokens : v->merges;
-        for (size_t i = 0; i < n; ++i) {
-          std::string hex;
-          in >> hex;
-          dst.push_back(absl::HexStringToBytes(hex));
-        }
-      } else if (key == "types") {
-        size_t n;
-        in >> n;
-        for (size_t i = 0; i < n; ++i) {
-          int t;
-          in >> t;
-          v->types.push_back(static_cast<TokenType>(t));
-        }
-      }
+    absl::StatusOr<HostModel> model = LoadHostModel(path);
+    if (!model.ok()) {
+      ADD_FAILURE() << "LoadHostModel(" << path << "): " << model.status();
+      return nullptr;
     }
-    return v;
+    return new VocabData(std::move(model->vocab));
   }();
   return vocab;
 }
