@@ -18,9 +18,10 @@ uint64_t PairKey(int32_t left, int32_t right) {
 // A merge that may apply between the symbol at `left` and its right neighbour.
 struct MergeCandidate {
   int32_t rank;
-  int32_t left;     // symbol index (= byte position in the word)
+  int32_t left;     // symbol index, in word order
   int32_t left_id;  // ids at push time; a changed id means the pair is stale
   int32_t right_id;
+  int32_t merged;
 };
 
 // Orders a max-heap so that the lowest rank, then the leftmost pair, is on top.
@@ -146,7 +147,7 @@ void Tokenizer::MergeWord(absl::string_view word, std::vector<int32_t>* out) con
     if (right < 0) return;
     const auto it = merges_.find(PairKey(symbols[left].id, symbols[right].id));
     if (it == merges_.end()) return;
-    heap.push_back({it->second.rank, left, symbols[left].id, symbols[right].id});
+    heap.push_back({it->second.rank, left, symbols[left].id, symbols[right].id, it->second.merged});
     std::push_heap(heap.begin(), heap.end(), MergeAfter());
   };
   for (int32_t i = 0; i + 1 < n; ++i) push(i);
@@ -158,7 +159,7 @@ void Tokenizer::MergeWord(absl::string_view word, std::vector<int32_t>* out) con
     if (left.id != c.left_id || left.next < 0) continue;
     Symbol& right = symbols[left.next];
     if (right.id != c.right_id) continue;
-    left.id = merges_.find(PairKey(c.left_id, c.right_id))->second.merged;
+    left.id = c.merged;
     right.id = -1;
     left.next = right.next;
     if (left.next >= 0) symbols[left.next].prev = c.left;
