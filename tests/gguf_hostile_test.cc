@@ -114,6 +114,61 @@ TEST(GgufHostileTest, LoadHostModelFromFile) {
   EXPECT_ERROR(LoadHostModel(path).status(), kNotFound, "cannot open");
 }
 
+std::string SeedPath(const std::string& name) {
+  return std::string(LONGCTX_SOURCE_DIR) + "/tests/fuzz/corpus/" + name;
+}
+
+// Files from the gguf package's GGUFWriter (tools/gen_gguf_seeds.py).
+TEST(GgufHostileTest, IndependentWriterMetadataOfEveryType) {
+  auto f = GgufFile::Open(SeedPath("all_types.gguf"));
+  ASSERT_TRUE(f.ok()) << f.status();
+  const GgufFile& g = **f;
+  EXPECT_EQ(g.version(), 3u);
+  EXPECT_EQ(*g.GetInt("t.u8"), 200);
+  EXPECT_EQ(*g.GetInt("t.i8"), -100);
+  EXPECT_EQ(*g.GetInt("t.u16"), 60000);
+  EXPECT_EQ(*g.GetInt("t.i16"), -30000);
+  EXPECT_EQ(*g.GetInt("t.u32"), 4000000000);
+  EXPECT_EQ(*g.GetInt("t.i32"), -2000000000);
+  EXPECT_EQ(*g.GetFloat("t.f32"), 1.5);
+  EXPECT_TRUE(*g.GetBool("t.bool"));
+  EXPECT_EQ(*g.GetString("t.str"), "h\xc3\xa9llo");
+  EXPECT_ERROR(g.GetInt("t.u64").status(), kInvalidArgument, "out of range");
+  ASSERT_NE(g.Find("t.u64"), nullptr);
+  EXPECT_EQ(g.Find("t.u64")->bits, (uint64_t{1} << 63) + 5);
+  EXPECT_EQ(*g.GetInt("t.i64"), -(int64_t{1} << 62));
+  EXPECT_EQ(*g.GetFloat("t.f64"), -2.25);
+  EXPECT_EQ(*g.GetIntArray("t.arr_i16"), (std::vector<int64_t>{1, -2, 3}));
+  EXPECT_EQ(*g.GetFloatArray("t.arr_f64"), (std::vector<float>{0.5f, 1.5f}));
+  EXPECT_EQ(*g.GetStringArray("t.arr_str"), (std::vector<std::string>{"x", "", "yz"}));
+  const GgufValue* nested = g.Find("t.arr_nested");
+  ASSERT_NE(nested, nullptr);
+  ASSERT_EQ(nested->items.size(), 2u);
+  EXPECT_EQ(nested->items[0].count, 2u);
+  EXPECT_EQ(nested->items[1].count, 1u);
+  ASSERT_EQ(g.tensors().size(), 12u);
+  for (const GgufTensorInfo& t : g.tensors()) {
+    std::vector<float> out(static_cast<size_t>(t.n_elements));
+    EXPECT_TRUE(g.Dequantize(t, out).ok()) << t.name;
+  }
+  EXPECT_EQ(g.FindTensor("t.3d")->Shape(), (std::vector<int64_t>{2, 3, 32}));
+}
+
+TEST(GgufHostileTest, IndependentWriterModelsLoad) {
+  auto llama = LoadHostModel(SeedPath("tiny_llama.gguf"));
+  ASSERT_TRUE(llama.ok()) << llama.status();
+  EXPECT_EQ(llama->config.n_heads, 4);
+  EXPECT_EQ(llama->config.n_kv_heads, 2);
+  EXPECT_EQ(llama->config.head_dim, 8);
+  EXPECT_TRUE(llama->config.tied_embeddings);
+  EXPECT_EQ(llama->vocab.chat_template, "{{ messages }}");
+  auto qwen = LoadHostModel(SeedPath("tiny_qwen2.gguf"));
+  ASSERT_TRUE(qwen.ok()) << qwen.status();
+  EXPECT_TRUE(qwen->config.qkv_bias);
+  EXPECT_FALSE(qwen->config.tied_embeddings);
+  EXPECT_EQ(qwen->tensors.at("output.weight").shape, (std::vector<int64_t>{16, 32}));
+}
+
 TEST(GgufHostileTest, BadMagic) {
   GgufBuilder g = TinyModel();
   g.magic = 0x46554746;
@@ -255,6 +310,14 @@ TEST(GgufHostileTest, OffsetsPastTheEnd) {
   EXPECT_ERROR(ParseStatus(g2.Build()), kInvalidArgument, "past the end of the file");
 }
 
+TEST(GgufHostileTest, OverlappingTensors) {
+  // Many tensor infos sharing one data region would multiply the memory the
+  // file can claim.
+  GgufBuilder g = TinyModel();
+  g.tensors()[3].offset = 0;
+  EXPECT_ERROR(ParseStatus(g.Build()), kInvalidArgument, "overlaps the data of tensor");
+}
+
 TEST(GgufHostileTest, MisalignedOffset) {
   GgufBuilder g = TinyModel();
   g.tensors()[1].offset = 3;
@@ -371,6 +434,7 @@ TEST(GgufHostileTest, GettersCheckTypes) {
   g.I32("i", -7);
   g.F32("f", 0.5f);
   g.StrArray("s", {"x", "yz"});
+  g.StrArray("empty", {});
   g.I32Array("a", {1, -2});
   auto f = GgufFile::Parse(g.Build());
   ASSERT_TRUE(f.ok()) << f.status();
@@ -379,6 +443,7 @@ TEST(GgufHostileTest, GettersCheckTypes) {
   EXPECT_EQ(*(*f)->GetFloat("f"), 0.5);
   EXPECT_EQ(*(*f)->GetStringArray("s"), (std::vector<std::string>{"x", "yz"}));
   EXPECT_EQ(*(*f)->GetIntArray("a"), (std::vector<int64_t>{1, -2}));
+  EXPECT_TRUE((*f)->GetStringArray("empty")->empty());
   EXPECT_ERROR((*f)->GetFloat("u").status(), kInvalidArgument, "expected a float");
   EXPECT_ERROR((*f)->GetString("missing").status(), kNotFound, "missing");
   EXPECT_ERROR((*f)->GetFloatArray("a").status(), kInvalidArgument, "array of int32");
