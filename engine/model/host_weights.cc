@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "engine/model/gguf_model.h"
+#include "engine/model/safetensors.h"
 
 namespace longctx {
 
@@ -12,6 +13,10 @@ int64_t HostTensor::numel() const {
   return n;
 }
 
-absl::StatusOr<HostModel> LoadHostModel(const std::string& path) { return LoadGgufModel(path); }
+absl::StatusOr<HostModel> LoadHostModel(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return LoadSafetensorsModel(path);
+  return LoadGgufModel(path);
+}
 
 }  // namespace longctx
