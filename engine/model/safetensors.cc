@@ -618,12 +618,20 @@ absl::StatusOr<HostModel> LoadDir(const std::filesystem::path& dir) {
                                                    "; F32, F16 and BF16 are supported"));
     }
   }
-  for (const auto& [name, loc] : located) {
-    HostTensor& t = m.tensors[name];
-    t.shape = loc.info->shape;
-    t.data.resize(static_cast<size_t>(loc.info->numel()));
-    RETURN_IF_ERROR(loc.file->ToF32(*loc.info, t.data));
+  // One parallel loop over tensors (as for GGUF); each task fills its own entry.
+  std::vector<std::pair<const Located*, HostTensor*>> jobs;
+  for (const auto& [name, loc] : located) jobs.emplace_back(&loc, &m.tensors[name]);
+  std::vector<absl::Status> status(jobs.size());
+  const auto n_jobs = static_cast<int64_t>(jobs.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n_jobs; ++i) {
+    const SafetensorsTensorInfo& info = *jobs[i].first->info;
+    HostTensor& t = *jobs[i].second;
+    t.shape = info.shape;
+    t.data.resize(static_cast<size_t>(info.numel()));
+    status[i] = jobs[i].first->file->ToF32(info, t.data);
   }
+  for (const absl::Status& s : status) RETURN_IF_ERROR(s);
   return m;
 }
 
