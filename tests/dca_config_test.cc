@@ -28,7 +28,7 @@ TEST(DcaConfigTest, DefaultsDeriveFromModelContextLength) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->mode, DcaMode::kDca);
   EXPECT_EQ(c->pretrain_len, 8192);
-  EXPECT_EQ(c->chunk_size, 6144);   // 3c/4
+  EXPECT_EQ(c->chunk_size, 6144);    // 3c/4
   EXPECT_EQ(c->local_window, 1024);  // c/8
   EXPECT_EQ(c->chunk_len(), 5120);
   EXPECT_FALSE(c->length_temperature);
@@ -90,13 +90,13 @@ struct BadCase {
 
 TEST(DcaConfigTest, ValidationErrorsNameTheField) {
   const BadCase cases[] = {
-      {8192, 6144, 0, 64, "local_window"},      // w = 0
-      {8192, 6144, -64, 64, "local_window"},    // w < 0
-      {8192, 1024, 1024, 64, "local_window"},   // w = C
-      {8192, 1024, 2048, 64, "local_window"},   // w > C
-      {8192, 9216, 1024, 64, "chunk_size"},     // C > c
-      {8192, 6144, 1000, 64, "block_size"},     // L = 5144 not a multiple of 64
-      {8192, 6144, 1024, 0, "block_size"},      // no block size
+      {8192, 6144, 0, 64, "local_window"},     // w = 0
+      {8192, 6144, -64, 64, "local_window"},   // w < 0
+      {8192, 1024, 1024, 64, "local_window"},  // w = C
+      {8192, 1024, 2048, 64, "local_window"},  // w > C
+      {8192, 9216, 1024, 64, "chunk_size"},    // C > c
+      {8192, 6144, 1000, 64, "block_size"},    // L = 5144 not a multiple of 64
+      {8192, 6144, 1024, 0, "block_size"},     // no block size
       {0, 6144, 1024, 64, "pretrain_len"},
   };
   for (const BadCase& b : cases) {
@@ -175,8 +175,8 @@ TEST(DcaConfigTest, RopeFrequenciesComposeWithModelScaling) {
 
   m.rope_scaling = RopeScalingType::kNtk;
   const std::vector<float> ntk = RopeInverseFrequencies(m, true);
-  EXPECT_FLOAT_EQ(ntk[0], 1.f);                         // the fastest rotation is kept
-  EXPECT_NEAR(ntk[31] / base[31], 0.25, 1e-5);          // the slowest slows by the factor
+  EXPECT_FLOAT_EQ(ntk[0], 1.f);                 // the fastest rotation is kept
+  EXPECT_NEAR(ntk[31] / base[31], 0.25, 1e-5);  // the slowest slows by the factor
   EXPECT_EQ(RopeInverseFrequencies(m, false), base);
 }
 

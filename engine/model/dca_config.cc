@@ -33,9 +33,9 @@ absl::StatusOr<DcaConfig> DcaConfig::Resolve(const ModelConfig& model,
   c.mode = overrides.mode.value_or(c.mode);
   c.pretrain_len = overrides.pretrain_len.value_or(model.context_length);
   if (c.pretrain_len <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dca: pretrain_len unknown (model '", model.name,
-        "' declares no context length); set pretrain_len explicitly"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dca: pretrain_len unknown (model '", model.name,
+                     "' declares no context length); set pretrain_len explicitly"));
   }
   const int align = kDcaDefaultAlignment;
   c.chunk_size = overrides.chunk_size.value_or(c.pretrain_len * 3 / 4 / align * align);
@@ -61,18 +61,18 @@ absl::Status DcaConfig::Validate(int block_size) const {
   }
   if (local_window >= chunk_size) {
     return absl::InvalidArgumentError(absl::StrCat("dca: local_window (w=", local_window,
-                                                   ") must be less than chunk_size (C=",
-                                                   chunk_size, ")"));
+                                                   ") must be less than chunk_size (C=", chunk_size,
+                                                   ")"));
   }
   if (chunk_size > pretrain_len) {
-    return absl::InvalidArgumentError(absl::StrCat("dca: chunk_size (C=", chunk_size,
-                                                   ") must not exceed pretrain_len (c=",
-                                                   pretrain_len, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dca: chunk_size (C=", chunk_size,
+                     ") must not exceed pretrain_len (c=", pretrain_len, ")"));
   }
   if (chunk_len() % block_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dca: chunk length chunk_size - local_window (L=", chunk_len(),
-        ") must be a multiple of the KV block_size (", block_size, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dca: chunk length chunk_size - local_window (L=", chunk_len(),
+                     ") must be a multiple of the KV block_size (", block_size, ")"));
   }
   return absl::OkStatus();
 }

@@ -70,8 +70,7 @@ struct DcaConfig {
   // The model's defaults with `overrides` applied; C and w derive from the
   // resolved c unless set. INVALID_ARGUMENT naming pretrain_len when neither the
   // model nor the overrides give c.
-  static absl::StatusOr<DcaConfig> Resolve(const ModelConfig& model,
-                                           const DcaOverrides& overrides);
+  static absl::StatusOr<DcaConfig> Resolve(const ModelConfig& model, const DcaOverrides& overrides);
 
   // Chunk length L = C − w.
   int chunk_len() const { return chunk_size - local_window; }
