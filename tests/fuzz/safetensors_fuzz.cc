@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/model/hf_model.h"
 #include "engine/model/safetensors.h"
 #include "engine/util/json.h"
 
