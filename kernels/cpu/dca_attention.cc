@@ -60,7 +60,7 @@ typedef int32_t VecI __attribute__((vector_size(kW * sizeof(int32_t))));
 
 constexpr int kKeyTile = 64;        // keys per key tile
 constexpr int kDimVecs = 4;         // vectors of D per accumulate micro-kernel
-constexpr int kRowsPerTile = 96;    // target rows (queries × group heads) per item
+constexpr int kRowsPerTile = 192;    // target rows (queries × group heads) per item
 constexpr int kItemsPerThread = 8;  // below this many items per thread, keys are shared out
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
