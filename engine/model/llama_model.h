@@ -50,7 +50,10 @@ class LlamaModel {
   LlamaModel() = default;
   struct Layer;
   absl::Status EnsureScratch(int64_t tokens);
+  // Reserves KV for every item and runs the layers; x_ holds the final hidden states.
   absl::Status RunLayers(std::span<const StepItem> items, int64_t total);
+  absl::Status ComputeLogits(std::span<const StepItem> items, std::span<const int> old_length,
+                             std::vector<float>* logits);
 
   ModelConfig config_;
   Backend* backend_ = nullptr;

@@ -1,0 +1,248 @@
+#include "engine/model/llama_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/util/status_macros.h"
+
+namespace longctx {
+
+struct LlamaModel::Layer {
+  Tensor attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+  bool has_bias = false;
+};
+
+namespace {
+
+// Rows of logits computed per pass, bounding scratch for long kAll requests.
+constexpr int64_t kLogitRowsPerPass = 256;
+
+std::vector<float> InverseFrequencies(const ModelConfig& c) {
+  double theta = c.rope_theta;
+  const int d = c.head_dim;
+  if (c.rope_scaling == RopeScalingType::kNtk && c.rope_scaling_factor > 1.f) {
+    theta *= std::pow(double{c.rope_scaling_factor}, double(d) / (d - 2));
+  }
+  std::vector<float> inv(static_cast<size_t>(d / 2));
+  for (int i = 0; i < d / 2; ++i) {
+    double f = std::pow(theta, -2.0 * i / d);
+    if (c.rope_scaling == RopeScalingType::kLinear && c.rope_scaling_factor > 0.f) {
+      f /= c.rope_scaling_factor;
+    }
+    inv[static_cast<size_t>(i)] = static_cast<float>(f);
+  }
+  return inv;
+}
+
+}  // namespace
+
+LlamaModel::~LlamaModel() = default;
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& host,
+                                                              Backend* backend,
+                                                              const KvCacheConfig& kv_config) {
+  RETURN_IF_ERROR(host.config.Validate());
+  std::unique_ptr<LlamaModel> m(new LlamaModel());
+  m->config_ = host.config;
+  m->backend_ = backend;
+  const ModelConfig& c = m->config_;
+
+  auto upload = [&](const std::string& name, int64_t rows, int64_t cols) -> absl::StatusOr<Tensor> {
+    auto it = host.tensors.find(name);
+    if (it == host.tensors.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("model: missing tensor ", name));
+    }
+    if (it->second.numel() != rows * cols) {
+      return absl::InvalidArgumentError(absl::StrCat("model: tensor ", name, " has ",
+                                                     it->second.numel(), " elements, want ",
+                                                     rows, "x", cols));
+    }
+    Tensor t{nullptr, backend->WeightType(), rows, cols};
+    ASSIGN_OR_RETURN(DeviceBuffer buf, backend->Allocate(t.bytes()));
+    t.data = buf.data();
+    RETURN_IF_ERROR(backend->Upload(t, it->second.data.data()));
+    m->weight_buffers_.push_back(std::move(buf));
+    return t;
+  };
+
+  const int64_t D = c.d_model, hd = c.head_dim;
+  const int64_t q_width = c.n_heads * hd, kv_width = c.n_kv_heads * hd;
+  ASSIGN_OR_RETURN(m->token_embd_, upload("token_embd.weight", c.vocab_size, D));
+  ASSIGN_OR_RETURN(m->output_norm_, upload("output_norm.weight", 1, D));
+  if (c.tied_embeddings) {
+    m->output_ = m->token_embd_;
+  } else {
+    ASSIGN_OR_RETURN(m->output_, upload("output.weight", c.vocab_size, D));
+  }
+  m->layers_.resize(static_cast<size_t>(c.n_layers));
+  for (int l = 0; l < c.n_layers; ++l) {
+    Layer& L = m->layers_[static_cast<size_t>(l)];
+    const std::string p = absl::StrCat("blk.", l, ".");
+    ASSIGN_OR_RETURN(L.attn_norm, upload(p + "attn_norm.weight", 1, D));
+    ASSIGN_OR_RETURN(L.wq, upload(p + "attn_q.weight", q_width, D));
+    ASSIGN_OR_RETURN(L.wk, upload(p + "attn_k.weight", kv_width, D));
+    ASSIGN_OR_RETURN(L.wv, upload(p + "attn_v.weight", kv_width, D));
+    ASSIGN_OR_RETURN(L.wo, upload(p + "attn_output.weight", D, q_width));
+    if (c.qkv_bias) {
+      L.has_bias = true;
+      ASSIGN_OR_RETURN(L.bq, upload(p + "attn_q.bias", 1, q_width));
+      ASSIGN_OR_RETURN(L.bk, upload(p + "attn_k.bias", 1, kv_width));
+      ASSIGN_OR_RETURN(L.bv, upload(p + "attn_v.bias", 1, kv_width));
+    }
+    ASSIGN_OR_RETURN(L.ffn_norm, upload(p + "ffn_norm.weight", 1, D));
+    ASSIGN_OR_RETURN(L.w_gate, upload(p + "ffn_gate.weight", c.d_ff, D));
+    ASSIGN_OR_RETURN(L.w_up, upload(p + "ffn_up.weight", c.d_ff, D));
+    ASSIGN_OR_RETURN(L.w_down, upload(p + "ffn_down.weight", D, c.d_ff));
+  }
+  m->inv_freq_ = InverseFrequencies(c);
+  ASSIGN_OR_RETURN(m->kv_, KvCache::Create(backend, c.n_layers, c.n_kv_heads, c.head_dim, kv_config));
+  return m;
+}
+
+absl::Status LlamaModel::EnsureScratch(int64_t tokens) {
+  if (tokens <= scratch_tokens_) return absl::OkStatus();
+  const ModelConfig& c = config_;
+  const DType t = backend_->ActivationType();
+  const int64_t D = c.d_model, qw = int64_t{c.n_heads} * c.head_dim,
+                kvw = int64_t{c.n_kv_heads} * c.head_dim, F = c.d_ff;
+  const int64_t R = std::min(tokens, kLogitRowsPerPass);
+  const int64_t per_token = 2 * D + 2 * qw + 2 * kvw + 2 * F;
+  const int64_t elements = tokens * per_token + R * (D + c.vocab_size);
+  ASSIGN_OR_RETURN(scratch_, backend_->Allocate(static_cast<size_t>(elements) * DTypeSize(t)));
+  char* p = static_cast<char*>(scratch_.data());
+  auto take = [&](int64_t rows, int64_t cols) {
+    Tensor x{p, t, rows, cols};
+    p += x.bytes();
+    return x;
+  };
+  x_ = take(tokens, D);
+  xn_ = take(tokens, D);
+  q_ = take(tokens, qw);
+  attn_ = take(tokens, qw);
+  k_ = take(tokens, kvw);
+  v_ = take(tokens, kvw);
+  gate_ = take(tokens, F);
+  up_ = take(tokens, F);
+  logits_rows_ = take(R, D);
+  logits_ = take(R, c.vocab_size);
+  scratch_tokens_ = tokens;
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<float>* logits) {
+  int64_t total = 0;
+  const int block_size = kv_->geometry().block_size;
+  for (const StepItem& it : items) {
+    if (it.seq == nullptr || it.tokens.empty()) {
+      return absl::InvalidArgumentError("forward: every item needs a sequence and tokens");
+    }
+    const cpu::DcaParams& d = it.dca;
+    const bool rope = d.chunk_len == cpu::kDcaUnbounded && d.chunk_size == cpu::kDcaUnbounded;
+    if (!rope && (d.chunk_len <= 0 || d.chunk_size < d.chunk_len || d.chunk_len % block_size != 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "forward: DCA chunk length ", d.chunk_len, " must be positive, at most chunk_size ",
+          d.chunk_size, " and a multiple of the KV block size ", block_size));
+    }
+    total += static_cast<int64_t>(it.tokens.size());
+  }
+  if (total == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(EnsureScratch(total));
+
+  // Reserve KV slots for every item first; on any failure every sequence goes back.
+  std::vector<int> old_length;
+  old_length.reserve(items.size());
+  for (const StepItem& it : items) old_length.push_back(it.seq->length());
+  auto rollback = [&] {
+    for (size_t i = 0; i < items.size(); ++i) kv_->Truncate(*items[i].seq, old_length[i]);
+  };
+  absl::Status status = RunLayers(items, total);
+  if (status.ok()) status = ComputeLogits(items, old_length, logits);
+  if (!status.ok()) rollback();
+  return status;
+}
+
+absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t total) {
+  const ModelConfig& c = config_;
+  Backend& b = *backend_;
+  std::vector<int32_t> ids, slots, key_pos, item_slots;
+  ids.reserve(static_cast<size_t>(total));
+  slots.reserve(static_cast<size_t>(total));
+  key_pos.reserve(static_cast<size_t>(total));
+  std::vector<AttentionSeq> seqs;
+  seqs.reserve(items.size());
+  const float default_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  int q_row = 0;
+  for (const StepItem& it : items) {
+    const int start = it.seq->length();
+    const int n = static_cast<int>(it.tokens.size());
+    RETURN_IF_ERROR(kv_->Append(*it.seq, n, &item_slots));
+    ids.insert(ids.end(), it.tokens.begin(), it.tokens.end());
+    slots.insert(slots.end(), item_slots.begin(), item_slots.end());
+    // Keys are rotated once, at j mod L (DESIGN §3), and cached that way.
+    for (int j = start; j < start + n; ++j) key_pos.push_back(j % it.dca.chunk_len);
+    AttentionSeq s;
+    s.q_row = q_row;
+    s.n_q = n;
+    s.q_start = start;
+    s.block_table = it.seq->block_table();
+    s.dca = it.dca;
+    if (s.dca.softmax_scale == 0.f) s.dca.softmax_scale = default_scale;
+    seqs.push_back(s);
+    q_row += n;
+  }
+
+  Tensor x = x_.Rows(0, total), xn = xn_.Rows(0, total), q = q_.Rows(0, total),
+         k = k_.Rows(0, total), v = v_.Rows(0, total), attn = attn_.Rows(0, total),
+         gate = gate_.Rows(0, total), up = up_.Rows(0, total);
+  RETURN_IF_ERROR(b.Embedding(x, token_embd_, ids));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const Layer& L = layers_[static_cast<size_t>(l)];
+    RETURN_IF_ERROR(b.RmsNorm(xn, x, L.attn_norm, c.rms_eps));
+    RETURN_IF_ERROR(b.Linear(q, xn, L.wq, L.has_bias ? &L.bq : nullptr));
+    RETURN_IF_ERROR(b.Linear(k, xn, L.wk, L.has_bias ? &L.bk : nullptr));
+    RETURN_IF_ERROR(b.Linear(v, xn, L.wv, L.has_bias ? &L.bv : nullptr));
+    RETURN_IF_ERROR(b.Rope(k, c.n_kv_heads, key_pos, inv_freq_));
+    RETURN_IF_ERROR(b.KvWrite(l, k, v, slots));
+    RETURN_IF_ERROR(b.Attention(attn, q, l, c.n_heads, seqs, inv_freq_));
+    RETURN_IF_ERROR(b.Linear(xn, attn, L.wo, nullptr));
+    RETURN_IF_ERROR(b.AddInPlace(x, xn));
+    RETURN_IF_ERROR(b.RmsNorm(xn, x, L.ffn_norm, c.rms_eps));
+    RETURN_IF_ERROR(b.Linear(gate, xn, L.w_gate, nullptr));
+    RETURN_IF_ERROR(b.Linear(up, xn, L.w_up, nullptr));
+    RETURN_IF_ERROR(b.SwiGlu(gate, gate, up));
+    RETURN_IF_ERROR(b.Linear(xn, gate, L.w_down, nullptr));
+    RETURN_IF_ERROR(b.AddInPlace(x, xn));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::ComputeLogits(std::span<const StepItem> items,
+                                       std::span<const int> old_length,
+                                       std::vector<float>* logits) {
+  std::vector<int32_t> rows;
+  int64_t row = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int n = items[i].seq->length() - old_length[i];
+    if (items[i].logits == LogitsMode::kAll) {
+      for (int r = 0; r < n; ++r) rows.push_back(static_cast<int32_t>(row + r));
+    } else if (items[i].logits == LogitsMode::kLast) {
+      rows.push_back(static_cast<int32_t>(row + n - 1));
+    }
+    row += n;
+  }
+  const int64_t V = config_.vocab_size;
+  if (logits == nullptr) return absl::OkStatus();
+  logits->resize(rows.size() * static_cast<size_t>(V));
+  for (size_t first = 0; first < rows.size(); first += kLogitRowsPerPass) {
+    const int64_t n = std::min<int64_t>(kLogitRowsPerPass, static_cast<int64_t>(rows.size() - first));
+    Tensor h = logits_rows_.Rows(0, n), out = logits_.Rows(0, n);
+    RETURN_IF_ERROR(backend_->GatherRows(h, x_, std::span<const int32_t>(rows).subspan(first, n)));
+    RETURN_IF_ERROR(backend_->RmsNorm(h, h, output_norm_, config_.rms_eps));
+    RETURN_IF_ERROR(backend_->Linear(out, h, output_, nullptr));
+    RETURN_IF_ERROR(backend_->Download(logits->data() + first * V, out));
+  }
+  return backend_->Synchronize();
+}
+
+}  // namespace longctx
