@@ -45,7 +45,27 @@ struct AttnCase {
   std::string name;
   int H, n_kv, D, block_size;
   std::vector<SeqSpec> seqs;
+  // Long cases: the CPU reference runs on the sampled rows only, and only the
+  // kernels worth running at that size.
+  bool sampled_reference = false;
+  std::vector<CudaAttentionKernels> kernels = {
+      CudaAttentionKernels::kSimple, CudaAttentionKernels::kTiled, CudaAttentionKernels::kSplit,
+      CudaAttentionKernels::kAuto};
 };
+
+const char* KernelsName(CudaAttentionKernels k) {
+  switch (k) {
+    case CudaAttentionKernels::kSimple:
+      return "simple";
+    case CudaAttentionKernels::kTiled:
+      return "tiled";
+    case CudaAttentionKernels::kSplit:
+      return "split";
+    case CudaAttentionKernels::kAuto:
+      break;
+  }
+  return "auto";
+}
 
 std::ostream& operator<<(std::ostream& os, const AttnCase& c) { return os << c.name; }
 
@@ -119,12 +139,9 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
 
   CpuBackend cpu;
   ASSERT_TRUE(cpu.InitKv(g).ok());
-  const CudaAttentionKernels modes[] = {CudaAttentionKernels::kSimple,
-                                        CudaAttentionKernels::kTiled,
-                                        CudaAttentionKernels::kSplit, CudaAttentionKernels::kAuto};
   std::vector<std::unique_ptr<Backend>> gpus;
   const std::vector<float> nan_block(g.ElementsPerBlock(), std::numeric_limits<float>::quiet_NaN());
-  for (CudaAttentionKernels m : modes) {
+  for (CudaAttentionKernels m : c.kernels) {
     CudaBackendOptions o;
     o.attention = m;
     auto b = CreateCudaBackend(o);
@@ -187,20 +204,32 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   const int64_t cols = int64_t{c.H} * c.D;
   const std::vector<float> q = RandomVec(static_cast<size_t>(rows) * cols, rng, 2.f);
 
-  std::vector<float> ref(q.size());
-  {
-    Tensor qc{const_cast<float*>(q.data()), DType::kF32, rows, cols};
-    Tensor oc{ref.data(), DType::kF32, rows, cols};
-    ASSERT_TRUE(cpu.Attention(oc, qc, 1, c.H, seqs, inv_freq).ok());
-  }
-
-  // Naive bf16 on a sample of rows (all heads), for the 2x bound.
+  // Rows checked against the naive bf16 attention (all heads), for the 2x bound.
   std::vector<std::pair<int, int>> sample;  // (sequence, query)
   for (size_t si = 0; si < c.seqs.size(); ++si) {
     const int n = c.seqs[si].n_q;
     for (int r : {0, n / 2, n - 1}) sample.emplace_back(si, r);
     std::uniform_int_distribution<int> pick(0, n - 1);
-    for (int k = 0; k < 5; ++k) sample.emplace_back(si, pick(rng));
+    for (int k = 0; k < (c.sampled_reference ? 13 : 5); ++k) sample.emplace_back(si, pick(rng));
+  }
+
+  std::vector<float> ref(q.size(), std::numeric_limits<float>::quiet_NaN());
+  {
+    Tensor qc{const_cast<float*>(q.data()), DType::kF32, rows, cols};
+    Tensor oc{ref.data(), DType::kF32, rows, cols};
+    std::vector<AttentionSeq> ref_seqs = seqs;
+    if (c.sampled_reference) {
+      // One single-query sequence per sampled row: same keys, same position.
+      ref_seqs.clear();
+      for (auto [si, r] : sample) {
+        AttentionSeq a = seqs[si];
+        a.q_row = seqs[si].q_row + r;
+        a.n_q = 1;
+        a.q_start = seqs[si].q_start + r;
+        ref_seqs.push_back(a);
+      }
+    }
+    ASSERT_TRUE(cpu.Attention(oc, qc, 1, c.H, ref_seqs, inv_freq).ok());
   }
   std::vector<float> naive_s, ref_s;
   for (auto [si, r] : sample) {
@@ -216,7 +245,6 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
     }
   }
 
-  const char* names[] = {"simple", "tiled", "split", "auto"};
   for (size_t m = 0; m < gpus.size(); ++m) {
     Backend* gpu = gpus[m].get();
     OwnedTensor qt = MakeTensor(gpu, DType::kF32, rows, cols, q);
@@ -230,9 +258,11 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
       const int row = seqs[si].q_row + r;
       got_s.insert(got_s.end(), got.begin() + row * cols, got.begin() + (row + 1) * cols);
     }
-    const std::string what = absl::StrCat(c.name, " kernels=", names[m]);
+    const std::string what = absl::StrCat(c.name, " kernels=", KernelsName(c.kernels[m]));
     // The whole output against f32, the sampled rows also against naive bf16.
-    EXPECT_LE(testing_cuda::RelErr(got, ref), testing_cuda::kBf16Bound) << what << " (all rows)";
+    if (!c.sampled_reference) {
+      EXPECT_LE(testing_cuda::RelErr(got, ref), testing_cuda::kBf16Bound) << what << " (all rows)";
+    }
     ExpectBf16Close(got_s, ref_s, naive_s, what + " (sampled rows)");
   }
 }
@@ -281,6 +311,26 @@ std::vector<AttnCase> Cases() {
   // Where the fast kernels' tiling does not apply: 16-token blocks, L = 150.
   cases.push_back({"fallback_bs16_gqa64", 9, 3, 64, 16, {{1000, 1000, 256, 64}, {300, 1, 0, 0}}});
   cases.push_back({"fallback_L150_gqa128", 8, 2, 128, 64, {{1000, 1000, 200, 50}, {999, 1, 200, 50}}});
+  // 32k tokens with the default DCA settings of an 8k model (C = 6144, w = 1024):
+  // a full prefill, and a chunk plus decode steps appended to a 32k context.
+  AttnCase prefill32k{"long32k_prefill_gqa64_C6144w1024", 9, 3, 64, 64,
+                      {{32768, 32768, 6144, 1024}}};
+  prefill32k.sampled_reference = true;
+  prefill32k.kernels = {CudaAttentionKernels::kTiled, CudaAttentionKernels::kAuto};
+  cases.push_back(prefill32k);
+  AttnCase prefill32k_128{"long32k_prefill_gqa128_C6144w1024", 8, 2, 128, 64,
+                          {{32768, 32768, 6144, 1024}}};
+  prefill32k_128.sampled_reference = true;
+  prefill32k_128.kernels = {CudaAttentionKernels::kAuto};
+  cases.push_back(prefill32k_128);
+  AttnCase tail32k{"long32k_chunk_and_decode_gqa64",
+                   9,
+                   3,
+                   64,
+                   64,
+                   {{32768, 100, 6144, 1024}, {32769, 1, 6144, 1024}, {32000, 1, 0, 0}}};
+  tail32k.sampled_reference = true;
+  cases.push_back(tail32k);
   return cases;
 }
 
