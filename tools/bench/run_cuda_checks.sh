@@ -27,7 +27,7 @@ for phase in "$@"; do
   start=$(date +%s)
   case $phase in
     unit)
-      timeout 420 longctx_unit_tests --gtest_filter='Cuda*' > "$out/unit.log" 2>&1
+      timeout 420 longctx_unit_tests --gtest_filter='*Cuda*' > "$out/unit.log" 2>&1
       echo "unit: rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$out/unit.log" | tr '\n' ' ')" ;;
     model)
       timeout 300 longctx_unit_tests --gtest_filter='CudaModelTest.*' > "$out/model.log" 2>&1

@@ -105,7 +105,8 @@ class CudaBackend final : public Backend {
 };
 
 CudaBackend::~CudaBackend() {
-  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  // Members that use the stream go first; the stream itself last.
+  staging_.Release();
   convert_.Release();
   x_bf16_.Release();
   split_o_.Release();

@@ -26,10 +26,11 @@ absl::Status ScratchBuffer::Reserve(size_t bytes, cudaStream_t stream) {
   return absl::OkStatus();
 }
 
-ArgStaging::~ArgStaging() { Destroy(); }
+ArgStaging::~ArgStaging() { Release(); }
 
-void ArgStaging::Destroy() {
+void ArgStaging::Release() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  stream_ = nullptr;
   for (cudaEvent_t& e : done_) {
     if (e != nullptr) cudaEventDestroy(e);
     e = nullptr;

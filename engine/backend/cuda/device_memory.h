@@ -49,13 +49,14 @@ class ArgStaging {
   ~ArgStaging();
 
   absl::Status Init(size_t half_bytes, cudaStream_t stream);
+  // Waits for the stream and frees everything. REQUIRES: the stream still exists.
+  void Release();
   // Returns the device address of the staged copy (256-byte aligned). Valid for
   // ops enqueued on the stream before the next Stage() call that wraps.
   absl::StatusOr<void*> Stage(const void* host, size_t bytes);
 
  private:
   absl::Status Grow(size_t bytes);
-  void Destroy();
 
   cudaStream_t stream_ = nullptr;
   size_t half_ = 0;
