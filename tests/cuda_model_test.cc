@@ -4,12 +4,16 @@
 // differ from the f32 CPU model. Bound (STYLE rule 2): the relative L2 error of
 // the logits is at most 5e-2 and at most 3x the error of the CPU model run on
 // the same weights rounded to bf16 (the error that bf16 weight storage alone
-// causes, a floor for any bf16 implementation); greedy decoding agrees.
+// causes, a floor for any bf16 implementation). Greedy decoding must agree
+// token for token, except that the two may part at a numerical tie: a step where
+// the CPU's top two logits are closer than 3x the RMS logit difference between
+// the backends (measured on the prompt); the test prints where and by how much.
 // The default-model test needs LONGCTX_MODEL; the random-weights test (SmolLM2
 // shapes, 4 layers, DCA on) needs only a GPU.
 #ifdef LONGCTX_WITH_CUDA
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -42,7 +46,21 @@ int32_t ArgMax(const float* v, int n) {
 struct RunResult {
   std::vector<float> logits;  // [n_tokens, vocab]
   std::vector<int32_t> greedy;
+  std::vector<float> margin;  // top-1 minus top-2 logit of each greedy choice
 };
+
+float Top2Margin(const float* v, int n) {
+  float a = -INFINITY, b = -INFINITY;
+  for (int i = 0; i < n; ++i) {
+    if (v[i] > a) {
+      b = a;
+      a = v[i];
+    } else if (v[i] > b) {
+      b = v[i];
+    }
+  }
+  return a - b;
+}
 
 RunResult Run(LlamaModel& m, const std::vector<int32_t>& prompt, int n_greedy,
               const cpu::DcaParams& dca, int prefill_piece) {
@@ -63,8 +81,10 @@ RunResult Run(LlamaModel& m, const std::vector<int32_t>& prompt, int n_greedy,
     r.logits.insert(r.logits.end(), part.begin(), part.end());
   }
   int32_t next = ArgMax(r.logits.data() + r.logits.size() - V, V);
+  float margin = Top2Margin(r.logits.data() + r.logits.size() - V, V);
   for (int k = 0; k < n_greedy; ++k) {
     r.greedy.push_back(next);
+    r.margin.push_back(margin);
     StepItem it;
     it.seq = &seq;
     it.tokens = std::span<const int32_t>(&r.greedy.back(), 1);
@@ -74,6 +94,7 @@ RunResult Run(LlamaModel& m, const std::vector<int32_t>& prompt, int n_greedy,
     EXPECT_TRUE(s.ok()) << s;
     if (!s.ok()) break;
     next = ArgMax(logits.data(), V);
+    margin = Top2Margin(logits.data(), V);
   }
   m.kv_cache().Release(seq);
   return r;
@@ -127,14 +148,26 @@ void ComparePrompt(Models& m, const std::string& name, const std::vector<int32_t
   ASSERT_EQ(c.logits.size(), g.logits.size());
   const double e = RelErr(g.logits, c.logits), e_w = RelErr(cb.logits, c.logits);
   const double top1 = Top1Agreement(g.logits, c.logits, V);
+  double sq = 0;
+  for (size_t k = 0; k < c.logits.size(); ++k) {
+    sq += (double{g.logits[k]} - c.logits[k]) * (double{g.logits[k]} - c.logits[k]);
+  }
+  const double tie = 3 * std::sqrt(sq / static_cast<double>(c.logits.size()));
   int agree = 0;
   while (agree < n_greedy && c.greedy[agree] == g.greedy[agree]) ++agree;
   std::printf("[model] %s tokens=%zu logits_rel_err=%.3e bf16_weights_rel_err=%.3e "
-              "ratio=%.2f top1=%.4f greedy_agree=%d/%d\n",
+              "ratio=%.2f top1=%.4f greedy_agree=%d/%d",
               name.c_str(), prompt.size(), e, e_w, e / e_w, top1, agree, n_greedy);
+  if (agree < n_greedy) {
+    std::printf(" parted at a cpu top-2 margin of %.4f (tie below %.4f)", c.margin[agree], tie);
+  }
+  std::printf("\n");
   EXPECT_LE(e, kLogitsBound) << name;
   EXPECT_LE(e, kLogitsRatio * e_w) << name;
-  EXPECT_EQ(g.greedy, c.greedy) << name;
+  if (agree < n_greedy) {
+    EXPECT_LT(c.margin[agree], tie) << name << ": greedy decoding parted at step " << agree
+                                    << " where the CPU's choice was not a numerical tie";
+  }
 }
 
 // Prompts (token ids) of the golden-logits fixture (tools/gen_golden_logits.py).

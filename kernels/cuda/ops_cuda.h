@@ -117,8 +117,9 @@ inline constexpr int kDcaKeyTile = 64;
 inline constexpr int kDcaTiledRows = 128;
 // Rows per warp-per-row reference kernel block.
 inline constexpr int kDcaSimpleRows = 4;
-// (query, head) rows per block of the split-KV kernel: the rows of one kv head.
-inline constexpr int kDcaSplitRows = 8;
+// (query, head) rows per block of the split-KV kernel, all of one kv head: one
+// 16-row tensor-core tile.
+inline constexpr int kDcaSplitRows = 16;
 
 // Work item of the simple and tiled kernels: rows row0 .. row0 + rows of a sequence.
 struct DcaRowTile {
@@ -134,12 +135,13 @@ cudaError_t DcaAttentionSimple(const DcaAttentionParams& p, const DcaRowTile* ti
 
 // Tiled prefill kernel (flash-attention-2 style, bf16 mma.sync, fp32 softmax):
 // D in {64, 128}; each tile covers kDcaTiledRows rows of one sequence.
+// grid: (n_tiles, H).
 bool DcaTiledSupported(int D);
 cudaError_t DcaAttentionTiled(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
                               cudaStream_t stream);
 
-// Split-KV (flash-decoding) kernel. Rows are (query, head in group) pairs of one
-// kv head: row rr of a sequence is query rr / group, q head kv_head * group + rr % group.
+// Split-KV (flash-decoding) kernel, bf16 mma.sync like the tiled kernel, D in
+// {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a sequence is query rr / group, q head kv_head * group + rr % group.
 // A work item covers rows rr0 .. rr0 + n_rows (≤ kDcaSplitRows) and key tiles
 // [tile_begin, tile_end). Items with out_slot < 0 are the only split of their
 // rows and write `out` directly; the others write partial results to slot
@@ -162,7 +164,7 @@ struct DcaCombineItem {
 };
 struct DcaSplitScratch {
   float* o = nullptr;   // [slots, n_kv_heads, kDcaSplitRows, D], normalised partial outputs
-  float* ml = nullptr;  // [slots, n_kv_heads, kDcaSplitRows, 2]: running max (log2 units), sum
+  float* ml = nullptr;  // [slots, n_kv_heads, kDcaSplitRows, 2]: max score (log2 units), sum
 };
 bool DcaSplitSupported(int D);
 // grid: (n_items, n_kv_heads) then (n_combine, n_kv_heads).

@@ -12,7 +12,8 @@ enum class Kernel { kSimple, kTiled, kSplit };
 // Fewest key tiles one split-KV block takes: below this the combine costs more
 // than the parallelism gains.
 constexpr int kMinTilesPerSplit = 2;
-// Split-KV blocks resident per SM (registers allow two).
+// Split-KV blocks per SM the planner aims for: enough to fill the device and
+// balance uneven sequences without splitting short contexts needlessly.
 constexpr int kSplitBlocksPerSm = 2;
 
 Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
