@@ -207,4 +207,41 @@ void ContextParallelAttention::Release(ShardedSequence& seq) {
   seq.length_ = 0;
 }
 
+absl::Status ContextParallelAttention::ServeStep(ShardedSequence& seq, int n_new, int n_layers,
+                                                 const cpu::DcaParams& dca) {
+  RETURN_IF_ERROR(BeginStep(seq, n_new));
+  for (int l = 0; l < n_layers; ++l) {
+    if (absl::Status s = Attend(seq, l, dca, Tensor(), Tensor(), Tensor(), Tensor()); !s.ok()) {
+      EndStep(seq, false);
+      return s;
+    }
+  }
+  EndStep(seq, true);
+  return absl::OkStatus();
+}
+
+absl::Status ContextParallelStep::Attend(int layer, Tensor out, Tensor q, Tensor k, Tensor v) {
+  if (layer != layers_done_) {
+    return absl::FailedPreconditionError(absl::StrCat("context parallel: layer ", layer,
+                                                      " after ", layers_done_, " layers"));
+  }
+  RETURN_IF_ERROR(cp_->Attend(*seq_, layer, dca_, out, q, k, v));
+  ++layers_done_;
+  return absl::OkStatus();
+}
+
+absl::Status ContextParallelStep::Finish(absl::Status forward_status) {
+  const bool complete = layers_done_ == n_layers_;
+  if (!complete && cp_->comm().health().ok()) {
+    cp_->comm().Abort(absl::StrCat("home forward stopped after ", layers_done_, " of ",
+                                   n_layers_, " layers: ", forward_status.ToString()));
+  }
+  cp_->EndStep(*seq_, complete);
+  if (!complete && forward_status.ok()) {
+    return absl::InternalError(absl::StrCat("context parallel: forward attended ", layers_done_,
+                                            " of ", n_layers_, " layers"));
+  }
+  return forward_status;
+}
+
 }  // namespace longctx

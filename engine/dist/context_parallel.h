@@ -23,6 +23,7 @@
 #include "engine/dist/communicator.h"
 #include "engine/dist/placement.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/model/llama_model.h"
 
 namespace longctx {
 
@@ -86,6 +87,12 @@ class ContextParallelAttention {
   // Local. Frees this rank's KV of the session.
   void Release(ShardedSequence& seq);
 
+  // Collective, on every rank but the session's home while the home runs the
+  // model over the step (ContextParallelStep): BeginStep, Attend for each of
+  // n_layers layers, EndStep.
+  absl::Status ServeStep(ShardedSequence& seq, int n_new, int n_layers,
+                         const cpu::DcaParams& dca);
+
  private:
   // Scratch for a step of `tokens` new tokens, grown on demand.
   absl::Status EnsureScratch(int tokens);
@@ -106,6 +113,36 @@ class ContextParallelAttention {
   Tensor k_mine_, v_mine_;  // rows of k/v this rank stores
   Tensor gathered_;         // f32 partials of all ranks; this rank's part is its own
   DeviceBuffer status_buf_;  // f32 [world_size]: BeginStep's agreement
+};
+
+// The home rank's side of one step, handed to LlamaModel::Forward as the item's
+// external attention:
+//   RETURN_IF_ERROR(cp.BeginStep(seq, n));
+//   ContextParallelStep step(&cp, &seq, dca, model.config().n_layers);
+//   item.external = &step;
+//   status = step.Finish(model.Forward({&item, 1}, &logits));
+class ContextParallelStep final : public ExternalAttention {
+ public:
+  ContextParallelStep(ContextParallelAttention* cp, ShardedSequence* seq,
+                      const cpu::DcaParams& dca, int n_layers)
+      : cp_(cp), seq_(seq), dca_(dca), n_layers_(n_layers) {}
+
+  int length() const override { return seq_->length(); }
+  absl::Status Attend(int layer, Tensor out, Tensor q, Tensor k, Tensor v) override;
+
+  // Ends the step with the outcome of the model's forward. Once every layer has
+  // attended, the ranks hold the step's KV and the session grows even if the
+  // forward failed afterwards (computing logits); a forward that stopped earlier
+  // aborts the communicator, since the other ranks wait for the next layer.
+  // Returns forward_status.
+  absl::Status Finish(absl::Status forward_status);
+
+ private:
+  ContextParallelAttention* cp_;
+  ShardedSequence* seq_;
+  cpu::DcaParams dca_;
+  int n_layers_;
+  int layers_done_ = 0;
 };
 
 }  // namespace longctx
