@@ -49,9 +49,8 @@ class PagedStore {
 
   // Writes one token's k, v ([n_kv_heads, D] each) at local index `local`.
   void Write(int local, const float* k, const float* v) {
-    const int64_t base =
-        table_[static_cast<size_t>(local / block_size_)] * Stride() +
-        int64_t{local % block_size_} * n_kv_heads_ * D_;
+    const int64_t base = table_[static_cast<size_t>(local / block_size_)] * Stride() +
+                         int64_t{local % block_size_} * n_kv_heads_ * D_;
     std::copy(k, k + n_kv_heads_ * D_, k_.begin() + base);
     std::copy(v, v + n_kv_heads_ * D_, v_.begin() + base);
   }
@@ -87,8 +86,7 @@ struct Reference {
 
 // DCA attention in double precision from the definition (DESIGN §3).
 Reference DoubleDca(const Case& c, const std::vector<float>& q, const std::vector<float>& k,
-                    const std::vector<float>& v, const std::vector<float>& inv_freq,
-                    float scale) {
+                    const std::vector<float>& v, const std::vector<float>& inv_freq, float scale) {
   const int D = c.D, half = D / 2, L = c.chunk_len, C = c.chunk_size;
   const int group = c.H / c.n_kv_heads;
   Reference ref;
@@ -162,11 +160,11 @@ void CheckSplit(const Case& c, int R, uint32_t seed) {
 
   // Single-pass reference over all keys.
   PagedStore all(T, c.block_size, c.n_kv_heads, c.D, rng);
-  for (int j = 0; j < T; ++j) all.Write(j, &k[static_cast<size_t>(j) * kv_width],
-                                        &v[static_cast<size_t>(j) * kv_width]);
+  for (int j = 0; j < T; ++j)
+    all.Write(j, &k[static_cast<size_t>(j) * kv_width], &v[static_cast<size_t>(j) * kv_width]);
   std::vector<float> single(q.size(), kNaN);
-  cpu::DcaAttention(single.data(), q.data(), all.View(), inv_freq.data(), p, c.n_q, c.q_start,
-                    c.H, c.D);
+  cpu::DcaAttention(single.data(), q.data(), all.View(), inv_freq.data(), p, c.n_q, c.q_start, c.H,
+                    c.D);
 
   // Per rank: its runs, stored back to back in its own paged store.
   const int64_t N = int64_t{c.n_q} * c.H;
@@ -189,8 +187,8 @@ void CheckSplit(const Case& c, int R, uint32_t seed) {
     }
     cpu::KeyRuns runs{first.data(), count.data(), static_cast<int>(first.size())};
     float* o = parts.data() + rank * part_stride;
-    cpu::DcaPartialAttention(o, o + N * c.D, q.data(), mine.View(), runs, inv_freq.data(), p,
-                             c.n_q, c.q_start, c.H, c.D);
+    cpu::DcaPartialAttention(o, o + N * c.D, q.data(), mine.View(), runs, inv_freq.data(), p, c.n_q,
+                             c.q_start, c.H, c.D);
   }
   std::vector<float> merged(q.size(), kNaN), merged_lse(static_cast<size_t>(N), kNaN);
   cpu::MergeAttention(merged.data(), merged_lse.data(), parts.data(), parts.data() + N * c.D,
@@ -262,8 +260,7 @@ TEST(AttentionMergeTest, MergeSkipsEmptyPartialsAndKeepsAllEmptyRowsZero) {
   const int D = 3;
   // Row 0: partial 0 empty, partial 1 carries everything. Row 1: both empty.
   // Row 2: equal lse, so the mean.
-  const float o[2][3][D] = {{{9, 9, 9}, {9, 9, 9}, {1, 2, 3}},
-                            {{4, 5, 6}, {7, 7, 7}, {3, 2, 1}}};
+  const float o[2][3][D] = {{{9, 9, 9}, {9, 9, 9}, {1, 2, 3}}, {{4, 5, 6}, {7, 7, 7}, {3, 2, 1}}};
   const float l[2][3] = {{kNegInf, kNegInf, 0.5f}, {2.f, kNegInf, 0.5f}};
   // Packed like a gather: [o (3 rows × D) | lse (3)] per partial.
   std::vector<float> packed;

@@ -88,7 +88,8 @@ std::vector<std::vector<std::vector<float>>> Reference(const std::vector<int>& s
       a.dca = dca;
       a.dca.softmax_scale = 1.f / std::sqrt(float{kDim});
       EXPECT_TRUE(
-          rank->backend.Attention(HostTensor(o, n), HostTensor(in.q, n), l, kHeads, {&a, 1}, inv_freq)
+          rank->backend
+              .Attention(HostTensor(o, n), HostTensor(in.q, n), l, kHeads, {&a, 1}, inv_freq)
               .ok());
       out.back().push_back(std::move(o));
     }
@@ -202,12 +203,12 @@ TEST(DistContextParallelTest, KvExhaustedOnOneRankFailsTheStepOnEveryRank) {
         cp.EndStep(seq, true);
         return absl::OkStatus();
       };
-      ASSERT_TRUE(run_step(20, 0).ok());           // rank 1 holds tokens 16..19
+      ASSERT_TRUE(run_step(20, 0).ok());  // rank 1 holds tokens 16..19
       const int held = seq.local().length();
-      big[r] = run_step(40, 1);                     // rank 1 would need 16..31 and 48..59
+      big[r] = run_step(40, 1);  // rank 1 would need 16..31 and 48..59
       EXPECT_EQ(seq.local().length(), held);
       EXPECT_TRUE(comms[r]->health().ok());
-      EXPECT_TRUE(run_step(4, 2).ok());             // the group still works
+      EXPECT_TRUE(run_step(4, 2).ok());  // the group still works
       length_after[r] = seq.length();
     });
   }

@@ -102,8 +102,8 @@ class DistModelTest : public testing::Test {
         Backend* backend = model_->backend();
         KvCache* kv = &model_->kv_cache();
         if (r != home) {
-          auto created = KvCache::Create(&worker_backend, c.n_layers, c.n_kv_heads, c.head_dim,
-                                         KvConfig());
+          auto created =
+              KvCache::Create(&worker_backend, c.n_layers, c.n_kv_heads, c.head_dim, KvConfig());
           ASSERT_TRUE(created.ok()) << created.status();
           worker_kv = std::move(created).value();
           backend = &worker_backend;

@@ -144,8 +144,8 @@ TEST(DistRendezvousTest, MissingWorkerIsUnavailableForRankZero) {
 }
 
 TEST(DistRendezvousTest, ThreeRanksExchangeTheIdThroughAFile) {
-  const std::filesystem::path path = std::filesystem::path(testing::TempDir()) /
-                                     absl::StrCat("longctx_rendezvous_", getpid());
+  const std::filesystem::path path =
+      std::filesystem::path(testing::TempDir()) / absl::StrCat("longctx_rendezvous_", getpid());
   std::filesystem::remove(path);
   const std::string address = "file://" + path.string();
   const std::string id = IdLikePayload();

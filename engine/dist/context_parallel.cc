@@ -72,8 +72,7 @@ absl::Status ContextParallelAttention::BeginStep(ShardedSequence& seq, int n_new
   const int rank = comm_->rank(), world = comm_->world_size();
   if (place.world_size() != world) {
     return absl::InvalidArgumentError(absl::StrCat("context parallel: placement over ",
-                                                   place.world_size(), " ranks, group of ",
-                                                   world));
+                                                   place.world_size(), " ranks, group of ", world));
   }
   ShardedSequence::Step step;
   step.n_new = n_new;
@@ -118,9 +117,9 @@ absl::Status ContextParallelAttention::BeginStep(ShardedSequence& seq, int n_new
     if (code == absl::StatusCode::kOk) continue;
     undo();
     if (r == rank) return mine;
-    return absl::Status(code, absl::StrCat("context parallel: rank ", r,
-                                           " could not prepare the step (",
-                                           absl::StatusCodeToString(code), ")"));
+    return absl::Status(code,
+                        absl::StrCat("context parallel: rank ", r, " could not prepare the step (",
+                                     absl::StatusCodeToString(code), ")"));
   }
   place.HeldRuns(rank, int64_t{seq.length_} + n_new, &step.run_first, &step.run_count);
   seq.step_ = std::move(step);
@@ -132,16 +131,17 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
                                               Tensor k, Tensor v) {
   const ShardedSequence::Step& step = seq.step_;
   const int n = step.n_new;
-  if (n == 0) return Fail(absl::FailedPreconditionError("context parallel: Attend before BeginStep"));
+  if (n == 0)
+    return Fail(absl::FailedPreconditionError("context parallel: Attend before BeginStep"));
   const int rank = comm_->rank(), world = comm_->world_size();
   const int home = seq.placement().home();
   const int64_t q_cols = int64_t{n_heads_} * head_dim_, kv_cols = int64_t{n_kv_heads_} * head_dim_;
   if (rank == home) {
     if (q.rows != n || q.cols != q_cols || out.rows != n || out.cols != q_cols || k.rows != n ||
         k.cols != kv_cols || v.rows != n || v.cols != kv_cols) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat(
-          "context parallel: layer ", layer, " needs q/out [", n, ", ", q_cols, "] and k/v [", n,
-          ", ", kv_cols, "]")));
+      return Fail(absl::InvalidArgumentError(absl::StrCat("context parallel: layer ", layer,
+                                                          " needs q/out [", n, ", ", q_cols,
+                                                          "] and k/v [", n, ", ", kv_cols, "]")));
     }
     // The broadcast reads the home's tensors straight from the device.
     if (absl::Status s = backend_->Synchronize(); !s.ok()) return Fail(std::move(s));
@@ -222,8 +222,8 @@ absl::Status ContextParallelAttention::ServeStep(ShardedSequence& seq, int n_new
 
 absl::Status ContextParallelStep::Attend(int layer, Tensor out, Tensor q, Tensor k, Tensor v) {
   if (layer != layers_done_) {
-    return absl::FailedPreconditionError(absl::StrCat("context parallel: layer ", layer,
-                                                      " after ", layers_done_, " layers"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("context parallel: layer ", layer, " after ", layers_done_, " layers"));
   }
   RETURN_IF_ERROR(cp_->Attend(*seq_, layer, dca_, out, q, k, v));
   ++layers_done_;
@@ -233,8 +233,8 @@ absl::Status ContextParallelStep::Attend(int layer, Tensor out, Tensor q, Tensor
 absl::Status ContextParallelStep::Finish(absl::Status forward_status) {
   const bool complete = layers_done_ == n_layers_;
   if (!complete && cp_->comm().health().ok()) {
-    cp_->comm().Abort(absl::StrCat("home forward stopped after ", layers_done_, " of ",
-                                   n_layers_, " layers: ", forward_status.ToString()));
+    cp_->comm().Abort(absl::StrCat("home forward stopped after ", layers_done_, " of ", n_layers_,
+                                   " layers: ", forward_status.ToString()));
   }
   cp_->EndStep(*seq_, complete);
   if (!complete && forward_status.ok()) {

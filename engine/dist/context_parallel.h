@@ -44,10 +44,10 @@ class ShardedSequence {
   // What BeginStep prepared for the step in flight (n_new == 0: none).
   struct Step {
     int n_new = 0;
-    int local_before = 0;              // local_.length() before the step
-    std::vector<int32_t> rows;         // new-token rows this rank stores
-    std::vector<int32_t> slots;        // their KV slots, same order
-    std::vector<int32_t> run_first;    // held runs of [0, length + n_new)
+    int local_before = 0;            // local_.length() before the step
+    std::vector<int32_t> rows;       // new-token rows this rank stores
+    std::vector<int32_t> slots;      // their KV slots, same order
+    std::vector<int32_t> run_first;  // held runs of [0, length + n_new)
     std::vector<int32_t> run_count;
   };
   ChunkPlacement placement_;
@@ -90,8 +90,7 @@ class ContextParallelAttention {
   // Collective, on every rank but the session's home while the home runs the
   // model over the step (ContextParallelStep): BeginStep, Attend for each of
   // n_layers layers, EndStep.
-  absl::Status ServeStep(ShardedSequence& seq, int n_new, int n_layers,
-                         const cpu::DcaParams& dca);
+  absl::Status ServeStep(ShardedSequence& seq, int n_new, int n_layers, const cpu::DcaParams& dca);
 
  private:
   // Scratch for a step of `tokens` new tokens, grown on demand.
@@ -109,9 +108,9 @@ class ContextParallelAttention {
 
   int scratch_tokens_ = 0;
   DeviceBuffer scratch_;
-  Tensor q_, k_, v_;       // the broadcast q/k/v on ranks other than the home
-  Tensor k_mine_, v_mine_;  // rows of k/v this rank stores
-  Tensor gathered_;         // f32 partials of all ranks; this rank's part is its own
+  Tensor q_, k_, v_;         // the broadcast q/k/v on ranks other than the home
+  Tensor k_mine_, v_mine_;   // rows of k/v this rank stores
+  Tensor gathered_;          // f32 partials of all ranks; this rank's part is its own
   DeviceBuffer status_buf_;  // f32 [world_size]: BeginStep's agreement
 };
 
@@ -123,8 +122,8 @@ class ContextParallelAttention {
 //   status = step.Finish(model.Forward({&item, 1}, &logits));
 class ContextParallelStep final : public ExternalAttention {
  public:
-  ContextParallelStep(ContextParallelAttention* cp, ShardedSequence* seq,
-                      const cpu::DcaParams& dca, int n_layers)
+  ContextParallelStep(ContextParallelAttention* cp, ShardedSequence* seq, const cpu::DcaParams& dca,
+                      int n_layers)
       : cp_(cp), seq_(seq), dca_(dca), n_layers_(n_layers) {}
 
   int length() const override { return seq_->length(); }

@@ -63,10 +63,10 @@ class InProcessGroup {
       for (int r = 0; r < world_size_; ++r) {
         const Arrival& o = slots_[static_cast<size_t>(r)];
         if (o.op != a.op || o.bytes != a.bytes || o.root != a.root) {
-          BreakLocked(absl::InternalError(absl::StrCat(
-              "collective mismatch: rank ", rank, " called ", OpName(a.op), "(", a.bytes,
-              " bytes, root ", a.root, "), rank ", r, " called ", OpName(o.op), "(", o.bytes,
-              " bytes, root ", o.root, ")")));
+          BreakLocked(absl::InternalError(
+              absl::StrCat("collective mismatch: rank ", rank, " called ", OpName(a.op), "(",
+                           a.bytes, " bytes, root ", a.root, "), rank ", r, " called ",
+                           OpName(o.op), "(", o.bytes, " bytes, root ", o.root, ")")));
           return broken_;
         }
       }
@@ -124,10 +124,9 @@ class InProcessGroup {
       for (int r = 0; r < world_size_; ++r) {
         if (barriers_[static_cast<size_t>(r)] < mine) missing.push_back(r);
       }
-      BreakLocked(absl::UnavailableError(
-          absl::StrCat("rank ", rank, ": ", what, " timed out after ",
-                       absl::FormatDuration(timeout_), " waiting for rank(s) ",
-                       absl::StrJoin(missing, ", "))));
+      BreakLocked(absl::UnavailableError(absl::StrCat(
+          "rank ", rank, ": ", what, " timed out after ", absl::FormatDuration(timeout_),
+          " waiting for rank(s) ", absl::StrJoin(missing, ", "))));
     }
     if (generation_ != generation) return absl::OkStatus();
     return broken_;

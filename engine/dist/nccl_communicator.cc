@@ -80,11 +80,10 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
   if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) {
     return CudaError(e, absl::StrCat("SetDevice(", device, ")"));
   }
-  std::unique_ptr<NcclCommunicator> c(new NcclCommunicator(
-      options.rank, options.world_size, device, options.collective_timeout));
+  std::unique_ptr<NcclCommunicator> c(
+      new NcclCommunicator(options.rank, options.world_size, device, options.collective_timeout));
   cudaStream_t stream = nullptr;
-  if (cudaError_t e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-      e != cudaSuccess) {
+  if (cudaError_t e = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking); e != cudaSuccess) {
     return CudaError(e, "StreamCreate");
   }
   c->stream_ = stream;
@@ -146,9 +145,9 @@ absl::Status NcclCommunicator::Poll(Done done, absl::Time deadline, const char* 
     ncclCommGetAsyncError(comm_, &async);
     if (async != ncclSuccess && async != ncclInProgress) return NcclError(async, comm_, what);
     if (absl::Now() >= deadline) {
-      return absl::UnavailableError(absl::StrCat(
-          "nccl ", what, " on rank ", rank_, " did not complete within ",
-          absl::FormatDuration(timeout_), ": a peer is dead or hung"));
+      return absl::UnavailableError(
+          absl::StrCat("nccl ", what, " on rank ", rank_, " did not complete within ",
+                       absl::FormatDuration(timeout_), ": a peer is dead or hung"));
     }
     if (polls < kSpinPolls) {
       std::this_thread::yield();
@@ -221,8 +220,8 @@ absl::Status NcclCommunicator::Gather(const void* send, void* recv, size_t bytes
   if (bytes == 0) return absl::OkStatus();
   char* out = static_cast<char*>(recv);
   if (rank_ == root && out + root * bytes != send) {
-    if (cudaError_t e = cudaMemcpyAsync(out + root * bytes, send, bytes,
-                                        cudaMemcpyDeviceToDevice, stream_);
+    if (cudaError_t e =
+            cudaMemcpyAsync(out + root * bytes, send, bytes, cudaMemcpyDeviceToDevice, stream_);
         e != cudaSuccess) {
       return Break(CudaError(e, "Gather copy"));
     }

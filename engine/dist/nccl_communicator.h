@@ -79,7 +79,7 @@ class NcclCommunicator final : public Communicator {
   const int world_size_;
   const int device_;
   const absl::Duration timeout_;
-  ncclComm* comm_ = nullptr;      // owned; null once aborted or destroyed
+  ncclComm* comm_ = nullptr;       // owned; null once aborted or destroyed
   CUstream_st* stream_ = nullptr;  // owned
   mutable absl::Mutex mu_;
   absl::Status broken_ ABSL_GUARDED_BY(mu_);

@@ -12,8 +12,8 @@ int PlacementSpan(const cpu::DcaParams& dca, int rope_span) {
 
 absl::StatusOr<ChunkPlacement> ChunkPlacement::Create(int world_size, int home, int span) {
   if (world_size < 1 || home < 0 || home >= world_size || span < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("placement: world size ", world_size,
-                                                   ", home ", home, ", span ", span));
+    return absl::InvalidArgumentError(
+        absl::StrCat("placement: world size ", world_size, ", home ", home, ", span ", span));
   }
   return ChunkPlacement(world_size, home, span);
 }

@@ -52,8 +52,8 @@ class ChunkPlacement {
 
 // Per-rank load as the placement table sees it.
 struct RankLoad {
-  int sessions = 0;     // sessions homed on the rank
-  int64_t tokens = 0;   // KV tokens held on the rank, all sessions
+  int sessions = 0;    // sessions homed on the rank
+  int64_t tokens = 0;  // KV tokens held on the rank, all sessions
 };
 
 // Chooses homes and tracks what each rank holds. Owned by the session manager

@@ -18,9 +18,9 @@
 #include <set>
 #include <utility>
 
-#include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "engine/util/status_macros.h"
 
@@ -179,9 +179,9 @@ absl::Status ServeTcp(const DistOptions& o, const RendezvousAddress& addr,
   while (static_cast<int>(served.size()) < o.world_size - 1) {
     absl::Status waited = WaitFd(listener.get(), POLLIN, deadline, "waiting for ranks");
     if (!waited.ok()) {
-      return absl::UnavailableError(absl::StrCat(
-          "rendezvous: ", served.size() + 1, " of ", o.world_size, " ranks arrived within ",
-          absl::FormatDuration(o.rendezvous_timeout)));
+      return absl::UnavailableError(absl::StrCat("rendezvous: ", served.size() + 1, " of ",
+                                                 o.world_size, " ranks arrived within ",
+                                                 absl::FormatDuration(o.rendezvous_timeout)));
     }
     UniqueFd peer(accept(listener.get(), nullptr, nullptr));
     if (!peer.valid()) {
@@ -277,8 +277,8 @@ absl::StatusOr<std::string> JoinTcp(const DistOptions& o, const RendezvousAddres
     case kOk:
       break;
     case kWrongWorldSize:
-      return absl::InvalidArgumentError(absl::StrCat(
-          "rendezvous: rank 0 runs with a different world size than ", o.world_size));
+      return absl::InvalidArgumentError(
+          absl::StrCat("rendezvous: rank 0 runs with a different world size than ", o.world_size));
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("rendezvous: rank 0 refused rank ", o.rank, " (taken or out of range)"));
@@ -292,8 +292,7 @@ absl::StatusOr<std::string> JoinTcp(const DistOptions& o, const RendezvousAddres
   return payload;
 }
 
-absl::Status PublishFile(const DistOptions& o, const std::string& path,
-                         absl::string_view payload) {
+absl::Status PublishFile(const DistOptions& o, const std::string& path, absl::string_view payload) {
   std::string content = Reply(kOk, payload);
   PutU32(&content, static_cast<uint32_t>(o.world_size));
   const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
@@ -319,8 +318,7 @@ absl::StatusOr<std::string> ReadFile(const DistOptions& o, const std::string& pa
       const std::string content((std::istreambuf_iterator<char>(in)),
                                 std::istreambuf_iterator<char>());
       const size_t size = content.size() >= 12 ? GetU32(content.data() + 8) : 0;
-      if (content.size() < 16 || GetU32(content.data()) != kMagic ||
-          content.size() != 16 + size) {
+      if (content.size() < 16 || GetU32(content.data()) != kMagic || content.size() != 16 + size) {
         return absl::InvalidArgumentError(
             absl::StrCat("rendezvous: ", path, " is not a rendezvous file"));
       }
@@ -371,8 +369,8 @@ absl::StatusOr<RendezvousAddress> ParseRendezvousAddress(absl::string_view addre
     return a;
   }
   if (!absl::ConsumePrefix(&address, "tcp://")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "rendezvous address '", std::string(address), "' must start with tcp:// or file://"));
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous address '", std::string(address),
+                                                   "' must start with tcp:// or file://"));
   }
   const size_t colon = address.rfind(':');
   int port = 0;
