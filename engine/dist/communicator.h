@@ -39,8 +39,9 @@ class Communicator {
   // Every rank receives every rank's block: recv[r * bytes] = rank r's `send`.
   virtual absl::Status AllGather(const void* send, void* recv, size_t bytes) = 0;
 
-  // Breaks the group deliberately (this rank is going away): peers' pending and
-  // later collectives fail with UNAVAILABLE instead of timing out.
+  // Breaks the group deliberately (this rank is going away or cannot finish a
+  // step). Peers' pending and later collectives fail with UNAVAILABLE: at once
+  // where the implementation can tell them (in-process), else by their timeout.
   virtual void Abort(absl::string_view reason) = 0;
   // OK while the group works; the error that broke it afterwards.
   virtual absl::Status health() const = 0;
