@@ -105,7 +105,7 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
         if (state != ncclSuccess) return NcclError(state, comm, "CommInitRank");
         return true;
       },
-      absl::Now() + options.rendezvous_timeout, "CommInitRank");
+      absl::Now(), options.rendezvous_timeout, "CommInitRank");
   if (!joined.ok()) return c->Break(joined);
   return c;
 }
@@ -123,7 +123,7 @@ NcclCommunicator::~NcclCommunicator() {
                         if (state != ncclSuccess) return NcclError(state, comm_, "CommFinalize");
                         return true;
                       },
-                      absl::Now() + timeout_, "CommFinalize")
+                      absl::Now(), timeout_, "CommFinalize")
                       .ok();
     }
     if (finalized) {
@@ -137,7 +137,9 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 template <typename Done>
-absl::Status NcclCommunicator::Poll(Done done, absl::Time deadline, const char* what) {
+absl::Status NcclCommunicator::Poll(Done done, absl::Time start, absl::Duration limit,
+                                    const char* what) {
+  const absl::Time deadline = start + limit;
   for (int polls = 0;; ++polls) {
     ASSIGN_OR_RETURN(const bool finished, done());
     if (finished) return absl::OkStatus();
@@ -147,7 +149,7 @@ absl::Status NcclCommunicator::Poll(Done done, absl::Time deadline, const char* 
     if (absl::Now() >= deadline) {
       return absl::UnavailableError(
           absl::StrCat("nccl ", what, " on rank ", rank_, " did not complete within ",
-                       absl::FormatDuration(timeout_), ": a peer is dead or hung"));
+                       absl::FormatDuration(limit), ": a peer is dead or hung"));
     }
     if (polls < kSpinPolls) {
       std::this_thread::yield();
@@ -183,7 +185,7 @@ absl::Status NcclCommunicator::Ready() const {
 absl::Status NcclCommunicator::Complete(int nccl_result, const char* what) {
   const auto r = static_cast<ncclResult_t>(nccl_result);
   if (r != ncclSuccess && r != ncclInProgress) return Break(NcclError(r, comm_, what));
-  const absl::Time deadline = absl::Now() + timeout_;
+  const absl::Time start = absl::Now();
   // A non-blocking communicator may still be enqueuing the operation...
   absl::Status s = Poll(
       [&]() -> absl::StatusOr<bool> {
@@ -191,7 +193,7 @@ absl::Status NcclCommunicator::Complete(int nccl_result, const char* what) {
         ncclCommGetAsyncError(comm_, &state);
         return state != ncclInProgress;
       },
-      deadline, what);
+      start, timeout_, what);
   // ...then the stream runs it; a dead peer leaves it running until the abort.
   if (s.ok()) {
     s = Poll(
@@ -201,7 +203,7 @@ absl::Status NcclCommunicator::Complete(int nccl_result, const char* what) {
           if (e != cudaSuccess) return CudaError(e, what);
           return true;
         },
-        deadline, what);
+        start, timeout_, what);
   }
   if (!s.ok()) return Break(std::move(s));
   return absl::OkStatus();

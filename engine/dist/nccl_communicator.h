@@ -68,10 +68,11 @@ class NcclCommunicator final : public Communicator {
   // Turns the result of an enqueuing NCCL call into a status, waiting out
   // ncclInProgress; then waits for the stream. Any failure breaks the group.
   absl::Status Complete(int nccl_result, const char* what);
-  // Polls until `done` holds, the communicator reports an error or `deadline`
-  // passes; errors and timeouts are returned unbroken (the caller breaks).
+  // Polls until `done` holds, the communicator reports an error or `limit`
+  // (counted from `start`) passes; errors and timeouts are returned unbroken
+  // (the caller breaks).
   template <typename Done>
-  absl::Status Poll(Done done, absl::Time deadline, const char* what);
+  absl::Status Poll(Done done, absl::Time start, absl::Duration limit, const char* what);
   // Aborts the NCCL communicator and records `why` as the group's health.
   absl::Status Break(absl::Status why);
 
