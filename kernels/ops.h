@@ -82,4 +82,47 @@ void DcaAttention(float* out,               // [n_q, H, D]
                   const DcaParams& p,
                   int n_q, int q_start, int H, int D);
 
+// ===========================================================================
+// Infini-attention compressive memory (DESIGN §4)
+// ===========================================================================
+// One layer's memory is M [n_kv_heads, D, D] (row: key dim, column: value dim)
+// and z [n_kv_heads, D], both fp32. σ(x) = ELU(x) + 1 (x + 1 for x > 0, e^x
+// otherwise), so σ > 0 and z only grows. The memory sees UN-rotated q and k:
+// cached keys (rotated at j mod L) are rotated back with Rope at −(j mod L)
+// before a fold. GQA: q head h reads kv head h / (H / n_kv_heads).
+
+enum class InfiniUpdateRule { kLinear, kDelta };
+
+// out = σ(x), elementwise.
+void EluPlusOne(float* out,           // [n] (may alias x)
+                const float* x,       // [n]
+                int64_t n);
+
+// Retrieval: out[t, h] = σ(q[t, h]) M[g] / max(σ(q[t, h])·z[g], eps), with
+// g = h / (H / n_kv_heads). Exactly 0 where σ(q)·z = 0, i.e. while the memory is
+// empty. Through BLAS sgemm, one call per q head.
+void InfiniRetrieve(float* out,        // [T, H, D]
+                    const float* q,    // [T, H, D], un-rotated
+                    const float* mem,  // [n_kv_heads, D, D]
+                    const float* z,    // [n_kv_heads, D]
+                    int T, int H, int n_kv_heads, int D, float eps);
+
+// Folds one segment of T tokens into the memory, per kv head g:
+//   linear: M[g] += σ(K_g)ᵀ V_g
+//   delta:  M[g] += σ(K_g)ᵀ (V_g − σ(K_g) M[g] / max(σ(K_g) z[g], eps))
+// and z[g] += Σ_t σ(K_g[t]) for both. The delta correction reads the memory as
+// it was before this segment. The products are BLAS sgemm calls.
+void InfiniFold(float* mem,           // [n_kv_heads, D, D], updated in place
+                float* z,             // [n_kv_heads, D], updated in place
+                const float* k,       // [T, n_kv_heads, D], un-rotated
+                const float* v,       // [T, n_kv_heads, D]
+                int T, int n_kv_heads, int D, InfiniUpdateRule rule, float eps);
+
+// Gate: out[t, h] = s_h a_mem[t, h] + (1 − s_h) a_dca[t, h], s_h = sigmoid(beta[h]).
+void InfiniMix(float* out,            // [T, H, D] (may alias a_dca or a_mem)
+               const float* a_mem,    // [T, H, D]
+               const float* a_dca,    // [T, H, D]
+               const float* beta,     // [H]
+               int T, int H, int D);
+
 }  // namespace longctx::cpu
