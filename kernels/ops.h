@@ -54,6 +54,11 @@ struct DcaParams {
   int chunk_len = kDcaUnbounded;   // L = C − w; keys cached at position j mod L
   int chunk_size = kDcaUnbounded;  // C; successive parts clamp at C, inter parts sit at C
   float softmax_scale = 0.f;       // 1/sqrt(D), times sf² when the length temperature is on
+  // Infini window (DESIGN §4): keys j with sink_tokens ≤ j < window_start are
+  // absent (folded or dropped, their blocks freed) and never read. Positions stay
+  // absolute. The defaults (window_start ≤ sink_tokens) mean every key is present.
+  int sink_tokens = 0;
+  int window_start = 0;
 };
 
 // Paged KV of one layer. Token j of a sequence lives in physical block
@@ -71,7 +76,7 @@ struct PagedKvView {
 
 // Causal DCA attention of n_q new queries over a sequence's paged KV.
 // Query r is token q_start + r and attends keys 0 .. q_start + r, which must be
-// in the cache. Queries come un-rotated; the rotation is chosen per key chunk:
+// in the cache, except the absent window range of `p`. Queries come un-rotated; the rotation is chosen per key chunk:
 // intra (same chunk) t(i), successive min(t(i) + L, C), inter C, where
 // t(i) = i mod L. One softmax over all keys; online (streaming) softmax over key
 // blocks, no [T, T] matrix. GQA: q head h reads kv head h / (H / n_kv_heads).

@@ -44,6 +44,8 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
       float l = 0.f;
       const int ni = i / L;
       for (int j = 0; j <= i; ++j) {
+        if (j >= p.sink_tokens && j < p.window_start) j = p.window_start;  // absent keys
+        if (j > i) break;
         const int delta = ni - j / L;
         const float* qr = qrot.data() + std::min(delta, 2) * D;
         const int64_t base = int64_t{kv.block_table[j / kv.block_size]} * kv.block_stride +
