@@ -112,9 +112,8 @@ absl::Status LlamaModel::LoadInfiniGates(const HostModel& host) {
     if (it == host.tensors.end()) continue;
     if (it->second.numel() != c.n_heads) {
       return absl::InvalidArgumentError(absl::StrCat("model: tensor ", name, " has ",
-                                                     it->second.numel(), " elements, want one "
-                                                     "per q head (",
-                                                     c.n_heads, ")"));
+                                                     it->second.numel(),
+                                                     " elements, want one per q head: ", c.n_heads));
     }
     std::copy(it->second.data.begin(), it->second.data.end(),
               beta.begin() + int64_t{l} * c.n_heads);
@@ -130,8 +129,8 @@ absl::Status LlamaModel::LoadInfiniGates(const HostModel& host) {
 
 std::span<const float> LlamaModel::infini_beta(int layer) const {
   if (infini_beta_.empty()) return {};
-  return std::span<const float>(infini_beta_).subspan(static_cast<size_t>(layer) * config_.n_heads,
-                                                      static_cast<size_t>(config_.n_heads));
+  return std::span<const float>(infini_beta_)
+      .subspan(static_cast<size_t>(layer) * config_.n_heads, static_cast<size_t>(config_.n_heads));
 }
 
 absl::Status LlamaModel::EnsureScratch(int64_t tokens) {
@@ -178,22 +177,21 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
           "forward: DCA chunk length ", d.chunk_len, " must be positive, at most chunk_size ",
           d.chunk_size, " and a multiple of the KV block size ", block_size));
     }
-    if (d.window_start > d.sink_tokens) {
-      // Absent keys must be exactly the released blocks: every key the
-      // attention reads has to be resident, and the new queries in the window.
-      const auto& table = it.seq->block_table();
-      const int len = it.seq->length();
-      if (d.sink_tokens < 0 || d.window_start > len) {
+    // Infini window: attention skips keys [sink_tokens, window_start); every
+    // other key must be resident (released blocks are reused by others), and
+    // the new queries lie after the window start.
+    const int len = it.seq->length();
+    if (d.sink_tokens < 0 || (d.window_start > d.sink_tokens && d.window_start > len)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: window [", d.sink_tokens, ", ", d.window_start,
+                       ") must lie inside the sequence of ", len, " tokens"));
+    }
+    const auto& table = it.seq->block_table();
+    for (int b = 0; b * block_size < len; ++b) {
+      const bool skipped = b * block_size >= d.sink_tokens && (b + 1) * block_size <= d.window_start;
+      if (!skipped && table[static_cast<size_t>(b)] == kAbsentBlock) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "forward: window [", d.sink_tokens, ", ", d.window_start,
-            ") must lie inside the sequence of ", len, " tokens"));
-      }
-      for (int b = 0; b * block_size < len; ++b) {
-        const bool read = b * block_size < d.sink_tokens || (b + 1) * block_size > d.window_start;
-        if (read && table[static_cast<size_t>(b)] == kAbsentBlock) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "forward: KV block ", b, " was released but lies inside the attention window"));
-        }
+            "forward: KV block ", b, " was released but lies inside the attention window"));
       }
     }
     if (it.infini != nullptr && !has_infini_gates()) {
