@@ -58,6 +58,15 @@ TEST(KvReleaseRangeTest, FreesMiddleBlocksAndKeepsLength) {
       EXPECT_TRUE(held.insert(b).second);
     }
   }
+  // Absent tokens append no blocks and must be whole blocks.
+  EXPECT_EQ((*kv)->AppendAbsent(seq, 4).code(), absl::StatusCode::kInvalidArgument)
+      << "length 22 is not block-aligned";
+  KvSequence restored;
+  EXPECT_EQ((*kv)->AppendAbsent(restored, 6).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*kv)->AppendAbsent(restored, 8).ok());
+  EXPECT_EQ(restored.length(), 8);
+  EXPECT_EQ(restored.resident_blocks(), 0);
+  (*kv)->Release(restored);
   // Truncating over the hole and releasing return every block exactly once.
   (*kv)->Truncate(seq, 6);
   EXPECT_EQ(seq.resident_blocks(), 1);
@@ -573,6 +582,46 @@ TEST_F(InfiniWindowTest, MemorySerializationRoundTripIsBitIdentical) {
   std::memcpy(huge.data() + 12, &big, 4);
   std::memcpy(huge.data() + 16, &big, 4);
   EXPECT_EQ(InfiniMemory::Deserialize(huge).status().code(), absl::StatusCode::kDataLoss);
+}
+
+// Export/import: memory bytes + resume point + token log rebuild a session
+// with the same memory, window and block count.
+TEST_F(InfiniWindowTest, ResumeRebuildsTheWindowFromTheLog) {
+  Build(RandomModel(2, 6, 2, 8, 18));
+  const InfiniConfig c = Config(InfiniOverflow::kCompress);
+  const std::vector<int32_t> tokens = RandomTokens(8 * kChunkLen, 19);
+  const std::span<const int32_t> log(tokens);
+  auto a = Window(c);
+  ASSERT_TRUE(a->Ingest(log.first(6 * kChunkLen), LogitsMode::kNone, nullptr).ok());
+  const int resume_at = a->evicted_end();
+  ASSERT_EQ(resume_at, 4 * kChunkLen);
+  const std::string exported = a->memory()->Serialize();
+
+  auto b = Window(c);
+  EXPECT_EQ(b->Resume(resume_at, InfiniMemory::Deserialize(exported).value()).code(),
+            absl::StatusCode::kFailedPrecondition)
+      << "the sinks come first";
+  ASSERT_TRUE(b->Ingest(log.first(kBlock), LogitsMode::kNone, nullptr).ok());
+  EXPECT_EQ(b->Resume(resume_at + 1, InfiniMemory::Deserialize(exported).value()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(b->Resume(resume_at, std::nullopt).code(), absl::StatusCode::kInvalidArgument);
+  const int64_t free_before = model_->kv_cache().free_blocks();
+  ASSERT_TRUE(b->Resume(resume_at, InfiniMemory::Deserialize(exported).value()).ok());
+  EXPECT_EQ(model_->kv_cache().free_blocks(), free_before) << "absent tokens take no blocks";
+  ASSERT_TRUE(
+      b->Ingest(log.subspan(resume_at, 6 * kChunkLen - resume_at), LogitsMode::kNone, nullptr)
+          .ok());
+  EXPECT_EQ(b->length(), a->length());
+  EXPECT_EQ(b->evicted_end(), a->evicted_end());
+  EXPECT_EQ(b->sequence().resident_blocks(), a->sequence().resident_blocks());
+  EXPECT_TRUE(*b->memory() == *a->memory()) << "re-ingesting the window folds nothing";
+  // Both go on; the next fold takes chunk 4, whose KV b recomputed.
+  std::vector<float> la, lb;
+  ASSERT_TRUE(a->Ingest(log.subspan(6 * kChunkLen), LogitsMode::kLast, &la).ok());
+  ASSERT_TRUE(b->Ingest(log.subspan(6 * kChunkLen), LogitsMode::kLast, &lb).ok());
+  EXPECT_EQ(b->memory()->folded_tokens(), a->memory()->folded_tokens());
+  ASSERT_EQ(la.size(), lb.size());
+  for (float x : lb) ASSERT_TRUE(std::isfinite(x));
 }
 
 int64_t ResidentSetBytes() {

@@ -88,6 +88,17 @@ absl::Status KvCache::ReleaseRange(KvSequence& seq, int begin, int end) {
   return absl::OkStatus();
 }
 
+absl::Status KvCache::AppendAbsent(KvSequence& seq, int n) {
+  const int bs = geometry_.block_size;
+  if (n < 0 || n % bs != 0 || seq.length_ % bs != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV: ", n, " absent tokens after ", seq.length_,
+                                                   " must be whole blocks of ", bs));
+  }
+  seq.blocks_.insert(seq.blocks_.end(), static_cast<size_t>(n / bs), kAbsentBlock);
+  seq.length_ += n;
+  return absl::OkStatus();
+}
+
 int64_t KvSequence::resident_blocks() const {
   return std::count_if(blocks_.begin(), blocks_.end(), [](int32_t b) { return b != kAbsentBlock; });
 }

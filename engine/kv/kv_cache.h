@@ -60,6 +60,10 @@ class KvCache {
   // INVALID_ARGUMENT unless begin and end are multiples of the block size and
   // 0 ≤ begin ≤ end ≤ length rounded down to a block. Already absent blocks are skipped.
   absl::Status ReleaseRange(KvSequence& seq, int begin, int end);
+  // Grows `seq` by `n` tokens that have no KV (absent blocks), e.g. to restore
+  // a session whose old tokens live only in its Infini memory. INVALID_ARGUMENT
+  // unless the length and n are multiples of the block size.
+  absl::Status AppendAbsent(KvSequence& seq, int n);
   // Returns all of `seq`'s blocks.
   void Release(KvSequence& seq) { Truncate(seq, 0); }
 

@@ -189,4 +189,25 @@ absl::Status InfiniWindow::RestoreMemory(InfiniMemory memory) {
   return absl::OkStatus();
 }
 
+absl::Status InfiniWindow::Resume(int evicted_end, std::optional<InfiniMemory> memory) {
+  const int sink = config_.sink_tokens;
+  if (!config_.windowed() || seq_.length() != sink || evicted_end_ != sink) {
+    return absl::FailedPreconditionError(
+        "infini: resume needs a windowed session holding exactly its sink tokens");
+  }
+  if (evicted_end < sink || (evicted_end != sink && evicted_end % dca_.chunk_len != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("infini: resume point ", evicted_end,
+                                                   " is not a chunk boundary after the sinks"));
+  }
+  if (memory_.has_value()) {
+    if (!memory.has_value()) {
+      return absl::InvalidArgumentError("infini: resuming a compress session needs its memory");
+    }
+    RETURN_IF_ERROR(RestoreMemory(*std::move(memory)));
+  }
+  RETURN_IF_ERROR(model_->kv_cache().AppendAbsent(seq_, evicted_end - sink));
+  evicted_end_ = evicted_end;
+  return absl::OkStatus();
+}
+
 }  // namespace longctx

@@ -87,6 +87,14 @@ class InfiniWindow {
   // Replaces the memory (session import). INVALID_ARGUMENT unless its shape and
   // rule match this session and the window is compress.
   absl::Status RestoreMemory(InfiniMemory memory);
+  // Restores an exported or snapshotted windowed session: REQUIRES the sinks
+  // alone were ingested (length() == sink_tokens). Tokens [sink_tokens,
+  // evicted_end) become absent, `memory` (under compress; ignored otherwise)
+  // replaces the memory, and the caller then ingests tokens evicted_end.. from
+  // the token log. The window is recomputed, not copied: the first re-ingested
+  // tokens see only the restored window, so outputs are close to, not bit-equal
+  // with, the uninterrupted session's.
+  absl::Status Resume(int evicted_end, std::optional<InfiniMemory> memory);
 
  private:
   InfiniWindow(LlamaModel* model, const InfiniConfig& config, const cpu::DcaParams& dca);
