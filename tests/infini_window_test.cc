@@ -451,6 +451,9 @@ TEST_F(InfiniWindowTest, StepsNeverCrossChunksAndBlocksAreFreed) {
   EXPECT_EQ(w->counters().chunks_folded, 4);
   EXPECT_EQ(w->counters().folded_tokens, 4 * kChunkLen - kBlock);
   StepItem item;
+  EXPECT_EQ(w->PrepareStep(1, &item).code(), absl::StatusCode::kInvalidArgument)
+      << "the step's DCA chunks must be the session's";
+  item.dca = TestDca();
   EXPECT_EQ(w->PrepareStep(kChunkLen, &item).code(), absl::StatusCode::kInvalidArgument)
       << "a step may not cross a chunk boundary";
   // The forward refuses to read released blocks: a step over the windowed

@@ -56,6 +56,11 @@ absl::StatusOr<int> InfiniWindow::StepCapacity(int wanted) {
 }
 
 absl::Status InfiniWindow::PrepareStep(int n, StepItem* item) {
+  if (item->dca.chunk_len != dca_.chunk_len || item->dca.chunk_size != dca_.chunk_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("infini: step DCA chunks (", item->dca.chunk_len, ", ", item->dca.chunk_size,
+                     ") differ from the session's (", dca_.chunk_len, ", ", dca_.chunk_size, ")"));
+  }
   ASSIGN_OR_RETURN(const int cap, StepCapacity(n));
   if (cap < n) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -80,7 +85,6 @@ absl::Status InfiniWindow::PrepareStep(int n, StepItem* item) {
     }
   }
   item->seq = &seq_;
-  item->dca = dca_;
   item->dca.sink_tokens = config_.sink_tokens;
   item->dca.window_start = config_.windowed() ? evicted_end_ : 0;
   item->infini = config_.mix ? memory() : nullptr;
@@ -146,6 +150,7 @@ absl::Status InfiniWindow::Ingest(std::span<const int32_t> tokens, LogitsMode mo
   while (done < tokens.size()) {
     ASSIGN_OR_RETURN(const int n, StepCapacity(static_cast<int>(tokens.size() - done)));
     StepItem item;
+    item.dca = dca_;
     RETURN_IF_ERROR(PrepareStep(n, &item));
     item.tokens = tokens.subspan(done, static_cast<size_t>(n));
     const bool last_step = done + static_cast<size_t>(n) == tokens.size();

@@ -70,9 +70,11 @@ class InfiniWindow {
   // counted in rejected_steps).
   absl::StatusOr<int> StepCapacity(int wanted);
   // Before a step of `n` tokens: folds or drops the chunks that leave the
-  // window, frees their blocks, and fills `item` (sequence, DCA parameters with
-  // the window, memory when mixing). The caller sets item->tokens and logits.
-  // REQUIRES: n ≤ StepCapacity(n).
+  // window, frees their blocks, and completes `item`: the sequence, the window
+  // fields of item->dca and the memory when mixing. item->dca must already hold
+  // this step's DCA parameters (the scale may vary with the length; chunk_len
+  // and chunk_size must be the session's, else INVALID_ARGUMENT). The caller
+  // sets item->tokens and item->logits. REQUIRES: n ≤ StepCapacity(n).
   absl::Status PrepareStep(int n, StepItem* item);
   // Runs `tokens` through the model in as many steps as needed. Logits as in
   // LlamaModel::Forward: kAll one row per token, kLast the last token's row.
