@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/model/infini_memory.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
@@ -95,9 +96,41 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& 
     ASSIGN_OR_RETURN(L.w_up, upload(p + "ffn_up.weight", c.d_ff, D));
     ASSIGN_OR_RETURN(L.w_down, upload(p + "ffn_down.weight", D, c.d_ff));
   }
+  RETURN_IF_ERROR(m->LoadInfiniGates(host));
   m->inv_freq_ = InverseFrequencies(c);
   ASSIGN_OR_RETURN(m->kv_, KvCache::Create(backend, c.n_layers, c.n_kv_heads, c.head_dim, kv_config));
   return m;
+}
+
+absl::Status LlamaModel::LoadInfiniGates(const HostModel& host) {
+  const ModelConfig& c = config_;
+  int found = 0;
+  std::vector<float> beta(static_cast<size_t>(c.n_layers) * c.n_heads);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string name = absl::StrCat("blk.", l, ".infini_beta");
+    auto it = host.tensors.find(name);
+    if (it == host.tensors.end()) continue;
+    if (it->second.numel() != c.n_heads) {
+      return absl::InvalidArgumentError(absl::StrCat("model: tensor ", name, " has ",
+                                                     it->second.numel(),
+                                                     " elements, want one per q head: ", c.n_heads));
+    }
+    std::copy(it->second.data.begin(), it->second.data.end(),
+              beta.begin() + int64_t{l} * c.n_heads);
+    ++found;
+  }
+  if (found != 0 && found != c.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("model: Infini gates for ", found, " of ",
+                                                   c.n_layers, " layers; all or none"));
+  }
+  if (found != 0) infini_beta_ = std::move(beta);
+  return absl::OkStatus();
+}
+
+std::span<const float> LlamaModel::infini_beta(int layer) const {
+  if (infini_beta_.empty()) return {};
+  return std::span<const float>(infini_beta_)
+      .subspan(static_cast<size_t>(layer) * config_.n_heads, static_cast<size_t>(config_.n_heads));
 }
 
 absl::Status LlamaModel::EnsureScratch(int64_t tokens) {
@@ -147,6 +180,30 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
       return absl::InvalidArgumentError(absl::StrCat(
           "forward: DCA chunk length ", d.chunk_len, " must be positive, at most chunk_size ",
           d.chunk_size, " and a multiple of the KV block size ", block_size));
+    }
+    // Infini window: attention skips keys [sink_tokens, window_start); every
+    // other key must be resident (released blocks are reused by others), and
+    // the new queries lie after the window start.
+    if (it.external != nullptr && it.infini != nullptr) {
+      return absl::InvalidArgumentError("forward: external attention cannot mix Infini memory");
+    }
+    const int len = it.seq != nullptr ? it.seq->length() : 0;
+    if (d.sink_tokens < 0 || (d.window_start > d.sink_tokens && d.window_start > len)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("forward: window [", d.sink_tokens, ", ", d.window_start,
+                       ") must lie inside the sequence of ", len, " tokens"));
+    }
+    static const std::vector<int32_t> kNoBlocks;
+    const auto& table = it.seq != nullptr ? it.seq->block_table() : kNoBlocks;
+    for (int b = 0; b * block_size < len; ++b) {
+      const bool skipped = b * block_size >= d.sink_tokens && (b + 1) * block_size <= d.window_start;
+      if (!skipped && table[static_cast<size_t>(b)] == kAbsentBlock) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "forward: KV block ", b, " was released but lies inside the attention window"));
+      }
+    }
+    if (it.infini != nullptr && !has_infini_gates()) {
+      return absl::FailedPreconditionError("forward: Infini mixing needs the model's gates");
     }
     total += static_cast<int64_t>(it.tokens.size());
   }
@@ -216,6 +273,13 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
     } else {
       RETURN_IF_ERROR(b.KvWrite(l, k, v, slots));
       RETURN_IF_ERROR(b.Attention(attn, q, l, c.n_heads, seqs, inv_freq_));
+    }
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].infini == nullptr) continue;
+      const AttentionSeq& s = seqs[i];
+      RETURN_IF_ERROR(items[i].infini->MixInto(b, l, attn.Rows(s.q_row, s.n_q),
+                                               q.Rows(s.q_row, s.n_q), c.n_heads,
+                                               infini_beta(l)));
     }
     RETURN_IF_ERROR(b.Linear(xn, attn, L.wo, nullptr));
     RETURN_IF_ERROR(b.AddInPlace(x, xn));

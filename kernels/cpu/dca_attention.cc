@@ -158,6 +158,8 @@ struct Problem {
   int q_tile;         // queries per query tile
   int rows_pad;       // rows of the largest query tile, rounded up to kW
   const float* rope;  // [n_q][3][D] cos (first D/2) and sin (last D/2) per version
+  int64_t sink = 0;          // keys j with sink ≤ j < window_start are absent (Infini window)
+  int64_t window_start = 0;
 };
 
 struct QueryTile {
@@ -180,9 +182,14 @@ void ListKeyTiles(const Problem& pb, const QueryTile& qt, std::vector<KeyTile>* 
     const int64_t begin = chunk * pb.L;
     const int64_t end = std::min((chunk + 1) * pb.L, last + 1);
     const int version = static_cast<int>(std::min<int64_t>(n_last - chunk, 2));
-    for (int64_t j = begin; j < end; j += kKeyTile) {
-      tiles->push_back(
-          {static_cast<int>(j), static_cast<int>(std::min<int64_t>(kKeyTile, end - j)), version});
+    // Present keys of the chunk: before the sinks' end, and from the window start.
+    const int64_t ranges[2][2] = {{begin, pb.window_start > pb.sink ? std::min(end, pb.sink) : end},
+                                  {pb.window_start > pb.sink ? std::max(begin, pb.window_start) : end, end}};
+    for (const auto& r : ranges) {
+      for (int64_t j = r[0]; j < r[1]; j += kKeyTile) {
+        tiles->push_back(
+            {static_cast<int>(j), static_cast<int>(std::min<int64_t>(kKeyTile, r[1] - j)), version});
+      }
     }
   }
 }
@@ -467,6 +474,8 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
   pb.H = H;
   pb.D = D;
   pb.G = H / kv.n_kv_heads;
+  pb.sink = p.sink_tokens;
+  pb.window_start = p.window_start;
   pb.q_tile = std::max(1, kRowsPerTile / pb.G);
   const std::vector<float> rope = QueryRopeTable(inv_freq, pb.L, pb.C, n_q, q_start, D);
   pb.rope = rope.data();
