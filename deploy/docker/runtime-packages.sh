@@ -24,7 +24,8 @@ owner() {
   local lib=$1 real candidate line
   real=$(readlink -f "$lib")
   for candidate in "$lib" "$real" "/usr${lib#/usr}" "${lib#/usr}" "/usr${real#/usr}" "${real#/usr}"; do
-    if line=$(dpkg-query -S "$candidate" 2>/dev/null | head -n 1) && [[ -n $line ]]; then
+    if line=$(dpkg-query -S "$candidate" 2>/dev/null | grep -v '^diversion ' | head -n 1) &&
+       [[ -n $line ]]; then
       line=${line%%: *}      # "pkg:arch[, pkg2:arch]: /path" -> "pkg:arch[, pkg2:arch]"
       echo "${line%%,*}"
       return 0
