@@ -4,11 +4,13 @@
 #include "engine/tokenizer/tokenizer.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer/byte_level.h"
 #include "engine/tokenizer/pre_tokenizer.h"
@@ -42,7 +44,7 @@ class ModelTokenizerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (testing::ModelVocab() == nullptr) {
-      GTEST_SKIP() << "LONGCTX_VOCAB_DUMP not set: default model vocabulary unavailable";
+      GTEST_SKIP() << "LONGCTX_MODEL not set: default model unavailable";
     }
   }
   const Tokenizer& Get(const std::string& pre = "smollm") {
@@ -115,10 +117,11 @@ TEST_F(ModelTokenizerTest, SpecialTokensParsedOnlyWhenAsked) {
 
 TEST_F(ModelTokenizerTest, BooksRoundTripQuickly) {
   for (const char* book : {"anna_karenina.txt", "crime_and_punishment.txt"}) {
-    const std::string path = absl::StrCat(LONGCTX_SOURCE_DIR, "/../shared/data/books/", book);
-    auto text = testing::ReadFile(path);
-    if (!text.ok()) text = testing::ReadFile(absl::StrCat("/work/shared/data/books/", book));
-    if (!text.ok()) GTEST_SKIP() << "books not found: " << text.status();
+    const char* dir = std::getenv("LONGCTX_BOOKS_DIR");
+    const std::string books =
+        dir != nullptr ? dir : absl::StrCat(LONGCTX_SOURCE_DIR, "/../shared/data/books");
+    auto text = testing::ReadFile(absl::StrCat(books, "/", book));
+    if (!text.ok()) GTEST_SKIP() << "books not found (LONGCTX_BOOKS_DIR): " << text.status();
     const std::string mb = text->substr(0, 1 << 20);
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<int32_t> ids = Get().Encode(mb, /*parse_special=*/true);
@@ -149,11 +152,32 @@ TEST_F(ModelTokenizerTest, IllFormedUtf8IsEncodedByteForByte) {
   EXPECT_EQ(bytes, text);
   const std::string decoded = Get().Decode(ids);
   EXPECT_TRUE(IsUtf8(decoded));
-  EXPECT_EQ(decoded,
-            "ok \uFFFD\uFFFD broken \uFFFD and \uFFFD\uFFFD\uFFFD end \uFFFD");
+  EXPECT_EQ(decoded, "ok \uFFFD\uFFFD broken \uFFFD and \uFFFD\uFFFD\uFFFD end \uFFFD");
   // 0xFF has no token in this vocabulary: dropped, never the unknown token
   // (here <|endoftext|>, which would end the text).
   EXPECT_EQ(Get().Encode("a\xff", true), Get().Encode("a", true));
+}
+
+TEST_F(ModelTokenizerTest, RandomBytesNeverLoseTokenizableBytes) {
+  const Tokenizer& tok = Get();
+  std::mt19937 rng(99);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_int_distribution<int> len(0, 64);
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string text(len(rng), '\0');
+    // Bias towards ASCII, spaces and digits so every splitter path is taken.
+    for (char& c : text) {
+      const int r = byte(rng);
+      c = static_cast<char>(r < 64 ? " 0123456789\n\t'<|>abcXYZ"[r % 24] : r);
+    }
+    std::string kept;
+    for (const char c : text) {
+      if (tok.Encode(std::string(1, c), false).size() == 1) kept.push_back(c);
+    }
+    std::string bytes;
+    for (const int32_t id : tok.Encode(text, false)) bytes += tok.TokenBytes(id);
+    EXPECT_EQ(bytes, kept) << Printable(text);
+  }
 }
 
 // Feeds `ids` through a StreamDecoder; checks every delta is UTF-8 and returns the
@@ -271,17 +295,17 @@ TEST(PreTokenizerTest, NamesAndAliases) {
 
 TEST(UnicodeTest, CodepointClasses) {
   EXPECT_EQ(ClassifyCodepoint('a'), CharClass::kLetter);
-  EXPECT_EQ(ClassifyCodepoint(0xE9), CharClass::kLetter);     // é
-  EXPECT_EQ(ClassifyCodepoint(0x4E2D), CharClass::kLetter);   // 中
-  EXPECT_EQ(ClassifyCodepoint(0x0663), CharClass::kNumber);   // Arabic-Indic three
-  EXPECT_EQ(ClassifyCodepoint(0x00B2), CharClass::kNumber);   // superscript two
-  EXPECT_EQ(ClassifyCodepoint(0x2167), CharClass::kNumber);   // Roman numeral eight
+  EXPECT_EQ(ClassifyCodepoint(0xE9), CharClass::kLetter);    // é
+  EXPECT_EQ(ClassifyCodepoint(0x4E2D), CharClass::kLetter);  // 中
+  EXPECT_EQ(ClassifyCodepoint(0x0663), CharClass::kNumber);  // Arabic-Indic three
+  EXPECT_EQ(ClassifyCodepoint(0x00B2), CharClass::kNumber);  // superscript two
+  EXPECT_EQ(ClassifyCodepoint(0x2167), CharClass::kNumber);  // Roman numeral eight
   EXPECT_EQ(ClassifyCodepoint(0x00A0), CharClass::kWhitespace);
   EXPECT_EQ(ClassifyCodepoint(0x3000), CharClass::kWhitespace);
   EXPECT_EQ(ClassifyCodepoint(0x2028), CharClass::kWhitespace);
   EXPECT_EQ(ClassifyCodepoint(0x0085), CharClass::kWhitespace);
-  EXPECT_EQ(ClassifyCodepoint(0x200B), CharClass::kOther);    // zero width space is Cf
-  EXPECT_EQ(ClassifyCodepoint(0x1F600), CharClass::kOther);   // emoji
+  EXPECT_EQ(ClassifyCodepoint(0x200B), CharClass::kOther);   // zero width space is Cf
+  EXPECT_EQ(ClassifyCodepoint(0x1F600), CharClass::kOther);  // emoji
   EXPECT_EQ(ClassifyCodepoint('_'), CharClass::kOther);
   EXPECT_EQ(ClassifyCodepoint(0x10FFFF), CharClass::kOther);
 }
@@ -332,9 +356,19 @@ TEST(SentencePieceTest, MatchesSentencePieceGoldens) {
 VocabData TinySpm(bool with_bytes) {
   VocabData v;
   v.model = "llama";
-  const std::vector<std::pair<std::string, float>> pieces = {
-      {"<unk>", 0}, {"<s>", 0}, {"</s>", 0}, {"\xE2\x96\x81", -10}, {"a", -10}, {"b", -10},
-      {"c", -10}, {"ab", -3}, {"bc", -1}, {"abc", -2}, {"\xE2\x96\x81" "a", -0.5f}};
+  const std::vector<std::pair<std::string, float>> pieces = {{"<unk>", 0},
+                                                             {"<s>", 0},
+                                                             {"</s>", 0},
+                                                             {"\xE2\x96\x81", -10},
+                                                             {"a", -10},
+                                                             {"b", -10},
+                                                             {"c", -10},
+                                                             {"ab", -3},
+                                                             {"bc", -1},
+                                                             {"abc", -2},
+                                                             {"\xE2\x96\x81"
+                                                              "a",
+                                                              -0.5f}};
   for (const auto& [p, s] : pieces) {
     v.tokens.push_back(p);
     v.scores.push_back(s);
@@ -393,7 +427,8 @@ VocabData TinyByteLevel() {
   VocabData v;
   v.model = "gpt2";
   v.pre = "gpt2";
-  for (int b = 0; b < 256; ++b) v.tokens.push_back(BytesToPiece(std::string(1, static_cast<char>(b))));
+  for (int b = 0; b < 256; ++b)
+    v.tokens.push_back(BytesToPiece(std::string(1, static_cast<char>(b))));
   v.tokens.push_back("ab");
   v.merges = {"a b"};
   return v;

@@ -16,9 +16,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/escaping.h"
+#include "engine/model/host_weights.h"
 #include "engine/tokenizer/unicode.h"
 #include "engine/tokenizer/vocab.h"
+#include "gtest/gtest.h"
 
 namespace longctx::testing {
 
@@ -65,8 +66,8 @@ class JsonReader {
   explicit JsonReader(const std::string& s) : s_(s) {}
 
   void Space() {
-    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' ||
-                                s_[pos_] == '\r')) {
+    while (pos_ < s_.size() &&
+           (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' || s_[pos_] == '\r')) {
       ++pos_;
     }
   }
@@ -106,11 +107,21 @@ class JsonReader {
       if (pos_ >= s_.size()) return false;
       c = s_[pos_++];
       switch (c) {
-        case 'n': out->push_back('\n'); break;
-        case 't': out->push_back('\t'); break;
-        case 'r': out->push_back('\r'); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
         case 'u': {
           uint32_t cp;
           if (!Hex4(&cp)) return false;
@@ -122,7 +133,8 @@ class JsonReader {
           AppendUtf8(cp, out);
           break;
         }
-        default: out->push_back(c);
+        default:
+          out->push_back(c);
       }
     }
     if (pos_ >= s_.size()) return false;
@@ -147,7 +159,10 @@ class JsonReader {
         if (!Value(&v->fields[key])) return false;
         Space();
         if (pos_ >= s_.size()) return false;
-        if (s_[pos_] == ',') { ++pos_; continue; }
+        if (s_[pos_] == ',') {
+          ++pos_;
+          continue;
+        }
         if (s_[pos_] == '}') return ++pos_, true;
         return false;
       }
@@ -162,7 +177,10 @@ class JsonReader {
         if (!Value(&v->items.back())) return false;
         Space();
         if (pos_ >= s_.size()) return false;
-        if (s_[pos_] == ',') { ++pos_; continue; }
+        if (s_[pos_] == ',') {
+          ++pos_;
+          continue;
+        }
         if (s_[pos_] == ']') return ++pos_, true;
         return false;
       }
@@ -171,8 +189,15 @@ class JsonReader {
       v->kind = Json::kString;
       return String(&v->str);
     }
-    if (Literal("true")) { v->kind = Json::kBool; v->boolean = true; return true; }
-    if (Literal("false")) { v->kind = Json::kBool; return true; }
+    if (Literal("true")) {
+      v->kind = Json::kBool;
+      v->boolean = true;
+      return true;
+    }
+    if (Literal("false")) {
+      v->kind = Json::kBool;
+      return true;
+    }
     if (Literal("null")) return true;
     const size_t start = pos_;
     while (pos_ < s_.size() && std::string("+-.0123456789eE").find(s_[pos_]) != std::string::npos) {
@@ -200,53 +225,18 @@ inline absl::StatusOr<Json> ReadFixture(const std::string& name) {
   return JsonReader::Parse(*text);
 }
 
-// The default model's vocabulary, read once. Null when the model is not
-// available (LONGCTX_VOCAB_DUMP unset): callers skip.
-//
-// The dump is a line file written from the GGUF with the `gguf` package
-// ("key value" lines, then hex-encoded tokens, types and merges) until the
-// model loader provides VocabData directly.
+// The default model's vocabulary (LoadHostModel on $LONGCTX_MODEL), read once
+// per process. Null when LONGCTX_MODEL is unset: callers skip.
 inline const VocabData* ModelVocab() {
   static const VocabData* const vocab = []() -> const VocabData* {
-    const char* path = std::getenv("LONGCTX_VOCAB_DUMP");
+    const char* path = std::getenv("LONGCTX_MODEL");
     if (path == nullptr) return nullptr;
-    std::ifstream in(path);
-    if (!in) return nullptr;
-    auto* v = new VocabData;
-    std::string key;
-    while (in >> key) {
-      if (key == "model") in >> v->model;
-      else if (key == "pre") in >> v->pre;
-      else if (key == "bos") in >> v->bos_id;
-      else if (key == "eos") in >> v->eos_id;
-      else if (key == "unk") in >> v->unk_id;
-      else if (key == "pad") in >> v->pad_id;
-      else if (key == "add_bos") in >> v->add_bos;
-      else if (key == "add_space_prefix") in >> v->add_space_prefix;
-      else if (key == "chat_template") {
-        std::string hex;
-        in >> hex;
-        v->chat_template = absl::HexStringToBytes(hex);
-      } else if (key == "tokens" || key == "merges") {
-        size_t n;
-        in >> n;
-        auto& dst = key == "tokens" ? v->tokens : v->merges;
-        for (size_t i = 0; i < n; ++i) {
-          std::string hex;
-          in >> hex;
-          dst.push_back(absl::HexStringToBytes(hex));
-        }
-      } else if (key == "types") {
-        size_t n;
-        in >> n;
-        for (size_t i = 0; i < n; ++i) {
-          int t;
-          in >> t;
-          v->types.push_back(static_cast<TokenType>(t));
-        }
-      }
+    absl::StatusOr<HostModel> model = LoadHostModel(path);
+    if (!model.ok()) {
+      ADD_FAILURE() << "LoadHostModel(" << path << "): " << model.status();
+      return nullptr;
     }
-    return v;
+    return new VocabData(std::move(model->vocab));
   }();
   return vocab;
 }

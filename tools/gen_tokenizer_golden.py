@@ -209,8 +209,6 @@ def main():
     model = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
         "LONGCTX_MODEL", Path.home() / ".cache/longctx/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     books = Path(sys.argv[2] if len(sys.argv) > 2 else ROOT.parent / "shared/data/books")
-    if not books.is_dir():
-        books = Path("/work/shared/data/books")
     reader = GGUFReader(str(model))
     tokens = field_strings(reader, "tokenizer.ggml.tokens")
     merges = field_strings(reader, "tokenizer.ggml.merges")

@@ -7,7 +7,9 @@
 namespace longctx {
 namespace {
 
-bool PrintableLatin1(int b) { return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE; }
+bool PrintableLatin1(int b) {
+  return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+}
 
 struct Alphabet {
   std::array<uint32_t, 256> to_cp{};

@@ -123,9 +123,9 @@ absl::StatusOr<PreTokenizerKind> PreTokenizerFromName(absl::string_view name) {
   for (const char* n : {"qwen2", "stablelm2", "deepseek-r1-qwen"}) {
     if (name == n) return PreTokenizerKind::kQwen2;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unsupported byte-level BPE pre-tokenizer '", std::string(name),
-      "' (supported: smollm, gpt2, llama-bpe, qwen2 and their aliases)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unsupported byte-level BPE pre-tokenizer '", std::string(name),
+                   "' (supported: smollm, gpt2, llama-bpe, qwen2 and their aliases)"));
 }
 
 void PreTokenize(PreTokenizerKind kind, absl::string_view text, std::vector<TextSpan>* out) {

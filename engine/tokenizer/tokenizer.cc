@@ -31,8 +31,8 @@ absl::StatusOr<Tokenizer> Tokenizer::Create(const VocabData& vocab) {
     return absl::InvalidArgumentError(absl::StrCat("tokenizer vocabulary too large: ", n));
   }
   if (!vocab.scores.empty() && vocab.scores.size() != n) {
-    return absl::InvalidArgumentError(absl::StrCat("tokenizer has ", vocab.scores.size(),
-                                                   " scores for ", n, " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tokenizer has ", vocab.scores.size(), " scores for ", n, " tokens"));
   }
   if (!vocab.types.empty() && vocab.types.size() != n) {
     return absl::InvalidArgumentError(
@@ -62,8 +62,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Create(const VocabData& vocab) {
     for (size_t i = 0; i < n; ++i) {
       const auto v = static_cast<int32_t>(t.types_[i]);
       if (v < 0 || v > static_cast<int32_t>(TokenType::kByte)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("token ", i, " has unknown token type ", v));
+        return absl::InvalidArgumentError(absl::StrCat("token ", i, " has unknown token type ", v));
       }
     }
   }
@@ -80,8 +79,8 @@ absl::StatusOr<Tokenizer> Tokenizer::Create(const VocabData& vocab) {
     t.kind_ = Kind::kSentencePieceBpe;
     RETURN_IF_ERROR(t.BuildSentencePiece(vocab));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unsupported tokenizer model '", vocab.model, "' (supported: gpt2, llama)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported tokenizer model '", vocab.model, "' (supported: gpt2, llama)"));
   }
   t.BuildSpecialTokens();
   return t;

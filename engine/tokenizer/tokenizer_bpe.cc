@@ -18,9 +18,10 @@ uint64_t PairKey(int32_t left, int32_t right) {
 // A merge that may apply between the symbol at `left` and its right neighbour.
 struct MergeCandidate {
   int32_t rank;
-  int32_t left;      // symbol index (= byte position in the word)
-  int32_t left_id;   // ids at push time; a changed id means the pair is stale
+  int32_t left;     // symbol index, in word order
+  int32_t left_id;  // ids at push time; a changed id means the pair is stale
   int32_t right_id;
+  int32_t merged;
 };
 
 // Orders a max-heap so that the lowest rank, then the leftmost pair, is on top.
@@ -78,13 +79,12 @@ absl::Status Tokenizer::BuildByteLevel(const VocabData& vocab) {
     const int32_t merged_id = PieceToId(absl::StrCat(left, right));
     if (left_id < 0 || right_id < 0 || merged_id < 0) {
       const absl::string_view missing = left_id < 0 ? left : right_id < 0 ? right : "";
-      return absl::InvalidArgumentError(absl::StrCat(
-          "merge ", rank, " '", m, "' names a piece not in the vocabulary: '",
-          missing.empty() ? absl::StrCat(left, right) : std::string(missing), "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("merge ", rank, " '", m, "' names a piece not in the vocabulary: '",
+                       missing.empty() ? absl::StrCat(left, right) : std::string(missing), "'"));
     }
     // A repeated pair keeps its first (highest priority) rank.
-    merges_.emplace(PairKey(left_id, right_id),
-                    MergeRule{static_cast<int32_t>(rank), merged_id});
+    merges_.emplace(PairKey(left_id, right_id), MergeRule{static_cast<int32_t>(rank), merged_id});
   }
   return absl::OkStatus();
 }
@@ -147,7 +147,7 @@ void Tokenizer::MergeWord(absl::string_view word, std::vector<int32_t>* out) con
     if (right < 0) return;
     const auto it = merges_.find(PairKey(symbols[left].id, symbols[right].id));
     if (it == merges_.end()) return;
-    heap.push_back({it->second.rank, left, symbols[left].id, symbols[right].id});
+    heap.push_back({it->second.rank, left, symbols[left].id, symbols[right].id, it->second.merged});
     std::push_heap(heap.begin(), heap.end(), MergeAfter());
   };
   for (int32_t i = 0; i + 1 < n; ++i) push(i);
@@ -159,7 +159,7 @@ void Tokenizer::MergeWord(absl::string_view word, std::vector<int32_t>* out) con
     if (left.id != c.left_id || left.next < 0) continue;
     Symbol& right = symbols[left.next];
     if (right.id != c.right_id) continue;
-    left.id = merges_.find(PairKey(c.left_id, c.right_id))->second.merged;
+    left.id = c.merged;
     right.id = -1;
     left.next = right.next;
     if (left.next >= 0) symbols[left.next].prev = c.left;

@@ -133,7 +133,8 @@ void Tokenizer::EncodeSentencePiece(absl::string_view text, std::vector<int32_t>
     push(c.left);
   }
   for (int32_t i = 0; i >= 0; i = symbols[i].next) {
-    const absl::string_view piece = absl::string_view(norm).substr(symbols[i].begin, symbols[i].size);
+    const absl::string_view piece =
+        absl::string_view(norm).substr(symbols[i].begin, symbols[i].size);
     const int32_t id = PieceToId(piece);
     if (id >= 0 && Mergeable(types_[id])) {
       out->push_back(id);
