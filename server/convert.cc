@@ -25,9 +25,9 @@ absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& d, co
   return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
 }
 
-void ToProto(const AttentionSettings& a, v1::AttentionConfig* out) {
-  out->set_mode(a.dca ? v1::ATTENTION_MODE_DCA : v1::ATTENTION_MODE_ROPE);
-  out->set_pretrain_length(a.pretrain_length);
+void ToProto(const DcaConfig& a, v1::AttentionConfig* out) {
+  out->set_mode(a.mode == DcaMode::kDca ? v1::ATTENTION_MODE_DCA : v1::ATTENTION_MODE_ROPE);
+  out->set_pretrain_length(a.pretrain_len);
   out->set_chunk_size(a.chunk_size);
   out->set_local_window(a.local_window);
   out->set_length_temperature(a.length_temperature);
@@ -80,16 +80,17 @@ absl::StatusOr<SessionRequest> FromProto(const v1::CreateSessionRequest& req) {
   }
   const v1::AttentionConfig& a = req.attention();
   switch (a.mode()) {
-    case v1::ATTENTION_MODE_UNSPECIFIED: r.attention = SessionRequest::Attention::kDefault; break;
-    case v1::ATTENTION_MODE_ROPE: r.attention = SessionRequest::Attention::kRope; break;
-    case v1::ATTENTION_MODE_DCA: r.attention = SessionRequest::Attention::kDca; break;
+    case v1::ATTENTION_MODE_UNSPECIFIED: break;
+    case v1::ATTENTION_MODE_ROPE: r.attention.mode = DcaMode::kRope; break;
+    case v1::ATTENTION_MODE_DCA: r.attention.mode = DcaMode::kDca; break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("attention.mode ", a.mode(), " is unknown"));
   }
-  r.pretrain_length = a.pretrain_length();
-  r.chunk_size = a.chunk_size();
-  r.local_window = a.local_window();
-  r.length_temperature = a.length_temperature();
+  // Zero fields take the defaults.
+  if (a.pretrain_length() != 0) r.attention.pretrain_len = a.pretrain_length();
+  if (a.chunk_size() != 0) r.attention.chunk_size = a.chunk_size();
+  if (a.local_window() != 0) r.attention.local_window = a.local_window();
+  if (a.length_temperature()) r.attention.length_temperature = true;
   const v1::MemoryConfig& m = req.memory();
   r.window_tokens = m.window_tokens();
   r.sink_tokens = m.sink_tokens();

@@ -16,7 +16,7 @@ void ToProto(absl::Time t, google::protobuf::Timestamp* out);
 void ToProto(absl::Duration d, google::protobuf::Duration* out);
 absl::StatusOr<absl::Duration> FromProto(const google::protobuf::Duration& d, const char* field);
 
-void ToProto(const AttentionSettings& a, v1::AttentionConfig* out);
+void ToProto(const DcaConfig& a, v1::AttentionConfig* out);
 void ToProto(const SessionInfo& info, v1::Session* out);
 v1::FinishReason ToProto(FinishReason r);
 

@@ -66,10 +66,10 @@ EngineOptions EngineOptionsFrom(const ServerConfig& c) {
   o.default_max_tokens = c.default_max_tokens;
   o.default_ttl = c.session_ttl;
   o.max_ttl = c.max_session_ttl;
-  o.default_dca = c.attention == "dca";
-  o.dca_pretrain_length = c.dca_pretrain_length;
-  o.dca_chunk_size = c.dca_chunk_size;
-  o.dca_local_window = c.dca_local_window;
+  o.dca_defaults.mode = c.attention == "dca" ? DcaMode::kDca : DcaMode::kRope;
+  if (c.dca_pretrain_length > 0) o.dca_defaults.pretrain_len = c.dca_pretrain_length;
+  if (c.dca_chunk_size > 0) o.dca_defaults.chunk_size = c.dca_chunk_size;
+  if (c.dca_local_window > 0) o.dca_defaults.local_window = c.dca_local_window;
   return o;
 }
 
@@ -142,11 +142,7 @@ absl::Status Server::LoadEngine() {
        {"backend", info.backend},
        {"kv_blocks", absl::StrCat(info.total_blocks)},
        {"kv_tokens", absl::StrCat(info.total_blocks * info.block_size)},
-       {"attention", info.default_attention.dca
-                         ? absl::StrCat("dca c=", info.default_attention.pretrain_length,
-                                        " C=", info.default_attention.chunk_size,
-                                        " w=", info.default_attention.local_window)
-                         : std::string("rope")},
+       {"attention", info.default_attention.DebugString()},
        {"chat_template", info.chat_template},
        {"load_s", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - t0))}});
   return absl::OkStatus();

@@ -11,7 +11,11 @@ SessionSnapshot Sample() {
   s.model = {"SmolLM2", 49152, 30, 576, 0x1234abcdull};
   s.settings.labels = {{"doc", "war-and-peace"}, {"owner", "team-a"}};
   s.settings.ttl = absl::Minutes(90);
-  s.settings.attention = {true, 8192, 6144, 1024, true};
+  s.settings.attention.mode = DcaMode::kDca;
+  s.settings.attention.pretrain_len = 8192;
+  s.settings.attention.chunk_size = 6144;
+  s.settings.attention.local_window = 1024;
+  s.settings.attention.length_temperature = true;
   s.settings.prompt_format = PromptFormat::kRaw;
   s.settings.system_prompt = "Be brief.";
   s.settings.window_tokens = 100000;
@@ -30,7 +34,8 @@ TEST(SessionCodecTest, RoundTrips) {
   EXPECT_EQ(back->model, s.model);
   EXPECT_EQ(back->settings.labels, s.settings.labels);
   EXPECT_EQ(back->settings.ttl, s.settings.ttl);
-  EXPECT_TRUE(back->settings.attention.dca);
+  EXPECT_EQ(back->settings.attention.mode, DcaMode::kDca);
+  EXPECT_EQ(back->settings.attention.pretrain_len, 8192);
   EXPECT_EQ(back->settings.attention.chunk_size, 6144);
   EXPECT_TRUE(back->settings.attention.length_temperature);
   EXPECT_EQ(back->settings.prompt_format, PromptFormat::kRaw);

@@ -466,7 +466,8 @@ void Scheduler::Step() {
     item.seq = &st.kv;
     item.tokens = std::span<const int32_t>(st.log.data() + p.start, static_cast<size_t>(p.n));
     item.logits = p.mode;
-    item.dca = p.q->session->settings().attention.ToParams(p.start + p.n, model_->head_dim());
+    item.dca = p.q->session->settings().attention.ToParams(model_->head_dim(),
+                                                           static_cast<int>(p.start + p.n));
     items.push_back(item);
     batch_tokens += p.n;
   }

@@ -94,11 +94,12 @@ std::string EncodeSessionSnapshot(const SessionSnapshot& s) {
     w.PutString(v);
   }
   w.Put<int64_t>(absl::ToInt64Milliseconds(st.ttl));
-  w.Put<uint8_t>(st.attention.dca ? 1 : 0);
-  w.Put<int32_t>(st.attention.pretrain_length);
+  w.Put<uint8_t>(st.attention.mode == DcaMode::kDca ? 1 : 0);
+  w.Put<int32_t>(st.attention.pretrain_len);
   w.Put<int32_t>(st.attention.chunk_size);
   w.Put<int32_t>(st.attention.local_window);
   w.Put<uint8_t>(st.attention.length_temperature ? 1 : 0);
+  w.Put<uint8_t>(st.attention.compose_rope_scaling ? 1 : 0);
   w.Put<uint8_t>(static_cast<uint8_t>(st.prompt_format));
   w.PutString(st.system_prompt);
   w.Put<int64_t>(st.window_tokens);
@@ -158,12 +159,14 @@ absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data) {
   st.ttl = absl::Milliseconds(ttl_ms);
   uint8_t flag = 0;
   CODEC_TRY(r.Get("attention", &flag));
-  st.attention.dca = flag != 0;
-  CODEC_TRY(r.Get("attention", &st.attention.pretrain_length));
+  st.attention.mode = flag != 0 ? DcaMode::kDca : DcaMode::kRope;
+  CODEC_TRY(r.Get("attention", &st.attention.pretrain_len));
   CODEC_TRY(r.Get("attention", &st.attention.chunk_size));
   CODEC_TRY(r.Get("attention", &st.attention.local_window));
   CODEC_TRY(r.Get("attention", &flag));
   st.attention.length_temperature = flag != 0;
+  CODEC_TRY(r.Get("attention", &flag));
+  st.attention.compose_rope_scaling = flag != 0;
   CODEC_TRY(r.Get("prompt format", &flag));
   if (flag > static_cast<uint8_t>(PromptFormat::kRaw)) {
     return absl::InvalidArgumentError("session data: unknown prompt format");

@@ -82,6 +82,15 @@ absl::Status ValidateUtf8(const std::string& field, absl::string_view text) {
 absl::StatusOr<std::unique_ptr<SessionService>> SessionService::Create(const HostModel& host,
                                                                        Backend* backend,
                                                                        EngineOptions options) {
+  // The server's attention defaults must make a valid session on their own.
+  auto dca = DcaConfig::Resolve(host.config, options.dca_defaults);
+  if (dca.ok()) {
+    if (absl::Status v = dca->Validate(options.kv.block_size); !v.ok()) dca = v;
+  }
+  if (!dca.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config attention/dca_*: ", dca.status().message()));
+  }
   ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::Create(host.vocab));
   std::optional<ChatTemplate> chat;
   if (auto t = ChatTemplateFromJinja(host.vocab.chat_template); t.ok()) chat = *t;
@@ -172,49 +181,13 @@ absl::StatusOr<SessionSettings> SessionService::Resolve(const SessionRequest& r)
                                                    absl::FormatDuration(options_.max_ttl)));
   }
 
-  // Attention: DCA lengths default from the model's training length.
-  AttentionSettings& a = s.attention;
-  a.dca = r.attention == SessionRequest::Attention::kDefault ? options_.default_dca
-                                                              : r.attention == SessionRequest::Attention::kDca;
-  const int bs = model_->kv_cache().geometry().block_size;
-  const int model_c = info_.model.context_length > 0 ? info_.model.context_length : 4096;
-  a.pretrain_length = r.pretrain_length ? r.pretrain_length
-                      : options_.dca_pretrain_length ? options_.dca_pretrain_length
-                                                     : model_c;
-  const int c = a.pretrain_length;
-  a.chunk_size = r.chunk_size ? r.chunk_size
-                 : options_.dca_chunk_size ? options_.dca_chunk_size
-                                           : 3 * c / 4 / bs * bs;
-  a.local_window = r.local_window ? r.local_window
-                   : options_.dca_local_window ? options_.dca_local_window
-                                               : c / 8 / bs * bs;
-  a.length_temperature = r.length_temperature;
-  if (c <= 0 || r.pretrain_length < 0) {
-    return absl::InvalidArgumentError("attention.pretrain_length must be positive");
+  // Attention: the model's defaults, then the server's, then the request's.
+  auto dca = DcaConfig::Resolve(info_.model, options_.dca_defaults.Then(r.attention));
+  if (!dca.ok()) return absl::InvalidArgumentError(absl::StrCat("attention: ", dca.status().message()));
+  if (absl::Status v = dca->Validate(model_->kv_cache().geometry().block_size); !v.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("attention: ", v.message()));
   }
-  if (a.dca) {
-    if (a.local_window <= 0 || r.local_window < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention.local_window must be positive (got ", a.local_window, ")"));
-    }
-    if (a.local_window >= a.chunk_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention.local_window (", a.local_window,
-                       ") must be smaller than attention.chunk_size (", a.chunk_size, ")"));
-    }
-    if (a.chunk_size > c) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention.chunk_size (", a.chunk_size,
-                       ") must not exceed attention.pretrain_length (", c, ")"));
-    }
-    if ((a.chunk_size - a.local_window) % bs != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "attention.chunk_size - attention.local_window (", a.chunk_size - a.local_window,
-          ") must be a multiple of the KV block size ", bs));
-    }
-  } else if (r.length_temperature) {
-    return absl::InvalidArgumentError("attention.length_temperature applies only to DCA");
-  }
+  s.attention = *dca;
 
   s.window_tokens = r.window_tokens ? r.window_tokens : options_.max_session_tokens;
   if (r.window_tokens < 0) {
@@ -680,12 +653,12 @@ void SessionService::Import(const std::string& tenant, ImportInput input,
   SessionRequest check;
   check.labels = settings.labels;
   check.ttl = std::min(settings.ttl, options_.max_ttl);
-  check.attention = settings.attention.dca ? SessionRequest::Attention::kDca
-                                           : SessionRequest::Attention::kRope;
-  check.pretrain_length = settings.attention.pretrain_length;
-  check.chunk_size = settings.attention.chunk_size;
-  check.local_window = settings.attention.local_window;
-  check.length_temperature = settings.attention.length_temperature;
+  check.attention.mode = settings.attention.mode;
+  check.attention.pretrain_len = settings.attention.pretrain_len;
+  check.attention.chunk_size = settings.attention.chunk_size;
+  check.attention.local_window = settings.attention.local_window;
+  check.attention.length_temperature = settings.attention.length_temperature;
+  check.attention.compose_rope_scaling = settings.attention.compose_rope_scaling;
   check.window_tokens = settings.window_tokens;
   check.prompt_format = settings.prompt_format;
   check.system_prompt = settings.system_prompt;

@@ -46,12 +46,9 @@ struct EngineOptions {
   absl::Duration default_ttl = absl::Hours(1);
   absl::Duration max_ttl = absl::Hours(24);
   absl::Duration expiry_interval = absl::Seconds(5);  // how often idle sessions are reaped
-  // Attention used when a session does not choose: DCA with pretrain length c
-  // (0 = the model's context length), C = 3c/4, w = c/8.
-  bool default_dca = true;
-  int dca_pretrain_length = 0;
-  int dca_chunk_size = 0;
-  int dca_local_window = 0;
+  // Attention settings of sessions that do not choose, over the model's
+  // defaults (DCA, c = its context length, C = 3c/4, w = c/8).
+  DcaOverrides dca_defaults;
 };
 
 // CreateSession's options; zero values take the server's defaults.
@@ -59,11 +56,7 @@ struct SessionRequest {
   std::string id;
   std::map<std::string, std::string> labels;
   std::optional<absl::Duration> ttl;
-  enum class Attention { kDefault, kRope, kDca } attention = Attention::kDefault;
-  int pretrain_length = 0;
-  int chunk_size = 0;
-  int local_window = 0;
-  bool length_temperature = false;
+  DcaOverrides attention;  // over the server's defaults
   int64_t window_tokens = 0;
   int32_t sink_tokens = 0;
   OverflowPolicy overflow = OverflowPolicy::kReject;
@@ -131,7 +124,7 @@ struct EngineInfo {
   ModelConfig model;
   std::string backend;
   std::string chat_template;  // "chatml" or "none"
-  AttentionSettings default_attention;
+  DcaConfig default_attention;
   int block_size = 0;
   int64_t total_blocks = 0;
   int64_t bytes_per_token = 0;

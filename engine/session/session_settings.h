@@ -7,7 +7,7 @@
 #include <string>
 
 #include "absl/time/time.h"
-#include "engine/session/attention_settings.h"
+#include "engine/model/dca_config.h"
 
 namespace longctx {
 
@@ -25,7 +25,7 @@ enum class OverflowPolicy {
 struct SessionSettings {
   std::map<std::string, std::string> labels;
   absl::Duration ttl = absl::Hours(1);  // idle time to expiry
-  AttentionSettings attention;
+  DcaConfig attention;  // resolved and validated
   PromptFormat prompt_format = PromptFormat::kChat;
   std::string system_prompt;  // chat sessions; empty = the template's default
   // Exact-attention window: the most tokens the session's context may hold.

@@ -203,7 +203,7 @@ TEST_F(BadInputTest, BadSessionSettingsNameTheField) {
   c.mutable_attention()->set_local_window(2048);
   auto r = CreateSession(stub_.get(), c);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("attention.local_window"));
+  EXPECT_THAT(r.status().message(), HasSubstr("local_window"));
   c = {};
   c.mutable_memory()->set_overflow(v1::OVERFLOW_POLICY_COMPRESS);
   EXPECT_EQ(CreateSession(stub_.get(), c).status().code(), absl::StatusCode::kUnimplemented);
