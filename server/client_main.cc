@@ -420,6 +420,7 @@ class Cli {
       std::fflush(stdout);
     });
     std::printf("\n");
+    std::fflush(stdout);
     if (!done.ok()) return done.status();
     const double ttft = done->time_to_first_token().seconds() + done->time_to_first_token().nanos() * 1e-9;
     const double total = absl::ToDoubleSeconds(absl::Now() - t0);
