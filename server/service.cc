@@ -121,7 +121,9 @@ absl::StatusOr<CallContext> LongContextService::BeginCall(grpc::CallbackServerCo
     const grpc::Status g = ToGrpcStatus(refused);
     if (metrics_) metrics_->RecordRpc(method, g.error_code());
     Log(spdlog::level::info, "call refused",
-        {{"rpc", method}, {"request_id", call.request_id}, {"code", absl::StrCat(g.error_code())},
+        {{"rpc", method},
+         {"request_id", call.request_id},
+         {"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(g.error_code()))},
          {"error", g.error_message()}});
     return refused;
   }
@@ -134,7 +136,8 @@ void LongContextService::EndCall(const CallContext& call, const grpc::Status& st
                       {"request_id", call.request_id},
                       {"tenant", call.caller.tenant}};
   fields.insert(fields.end(), call.fields.begin(), call.fields.end());
-  fields.emplace_back("code", absl::StrCat(status.error_code()));
+  fields.emplace_back("code",
+                      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())));
   fields.emplace_back("ms", absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(absl::Now() - call.start)));
   if (!status.ok()) fields.emplace_back("error", status.error_message());
   const bool server_fault = status.error_code() == grpc::StatusCode::INTERNAL ||
