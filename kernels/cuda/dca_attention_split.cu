@@ -177,15 +177,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
     const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
     const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
-    const float corr_lo = exp2f(m_lo - base_lo), corr_hi = exp2f(m_hi - base_hi);
+    const float corr_lo = FastExp2(m_lo - base_lo), corr_hi = FastExp2(m_hi - base_hi);
     m_lo = new_lo;
     m_hi = new_hi;
     uint32_t pf[S / 16][4];
     float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
     for (int nt = 0; nt < S / 8; ++nt) {
-      const float p0 = exp2f(s[nt][0] - base_lo), p1 = exp2f(s[nt][1] - base_lo);
-      const float p2 = exp2f(s[nt][2] - base_hi), p3 = exp2f(s[nt][3] - base_hi);
+      const float p0 = FastExp2(s[nt][0] - base_lo), p1 = FastExp2(s[nt][1] - base_lo);
+      const float p2 = FastExp2(s[nt][2] - base_hi), p3 = FastExp2(s[nt][3] - base_hi);
       sum_lo += p0 + p1;
       sum_hi += p2 + p3;
       pf[nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);

@@ -125,6 +125,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   }
 
   const int n_tiles = i_last / N + 1;
+  // Rows change part only when the key chunk reaches n(i) - 1 or n(i), so key
+  // chunks outside [n(first row) - 1, n(last row)] leave the query tile as is.
+  const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
   int cur_cj = -1;
   load_tile(0, 0);
   CpAsyncCommit();
@@ -134,9 +137,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
       load_tile(kt + 1, (kt + 1) & 1);
       CpAsyncCommit();
     }
-    if (j0 / L != cur_cj) {
-      rotate_rows(j0 / L, cur_cj);
-      cur_cj = j0 / L;
+    const int cj = j0 / L;
+    if (cur_cj < 0 || (cj != cur_cj && cj >= n_first - 1 && cj <= n_last)) {
+      rotate_rows(cj, cur_cj);
+      cur_cj = cj;
     }
     if (kt + 1 < n_tiles) {
       CpAsyncWait<1>();
@@ -208,14 +212,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
         const float new_lo = fmaxf(m[mt][0], mx_lo), new_hi = fmaxf(m[mt][1], mx_hi);
         const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
         const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
-        const float corr_lo = exp2f(m[mt][0] - base_lo), corr_hi = exp2f(m[mt][1] - base_hi);
+        const float corr_lo = FastExp2(m[mt][0] - base_lo), corr_hi = FastExp2(m[mt][1] - base_hi);
         m[mt][0] = new_lo;
         m[mt][1] = new_hi;
         float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
         for (int nt = 0; nt < N / 8; ++nt) {
-          const float p0 = exp2f(s[mt][nt][0] - base_lo), p1 = exp2f(s[mt][nt][1] - base_lo);
-          const float p2 = exp2f(s[mt][nt][2] - base_hi), p3 = exp2f(s[mt][nt][3] - base_hi);
+          const float p0 = FastExp2(s[mt][nt][0] - base_lo), p1 = FastExp2(s[mt][nt][1] - base_lo);
+          const float p2 = FastExp2(s[mt][nt][2] - base_hi), p3 = FastExp2(s[mt][nt][3] - base_hi);
           sum_lo += p0 + p1;
           sum_hi += p2 + p3;
           // The accumulator layout of two adjacent 8-key tiles is the A-operand
