@@ -14,7 +14,7 @@ enum class Kernel { kSimple, kTiled, kSplit };
 constexpr int kMinTilesPerSplit = 2;
 // Split-KV blocks per SM the planner aims for: enough to fill the device and
 // balance uneven sequences without splitting short contexts needlessly.
-constexpr int kSplitBlocksPerSm = 4;
+constexpr int kSplitBlocksPerSm = 2;
 
 Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
   const bool tiles_fit = s.dca.chunk_len % cuda::kDcaKeyTile == 0 &&
