@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -264,6 +265,8 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
       EXPECT_LE(testing_cuda::RelErr(got, ref), testing_cuda::kBf16Bound) << what << " (all rows)";
     }
     ExpectBf16Close(got_s, ref_s, naive_s, what + " (sampled rows)");
+    std::printf("[attn] %s rel_err_sampled=%.3e naive_bf16=%.3e\n", what.c_str(),
+                testing_cuda::RelErr(got_s, ref_s), testing_cuda::RelErr(naive_s, ref_s));
   }
 }
 

@@ -49,6 +49,52 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
+// Writes into q_s, for every row whose part against key chunk `cj` differs from
+// its part against `prev_cj` (-1: none yet), the query rotated for that part.
+// Rows past n_rows get positions past the sequence's end: finite values whose
+// results are dropped. Not inlined: it runs a few times per block, and kept out
+// of line its temporaries do not compete with the accumulators for registers.
+template <class Tr>
+__device__ __noinline__ void RotateRows(bf16* q_s, const float* q_base, int64_t row_stride,
+                                        const float* inv_freq, int i_first, int n_rows, int L,
+                                        int C, int cj, int prev_cj) {
+  constexpr int D = Tr::D, M = Tr::kBlockM;
+  // kUnroll pairs per thread per step, their loads issued together: the pass
+  // is bound by the latency of the q reads otherwise.
+  constexpr int kUnroll = 4;
+  constexpr int kPairs = M * (D / 2);
+  static_assert(kPairs % (Tr::kThreads * kUnroll) == 0, "whole steps");
+  for (int first = threadIdx.x; first < kPairs; first += Tr::kThreads * kUnroll) {
+    float a[kUnroll], b[kUnroll];
+    int part[kUnroll];
+    bool todo[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int idx = first + u * Tr::kThreads;
+      const int row = idx / (D / 2), c = idx % (D / 2);
+      const int i = i_first + row;
+      part[u] = DcaPart(i, L, cj);
+      todo[u] = prev_cj < 0 || DcaPart(i, L, prev_cj) != part[u];
+      a[u] = b[u] = 0.f;
+      if (todo[u] && row < n_rows) {
+        a[u] = q_base[row * row_stride + c];
+        b[u] = q_base[row * row_stride + c + D / 2];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (!todo[u]) continue;
+      const int idx = first + u * Tr::kThreads;
+      const int row = idx / (D / 2), c = idx % (D / 2);
+      float s, co;
+      RopeSinCos(DcaQueryPos(i_first + row, L, C, part[u]), inv_freq[c], &s, &co);
+      const float2 r = RotatePair(a[u], b[u], s, co);
+      q_s[Swz<D>(row, c / 8) + c % 8] = __float2bfloat16_rn(r.x);
+      q_s[Swz<D>(row, (c + D / 2) / 8) + c % 8] = __float2bfloat16_rn(r.y);
+    }
+  }
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 2)
     DcaTiledKernel(DcaAttentionParams p, const DcaRowTile* tiles) {
@@ -69,29 +115,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   const int64_t row_stride = int64_t{p.H} * D;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const float* q_base = p.q + (int64_t{seq.q_row} + tile.row0) * row_stride + int64_t{h} * D;
-
-  // Writes, for every row whose part against key chunk `cj` differs from its
-  // part against `prev_cj` (-1: none yet), the query rotated for that part.
-  // Rows past n_rows get positions past the sequence's end: finite values
-  // whose results are dropped.
-  auto rotate_rows = [&](int cj, int prev_cj) {
-    for (int idx = tid; idx < M * (D / 2); idx += Tr::kThreads) {
-      const int row = idx / (D / 2), c = idx % (D / 2);
-      const int i = i_first + row;
-      const int part = DcaPart(i, L, cj);
-      if (prev_cj >= 0 && DcaPart(i, L, prev_cj) == part) continue;
-      float a = 0.f, b = 0.f;
-      if (row < n_rows) {
-        a = q_base[row * row_stride + c];
-        b = q_base[row * row_stride + c + D / 2];
-      }
-      float s, co;
-      RopeSinCos(DcaQueryPos(i, L, C, part), p.inv_freq[c], &s, &co);
-      const float2 r = RotatePair(a, b, s, co);
-      q_s[Swz<D>(row, c / 8) + c % 8] = __float2bfloat16_rn(r.x);
-      q_s[Swz<D>(row, (c + D / 2) / 8) + c % 8] = __float2bfloat16_rn(r.y);
-    }
-  };
 
   const int32_t* table = p.block_tables + seq.block_table_offset;
   const int64_t key_stride = int64_t{p.kv.n_kv_heads} * D;
@@ -152,7 +175,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
     }
     const int cj = j0 / L;
     if (cur_cj < 0 || (cj != cur_cj && cj >= n_first - 1 && cj <= n_last)) {
-      rotate_rows(cj, cur_cj);
+      RotateRows<Tr>(q_s, q_base, row_stride, p.inv_freq, i_first, n_rows, L, C, cj, cur_cj);
       cur_cj = cj;
     }
     if (kt + 1 < n_tiles) {
