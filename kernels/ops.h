@@ -54,6 +54,11 @@ struct DcaParams {
   int chunk_len = kDcaUnbounded;   // L = C − w; keys cached at position j mod L
   int chunk_size = kDcaUnbounded;  // C; successive parts clamp at C, inter parts sit at C
   float softmax_scale = 0.f;       // 1/sqrt(D), times sf² when the length temperature is on
+  // Infini window (DESIGN §4): keys j with sink_tokens ≤ j < window_start are
+  // absent (folded or dropped, their blocks freed) and never read. Positions stay
+  // absolute. The defaults (window_start ≤ sink_tokens) mean every key is present.
+  int sink_tokens = 0;
+  int window_start = 0;
 };
 
 // Paged KV of one layer. Token j of a sequence lives in physical block
@@ -71,7 +76,7 @@ struct PagedKvView {
 
 // Causal DCA attention of n_q new queries over a sequence's paged KV.
 // Query r is token q_start + r and attends keys 0 .. q_start + r, which must be
-// in the cache. Queries come un-rotated; the rotation is chosen per key chunk:
+// in the cache, except the absent window range of `p`. Queries come un-rotated; the rotation is chosen per key chunk:
 // intra (same chunk) t(i), successive min(t(i) + L, C), inter C, where
 // t(i) = i mod L. One softmax over all keys; online (streaming) softmax over key
 // blocks, no [T, T] matrix. GQA: q head h reads kv head h / (H / n_kv_heads).
@@ -81,5 +86,90 @@ void DcaAttention(float* out,               // [n_q, H, D]
                   const float* inv_freq,    // [D/2]
                   const DcaParams& p,
                   int n_q, int q_start, int H, int D);
+
+// --- Context-parallel attention (DESIGN §7) ---------------------------------
+// A long sequence's keys are spread over ranks. Each rank attends the queries to
+// the keys it holds (DcaPartialAttention) and the partials are combined by
+// log-sum-exp (MergeAttention); the result equals DcaAttention over all keys.
+
+// Keys of one sequence held by one rank: n runs of consecutive absolute token
+// indices [first[s], first[s] + count[s]), ascending and disjoint. They are stored
+// back to back in the rank's paged KV: run s starts at local index
+// count[0] + ... + count[s-1], and the block table maps local indices.
+struct KeyRuns {
+  const int32_t* first = nullptr;  // [n]
+  const int32_t* count = nullptr;  // [n], each ≥ 1
+  int n = 0;
+};
+
+// DcaAttention restricted to the keys in `runs`. Query r is token i = q_start + r
+// and sees the held keys j ≤ i. Its rotation per key follows the chunk distance of
+// ABSOLUTE indices, n(i) − n(j), so chunks held elsewhere do not shift positions.
+// out is normalised over the seen keys; lse = m + log Σ exp(s − m) over their
+// scaled scores s. A query that sees no held key gets out 0 and lse −inf.
+void DcaPartialAttention(float* out,             // [n_q, H, D]
+                         float* lse,             // [n_q, H]
+                         const float* q,         // [n_q, H, D], un-rotated
+                         const PagedKvView& kv,  // local indices, see KeyRuns
+                         const KeyRuns& runs,
+                         const float* inv_freq,  // [D/2]
+                         const DcaParams& p,
+                         int n_q, int q_start, int H, int D);
+
+// Combines R partial attentions of the same N (query, head) rows:
+// out[n] = Σ_r w_r o_r[n] / Σ_r w_r with w_r = exp(lse_r[n] − max_r lse_r[n]).
+// Partial r is o_parts + r * part_stride and lse_parts + r * part_stride (one
+// stride for both, so a gathered [R, packed partial] buffer can be read in
+// place). Rows where every lse is −inf get out 0 (and lse −inf). out must not
+// alias the partials.
+void MergeAttention(float* out,              // [N, D]
+                    float* lse,              // [N] merged log-sum-exp, or nullptr
+                    const float* o_parts,    // R × [N, D], see part_stride
+                    const float* lse_parts,  // R × [N]
+                    int64_t part_stride,     // elements between partials r and r+1
+                    int R, int64_t N, int D);
+
+// ===========================================================================
+// Infini-attention compressive memory (DESIGN §4)
+// ===========================================================================
+// One layer's memory is M [n_kv_heads, D, D] (row: key dim, column: value dim)
+// and z [n_kv_heads, D], both fp32. σ(x) = ELU(x) + 1 (x + 1 for x > 0, e^x
+// otherwise), so σ > 0 and z only grows. The memory sees UN-rotated q and k:
+// cached keys (rotated at j mod L) are rotated back with Rope at −(j mod L)
+// before a fold. GQA: q head h reads kv head h / (H / n_kv_heads).
+
+enum class InfiniUpdateRule { kLinear, kDelta };
+
+// out = σ(x), elementwise.
+void EluPlusOne(float* out,           // [n] (may alias x)
+                const float* x,       // [n]
+                int64_t n);
+
+// Retrieval: out[t, h] = σ(q[t, h]) M[g] / max(σ(q[t, h])·z[g], eps), with
+// g = h / (H / n_kv_heads). Exactly 0 where σ(q)·z = 0, i.e. while the memory is
+// empty. Through BLAS sgemm, one call per q head.
+void InfiniRetrieve(float* out,        // [T, H, D]
+                    const float* q,    // [T, H, D], un-rotated
+                    const float* mem,  // [n_kv_heads, D, D]
+                    const float* z,    // [n_kv_heads, D]
+                    int T, int H, int n_kv_heads, int D, float eps);
+
+// Folds one segment of T tokens into the memory, per kv head g:
+//   linear: M[g] += σ(K_g)ᵀ V_g
+//   delta:  M[g] += σ(K_g)ᵀ (V_g − σ(K_g) M[g] / max(σ(K_g) z[g], eps))
+// and z[g] += Σ_t σ(K_g[t]) for both. The delta correction reads the memory as
+// it was before this segment. The products are BLAS sgemm calls.
+void InfiniFold(float* mem,           // [n_kv_heads, D, D], updated in place
+                float* z,             // [n_kv_heads, D], updated in place
+                const float* k,       // [T, n_kv_heads, D], un-rotated
+                const float* v,       // [T, n_kv_heads, D]
+                int T, int n_kv_heads, int D, InfiniUpdateRule rule, float eps);
+
+// Gate: out[t, h] = s_h a_mem[t, h] + (1 − s_h) a_dca[t, h], s_h = sigmoid(beta[h]).
+void InfiniMix(float* out,            // [T, H, D] (may alias a_dca or a_mem)
+               const float* a_mem,    // [T, H, D]
+               const float* a_dca,    // [T, H, D]
+               const float* beta,     // [H]
+               int T, int H, int D);
 
 }  // namespace longctx::cpu

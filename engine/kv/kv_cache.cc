@@ -64,12 +64,43 @@ absl::Status KvCache::Append(KvSequence& seq, int n_new, std::vector<int32_t>* s
 void KvCache::Truncate(KvSequence& seq, int length) {
   if (length >= seq.length_) return;
   const int bs = geometry_.block_size;
-  const size_t keep = static_cast<size_t>((length + bs - 1) / bs);
+  const size_t keep = static_cast<size_t>((std::max(length, 0) + bs - 1) / bs);
   while (seq.blocks_.size() > keep) {
-    free_.push_back(seq.blocks_.back());
+    if (seq.blocks_.back() != kAbsentBlock) free_.push_back(seq.blocks_.back());
     seq.blocks_.pop_back();
   }
   seq.length_ = std::max(length, 0);
+}
+
+absl::Status KvCache::ReleaseRange(KvSequence& seq, int begin, int end) {
+  const int bs = geometry_.block_size;
+  if (begin < 0 || end < begin || begin % bs != 0 || end % bs != 0 || end > seq.length_ / bs * bs) {
+    return absl::InvalidArgumentError(absl::StrCat("KV release of tokens [", begin, ", ", end,
+                                                   ") must cover whole blocks of ", bs,
+                                                   " inside the sequence of ", seq.length_));
+  }
+  for (int b = begin / bs; b < end / bs; ++b) {
+    int32_t& entry = seq.blocks_[static_cast<size_t>(b)];
+    if (entry == kAbsentBlock) continue;
+    free_.push_back(entry);
+    entry = kAbsentBlock;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvCache::AppendAbsent(KvSequence& seq, int n) {
+  const int bs = geometry_.block_size;
+  if (n < 0 || n % bs != 0 || seq.length_ % bs != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV: ", n, " absent tokens after ", seq.length_,
+                                                   " must be whole blocks of ", bs));
+  }
+  seq.blocks_.insert(seq.blocks_.end(), static_cast<size_t>(n / bs), kAbsentBlock);
+  seq.length_ += n;
+  return absl::OkStatus();
+}
+
+int64_t KvSequence::resident_blocks() const {
+  return std::count_if(blocks_.begin(), blocks_.end(), [](int32_t b) { return b != kAbsentBlock; });
 }
 
 }  // namespace longctx

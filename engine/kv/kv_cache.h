@@ -18,11 +18,18 @@ struct KvCacheConfig {
   int64_t max_bytes = int64_t{4} << 30;  // arena budget (backend element size)
 };
 
+// Block-table entry of a block released from the middle of a sequence (an
+// Infini window eviction): the tokens keep their indices but have no KV.
+inline constexpr int32_t kAbsentBlock = -1;
+
 // One sequence's view of the cache: its length and block table.
 class KvSequence {
  public:
   int length() const { return length_; }
+  // Entries may be kAbsentBlock (see KvCache::ReleaseRange).
   const std::vector<int32_t>& block_table() const { return blocks_; }
+  // Blocks actually held (entries that are not absent).
+  int64_t resident_blocks() const;
 
  private:
   friend class KvCache;
@@ -47,6 +54,16 @@ class KvCache {
   absl::Status Append(KvSequence& seq, int n_new, std::vector<int32_t>* slots);
   // Shrinks `seq` to `length` tokens (rollback), returning whole freed blocks.
   void Truncate(KvSequence& seq, int length);
+  // Frees the blocks holding tokens [begin, end) of `seq` and marks them
+  // absent; the sequence keeps its length and later tokens their slots.
+  // Attention must then skip those keys (DcaParams::sink_tokens/window_start).
+  // INVALID_ARGUMENT unless begin and end are multiples of the block size and
+  // 0 ≤ begin ≤ end ≤ length rounded down to a block. Already absent blocks are skipped.
+  absl::Status ReleaseRange(KvSequence& seq, int begin, int end);
+  // Grows `seq` by `n` tokens that have no KV (absent blocks), e.g. to restore
+  // a session whose old tokens live only in its Infini memory. INVALID_ARGUMENT
+  // unless the length and n are multiples of the block size.
+  absl::Status AppendAbsent(KvSequence& seq, int n);
   // Returns all of `seq`'s blocks.
   void Release(KvSequence& seq) { Truncate(seq, 0); }
 

@@ -20,11 +20,32 @@ namespace longctx {
 
 enum class LogitsMode { kNone, kLast, kAll };
 
+// Attention of a sequence whose KV lives outside the model's cache: a
+// context-parallel session spread over ranks (DESIGN §7, engine/dist). The model
+// calls Attend once per layer, in order; the implementation stores k and v where
+// they belong and writes the attention to out.
+class ExternalAttention {
+ public:
+  virtual ~ExternalAttention() = default;
+  // Tokens of the sequence before this step: the first new token's position.
+  virtual int length() const = 0;
+  // out, q: [n, n_heads·head_dim], q un-rotated; k, v: [n, n_kv_heads·head_dim],
+  // k rotated at position j mod chunk_len.
+  virtual absl::Status Attend(int layer, Tensor out, Tensor q, Tensor k, Tensor v) = 0;
+};
+class InfiniMemory;
+
 struct StepItem {
-  KvSequence* seq = nullptr;           // appended to by Forward
+  KvSequence* seq = nullptr;           // appended to by Forward; null with `external`
   std::span<const int32_t> tokens;     // new tokens (≥ 1)
   LogitsMode logits = LogitsMode::kLast;
   cpu::DcaParams dca;                  // chunk_len/chunk_size; softmax_scale 0 = 1/sqrt(D)
+  // Set: the item's KV lives elsewhere and `external` attends for it. Such an
+  // item is the only one of its step.
+  ExternalAttention* external = nullptr;
+  // Infini-attention memory mixed into this item's attention through the
+  // model's gates (DESIGN §4); nullptr = no mixing. REQUIRES has_infini_gates().
+  const InfiniMemory* infini = nullptr;
 };
 
 class LlamaModel {
@@ -40,6 +61,10 @@ class LlamaModel {
   KvCache& kv_cache() { return *kv_; }
   // Inverse RoPE frequencies [head_dim/2] including the model's rope scaling.
   std::span<const float> inv_freq() const { return inv_freq_; }
+  // Infini-attention gates β, one per q head and layer, from the model's
+  // `blk.N.infini_beta` tensors. Without them the memory is never mixed.
+  bool has_infini_gates() const { return !infini_beta_.empty(); }
+  std::span<const float> infini_beta(int layer) const;
 
   // Appends each item's tokens to its sequence and writes logits, f32 [rows,
   // vocab], rows in item order: kLast gives one row, kAll one per new token.
@@ -50,6 +75,8 @@ class LlamaModel {
   LlamaModel() = default;
   struct Layer;
   absl::Status EnsureScratch(int64_t tokens);
+  // Reads the optional `blk.N.infini_beta` gates (all layers or none).
+  absl::Status LoadInfiniGates(const HostModel& host);
   // Reserves KV for every item and runs the layers; x_ holds the final hidden states.
   absl::Status RunLayers(std::span<const StepItem> items, int64_t total);
   absl::Status ComputeLogits(std::span<const StepItem> items, std::span<const int> old_length,
@@ -59,6 +86,7 @@ class LlamaModel {
   Backend* backend_ = nullptr;
   std::unique_ptr<KvCache> kv_;
   std::vector<float> inv_freq_;
+  std::vector<float> infini_beta_;  // [n_layers, n_heads] or empty
   std::vector<DeviceBuffer> weight_buffers_;
   std::vector<Layer> layers_;
   Tensor token_embd_, output_norm_, output_;
