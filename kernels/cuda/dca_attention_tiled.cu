@@ -11,7 +11,8 @@
 // copy of the query tile, each row in the rotation the current key chunk needs;
 // keys are visited in ascending order, so a row's part only moves inter ->
 // successive -> intra, and when the key chunk changes the rows whose part
-// changed are re-rotated from q. The three parts share one online softmax (no
+// changed are re-rotated from q. Key tiles inside an Infini window's absent
+// range are skipped. The three parts share one online softmax (no
 // merge pass). S = QK^T and O += PV run on bf16 tensor cores (mma.sync
 // m16n8k16) with f32 accumulation; the softmax is f32 in log2 units.
 #include "kernels/cuda/device_common.cuh"
@@ -118,6 +119,16 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 
   const int32_t* table = p.block_tables + seq.block_table_offset;
   const int64_t key_stride = int64_t{p.kv.n_kv_heads} * D;
+  // Infini window: tiles wholly inside [sink, window_start) are skipped (their
+  // blocks may be released); a tile that only overlaps it masks those keys.
+  const int sink = seq.sink_tokens, window_start = seq.window_start;
+  const bool windowed = window_start > sink;
+  const int absent_t0 = windowed ? (sink + N - 1) / N : 0;
+  const int absent_t1 = windowed ? max(window_start / N, absent_t0) : 0;
+  auto next_tile = [&](int t) {
+    ++t;
+    return t >= absent_t0 && t < absent_t1 ? absent_t1 : t;
+  };
   // Keys past i_last are zero-filled: their slots may hold anything (even NaN),
   // and a masked probability of 0 times NaN would still poison the output.
   auto load_tile = [&](int kt, int stage) {
@@ -134,7 +145,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
     const uint32_t dst_v = SmemAddr(v_s + stage * Tr::kKvStage + Swz<D>(n0, c));
 #pragma unroll
     for (int t = 0; t < N / kRowStep; ++t) {
-      const bool valid = j0 + n0 + t * kRowStep <= i_last;
+      const int j = j0 + n0 + t * kRowStep;
+      const bool valid = j <= i_last && !KeyAbsent(j, sink, window_start);
       const int64_t step = int64_t{t} * kRowStep * key_stride;
       const uint32_t dst_off = t * kRowStep * D * sizeof(bf16);  // kRowStep % 8 == 0: same swizzle
       CpAsync16(dst_k + dst_off, valid ? src_k + step : p.kv.k, valid ? 16 : 0);
@@ -165,12 +177,14 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   // chunks outside [n(first row) - 1, n(last row)] leave the query tile as is.
   const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
   int cur_cj = -1;
-  load_tile(0, 0);
+  int kt = next_tile(-1);
+  if (kt < n_tiles) load_tile(kt, 0);
   CpAsyncCommit();
-  for (int kt = 0; kt < n_tiles; ++kt) {
+  for (int it = 0; kt < n_tiles; ++it) {
     const int j0 = kt * N;
-    if (kt + 1 < n_tiles) {
-      load_tile(kt + 1, (kt + 1) & 1);
+    const int kt_next = next_tile(kt);
+    if (kt_next < n_tiles) {
+      load_tile(kt_next, (it + 1) & 1);
       CpAsyncCommit();
     }
     const int cj = j0 / L;
@@ -178,15 +192,16 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
       RotateRows<Tr>(q_s, q_base, row_stride, p.inv_freq, i_first, n_rows, L, C, cj, cur_cj);
       cur_cj = cj;
     }
-    if (kt + 1 < n_tiles) {
+    if (kt_next < n_tiles) {
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();
     }
     __syncthreads();
+    const bool tile_in_window = windowed && j0 < window_start && j0 + N > sink;
     if (warp_active && j0 <= warp_i_last) {
-      const bf16* ks = k_s + (kt & 1) * Tr::kKvStage;
-      const bf16* vs = v_s + (kt & 1) * Tr::kKvStage;
+      const bf16* ks = k_s + (it & 1) * Tr::kKvStage;
+      const bf16* vs = v_s + (it & 1) * Tr::kKvStage;
 
       // The tile in sub-steps of SN keys: fewer live score registers.
 #pragma unroll 1
@@ -222,7 +237,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 
         // Causal mask (only tiles that reach past the warp's first row), then the
         // online softmax in log2 units.
-        const bool need_mask = j0 + k0 + SN - 1 > warp_i_first;
+        const bool need_mask = j0 + k0 + SN - 1 > warp_i_first || tile_in_window;
         uint32_t pf[MT][SN / 16][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -235,8 +250,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
               const int key = j0 + k0 + nt * 8 + 2 * t4 + e;
               float lo = s[mt][nt][e] * scale_log2, hi = s[mt][nt][2 + e] * scale_log2;
               if (need_mask) {
-                if (key > i_lo) lo = -INFINITY;
-                if (key > i_hi) hi = -INFINITY;
+                const bool absent = KeyAbsent(key, sink, window_start);
+                if (key > i_lo || absent) lo = -INFINITY;
+                if (key > i_hi || absent) hi = -INFINITY;
               }
               s[mt][nt][e] = lo;
               s[mt][nt][2 + e] = hi;
@@ -297,6 +313,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
       }
     }
     __syncthreads();
+    kt = kt_next;
   }
 
   float* out_base = p.out + (int64_t{seq.q_row} + tile.row0) * row_stride + int64_t{h} * D;

@@ -44,6 +44,12 @@ __device__ __forceinline__ float FastExp2(float x) {
   return y;
 }
 
+// Infini window: keys in [sink, window_start) are absent (empty when
+// window_start <= sink).
+__device__ __forceinline__ bool KeyAbsent(int j, int sink, int window_start) {
+  return j >= sink && j < window_start;
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
