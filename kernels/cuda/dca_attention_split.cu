@@ -47,8 +47,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     DcaSplitKernel(DcaAttentionParams p, const DcaSplitItem* items, DcaSplitScratch scratch) {
   constexpr int D = Tr::D, R = Tr::kRows, S = Tr::kSub;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [3][R][D]
-  bf16* kv_s = q_s + Tr::kQElems;                  // per warp: [2 stages][K|V][S][D]
+  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);    // [3][R][D]
+  bf16* kv_s = q_s + Tr::kQElems;                   // per warp: [2 stages][K|V][S][D]
   float* merge_o = reinterpret_cast<float*>(kv_s);  // after the loop: [warps][R][D]
   float* merge_ml = merge_o + Tr::kWarps * R * D;   // [warps][R][2]
 
@@ -59,7 +59,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int L = seq.chunk_len, C = seq.chunk_size;
   const int64_t row_stride = int64_t{p.H} * D;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  auto row_token = [&](int rr) { return rr < item.n_rows ? seq.q_start + (item.rr0 + rr) / group : -1; };
+  auto row_token = [&](int rr) {
+    return rr < item.n_rows ? seq.q_start + (item.rr0 + rr) / group : -1;
+  };
 
   // The three rotations of every row (rows past n_rows: zeros).
   for (int idx = tid; idx < R * (D / 2); idx += Tr::kThreads) {
@@ -231,7 +233,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
   for (int dn = 0; dn < D / 8; ++dn) {
     *reinterpret_cast<float2*>(wo + g * D + dn * 8 + 2 * t4) = make_float2(o[dn][0], o[dn][1]);
-    *reinterpret_cast<float2*>(wo + (g + 8) * D + dn * 8 + 2 * t4) = make_float2(o[dn][2], o[dn][3]);
+    *reinterpret_cast<float2*>(wo + (g + 8) * D + dn * 8 + 2 * t4) =
+        make_float2(o[dn][2], o[dn][3]);
   }
   if (t4 == 0) {
     float* ml = merge_ml + warp * R * 2;
@@ -310,12 +313,12 @@ cudaError_t LaunchSplit(const DcaAttentionParams& p, const DcaSplitItem* items, 
   cudaError_t err = cudaFuncSetAttribute(
       DcaSplitKernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaSplitKernel<Tr><<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(
-      p, items, scratch);
+  DcaSplitKernel<Tr>
+      <<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, items, scratch);
   err = cudaGetLastError();
   if (err != cudaSuccess || n_combine == 0) return err;
-  DcaSplitCombineKernel<D><<<dim3(n_combine, p.kv.n_kv_heads), 128, 0, stream>>>(p, combine,
-                                                                                  scratch);
+  DcaSplitCombineKernel<D>
+      <<<dim3(n_combine, p.kv.n_kv_heads), 128, 0, stream>>>(p, combine, scratch);
   return cudaGetLastError();
 }
 

@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   constexpr int D = Tr::D, M = Tr::kBlockM, N = Tr::kBlockN, MT = Tr::kMTiles, SN = Tr::kSubN;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [M][D]
-  bf16* k_s = q_s + Tr::kQElems;                   // [2][N][D]
-  bf16* v_s = k_s + 2 * Tr::kKvStage;              // [2][N][D]
+  bf16* k_s = q_s + Tr::kQElems;                  // [2][N][D]
+  bf16* v_s = k_s + 2 * Tr::kKvStage;             // [2][N][D]
 
   const DcaRowTile tile = tiles[blockIdx.x];
   const DcaSeqDesc seq = p.seqs[tile.seq];
@@ -167,7 +167,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) o[mt][dn][0] = o[mt][dn][1] = o[mt][dn][2] = o[mt][dn][3] = 0.f;
+    for (int dn = 0; dn < D / 8; ++dn)
+      o[mt][dn][0] = o[mt][dn][1] = o[mt][dn][2] = o[mt][dn][3] = 0.f;
     m[mt][0] = m[mt][1] = -INFINITY;
     l[mt][0] = l[mt][1] = 0.f;
   }
@@ -211,7 +212,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-          for (int nt = 0; nt < SN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+          for (int nt = 0; nt < SN / 8; ++nt)
+            s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
         }
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
@@ -268,14 +270,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
           const float new_lo = fmaxf(m[mt][0], mx_lo), new_hi = fmaxf(m[mt][1], mx_hi);
           const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
           const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
-          const float corr_lo = FastExp2(m[mt][0] - base_lo), corr_hi = FastExp2(m[mt][1] - base_hi);
+          const float corr_lo = FastExp2(m[mt][0] - base_lo),
+                      corr_hi = FastExp2(m[mt][1] - base_hi);
           m[mt][0] = new_lo;
           m[mt][1] = new_hi;
           float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
           for (int nt = 0; nt < SN / 8; ++nt) {
-            const float p0 = FastExp2(s[mt][nt][0] - base_lo), p1 = FastExp2(s[mt][nt][1] - base_lo);
-            const float p2 = FastExp2(s[mt][nt][2] - base_hi), p3 = FastExp2(s[mt][nt][3] - base_hi);
+            const float p0 = FastExp2(s[mt][nt][0] - base_lo),
+                        p1 = FastExp2(s[mt][nt][1] - base_lo);
+            const float p2 = FastExp2(s[mt][nt][2] - base_hi),
+                        p3 = FastExp2(s[mt][nt][3] - base_hi);
             sum_lo += p0 + p1;
             sum_hi += p2 + p3;
             // The accumulator layout of two adjacent 8-key tiles is the A-operand

@@ -17,8 +17,8 @@ constexpr int kMinTilesPerSplit = 2;
 constexpr int kSplitBlocksPerSm = 2;
 
 Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
-  const bool tiles_fit = s.dca.chunk_len % cuda::kDcaKeyTile == 0 &&
-                         shape.block_size % cuda::kDcaKeyTile == 0;
+  const bool tiles_fit =
+      s.dca.chunk_len % cuda::kDcaKeyTile == 0 && shape.block_size % cuda::kDcaKeyTile == 0;
   const bool tiled_ok = tiles_fit && cuda::DcaTiledSupported(shape.head_dim);
   const bool split_ok = tiles_fit && cuda::DcaSplitSupported(shape.head_dim);
   switch (shape.kernels) {
@@ -42,8 +42,9 @@ Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
 absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
                                             const AttentionPlanShape& shape) {
   if (shape.head_dim != 64 && shape.head_dim != 128 && shape.head_dim != 256) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "attention: head_dim ", shape.head_dim, " not supported by the CUDA kernels (64, 128, 256)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention: head_dim ", shape.head_dim,
+                     " not supported by the CUDA kernels (64, 128, 256)"));
   }
   AttentionPlan plan;
   plan.seqs.reserve(seqs.size());
@@ -53,19 +54,19 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
     const AttentionSeq& s = seqs[si];
     const int64_t end = int64_t{s.q_start} + s.n_q;
     if (s.n_q < 0 || s.q_start < 0 || s.q_row < 0 || int64_t{s.q_row} + s.n_q > shape.q_rows) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention: sequence ", si, " rows [", s.q_row, ", ", s.q_row + s.n_q,
-                       ") outside the ", shape.q_rows, " query rows"));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " rows [", s.q_row,
+                                                     ", ", s.q_row + s.n_q, ") outside the ",
+                                                     shape.q_rows, " query rows"));
     }
     if (static_cast<int64_t>(s.block_table.size()) * shape.block_size < end) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention: sequence ", si, " block table of ", s.block_table.size(),
-                       " blocks cannot hold ", end, " tokens"));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " block table of ",
+                                                     s.block_table.size(), " blocks cannot hold ",
+                                                     end, " tokens"));
     }
     if (s.dca.chunk_len < 1 || s.dca.chunk_size < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si,
-                                                     " has chunk_len ", s.dca.chunk_len,
-                                                     ", chunk_size ", s.dca.chunk_size));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " has chunk_len ",
+                                                     s.dca.chunk_len, ", chunk_size ",
+                                                     s.dca.chunk_size));
     }
     if (s.dca.sink_tokens < 0) {
       return absl::InvalidArgumentError(
@@ -79,9 +80,9 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
         continue;
       }
       if (s.block_table[b] < 0 || s.block_table[b] >= shape.n_blocks) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("attention: sequence ", si, " names block ", s.block_table[b],
-                         " outside the arena of ", shape.n_blocks));
+        return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " names block ",
+                                                       s.block_table[b], " outside the arena of ",
+                                                       shape.n_blocks));
       }
     }
     cuda::DcaSeqDesc d;
@@ -149,7 +150,8 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
       const int n_tiles = i_max / cuda::kDcaKeyTile + 1;
       RowGroup rg{si, rr0, n_rows, n_tiles, 0, 0};
       if (d.window_start > d.sink_tokens) {
-        rg.absent_t0 = std::min(n_tiles, (d.sink_tokens + cuda::kDcaKeyTile - 1) / cuda::kDcaKeyTile);
+        rg.absent_t0 =
+            std::min(n_tiles, (d.sink_tokens + cuda::kDcaKeyTile - 1) / cuda::kDcaKeyTile);
         rg.absent_t1 = std::clamp(d.window_start / cuda::kDcaKeyTile, rg.absent_t0, n_tiles);
       }
       groups.push_back(rg);
@@ -159,8 +161,8 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
   if (!groups.empty()) {
     const int64_t target_items =
         std::max<int64_t>(1, int64_t{kSplitBlocksPerSm} * shape.num_sms / shape.n_kv_heads);
-    const int64_t per_split = std::max<int64_t>(
-        kMinTilesPerSplit, (total_tiles + target_items - 1) / target_items);
+    const int64_t per_split =
+        std::max<int64_t>(kMinTilesPerSplit, (total_tiles + target_items - 1) / target_items);
     for (const RowGroup& g : groups) {
       const int present = g.present();
       const int n_splits = std::max(1, static_cast<int>((present + per_split - 1) / per_split));
