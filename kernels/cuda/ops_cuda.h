@@ -97,6 +97,10 @@ struct DcaSeqDesc {
   int chunk_len = 0;           // L
   int chunk_size = 0;          // C
   float softmax_scale = 0.f;
+  // Infini window (cpu::DcaParams): keys sink_tokens <= j < window_start are
+  // absent (their blocks may be released) and never read.
+  int sink_tokens = 0;
+  int window_start = 0;
 };
 
 struct DcaAttentionParams {
