@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/infini_memory.h"
+#include "engine/model/dca_config.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
@@ -18,23 +19,6 @@ namespace {
 
 // Rows of logits computed per pass, bounding scratch for long kAll requests.
 constexpr int64_t kLogitRowsPerPass = 256;
-
-std::vector<float> InverseFrequencies(const ModelConfig& c) {
-  double theta = c.rope_theta;
-  const int d = c.head_dim;
-  if (c.rope_scaling == RopeScalingType::kNtk && c.rope_scaling_factor > 1.f) {
-    theta *= std::pow(double{c.rope_scaling_factor}, double(d) / (d - 2));
-  }
-  std::vector<float> inv(static_cast<size_t>(d / 2));
-  for (int i = 0; i < d / 2; ++i) {
-    double f = std::pow(theta, -2.0 * i / d);
-    if (c.rope_scaling == RopeScalingType::kLinear && c.rope_scaling_factor > 0.f) {
-      f /= c.rope_scaling_factor;
-    }
-    inv[static_cast<size_t>(i)] = static_cast<float>(f);
-  }
-  return inv;
-}
 
 }  // namespace
 
@@ -97,7 +81,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& 
     ASSIGN_OR_RETURN(L.w_down, upload(p + "ffn_down.weight", D, c.d_ff));
   }
   RETURN_IF_ERROR(m->LoadInfiniGates(host));
-  m->inv_freq_ = InverseFrequencies(c);
+  m->inv_freq_ = RopeInverseFrequencies(c, /*with_scaling=*/true);
   ASSIGN_OR_RETURN(m->kv_, KvCache::Create(backend, c.n_layers, c.n_kv_heads, c.head_dim, kv_config));
   return m;
 }

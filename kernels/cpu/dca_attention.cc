@@ -60,8 +60,11 @@ typedef int32_t VecI __attribute__((vector_size(kW * sizeof(int32_t))));
 
 constexpr int kKeyTile = 64;        // keys per key tile
 constexpr int kDimVecs = 4;         // vectors of D per accumulate micro-kernel
-constexpr int kRowsPerTile = 192;    // target rows (queries × group heads) per item
+constexpr int kRowsPerTile = 192;   // target rows (queries × group heads) per item
 constexpr int kItemsPerThread = 8;  // below this many items per thread, keys are shared out
+// Below this many FLOPs a call runs on one thread: a parallel region's start and
+// end cost more than they save (and far more when the cores are oversubscribed).
+constexpr double kMinParallelFlops = 1 << 20;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 static_assert(kKeyTile % kKeyBlock == 0, "key tiles split into key blocks");
@@ -495,7 +498,8 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
   const std::vector<float> zero_row(D, 0.f);
 
   // Key shares when the items are too few to keep every thread busy.
-  const int threads = omp_get_max_threads();
+  const double flops = 4.0 * H * D * (double(n_q) * q_start + 0.5 * n_q * (n_q + 1.0));
+  const int threads = flops < kMinParallelFlops ? 1 : omp_get_max_threads();
   const int base_items = static_cast<int>(qtiles.size()) * kv.n_kv_heads;
   const int max_key_tiles = (q_start + n_q + kKeyTile - 1) / kKeyTile;
   int shares = 1;
@@ -518,7 +522,7 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
   std::vector<float> partial(shares > 1 ? items.size() * part_stride : 0);
   const float qscale = p.softmax_scale * kLog2e;
 
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
   {
     Scratch sc(pb);
 #pragma omp for schedule(dynamic, 1)
