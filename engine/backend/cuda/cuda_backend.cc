@@ -57,6 +57,7 @@ class CudaBackend final : public Backend {
   std::string Name() const override { return absl::StrCat("cuda:", options_.device); }
   DType WeightType() const override { return DType::kBF16; }
   DType ActivationType() const override { return DType::kF32; }
+  DType KvType() const override { return DType::kBF16; }
 
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
   void Free(void* data) override;
