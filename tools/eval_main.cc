@@ -28,6 +28,9 @@ ABSL_FLAG(std::string, text, "", "ppl: UTF-8 text file");
 ABSL_FLAG(std::string, lengths, "1024,2048,4096", "context lengths in tokens");
 ABSL_FLAG(std::string, modes, "rope,dca", "attention modes to compare");
 ABSL_FLAG(int, windows, 4, "ppl: most windows per length");
+ABSL_FLAG(int, score_last, 0,
+          "ppl: 0 = score the second half of each window; N = aligned protocol: windows of "
+          "every length end at the same positions and only their last N tokens are scored");
 ABSL_FLAG(std::string, depths, "0,25,50,75,100", "passkey: needle depths in percent");
 ABSL_FLAG(int, keys, 5, "passkey: random keys per (length, depth) cell");
 ABSL_FLAG(bool, chat, true, "passkey: use the model's chat template");
@@ -100,9 +103,16 @@ absl::Status RunPpl() {
   const std::vector<int32_t> tokens = s.tokenizer->Encode(buf.str(), false);
   const bool json = absl::GetFlag(FLAGS_json);
   if (!json) {
-    std::printf("text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
-                "start, loss over the second half of each window\n",
-                absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
+    if (absl::GetFlag(FLAGS_score_last) > 0) {
+      std::printf("text: %s (%zu tokens); backend %s; protocol: aligned windows ending every %d "
+                  "tokens, loss over the same last %d tokens of each window at every length\n",
+                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str(),
+                  *std::max_element(lengths.begin(), lengths.end()), absl::GetFlag(FLAGS_score_last));
+    } else {
+      std::printf("text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
+                  "start, loss over the second half of each window\n",
+                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
+    }
     for (const DcaConfig& d : s.modes) std::printf("mode: %s\n", d.DebugString().c_str());
     std::printf("| tokens | windows |");
     for (const DcaConfig& d : s.modes) std::printf(" %s PPL |", DcaModeName(d.mode));
@@ -113,8 +123,13 @@ absl::Status RunPpl() {
   for (int len : lengths) {
     std::vector<PplResult> row;
     for (const DcaConfig& d : s.modes) {
+      PplProtocol protocol;
+      if (absl::GetFlag(FLAGS_score_last) > 0) {
+        protocol.aligned_span = *std::max_element(lengths.begin(), lengths.end());
+        protocol.score_last = absl::GetFlag(FLAGS_score_last);
+      }
       ASSIGN_OR_RETURN(PplResult r, EvalPerplexity(*s.model, tokens, len, absl::GetFlag(FLAGS_windows),
-                                                   d, absl::GetFlag(FLAGS_piece)));
+                                                   d, absl::GetFlag(FLAGS_piece), protocol));
       if (json) {
         std::printf("{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
                     "\"scored_tokens\":%lld,\"nll\":%.6f,\"ppl\":%.4f,\"seconds\":%.2f}\n",

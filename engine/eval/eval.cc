@@ -36,11 +36,18 @@ absl::Status Prefill(LlamaModel& model, KvSequence& seq, std::span<const int32_t
 
 absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int32_t> tokens,
                                          int length, int max_windows, const DcaConfig& dca,
-                                         int piece) {
+                                         int piece, const PplProtocol& protocol) {
   if (length < 4 || piece < 1 || max_windows < 1) {
     return absl::InvalidArgumentError("perplexity: length >= 4, piece >= 1, windows >= 1");
   }
-  const int windows = std::min<int>(max_windows, static_cast<int>(tokens.size()) / length);
+  const bool aligned = protocol.aligned_span > 0;
+  if (aligned && (protocol.aligned_span < length || protocol.score_last < 1 ||
+                  protocol.score_last >= length)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "perplexity: aligned protocol needs span >= length ", length, " > score_last >= 1"));
+  }
+  const int stride = aligned ? protocol.aligned_span : length;
+  const int windows = std::min<int>(max_windows, static_cast<int>(tokens.size()) / stride);
   if (windows < 1) {
     return absl::InvalidArgumentError(absl::StrCat("perplexity: the text has ", tokens.size(),
                                                    " tokens, fewer than one window of ", length));
@@ -52,8 +59,9 @@ absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int3
   r.windows = windows;
   double sum = 0;
   for (int w = 0; w < windows; ++w) {
-    std::span<const int32_t> win = tokens.subspan(static_cast<size_t>(w) * length, length);
-    const int half = length / 2;
+    const size_t first_token = static_cast<size_t>(w + 1) * stride - length;
+    std::span<const int32_t> win = tokens.subspan(first_token, length);
+    const int half = aligned ? length - protocol.score_last : length / 2;
     KvSequence seq;
     // Logits at position t predict token t + 1: score t in [half - 1, length - 2].
     auto want = [&](int first, int n) { return first + n > half - 1; };
