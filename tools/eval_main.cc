@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "engine/eval/eval.h"
 #include "engine/model/host_weights.h"
@@ -211,6 +212,7 @@ absl::Status RunPasskey() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   const std::string cmd = rest.size() > 1 ? rest[1] : "";
   absl::Status s;
