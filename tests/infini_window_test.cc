@@ -85,11 +85,17 @@ void RotateRef(double* out, const float* x, double pos, const std::vector<float>
   }
 }
 
-TEST(WindowedDcaAttentionTest, MatchesDenseReferenceOverSinksAndWindow) {
-  std::mt19937 rng(21);
+struct WindowCase {
+  int H, n_kv, D, bs, L, C, sink, window_start, n, q_start;
+};
+
+void CheckWindowedDca(const WindowCase& c, uint32_t seed) {
+  SCOPED_TRACE(testing::Message() << "L=" << c.L << " sink=" << c.sink << " window_start="
+                                  << c.window_start << " n=" << c.n << " q_start=" << c.q_start);
+  std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
-  const int H = 6, n_kv = 2, D = 16, bs = 4, L = 8, C = 11, sink = 4, n = 61, q_start = 40;
-  const int window_start = 24;  // keys 4 .. 23 are absent
+  const int H = c.H, n_kv = c.n_kv, D = c.D, bs = c.bs, L = c.L, C = c.C, sink = c.sink, n = c.n,
+            q_start = c.q_start, window_start = c.window_start;
   const int n_blocks = (n + bs - 1) / bs;
   std::vector<float> inv_freq(D / 2);
   for (int i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(1e4, -2.0 * i / D));
@@ -158,6 +164,21 @@ TEST(WindowedDcaAttentionTest, MatchesDenseReferenceOverSinksAndWindow) {
       }
     }
   }
+}
+
+// Absent keys (NaN-poisoned) are skipped; visible keys keep absolute DCA
+// positions. Cases: tiny chunks, key tiles straddling the window edges, a
+// sink that is not tile-aligned, decode (one query: keys shared out over
+// threads) and a prefill spanning chunks.
+TEST(WindowedDcaAttentionTest, MatchesDenseReferenceOverSinksAndWindow) {
+  const WindowCase cases[] = {
+      {6, 2, 16, 4, 8, 11, 4, 24, 61, 40},
+      {6, 2, 16, 16, 128, 160, 16, 256, 700, 699},
+      {6, 2, 16, 16, 128, 160, 48, 384, 600, 520},
+      {4, 4, 32, 16, 96, 120, 0, 192, 400, 300},
+  };
+  uint32_t seed = 21;
+  for (const WindowCase& c : cases) CheckWindowedDca(c, seed++);
 }
 
 // ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 // GGUF q/k reverse permutation (tests/fixtures/loader/smollm2_q4_1.txt).
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -81,8 +82,11 @@ class ModelLoaderTest : public ::testing::Test {
     fixture_ = new Fixture(ReadFixture());
     const auto t0 = std::chrono::steady_clock::now();
     auto m = LoadHostModel(ModelPath());
-    load_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double load_seconds_ =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_TRUE(m.ok()) << m.status();
+    // Informational only (no timing assertions in unit tests; the machine may be shared).
+    std::printf("LoadHostModel(%s): %.3f s\n", ModelPath(), load_seconds_);
     model_ = new HostModel(*std::move(m));
   }
   static void TearDownTestSuite() {
@@ -98,12 +102,10 @@ class ModelLoaderTest : public ::testing::Test {
 
   static HostModel* model_;
   static Fixture* fixture_;
-  static double load_seconds_;
 };
 
 HostModel* ModelLoaderTest::model_ = nullptr;
 Fixture* ModelLoaderTest::fixture_ = nullptr;
-double ModelLoaderTest::load_seconds_ = 0;
 
 TEST_F(ModelLoaderTest, ConfigMatchesMetadata) {
   const ModelConfig& c = model_->config;
@@ -207,12 +209,6 @@ TEST_F(ModelLoaderTest, VWeightsKeepFileRowOrder) {
   std::vector<float> raw(static_cast<size_t>(info->n_elements));
   ASSERT_TRUE((*f)->Dequantize(*info, raw).ok());
   EXPECT_EQ(raw, model_->tensors.at("blk.0.attn_v.weight").data);
-}
-
-TEST_F(ModelLoaderTest, LoadsQuickly) {
-  // Generous bound for a shared 2-core machine; typical is far below.
-  EXPECT_LT(load_seconds_, 5.0);
-  std::printf("LoadHostModel: %.3f s\n", load_seconds_);
 }
 
 }  // namespace

@@ -5,7 +5,7 @@ through llama-cpp-python), for tests/model_golden_test.cc.
 The reference runs on an F32 copy of the model: every tensor of the Q4_1 GGUF is
 dequantized with the `gguf` package and written back as F32 with the same metadata,
 so llama.cpp computes in f32 from exactly the weights longctx dequantizes, with no
-activation quantization in its matrix products. Differences left are summation order
+activation quantization in its matrix products and an f32 KV cache. Differences left are summation order
 and transcendental functions.
 
 Output (tests/fixtures/model/golden_logits.bin, little endian):
@@ -66,8 +66,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         f32 = str(Path(tmp) / "model-f32.gguf")
         write_f32_copy(model, f32)
+        # type_k/type_v 0 = GGML_TYPE_F32: llama.cpp caches K/V in f16 unless told otherwise.
         llm = Llama(model_path=f32, n_ctx=1024, n_batch=1024, n_threads=2, logits_all=True,
-                    verbose=False)
+                    type_k=0, type_v=0, verbose=False)
         rng = np.random.default_rng(1234)
         vocab = llm.n_vocab()
         records = []

@@ -1,5 +1,6 @@
 #include "engine/model/gguf.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -396,6 +397,21 @@ absl::Status GgufFile::ParseAll() {
           absl::StrCat("GGUF: tensor '", t.name, "' data [", t.offset, ", +", t.n_bytes,
                        ") lies past the end of the file (data section of ", data_size,
                        " bytes at offset ", data_offset_, ")"));
+    }
+  }
+  // Overlapping tensors would let a small file claim many times its size in
+  // tensor data (and so in dequantized buffers); ggml never writes them.
+  std::vector<size_t> order(tensors_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return tensors_[a].offset < tensors_[b].offset; });
+  for (size_t i = 1; i < order.size(); ++i) {
+    const GgufTensorInfo& prev = tensors_[order[i - 1]];
+    const GgufTensorInfo& cur = tensors_[order[i]];
+    if (prev.offset + static_cast<uint64_t>(prev.n_bytes) > cur.offset) {
+      return absl::InvalidArgumentError(absl::StrCat("GGUF: tensor '", cur.name,
+                                                     "' overlaps the data of tensor '", prev.name,
+                                                     "'"));
     }
   }
   tensor_index_.reserve(tensors_.size());
