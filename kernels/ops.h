@@ -88,6 +88,48 @@ void DcaAttention(float* out,               // [n_q, H, D]
                   const DcaParams& p,
                   int n_q, int q_start, int H, int D);
 
+// --- Context-parallel attention (DESIGN §7) ---------------------------------
+// A long sequence's keys are spread over ranks. Each rank attends the queries to
+// the keys it holds (DcaPartialAttention) and the partials are combined by
+// log-sum-exp (MergeAttention); the result equals DcaAttention over all keys.
+
+// Keys of one sequence held by one rank: n runs of consecutive absolute token
+// indices [first[s], first[s] + count[s]), ascending and disjoint. They are stored
+// back to back in the rank's paged KV: run s starts at local index
+// count[0] + ... + count[s-1], and the block table maps local indices.
+struct KeyRuns {
+  const int32_t* first = nullptr;  // [n]
+  const int32_t* count = nullptr;  // [n], each ≥ 1
+  int n = 0;
+};
+
+// DcaAttention restricted to the keys in `runs`. Query r is token i = q_start + r
+// and sees the held keys j ≤ i. Its rotation per key follows the chunk distance of
+// ABSOLUTE indices, n(i) − n(j), so chunks held elsewhere do not shift positions.
+// out is normalised over the seen keys; lse = m + log Σ exp(s − m) over their
+// scaled scores s. A query that sees no held key gets out 0 and lse −inf.
+void DcaPartialAttention(float* out,             // [n_q, H, D]
+                         float* lse,             // [n_q, H]
+                         const float* q,         // [n_q, H, D], un-rotated
+                         const PagedKvView& kv,  // local indices, see KeyRuns
+                         const KeyRuns& runs,
+                         const float* inv_freq,  // [D/2]
+                         const DcaParams& p,
+                         int n_q, int q_start, int H, int D);
+
+// Combines R partial attentions of the same N (query, head) rows:
+// out[n] = Σ_r w_r o_r[n] / Σ_r w_r with w_r = exp(lse_r[n] − max_r lse_r[n]).
+// Partial r is o_parts + r * part_stride and lse_parts + r * part_stride (one
+// stride for both, so a gathered [R, packed partial] buffer can be read in
+// place). Rows where every lse is −inf get out 0 (and lse −inf). out must not
+// alias the partials.
+void MergeAttention(float* out,              // [N, D]
+                    float* lse,              // [N] merged log-sum-exp, or nullptr
+                    const float* o_parts,    // R × [N, D], see part_stride
+                    const float* lse_parts,  // R × [N]
+                    int64_t part_stride,     // elements between partials r and r+1
+                    int R, int64_t N, int D);
+
 // ===========================================================================
 // Infini-attention compressive memory (DESIGN §4)
 // ===========================================================================

@@ -4,7 +4,7 @@
 //
 // Tolerance. Outputs are convex combinations of values in [-1, 1], so absolute
 // error is the measure. The kernel works in float32 (rotations, dot products over
-// D, exponentials, sums over up to a few hundred keys); the same dense algorithm
+// D, exponentials, sums over up to a few thousand keys); the same dense algorithm
 // evaluated in float32 against the double reference shows what float32 costs on
 // each case. The kernel may be at most 2x that, plus 2e-6 absolute (about 16 ulp
 // at 1.0) so that cases where the float32 reference happens to be nearly exact do

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/model/hf_model.h"
 #include "engine/model/host_weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

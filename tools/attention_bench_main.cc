@@ -1,23 +1,18 @@
-// Micro-benchmark of the CPU attention kernel (cpu::DcaAttention): one layer's
-// causal prefill of T tokens and one decode step at length T, for plain RoPE and
-// DCA settings, on random data in a paged KV cache. Prints a table.
+// Attention throughput of a backend: causal prefill of one sequence (TFLOP/s)
+// and decode steps over batched sessions (GB/s of K and V read), plain RoPE and
+// Dual Chunk Attention side by side, random q, K and V. Prints a Markdown table.
 //
-//   longctx-attention-bench [--lengths=2048,8192,16384] [--modes=rope,dca]
-//       [--heads=9] [--kv_heads=3] [--head_dim=64] [--block_size=64]
-//       [--pretrain_len=8192] [--reps=3] [--decode_reps=50]
+//   longctx-attention-bench --backend=cuda --lengths=8192,32768,131072
+//       --heads=32 --kv_heads=8 --head_dim=128 [--decode_batch=1,32] [--reps=5]
 //
-// FLOPs count the two matrix products only: 4·D per (query, key, head) pair;
-// GFLOP/s is over wall time. CPU time is the process's, all threads together,
-// which stays meaningful when other work shares the cores.
-#include <omp.h>
-
+// FLOPs of a causal prefill of T tokens: 4 * D * H * T * (T + 1) / 2 (QK^T and PV
+// over the keys each query sees). Bytes of a decode step: every session's cached
+// K and V in bf16 read once.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
-#include <ctime>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -25,127 +20,206 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "engine/model/dca_config.h"
-#include "engine/model/model_config.h"
-#include "kernels/ops.h"
+#include "engine/backend/backend.h"
 
-ABSL_FLAG(std::string, lengths, "2048,8192,16384", "sequence lengths T");
-ABSL_FLAG(std::string, modes, "rope,dca", "attention modes to time: rope, dca");
-ABSL_FLAG(int, heads, 9, "query heads");
-ABSL_FLAG(int, kv_heads, 3, "key/value heads");
-ABSL_FLAG(int, head_dim, 64, "head dimension");
-ABSL_FLAG(int, block_size, 64, "KV block size");
-ABSL_FLAG(int, pretrain_len, 8192, "DCA pretraining length c (C and w take their defaults)");
-ABSL_FLAG(int, reps, 3, "prefill runs per length; the best is reported");
-ABSL_FLAG(int, decode_reps, 50, "decode steps averaged per timing");
+ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
+ABSL_FLAG(std::string, lengths, "8192,32768,131072", "sequence lengths (tokens)");
+ABSL_FLAG(int, heads, 32, "query heads");
+ABSL_FLAG(int, kv_heads, 8, "key/value heads");
+ABSL_FLAG(int, head_dim, 128, "head dimension");
+ABSL_FLAG(int, pretrain_len, 4096, "c of DCA: chunk_size = 3c/4, local_window = c/8");
+ABSL_FLAG(std::string, decode_batch, "", "sessions per decode step to time, e.g. 1,32 (empty: none)");
+ABSL_FLAG(bool, prefill, true, "time the causal prefill");
+ABSL_FLAG(int, reps, 5, "timed repetitions (median reported)");
 
 namespace longctx {
 namespace {
 
-struct Timing {
-  double wall = 1e30;  // seconds
-  double cpu = 1e30;   // process CPU seconds, all threads
+constexpr int kBlockSize = 64;
+constexpr int kFillRows = 4096;  // random rows uploaded once and written repeatedly
+
+std::vector<int> ParseList(const std::string& s) {
+  std::vector<int> out;
+  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int v = 0;
+    if (absl::SimpleAtoi(p, &v) && v > 0) out.push_back(v);
+  }
+  return out;
+}
+
+// Cheap deterministic normal-ish values (sum of uniforms).
+std::vector<float> Noise(size_t n, uint64_t seed) {
+  std::vector<float> v(n);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& f : v) {
+    float s = 0;
+    for (int k = 0; k < 4; ++k) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      s += static_cast<float>(x >> 40) / static_cast<float>(1 << 24);
+    }
+    f = (s - 2.f) * 1.7f;
+  }
+  return v;
+}
+
+double Seconds(std::chrono::steady_clock::time_point a) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
+}
+
+struct Bench {
+  Backend* b;
+  int H, n_kv, D;
+  int reps;
+  std::vector<float> inv_freq;
+  Tensor fill_k, fill_v;  // [kFillRows, n_kv * D]
 };
 
-// Best wall and CPU time of `reps` runs of fn.
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "%s\n", s.ToString().c_str());
+  return 1;
+}
+
+// Median seconds of `reps` runs of `fn` (after one warm-up), each synchronised.
 template <typename Fn>
-Timing Best(int reps, Fn fn) {
-  Timing best;
-  for (int r = 0; r < reps; ++r) {
+absl::StatusOr<double> Time(Backend* b, int reps, Fn fn) {
+  std::vector<double> t;
+  for (int r = 0; r <= reps; ++r) {
+    if (auto s = b->Synchronize(); !s.ok()) return s;
     const auto t0 = std::chrono::steady_clock::now();
-    const std::clock_t c0 = std::clock();
-    fn();
-    const std::clock_t c1 = std::clock();
-    const auto t1 = std::chrono::steady_clock::now();
-    best.wall = std::min(best.wall, std::chrono::duration<double>(t1 - t0).count());
-    best.cpu = std::min(best.cpu, static_cast<double>(c1 - c0) / CLOCKS_PER_SEC);
+    if (auto s = fn(); !s.ok()) return s;
+    if (auto s = b->Synchronize(); !s.ok()) return s;
+    if (r > 0) t.push_back(Seconds(t0));
   }
-  return best;
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Writes random K/V for `n` tokens of a sequence whose blocks start at `first_block`.
+absl::Status FillKv(const Bench& bn, int64_t first_block, int n) {
+  std::vector<int32_t> slots;
+  for (int at = 0; at < n; at += kFillRows) {
+    const int m = std::min(kFillRows, n - at);
+    slots.resize(m);
+    for (int j = 0; j < m; ++j) {
+      const int64_t tok = at + j;
+      slots[j] = static_cast<int32_t>((first_block + tok / kBlockSize) * kBlockSize + tok % kBlockSize);
+    }
+    if (auto s = bn.b->KvWrite(0, bn.fill_k.Rows(0, m), bn.fill_v.Rows(0, m), slots); !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+cpu::DcaParams Dca(bool on, int D) {
+  cpu::DcaParams p;
+  if (on) {
+    const int c = absl::GetFlag(FLAGS_pretrain_len);
+    p.chunk_size = 3 * c / 4;
+    p.chunk_len = p.chunk_size - c / 8;
+  }
+  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(D));
+  return p;
 }
 
 int Run() {
-  std::vector<int> lengths;
-  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_lengths), ',')) {
-    int n = 0;
-    if (!absl::SimpleAtoi(part, &n) || n <= 0) return std::fprintf(stderr, "bad --lengths\n"), 2;
-    lengths.push_back(n);
-  }
-  std::vector<DcaMode> modes;
-  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_modes), ',')) {
-    auto mode = ParseDcaMode(part);
-    if (!mode.ok()) return std::fprintf(stderr, "%s\n", mode.status().ToString().c_str()), 2;
-    modes.push_back(*mode);
-  }
-  const int H = absl::GetFlag(FLAGS_heads), Hkv = absl::GetFlag(FLAGS_kv_heads);
-  const int D = absl::GetFlag(FLAGS_head_dim), B = absl::GetFlag(FLAGS_block_size);
-  const int reps = absl::GetFlag(FLAGS_reps), decode_reps = absl::GetFlag(FLAGS_decode_reps);
-  if (H <= 0 || Hkv <= 0 || H % Hkv != 0 || D <= 0 || D % 2 != 0 || B <= 0 || reps <= 0 ||
-      decode_reps <= 0) {
-    return std::fprintf(stderr, "bad shape or repetition flags\n"), 2;
-  }
+  auto kind = ParseBackendKind(absl::GetFlag(FLAGS_backend));
+  if (!kind.ok()) return std::fprintf(stderr, "%s\n", kind.status().ToString().c_str()), 2;
+  auto backend = CreateBackend(*kind);
+  if (!backend.ok()) return std::fprintf(stderr, "%s\n", backend.status().ToString().c_str()), 1;
+  Backend* b = backend->get();
+  Bench bn{b, absl::GetFlag(FLAGS_heads), absl::GetFlag(FLAGS_kv_heads),
+           absl::GetFlag(FLAGS_head_dim), std::max(1, absl::GetFlag(FLAGS_reps)), {}, {}, {}};
+  const std::vector<int> lengths = ParseList(absl::GetFlag(FLAGS_lengths));
+  const std::vector<int> batches = ParseList(absl::GetFlag(FLAGS_decode_batch));
+  if (lengths.empty() || bn.H % bn.n_kv != 0) return std::fprintf(stderr, "bad flags\n"), 2;
   const int max_len = *std::max_element(lengths.begin(), lengths.end());
+  const int max_batch = batches.empty() ? 1 : *std::max_element(batches.begin(), batches.end());
+  bn.inv_freq.resize(bn.D / 2);
+  for (int i = 0; i < bn.D / 2; ++i) bn.inv_freq[i] = std::pow(1e4f, -2.f * i / bn.D);
 
-  ModelConfig model;
-  model.name = "bench";
-  model.n_heads = H;
-  model.n_kv_heads = Hkv;
-  model.head_dim = D;
-  model.context_length = absl::GetFlag(FLAGS_pretrain_len);
-  model.rope_theta = 100000.f;
-  auto dca = DcaConfig::Resolve(model, {});
-  if (!dca.ok()) return std::fprintf(stderr, "%s\n", dca.status().ToString().c_str()), 2;
-  if (auto s = dca->Validate(B); !s.ok()) {
-    return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 2;
+  const int width = bn.n_kv * bn.D;
+  const int64_t blocks_per_seq = (max_len + kBlockSize) / kBlockSize + 1;
+  KvGeometry g;
+  g.n_layers = 1;
+  g.n_kv_heads = bn.n_kv;
+  g.head_dim = bn.D;
+  g.block_size = kBlockSize;
+  g.n_blocks = blocks_per_seq * std::max(1, max_batch);
+  if (auto s = b->InitKv(g); !s.ok()) return Fail(s);
+  auto kbuf = b->Allocate(size_t{kFillRows} * width * 4);
+  auto vbuf = b->Allocate(size_t{kFillRows} * width * 4);
+  if (!kbuf.ok() || !vbuf.ok()) return std::fprintf(stderr, "allocation failed\n"), 1;
+  bn.fill_k = Tensor{kbuf->data(), DType::kF32, kFillRows, width};
+  bn.fill_v = Tensor{vbuf->data(), DType::kF32, kFillRows, width};
+  if (auto s = b->Upload(bn.fill_k, Noise(size_t{kFillRows} * width, 1).data()); !s.ok()) return 1;
+  if (auto s = b->Upload(bn.fill_v, Noise(size_t{kFillRows} * width, 2).data()); !s.ok()) return 1;
+
+  std::printf("backend=%s heads=%d kv_heads=%d head_dim=%d dca: c=%d C=%d w=%d\n\n",
+              b->Name().c_str(), bn.H, bn.n_kv, bn.D, absl::GetFlag(FLAGS_pretrain_len),
+              Dca(true, bn.D).chunk_size, Dca(true, bn.D).chunk_size - Dca(true, bn.D).chunk_len);
+  std::printf("| run | tokens | sessions | attention | ms | TFLOP/s | GB/s |\n");
+  std::printf("|---|---:|---:|---|---:|---:|---:|\n");
+
+  std::vector<int32_t> table;
+  for (int64_t blk = 0; blk < g.n_blocks; ++blk) table.push_back(static_cast<int32_t>(blk));
+  for (int64_t s = 0; s < std::max(1, max_batch); ++s) {
+    if (auto st = FillKv(bn, s * blocks_per_seq, max_len + 1); !st.ok()) return Fail(st);
   }
-  DcaConfig rope = *dca;
-  rope.mode = DcaMode::kRope;
+  const int64_t cols = int64_t{bn.H} * bn.D;
 
-  // Random K/V in a shuffled paged layout (one layer's K then V per block).
-  const int n_blocks = (max_len + B - 1) / B;
-  const int64_t plane = int64_t{B} * Hkv * D;
-  std::vector<float> arena(size_t(n_blocks) * 2 * plane);
-  std::vector<float> q(size_t(max_len) * H * D), out(q.size());
-  std::mt19937 rng(1);
-  std::uniform_real_distribution<float> u(-1.f, 1.f);
-  for (float& x : arena) x = u(rng);
-  for (float& x : q) x = u(rng);
-  std::vector<int32_t> table(n_blocks);
-  std::iota(table.begin(), table.end(), 0);
-  std::shuffle(table.begin(), table.end(), rng);
-  cpu::PagedKvView kv;
-  kv.k = arena.data();
-  kv.v = arena.data() + plane;
-  kv.block_stride = 2 * plane;
-  kv.block_table = table.data();
-  kv.block_size = B;
-  kv.n_kv_heads = Hkv;
-  const std::vector<float> inv_freq = RopeInverseFrequencies(model, true);
-
-  std::printf("attention, one layer: H=%d Hkv=%d D=%d block=%d threads=%d\n", H, Hkv, D, B,
-              omp_get_max_threads());
-  std::printf("dca: %s\n\n", dca->DebugString().c_str());
-  std::printf("| mode | phase   | tokens |      wall |  CPU time | GFLOP/s |\n");
-  std::printf("|------|---------|-------:|----------:|----------:|--------:|\n");
-  for (DcaMode mode : modes) {
-    const DcaConfig& config = mode == DcaMode::kDca ? *dca : rope;
-    for (int T : lengths) {
-      const cpu::DcaParams p = config.ToParams(D, T);
-      const double prefill_flops = 4.0 * D * H * (double(T) * (T + 1) / 2);
-      const Timing prefill = Best(reps, [&] {
-        cpu::DcaAttention(out.data(), q.data(), kv, inv_freq.data(), p, T, 0, H, D);
-      });
-      std::printf("| %-4s | prefill | %6d | %7.3f s | %7.3f s | %7.1f |\n", DcaModeName(mode), T,
-                  prefill.wall, prefill.cpu, prefill_flops / prefill.wall * 1e-9);
-      const double decode_flops = 4.0 * D * H * T;
-      Timing decode = Best(3, [&] {
-        for (int r = 0; r < decode_reps; ++r) {
-          cpu::DcaAttention(out.data(), q.data(), kv, inv_freq.data(), p, 1, T - 1, H, D);
+  for (int T : lengths) {
+    if (absl::GetFlag(FLAGS_prefill)) {
+      auto qbuf = b->Allocate(static_cast<size_t>(T) * cols * 4);
+      auto obuf = b->Allocate(static_cast<size_t>(T) * cols * 4);
+      if (!qbuf.ok() || !obuf.ok()) return Fail(qbuf.ok() ? obuf.status() : qbuf.status());
+      Tensor q{qbuf->data(), DType::kF32, T, cols}, out{obuf->data(), DType::kF32, T, cols};
+      const int fill = std::min(T, kFillRows);
+      const std::vector<float> noise = Noise(static_cast<size_t>(fill) * cols, 3);
+      for (int at = 0; at < T; at += fill) {
+        const int m = std::min(fill, T - at);
+        if (auto s = b->Upload(q.Rows(at, m), noise.data()); !s.ok()) return Fail(s);
+      }
+      for (bool dca : {false, true}) {
+        AttentionSeq seq;
+        seq.n_q = T;
+        seq.block_table = std::span<const int32_t>(table).subspan(0, blocks_per_seq);
+        seq.dca = Dca(dca, bn.D);
+        auto t = Time(b, bn.reps, [&] {
+          return b->Attention(out, q, 0, bn.H, std::span<const AttentionSeq>(&seq, 1), bn.inv_freq);
+        });
+        if (!t.ok()) return Fail(t.status());
+        const double flops = 4.0 * bn.D * bn.H * double(T) * (T + 1) / 2;
+        std::printf("| prefill | %d | 1 | %s | %.3f | %.1f | |\n", T, dca ? "DCA" : "RoPE",
+                    *t * 1e3, flops / *t / 1e12);
+        std::fflush(stdout);
+      }
+    }
+    for (int B : batches) {
+      auto qbuf = b->Allocate(static_cast<size_t>(B) * cols * 4);
+      auto obuf = b->Allocate(static_cast<size_t>(B) * cols * 4);
+      if (!qbuf.ok() || !obuf.ok()) return 1;
+      Tensor q{qbuf->data(), DType::kF32, B, cols}, out{obuf->data(), DType::kF32, B, cols};
+      if (auto s = b->Upload(q, Noise(static_cast<size_t>(B) * cols, 4).data()); !s.ok()) return 1;
+      for (bool dca : {false, true}) {
+        std::vector<AttentionSeq> seqs(B);
+        for (int s = 0; s < B; ++s) {
+          seqs[s].q_row = s;
+          seqs[s].n_q = 1;
+          seqs[s].q_start = T;  // the step's token is number T, after T cached ones
+          seqs[s].block_table =
+              std::span<const int32_t>(table).subspan(s * blocks_per_seq, blocks_per_seq);
+          seqs[s].dca = Dca(dca, bn.D);
         }
-      });
-      decode.wall /= decode_reps;
-      decode.cpu /= decode_reps;
-      std::printf("| %-4s | decode  | %6d | %6.2f ms | %6.2f ms | %7.1f |\n", DcaModeName(mode), T,
-                  decode.wall * 1e3, decode.cpu * 1e3, decode_flops / decode.wall * 1e-9);
+        auto t = Time(b, bn.reps * 4, [&] {
+          return b->Attention(out, q, 0, bn.H, seqs, bn.inv_freq);
+        });
+        if (!t.ok()) return Fail(t.status());
+        const double bytes = 2.0 * B * double(T + 1) * width * DTypeSize(b->WeightType());
+        std::printf("| decode | %d | %d | %s | %.3f | | %.0f |\n", T, B, dca ? "DCA" : "RoPE",
+                    *t * 1e3, bytes / *t / 1e9);
+        std::fflush(stdout);
+      }
     }
   }
   return 0;

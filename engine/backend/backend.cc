@@ -29,6 +29,18 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 
 DeviceBuffer::~DeviceBuffer() { Release(); }
 
+absl::Status Backend::PartialAttention(Tensor, Tensor, int, int,
+                                       std::span<const PartialAttentionSeq>,
+                                       std::span<const float>) {
+  return absl::UnimplementedError(
+      absl::StrCat("the ", Name(), " backend has no context-parallel attention"));
+}
+
+absl::Status Backend::MergeAttention(Tensor, Tensor, int, int) {
+  return absl::UnimplementedError(
+      absl::StrCat("the ", Name(), " backend has no context-parallel attention"));
+}
+
 void DeviceBuffer::Release() {
   if (backend_ != nullptr && data_ != nullptr) backend_->Free(data_);
   backend_ = nullptr;

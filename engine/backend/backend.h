@@ -82,6 +82,19 @@ struct AttentionSeq {
   cpu::DcaParams dca;
 };
 
+// One sequence's part of a context-parallel attention call (DESIGN §7): its
+// queries attend only to the keys this rank holds, runs of absolute token indices
+// stored back to back in the sequence's local block table (cpu::KeyRuns).
+struct PartialAttentionSeq {
+  int q_row = 0;                          // first row of this sequence in q
+  int n_q = 0;                            // new tokens
+  int q_start = 0;                        // absolute index of the first new token
+  std::span<const int32_t> block_table;   // host memory, local indices
+  std::span<const int32_t> run_first;     // host memory, absolute first index per run
+  std::span<const int32_t> run_count;     // host memory, tokens per run
+  cpu::DcaParams dca;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -126,6 +139,19 @@ class Backend {
                                  std::span<const float> inv_freq) = 0;
   // out[r] = src[rows[r]]
   virtual absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) = 0;
+
+  // --- context-parallel attention (DESIGN §7; CPU reference in kernels/ops.h) ---
+  // A partial of R rows is f32 [R, n_heads * (head_dim + 1)] holding o
+  // [R, n_heads, head_dim] followed by lse [R, n_heads]: ready to gather as is.
+  // Backends without these ops return UNIMPLEMENTED.
+  //
+  // Attention of q (as in Attention) over the held keys of each sequence only.
+  virtual absl::Status PartialAttention(Tensor partial, Tensor q, int layer, int n_heads,
+                                        std::span<const PartialAttentionSeq> seqs,
+                                        std::span<const float> inv_freq);
+  // out [R, n_heads * head_dim] = log-sum-exp merge of `partials`, n_parts
+  // partials of R rows back to back (f32 [n_parts * R, n_heads * (head_dim + 1)]).
+  virtual absl::Status MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads);
 };
 
 enum class BackendKind { kAuto, kCpu, kCuda };

@@ -208,4 +208,67 @@ absl::Status CpuBackend::GatherRows(Tensor out, Tensor src, std::span<const int3
   return absl::OkStatus();
 }
 
+absl::Status CpuBackend::PartialAttention(Tensor partial, Tensor q, int layer, int n_heads,
+                                         std::span<const PartialAttentionSeq> seqs,
+                                         std::span<const float> inv_freq) {
+  const KvGeometry& g = kv_geometry_;
+  const int D = g.head_dim;
+  if (kv_ == nullptr) return absl::FailedPreconditionError("cpu backend: KV arena not initialised");
+  if (auto s = CheckShape(q.cols == int64_t{n_heads} * D && partial.rows == q.rows &&
+                              partial.cols == int64_t{n_heads} * (D + 1) &&
+                              n_heads % g.n_kv_heads == 0 &&
+                              static_cast<int>(inv_freq.size()) * 2 == D &&
+                              layer >= 0 && layer < g.n_layers,
+                          "PartialAttention");
+      !s.ok()) {
+    return s;
+  }
+  const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
+  cpu::PagedKvView view;
+  view.k = kv_ + int64_t{layer} * 2 * plane;
+  view.v = view.k + plane;
+  view.block_stride = g.ElementsPerBlock();
+  view.block_size = g.block_size;
+  view.n_kv_heads = g.n_kv_heads;
+  float* o = F32(partial);
+  float* lse = o + q.rows * n_heads * D;
+  for (const PartialAttentionSeq& seq : seqs) {
+    int64_t held = 0;
+    bool ordered = seq.run_first.size() == seq.run_count.size();
+    for (size_t s = 0; ordered && s < seq.run_first.size(); ++s) {
+      ordered = seq.run_count[s] > 0 && seq.run_first[s] >= 0 &&
+                (s == 0 || seq.run_first[s] >= seq.run_first[s - 1] + seq.run_count[s - 1]);
+      held += seq.run_count[s];
+    }
+    if (!ordered || seq.q_row + seq.n_q > q.rows ||
+        static_cast<int64_t>(seq.block_table.size()) * g.block_size < held) {
+      return absl::InvalidArgumentError("cpu backend: partial attention sequence out of range");
+    }
+    view.block_table = seq.block_table.data();
+    const cpu::KeyRuns runs{seq.run_first.data(), seq.run_count.data(),
+                            static_cast<int>(seq.run_first.size())};
+    cpu::DcaPartialAttention(o + int64_t{seq.q_row} * q.cols, lse + int64_t{seq.q_row} * n_heads,
+                             F32(q) + int64_t{seq.q_row} * q.cols, view, runs, inv_freq.data(),
+                             seq.dca, seq.n_q, seq.q_start, n_heads, D);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads) {
+  if (auto s = CheckF32(partials, "partials"); !s.ok()) return s;
+  const int64_t rows = out.rows;
+  if (auto s = CheckShape(n_parts >= 1 && n_heads >= 1 && out.cols % n_heads == 0 &&
+                              partials.rows == n_parts * rows &&
+                              partials.cols == out.cols + n_heads,
+                          "MergeAttention");
+      !s.ok()) {
+    return s;
+  }
+  const int D = static_cast<int>(out.cols / n_heads);
+  const float* o = F32(partials);
+  cpu::MergeAttention(F32(out), nullptr, o, o + rows * out.cols, rows * partials.cols, n_parts,
+                      rows * n_heads, D);
+  return absl::OkStatus();
+}
+
 }  // namespace longctx

@@ -36,6 +36,10 @@ class CpuBackend final : public Backend {
                          std::span<const AttentionSeq> seqs,
                          std::span<const float> inv_freq) override;
   absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
+  absl::Status PartialAttention(Tensor partial, Tensor q, int layer, int n_heads,
+                                std::span<const PartialAttentionSeq> seqs,
+                                std::span<const float> inv_freq) override;
+  absl::Status MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads) override;
 
  private:
   KvGeometry kv_geometry_;

@@ -3,7 +3,7 @@
 #include <filesystem>
 
 #include "engine/model/gguf_model.h"
-#include "engine/model/safetensors.h"
+#include "engine/model/hf_model.h"
 
 namespace longctx {
 

@@ -167,8 +167,12 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
   int64_t total = 0;
   const int block_size = kv_->geometry().block_size;
   for (const StepItem& it : items) {
-    if (it.seq == nullptr || it.tokens.empty()) {
-      return absl::InvalidArgumentError("forward: every item needs a sequence and tokens");
+    if ((it.seq == nullptr) == (it.external == nullptr) || it.tokens.empty()) {
+      return absl::InvalidArgumentError(
+          "forward: every item needs tokens and either a sequence or external attention");
+    }
+    if (it.external != nullptr && items.size() != 1) {
+      return absl::InvalidArgumentError("forward: an item with external attention runs alone");
     }
     const cpu::DcaParams& d = it.dca;
     const bool rope = d.chunk_len == cpu::kDcaUnbounded && d.chunk_size == cpu::kDcaUnbounded;
@@ -176,6 +180,14 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
       return absl::InvalidArgumentError(absl::StrCat(
           "forward: DCA chunk length ", d.chunk_len, " must be positive, at most chunk_size ",
           d.chunk_size, " and a multiple of the KV block size ", block_size));
+    }
+    if (it.external != nullptr) {
+      if (it.infini != nullptr || d.window_start > d.sink_tokens) {
+        return absl::InvalidArgumentError(
+            "forward: Infini windows and memory are not supported with external attention");
+      }
+      total += static_cast<int64_t>(it.tokens.size());
+      continue;
     }
     // Infini window: attention skips keys [sink_tokens, window_start); every
     // other key must be resident (released blocks are reused by others), and
@@ -205,9 +217,11 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
   // Reserve KV slots for every item first; on any failure every sequence goes back.
   std::vector<int> old_length;
   old_length.reserve(items.size());
-  for (const StepItem& it : items) old_length.push_back(it.seq->length());
+  for (const StepItem& it : items) old_length.push_back(it.seq ? it.seq->length() : 0);
   auto rollback = [&] {
-    for (size_t i = 0; i < items.size(); ++i) kv_->Truncate(*items[i].seq, old_length[i]);
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].seq != nullptr) kv_->Truncate(*items[i].seq, old_length[i]);
+    }
   };
   absl::Status status = RunLayers(items, total);
   if (status.ok()) status = ComputeLogits(items, old_length, logits);
@@ -227,13 +241,14 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
   const float default_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
   int q_row = 0;
   for (const StepItem& it : items) {
-    const int start = it.seq->length();
+    const int start = it.external ? it.external->length() : it.seq->length();
     const int n = static_cast<int>(it.tokens.size());
-    RETURN_IF_ERROR(kv_->Append(*it.seq, n, &item_slots));
     ids.insert(ids.end(), it.tokens.begin(), it.tokens.end());
-    slots.insert(slots.end(), item_slots.begin(), item_slots.end());
     // Keys are rotated once, at j mod L (DESIGN §3), and cached that way.
     for (int j = start; j < start + n; ++j) key_pos.push_back(j % it.dca.chunk_len);
+    if (it.external != nullptr) continue;
+    RETURN_IF_ERROR(kv_->Append(*it.seq, n, &item_slots));
+    slots.insert(slots.end(), item_slots.begin(), item_slots.end());
     AttentionSeq s;
     s.q_row = q_row;
     s.n_q = n;
@@ -248,6 +263,7 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
   Tensor x = x_.Rows(0, total), xn = xn_.Rows(0, total), q = q_.Rows(0, total),
          k = k_.Rows(0, total), v = v_.Rows(0, total), attn = attn_.Rows(0, total),
          gate = gate_.Rows(0, total), up = up_.Rows(0, total);
+  ExternalAttention* external = items.front().external;  // then the only item
   RETURN_IF_ERROR(b.Embedding(x, token_embd_, ids));
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = layers_[static_cast<size_t>(l)];
@@ -256,14 +272,19 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
     RETURN_IF_ERROR(b.Linear(k, xn, L.wk, L.has_bias ? &L.bk : nullptr));
     RETURN_IF_ERROR(b.Linear(v, xn, L.wv, L.has_bias ? &L.bv : nullptr));
     RETURN_IF_ERROR(b.Rope(k, c.n_kv_heads, key_pos, inv_freq_));
-    RETURN_IF_ERROR(b.KvWrite(l, k, v, slots));
-    RETURN_IF_ERROR(b.Attention(attn, q, l, c.n_heads, seqs, inv_freq_));
-    for (size_t i = 0; i < items.size(); ++i) {
-      if (items[i].infini == nullptr) continue;
-      const AttentionSeq& s = seqs[i];
-      RETURN_IF_ERROR(items[i].infini->MixInto(b, l, attn.Rows(s.q_row, s.n_q),
-                                               q.Rows(s.q_row, s.n_q), c.n_heads,
-                                               infini_beta(l)));
+    if (external != nullptr) {
+      RETURN_IF_ERROR(external->Attend(l, attn, q, k, v));
+    } else {
+      RETURN_IF_ERROR(b.KvWrite(l, k, v, slots));
+      RETURN_IF_ERROR(b.Attention(attn, q, l, c.n_heads, seqs, inv_freq_));
+      // Without external attention seqs[i] is items[i].
+      for (size_t i = 0; i < items.size(); ++i) {
+        if (items[i].infini == nullptr) continue;
+        const AttentionSeq& s = seqs[i];
+        RETURN_IF_ERROR(items[i].infini->MixInto(b, l, attn.Rows(s.q_row, s.n_q),
+                                                 q.Rows(s.q_row, s.n_q), c.n_heads,
+                                                 infini_beta(l)));
+      }
     }
     RETURN_IF_ERROR(b.Linear(xn, attn, L.wo, nullptr));
     RETURN_IF_ERROR(b.AddInPlace(x, xn));
@@ -283,7 +304,8 @@ absl::Status LlamaModel::ComputeLogits(std::span<const StepItem> items,
   std::vector<int32_t> rows;
   int64_t row = 0;
   for (size_t i = 0; i < items.size(); ++i) {
-    const int n = items[i].seq->length() - old_length[i];
+    const int n = items[i].seq != nullptr ? items[i].seq->length() - old_length[i]
+                                          : static_cast<int>(items[i].tokens.size());
     if (items[i].logits == LogitsMode::kAll) {
       for (int r = 0; r < n; ++r) rows.push_back(static_cast<int32_t>(row + r));
     } else if (items[i].logits == LogitsMode::kLast) {

@@ -22,11 +22,28 @@ enum class LogitsMode { kNone, kLast, kAll };
 
 class InfiniMemory;
 
+// Attention of a sequence whose KV lives outside the model's cache: a
+// context-parallel session spread over ranks (DESIGN §7, engine/dist). The model
+// calls Attend once per layer, in order; the implementation stores k and v where
+// they belong and writes the attention to out.
+class ExternalAttention {
+ public:
+  virtual ~ExternalAttention() = default;
+  // Tokens of the sequence before this step: the first new token's position.
+  virtual int length() const = 0;
+  // out, q: [n, n_heads·head_dim], q un-rotated; k, v: [n, n_kv_heads·head_dim],
+  // k rotated at position j mod chunk_len.
+  virtual absl::Status Attend(int layer, Tensor out, Tensor q, Tensor k, Tensor v) = 0;
+};
+
 struct StepItem {
-  KvSequence* seq = nullptr;           // appended to by Forward
+  KvSequence* seq = nullptr;           // appended to by Forward; null with `external`
   std::span<const int32_t> tokens;     // new tokens (≥ 1)
   LogitsMode logits = LogitsMode::kLast;
   cpu::DcaParams dca;                  // chunk_len/chunk_size; softmax_scale 0 = 1/sqrt(D)
+  // Set: the item's KV lives elsewhere and `external` attends for it. Such an
+  // item is the only one of its step.
+  ExternalAttention* external = nullptr;
   // Infini-attention memory mixed into this item's attention through the
   // model's gates (DESIGN §4); nullptr = no mixing. REQUIRES has_infini_gates().
   const InfiniMemory* infini = nullptr;

@@ -1,7 +1,7 @@
-// Hugging Face models: safetensors weights (one file or shards listed in
-// model.safetensors.index.json), config.json and tokenizer.json.
+// The safetensors weight format of Hugging Face models, and the mapping of
+// Hugging Face tensor names to canonical GGUF names.
 //
-// Safetensors layout: u64 little-endian header length N, an N-byte JSON header
+// Layout: u64 little-endian header length N, an N-byte JSON header
 // {"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": ...},
 // then the data; offsets are relative to byte 8 + N. Files are memory-mapped
 // read-only and converted to f32 straight from the mapping. Every offset,
@@ -20,10 +20,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "engine/model/host_weights.h"
-#include "engine/model/model_config.h"
-#include "engine/tokenizer/vocab.h"
-#include "engine/util/json.h"
 
 namespace longctx {
 
@@ -69,20 +65,7 @@ class SafetensorsFile {
 // nullopt when the name is not one of the model's weights.
 std::optional<std::string> CanonicalTensorName(const std::string& hf_name);
 
-// ModelConfig from a parsed config.json (model_type llama, mistral or qwen2).
-absl::StatusOr<ModelConfig> ConfigFromHfJson(const JsonValue& config);
-
-// VocabData from a parsed tokenizer.json (BPE model) and optional
-// tokenizer_config.json (null when absent); `config` supplies model_type and
-// the special token ids.
-absl::StatusOr<VocabData> VocabFromTokenizerJson(const JsonValue& tokenizer,
-                                                 const JsonValue& tokenizer_config,
-                                                 const JsonValue& config);
-
-// Loads a Hugging Face model directory: config.json, tokenizer.json
-// (+ tokenizer_config.json), and model.safetensors or the shards named by
-// model.safetensors.index.json. Tensors get canonical names; nothing is
-// un-permuted (Hugging Face rows are already in rotate-half order).
-absl::StatusOr<HostModel> LoadSafetensorsModel(const std::string& dir);
+// True for the dtypes ToF32 converts (F32, F16, BF16).
+bool SafetensorsDtypeConvertible(const std::string& dtype);
 
 }  // namespace longctx

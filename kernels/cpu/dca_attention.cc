@@ -60,7 +60,7 @@ typedef int32_t VecI __attribute__((vector_size(kW * sizeof(int32_t))));
 
 constexpr int kKeyTile = 64;        // keys per key tile
 constexpr int kDimVecs = 4;         // vectors of D per accumulate micro-kernel
-constexpr int kRowsPerTile = 96;    // target rows (queries × group heads) per item
+constexpr int kRowsPerTile = 192;    // target rows (queries × group heads) per item
 constexpr int kItemsPerThread = 8;  // below this many items per thread, keys are shared out
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -387,6 +387,56 @@ void AttendTiles(const Problem& pb, const QueryTile& qt, int g, int t_begin, int
   }
 }
 
+// out rows of query tile qt, kv head g: accumulators over l.
+void WriteRows(const Problem& pb, const QueryTile& qt, int g, const Scratch& sc, float* out) {
+  const int D = pb.D;
+  for (int row = 0; row < qt.n * pb.G; ++row) {
+    const int r = qt.i0 + row / pb.G - pb.q_start;
+    const int h = g * pb.G + row % pb.G;
+    float* o = out + (int64_t{r} * pb.H + h) * D;
+    const float* acc = sc.o.data() + size_t(row) * D;
+    const float inv = 1.f / sc.l[row];
+    for (int d = 0; d < D; ++d) o[d] = acc[d] * inv;
+  }
+}
+
+// A share's partial result: o [rows_pad][D], then m [rows_pad], then l [rows_pad].
+size_t PartialStride(const Problem& pb) { return size_t(pb.rows_pad) * (pb.D + 2); }
+
+void SavePartial(const Problem& pb, const QueryTile& qt, const Scratch& sc, float* part) {
+  const int rows = qt.n * pb.G, D = pb.D;
+  std::memcpy(part, sc.o.data(), sizeof(float) * size_t(rows) * D);
+  std::memcpy(part + size_t(pb.rows_pad) * D, sc.m.data(), sizeof(float) * rows);
+  std::memcpy(part + size_t(pb.rows_pad) * (D + 1), sc.l.data(), sizeof(float) * rows);
+}
+
+// Merges the partial results of `shares` consecutive shares (base-2
+// log-sum-exp) and writes the rows of query tile qt, kv head g.
+void MergeShares(const Problem& pb, const QueryTile& qt, int g, int shares, const float* parts,
+                 size_t stride, float* out) {
+  const int D = pb.D;
+  const size_t m_at = size_t(pb.rows_pad) * D, l_at = size_t(pb.rows_pad) * (D + 1);
+  for (int row = 0; row < qt.n * pb.G; ++row) {
+    float m = kNegInf;
+    for (int s = 0; s < shares; ++s) m = std::max(m, parts[s * stride + m_at + row]);
+    const int r = qt.i0 + row / pb.G - pb.q_start;
+    const int h = g * pb.G + row % pb.G;
+    float* o = out + (int64_t{r} * pb.H + h) * D;
+    std::fill(o, o + D, 0.f);
+    float l = 0.f;
+    for (int s = 0; s < shares; ++s) {
+      const float* part = parts + s * stride;
+      const float ms = part[m_at + row];
+      if (ms == kNegInf) continue;  // no visible key in this share
+      const float w = std::exp2(ms - m);
+      l += w * part[l_at + row];
+      for (int d = 0; d < D; ++d) o[d] += w * part[size_t(row) * D + d];
+    }
+    const float inv = 1.f / l;
+    for (int d = 0; d < D; ++d) o[d] *= inv;
+  }
+}
+
 // cos and sin of each query's three positions: intra t(i), successive
 // min(t(i) + L, C), inter C. Angles in double (positions reach 1e5+).
 std::vector<float> QueryRopeTable(const float* inv_freq, int64_t L, int64_t C, int n_q, int q_start,
@@ -465,8 +515,8 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
     }
   }
 
-  // Partial results per item when keys are shared out: o [rows_pad][D], m, l.
-  const size_t part_stride = size_t(pb.rows_pad) * (D + 2);
+  // Partial results per item when keys are shared out.
+  const size_t part_stride = PartialStride(pb);
   std::vector<float> partial(shares > 1 ? items.size() * part_stride : 0);
   const float qscale = p.softmax_scale * kLog2e;
 
@@ -484,52 +534,19 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
       const int versions = sc.tiles.empty() ? 1 : sc.tiles.front().version + 1;
       RotateQueries(pb, qt, it.group, versions, qscale, sc);
       AttendTiles(pb, qt, it.group, t_begin, t_end, zero_row.data(), sc);
-      const int rows = qt.n * pb.G;
       if (shares == 1) {
-        for (int row = 0; row < rows; ++row) {
-          const int r = qt.i0 + row / pb.G - q_start;
-          const int h = it.group * pb.G + row % pb.G;
-          float* o = out + (int64_t{r} * H + h) * D;
-          const float* acc = sc.o.data() + size_t(row) * D;
-          const float inv = 1.f / sc.l[row];
-          for (int d = 0; d < D; ++d) o[d] = acc[d] * inv;
-        }
+        WriteRows(pb, qt, it.group, sc, out);
       } else {
-        float* part = partial.data() + n * part_stride;
-        std::memcpy(part, sc.o.data(), sizeof(float) * size_t(rows) * D);
-        std::memcpy(part + size_t(pb.rows_pad) * D, sc.m.data(), sizeof(float) * rows);
-        std::memcpy(part + size_t(pb.rows_pad) * (D + 1), sc.l.data(), sizeof(float) * rows);
+        SavePartial(pb, qt, sc, partial.data() + n * part_stride);
       }
     }
-  }
-  if (shares == 1) return;
-
-    // Merge the shares of each (query tile, kv head) by log-sum-exp (base 2).
-    // Items of one pair are consecutive, share 0 first.
-#pragma omp parallel for schedule(static)
-  for (size_t first = 0; first < items.size(); first += shares) {
-    const Item& it = items[first];
-    const QueryTile& qt = qtiles[it.tile];
-    for (int row = 0; row < qt.n * pb.G; ++row) {
-      float m = kNegInf;
-      for (int s = 0; s < shares; ++s) {
-        m = std::max(m, partial[(first + s) * part_stride + size_t(pb.rows_pad) * D + row]);
+    if (shares > 1) {
+      // Items of one (query tile, kv head) are consecutive, share 0 first.
+#pragma omp for schedule(static)
+      for (size_t first = 0; first < items.size(); first += shares) {
+        MergeShares(pb, qtiles[items[first].tile], items[first].group, shares,
+                    partial.data() + first * part_stride, part_stride, out);
       }
-      const int r = qt.i0 + row / pb.G - q_start;
-      const int h = it.group * pb.G + row % pb.G;
-      float* o = out + (int64_t{r} * H + h) * D;
-      std::fill(o, o + D, 0.f);
-      float l = 0.f;
-      for (int s = 0; s < shares; ++s) {
-        const float* part = partial.data() + (first + s) * part_stride;
-        const float ms = part[size_t(pb.rows_pad) * D + row];
-        if (ms == kNegInf) continue;
-        const float w = std::exp2(ms - m);
-        l += w * part[size_t(pb.rows_pad) * (D + 1) + row];
-        for (int d = 0; d < D; ++d) o[d] += w * part[size_t(row) * D + d];
-      }
-      const float inv = 1.f / l;
-      for (int d = 0; d < D; ++d) o[d] *= inv;
     }
   }
 }

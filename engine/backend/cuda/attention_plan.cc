@@ -1,0 +1,162 @@
+#include "engine/backend/cuda/attention_plan.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace longctx {
+namespace {
+
+enum class Kernel { kSimple, kTiled, kSplit };
+
+// Fewest key tiles one split-KV block takes: below this the combine costs more
+// than the parallelism gains.
+constexpr int kMinTilesPerSplit = 2;
+// Split-KV blocks per SM the planner aims for: enough to fill the device and
+// balance uneven sequences without splitting short contexts needlessly.
+constexpr int kSplitBlocksPerSm = 2;
+
+Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
+  const bool tiles_fit = s.dca.chunk_len % cuda::kDcaKeyTile == 0 &&
+                         shape.block_size % cuda::kDcaKeyTile == 0;
+  const bool tiled_ok = tiles_fit && cuda::DcaTiledSupported(shape.head_dim);
+  const bool split_ok = tiles_fit && cuda::DcaSplitSupported(shape.head_dim);
+  switch (shape.kernels) {
+    case CudaAttentionKernels::kSimple:
+      return Kernel::kSimple;
+    case CudaAttentionKernels::kTiled:
+      return tiled_ok ? Kernel::kTiled : Kernel::kSimple;
+    case CudaAttentionKernels::kSplit:
+      return split_ok ? Kernel::kSplit : Kernel::kSimple;
+    case CudaAttentionKernels::kAuto:
+      break;
+  }
+  const int group = shape.n_heads / shape.n_kv_heads;
+  if (split_ok && int64_t{s.n_q} * group <= cuda::kDcaSplitRows) return Kernel::kSplit;
+  if (tiled_ok) return Kernel::kTiled;
+  return Kernel::kSimple;
+}
+
+}  // namespace
+
+absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
+                                            const AttentionPlanShape& shape) {
+  if (shape.head_dim != 64 && shape.head_dim != 128 && shape.head_dim != 256) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "attention: head_dim ", shape.head_dim, " not supported by the CUDA kernels (64, 128, 256)"));
+  }
+  AttentionPlan plan;
+  plan.seqs.reserve(seqs.size());
+  const int group = shape.n_heads / shape.n_kv_heads;
+  std::vector<int> split_seqs;
+  for (size_t si = 0; si < seqs.size(); ++si) {
+    const AttentionSeq& s = seqs[si];
+    const int64_t end = int64_t{s.q_start} + s.n_q;
+    if (s.n_q < 0 || s.q_start < 0 || s.q_row < 0 || int64_t{s.q_row} + s.n_q > shape.q_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("attention: sequence ", si, " rows [", s.q_row, ", ", s.q_row + s.n_q,
+                       ") outside the ", shape.q_rows, " query rows"));
+    }
+    if (static_cast<int64_t>(s.block_table.size()) * shape.block_size < end) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("attention: sequence ", si, " block table of ", s.block_table.size(),
+                       " blocks cannot hold ", end, " tokens"));
+    }
+    if (s.dca.chunk_len < 1 || s.dca.chunk_size < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si,
+                                                     " has chunk_len ", s.dca.chunk_len,
+                                                     ", chunk_size ", s.dca.chunk_size));
+    }
+    const int64_t used_blocks = (end + shape.block_size - 1) / shape.block_size;
+    for (int64_t b = 0; b < used_blocks; ++b) {
+      if (s.block_table[b] < 0 || s.block_table[b] >= shape.n_blocks) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("attention: sequence ", si, " names block ", s.block_table[b],
+                         " outside the arena of ", shape.n_blocks));
+      }
+    }
+    cuda::DcaSeqDesc d;
+    d.q_row = s.q_row;
+    d.n_q = s.n_q;
+    d.q_start = s.q_start;
+    d.block_table_offset = static_cast<int>(plan.block_tables.size());
+    d.chunk_len = s.dca.chunk_len;
+    d.chunk_size = s.dca.chunk_size;
+    d.softmax_scale = s.dca.softmax_scale;
+    plan.seqs.push_back(d);
+    plan.block_tables.insert(plan.block_tables.end(), s.block_table.begin(),
+                             s.block_table.begin() + used_blocks);
+    if (s.n_q == 0) continue;
+    switch (ChooseKernel(s, shape)) {
+      case Kernel::kSimple:
+        for (int r = 0; r < s.n_q; r += cuda::kDcaSimpleRows) {
+          plan.simple_tiles.push_back({static_cast<int>(si), r});
+        }
+        break;
+      case Kernel::kTiled:
+        for (int r = 0; r < s.n_q; r += cuda::kDcaTiledRows) {
+          plan.tiled_tiles.push_back({static_cast<int>(si), r});
+        }
+        break;
+      case Kernel::kSplit:
+        split_seqs.push_back(static_cast<int>(si));
+        break;
+    }
+  }
+
+  // Longest key ranges first, so the short tiles fill the tail of the grid.
+  auto tile_end = [&](const cuda::DcaRowTile& t) {
+    const cuda::DcaSeqDesc& d = plan.seqs[t.seq];
+    return int64_t{d.q_start} + std::min(t.row0 + cuda::kDcaTiledRows, d.n_q);
+  };
+  std::stable_sort(plan.tiled_tiles.begin(), plan.tiled_tiles.end(),
+                   [&](const cuda::DcaRowTile& a, const cuda::DcaRowTile& b) {
+                     return tile_end(a) > tile_end(b);
+                   });
+
+  // Split-KV: row groups of kDcaSplitRows (query, head-in-group) rows; their key
+  // tiles cut into splits of equal length, enough blocks to fill the device.
+  struct RowGroup {
+    int seq, rr0, n_rows, n_tiles;
+  };
+  std::vector<RowGroup> groups;
+  int64_t total_tiles = 0;
+  for (int si : split_seqs) {
+    const cuda::DcaSeqDesc& d = plan.seqs[si];
+    const int rows = d.n_q * group;
+    for (int rr0 = 0; rr0 < rows; rr0 += cuda::kDcaSplitRows) {
+      const int n_rows = std::min(cuda::kDcaSplitRows, rows - rr0);
+      const int i_max = d.q_start + (rr0 + n_rows - 1) / group;
+      const int n_tiles = i_max / cuda::kDcaKeyTile + 1;
+      groups.push_back({si, rr0, n_rows, n_tiles});
+      total_tiles += n_tiles;
+    }
+  }
+  if (!groups.empty()) {
+    const int64_t target_items =
+        std::max<int64_t>(1, int64_t{kSplitBlocksPerSm} * shape.num_sms / shape.n_kv_heads);
+    const int64_t per_split = std::max<int64_t>(
+        kMinTilesPerSplit, (total_tiles + target_items - 1) / target_items);
+    for (const RowGroup& g : groups) {
+      const int n_splits = static_cast<int>((g.n_tiles + per_split - 1) / per_split);
+      const int first_slot = plan.split_slots;
+      for (int k = 0; k < n_splits; ++k) {
+        cuda::DcaSplitItem item;
+        item.seq = g.seq;
+        item.rr0 = g.rr0;
+        item.n_rows = g.n_rows;
+        item.tile_begin = static_cast<int>(k * per_split);
+        item.tile_end = static_cast<int>(std::min<int64_t>(g.n_tiles, (k + 1) * per_split));
+        item.out_slot = n_splits == 1 ? -1 : first_slot + k;
+        plan.split_items.push_back(item);
+      }
+      if (n_splits > 1) {
+        plan.combine_items.push_back({g.seq, g.rr0, g.n_rows, first_slot, n_splits});
+        plan.split_slots += n_splits;
+      }
+    }
+  }
+  return plan;
+}
+
+}  // namespace longctx

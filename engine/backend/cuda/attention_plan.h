@@ -1,0 +1,44 @@
+// Host-side planning of one batched attention call on the CUDA backend: checks
+// every sequence against the cache and the query tensor, picks a kernel per
+// sequence and builds the kernels' work lists (kernels/cuda/ops_cuda.h).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/backend/cuda/cuda_backend.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace longctx {
+
+struct AttentionPlanShape {
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int block_size = 0;
+  int64_t n_blocks = 0;  // physical blocks in the arena
+  int64_t q_rows = 0;    // rows of q and out
+  int num_sms = 132;     // spreads split-KV work over the device
+  CudaAttentionKernels kernels = CudaAttentionKernels::kAuto;
+};
+
+struct AttentionPlan {
+  std::vector<cuda::DcaSeqDesc> seqs;
+  std::vector<int32_t> block_tables;
+  std::vector<cuda::DcaRowTile> simple_tiles;
+  std::vector<cuda::DcaRowTile> tiled_tiles;  // longest rows first
+  std::vector<cuda::DcaSplitItem> split_items;
+  std::vector<cuda::DcaCombineItem> combine_items;
+  int split_slots = 0;
+};
+
+// INVALID_ARGUMENT for a head dim the kernels lack (not 64, 128 or 256) or
+// naming the first bad sequence (rows outside q, a block table
+// too short or naming a block outside the arena, a chunk length below 1).
+absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
+                                            const AttentionPlanShape& shape);
+
+}  // namespace longctx

@@ -1,0 +1,481 @@
+#include "engine/backend/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cuda/attention_plan.h"
+#include "engine/backend/cuda/cuda_check.h"
+#include "engine/backend/cuda/device_memory.h"
+#include "engine/util/status_macros.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace longctx {
+namespace {
+
+// Elements converted per step of Upload / Download (a 32 MiB f32 staging buffer).
+constexpr int64_t kConvertChunk = int64_t{8} << 20;
+
+cuda::ElemType ElemOf(DType t) {
+  return t == DType::kBF16 ? cuda::ElemType::kBF16 : cuda::ElemType::kF32;
+}
+
+absl::Status RequireF32(const Tensor& t, const char* op, const char* what) {
+  if (t.dtype != DType::kF32 || (t.data == nullptr && t.numel() > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda backend: ", op, ": ", what, " must be an f32 device tensor"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RequireShape(bool ok, const char* op) {
+  return ok ? absl::OkStatus()
+            : absl::InvalidArgumentError(absl::StrCat("cuda backend: shape mismatch in ", op));
+}
+
+// Appends `v` to a byte pack at a 16-byte boundary; returns its offset.
+template <typename T>
+size_t PackAppend(std::vector<unsigned char>& pack, const std::vector<T>& v) {
+  const size_t at = (pack.size() + 15) / 16 * 16;
+  pack.resize(at + v.size() * sizeof(T));
+  if (!v.empty()) std::memcpy(pack.data() + at, v.data(), v.size() * sizeof(T));
+  return at;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& options) : options_(options) {}
+  ~CudaBackend() override;
+
+  absl::Status Init();
+
+  std::string Name() const override { return absl::StrCat("cuda:", options_.device); }
+  DType WeightType() const override { return DType::kBF16; }
+  DType ActivationType() const override { return DType::kF32; }
+
+  absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
+  void Free(void* data) override;
+  absl::Status Upload(Tensor dst, const float* host) override;
+  absl::Status Download(float* host, Tensor src) override;
+  absl::Status Synchronize() override;
+
+  absl::Status InitKv(const KvGeometry& geometry) override;
+  absl::Status KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) override;
+  absl::Status KvReadBlock(int64_t block, float* host) override;
+  absl::Status KvWriteBlock(int64_t block, const float* host) override;
+
+  absl::Status Embedding(Tensor out, Tensor table, std::span<const int32_t> ids) override;
+  absl::Status RmsNorm(Tensor out, Tensor x, Tensor w, float eps) override;
+  absl::Status Linear(Tensor out, Tensor x, Tensor w, const Tensor* bias) override;
+  absl::Status SwiGlu(Tensor out, Tensor gate, Tensor up) override;
+  absl::Status AddInPlace(Tensor x, Tensor y) override;
+  absl::Status Rope(Tensor x, int n_heads, std::span<const int32_t> pos,
+                    std::span<const float> inv_freq) override;
+  absl::Status Attention(Tensor out, Tensor q, int layer, int n_heads,
+                         std::span<const AttentionSeq> seqs,
+                         std::span<const float> inv_freq) override;
+  absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
+
+ private:
+  template <typename T>
+  absl::StatusOr<const T*> StageSpan(std::span<const T> s) {
+    ASSIGN_OR_RETURN(void* d, staging_.Stage(s.data(), s.size_bytes()));
+    return static_cast<const T*>(d);
+  }
+  // f32 host <-> device tensor of either dtype, through the conversion buffer.
+  absl::Status CopyIn(void* dst, DType dtype, const float* host, int64_t n);
+  absl::Status CopyOut(float* host, const void* src, DType dtype, int64_t n);
+
+  CudaBackendOptions options_;
+  int num_sms_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  ArgStaging staging_;
+  ScratchBuffer convert_;    // f32 staging of Upload / Download / KV blocks
+  ScratchBuffer x_bf16_;     // Linear's activations in bf16
+  ScratchBuffer split_o_;    // split-KV partial outputs
+  ScratchBuffer split_ml_;
+  KvGeometry kv_geometry_;
+  cuda::bf16* kv_ = nullptr;  // owned arena
+};
+
+CudaBackend::~CudaBackend() {
+  // Members that use the stream go first; the stream itself last.
+  staging_.Release();
+  convert_.Release();
+  x_bf16_.Release();
+  split_o_.Release();
+  split_ml_.Release();
+  if (kv_ != nullptr) cudaFree(kv_);
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (stream_ != nullptr) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+}
+
+absl::Status CudaBackend::Init() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || options_.device < 0 ||
+      options_.device >= count) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda backend: no CUDA device ", options_.device, " (", count, " present)"));
+  }
+  CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+  CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options_.device));
+  // Keep freed pool memory for reuse instead of returning it at each sync.
+  cudaMemPool_t pool;
+  CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, options_.device));
+  uint64_t threshold = UINT64_MAX;
+  CUDA_RETURN_IF_ERROR(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
+  CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
+  // Pure f32 products for f32 weights (no TF32); bf16 products accumulate in f32.
+  CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  return staging_.Init(size_t{1} << 20, stream_);
+}
+
+absl::StatusOr<DeviceBuffer> CudaBackend::Allocate(size_t bytes) {
+  void* p = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaMallocAsync(&p, std::max<size_t>(bytes, 1), stream_));
+  return DeviceBuffer(this, p, bytes);
+}
+
+void CudaBackend::Free(void* data) {
+  if (data != nullptr) cudaFreeAsync(data, stream_);
+}
+
+absl::Status CudaBackend::Synchronize() {
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::CopyIn(void* dst, DType dtype, const float* host, int64_t n) {
+  if (n == 0) return absl::OkStatus();
+  if (dtype == DType::kF32) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice,
+                                         stream_));
+    return Synchronize();
+  }
+  RETURN_IF_ERROR(convert_.Reserve(std::min(n, kConvertChunk) * sizeof(float), stream_));
+  auto* out = static_cast<cuda::bf16*>(dst);
+  for (int64_t at = 0; at < n; at += kConvertChunk) {
+    const int64_t len = std::min(kConvertChunk, n - at);
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(convert_.as<float>(), host + at, len * sizeof(float),
+                                         cudaMemcpyHostToDevice, stream_));
+    CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(out + at, convert_.as<float>(), len, stream_));
+  }
+  return Synchronize();
+}
+
+absl::Status CudaBackend::CopyOut(float* host, const void* src, DType dtype, int64_t n) {
+  if (n == 0) return Synchronize();
+  if (dtype == DType::kF32) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost,
+                                         stream_));
+    return Synchronize();
+  }
+  RETURN_IF_ERROR(convert_.Reserve(std::min(n, kConvertChunk) * sizeof(float), stream_));
+  const auto* in = static_cast<const cuda::bf16*>(src);
+  for (int64_t at = 0; at < n; at += kConvertChunk) {
+    const int64_t len = std::min(kConvertChunk, n - at);
+    CUDA_RETURN_IF_ERROR(cuda::ConvertBf16ToF32(convert_.as<float>(), in + at, len, stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + at, convert_.as<float>(), len * sizeof(float),
+                                         cudaMemcpyDeviceToHost, stream_));
+  }
+  return Synchronize();
+}
+
+absl::Status CudaBackend::Upload(Tensor dst, const float* host) {
+  if (dst.data == nullptr && dst.numel() > 0) {
+    return absl::InvalidArgumentError("cuda backend: Upload to a null tensor");
+  }
+  return CopyIn(dst.data, dst.dtype, host, dst.numel());
+}
+
+absl::Status CudaBackend::Download(float* host, Tensor src) {
+  if (src.data == nullptr && src.numel() > 0) {
+    return absl::InvalidArgumentError("cuda backend: Download from a null tensor");
+  }
+  return CopyOut(host, src.data, src.dtype, src.numel());
+}
+
+absl::Status CudaBackend::InitKv(const KvGeometry& g) {
+  if (kv_ != nullptr) return absl::FailedPreconditionError("cuda backend: KV arena already initialised");
+  if (g.n_layers <= 0 || g.n_kv_heads <= 0 || g.head_dim <= 0 || g.head_dim % 8 != 0 ||
+      g.block_size <= 0 || g.n_blocks <= 0) {
+    return absl::InvalidArgumentError("cuda backend: bad KV geometry");
+  }
+  const size_t bytes = static_cast<size_t>(g.n_blocks * g.ElementsPerBlock()) * sizeof(cuda::bf16);
+  void* p = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
+  kv_ = static_cast<cuda::bf16*>(p);
+  // Zeroed like the CPU arena, so export of a partly filled block is defined.
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(kv_, 0, bytes, stream_));
+  kv_geometry_ = g;
+  return Synchronize();
+}
+
+absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) {
+  const KvGeometry& g = kv_geometry_;
+  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  RETURN_IF_ERROR(RequireF32(k, "KvWrite", "k"));
+  RETURN_IF_ERROR(RequireF32(v, "KvWrite", "v"));
+  const int width = g.n_kv_heads * g.head_dim;
+  RETURN_IF_ERROR(RequireShape(k.cols == width && v.cols == width && k.rows == v.rows &&
+                                   static_cast<size_t>(k.rows) == slots.size() && layer >= 0 &&
+                                   layer < g.n_layers,
+                               "KvWrite"));
+  const int64_t n_slots = g.n_blocks * g.block_size;
+  for (int32_t s : slots) {
+    if (s < 0 || s >= n_slots) {
+      return absl::OutOfRangeError(absl::StrCat("cuda backend: KvWrite slot ", s, " outside [0, ",
+                                                n_slots, ")"));
+    }
+  }
+  if (slots.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int32_t* d_slots, StageSpan(slots));
+  cuda::KvWriteParams p;
+  p.arena = kv_;
+  p.block_elems = g.ElementsPerBlock();
+  p.plane = int64_t{g.block_size} * width;
+  p.layer_offset = int64_t{layer} * 2 * p.plane;
+  p.block_size = g.block_size;
+  p.width = width;
+  p.k = static_cast<const float*>(k.data);
+  p.v = static_cast<const float*>(v.data);
+  p.slots = d_slots;
+  p.T = static_cast<int>(slots.size());
+  CUDA_RETURN_IF_ERROR(cuda::KvWrite(p, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::KvReadBlock(int64_t block, float* host) {
+  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvReadBlock: block");
+  const int64_t n = kv_geometry_.ElementsPerBlock();
+  return CopyOut(host, kv_ + block * n, DType::kBF16, n);
+}
+
+absl::Status CudaBackend::KvWriteBlock(int64_t block, const float* host) {
+  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvWriteBlock: block");
+  const int64_t n = kv_geometry_.ElementsPerBlock();
+  return CopyIn(kv_ + block * n, DType::kBF16, host, n);
+}
+
+absl::Status CudaBackend::Embedding(Tensor out, Tensor table, std::span<const int32_t> ids) {
+  RETURN_IF_ERROR(RequireF32(out, "Embedding", "out"));
+  RETURN_IF_ERROR(RequireShape(
+      out.rows == static_cast<int64_t>(ids.size()) && out.cols == table.cols, "Embedding"));
+  for (int32_t id : ids) {
+    if (id < 0 || id >= table.rows) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary"));
+    }
+  }
+  if (ids.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int32_t* d_ids, StageSpan(ids));
+  CUDA_RETURN_IF_ERROR(cuda::Embedding(static_cast<float*>(out.data), table.data,
+                                       ElemOf(table.dtype), d_ids, static_cast<int>(ids.size()),
+                                       static_cast<int>(table.cols), stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::RmsNorm(Tensor out, Tensor x, Tensor w, float eps) {
+  RETURN_IF_ERROR(RequireF32(out, "RmsNorm", "out"));
+  RETURN_IF_ERROR(RequireF32(x, "RmsNorm", "x"));
+  RETURN_IF_ERROR(RequireShape(out.rows == x.rows && out.cols == x.cols && w.numel() == x.cols,
+                               "RmsNorm"));
+  CUDA_RETURN_IF_ERROR(cuda::RmsNorm(static_cast<float*>(out.data),
+                                     static_cast<const float*>(x.data), w.data, ElemOf(w.dtype),
+                                     static_cast<int>(x.rows), static_cast<int>(x.cols), eps,
+                                     stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* bias) {
+  RETURN_IF_ERROR(RequireF32(out, "Linear", "out"));
+  RETURN_IF_ERROR(RequireF32(x, "Linear", "x"));
+  RETURN_IF_ERROR(RequireShape(out.rows == x.rows && out.cols == w.rows && x.cols == w.cols &&
+                                   (bias == nullptr || bias->numel() == w.rows),
+                               "Linear"));
+  const int T = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
+            K = static_cast<int>(w.cols);
+  if (T == 0 || N == 0) return absl::OkStatus();
+  const float one = 1.f, zero = 0.f;
+  // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
+  if (w.dtype == DType::kBF16) {
+    RETURN_IF_ERROR(x_bf16_.Reserve(static_cast<size_t>(x.numel()) * sizeof(cuda::bf16), stream_));
+    CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(x_bf16_.as<cuda::bf16>(),
+                                                static_cast<const float*>(x.data), x.numel(),
+                                                stream_));
+    CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
+                                        CUDA_R_16BF, K, x_bf16_.as<cuda::bf16>(), CUDA_R_16BF, K,
+                                        &zero, out.data, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT));
+  } else {
+    CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
+                                        CUDA_R_32F, K, x.data, CUDA_R_32F, K, &zero, out.data,
+                                        CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+  if (bias != nullptr) {
+    CUDA_RETURN_IF_ERROR(cuda::AddBias(static_cast<float*>(out.data), bias->data,
+                                       ElemOf(bias->dtype), T, N, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::SwiGlu(Tensor out, Tensor gate, Tensor up) {
+  RETURN_IF_ERROR(RequireF32(out, "SwiGlu", "out"));
+  RETURN_IF_ERROR(RequireF32(gate, "SwiGlu", "gate"));
+  RETURN_IF_ERROR(RequireF32(up, "SwiGlu", "up"));
+  RETURN_IF_ERROR(RequireShape(
+      out.numel() == gate.numel() && gate.numel() == up.numel() && gate.cols > 0, "SwiGlu"));
+  CUDA_RETURN_IF_ERROR(cuda::SwiGlu(static_cast<float*>(out.data),
+                                    static_cast<const float*>(gate.data),
+                                    static_cast<const float*>(up.data),
+                                    static_cast<int>(gate.rows), static_cast<int>(gate.cols),
+                                    stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::AddInPlace(Tensor x, Tensor y) {
+  RETURN_IF_ERROR(RequireF32(x, "AddInPlace", "x"));
+  RETURN_IF_ERROR(RequireF32(y, "AddInPlace", "y"));
+  RETURN_IF_ERROR(RequireShape(x.numel() == y.numel(), "AddInPlace"));
+  CUDA_RETURN_IF_ERROR(cuda::AddInPlace(static_cast<float*>(x.data),
+                                        static_cast<const float*>(y.data), x.numel(), stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> pos,
+                               std::span<const float> inv_freq) {
+  RETURN_IF_ERROR(RequireF32(x, "Rope", "x"));
+  const int64_t D = static_cast<int64_t>(inv_freq.size()) * 2;
+  RETURN_IF_ERROR(RequireShape(x.rows == static_cast<int64_t>(pos.size()) &&
+                                   x.cols == n_heads * D && D > 0 && D <= 512,
+                               "Rope"));
+  if (pos.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int32_t* d_pos, StageSpan(pos));
+  ASSIGN_OR_RETURN(const float* d_freq, StageSpan(inv_freq));
+  CUDA_RETURN_IF_ERROR(cuda::Rope(static_cast<float*>(x.data), d_pos, d_freq,
+                                  static_cast<int>(x.rows), n_heads, static_cast<int>(D),
+                                  stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
+                                    std::span<const AttentionSeq> seqs,
+                                    std::span<const float> inv_freq) {
+  const KvGeometry& g = kv_geometry_;
+  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  RETURN_IF_ERROR(RequireF32(out, "Attention", "out"));
+  RETURN_IF_ERROR(RequireF32(q, "Attention", "q"));
+  const int D = g.head_dim;
+  RETURN_IF_ERROR(RequireShape(q.cols == int64_t{n_heads} * D && out.rows == q.rows &&
+                                   out.cols == q.cols && n_heads > 0 &&
+                                   n_heads % g.n_kv_heads == 0 &&
+                                   static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
+                                   layer < g.n_layers,
+                               "Attention"));
+  AttentionPlanShape shape;
+  shape.n_heads = n_heads;
+  shape.n_kv_heads = g.n_kv_heads;
+  shape.head_dim = D;
+  shape.block_size = g.block_size;
+  shape.n_blocks = g.n_blocks;
+  shape.q_rows = q.rows;
+  shape.num_sms = num_sms_;
+  shape.kernels = options_.attention;
+  ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
+
+  // One staged upload carries every table of the call.
+  std::vector<unsigned char> pack;
+  const size_t at_seqs = PackAppend(pack, plan.seqs);
+  const size_t at_tables = PackAppend(pack, plan.block_tables);
+  const size_t at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
+  const size_t at_simple = PackAppend(pack, plan.simple_tiles);
+  const size_t at_tiled = PackAppend(pack, plan.tiled_tiles);
+  const size_t at_split = PackAppend(pack, plan.split_items);
+  const size_t at_combine = PackAppend(pack, plan.combine_items);
+  ASSIGN_OR_RETURN(void* staged, staging_.Stage(pack.data(), pack.size()));
+  auto* base = static_cast<unsigned char*>(staged);
+
+  cuda::DcaAttentionParams p;
+  p.out = static_cast<float*>(out.data);
+  p.q = static_cast<const float*>(q.data);
+  const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
+  p.kv.k = kv_ + int64_t{layer} * 2 * plane;
+  p.kv.v = p.kv.k + plane;
+  p.kv.block_stride = g.ElementsPerBlock();
+  p.kv.block_size = g.block_size;
+  p.kv.n_kv_heads = g.n_kv_heads;
+  p.block_tables = reinterpret_cast<const int32_t*>(base + at_tables);
+  p.seqs = reinterpret_cast<const cuda::DcaSeqDesc*>(base + at_seqs);
+  p.inv_freq = reinterpret_cast<const float*>(base + at_freq);
+  p.H = n_heads;
+  p.D = D;
+
+  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSimple(
+      p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_simple),
+      static_cast<int>(plan.simple_tiles.size()), stream_));
+  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionTiled(
+      p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_tiled),
+      static_cast<int>(plan.tiled_tiles.size()), stream_));
+  if (!plan.split_items.empty()) {
+    const size_t slot_rows = static_cast<size_t>(std::max(plan.split_slots, 1)) * g.n_kv_heads *
+                             cuda::kDcaSplitRows;
+    RETURN_IF_ERROR(split_o_.Reserve(slot_rows * D * sizeof(float), stream_));
+    RETURN_IF_ERROR(split_ml_.Reserve(slot_rows * 2 * sizeof(float), stream_));
+    cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>()};
+    CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSplit(
+        p, reinterpret_cast<const cuda::DcaSplitItem*>(base + at_split),
+        static_cast<int>(plan.split_items.size()),
+        reinterpret_cast<const cuda::DcaCombineItem*>(base + at_combine),
+        static_cast<int>(plan.combine_items.size()), scratch, stream_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) {
+  RETURN_IF_ERROR(RequireF32(out, "GatherRows", "out"));
+  RETURN_IF_ERROR(RequireF32(src, "GatherRows", "src"));
+  RETURN_IF_ERROR(RequireShape(
+      out.rows == static_cast<int64_t>(rows.size()) && out.cols == src.cols, "GatherRows"));
+  for (int32_t r : rows) {
+    if (r < 0 || r >= src.rows) return absl::OutOfRangeError("GatherRows: row");
+  }
+  if (rows.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int32_t* d_rows, StageSpan(rows));
+  CUDA_RETURN_IF_ERROR(cuda::GatherRows(static_cast<float*>(out.data),
+                                        static_cast<const float*>(src.data), d_rows,
+                                        static_cast<int>(rows.size()),
+                                        static_cast<int>(src.cols), stream_));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool CudaDeviceAvailable() {
+  int count = 0;
+  const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  cudaGetLastError();
+  return ok;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+  auto backend = std::make_unique<CudaBackend>(options);
+  RETURN_IF_ERROR(backend->Init());
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace longctx

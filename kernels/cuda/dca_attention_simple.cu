@@ -1,0 +1,102 @@
+// Reference-grade GPU Dual Chunk Attention: one warp per (query, head), keys
+// visited one at a time with an online softmax in f32. Works for any chunk
+// length and block size; the fast kernels are checked against the CPU op and
+// this one is the fallback where their tiling does not apply.
+#include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace longctx::cuda {
+namespace {
+
+// Lane owns dims lane + 32 e, e < kPer; rotate-half partners are e and e + kPer/2.
+template <int D>
+__global__ void __launch_bounds__(kDcaSimpleRows * 32)
+    DcaSimpleKernel(DcaAttentionParams p, const DcaRowTile* tiles) {
+  constexpr int kPer = D / 32;
+  constexpr int kHalf = kPer / 2;
+  const DcaRowTile tile = tiles[blockIdx.x];
+  const DcaSeqDesc seq = p.seqs[tile.seq];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r = tile.row0 + warp;
+  if (r >= seq.n_q) return;
+  const int h = blockIdx.y;
+  const int kvh = h / (p.H / p.kv.n_kv_heads);
+  const int i = seq.q_start + r;
+  const int L = seq.chunk_len, C = seq.chunk_size;
+  const int64_t row_stride = int64_t{p.H} * D;
+
+  const float* qh = p.q + (int64_t{seq.q_row} + r) * row_stride + int64_t{h} * D;
+  float q[kPer];
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) q[e] = qh[lane + 32 * e];
+  float qr[3][kPer];
+#pragma unroll
+  for (int part = 0; part < 3; ++part) {
+    const int pos = DcaQueryPos(i, L, C, part);
+#pragma unroll
+    for (int e = 0; e < kHalf; ++e) {
+      float s, c;
+      RopeSinCos(pos, p.inv_freq[lane + 32 * e], &s, &c);
+      const float2 v = RotatePair(q[e], q[e + kHalf], s, c);
+      qr[part][e] = v.x;
+      qr[part][e + kHalf] = v.y;
+    }
+  }
+
+  const int32_t* table = p.block_tables + seq.block_table_offset;
+  const float scale = seq.softmax_scale;
+  const int ni = i / L;
+  float m = -INFINITY, l = 0.f;
+  float acc[kPer];
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) acc[e] = 0.f;
+  for (int j = 0; j <= i; ++j) {
+    const int part = min(ni - j / L, 2);
+    const int64_t base = int64_t{table[j / p.kv.block_size]} * p.kv.block_stride +
+                         (int64_t{j % p.kv.block_size} * p.kv.n_kv_heads + kvh) * D;
+    const bf16* kj = p.kv.k + base;
+    const bf16* vj = p.kv.v + base;
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const float qe = part == 0 ? qr[0][e] : (part == 1 ? qr[1][e] : qr[2][e]);
+      s += qe * __bfloat162float(kj[lane + 32 * e]);
+    }
+    s = WarpSum(s) * scale;
+    const float m_new = fmaxf(m, s);
+    const float corr = expf(m - m_new);
+    const float w = expf(s - m_new);
+    l = l * corr + w;
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) acc[e] = acc[e] * corr + w * __bfloat162float(vj[lane + 32 * e]);
+    m = m_new;
+  }
+  float* o = p.out + (int64_t{seq.q_row} + r) * row_stride + int64_t{h} * D;
+  const float inv_l = 1.f / l;
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) o[lane + 32 * e] = acc[e] * inv_l;
+}
+
+}  // namespace
+
+cudaError_t DcaAttentionSimple(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                               cudaStream_t stream) {
+  if (n_tiles == 0) return cudaSuccess;
+  const dim3 grid(n_tiles, p.H);
+  switch (p.D) {
+    case 64:
+      DcaSimpleKernel<64><<<grid, kDcaSimpleRows * 32, 0, stream>>>(p, tiles);
+      break;
+    case 128:
+      DcaSimpleKernel<128><<<grid, kDcaSimpleRows * 32, 0, stream>>>(p, tiles);
+      break;
+    case 256:
+      DcaSimpleKernel<256><<<grid, kDcaSimpleRows * 32, 0, stream>>>(p, tiles);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace longctx::cuda

@@ -1,0 +1,175 @@
+// CUDA kernels of longctx: the GPU versions of the ops in kernels/ops.h, with the
+// same parameters plus element types and a stream. Every launcher enqueues its
+// work on `stream` and returns the launch status (cudaGetLastError()); execution
+// errors surface at the next synchronisation. Pointers are device memory unless
+// a comment says otherwise. Destination first; shapes outermost first.
+//
+// Activations are f32; weights may be f32 or bf16 (ElemType); the KV cache is bf16.
+// Nothing of the rest of the project is included here.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace longctx::cuda {
+
+using bf16 = __nv_bfloat16;
+
+enum class ElemType { kF32, kBF16 };
+
+// --- conversions ---
+cudaError_t ConvertF32ToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream);
+cudaError_t ConvertBf16ToF32(float* out, const bf16* in, int64_t n, cudaStream_t stream);
+
+// --- elementwise, normalisation, RoPE (same math as longctx::cpu) ---
+cudaError_t Embedding(float* out,             // [T, D]
+                      const void* table,      // [V, D], table_type
+                      ElemType table_type,
+                      const int32_t* ids,     // [T], each in [0, V) (checked by the caller)
+                      int T, int D, cudaStream_t stream);
+
+cudaError_t RmsNorm(float* out,               // [T, D] (may alias x)
+                    const float* x,           // [T, D]
+                    const void* w,            // [D], w_type
+                    ElemType w_type, int T, int D, float eps, cudaStream_t stream);
+
+// out[t, n] += bias[n]: the bias half of Linear (the product is a cuBLAS GEMM).
+cudaError_t AddBias(float* out,               // [T, N]
+                    const void* bias,         // [N], bias_type
+                    ElemType bias_type, int T, int N, cudaStream_t stream);
+
+cudaError_t SwiGlu(float* out,                // [T, F] (may alias gate)
+                   const float* gate,         // [T, F]
+                   const float* up,           // [T, F]
+                   int T, int F, cudaStream_t stream);
+
+cudaError_t AddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream);
+
+// Rotate-half RoPE in place, angles reduced in double as on the CPU.
+cudaError_t Rope(float* x,                    // [T, H, D]
+                 const int32_t* pos,          // [T]
+                 const float* inv_freq,       // [D/2]
+                 int T, int H, int D, cudaStream_t stream);
+
+// out[r, :] = src[rows[r], :]
+cudaError_t GatherRows(float* out,            // [n_rows, cols]
+                       const float* src,      // [*, cols]
+                       const int32_t* rows,   // [n_rows], in range (checked by the caller)
+                       int n_rows, int cols, cudaStream_t stream);
+
+// --- paged KV cache ---
+// Arena layout (engine/backend/backend.h KvGeometry): physical block b holds, per
+// layer, K then V of block_size slots: [block][layer][k|v][slot][kv_head][head_dim].
+struct KvWriteParams {
+  bf16* arena = nullptr;
+  int64_t block_elems = 0;    // elements per physical block (all layers)
+  int64_t layer_offset = 0;   // layer * 2 * plane
+  int64_t plane = 0;          // block_size * width: K to V distance inside a layer
+  int block_size = 0;
+  int width = 0;              // n_kv_heads * head_dim
+  const float* k = nullptr;   // [T, width], rotated at j mod L
+  const float* v = nullptr;   // [T, width]
+  const int32_t* slots = nullptr;  // [T] physical slot = block * block_size + offset
+  int T = 0;
+};
+cudaError_t KvWrite(const KvWriteParams& p, cudaStream_t stream);
+
+// --- Dual Chunk Attention (DESIGN §3; cpu::DcaAttention is the reference) ---
+
+// One layer of the bf16 paged cache; same addressing as cpu::PagedKvView, with
+// each sequence's block table found through DcaSeqDesc::block_table_offset.
+struct PagedKvViewBf16 {
+  const bf16* k = nullptr;
+  const bf16* v = nullptr;
+  int64_t block_stride = 0;
+  int block_size = 0;
+  int n_kv_heads = 0;
+};
+
+// One sequence of a batched attention call (device copy of engine's AttentionSeq).
+struct DcaSeqDesc {
+  int q_row = 0;               // first row of the sequence in q/out
+  int n_q = 0;                 // new tokens: query r is token q_start + r
+  int q_start = 0;
+  int block_table_offset = 0;  // into DcaAttentionParams::block_tables
+  int chunk_len = 0;           // L
+  int chunk_size = 0;          // C
+  float softmax_scale = 0.f;
+};
+
+struct DcaAttentionParams {
+  float* out = nullptr;            // [rows, H * D]
+  const float* q = nullptr;        // [rows, H * D], un-rotated
+  PagedKvViewBf16 kv;
+  const int32_t* block_tables = nullptr;  // all sequences' tables, concatenated
+  const DcaSeqDesc* seqs = nullptr;
+  const float* inv_freq = nullptr;  // [D/2]
+  int H = 0;
+  int D = 0;
+};
+
+// Key tile of the fast kernels: they need chunk_len and block_size multiples of
+// it, so a tile lies in one chunk (one query rotation per row) and one block.
+inline constexpr int kDcaKeyTile = 64;
+// Query rows per thread block of the tiled prefill kernel (one head per block).
+inline constexpr int kDcaTiledRows = 128;
+// Rows per warp-per-row reference kernel block.
+inline constexpr int kDcaSimpleRows = 4;
+// (query, head) rows per block of the split-KV kernel, all of one kv head: one
+// 16-row tensor-core tile.
+inline constexpr int kDcaSplitRows = 16;
+
+// Work item of the simple and tiled kernels: rows row0 .. row0 + rows of a sequence.
+struct DcaRowTile {
+  int seq = 0;
+  int row0 = 0;
+};
+
+// Simple kernel: one warp per (query, head), D in {64, 128, 256}, any chunk_len
+// and block size. The correctness baseline and the fallback.
+// grid: (n_tiles, H); each tile covers kDcaSimpleRows rows.
+cudaError_t DcaAttentionSimple(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                               cudaStream_t stream);
+
+// Tiled prefill kernel (flash-attention-2 style, bf16 mma.sync, fp32 softmax):
+// D in {64, 128}; each tile covers kDcaTiledRows rows of one sequence.
+// grid: (n_tiles, H).
+bool DcaTiledSupported(int D);
+cudaError_t DcaAttentionTiled(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                              cudaStream_t stream);
+
+// Split-KV (flash-decoding) kernel, bf16 mma.sync like the tiled kernel, D in
+// {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a sequence is query rr / group, q head kv_head * group + rr % group.
+// A work item covers rows rr0 .. rr0 + n_rows (≤ kDcaSplitRows) and key tiles
+// [tile_begin, tile_end). Items with out_slot < 0 are the only split of their
+// rows and write `out` directly; the others write partial results to slot
+// out_slot, which DcaSplitCombine merges.
+struct DcaSplitItem {
+  int seq = 0;
+  int rr0 = 0;
+  int n_rows = 0;
+  int tile_begin = 0;
+  int tile_end = 0;
+  int out_slot = -1;
+};
+// Rows whose key range was split: partial slots first_slot .. first_slot + n_slots.
+struct DcaCombineItem {
+  int seq = 0;
+  int rr0 = 0;
+  int n_rows = 0;
+  int first_slot = 0;
+  int n_slots = 0;
+};
+struct DcaSplitScratch {
+  float* o = nullptr;   // [slots, n_kv_heads, kDcaSplitRows, D], normalised partial outputs
+  float* ml = nullptr;  // [slots, n_kv_heads, kDcaSplitRows, 2]: max score (log2 units), sum
+};
+bool DcaSplitSupported(int D);
+// grid: (n_items, n_kv_heads) then (n_combine, n_kv_heads).
+cudaError_t DcaAttentionSplit(const DcaAttentionParams& p, const DcaSplitItem* items, int n_items,
+                              const DcaCombineItem* combine, int n_combine,
+                              const DcaSplitScratch& scratch, cudaStream_t stream);
+
+}  // namespace longctx::cuda

@@ -1,0 +1,217 @@
+// Long-context evaluation: perplexity by context length and passkey retrieval,
+// plain RoPE vs Dual Chunk Attention, printed as Markdown tables (or JSON lines).
+//
+//   longctx-eval ppl --text=book.txt --lengths=1024,2048,4096 [--modes=rope,dca] [--windows=4]
+//   longctx-eval passkey --lengths=1024,4096 [--depths=0,25,50,75,100] [--keys=5] [--chat]
+// Common: --model, --backend, --pretrain_len (DCA c), --chunk_size, --local_window,
+//         --length_temperature, --piece (prefill piece), --json.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "engine/backend/backend.h"
+#include "engine/eval/eval.h"
+#include "engine/model/host_weights.h"
+#include "engine/util/status_macros.h"
+
+ABSL_FLAG(std::string, model, "", "model file; default $LONGCTX_MODEL");
+ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
+ABSL_FLAG(std::string, text, "", "ppl: UTF-8 text file");
+ABSL_FLAG(std::string, lengths, "1024,2048,4096", "context lengths in tokens");
+ABSL_FLAG(std::string, modes, "rope,dca", "attention modes to compare");
+ABSL_FLAG(int, windows, 4, "ppl: most windows per length");
+ABSL_FLAG(std::string, depths, "0,25,50,75,100", "passkey: needle depths in percent");
+ABSL_FLAG(int, keys, 5, "passkey: random keys per (length, depth) cell");
+ABSL_FLAG(bool, chat, true, "passkey: use the model's chat template");
+ABSL_FLAG(int, pretrain_len, 0, "DCA pretraining length c (0: the model's context length)");
+ABSL_FLAG(int, chunk_size, 0, "DCA chunk size C (0: 3c/4)");
+ABSL_FLAG(int, local_window, 0, "DCA local window w (0: c/8)");
+ABSL_FLAG(bool, length_temperature, false, "DCA length temperature (sf² on the softmax scale)");
+ABSL_FLAG(int, piece, 512, "prefill piece size");
+ABSL_FLAG(bool, json, false, "print JSON lines instead of a table");
+
+namespace longctx {
+namespace {
+
+absl::StatusOr<std::vector<int>> ParseInts(const std::string& s, const char* flag) {
+  std::vector<int> out;
+  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int v = 0;
+    if (!absl::SimpleAtoi(part, &v) || v < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": bad value '", std::string(part), "'"));
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, " is empty"));
+  return out;
+}
+
+struct Setup {
+  std::unique_ptr<Backend> backend;
+  HostModel host;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<LlamaModel> model;
+  std::vector<DcaConfig> modes;
+};
+
+absl::StatusOr<Setup> Load(int max_len) {
+  Setup s;
+  std::string path = absl::GetFlag(FLAGS_model);
+  if (path.empty() && std::getenv("LONGCTX_MODEL") != nullptr) path = std::getenv("LONGCTX_MODEL");
+  ASSIGN_OR_RETURN(BackendKind kind, ParseBackendKind(absl::GetFlag(FLAGS_backend)));
+  ASSIGN_OR_RETURN(s.backend, CreateBackend(kind));
+  ASSIGN_OR_RETURN(s.host, LoadHostModel(path));
+  ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Create(s.host.vocab));
+  s.tokenizer = std::make_unique<Tokenizer>(std::move(tok));
+  KvCacheConfig kv;
+  const ModelConfig& c = s.host.config;
+  kv.max_bytes = int64_t{2} * c.n_layers * c.n_kv_heads * c.head_dim *
+                 static_cast<int64_t>(DTypeSize(s.backend->ActivationType())) *
+                 (max_len + 64 + 2 * kv.block_size);
+  ASSIGN_OR_RETURN(s.model, LlamaModel::Create(s.host, s.backend.get(), kv));
+  s.host.tensors.clear();
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
+    DcaOverrides o;
+    ASSIGN_OR_RETURN(o.mode, ParseDcaMode(name));
+    if (absl::GetFlag(FLAGS_pretrain_len) > 0) o.pretrain_len = absl::GetFlag(FLAGS_pretrain_len);
+    if (absl::GetFlag(FLAGS_chunk_size) > 0) o.chunk_size = absl::GetFlag(FLAGS_chunk_size);
+    if (absl::GetFlag(FLAGS_local_window) > 0) o.local_window = absl::GetFlag(FLAGS_local_window);
+    o.length_temperature = absl::GetFlag(FLAGS_length_temperature);
+    ASSIGN_OR_RETURN(DcaConfig d, DcaConfig::Resolve(c, o));
+    RETURN_IF_ERROR(d.Validate(kv.block_size));
+    s.modes.push_back(d);
+  }
+  return s;
+}
+
+absl::Status RunPpl() {
+  ASSIGN_OR_RETURN(std::vector<int> lengths, ParseInts(absl::GetFlag(FLAGS_lengths), "lengths"));
+  std::ifstream in(absl::GetFlag(FLAGS_text), std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read --text=", absl::GetFlag(FLAGS_text)));
+  std::stringstream buf;
+  buf << in.rdbuf();
+  ASSIGN_OR_RETURN(Setup s, Load(*std::max_element(lengths.begin(), lengths.end())));
+  const std::vector<int32_t> tokens = s.tokenizer->Encode(buf.str(), false);
+  const bool json = absl::GetFlag(FLAGS_json);
+  if (!json) {
+    std::printf("text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
+                "start, loss over the second half of each window\n",
+                absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
+    for (const DcaConfig& d : s.modes) std::printf("mode: %s\n", d.DebugString().c_str());
+    std::printf("| tokens | windows |");
+    for (const DcaConfig& d : s.modes) std::printf(" %s PPL |", DcaModeName(d.mode));
+    std::printf(" seconds |\n|---:|---:|");
+    for (size_t i = 0; i < s.modes.size(); ++i) std::printf("---:|");
+    std::printf("---:|\n");
+  }
+  for (int len : lengths) {
+    std::vector<PplResult> row;
+    for (const DcaConfig& d : s.modes) {
+      ASSIGN_OR_RETURN(PplResult r, EvalPerplexity(*s.model, tokens, len, absl::GetFlag(FLAGS_windows),
+                                                   d, absl::GetFlag(FLAGS_piece)));
+      if (json) {
+        std::printf("{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
+                    "\"scored_tokens\":%lld,\"nll\":%.6f,\"ppl\":%.4f,\"seconds\":%.2f}\n",
+                    DcaModeName(d.mode), len, r.windows, static_cast<long long>(r.scored_tokens),
+                    r.nll, r.ppl, r.seconds);
+        std::fflush(stdout);
+      }
+      row.push_back(r);
+    }
+    if (!json) {
+      double secs = 0;
+      std::printf("| %d | %d |", len, row[0].windows);
+      for (const PplResult& r : row) {
+        std::printf(" %.3f |", r.ppl);
+        secs += r.seconds;
+      }
+      std::printf(" %.0f |\n", secs);
+      std::fflush(stdout);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunPasskey() {
+  ASSIGN_OR_RETURN(std::vector<int> lengths, ParseInts(absl::GetFlag(FLAGS_lengths), "lengths"));
+  ASSIGN_OR_RETURN(std::vector<int> depths, ParseInts(absl::GetFlag(FLAGS_depths), "depths"));
+  ASSIGN_OR_RETURN(Setup s, Load(*std::max_element(lengths.begin(), lengths.end()) + 16));
+  std::unique_ptr<ChatTemplate> chat;
+  if (absl::GetFlag(FLAGS_chat)) {
+    ASSIGN_OR_RETURN(ChatTemplate t, ChatTemplateFromJinja(s.host.vocab.chat_template));
+    chat = std::make_unique<ChatTemplate>(t);
+  }
+  const bool json = absl::GetFlag(FLAGS_json);
+  const int keys = absl::GetFlag(FLAGS_keys);
+  for (const DcaConfig& d : s.modes) {
+    if (!json) {
+      std::printf("\nmode: %s; %d keys per cell; %s prompt\n| tokens |", d.DebugString().c_str(),
+                  keys, chat ? "chat" : "raw");
+      for (int depth : depths) std::printf(" %d%% |", depth);
+      std::printf(" mean |\n|---:|");
+      for (size_t i = 0; i <= depths.size(); ++i) std::printf("---:|");
+      std::printf("\n");
+    }
+    for (int len : lengths) {
+      int total_hits = 0;
+      std::string cells;
+      for (int depth : depths) {
+        int hits = 0;
+        for (int k = 0; k < keys; ++k) {
+          const uint64_t seed = static_cast<uint64_t>(len) * 1000003u + depth * 101u + k;
+          ASSIGN_OR_RETURN(PasskeyPrompt p, BuildPasskeyPrompt(*s.tokenizer, chat.get(), len,
+                                                               depth / 100.0, seed));
+          ASSIGN_OR_RETURN(std::string answer, GreedyAnswer(*s.model, *s.tokenizer, p.tokens, d,
+                                                            absl::GetFlag(FLAGS_piece), 8));
+          const bool hit = answer.find(p.key) != std::string::npos;
+          hits += hit;
+          if (json) {
+            std::printf("{\"eval\":\"passkey\",\"mode\":\"%s\",\"length\":%d,\"prompt_tokens\":%zu,"
+                        "\"depth\":%d,\"key\":\"%s\",\"hit\":%s}\n",
+                        DcaModeName(d.mode), len, p.tokens.size(), depth, p.key.c_str(),
+                        hit ? "true" : "false");
+            std::fflush(stdout);
+          }
+        }
+        total_hits += hits;
+        cells += absl::StrFormat(" %d/%d |", hits, keys);
+      }
+      if (!json) {
+        std::printf("| %d |%s %.0f%% |\n", len, cells.c_str(),
+                    100.0 * total_hits / (keys * static_cast<double>(depths.size())));
+        std::fflush(stdout);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace longctx
+
+int main(int argc, char** argv) {
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  const std::string cmd = rest.size() > 1 ? rest[1] : "";
+  absl::Status s;
+  if (cmd == "ppl") {
+    s = longctx::RunPpl();
+  } else if (cmd == "passkey") {
+    s = longctx::RunPasskey();
+  } else {
+    std::fprintf(stderr, "usage: longctx-eval ppl|passkey [flags]  (--helpfull for flags)\n");
+    return 2;
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "longctx-eval: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
