@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/dca_config.h"
+#include "engine/model/infini_config.h"
 #include "engine/model/llama_model.h"
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -23,19 +24,21 @@ namespace longctx {
 // `length` tokens from the start (at most `max_windows`); each window is one fresh
 // sequence, prefilled in pieces of `piece` tokens; the loss is the mean negative
 // log-likelihood of the tokens in the second half of each window given everything
-// before them in that window; PPL = exp(mean over all scored tokens).
+// before them in that window; PPL = exp(mean over all scored tokens). `infini`
+// (default: no window) runs each window as an Infini session (DESIGN §4): exact
+// KV for sinks + W tokens, older chunks folded or dropped.
 struct PplResult {
   int length = 0;
   int windows = 0;
   int64_t scored_tokens = 0;
-  double nll = 0;   // mean negative log-likelihood, nats
+  double nll = 0;  // mean negative log-likelihood, nats
   double ppl = 0;
   double seconds = 0;
 };
 
 absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int32_t> tokens,
                                          int length, int max_windows, const DcaConfig& dca,
-                                         int piece);
+                                         int piece, const InfiniConfig& infini = {});
 
 // Passkey retrieval: filler text repeated to `length` tokens, the sentence
 // "The pass key is NNNNN. Remember it. NNNNN is the pass key." inserted at `depth`
@@ -52,12 +55,13 @@ struct PasskeyOptions {
 };
 
 absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(const Tokenizer& tokenizer,
-                                                 const ChatTemplate* chat, int length,
-                                                 double depth, uint64_t seed);
+                                                 const ChatTemplate* chat, int length, double depth,
+                                                 uint64_t seed);
 
 // Runs one prompt; returns the generated text (up to `max_new` tokens, greedy).
+// `infini` as for EvalPerplexity.
 absl::StatusOr<std::string> GreedyAnswer(LlamaModel& model, const Tokenizer& tokenizer,
                                          std::span<const int32_t> prompt, const DcaConfig& dca,
-                                         int piece, int max_new);
+                                         int piece, int max_new, const InfiniConfig& infini = {});
 
 }  // namespace longctx
