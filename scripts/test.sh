@@ -15,6 +15,8 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2
 
+scripts/check_deploy.sh
+
 fuzz_seconds=${FUZZ_SECONDS:-60}
 if [[ $fuzz_seconds -gt 0 && -x scripts/fuzz.sh ]]; then
   scripts/fuzz.sh "$fuzz_seconds"

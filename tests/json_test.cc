@@ -86,6 +86,16 @@ TEST(JsonTest, BoundsNesting) {
   EXPECT_TRUE(ParseJson(std::string(100, '[') + std::string(100, ']')).ok());
 }
 
+TEST(JsonTest, BoundsValueCount) {
+  std::string many = "[";
+  for (int i = 0; i < 1000; ++i) many += "0,";
+  many += "0]";
+  EXPECT_TRUE(ParseJson(many, 128, 1001 + 1).ok());
+  auto v = ParseJson(many, 128, 1000);
+  ASSERT_FALSE(v.ok());
+  EXPECT_THAT(std::string(v.status().message()), HasSubstr("more than 1000 values"));
+}
+
 TEST(JsonTest, HugeNumbersDoNotFail) {
   auto v = ParseJson("[1e999, -1e999, 1e-999, 99999999999999999999]");
   ASSERT_TRUE(v.ok()) << v.status();

@@ -124,9 +124,7 @@ absl::StatusOr<Setup> Load(int max_len) {
   s.tokenizer = std::make_unique<Tokenizer>(std::move(tok));
   KvCacheConfig kv;
   const ModelConfig& c = s.host.config;
-  kv.max_bytes = int64_t{2} * c.n_layers * c.n_kv_heads * c.head_dim *
-                 static_cast<int64_t>(DTypeSize(s.backend->ActivationType())) *
-                 (max_len + 64 + 2 * kv.block_size);
+  kv.max_bytes = KvBytesForTokens(c, *s.backend, max_len + 64);
   ASSIGN_OR_RETURN(s.model, LlamaModel::Create(s.host, s.backend.get(), kv));
   ASSIGN_OR_RETURN(const auto variants, InfiniVariants());
   s.host.tensors.clear();

@@ -208,10 +208,11 @@ absl::Status ReadArray(Reader& r, int depth, GgufValue* out) {
       out->strings.push_back(s);
     }
   } else if (et == GgufType::kArray) {
-    out->items.resize(out->count);
+    // Grown as elements parse (not reserved): a GgufValue is larger than the
+    // 12 bytes an empty nested array takes in the file.
     for (uint64_t i = 0; i < out->count; ++i) {
-      out->items[i].type = GgufType::kArray;
-      RETURN_IF_ERROR(ReadArray(r, depth + 1, &out->items[i]));
+      out->items.emplace_back().type = GgufType::kArray;
+      RETURN_IF_ERROR(ReadArray(r, depth + 1, &out->items.back()));
     }
   } else {
     ASSIGN_OR_RETURN(out->raw, r.Bytes(out->count * min_elem, "array data"));
@@ -313,8 +314,9 @@ absl::Status GgufFile::ParseAll() {
                                 " bytes left can hold"));
   }
 
-  kv_.reserve(n_kv);
-  kv_index_.reserve(n_kv);
+  // Entries, tensor infos and nested arrays are larger in memory than their
+  // smallest encoding, so containers grow as entries parse instead of being
+  // reserved from the (already bounded) counts in the header.
   for (uint64_t i = 0; i < n_kv; ++i) {
     r.set_context(absl::StrCat("metadata ", i));
     ASSIGN_OR_RETURN(const std::string_view key, r.String("key", kMaxKeyLength));
@@ -336,9 +338,8 @@ absl::Status GgufFile::ParseAll() {
     alignment_ = a->bits;
   }
 
-  tensors_.resize(n_tensors);
   for (uint64_t i = 0; i < n_tensors; ++i) {
-    GgufTensorInfo& t = tensors_[i];
+    GgufTensorInfo& t = tensors_.emplace_back();
     r.set_context(absl::StrCat("tensor info ", i));
     ASSIGN_OR_RETURN(const std::string_view name, r.String("name", kMaxTensorNameLength));
     if (name.empty()) return r.Error("empty tensor name");
@@ -409,9 +410,8 @@ absl::Status GgufFile::ParseAll() {
     const GgufTensorInfo& prev = tensors_[order[i - 1]];
     const GgufTensorInfo& cur = tensors_[order[i]];
     if (prev.offset + static_cast<uint64_t>(prev.n_bytes) > cur.offset) {
-      return absl::InvalidArgumentError(absl::StrCat("GGUF: tensor '", cur.name,
-                                                     "' overlaps the data of tensor '", prev.name,
-                                                     "'"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "GGUF: tensor '", cur.name, "' overlaps the data of tensor '", prev.name, "'"));
     }
   }
   tensor_index_.reserve(tensors_.size());

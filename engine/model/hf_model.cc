@@ -16,7 +16,8 @@
 namespace longctx {
 namespace {
 
-constexpr uint64_t kMaxJsonFileBytes = 512u << 20;
+// The largest published tokenizer.json files are a few tens of MB.
+constexpr uint64_t kMaxJsonFileBytes = 128u << 20;
 constexpr int64_t kMaxVocab = 1 << 22;
 
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/infini_memory.h"
+#include "engine/model/dca_config.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
@@ -19,24 +20,14 @@ namespace {
 // Rows of logits computed per pass, bounding scratch for long kAll requests.
 constexpr int64_t kLogitRowsPerPass = 256;
 
-std::vector<float> InverseFrequencies(const ModelConfig& c) {
-  double theta = c.rope_theta;
-  const int d = c.head_dim;
-  if (c.rope_scaling == RopeScalingType::kNtk && c.rope_scaling_factor > 1.f) {
-    theta *= std::pow(double{c.rope_scaling_factor}, double(d) / (d - 2));
-  }
-  std::vector<float> inv(static_cast<size_t>(d / 2));
-  for (int i = 0; i < d / 2; ++i) {
-    double f = std::pow(theta, -2.0 * i / d);
-    if (c.rope_scaling == RopeScalingType::kLinear && c.rope_scaling_factor > 0.f) {
-      f /= c.rope_scaling_factor;
-    }
-    inv[static_cast<size_t>(i)] = static_cast<float>(f);
-  }
-  return inv;
-}
-
 }  // namespace
+
+int64_t KvBytesForTokens(const ModelConfig& c, const Backend& backend, int64_t tokens,
+                         int block_size) {
+  const int64_t per_token = int64_t{2} * c.n_layers * c.n_kv_heads * c.head_dim *
+                            static_cast<int64_t>(DTypeSize(backend.KvType()));
+  return per_token * (tokens + 2 * block_size);
+}
 
 LlamaModel::~LlamaModel() = default;
 
@@ -97,7 +88,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& 
     ASSIGN_OR_RETURN(L.w_down, upload(p + "ffn_down.weight", D, c.d_ff));
   }
   RETURN_IF_ERROR(m->LoadInfiniGates(host));
-  m->inv_freq_ = InverseFrequencies(c);
+  m->inv_freq_ = RopeInverseFrequencies(c, /*with_scaling=*/true);
   ASSIGN_OR_RETURN(m->kv_, KvCache::Create(backend, c.n_layers, c.n_kv_heads, c.head_dim, kv_config));
   return m;
 }
@@ -181,24 +172,20 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
           "forward: DCA chunk length ", d.chunk_len, " must be positive, at most chunk_size ",
           d.chunk_size, " and a multiple of the KV block size ", block_size));
     }
-    if (it.external != nullptr) {
-      if (it.infini != nullptr || d.window_start > d.sink_tokens) {
-        return absl::InvalidArgumentError(
-            "forward: Infini windows and memory are not supported with external attention");
-      }
-      total += static_cast<int64_t>(it.tokens.size());
-      continue;
-    }
     // Infini window: attention skips keys [sink_tokens, window_start); every
     // other key must be resident (released blocks are reused by others), and
     // the new queries lie after the window start.
-    const int len = it.seq->length();
+    if (it.external != nullptr && it.infini != nullptr) {
+      return absl::InvalidArgumentError("forward: external attention cannot mix Infini memory");
+    }
+    const int len = it.seq != nullptr ? it.seq->length() : 0;
     if (d.sink_tokens < 0 || (d.window_start > d.sink_tokens && d.window_start > len)) {
       return absl::InvalidArgumentError(
           absl::StrCat("forward: window [", d.sink_tokens, ", ", d.window_start,
                        ") must lie inside the sequence of ", len, " tokens"));
     }
-    const auto& table = it.seq->block_table();
+    static const std::vector<int32_t> kNoBlocks;
+    const auto& table = it.seq != nullptr ? it.seq->block_table() : kNoBlocks;
     for (int b = 0; b * block_size < len; ++b) {
       const bool skipped = b * block_size >= d.sink_tokens && (b + 1) * block_size <= d.window_start;
       if (!skipped && table[static_cast<size_t>(b)] == kAbsentBlock) {
@@ -277,14 +264,13 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
     } else {
       RETURN_IF_ERROR(b.KvWrite(l, k, v, slots));
       RETURN_IF_ERROR(b.Attention(attn, q, l, c.n_heads, seqs, inv_freq_));
-      // Without external attention seqs[i] is items[i].
-      for (size_t i = 0; i < items.size(); ++i) {
-        if (items[i].infini == nullptr) continue;
-        const AttentionSeq& s = seqs[i];
-        RETURN_IF_ERROR(items[i].infini->MixInto(b, l, attn.Rows(s.q_row, s.n_q),
-                                                 q.Rows(s.q_row, s.n_q), c.n_heads,
-                                                 infini_beta(l)));
-      }
+    }
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].infini == nullptr) continue;
+      const AttentionSeq& s = seqs[i];
+      RETURN_IF_ERROR(items[i].infini->MixInto(b, l, attn.Rows(s.q_row, s.n_q),
+                                               q.Rows(s.q_row, s.n_q), c.n_heads,
+                                               infini_beta(l)));
     }
     RETURN_IF_ERROR(b.Linear(xn, attn, L.wo, nullptr));
     RETURN_IF_ERROR(b.AddInPlace(x, xn));

@@ -20,8 +20,6 @@ namespace longctx {
 
 enum class LogitsMode { kNone, kLast, kAll };
 
-class InfiniMemory;
-
 // Attention of a sequence whose KV lives outside the model's cache: a
 // context-parallel session spread over ranks (DESIGN §7, engine/dist). The model
 // calls Attend once per layer, in order; the implementation stores k and v where
@@ -35,6 +33,7 @@ class ExternalAttention {
   // k rotated at position j mod chunk_len.
   virtual absl::Status Attend(int layer, Tensor out, Tensor q, Tensor k, Tensor v) = 0;
 };
+class InfiniMemory;
 
 struct StepItem {
   KvSequence* seq = nullptr;           // appended to by Forward; null with `external`
@@ -48,6 +47,11 @@ struct StepItem {
   // model's gates (DESIGN §4); nullptr = no mixing. REQUIRES has_infini_gates().
   const InfiniMemory* infini = nullptr;
 };
+
+// KV arena bytes for `tokens` tokens of one sequence on `backend`, plus one
+// block of slack per sequence boundary.
+int64_t KvBytesForTokens(const ModelConfig& config, const Backend& backend, int64_t tokens,
+                         int block_size = KvCacheConfig{}.block_size);
 
 class LlamaModel {
  public:

@@ -87,7 +87,8 @@ absl::Status SafetensorsFile::ParseAll() {
         absl::StrCat("safetensors: header length ", n, " exceeds the limit of ", kMaxHeaderBytes));
   }
   const std::string_view text(reinterpret_cast<const char*>(bytes_.data() + 8), n);
-  absl::StatusOr<JsonValue> header = ParseJson(text, 16);
+  // About 8 values per tensor entry; 2^21 values allow 250k tensors.
+  absl::StatusOr<JsonValue> header = ParseJson(text, 16, int64_t{1} << 21);
   if (!header.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("safetensors: header: ", header.status().message()));

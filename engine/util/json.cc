@@ -37,7 +37,8 @@ const char* JsonValue::KindName(Kind k) {
 
 class JsonParser {
  public:
-  JsonParser(std::string_view text, int max_depth) : s_(text), max_depth_(max_depth) {}
+  JsonParser(std::string_view text, int max_depth, int64_t max_values)
+      : s_(text), max_depth_(max_depth), max_values_(max_values) {}
 
   absl::StatusOr<JsonValue> Document() {
     JsonValue v;
@@ -69,6 +70,7 @@ class JsonParser {
 
   absl::Status Value(JsonValue* v, int depth) {
     if (pos_ >= s_.size()) return Error("unexpected end of input");
+    if (++values_ > max_values_) return Error(absl::StrCat("more than ", max_values_, " values"));
     const char c = s_[pos_];
     if (c == '{' || c == '[') {
       if (depth >= max_depth_) return Error(absl::StrCat("nesting deeper than ", max_depth_));
@@ -345,10 +347,12 @@ class JsonParser {
   std::string_view s_;
   size_t pos_ = 0;
   int max_depth_;
+  int64_t max_values_;
+  int64_t values_ = 0;
 };
 
-absl::StatusOr<JsonValue> ParseJson(std::string_view text, int max_depth) {
-  return JsonParser(text, max_depth).Document();
+absl::StatusOr<JsonValue> ParseJson(std::string_view text, int max_depth, int64_t max_values) {
+  return JsonParser(text, max_depth, max_values).Document();
 }
 
 }  // namespace longctx

@@ -57,6 +57,10 @@ class JsonValue {
 // Parses one JSON document (surrounding whitespace allowed). Strings are
 // returned as UTF-8 (\u escapes and surrogate pairs decoded); invalid UTF-8,
 // lone surrogates, control characters and trailing bytes are errors.
-absl::StatusOr<JsonValue> ParseJson(std::string_view text, int max_depth = 128);
+// A parsed value takes far more memory than its shortest text ("0,"), so the
+// number of values is capped: the default (8M) holds the largest published
+// tokenizer.json files several times over and bounds memory near 1 GB.
+absl::StatusOr<JsonValue> ParseJson(std::string_view text, int max_depth = 128,
+                                    int64_t max_values = int64_t{1} << 23);
 
 }  // namespace longctx

@@ -60,8 +60,11 @@ typedef int32_t VecI __attribute__((vector_size(kW * sizeof(int32_t))));
 
 constexpr int kKeyTile = 64;        // keys per key tile
 constexpr int kDimVecs = 4;         // vectors of D per accumulate micro-kernel
-constexpr int kRowsPerTile = 192;    // target rows (queries × group heads) per item
+constexpr int kRowsPerTile = 192;   // target rows (queries × group heads) per item
 constexpr int kItemsPerThread = 8;  // below this many items per thread, keys are shared out
+// Below this many FLOPs a call runs on one thread: a parallel region's start and
+// end cost more than they save (and far more when the cores are oversubscribed).
+constexpr double kMinParallelFlops = 1 << 20;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 static_assert(kKeyTile % kKeyBlock == 0, "key tiles split into key blocks");
@@ -155,10 +158,11 @@ struct Problem {
   const PagedKvView* kv;
   int64_t L, C;
   int n_q, q_start, H, D, G;
-  int sink, window_start;  // keys sink ≤ j < window_start are absent (Infini window)
   int q_tile;         // queries per query tile
   int rows_pad;       // rows of the largest query tile, rounded up to kW
   const float* rope;  // [n_q][3][D] cos (first D/2) and sin (last D/2) per version
+  int64_t sink = 0;          // keys j with sink ≤ j < window_start are absent (Infini window)
+  int64_t window_start = 0;
 };
 
 struct QueryTile {
@@ -172,26 +176,23 @@ struct KeyTile {
   int version = 0;  // 0 intra, 1 successive, 2 inter
 };
 
-// The key tiles query tile qt attends to, in key order, skipping absent keys.
+// The key tiles query tile qt attends to, in key order.
 void ListKeyTiles(const Problem& pb, const QueryTile& qt, std::vector<KeyTile>* tiles) {
   tiles->clear();
   const int64_t last = qt.i0 + qt.n - 1;
   const int64_t n_last = last / pb.L;
-  auto add = [&](int64_t begin, int64_t end, int version) {
-    for (int64_t j = begin; j < end; j += kKeyTile) {
-      tiles->push_back(
-          {static_cast<int>(j), static_cast<int>(std::min<int64_t>(kKeyTile, end - j)), version});
-    }
-  };
   for (int64_t chunk = 0; chunk <= n_last; ++chunk) {
     const int64_t begin = chunk * pb.L;
     const int64_t end = std::min((chunk + 1) * pb.L, last + 1);
     const int version = static_cast<int>(std::min<int64_t>(n_last - chunk, 2));
-    if (pb.window_start > pb.sink) {
-      add(begin, std::min<int64_t>(end, pb.sink), version);
-      add(std::max<int64_t>(begin, pb.window_start), end, version);
-    } else {
-      add(begin, end, version);
+    // Present keys of the chunk: before the sinks' end, and from the window start.
+    const int64_t ranges[2][2] = {{begin, pb.window_start > pb.sink ? std::min(end, pb.sink) : end},
+                                  {pb.window_start > pb.sink ? std::max(begin, pb.window_start) : end, end}};
+    for (const auto& r : ranges) {
+      for (int64_t j = r[0]; j < r[1]; j += kKeyTile) {
+        tiles->push_back(
+            {static_cast<int>(j), static_cast<int>(std::min<int64_t>(kKeyTile, r[1] - j)), version});
+      }
     }
   }
 }
@@ -497,7 +498,8 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
   const std::vector<float> zero_row(D, 0.f);
 
   // Key shares when the items are too few to keep every thread busy.
-  const int threads = omp_get_max_threads();
+  const double flops = 4.0 * H * D * (double(n_q) * q_start + 0.5 * n_q * (n_q + 1.0));
+  const int threads = flops < kMinParallelFlops ? 1 : omp_get_max_threads();
   const int base_items = static_cast<int>(qtiles.size()) * kv.n_kv_heads;
   const int max_key_tiles = (q_start + n_q + kKeyTile - 1) / kKeyTile;
   int shares = 1;
@@ -520,7 +522,7 @@ void DcaAttention(float* out, const float* q, const PagedKvView& kv, const float
   std::vector<float> partial(shares > 1 ? items.size() * part_stride : 0);
   const float qscale = p.softmax_scale * kLog2e;
 
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
   {
     Scratch sc(pb);
 #pragma omp for schedule(dynamic, 1)

@@ -18,16 +18,26 @@ mkdir -p "$out"
 
 # NVLink multicast stays off on shared hosts (it can take the GPUs down).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-# NCCL from the machine: the system's, else the one PyTorch ships.
-nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
-export LD_LIBRARY_PATH="$bundle/lib${nccl_dir:+:$nccl_dir}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# CUDA libraries from the machine: the toolkit's, then those PyTorch ships
+# (NCCL is often only there).
+wheel_libs=$(python3 - 2>/dev/null <<'PY'
+import importlib, os
+for name in ("nvidia.nccl", "nvidia.cublas", "nvidia.cuda_runtime"):
+    try:
+        print(os.path.join(list(importlib.import_module(name).__path__)[0], "lib"))
+    except ImportError:
+        pass
+PY
+)
+wheel_libs=$(echo $wheel_libs | tr ' ' ':')
+export LD_LIBRARY_PATH="$bundle/lib:/usr/local/cuda/lib64${wheel_libs:+:$wheel_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PATH="$bundle/bin:$PATH"
 {
   date -u
   nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv
   nvidia-smi topo -m
-  echo "nccl from: ${nccl_dir:-system}"
-  ldd "$bundle/bin/longctx_unit_tests" | grep -E 'nccl|cudart|not found'
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  ldd "$bundle/bin/longctx_unit_tests" | grep -E 'nccl|cublas|cudart|not found'
 } > "$out/env.log" 2>&1
 
 for phase in "$@"; do
