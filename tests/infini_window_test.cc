@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -648,6 +649,18 @@ TEST_F(InfiniWindowTest, ResumeRebuildsTheWindowFromTheLog) {
   for (float x : lb) ASSERT_TRUE(std::isfinite(x));
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 int64_t ResidentSetBytes() {
   std::ifstream in("/proc/self/statm");
   int64_t size = 0, resident = 0;
@@ -697,7 +710,13 @@ TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
   EXPECT_EQ(w.memory()->folded_tokens(), 10 * W - W - c.sink_tokens);
   EXPECT_EQ(memory_bytes, int64_t{4} * 4 * (64 * 64 + 64) * 4);
   const int64_t growth = ResidentSetBytes() - rss_warm;
-  EXPECT_LT(growth, int64_t{4} << 20) << "RSS grew by " << growth << " bytes";
+  if (kAddressSanitizer) {
+    // ASan quarantines freed memory, so RSS follows allocation volume, not leaks.
+    std::printf("RSS grew by %lld bytes (not checked under ASan)\n",
+                static_cast<long long>(growth));
+  } else {
+    EXPECT_LT(growth, int64_t{4} << 20) << "RSS grew by " << growth << " bytes";
+  }
 }
 
 }  // namespace
