@@ -20,6 +20,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
@@ -241,6 +242,7 @@ int Run() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   absl::ParseCommandLine(argc, argv);
   return longctx::Run();
 }

@@ -12,6 +12,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
@@ -97,6 +98,7 @@ int Run() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   absl::ParseCommandLine(argc, argv);
   return longctx::Run();
 }

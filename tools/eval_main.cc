@@ -21,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "engine/eval/eval.h"
 #include "engine/model/host_weights.h"
@@ -33,6 +34,9 @@ ABSL_FLAG(std::string, text, "", "ppl: UTF-8 text file");
 ABSL_FLAG(std::string, lengths, "1024,2048,4096", "context lengths in tokens");
 ABSL_FLAG(std::string, modes, "rope,dca", "attention modes to compare");
 ABSL_FLAG(int, windows, 4, "ppl: most windows per length");
+ABSL_FLAG(int, score_last, 0,
+          "ppl: 0 = score the second half of each window; N = aligned protocol: windows of "
+          "every length end at the same positions and only their last N tokens are scored");
 ABSL_FLAG(std::string, depths, "0,25,50,75,100", "passkey: needle depths in percent");
 ABSL_FLAG(int, keys, 5, "passkey: random keys per (length, depth) cell");
 ABSL_FLAG(bool, chat, true, "passkey: use the model's chat template");
@@ -58,8 +62,7 @@ absl::StatusOr<std::vector<int>> ParseInts(const std::string& s, const char* fla
   for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
     int v = 0;
     if (!absl::SimpleAtoi(part, &v) || v < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--", flag, ": bad value '", std::string(part), "'"));
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": bad value '", std::string(part), "'"));
     }
     out.push_back(v);
   }
@@ -128,8 +131,7 @@ absl::StatusOr<Setup> Load(int max_len) {
   ASSIGN_OR_RETURN(s.model, LlamaModel::Create(s.host, s.backend.get(), kv));
   ASSIGN_OR_RETURN(const auto variants, InfiniVariants());
   s.host.tensors.clear();
-  for (absl::string_view name :
-       absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
+  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
     DcaOverrides o;
     ASSIGN_OR_RETURN(o.mode, ParseDcaMode(name));
     if (absl::GetFlag(FLAGS_pretrain_len) > 0) o.pretrain_len = absl::GetFlag(FLAGS_pretrain_len);
@@ -140,9 +142,9 @@ absl::StatusOr<Setup> Load(int max_len) {
     RETURN_IF_ERROR(d.Validate(kv.block_size));
     for (const auto& [name, infini] : variants) {
       RETURN_IF_ERROR(infini.Validate(d.ToParams(c.head_dim, max_len), kv.block_size));
-      s.columns.push_back(
-          {d, infini,
-           name == "none" ? DcaModeName(d.mode) : absl::StrCat(DcaModeName(d.mode), "+", name)});
+      s.columns.push_back({d, infini,
+                           name == "none" ? DcaModeName(d.mode)
+                                          : absl::StrCat(DcaModeName(d.mode), "+", name)});
     }
   }
   return s;
@@ -151,18 +153,23 @@ absl::StatusOr<Setup> Load(int max_len) {
 absl::Status RunPpl() {
   ASSIGN_OR_RETURN(std::vector<int> lengths, ParseInts(absl::GetFlag(FLAGS_lengths), "lengths"));
   std::ifstream in(absl::GetFlag(FLAGS_text), std::ios::binary);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat("cannot read --text=", absl::GetFlag(FLAGS_text)));
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read --text=", absl::GetFlag(FLAGS_text)));
   std::stringstream buf;
   buf << in.rdbuf();
   ASSIGN_OR_RETURN(Setup s, Load(*std::max_element(lengths.begin(), lengths.end())));
   const std::vector<int32_t> tokens = s.tokenizer->Encode(buf.str(), false);
   const bool json = absl::GetFlag(FLAGS_json);
   if (!json) {
-    std::printf(
-        "text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
-        "start, loss over the second half of each window\n",
-        absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
+    if (absl::GetFlag(FLAGS_score_last) > 0) {
+      std::printf("text: %s (%zu tokens); backend %s; protocol: aligned windows ending every %d "
+                  "tokens, loss over the same last %d tokens of each window at every length\n",
+                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str(),
+                  *std::max_element(lengths.begin(), lengths.end()), absl::GetFlag(FLAGS_score_last));
+    } else {
+      std::printf("text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
+                  "start, loss over the second half of each window\n",
+                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
+    }
     for (const Column& col : s.columns) {
       std::printf("%s: %s; %s\n", col.name.c_str(), col.dca.DebugString().c_str(),
                   InfiniDescription(col.infini).c_str());
@@ -176,15 +183,20 @@ absl::Status RunPpl() {
   for (int len : lengths) {
     std::vector<PplResult> row;
     for (const Column& col : s.columns) {
-      ASSIGN_OR_RETURN(PplResult r,
-                       EvalPerplexity(*s.model, tokens, len, absl::GetFlag(FLAGS_windows), col.dca,
-                                      absl::GetFlag(FLAGS_piece), col.infini));
+      const DcaConfig& d = col.dca;
+      PplProtocol protocol;
+      if (absl::GetFlag(FLAGS_score_last) > 0) {
+        protocol.aligned_span = *std::max_element(lengths.begin(), lengths.end());
+        protocol.score_last = absl::GetFlag(FLAGS_score_last);
+      }
+      ASSIGN_OR_RETURN(PplResult r, EvalPerplexity(*s.model, tokens, len, absl::GetFlag(FLAGS_windows),
+                                                   d, absl::GetFlag(FLAGS_piece), protocol,
+                                                   col.infini));
       if (json) {
-        std::printf(
-            "{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
-            "\"scored_tokens\":%lld,\"nll\":%.6f,\"ppl\":%.4f,\"seconds\":%.2f}\n",
-            col.name.c_str(), len, r.windows, static_cast<long long>(r.scored_tokens), r.nll, r.ppl,
-            r.seconds);
+        std::printf("{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
+                    "\"scored_tokens\":%lld,\"nll\":%.6f,\"ppl\":%.4f,\"seconds\":%.2f}\n",
+                    col.name.c_str(), len, r.windows, static_cast<long long>(r.scored_tokens),
+                    r.nll, r.ppl, r.seconds);
         std::fflush(stdout);
       }
       row.push_back(r);
@@ -232,19 +244,18 @@ absl::Status RunPasskey() {
         int hits = 0;
         for (int k = 0; k < keys; ++k) {
           const uint64_t seed = static_cast<uint64_t>(len) * 1000003u + depth * 101u + k;
-          ASSIGN_OR_RETURN(PasskeyPrompt p,
-                           BuildPasskeyPrompt(*s.tokenizer, chat.get(), len, depth / 100.0, seed));
+          ASSIGN_OR_RETURN(PasskeyPrompt p, BuildPasskeyPrompt(*s.tokenizer, chat.get(), len,
+                                                               depth / 100.0, seed));
           ASSIGN_OR_RETURN(std::string answer,
                            GreedyAnswer(*s.model, *s.tokenizer, p.tokens, d,
                                         absl::GetFlag(FLAGS_piece), 8, col.infini));
           const bool hit = answer.find(p.key) != std::string::npos;
           hits += hit;
           if (json) {
-            std::printf(
-                "{\"eval\":\"passkey\",\"mode\":\"%s\",\"length\":%d,\"prompt_tokens\":%zu,"
-                "\"depth\":%d,\"key\":\"%s\",\"hit\":%s}\n",
-                col.name.c_str(), len, p.tokens.size(), depth, p.key.c_str(),
-                hit ? "true" : "false");
+            std::printf("{\"eval\":\"passkey\",\"mode\":\"%s\",\"length\":%d,\"prompt_tokens\":%zu,"
+                        "\"depth\":%d,\"key\":\"%s\",\"hit\":%s}\n",
+                        col.name.c_str(), len, p.tokens.size(), depth, p.key.c_str(),
+                        hit ? "true" : "false");
             std::fflush(stdout);
           }
         }
@@ -265,6 +276,7 @@ absl::Status RunPasskey() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   const std::string cmd = rest.size() > 1 ? rest[1] : "";
   absl::Status s;

@@ -11,6 +11,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/util/status_macros.h"
 #include "engine/backend/backend.h"
 #include "engine/model/host_weights.h"
@@ -104,6 +105,7 @@ absl::Status Run() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   absl::ParseCommandLine(argc, argv);
   const absl::Status s = longctx::Run();
   if (!s.ok()) {

@@ -24,8 +24,8 @@ absl::Status Prefill(InfiniWindow& w, std::span<const int32_t> tokens, int piece
   for (int first = 0; first < static_cast<int>(tokens.size()); first += piece) {
     const int n = std::min<int>(piece, static_cast<int>(tokens.size()) - first);
     const bool all = want_logits(first, n);
-    RETURN_IF_ERROR(
-        w.Ingest(tokens.subspan(first, n), all ? LogitsMode::kAll : LogitsMode::kNone, &logits));
+    RETURN_IF_ERROR(w.Ingest(tokens.subspan(first, n), all ? LogitsMode::kAll : LogitsMode::kNone,
+                             &logits));
     if (all) on_logits(first, n, logits);
   }
   return absl::OkStatus();
@@ -35,11 +35,19 @@ absl::Status Prefill(InfiniWindow& w, std::span<const int32_t> tokens, int piece
 
 absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int32_t> tokens,
                                          int length, int max_windows, const DcaConfig& dca,
-                                         int piece, const InfiniConfig& infini) {
+                                         int piece, const PplProtocol& protocol,
+                                         const InfiniConfig& infini) {
   if (length < 4 || piece < 1 || max_windows < 1) {
     return absl::InvalidArgumentError("perplexity: length >= 4, piece >= 1, windows >= 1");
   }
-  const int windows = std::min<int>(max_windows, static_cast<int>(tokens.size()) / length);
+  const bool aligned = protocol.aligned_span > 0;
+  if (aligned && (protocol.aligned_span < length || protocol.score_last < 1 ||
+                  protocol.score_last >= length)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "perplexity: aligned protocol needs span >= length ", length, " > score_last >= 1"));
+  }
+  const int stride = aligned ? protocol.aligned_span : length;
+  const int windows = std::min<int>(max_windows, static_cast<int>(tokens.size()) / stride);
   if (windows < 1) {
     return absl::InvalidArgumentError(absl::StrCat("perplexity: the text has ", tokens.size(),
                                                    " tokens, fewer than one window of ", length));
@@ -51,11 +59,12 @@ absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int3
   r.windows = windows;
   double sum = 0;
   for (int w = 0; w < windows; ++w) {
-    std::span<const int32_t> win = tokens.subspan(static_cast<size_t>(w) * length, length);
-    const int half = length / 2;
-    ASSIGN_OR_RETURN(
-        std::unique_ptr<InfiniWindow> session,
-        InfiniWindow::Create(&model, infini, dca.ToParams(model.config().head_dim, length)));
+    const size_t first_token = static_cast<size_t>(w + 1) * stride - length;
+    std::span<const int32_t> win = tokens.subspan(first_token, length);
+    const int half = aligned ? length - protocol.score_last : length / 2;
+    ASSIGN_OR_RETURN(std::unique_ptr<InfiniWindow> session,
+                     InfiniWindow::Create(&model, infini,
+                                          dca.ToParams(model.config().head_dim, length)));
     // Logits at position t predict token t + 1: score t in [half - 1, length - 2].
     auto want = [&](int first, int n) { return first + n > half - 1; };
     auto take = [&](int first, int n, const std::vector<float>& logits) {
@@ -79,8 +88,8 @@ absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int3
 }
 
 absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(const Tokenizer& tokenizer,
-                                                 const ChatTemplate* chat, int length, double depth,
-                                                 uint64_t seed) {
+                                                 const ChatTemplate* chat, int length,
+                                                 double depth, uint64_t seed) {
   static constexpr char kIntro[] =
       "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
       "it. I will quiz you about the important information there.\n\n";
@@ -112,8 +121,7 @@ absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(const Tokenizer& tokenizer,
   append(question, chat != nullptr ? "\n\nWhat is the pass key?" : kQuestion);
   const std::vector<int32_t> filler = tokenizer.Encode(kFiller, false);
   const std::vector<int32_t> needle_ids = tokenizer.Encode(needle, false);
-  const int fixed =
-      static_cast<int>(head.size() + question.size() + tail.size() + needle_ids.size());
+  const int fixed = static_cast<int>(head.size() + question.size() + tail.size() + needle_ids.size());
   const int reps = (length - fixed) / static_cast<int>(filler.size());
   if (reps < 1) {
     return absl::InvalidArgumentError(absl::StrCat("passkey: length ", length, " is too short"));
@@ -135,9 +143,9 @@ absl::StatusOr<std::string> GreedyAnswer(LlamaModel& model, const Tokenizer& tok
                                          std::span<const int32_t> prompt, const DcaConfig& dca,
                                          int piece, int max_new, const InfiniConfig& infini) {
   const int n = static_cast<int>(prompt.size());
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<InfiniWindow> session,
-      InfiniWindow::Create(&model, infini, dca.ToParams(model.config().head_dim, n + max_new)));
+  ASSIGN_OR_RETURN(std::unique_ptr<InfiniWindow> session,
+                   InfiniWindow::Create(&model, infini,
+                                        dca.ToParams(model.config().head_dim, n + max_new)));
   const int V = model.config().vocab_size;
   std::vector<float> last;
   auto want = [&](int first, int len) { return first + len == n; };
