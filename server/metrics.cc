@@ -146,6 +146,9 @@ class EngineCollector final : public prometheus::Collectable {
                                   st.step_seconds));
     out.push_back(HistogramFamily("longctx_engine_forward_duration_seconds",
                                   "The forward pass of one engine step.", st.forward_seconds));
+    out.push_back(HistogramFamily("longctx_engine_decode_forward_duration_seconds",
+                                  "The forward pass of engine steps that only decode.",
+                                  st.decode_forward_seconds));
     out.push_back(HistogramFamily("longctx_engine_step_tokens",
                                   "Tokens (decode and prefill) in one engine step.",
                                   st.step_batch_tokens));

@@ -54,6 +54,7 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
 EngineOptions EngineOptionsFrom(const ServerConfig& c) {
   EngineOptions o;
   o.scheduler.prefill_budget = c.prefill_budget;
+  o.scheduler.prefill_budget_decoding = c.prefill_budget_decoding;
   o.scheduler.max_decode_batch = c.max_decode_batch;
   o.sessions.max_sessions = c.max_sessions;
   o.sessions.max_sessions_per_tenant = c.max_sessions_per_tenant;

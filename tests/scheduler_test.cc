@@ -387,6 +387,46 @@ TEST_F(SchedulerTest, LongIngestDelaysGenerateOnAnotherSessionByAtMostOneStep) {
   ASSERT_TRUE(ingest_done.get_future().get().ok());
 }
 
+TEST_F(SchedulerTest, StepsThatDecodeTakeTheSmallerPrefillBudget) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  options.prefill_budget_decoding = 16;
+  Start(1 << 16, options);
+  auto talker = NewSession("talker");
+  auto reader = NewSession("reader");
+  ASSERT_TRUE(Ingest(talker, Tokens(8)).ok());
+  model_->Pause();
+  GenerateOutcome out;
+  std::promise<void> gen_done;
+  scheduler_->SubmitGenerate(MakeGenerate(talker, Tokens(2), 6, &out, &gen_done));
+  std::promise<absl::StatusOr<int64_t>> ingest_done;
+  IngestJob job;
+  job.session = reader;
+  job.tokens = Tokens(400);
+  job.done = [&](absl::StatusOr<int64_t> r) { ingest_done.set_value(r); };
+  scheduler_->SubmitIngest(std::move(job));
+  const size_t before = model_->StepCount();
+  model_->Resume();
+  gen_done.get_future().wait();
+  ASSERT_TRUE(ingest_done.get_future().get().ok());
+  const auto steps = model_->Steps();
+  bool saw_decode_with_prefill = false;
+  for (size_t i = before; i < steps.size(); ++i) {
+    int prefill = 0;
+    bool decodes = false;
+    for (const auto& [seq, n] : steps[i]) {
+      if (seq == &talker->engine_state().kv && n == 1) {
+        decodes = true;
+      } else {
+        prefill += n;
+      }
+    }
+    EXPECT_LE(prefill, decodes ? 16 : 64) << "step " << i;
+    saw_decode_with_prefill |= decodes && prefill > 0;
+  }
+  EXPECT_TRUE(saw_decode_with_prefill);
+}
+
 TEST_F(SchedulerTest, DecodeStepsBatchAllGeneratingSessions) {
   Start();
   std::vector<std::shared_ptr<Session>> sessions;

@@ -79,6 +79,7 @@ EngineStats::EngineStats()
       e2e_request_latency(RequestLatencyBuckets()),
       step_seconds(StepBuckets()),
       forward_seconds(StepBuckets()),
+      decode_forward_seconds(StepBuckets()),
       step_batch_tokens({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096}),
       export_seconds(RequestLatencyBuckets()),
       import_seconds(RequestLatencyBuckets()) {}

@@ -73,6 +73,7 @@ struct EngineStats {
   std::atomic<int64_t> steps_total{0};
   Histogram step_seconds;          // one batched Forward plus scheduling
   Histogram forward_seconds;       // the Forward call alone
+  Histogram decode_forward_seconds;  // Forward of steps that only decode
   Histogram step_batch_tokens;     // tokens per step
 
   // KV cache occupancy, published after each step.

@@ -428,7 +428,9 @@ void Scheduler::Step() {
   };
   std::sort(prefills.begin(), prefills.end(),
             [&](SessionQueue* a, SessionQueue* b) { return rank(a) < rank(b); });
-  int64_t budget = options_.prefill_budget;
+  int64_t budget = decoders.empty() ? options_.prefill_budget
+                                    : std::min(options_.prefill_budget,
+                                               options_.prefill_budget_decoding);
   int64_t logit_rows = options_.max_logit_rows;
   for (SessionQueue* q : prefills) {
     if (budget <= 0) break;
@@ -474,7 +476,12 @@ void Scheduler::Step() {
 
   const absl::Time forward_start = absl::Now();
   const absl::Status status = model_->Forward(items, &logits_);
-  stats_->forward_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - forward_start));
+  const double forward_s = absl::ToDoubleSeconds(absl::Now() - forward_start);
+  stats_->forward_seconds.Observe(forward_s);
+  if (batch_tokens == static_cast<int64_t>(plans.size()) &&
+      std::all_of(plans.begin(), plans.end(), [](const Plan& p) { return p.job->decoding; })) {
+    stats_->decode_forward_seconds.Observe(forward_s);
+  }
   if (!status.ok()) {
     for (const Plan& p : plans) Finish(*p.q, status);
     return;
