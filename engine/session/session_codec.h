@@ -1,0 +1,46 @@
+// The byte format of an exported session (DESIGN §5 Export/Import): what a
+// replica needs to rebuild the session exactly, for the same model.
+//
+// Layout (little-endian): magic "LCTXSESS", u32 version, the model
+// fingerprint, the settings, the ingest counters, the token log, and a 64-bit
+// FNV-1a checksum of everything before it. Decoding is bounded by the input
+// size and never trusts a count it has not checked.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/session/session_settings.h"
+
+namespace longctx {
+
+// Identifies the model a session's tokens belong to.
+struct ModelFingerprint {
+  std::string name;
+  int32_t vocab_size = 0;
+  int32_t n_layers = 0;
+  int32_t d_model = 0;
+  uint64_t vocab_hash = 0;  // FNV-1a over the vocabulary's pieces
+  bool operator==(const ModelFingerprint&) const = default;
+};
+
+struct SessionSnapshot {
+  ModelFingerprint model;
+  SessionSettings settings;
+  int64_t applied_seq = 0;
+  int64_t segments = 0;
+  int64_t ingested_tokens = 0;
+  int64_t user_turn_start = 0;
+  std::vector<int32_t> tokens;
+};
+
+std::string EncodeSessionSnapshot(const SessionSnapshot& snapshot);
+// INVALID_ARGUMENT naming what is wrong: bad magic, unknown version, a
+// truncated or oversized field, a checksum mismatch.
+absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data);
+
+uint64_t Fnv1a64(absl::string_view bytes, uint64_t seed = 1469598103934665603ull);
+
+}  // namespace longctx

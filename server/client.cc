@@ -1,0 +1,128 @@
+#include "server/client.h"
+
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace longctx::client {
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options) {
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options.tls_ca.empty()) {
+    creds = grpc::InsecureChannelCredentials();
+  } else {
+    std::ifstream in(options.tls_ca, std::ios::binary);
+    if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", options.tls_ca));
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    creds = grpc::SslCredentials(ssl);
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  return grpc::CreateCustomChannel(options.address, creds, args);
+}
+
+void PrepareContext(grpc::ClientContext* ctx, const ClientOptions& options) {
+  if (options.timeout > absl::ZeroDuration()) {
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+  }
+  if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+}
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+std::vector<std::string> SplitSegments(absl::string_view text, size_t max_bytes) {
+  std::vector<std::string> out;
+  if (max_bytes < 8) max_bytes = 8;
+  while (!text.empty()) {
+    if (text.size() <= max_bytes) {
+      out.emplace_back(text);
+      break;
+    }
+    const absl::string_view window = text.substr(0, max_bytes);
+    size_t cut = absl::string_view::npos;
+    for (absl::string_view sep : {"\n\n", "\n", " "}) {
+      const size_t at = window.rfind(sep);
+      if (at != absl::string_view::npos && at >= max_bytes / 4) {
+        cut = at + sep.size();
+        break;
+      }
+    }
+    if (cut == absl::string_view::npos) {
+      cut = max_bytes;
+      // Back up to the start of a UTF-8 character.
+      while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+      if (cut == 0) cut = max_bytes;
+    }
+    out.emplace_back(text.substr(0, cut));
+    text.remove_prefix(cut);
+  }
+  return out;
+}
+
+absl::StatusOr<IngestProgress> IngestSegments(
+    v1::LongContext::Stub* stub, const ClientOptions& options, const std::string& session_id,
+    const std::vector<std::string>& segments, int64_t first_seq,
+    const std::function<void(const IngestProgress&)>& progress) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options);
+  auto stream = stub->Ingest(&ctx);
+  // Segments go out on their own thread while acks are read here; the server
+  // reads ahead a few segments, so the engine never waits for the network.
+  std::thread writer([&] {
+    for (size_t i = 0; i < segments.size(); ++i) {
+      v1::IngestRequest req;
+      if (i == 0) req.set_session_id(session_id);
+      req.mutable_segment()->set_seq(first_seq + static_cast<int64_t>(i));
+      req.mutable_segment()->set_text(segments[i]);
+      if (!stream->Write(req)) break;
+    }
+    stream->WritesDone();
+  });
+  IngestProgress p;
+  v1::IngestResponse ack;
+  while (stream->Read(&ack)) {
+    ++p.segments;
+    const size_t i = static_cast<size_t>(ack.seq() - first_seq);
+    if (i < segments.size()) p.bytes += static_cast<int64_t>(segments[i].size());
+    p.tokens += ack.tokens_ingested();
+    p.session_tokens = ack.session_tokens();
+    if (progress) progress(p);
+  }
+  writer.join();
+  const grpc::Status status = stream->Finish();
+  if (!status.ok()) return FromGrpc(status);
+  return p;
+}
+
+absl::StatusOr<v1::GenerateComplete> GenerateStream(
+    v1::LongContext::Stub* stub, const ClientOptions& options, const v1::GenerateRequest& request,
+    const std::function<void(const v1::GenerateChunk&)>& on_chunk) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options);
+  auto reader = stub->Generate(&ctx, request);
+  v1::GenerateResponse msg;
+  v1::GenerateComplete complete;
+  bool completed = false;
+  while (reader->Read(&msg)) {
+    if (msg.has_chunk()) {
+      if (on_chunk) on_chunk(msg.chunk());
+    } else if (msg.has_complete()) {
+      complete = msg.complete();
+      completed = true;
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  if (!status.ok()) return FromGrpc(status);
+  if (!completed) return absl::InternalError("the stream ended without a completion message");
+  return complete;
+}
+
+}  // namespace longctx::client

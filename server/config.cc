@@ -1,0 +1,324 @@
+#include "server/config.h"
+
+#include <cstdlib>
+#include <functional>
+#include <optional>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "yaml-cpp/yaml.h"
+
+namespace longctx::server {
+namespace {
+
+struct Field {
+  const char* name;
+  const char* help;
+  std::function<absl::Status(ServerConfig&, const std::string&)> set;
+  std::function<std::string(const ServerConfig&)> get;
+  bool secret = false;  // value kept out of logs
+};
+
+absl::Status BadValue(const char* name, const std::string& value, const std::string& want) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("config ", name, ": '", value, "' is not ", want));
+}
+
+template <typename T>
+Field IntField(const char* name, const char* help, T ServerConfig::*member) {
+  return {name, help,
+          [name, member](ServerConfig& c, const std::string& v) -> absl::Status {
+            int64_t x = 0;
+            if (!absl::SimpleAtoi(v, &x)) return BadValue(name, v, "an integer");
+            if (x < std::numeric_limits<T>::min() || x > std::numeric_limits<T>::max()) {
+              return BadValue(name, v, "in range");
+            }
+            c.*member = static_cast<T>(x);
+            return absl::OkStatus();
+          },
+          [member](const ServerConfig& c) { return absl::StrCat(c.*member); }};
+}
+
+Field BytesField(const char* name, const char* help, int64_t ServerConfig::*member) {
+  return {name, help,
+          [name, member](ServerConfig& c, const std::string& v) -> absl::Status {
+            auto x = ParseByteSize(v);
+            if (!x.ok()) return BadValue(name, v, "a size (e.g. 512, 64KiB, 8MiB, 2GiB)");
+            c.*member = *x;
+            return absl::OkStatus();
+          },
+          [member](const ServerConfig& c) { return absl::StrCat(c.*member); }};
+}
+
+Field StringField(const char* name, const char* help, std::string ServerConfig::*member,
+                  bool secret = false) {
+  return {name, help,
+          [member](ServerConfig& c, const std::string& v) {
+            c.*member = v;
+            return absl::OkStatus();
+          },
+          [member](const ServerConfig& c) { return c.*member; }, secret};
+}
+
+Field DurationField(const char* name, const char* help, absl::Duration ServerConfig::*member) {
+  return {name, help,
+          [name, member](ServerConfig& c, const std::string& v) -> absl::Status {
+            absl::Duration d;
+            if (!absl::ParseDuration(v, &d)) return BadValue(name, v, "a duration (e.g. 30s, 5m, 1h)");
+            c.*member = d;
+            return absl::OkStatus();
+          },
+          [member](const ServerConfig& c) { return absl::FormatDuration(c.*member); }};
+}
+
+const std::vector<Field>& Fields() {
+  static const std::vector<Field>* fields = new std::vector<Field>{
+      StringField("model", "model file (GGUF) or Hugging Face directory (required)",
+                  &ServerConfig::model),
+      StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
+      BytesField("kv_cache_bytes", "KV cache budget", &ServerConfig::kv_cache_bytes),
+      IntField("kv_block_size", "tokens per KV cache block", &ServerConfig::kv_block_size),
+      IntField("prefill_budget", "prefill tokens per engine step", &ServerConfig::prefill_budget),
+      IntField("prefill_budget_decoding",
+               "prefill tokens per engine step while requests are generating",
+               &ServerConfig::prefill_budget_decoding),
+      IntField("max_decode_batch", "generating requests per engine step",
+               &ServerConfig::max_decode_batch),
+      StringField("attention", "default attention of sessions: dca or rope",
+                  &ServerConfig::attention),
+      IntField("dca_pretrain_length", "DCA pretraining length c (0: the model's context length)",
+               &ServerConfig::dca_pretrain_length),
+      IntField("dca_chunk_size", "DCA chunk size C (0: 3c/4)", &ServerConfig::dca_chunk_size),
+      IntField("dca_local_window", "DCA local window w (0: c/8)", &ServerConfig::dca_local_window),
+      StringField("listen", "gRPC listen address host:port (port 0 picks a free one)",
+                  &ServerConfig::listen),
+      StringField("metrics_listen", "Prometheus metrics address host:port (empty: off)",
+                  &ServerConfig::metrics_listen),
+      StringField("port_file", "file to write the bound ports to", &ServerConfig::port_file),
+      StringField("tls_cert", "PEM certificate chain (enables TLS)", &ServerConfig::tls_cert),
+      StringField("tls_key", "PEM private key", &ServerConfig::tls_key),
+      StringField("tls_client_ca", "PEM CA bundle; clients must present a certificate (mTLS)",
+                  &ServerConfig::tls_client_ca),
+      StringField("auth_tokens_file", "bearer tokens: '<token> <tenant> [readonly]' per line",
+                  &ServerConfig::auth_tokens_file),
+      BytesField("max_message_bytes", "largest gRPC message", &ServerConfig::max_message_bytes),
+      BytesField("max_segment_bytes", "largest segment text, prompt or Score text",
+                 &ServerConfig::max_segment_bytes),
+      IntField("max_segment_tokens", "most tokens of one segment",
+               &ServerConfig::max_segment_tokens),
+      IntField("max_session_tokens", "most tokens one session may hold",
+               &ServerConfig::max_session_tokens),
+      IntField("max_sessions", "most sessions, all tenants", &ServerConfig::max_sessions),
+      IntField("max_sessions_per_tenant", "most sessions of one tenant",
+               &ServerConfig::max_sessions_per_tenant),
+      IntField("max_concurrent_streams", "most open streaming calls",
+               &ServerConfig::max_concurrent_streams),
+      IntField("max_generate_tokens", "largest max_tokens a request may ask for",
+               &ServerConfig::max_generate_tokens),
+      IntField("default_max_tokens", "max_tokens of requests that leave it 0",
+               &ServerConfig::default_max_tokens),
+      DurationField("session_ttl", "default idle time before a session expires",
+                    &ServerConfig::session_ttl),
+      DurationField("max_session_ttl", "longest TTL a session may ask for",
+                    &ServerConfig::max_session_ttl),
+      DurationField("drain_grace", "on SIGTERM, time given to open calls to finish",
+                    &ServerConfig::drain_grace),
+      StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
+      StringField("log_level", "trace, debug, info, warn or error", &ServerConfig::log_level),
+  };
+  return *fields;
+}
+
+const Field* FindField(const std::string& name) {
+  for (const Field& f : Fields()) {
+    if (name == f.name) return &f;
+  }
+  return nullptr;
+}
+
+std::string Usage() {
+  ServerConfig defaults;
+  std::string out =
+      "usage: longctxd [--config=FILE] [--name=value ...]\n\n"
+      "Every setting may also come from the YAML file (name: value) or the\n"
+      "environment (LONGCTX_<NAME>); flags win over the environment, which wins\n"
+      "over the file.\n\n";
+  for (const Field& f : Fields()) {
+    absl::StrAppendFormat(&out, "  --%-24s %s (default: %s)\n", f.name, f.help,
+                          f.get(defaults).empty() ? "\"\"" : f.get(defaults));
+  }
+  return out;
+}
+
+std::string EnvName(const char* name) { return absl::StrCat("LONGCTX_", absl::AsciiStrToUpper(name)); }
+
+absl::Status ApplyYaml(const std::string& path, ServerConfig& config) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("config file ", path, ": ", e.what()));
+  }
+  if (root.IsNull()) return absl::OkStatus();
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat("config file ", path, ": expected a mapping"));
+  }
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>("");
+    const Field* f = FindField(key);
+    if (f == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config file ", path, ": unknown setting '", key, "'"));
+    }
+    if (!kv.second.IsScalar()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("config file ", path, ": '", key, "' must be a single value"));
+    }
+    if (absl::Status s = f->set(config, kv.second.Scalar()); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+bool ValidHostPort(const std::string& addr) {
+  const size_t colon = addr.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  int port = 0;
+  return absl::SimpleAtoi(addr.substr(colon + 1), &port) && port >= 0 && port <= 65535;
+}
+
+}  // namespace
+
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
+  absl::string_view v = absl::StripAsciiWhitespace(text);
+  int64_t scale = 1;
+  for (const auto& [suffix, s] : {std::pair<const char*, int64_t>{"KiB", int64_t{1} << 10},
+                                  {"MiB", int64_t{1} << 20},
+                                  {"GiB", int64_t{1} << 30},
+                                  {"TiB", int64_t{1} << 40}}) {
+    if (absl::ConsumeSuffix(&v, suffix)) {
+      scale = s;
+      break;
+    }
+  }
+  int64_t x = 0;
+  if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(v), &x) || x < 0 ||
+      x > std::numeric_limits<int64_t>::max() / scale) {
+    return absl::InvalidArgumentError(absl::StrCat("bad size '", text, "'"));
+  }
+  return x * scale;
+}
+
+absl::Status ServerConfig::Validate() const {
+  auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("config " + msg); };
+  if (model.empty()) return bad("model: required (--model=PATH or LONGCTX_MODEL)");
+  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
+    return bad("backend: must be auto, cpu or cuda");
+  }
+  if (kv_cache_bytes <= 0) return bad("kv_cache_bytes: must be positive");
+  if (kv_block_size < 1 || kv_block_size > 4096) return bad("kv_block_size: must be in [1, 4096]");
+  if (prefill_budget < 1) return bad("prefill_budget: must be at least 1");
+  if (prefill_budget_decoding < 1) return bad("prefill_budget_decoding: must be at least 1");
+  if (max_decode_batch < 1) return bad("max_decode_batch: must be at least 1");
+  if (attention != "dca" && attention != "rope") return bad("attention: must be dca or rope");
+  if (dca_pretrain_length < 0 || dca_chunk_size < 0 || dca_local_window < 0) {
+    return bad("dca_*: must not be negative");
+  }
+  if (!ValidHostPort(listen)) return bad("listen: expected host:port");
+  if (!metrics_listen.empty() && !ValidHostPort(metrics_listen)) {
+    return bad("metrics_listen: expected host:port (or empty to disable)");
+  }
+  if (tls_cert.empty() != tls_key.empty()) return bad("tls_cert and tls_key go together");
+  if (!tls_client_ca.empty() && tls_cert.empty()) return bad("tls_client_ca needs tls_cert");
+  if (max_message_bytes < 1024) return bad("max_message_bytes: must be at least 1KiB");
+  if (max_segment_bytes < 1 || max_segment_bytes > max_message_bytes) {
+    return bad("max_segment_bytes: must be in [1, max_message_bytes]");
+  }
+  if (max_segment_tokens < 1) return bad("max_segment_tokens: must be at least 1");
+  if (max_session_tokens < 16) return bad("max_session_tokens: must be at least 16");
+  if (max_sessions < 1 || max_sessions_per_tenant < 1) {
+    return bad("max_sessions and max_sessions_per_tenant: must be at least 1");
+  }
+  if (max_concurrent_streams < 1) return bad("max_concurrent_streams: must be at least 1");
+  if (max_generate_tokens < 1) return bad("max_generate_tokens: must be at least 1");
+  if (default_max_tokens < 1 || default_max_tokens > max_generate_tokens) {
+    return bad("default_max_tokens: must be in [1, max_generate_tokens]");
+  }
+  if (session_ttl <= absl::ZeroDuration() || session_ttl > max_session_ttl) {
+    return bad("session_ttl: must be positive and at most max_session_ttl");
+  }
+  if (drain_grace < absl::ZeroDuration()) return bad("drain_grace: must not be negative");
+  if (log_format != "text" && log_format != "json") return bad("log_format: must be text or json");
+  static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
+  if (std::find(std::begin(kLevels), std::end(kLevels), log_level) == std::end(kLevels)) {
+    return bad("log_level: must be trace, debug, info, warn or error");
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> ServerConfig::Describe() const {
+  std::vector<std::string> out;
+  for (const Field& f : Fields()) {
+    std::string v = f.get(*this);
+    if (f.secret && !v.empty()) v = "(set)";
+    out.push_back(absl::StrCat(f.name, "=", v));
+  }
+  return out;
+}
+
+absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
+  // Flags are parsed first (to find --config and --help) and applied last.
+  std::vector<std::pair<const Field*, std::string>> flags;
+  std::optional<std::string> config_file;
+  if (const char* env = std::getenv("LONGCTX_CONFIG")) config_file = env;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") return absl::CancelledError(Usage());
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'\n", Usage()));
+    }
+    arg = arg.substr(2);
+    std::string name = arg, value;
+    const size_t eq = arg.find('=');
+    if (eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, " needs a value"));
+    }
+    for (char& c : name) c = c == '-' ? '_' : c;
+    if (name == "config") {
+      config_file = value;
+      continue;
+    }
+    const Field* f = FindField(name);
+    if (f == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, "\n", Usage()));
+    }
+    flags.emplace_back(f, value);
+  }
+
+  ServerConfig config;
+  if (config_file) {
+    if (absl::Status s = ApplyYaml(*config_file, config); !s.ok()) return s;
+  }
+  for (const Field& f : Fields()) {
+    if (const char* env = std::getenv(EnvName(f.name).c_str())) {
+      if (absl::Status s = f.set(config, env); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(s.message(), " (from ", EnvName(f.name), ")"));
+      }
+    }
+  }
+  for (const auto& [f, value] : flags) {
+    if (absl::Status s = f->set(config, value); !s.ok()) return s;
+  }
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  return config;
+}
+
+}  // namespace longctx::server

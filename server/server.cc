@@ -1,0 +1,179 @@
+#include "server/server.h"
+
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/model/host_weights.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "server/logging.h"
+
+namespace longctx::server {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(what, " ", path, ": cannot read"));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerConfig& c) {
+  if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions opts;
+  auto cert = ReadFile(c.tls_cert, "tls_cert");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadFile(c.tls_key, "tls_key");
+  if (!key.ok()) return key.status();
+  opts.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!c.tls_client_ca.empty()) {
+    auto ca = ReadFile(c.tls_client_ca, "tls_client_ca");
+    if (!ca.ok()) return ca.status();
+    opts.pem_root_certs = *ca;
+    opts.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(opts);
+}
+
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << "grpc=" << grpc_port << "\nmetrics=" << metrics_port << "\n";
+    if (!out) return absl::InternalError(absl::StrCat("port_file ", path, ": cannot write"));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("port_file ", path, ": cannot rename"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+EngineOptions EngineOptionsFrom(const ServerConfig& c) {
+  EngineOptions o;
+  o.scheduler.prefill_budget = c.prefill_budget;
+  o.scheduler.prefill_budget_decoding = c.prefill_budget_decoding;
+  o.scheduler.max_decode_batch = c.max_decode_batch;
+  o.sessions.max_sessions = c.max_sessions;
+  o.sessions.max_sessions_per_tenant = c.max_sessions_per_tenant;
+  o.kv.block_size = c.kv_block_size;
+  o.kv.max_bytes = c.kv_cache_bytes;
+  o.max_session_tokens = c.max_session_tokens;
+  o.max_segment_bytes = c.max_segment_bytes;
+  o.max_segment_tokens = c.max_segment_tokens;
+  o.max_generate_tokens = c.max_generate_tokens;
+  o.default_max_tokens = c.default_max_tokens;
+  o.default_ttl = c.session_ttl;
+  o.max_ttl = c.max_session_ttl;
+  o.dca_defaults.mode = c.attention == "dca" ? DcaMode::kDca : DcaMode::kRope;
+  if (c.dca_pretrain_length > 0) o.dca_defaults.pretrain_len = c.dca_pretrain_length;
+  if (c.dca_chunk_size > 0) o.dca_defaults.chunk_size = c.dca_chunk_size;
+  if (c.dca_local_window > 0) o.dca_defaults.local_window = c.dca_local_window;
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config,
+                                                      BuildInfo build) {
+  std::unique_ptr<Server> s(new Server(config));
+  s->build_ = build;
+  Authenticator auth;
+  if (!config.auth_tokens_file.empty()) {
+    auto a = Authenticator::Load(config.auth_tokens_file);
+    if (!a.ok()) return a.status();
+    auth = std::move(*a);
+  }
+  if (!config.metrics_listen.empty()) {
+    auto m = Metrics::Start(config.metrics_listen, build.version);
+    if (!m.ok()) return m.status();
+    s->metrics_ = std::move(*m);
+    s->metrics_->SetServerState(0);
+  }
+  auto creds = Credentials(config);
+  if (!creds.ok()) return creds.status();
+
+  s->health_ = std::make_unique<HealthService>();
+  s->service_ =
+      std::make_unique<LongContextService>(config, std::move(auth), s->metrics_.get(), build);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen, *creds, &s->grpc_port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.RegisterService(s->health_.get());
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
+  }
+  if (!config.port_file.empty()) {
+    if (absl::Status st = WritePortFile(config.port_file, s->grpc_port_, s->metrics_port());
+        !st.ok()) {
+      return st;
+    }
+  }
+  Log(spdlog::level::info, "listening",
+      {{"grpc_port", absl::StrCat(s->grpc_port_)}, {"metrics_port", absl::StrCat(s->metrics_port())},
+       {"tls", config.tls_cert.empty() ? "off" : config.tls_client_ca.empty() ? "on" : "mutual"},
+       {"auth", config.auth_tokens_file.empty() ? "off" : "bearer"}});
+  return s;
+}
+
+absl::Status Server::LoadEngine() {
+  const absl::Time t0 = absl::Now();
+  auto kind = ParseBackendKind(config_.backend);
+  if (!kind.ok()) return kind.status();
+  auto backend = CreateBackend(*kind);
+  if (!backend.ok()) return backend.status();
+  backend_ = std::move(*backend);
+  auto host = LoadHostModel(config_.model);
+  if (!host.ok()) return host.status();
+  auto engine = SessionService::Create(*host, backend_.get(), EngineOptionsFrom(config_));
+  if (!engine.ok()) return engine.status();
+  engine_ = std::move(*engine);
+  const EngineInfo& info = engine_->info();
+  if (metrics_) metrics_->AttachEngine(engine_.get(), info.model.name, info.backend);
+  service_->SetEngine(engine_.get());
+  health_->SetServing(true);
+  if (metrics_) metrics_->SetServerState(1);
+  Log(spdlog::level::info, "serving",
+      {{"model", info.model.name},
+       {"architecture", info.model.architecture},
+       {"backend", info.backend},
+       {"kv_blocks", absl::StrCat(info.total_blocks)},
+       {"kv_tokens", absl::StrCat(info.total_blocks * info.block_size)},
+       {"attention", info.default_attention.DebugString()},
+       {"chat_template", info.chat_template},
+       {"load_s", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - t0))}});
+  return absl::OkStatus();
+}
+
+void Server::Drain() {
+  const absl::Time t0 = absl::Now();
+  health_->SetServing(false);
+  service_->StartDraining();
+  if (metrics_) metrics_->SetServerState(2);
+  Log(spdlog::level::info, "draining",
+      {{"open_calls", absl::StrCat(service_->active_calls())},
+       {"grace", absl::FormatDuration(config_.drain_grace)}});
+  const bool clean = service_->WaitForCalls(t0 + config_.drain_grace);
+  const int64_t cut = service_->active_calls();
+  health_->Shutdown();
+  // Cancels whatever is still open; returns once every call has ended.
+  server_->Shutdown(std::chrono::system_clock::now());
+  if (engine_) {
+    if (metrics_) metrics_->DetachEngine();
+    engine_->Shutdown();
+  }
+  Log(spdlog::level::info, "stopped",
+      {{"clean", clean ? "true" : "false"}, {"calls_cut_off", absl::StrCat(cut)},
+       {"drain_s", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - t0))}});
+}
+
+Server::~Server() {
+  if (server_) server_->Shutdown(std::chrono::system_clock::now());
+  if (engine_) engine_->Shutdown();
+}
+
+}  // namespace longctx::server

@@ -1,0 +1,602 @@
+// The engine thread's batching, ordering, rollback, cancellation and limits,
+// driven by a fake model whose logits are a deterministic function of each
+// sequence's whole token history (so a rollback or cross-talk bug changes
+// them).
+#include "engine/scheduler/scheduler.h"
+
+#include <cmath>
+#include <future>
+#include <map>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "engine/backend/cpu_backend.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace longctx {
+namespace {
+
+constexpr int kVocab = 64;
+
+// Logits at position p: token (hash of tokens[0..p]) % kVocab is favoured.
+std::vector<float> FakeLogits(std::span<const int32_t> history) {
+  uint64_t h = 1469598103934665603ull;
+  for (int32_t t : history) h = (h ^ static_cast<uint64_t>(t)) * 1099511628211ull;
+  std::vector<float> row(kVocab);
+  for (int v = 0; v < kVocab; ++v) row[v] = static_cast<float>((h >> (v % 32)) & 7) * 0.25f;
+  row[h % kVocab] += 4.f;
+  return row;
+}
+
+class FakeModel final : public StepModel {
+ public:
+  explicit FakeModel(int64_t blocks, int block_size = 4) {
+    KvCacheConfig config;
+    config.block_size = block_size;
+    // 1 layer, 1 kv head, head_dim 2: 4 * block_size floats per block.
+    config.max_bytes = blocks * block_size * 4 * 4;
+    kv_ = std::move(KvCache::Create(&backend_, 1, 1, 2, config)).value();
+  }
+  int vocab_size() const override { return kVocab; }
+  int head_dim() const override { return 2; }
+  KvCache& kv_cache() override { return *kv_; }
+
+  absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits) override {
+    {
+      // Recorded first, so a paused step is visible to the test.
+      absl::MutexLock lock(&mu_);
+      std::vector<std::pair<const KvSequence*, int>> step;
+      for (const StepItem& it : items) step.emplace_back(it.seq, static_cast<int>(it.tokens.size()));
+      steps_.push_back(std::move(step));
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !paused_; };
+      mu_.Await(absl::Condition(&ready));
+    }
+    if (fail_next_.exchange(false)) return absl::InternalError("injected failure");
+    // All or nothing, like the real model.
+    int64_t need = 0;
+    for (const StepItem& it : items) {
+      const int64_t len = it.seq->length() + static_cast<int64_t>(it.tokens.size());
+      need += (len + kv_->geometry().block_size - 1) / kv_->geometry().block_size -
+              static_cast<int64_t>(it.seq->block_table().size());
+    }
+    if (need > kv_->free_blocks()) return absl::ResourceExhaustedError("fake: KV full");
+    logits->clear();
+    std::vector<int32_t> slots;
+    for (const StepItem& it : items) {
+      std::vector<int32_t>& hist = history_[it.seq];
+      hist.resize(static_cast<size_t>(it.seq->length()));  // follows truncations
+      EXPECT_TRUE(kv_->Append(*it.seq, static_cast<int>(it.tokens.size()), &slots).ok());
+      for (size_t i = 0; i < it.tokens.size(); ++i) {
+        hist.push_back(it.tokens[i]);
+        const bool want = it.logits == LogitsMode::kAll ||
+                          (it.logits == LogitsMode::kLast && i + 1 == it.tokens.size());
+        if (want) {
+          const auto row = FakeLogits(hist);
+          logits->insert(logits->end(), row.begin(), row.end());
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void Pause() {
+    absl::MutexLock lock(&mu_);
+    paused_ = true;
+  }
+  void Resume() {
+    absl::MutexLock lock(&mu_);
+    paused_ = false;
+  }
+  std::vector<std::vector<std::pair<const KvSequence*, int>>> Steps() {
+    absl::MutexLock lock(&mu_);
+    return steps_;
+  }
+  size_t StepCount() {
+    absl::MutexLock lock(&mu_);
+    return steps_.size();
+  }
+  std::atomic<bool> fail_next_{false};
+
+ private:
+  CpuBackend backend_;
+  std::unique_ptr<KvCache> kv_;
+  std::map<const KvSequence*, std::vector<int32_t>> history_;  // engine thread only
+  absl::Mutex mu_;
+  bool paused_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::vector<std::pair<const KvSequence*, int>>> steps_ ABSL_GUARDED_BY(mu_);
+};
+
+// The log-probability the fake model gives `tokens[i]` after `tokens[0..i)`.
+float DirectLogProb(const std::vector<int32_t>& tokens, size_t i) {
+  const auto row = FakeLogits(std::span<const int32_t>(tokens.data(), i));
+  float max = *std::max_element(row.begin(), row.end());
+  double sum = 0;
+  for (float x : row) sum += std::exp(static_cast<double>(x - max));
+  return static_cast<float>(row[tokens[i]] - max - std::log(sum));
+}
+
+std::vector<int32_t> Tokens(int n, int32_t first = 1) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) t[static_cast<size_t>(i)] = (first + i * 7) % kVocab;
+  return t;
+}
+
+std::shared_ptr<Session> NewSession(const std::string& id, int64_t window = 1 << 20) {
+  SessionSettings s;
+  s.window_tokens = window;
+  return std::make_shared<Session>(id, "tenant", s, absl::Now());
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void Start(int64_t blocks = 4096, SchedulerOptions options = {}) {
+    model_ = std::make_unique<FakeModel>(blocks);
+    scheduler_ = std::make_unique<Scheduler>(model_.get(), options, &stats_);
+  }
+  void TearDown() override {
+    if (scheduler_) scheduler_->Stop();
+  }
+
+  absl::StatusOr<int64_t> Ingest(const std::shared_ptr<Session>& s, std::vector<int32_t> tokens,
+                                 int64_t seq = 0) {
+    std::promise<absl::StatusOr<int64_t>> p;
+    IngestJob job;
+    job.session = s;
+    job.seq = seq;
+    job.tokens = std::move(tokens);
+    job.done = [&p](absl::StatusOr<int64_t> r) { p.set_value(std::move(r)); };
+    scheduler_->SubmitIngest(std::move(job));
+    return p.get_future().get();
+  }
+
+  struct GenerateOutcome {
+    absl::StatusOr<GenerateResult> result;
+    std::vector<int32_t> tokens;
+  };
+  GenerateJob MakeGenerate(const std::shared_ptr<Session>& s, std::vector<int32_t> prompt,
+                           int max_tokens, GenerateOutcome* out, std::promise<void>* done) {
+    GenerateJob job;
+    job.session = s;
+    job.prompt = std::move(prompt);
+    job.max_tokens = max_tokens;
+    job.on_token = [out](int32_t t) {
+      out->tokens.push_back(t);
+      return true;
+    };
+    job.done = [out, done](absl::StatusOr<GenerateResult> r) {
+      out->result = std::move(r);
+      done->set_value();
+    };
+    return job;
+  }
+  GenerateOutcome Generate(GenerateJob job) {
+    GenerateOutcome out;
+    std::promise<void> done;
+    auto on_token = job.on_token;
+    job.on_token = [&out, on_token](int32_t t) {
+      out.tokens.push_back(t);
+      return on_token ? on_token(t) : true;
+    };
+    job.done = [&out, &done](absl::StatusOr<GenerateResult> r) {
+      out.result = std::move(r);
+      done.set_value();
+    };
+    scheduler_->SubmitGenerate(std::move(job));
+    done.get_future().wait();
+    return out;
+  }
+  absl::StatusOr<ScoreResult> Score(const std::shared_ptr<Session>& s, std::vector<int32_t> t) {
+    std::promise<absl::StatusOr<ScoreResult>> p;
+    ScoreJob job;
+    job.session = s;
+    job.tokens = std::move(t);
+    job.done = [&p](absl::StatusOr<ScoreResult> r) { p.set_value(std::move(r)); };
+    scheduler_->SubmitScore(std::move(job));
+    return p.get_future().get();
+  }
+  std::vector<int32_t> Log(const std::shared_ptr<Session>& s) {
+    std::promise<std::vector<int32_t>> p;
+    scheduler_->SubmitRead({s, [&p](absl::Status st, const SessionEngineState* state) {
+                              p.set_value(st.ok() ? state->log : std::vector<int32_t>{});
+                            }});
+    return p.get_future().get();
+  }
+
+  EngineStats stats_;
+  std::unique_ptr<FakeModel> model_;
+  std::unique_ptr<Scheduler> scheduler_;
+};
+
+TEST_F(SchedulerTest, IngestAppendsInOrderAndReportsPosition) {
+  Start();
+  auto s = NewSession("a");
+  EXPECT_EQ(*Ingest(s, Tokens(10), /*seq=*/1), 10);
+  EXPECT_EQ(*Ingest(s, Tokens(5, 3), /*seq=*/2), 15);
+  std::vector<int32_t> want = Tokens(10);
+  for (int32_t t : Tokens(5, 3)) want.push_back(t);
+  EXPECT_EQ(Log(s), want);
+  EXPECT_EQ(s->tokens(), 15);
+  EXPECT_EQ(stats_.ingested_tokens_total.load(), 15);
+  EXPECT_GT(s->device_bytes(), 0);
+}
+
+TEST_F(SchedulerTest, LongIngestIsCutIntoBudgetPieces) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  Start(4096, options);
+  auto s = NewSession("a");
+  ASSERT_TRUE(Ingest(s, Tokens(1000)).ok());
+  const auto steps = model_->Steps();
+  ASSERT_EQ(steps.size(), 16u);  // ceil(1000 / 64)
+  for (const auto& step : steps) EXPECT_LE(step[0].second, 64);
+}
+
+TEST_F(SchedulerTest, GenerateRollsBackUnlessPersist) {
+  Start();
+  auto s = NewSession("a");
+  ASSERT_TRUE(Ingest(s, Tokens(20)).ok());
+  const auto before = Log(s);
+
+  GenerateJob job;
+  job.session = s;
+  job.prompt = Tokens(6, 9);
+  job.max_tokens = 5;
+  GenerateOutcome out = Generate(job);
+  ASSERT_TRUE(out.result.ok()) << out.result.status();
+  EXPECT_EQ(out.result->finish_reason, FinishReason::kLength);
+  EXPECT_EQ(out.result->generated_tokens, 5);
+  EXPECT_EQ(out.result->prompt_tokens, 6);
+  EXPECT_EQ(out.result->session_tokens, 20);
+  EXPECT_EQ(out.tokens.size(), 5u);
+  EXPECT_EQ(Log(s), before);
+
+  // The answer is the fake model's greedy continuation of context + prompt.
+  std::vector<int32_t> ctx = before;
+  ctx.insert(ctx.end(), job.prompt.begin(), job.prompt.end());
+  for (int32_t t : out.tokens) {
+    const auto row = FakeLogits(ctx);
+    EXPECT_EQ(t, std::max_element(row.begin(), row.end()) - row.begin());
+    ctx.push_back(t);
+  }
+
+  // Same request again gives the same answer (the rollback was exact).
+  EXPECT_EQ(Generate(job).tokens, out.tokens);
+
+  job.persist = true;
+  job.persist_suffix = [](FinishReason r) {
+    return std::vector<int32_t>{r == FinishReason::kLength ? 60 : 61, 62};
+  };
+  GenerateOutcome kept = Generate(job);
+  ASSERT_TRUE(kept.result.ok());
+  EXPECT_EQ(kept.tokens, out.tokens);
+  EXPECT_EQ(kept.result->session_tokens, 20 + 6 + 5 + 2);
+  std::vector<int32_t> want = ctx;
+  want.push_back(60);
+  want.push_back(62);
+  EXPECT_EQ(Log(s), want);
+  EXPECT_EQ(s->tokens(), 33);
+}
+
+TEST_F(SchedulerTest, StopTokenAndStopCallbackEndGeneration) {
+  Start();
+  auto s = NewSession("a");
+  ASSERT_TRUE(Ingest(s, Tokens(8)).ok());
+  GenerateJob job;
+  job.session = s;
+  job.prompt = Tokens(3, 5);
+  job.max_tokens = 50;
+  const GenerateOutcome free_run = Generate(job);
+  ASSERT_TRUE(free_run.result.ok());
+  ASSERT_GE(free_run.tokens.size(), 3u);
+
+  job.stop_tokens = {free_run.tokens[2]};
+  const GenerateOutcome stopped = Generate(job);
+  ASSERT_TRUE(stopped.result.ok());
+  EXPECT_EQ(stopped.result->finish_reason, FinishReason::kStop);
+  // Stop tokens are counted but not passed on.
+  const auto first = std::find(free_run.tokens.begin(), free_run.tokens.end(), free_run.tokens[2]);
+  const size_t before_stop = static_cast<size_t>(first - free_run.tokens.begin());
+  EXPECT_EQ(stopped.tokens.size(), before_stop);
+  EXPECT_EQ(stopped.result->generated_tokens, static_cast<int64_t>(before_stop) + 1);
+
+  job.stop_tokens.clear();
+  int seen = 0;
+  job.on_token = [&seen](int32_t) { return ++seen < 2; };
+  const GenerateOutcome by_callback = Generate(job);
+  ASSERT_TRUE(by_callback.result.ok());
+  EXPECT_EQ(by_callback.result->finish_reason, FinishReason::kStopString);
+  EXPECT_EQ(by_callback.result->generated_tokens, 2);
+}
+
+TEST_F(SchedulerTest, ScoreMatchesDirectComputationAndLeavesSessionAlone) {
+  Start();
+  auto s = NewSession("a");
+  const auto ctx = Tokens(30);
+  ASSERT_TRUE(Ingest(s, ctx).ok());
+  const auto cont = Tokens(300, 11);  // longer than max_logit_rows: several steps
+  auto r = Score(s, cont);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->logprobs.size(), cont.size());
+  EXPECT_EQ(r->session_tokens, 30);
+  std::vector<int32_t> all = ctx;
+  all.insert(all.end(), cont.begin(), cont.end());
+  for (size_t i = 0; i < cont.size(); ++i) {
+    EXPECT_NEAR(r->logprobs[i], DirectLogProb(all, ctx.size() + i), 1e-5) << i;
+  }
+  EXPECT_EQ(Log(s), ctx);
+  // And again: identical.
+  auto again = Score(s, cont);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->logprobs, r->logprobs);
+}
+
+TEST_F(SchedulerTest, ScoreOnEmptySessionLeavesFirstTokenUnscored) {
+  Start();
+  auto s = NewSession("a");
+  const auto cont = Tokens(5);
+  auto r = Score(s, cont);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(std::isnan(r->logprobs[0]));
+  for (size_t i = 1; i < cont.size(); ++i) EXPECT_NEAR(r->logprobs[i], DirectLogProb(cont, i), 1e-5);
+}
+
+TEST_F(SchedulerTest, LongIngestDelaysGenerateOnAnotherSessionByAtMostOneStep) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  Start(1 << 16, options);
+  auto big = NewSession("big");
+  auto small = NewSession("small");
+  ASSERT_TRUE(Ingest(small, Tokens(10)).ok());
+
+  model_->Pause();
+  std::promise<absl::StatusOr<int64_t>> ingest_done;
+  IngestJob ingest;
+  ingest.session = big;
+  ingest.tokens = Tokens(20000);
+  ingest.done = [&](absl::StatusOr<int64_t> r) { ingest_done.set_value(r); };
+  scheduler_->SubmitIngest(std::move(ingest));
+  // The engine is now blocked inside the ingest's first step.
+  while (model_->StepCount() < 2) absl::SleepFor(absl::Milliseconds(1));
+  const size_t submitted_at = model_->StepCount();
+
+  std::atomic<size_t> first_token_step{0};
+  GenerateJob gen;
+  gen.session = small;
+  gen.prompt = Tokens(5, 2);
+  gen.max_tokens = 3;
+  gen.on_token = [&](int32_t) {
+    if (first_token_step == 0) first_token_step = model_->StepCount();
+    return true;
+  };
+  std::promise<void> gen_done;
+  gen.done = [&](absl::StatusOr<GenerateResult>) { gen_done.set_value(); };
+  scheduler_->SubmitGenerate(std::move(gen));
+  model_->Resume();
+  gen_done.get_future().wait();
+  // The step in flight when the request arrived, then one step with its prompt.
+  EXPECT_LE(first_token_step.load(), submitted_at + 1);
+  const auto steps = model_->Steps();
+  // That step carried both the prompt and a budget-limited piece of the ingest.
+  const auto& shared = steps[first_token_step - 1];
+  EXPECT_EQ(shared.size(), 2u);
+  int total = 0;
+  for (const auto& [seq, n] : shared) total += n;
+  EXPECT_LE(total, 64);
+  ASSERT_TRUE(ingest_done.get_future().get().ok());
+}
+
+TEST_F(SchedulerTest, StepsThatDecodeTakeTheSmallerPrefillBudget) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  options.prefill_budget_decoding = 16;
+  Start(1 << 16, options);
+  auto talker = NewSession("talker");
+  auto reader = NewSession("reader");
+  ASSERT_TRUE(Ingest(talker, Tokens(8)).ok());
+  model_->Pause();
+  GenerateOutcome out;
+  std::promise<void> gen_done;
+  scheduler_->SubmitGenerate(MakeGenerate(talker, Tokens(2), 6, &out, &gen_done));
+  std::promise<absl::StatusOr<int64_t>> ingest_done;
+  IngestJob job;
+  job.session = reader;
+  job.tokens = Tokens(400);
+  job.done = [&](absl::StatusOr<int64_t> r) { ingest_done.set_value(r); };
+  scheduler_->SubmitIngest(std::move(job));
+  const size_t before = model_->StepCount();
+  model_->Resume();
+  gen_done.get_future().wait();
+  ASSERT_TRUE(ingest_done.get_future().get().ok());
+  const auto steps = model_->Steps();
+  bool saw_decode_with_prefill = false;
+  for (size_t i = before; i < steps.size(); ++i) {
+    int prefill = 0;
+    bool decodes = false;
+    for (const auto& [seq, n] : steps[i]) {
+      if (seq == &talker->engine_state().kv && n == 1) {
+        decodes = true;
+      } else {
+        prefill += n;
+      }
+    }
+    EXPECT_LE(prefill, decodes ? 16 : 64) << "step " << i;
+    saw_decode_with_prefill |= decodes && prefill > 0;
+  }
+  EXPECT_TRUE(saw_decode_with_prefill);
+}
+
+TEST_F(SchedulerTest, DecodeStepsBatchAllGeneratingSessions) {
+  Start();
+  std::vector<std::shared_ptr<Session>> sessions;
+  for (int i = 0; i < 4; ++i) {
+    sessions.push_back(NewSession(absl::StrCat("s", i)));
+    ASSERT_TRUE(Ingest(sessions.back(), Tokens(5 + i, i)).ok());
+  }
+  model_->Pause();
+  const size_t before = model_->StepCount();
+  std::vector<GenerateOutcome> outs(4);
+  std::vector<std::promise<void>> done(4);
+  for (int i = 0; i < 4; ++i) {
+    scheduler_->SubmitGenerate(MakeGenerate(sessions[i], Tokens(3, 40 + i), 8, &outs[i], &done[i]));
+  }
+  model_->Resume();
+  for (auto& d : done) d.get_future().wait();
+  const auto steps = model_->Steps();
+  size_t four_wide = 0;
+  for (size_t i = before; i < steps.size(); ++i) four_wide += steps[i].size() == 4;
+  EXPECT_GE(four_wide, 7u);  // 1 prefill step + 7 decode steps of 4 sessions
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(outs[i].result.ok());
+    EXPECT_EQ(outs[i].tokens.size(), 8u);
+    // No cross-talk: each equals the same request run alone.
+    GenerateJob alone;
+    alone.session = sessions[i];
+    alone.prompt = Tokens(3, 40 + i);
+    alone.max_tokens = 8;
+    EXPECT_EQ(Generate(alone).tokens, outs[i].tokens) << i;
+  }
+}
+
+TEST_F(SchedulerTest, CancelStopsGenerationAndRollsBack) {
+  Start();
+  auto s = NewSession("a");
+  ASSERT_TRUE(Ingest(s, Tokens(10)).ok());
+  GenerateOutcome out;
+  std::promise<void> done;
+  std::shared_ptr<WorkHandle> handle;
+  absl::Notification got_token;
+  GenerateJob job = MakeGenerate(s, Tokens(3), 100000, &out, &done);
+  job.on_token = [&](int32_t) {
+    if (!got_token.HasBeenNotified()) got_token.Notify();
+    return true;
+  };
+  handle = scheduler_->SubmitGenerate(std::move(job));
+  got_token.WaitForNotification();
+  handle->Cancel();
+  done.get_future().wait();
+  EXPECT_EQ(out.result.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(Log(s), Tokens(10));
+  EXPECT_EQ(stats_.requests_running.load(), 0);
+  EXPECT_EQ(stats_.requests_waiting.load(), 0);
+}
+
+TEST_F(SchedulerTest, DeadlineStopsGeneration) {
+  Start();
+  auto s = NewSession("a");
+  ASSERT_TRUE(Ingest(s, Tokens(10)).ok());
+  GenerateJob job;
+  job.session = s;
+  job.prompt = Tokens(3);
+  job.max_tokens = 1 << 30;
+  job.deadline = absl::Now() + absl::Milliseconds(50);
+  const GenerateOutcome out = Generate(job);
+  EXPECT_EQ(out.result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(Log(s), Tokens(10));
+}
+
+TEST_F(SchedulerTest, WindowEndsGenerationWithContextReason) {
+  Start();
+  auto s = NewSession("a", /*window=*/20);
+  ASSERT_TRUE(Ingest(s, Tokens(10)).ok());
+  GenerateJob job;
+  job.session = s;
+  job.prompt = Tokens(4);
+  job.max_tokens = 100;
+  const GenerateOutcome out = Generate(job);
+  ASSERT_TRUE(out.result.ok());
+  EXPECT_EQ(out.result->finish_reason, FinishReason::kContext);
+  EXPECT_EQ(out.result->generated_tokens, 6);
+  // An ingest past the window is refused whole.
+  EXPECT_EQ(Ingest(s, Tokens(11)).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(Log(s), Tokens(10));
+}
+
+TEST_F(SchedulerTest, FullKvCacheFailsTheSegmentWholeAndKeepsServing) {
+  Start(/*blocks=*/8);  // 32 tokens
+  auto a = NewSession("a");
+  ASSERT_TRUE(Ingest(a, Tokens(20)).ok());
+  auto b = NewSession("b");
+  auto r = Ingest(b, Tokens(20));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Log(b).empty());
+  EXPECT_EQ(model_->kv_cache().free_blocks(), 3);
+  // Session a still works.
+  GenerateJob job;
+  job.session = a;
+  job.prompt = Tokens(2);
+  job.max_tokens = 3;
+  EXPECT_TRUE(Generate(job).result.ok());
+}
+
+TEST_F(SchedulerTest, FailedSegmentAbortsLaterQueuedSegments) {
+  Start();
+  auto s = NewSession("a", /*window=*/25);
+  model_->Pause();
+  std::vector<std::promise<absl::StatusOr<int64_t>>> results(3);
+  const int sizes[] = {10, 20, 5};
+  for (int i = 0; i < 3; ++i) {
+    IngestJob job;
+    job.session = s;
+    job.seq = i + 1;
+    job.tokens = Tokens(sizes[i]);
+    job.done = [&results, i](absl::StatusOr<int64_t> r) { results[i].set_value(r); };
+    scheduler_->SubmitIngest(std::move(job));
+  }
+  model_->Resume();
+  EXPECT_EQ(*results[0].get_future().get(), 10);
+  EXPECT_EQ(results[1].get_future().get().status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(results[2].get_future().get().status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(Log(s).size(), 10u);
+}
+
+TEST_F(SchedulerTest, ModelErrorFailsTheStepsRequestsOnly) {
+  Start();
+  auto s = NewSession("a");
+  ASSERT_TRUE(Ingest(s, Tokens(4)).ok());
+  model_->fail_next_ = true;
+  EXPECT_EQ(Ingest(s, Tokens(4)).status().code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(Log(s), Tokens(4));
+  EXPECT_EQ(*Ingest(s, Tokens(4, 2)), 8);
+}
+
+TEST_F(SchedulerTest, ReleaseFailsQueuedWorkAndFreesKv) {
+  Start();
+  const int64_t free_before = model_->kv_cache().free_blocks();
+  auto s = NewSession("a");
+  ASSERT_TRUE(Ingest(s, Tokens(40)).ok());
+  EXPECT_LT(model_->kv_cache().free_blocks(), free_before);
+  model_->Pause();
+  GenerateOutcome out;
+  std::promise<void> done;
+  scheduler_->SubmitGenerate(MakeGenerate(s, Tokens(2), 1000, &out, &done));
+  while (model_->StepCount() == 1) absl::SleepFor(absl::Milliseconds(1));
+  s->Close("deleted");
+  scheduler_->Release(s);
+  model_->Resume();
+  done.get_future().wait();
+  EXPECT_EQ(out.result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(out.result.status().message(), ::testing::HasSubstr("deleted"));
+  // Jobs after the release are refused, and every block came back.
+  EXPECT_EQ(Ingest(s, Tokens(3)).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(model_->kv_cache().free_blocks(), free_before);
+}
+
+TEST_F(SchedulerTest, StopFailsQueuedWorkWithUnavailable) {
+  Start();
+  auto s = NewSession("a");
+  model_->Pause();
+  GenerateOutcome out;
+  std::promise<void> done;
+  scheduler_->SubmitGenerate(MakeGenerate(s, Tokens(2), 1 << 30, &out, &done));
+  std::thread stopper([this] { scheduler_->Stop(); });
+  model_->Resume();
+  done.get_future().wait();
+  stopper.join();
+  EXPECT_EQ(out.result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(Ingest(s, Tokens(3)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace longctx
