@@ -84,7 +84,7 @@ const std::vector<Field>& Fields() {
       IntField("kv_block_size", "tokens per KV cache block", &ServerConfig::kv_block_size),
       IntField("prefill_budget", "prefill tokens per engine step", &ServerConfig::prefill_budget),
       IntField("prefill_budget_decoding",
-               "prefill tokens per engine step while requests are generating",
+               "prefill tokens per engine step while a Generate is under way",
                &ServerConfig::prefill_budget_decoding),
       IntField("max_decode_batch", "generating requests per engine step",
                &ServerConfig::max_decode_batch),

@@ -428,9 +428,13 @@ void Scheduler::Step() {
   };
   std::sort(prefills.begin(), prefills.end(),
             [&](SessionQueue* a, SessionQueue* b) { return rank(a) < rank(b); });
-  int64_t budget = decoders.empty() ? options_.prefill_budget
-                                    : std::min(options_.prefill_budget,
-                                               options_.prefill_budget_decoding);
+  // While any Generate is under way (its prompt or its answer), steps stay
+  // short so that its tokens come quickly.
+  const bool generating =
+      !decoders.empty() ||
+      (!prefills.empty() && prefills.front()->jobs.front()->kind == Job::Kind::kGenerate);
+  int64_t budget = generating ? std::min(options_.prefill_budget, options_.prefill_budget_decoding)
+                              : options_.prefill_budget;
   int64_t logit_rows = options_.max_logit_rows;
   for (SessionQueue* q : prefills) {
     if (budget <= 0) break;

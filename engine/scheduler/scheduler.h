@@ -48,9 +48,10 @@ namespace longctx {
 
 struct SchedulerOptions {
   int prefill_budget = 512;    // prefill tokens per step, all sessions together
-  // The prefill budget of steps that also decode: smaller keeps the
-  // inter-token latency of running generations low while long ingests go on
-  // (a prefill token costs far more than a decode token on a CPU).
+  // The prefill budget of steps while a Generate is under way (prompt or
+  // answer): smaller keeps its time to first token and inter-token latency
+  // low while long ingests go on (a prefill token costs far more than a
+  // decode token on a CPU).
   int prefill_budget_decoding = 512;
   int max_decode_batch = 256;  // generating requests per step
   int max_logit_rows = 128;    // Score rows per step (bounds the logits buffer)

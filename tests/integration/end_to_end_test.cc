@@ -4,11 +4,13 @@
 // tokens (taken from an export of the session).
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu_backend.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 #include "engine/session/session_codec.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/client.h"
@@ -32,7 +34,14 @@ class DirectModel {
     auto model = LlamaModel::Create(*host, &d->backend_, kv);
     if (!model.ok()) return model.status();
     d->model_ = std::move(*model);
+    auto tok = Tokenizer::Create(host->vocab);
+    if (!tok.ok()) return tok.status();
+    d->tokenizer_ = std::make_unique<Tokenizer>(std::move(*tok));
     return d;
+  }
+
+  std::string Decode(std::span<const int32_t> ids) const {
+    return tokenizer_->Decode(absl::MakeConstSpan(ids.data(), ids.size()));
   }
 
   // Prefills `context` once; Branch() then scores continuations of it.
@@ -67,6 +76,7 @@ class DirectModel {
   DirectModel() = default;
   CpuBackend backend_;
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<int32_t> context_;
   KvSequence seq_;
 };
@@ -203,6 +213,19 @@ TEST_F(EndToEndTest, BookChapterStreamedInAnsweredAndScoredLikeTheEngine) {
   for (size_t i = 0; i < kept.ids.size(); ++i) {
     EXPECT_EQ(snap2->tokens[answer_at + i], kept.ids[i]) << i;
   }
+  // The chat template frames the document and the turn: the system turn, the
+  // user turn holding the chapter, the question, the assistant's answer, and
+  // a fresh user turn after it (persist).
+  const std::string context_text = (*direct)->Decode(snap->tokens);
+  EXPECT_EQ(context_text.rfind("<|im_start|>system\n", 0), 0u) << context_text.substr(0, 200);
+  EXPECT_THAT(context_text, ::testing::HasSubstr("<|im_end|>\n<|im_start|>user\n" +
+                                                 segments[0].substr(0, 40)));
+  const std::string turn = (*direct)->Decode(
+      std::span<const int32_t>(snap2->tokens).subspan(static_cast<size_t>(position)));
+  EXPECT_EQ(turn.rfind("\n\nWho woke up on the sofa in his study?<|im_end|>\n"
+                       "<|im_start|>assistant\n", 0), 0u) << turn;
+  EXPECT_TRUE(absl::EndsWith(turn, "<|im_start|>user\n")) << turn;
+
   // The session before the question is the direct model's context.
   ASSERT_TRUE(std::equal(snap->tokens.begin(), snap->tokens.end(), snap2->tokens.begin()));
   const std::vector<int32_t> tail(snap2->tokens.begin() + static_cast<long>(position),
