@@ -76,8 +76,9 @@ struct PagedKvView {
 
 // Causal DCA attention of n_q new queries over a sequence's paged KV.
 // Query r is token q_start + r and attends keys 0 .. q_start + r, which must be
-// in the cache, except the absent window range of `p`. Queries come un-rotated; the rotation is chosen per key chunk:
-// intra (same chunk) t(i), successive min(t(i) + L, C), inter C, where
+// in the cache, except the absent window range of `p` (REQUIRES window_start ≤
+// q_start when it is not empty). Queries come un-rotated; the rotation is chosen
+// per key chunk: intra (same chunk) t(i), successive min(t(i) + L, C), inter C, where
 // t(i) = i mod L. One softmax over all keys; online (streaming) softmax over key
 // blocks, no [T, T] matrix. GQA: q head h reads kv head h / (H / n_kv_heads).
 void DcaAttention(float* out,               // [n_q, H, D]

@@ -11,9 +11,18 @@ build=${BUILD_DIR:-build}
 LONGCTX_MODEL=$("$root/scripts/fetch_model.sh" | tail -n 1)
 export LONGCTX_MODEL
 
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON
+# Everything, CPU backend: unit and integration tests on the real model.
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON -DLONGCTX_CUDA=OFF
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2
+
+# The CUDA code compiles and links wherever nvcc is; its GPU tests skip without a GPU.
+if command -v nvcc > /dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  cmake -S . -B "$build-cuda" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON \
+    -DLONGCTX_CUDA=ON -DLONGCTX_SERVER=OFF
+  cmake --build "$build-cuda" -j "$(nproc)"
+  "$build-cuda/bin/longctx_unit_tests" --gtest_filter='Cuda*:*Nccl*'
+fi
 
 scripts/check_deploy.sh
 

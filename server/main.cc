@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "engine/backend/cpu_process.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "server/config.h"
@@ -32,6 +33,7 @@ longctx::server::BuildInfo Build() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   using longctx::server::Log;
   if (pipe(g_signal_pipe) != 0) {
     std::perror("pipe");

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -39,6 +40,10 @@ struct SeqSpec {
   int n_q;  // new tokens (the last n_q of ctx)
   int C;    // chunk_size; 0 = plain RoPE attention
   int w;    // local window
+  // Infini window: keys sink <= j < window are absent; blocks wholly inside
+  // get kAbsentBlock-style entries (-1) in the table handed to attention.
+  int sink = 0;
+  int window = 0;
 };
 
 struct AttnCase {
@@ -76,8 +81,12 @@ cpu::DcaParams DcaOf(const SeqSpec& s, int D) {
     p.chunk_len = s.C - s.w;
   }
   p.softmax_scale = 1.f / std::sqrt(static_cast<float>(D));
+  p.sink_tokens = s.sink;
+  p.window_start = s.window;
   return p;
 }
+
+bool Absent(int j, const cpu::DcaParams& p) { return j >= p.sink_tokens && j < p.window_start; }
 
 // Naive bf16 DCA attention of one (query, head): every tensor rounded to bf16.
 std::vector<float> NaiveBf16Row(const float* q, const std::vector<float>& k,
@@ -97,9 +106,10 @@ std::vector<float> NaiveBf16Row(const float* q, const std::vector<float>& k,
       qr[part][d + D / 2] = RoundBf16(y * c + x * s);
     }
   }
-  std::vector<float> s(i + 1);
+  std::vector<float> s(i + 1, -std::numeric_limits<float>::infinity());
   float mx = -std::numeric_limits<float>::infinity();
   for (int j = 0; j <= i; ++j) {
+    if (Absent(j, p)) continue;
     const int part = std::min(i / L - j / L, 2);
     const float* kj = k.data() + (int64_t{j} * n_kv + kvh) * D;
     float dot = 0;
@@ -111,6 +121,7 @@ std::vector<float> NaiveBf16Row(const float* q, const std::vector<float>& k,
   for (float& x : s) sum += (x = std::exp(x - mx));
   std::vector<float> o(D, 0.f);
   for (int j = 0; j <= i; ++j) {
+    if (Absent(j, p)) continue;
     const float pj = RoundBf16(s[j] / sum);
     const float* vj = v.data() + (int64_t{j} * n_kv + kvh) * D;
     for (int d = 0; d < D; ++d) o[d] += pj * RoundBf16(vj[d]);
@@ -196,8 +207,13 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
     a.q_row = rows;
     a.n_q = s.n_q;
     a.q_start = s.ctx - s.n_q;
-    a.block_table = tables[si];
     a.dca = DcaOf(s, c.D);
+    // Blocks wholly inside the absent range are released: -1 in the table.
+    for (size_t b = 0; b < tables[si].size(); ++b) {
+      const int first = static_cast<int>(b) * c.block_size;
+      if (first >= s.sink && first + c.block_size <= s.window) tables[si][b] = -1;
+    }
+    a.block_table = tables[si];
     seqs.push_back(a);
     rows += s.n_q;
   }
@@ -235,10 +251,9 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   for (auto [si, r] : sample) {
     const int row = seqs[si].q_row + r;
     for (int h = 0; h < c.H; ++h) {
-      const std::vector<float> o =
-          NaiveBf16Row(q.data() + row * cols + int64_t{h} * c.D, keys[si], values[si],
-                       seqs[si].q_start + r, h / (c.H / c.n_kv), c.n_kv, c.D, seqs[si].dca,
-                       inv_freq);
+      const std::vector<float> o = NaiveBf16Row(
+          q.data() + row * cols + int64_t{h} * c.D, keys[si], values[si], seqs[si].q_start + r,
+          h / (c.H / c.n_kv), c.n_kv, c.D, seqs[si].dca, inv_freq);
       naive_s.insert(naive_s.end(), o.begin(), o.end());
       ref_s.insert(ref_s.end(), ref.begin() + row * cols + int64_t{h} * c.D,
                    ref.begin() + row * cols + int64_t{h + 1} * c.D);
@@ -264,6 +279,8 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
       EXPECT_LE(testing_cuda::RelErr(got, ref), testing_cuda::kBf16Bound) << what << " (all rows)";
     }
     ExpectBf16Close(got_s, ref_s, naive_s, what + " (sampled rows)");
+    std::printf("[attn] %s rel_err_sampled=%.3e naive_bf16=%.3e\n", what.c_str(),
+                testing_cuda::RelErr(got_s, ref_s), testing_cuda::RelErr(naive_s, ref_s));
   }
 }
 
@@ -278,11 +295,15 @@ std::vector<AttnCase> Cases() {
   // Small prefill at every awkward length, plain and DCA (L = 192, 64).
   for (const Heads& h : {gqa64, gqa128}) {
     for (int len : {1, 63, 64, 65, 1000}) {
-      for (SeqSpec s : {SeqSpec{len, len, 0, 0}, SeqSpec{len, len, 256, 64},
-                        SeqSpec{len, len, 128, 64}}) {
-        cases.push_back({absl::StrCat(len <= 65 ? "Small_" : "", "prefill", len, "_", h.name,
-                                      "_C", s.C, "w", s.w),
-                         h.H, h.n_kv, h.D, 64, {s}});
+      for (SeqSpec s :
+           {SeqSpec{len, len, 0, 0}, SeqSpec{len, len, 256, 64}, SeqSpec{len, len, 128, 64}}) {
+        cases.push_back({absl::StrCat(len <= 65 ? "Small_" : "", "prefill", len, "_", h.name, "_C",
+                                      s.C, "w", s.w),
+                         h.H,
+                         h.n_kv,
+                         h.D,
+                         64,
+                         {s}});
       }
     }
   }
@@ -291,7 +312,11 @@ std::vector<AttnCase> Cases() {
   cases.push_back({"prefill4097_gqa128_plain_bs128", 8, 2, 128, 128, {{4097, 4097, 0, 0}}});
   // Decode: one new token over each awkward context, all in one batch.
   for (const Heads& h : {gqa64, gqa128, mha128}) {
-    cases.push_back({absl::StrCat("decode_batch_", h.name), h.H, h.n_kv, h.D, 64,
+    cases.push_back({absl::StrCat("decode_batch_", h.name),
+                     h.H,
+                     h.n_kv,
+                     h.D,
+                     64,
                      {{1, 1, 256, 64},
                       {63, 1, 0, 0},
                       {64, 1, 128, 64},
@@ -303,14 +328,48 @@ std::vector<AttnCase> Cases() {
   // Chunked prefill appended to a cached context; mixed batches.
   cases.push_back({"chunked_gqa64", 9, 3, 64, 64, {{1000, 65, 256, 64}, {4097, 63, 1000, 232}}});
   cases.push_back({"chunked_gqa128", 8, 2, 128, 64, {{1000, 65, 128, 64}, {4097, 64, 0, 0}}});
-  cases.push_back({"Small_mixed_batch_gqa64", 9, 3, 64, 64,
-                   {{65, 65, 0, 0}, {200, 1, 256, 64}, {193, 63, 128, 64}, {1, 1, 256, 64},
+  cases.push_back({"Small_mixed_batch_gqa64",
+                   9,
+                   3,
+                   64,
+                   64,
+                   {{65, 65, 0, 0},
+                    {200, 1, 256, 64},
+                    {193, 63, 128, 64},
+                    {1, 1, 256, 64},
                     {130, 2, 128, 64}}});
-  cases.push_back({"Small_mixed_batch_mha128", 4, 4, 128, 64,
+  cases.push_back({"Small_mixed_batch_mha128",
+                   4,
+                   4,
+                   128,
+                   64,
                    {{130, 2, 0, 0}, {64, 64, 128, 64}, {300, 3, 256, 64}}});
+  // Infini window: sinks, then keys from a chunk boundary on; released blocks
+  // are -1 in the table. Sink 32 leaves a block half absent.
+  cases.push_back({"window_chunk_gqa64",
+                   9,
+                   3,
+                   64,
+                   64,
+                   {{4097, 65, 1000, 232, 64, 1536}, {3000, 1, 1000, 232, 32, 768}}});
+  cases.push_back({"window_decode_gqa128",
+                   8,
+                   2,
+                   128,
+                   64,
+                   {{4097, 1, 1000, 232, 0, 2304},
+                    {2000, 2, 0, 0, 128, 1024},
+                    {1500, 100, 1000, 232, 64, 768}}});
+  cases.push_back({"window_fallback_bs16_gqa64",
+                   9,
+                   3,
+                   64,
+                   16,
+                   {{1000, 33, 256, 64, 48, 384}, {700, 1, 0, 0, 16, 400}}});
   // Where the fast kernels' tiling does not apply: 16-token blocks, L = 150.
   cases.push_back({"fallback_bs16_gqa64", 9, 3, 64, 16, {{1000, 1000, 256, 64}, {300, 1, 0, 0}}});
-  cases.push_back({"fallback_L150_gqa128", 8, 2, 128, 64, {{1000, 1000, 200, 50}, {999, 1, 200, 50}}});
+  cases.push_back(
+      {"fallback_L150_gqa128", 8, 2, 128, 64, {{1000, 1000, 200, 50}, {999, 1, 200, 50}}});
   // 32k tokens with the default DCA settings of an 8k model (C = 6144, w = 1024):
   // a full prefill, and a chunk plus decode steps appended to a 32k context.
   AttnCase prefill32k{"long32k_prefill_gqa64_C6144w1024", 9, 3, 64, 64,

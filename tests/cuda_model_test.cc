@@ -155,9 +155,10 @@ void ComparePrompt(Models& m, const std::string& name, const std::vector<int32_t
   const double tie = 3 * std::sqrt(sq / static_cast<double>(c.logits.size()));
   int agree = 0;
   while (agree < n_greedy && c.greedy[agree] == g.greedy[agree]) ++agree;
-  std::printf("[model] %s tokens=%zu logits_rel_err=%.3e bf16_weights_rel_err=%.3e "
-              "ratio=%.2f top1=%.4f greedy_agree=%d/%d",
-              name.c_str(), prompt.size(), e, e_w, e / e_w, top1, agree, n_greedy);
+  std::printf(
+      "[model] %s tokens=%zu logits_rel_err=%.3e bf16_weights_rel_err=%.3e "
+      "ratio=%.2f top1=%.4f greedy_agree=%d/%d",
+      name.c_str(), prompt.size(), e, e_w, e / e_w, top1, agree, n_greedy);
   if (agree < n_greedy) {
     std::printf(" parted at a cpu top-2 margin of %.4f (tie below %.4f)", c.margin[agree], tie);
   }

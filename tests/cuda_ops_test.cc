@@ -225,8 +225,8 @@ TEST_F(CudaOpsTest, GatherRowsMatchesCpuAndRejectsBadRow) {
     const std::vector<float> src = RandomVec(static_cast<size_t>(T) * cols, rng_);
     std::vector<int32_t> rows = {T - 1, 0, T / 2};
     std::vector<float> ref;
-    for (int32_t r : rows) ref.insert(ref.end(), src.begin() + int64_t{r} * cols,
-                                      src.begin() + int64_t{r + 1} * cols);
+    for (int32_t r : rows)
+      ref.insert(ref.end(), src.begin() + int64_t{r} * cols, src.begin() + int64_t{r + 1} * cols);
     auto st = MakeTensor(gpu_.get(), DType::kF32, T, cols, src);
     auto out = MakePoisoned(gpu_.get(), 3, cols);
     ASSERT_TRUE(gpu_->GatherRows(out.t, st.t, rows).ok());

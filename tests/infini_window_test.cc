@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -85,11 +86,17 @@ void RotateRef(double* out, const float* x, double pos, const std::vector<float>
   }
 }
 
-TEST(WindowedDcaAttentionTest, MatchesDenseReferenceOverSinksAndWindow) {
-  std::mt19937 rng(21);
+struct WindowCase {
+  int H, n_kv, D, bs, L, C, sink, window_start, n, q_start;
+};
+
+void CheckWindowedDca(const WindowCase& c, uint32_t seed) {
+  SCOPED_TRACE(testing::Message() << "L=" << c.L << " sink=" << c.sink << " window_start="
+                                  << c.window_start << " n=" << c.n << " q_start=" << c.q_start);
+  std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
-  const int H = 6, n_kv = 2, D = 16, bs = 4, L = 8, C = 11, sink = 4, n = 61, q_start = 40;
-  const int window_start = 24;  // keys 4 .. 23 are absent
+  const int H = c.H, n_kv = c.n_kv, D = c.D, bs = c.bs, L = c.L, C = c.C, sink = c.sink, n = c.n,
+            q_start = c.q_start, window_start = c.window_start;
   const int n_blocks = (n + bs - 1) / bs;
   std::vector<float> inv_freq(D / 2);
   for (int i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(1e4, -2.0 * i / D));
@@ -158,6 +165,21 @@ TEST(WindowedDcaAttentionTest, MatchesDenseReferenceOverSinksAndWindow) {
       }
     }
   }
+}
+
+// Absent keys (NaN-poisoned) are skipped; visible keys keep absolute DCA
+// positions. Cases: tiny chunks, key tiles straddling the window edges, a
+// sink that is not tile-aligned, decode (one query: keys shared out over
+// threads) and a prefill spanning chunks.
+TEST(WindowedDcaAttentionTest, MatchesDenseReferenceOverSinksAndWindow) {
+  const WindowCase cases[] = {
+      {6, 2, 16, 4, 8, 11, 4, 24, 61, 40},
+      {6, 2, 16, 16, 128, 160, 16, 256, 700, 699},
+      {6, 2, 16, 16, 128, 160, 48, 384, 600, 520},
+      {4, 4, 32, 16, 96, 120, 0, 192, 400, 300},
+  };
+  uint32_t seed = 21;
+  for (const WindowCase& c : cases) CheckWindowedDca(c, seed++);
 }
 
 // ----------------------------------------------------------------------------
@@ -627,6 +649,18 @@ TEST_F(InfiniWindowTest, ResumeRebuildsTheWindowFromTheLog) {
   for (float x : lb) ASSERT_TRUE(std::isfinite(x));
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 int64_t ResidentSetBytes() {
   std::ifstream in("/proc/self/statm");
   int64_t size = 0, resident = 0;
@@ -676,7 +710,13 @@ TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
   EXPECT_EQ(w.memory()->folded_tokens(), 10 * W - W - c.sink_tokens);
   EXPECT_EQ(memory_bytes, int64_t{4} * 4 * (64 * 64 + 64) * 4);
   const int64_t growth = ResidentSetBytes() - rss_warm;
-  EXPECT_LT(growth, int64_t{4} << 20) << "RSS grew by " << growth << " bytes";
+  if (kAddressSanitizer) {
+    // ASan quarantines freed memory, so RSS follows allocation volume, not leaks.
+    std::printf("RSS grew by %lld bytes (not checked under ASan)\n",
+                static_cast<long long>(growth));
+  } else {
+    EXPECT_LT(growth, int64_t{4} << 20) << "RSS grew by " << growth << " bytes";
+  }
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
@@ -28,9 +29,10 @@ ABSL_FLAG(int, heads, 32, "query heads");
 ABSL_FLAG(int, kv_heads, 8, "key/value heads");
 ABSL_FLAG(int, head_dim, 128, "head dimension");
 ABSL_FLAG(int, pretrain_len, 4096, "c of DCA: chunk_size = 3c/4, local_window = c/8");
-ABSL_FLAG(std::string, decode_batch, "", "sessions per decode step to time, e.g. 1,32 (empty: none)");
+ABSL_FLAG(std::string, decode_batch, "",
+          "sessions per decode step to time, e.g. 1,32 (empty: none)");
 ABSL_FLAG(bool, prefill, true, "time the causal prefill");
-ABSL_FLAG(int, reps, 5, "timed repetitions (median reported)");
+ABSL_FLAG(int, reps, 5, "timed rounds (median reported); a decode round is 20 steps");
 
 namespace longctx {
 namespace {
@@ -79,16 +81,21 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-// Median seconds of `reps` runs of `fn` (after one warm-up), each synchronised.
+// Seconds per call of `fn`: `rounds` rounds (after a warm-up round) of `calls`
+// back-to-back calls between two synchronisations; the median round's average.
+// Back-to-back calls let the host prepare a call while the device runs the
+// previous one, as an engine loop does.
 template <typename Fn>
-absl::StatusOr<double> Time(Backend* b, int reps, Fn fn) {
+absl::StatusOr<double> Time(Backend* b, int rounds, int calls, Fn fn) {
   std::vector<double> t;
-  for (int r = 0; r <= reps; ++r) {
+  for (int r = 0; r <= rounds; ++r) {
     if (auto s = b->Synchronize(); !s.ok()) return s;
     const auto t0 = std::chrono::steady_clock::now();
-    if (auto s = fn(); !s.ok()) return s;
+    for (int c = 0; c < calls; ++c) {
+      if (auto s = fn(); !s.ok()) return s;
+    }
     if (auto s = b->Synchronize(); !s.ok()) return s;
-    if (r > 0) t.push_back(Seconds(t0));
+    if (r > 0) t.push_back(Seconds(t0) / calls);
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
@@ -102,7 +109,8 @@ absl::Status FillKv(const Bench& bn, int64_t first_block, int n) {
     slots.resize(m);
     for (int j = 0; j < m; ++j) {
       const int64_t tok = at + j;
-      slots[j] = static_cast<int32_t>((first_block + tok / kBlockSize) * kBlockSize + tok % kBlockSize);
+      slots[j] =
+          static_cast<int32_t>((first_block + tok / kBlockSize) * kBlockSize + tok % kBlockSize);
     }
     if (auto s = bn.b->KvWrite(0, bn.fill_k.Rows(0, m), bn.fill_v.Rows(0, m), slots); !s.ok()) {
       return s;
@@ -128,8 +136,14 @@ int Run() {
   auto backend = CreateBackend(*kind);
   if (!backend.ok()) return std::fprintf(stderr, "%s\n", backend.status().ToString().c_str()), 1;
   Backend* b = backend->get();
-  Bench bn{b, absl::GetFlag(FLAGS_heads), absl::GetFlag(FLAGS_kv_heads),
-           absl::GetFlag(FLAGS_head_dim), std::max(1, absl::GetFlag(FLAGS_reps)), {}, {}, {}};
+  Bench bn{b,
+           absl::GetFlag(FLAGS_heads),
+           absl::GetFlag(FLAGS_kv_heads),
+           absl::GetFlag(FLAGS_head_dim),
+           std::max(1, absl::GetFlag(FLAGS_reps)),
+           {},
+           {},
+           {}};
   const std::vector<int> lengths = ParseList(absl::GetFlag(FLAGS_lengths));
   const std::vector<int> batches = ParseList(absl::GetFlag(FLAGS_decode_batch));
   if (lengths.empty() || bn.H % bn.n_kv != 0) return std::fprintf(stderr, "bad flags\n"), 2;
@@ -185,7 +199,7 @@ int Run() {
         seq.n_q = T;
         seq.block_table = std::span<const int32_t>(table).subspan(0, blocks_per_seq);
         seq.dca = Dca(dca, bn.D);
-        auto t = Time(b, bn.reps, [&] {
+        auto t = Time(b, bn.reps, 1, [&] {
           return b->Attention(out, q, 0, bn.H, std::span<const AttentionSeq>(&seq, 1), bn.inv_freq);
         });
         if (!t.ok()) return Fail(t.status());
@@ -211,9 +225,8 @@ int Run() {
               std::span<const int32_t>(table).subspan(s * blocks_per_seq, blocks_per_seq);
           seqs[s].dca = Dca(dca, bn.D);
         }
-        auto t = Time(b, bn.reps * 4, [&] {
-          return b->Attention(out, q, 0, bn.H, seqs, bn.inv_freq);
-        });
+        auto t =
+            Time(b, bn.reps, 20, [&] { return b->Attention(out, q, 0, bn.H, seqs, bn.inv_freq); });
         if (!t.ok()) return Fail(t.status());
         const double bytes = 2.0 * B * double(T + 1) * width * DTypeSize(b->WeightType());
         std::printf("| decode | %d | %d | %s | %.3f | | %.0f |\n", T, B, dca ? "DCA" : "RoPE",
@@ -229,6 +242,7 @@ int Run() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   absl::ParseCommandLine(argc, argv);
   return longctx::Run();
 }

@@ -12,6 +12,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
@@ -48,9 +49,7 @@ int Run() {
   const int decode = absl::GetFlag(FLAGS_decode);
   const int chunk = absl::GetFlag(FLAGS_chunk);
   KvCacheConfig kv;
-  const int64_t per_token = int64_t{2} * host->config.n_layers * host->config.n_kv_heads *
-                            host->config.head_dim * static_cast<int64_t>(DTypeSize((*backend)->ActivationType()));
-  kv.max_bytes = per_token * (max_len + decode + 2 * kv.block_size);
+  kv.max_bytes = KvBytesForTokens(host->config, **backend, max_len + decode);
   auto model = LlamaModel::Create(*host, backend->get(), kv);
   if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().ToString().c_str()), 1;
   host->tensors.clear();
@@ -99,6 +98,7 @@ int Run() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   absl::ParseCommandLine(argc, argv);
   return longctx::Run();
 }

@@ -22,6 +22,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/dist/communicator.h"
 #include "engine/dist/inproc_communicator.h"
 #include "engine/dist/rendezvous.h"
@@ -172,6 +173,7 @@ int Run() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   absl::ParseCommandLine(argc, argv);
   return longctx::Run();
 }

@@ -5,6 +5,10 @@
 //   longctx-eval passkey --lengths=1024,4096 [--depths=0,25,50,75,100] [--keys=5] [--chat]
 // Common: --model, --backend, --pretrain_len (DCA c), --chunk_size, --local_window,
 //         --length_temperature, --piece (prefill piece), --json.
+// Infini window (DESIGN §4): --infini=none,slide,compress compares full DCA with
+// windowed sessions of --infini_window tokens (+ --infini_sinks), the memory
+// updated by --infini_update and mixed only with --infini_mix (needs gates in the
+// model or --infini_gates=sidecar.safetensors).
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -17,9 +21,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "engine/eval/eval.h"
 #include "engine/model/host_weights.h"
+#include "engine/model/infini_gates.h"
 #include "engine/util/status_macros.h"
 
 ABSL_FLAG(std::string, model, "", "model file; default $LONGCTX_MODEL");
@@ -28,6 +34,9 @@ ABSL_FLAG(std::string, text, "", "ppl: UTF-8 text file");
 ABSL_FLAG(std::string, lengths, "1024,2048,4096", "context lengths in tokens");
 ABSL_FLAG(std::string, modes, "rope,dca", "attention modes to compare");
 ABSL_FLAG(int, windows, 4, "ppl: most windows per length");
+ABSL_FLAG(int, score_last, 0,
+          "ppl: 0 = score the second half of each window; N = aligned protocol: windows of "
+          "every length end at the same positions and only their last N tokens are scored");
 ABSL_FLAG(std::string, depths, "0,25,50,75,100", "passkey: needle depths in percent");
 ABSL_FLAG(int, keys, 5, "passkey: random keys per (length, depth) cell");
 ABSL_FLAG(bool, chat, true, "passkey: use the model's chat template");
@@ -37,6 +46,13 @@ ABSL_FLAG(int, local_window, 0, "DCA local window w (0: c/8)");
 ABSL_FLAG(bool, length_temperature, false, "DCA length temperature (sf² on the softmax scale)");
 ABSL_FLAG(int, piece, 512, "prefill piece size");
 ABSL_FLAG(bool, json, false, "print JSON lines instead of a table");
+ABSL_FLAG(std::string, infini, "none",
+          "Infini variants to compare: none (no window), slide, compress, reject");
+ABSL_FLAG(int, infini_window, 0, "Infini window W in tokens, a multiple of the DCA chunk length");
+ABSL_FLAG(int, infini_sinks, 64, "Infini attention-sink tokens (whole KV blocks)");
+ABSL_FLAG(std::string, infini_update, "linear", "Infini memory update rule: linear or delta");
+ABSL_FLAG(bool, infini_mix, false, "mix the Infini memory into attention (needs gates)");
+ABSL_FLAG(std::string, infini_gates, "", "safetensors sidecar with blk.N.infini_beta gates");
 
 namespace longctx {
 namespace {
@@ -54,13 +70,48 @@ absl::StatusOr<std::vector<int>> ParseInts(const std::string& s, const char* fla
   return out;
 }
 
+// One column of a comparison: a DCA mode and an Infini variant.
+struct Column {
+  DcaConfig dca;
+  InfiniConfig infini;
+  std::string name;  // "dca", "dca+slide", ...
+};
+
 struct Setup {
   std::unique_ptr<Backend> backend;
   HostModel host;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<LlamaModel> model;
-  std::vector<DcaConfig> modes;
+  std::vector<Column> columns;
 };
+
+absl::StatusOr<std::vector<std::pair<std::string, InfiniConfig>>> InfiniVariants() {
+  std::vector<std::pair<std::string, InfiniConfig>> out;
+  for (absl::string_view v : absl::StrSplit(absl::GetFlag(FLAGS_infini), ',', absl::SkipEmpty())) {
+    InfiniConfig c;
+    if (v != "none") {
+      ASSIGN_OR_RETURN(c.overflow, ParseInfiniOverflow(std::string(v)));
+      c.window_tokens = absl::GetFlag(FLAGS_infini_window);
+      c.sink_tokens = absl::GetFlag(FLAGS_infini_sinks);
+      ASSIGN_OR_RETURN(c.update, ParseInfiniUpdateRule(absl::GetFlag(FLAGS_infini_update)));
+      c.mix = absl::GetFlag(FLAGS_infini_mix) && c.overflow == InfiniOverflow::kCompress;
+      if (c.window_tokens <= 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--infini=", std::string(v), " needs --infini_window"));
+      }
+    }
+    out.emplace_back(std::string(v), c);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("--infini is empty");
+  return out;
+}
+
+std::string InfiniDescription(const InfiniConfig& c) {
+  if (!c.windowed()) return "no window";
+  return absl::StrCat("window ", c.window_tokens, " + ", c.sink_tokens, " sinks, ",
+                      InfiniOverflowName(c.overflow), ", ", InfiniUpdateRuleName(c.update),
+                      " update, mixing ", c.mix ? "on" : "off");
+}
 
 absl::StatusOr<Setup> Load(int max_len) {
   Setup s;
@@ -69,14 +120,16 @@ absl::StatusOr<Setup> Load(int max_len) {
   ASSIGN_OR_RETURN(BackendKind kind, ParseBackendKind(absl::GetFlag(FLAGS_backend)));
   ASSIGN_OR_RETURN(s.backend, CreateBackend(kind));
   ASSIGN_OR_RETURN(s.host, LoadHostModel(path));
+  if (!absl::GetFlag(FLAGS_infini_gates).empty()) {
+    RETURN_IF_ERROR(LoadInfiniGateSidecar(absl::GetFlag(FLAGS_infini_gates), &s.host));
+  }
   ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Create(s.host.vocab));
   s.tokenizer = std::make_unique<Tokenizer>(std::move(tok));
   KvCacheConfig kv;
   const ModelConfig& c = s.host.config;
-  kv.max_bytes = int64_t{2} * c.n_layers * c.n_kv_heads * c.head_dim *
-                 static_cast<int64_t>(DTypeSize(s.backend->ActivationType())) *
-                 (max_len + 64 + 2 * kv.block_size);
+  kv.max_bytes = KvBytesForTokens(c, *s.backend, max_len + 64);
   ASSIGN_OR_RETURN(s.model, LlamaModel::Create(s.host, s.backend.get(), kv));
+  ASSIGN_OR_RETURN(const auto variants, InfiniVariants());
   s.host.tensors.clear();
   for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
     DcaOverrides o;
@@ -87,7 +140,12 @@ absl::StatusOr<Setup> Load(int max_len) {
     o.length_temperature = absl::GetFlag(FLAGS_length_temperature);
     ASSIGN_OR_RETURN(DcaConfig d, DcaConfig::Resolve(c, o));
     RETURN_IF_ERROR(d.Validate(kv.block_size));
-    s.modes.push_back(d);
+    for (const auto& [name, infini] : variants) {
+      RETURN_IF_ERROR(infini.Validate(d.ToParams(c.head_dim, max_len), kv.block_size));
+      s.columns.push_back({d, infini,
+                           name == "none" ? DcaModeName(d.mode)
+                                          : absl::StrCat(DcaModeName(d.mode), "+", name)});
+    }
   }
   return s;
 }
@@ -102,25 +160,42 @@ absl::Status RunPpl() {
   const std::vector<int32_t> tokens = s.tokenizer->Encode(buf.str(), false);
   const bool json = absl::GetFlag(FLAGS_json);
   if (!json) {
-    std::printf("text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
-                "start, loss over the second half of each window\n",
-                absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
-    for (const DcaConfig& d : s.modes) std::printf("mode: %s\n", d.DebugString().c_str());
+    if (absl::GetFlag(FLAGS_score_last) > 0) {
+      std::printf("text: %s (%zu tokens); backend %s; protocol: aligned windows ending every %d "
+                  "tokens, loss over the same last %d tokens of each window at every length\n",
+                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str(),
+                  *std::max_element(lengths.begin(), lengths.end()), absl::GetFlag(FLAGS_score_last));
+    } else {
+      std::printf("text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
+                  "start, loss over the second half of each window\n",
+                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
+    }
+    for (const Column& col : s.columns) {
+      std::printf("%s: %s; %s\n", col.name.c_str(), col.dca.DebugString().c_str(),
+                  InfiniDescription(col.infini).c_str());
+    }
     std::printf("| tokens | windows |");
-    for (const DcaConfig& d : s.modes) std::printf(" %s PPL |", DcaModeName(d.mode));
+    for (const Column& col : s.columns) std::printf(" %s PPL |", col.name.c_str());
     std::printf(" seconds |\n|---:|---:|");
-    for (size_t i = 0; i < s.modes.size(); ++i) std::printf("---:|");
+    for (size_t i = 0; i < s.columns.size(); ++i) std::printf("---:|");
     std::printf("---:|\n");
   }
   for (int len : lengths) {
     std::vector<PplResult> row;
-    for (const DcaConfig& d : s.modes) {
+    for (const Column& col : s.columns) {
+      const DcaConfig& d = col.dca;
+      PplProtocol protocol;
+      if (absl::GetFlag(FLAGS_score_last) > 0) {
+        protocol.aligned_span = *std::max_element(lengths.begin(), lengths.end());
+        protocol.score_last = absl::GetFlag(FLAGS_score_last);
+      }
       ASSIGN_OR_RETURN(PplResult r, EvalPerplexity(*s.model, tokens, len, absl::GetFlag(FLAGS_windows),
-                                                   d, absl::GetFlag(FLAGS_piece)));
+                                                   d, absl::GetFlag(FLAGS_piece), protocol,
+                                                   col.infini));
       if (json) {
         std::printf("{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
                     "\"scored_tokens\":%lld,\"nll\":%.6f,\"ppl\":%.4f,\"seconds\":%.2f}\n",
-                    DcaModeName(d.mode), len, r.windows, static_cast<long long>(r.scored_tokens),
+                    col.name.c_str(), len, r.windows, static_cast<long long>(r.scored_tokens),
                     r.nll, r.ppl, r.seconds);
         std::fflush(stdout);
       }
@@ -151,10 +226,12 @@ absl::Status RunPasskey() {
   }
   const bool json = absl::GetFlag(FLAGS_json);
   const int keys = absl::GetFlag(FLAGS_keys);
-  for (const DcaConfig& d : s.modes) {
+  for (const Column& col : s.columns) {
+    const DcaConfig& d = col.dca;
     if (!json) {
-      std::printf("\nmode: %s; %d keys per cell; %s prompt\n| tokens |", d.DebugString().c_str(),
-                  keys, chat ? "chat" : "raw");
+      std::printf("\n%s: %s; %s; %d keys per cell; %s prompt\n| tokens |", col.name.c_str(),
+                  d.DebugString().c_str(), InfiniDescription(col.infini).c_str(), keys,
+                  chat ? "chat" : "raw");
       for (int depth : depths) std::printf(" %d%% |", depth);
       std::printf(" mean |\n|---:|");
       for (size_t i = 0; i <= depths.size(); ++i) std::printf("---:|");
@@ -169,14 +246,15 @@ absl::Status RunPasskey() {
           const uint64_t seed = static_cast<uint64_t>(len) * 1000003u + depth * 101u + k;
           ASSIGN_OR_RETURN(PasskeyPrompt p, BuildPasskeyPrompt(*s.tokenizer, chat.get(), len,
                                                                depth / 100.0, seed));
-          ASSIGN_OR_RETURN(std::string answer, GreedyAnswer(*s.model, *s.tokenizer, p.tokens, d,
-                                                            absl::GetFlag(FLAGS_piece), 8));
+          ASSIGN_OR_RETURN(std::string answer,
+                           GreedyAnswer(*s.model, *s.tokenizer, p.tokens, d,
+                                        absl::GetFlag(FLAGS_piece), 8, col.infini));
           const bool hit = answer.find(p.key) != std::string::npos;
           hits += hit;
           if (json) {
             std::printf("{\"eval\":\"passkey\",\"mode\":\"%s\",\"length\":%d,\"prompt_tokens\":%zu,"
                         "\"depth\":%d,\"key\":\"%s\",\"hit\":%s}\n",
-                        DcaModeName(d.mode), len, p.tokens.size(), depth, p.key.c_str(),
+                        col.name.c_str(), len, p.tokens.size(), depth, p.key.c_str(),
                         hit ? "true" : "false");
             std::fflush(stdout);
           }
@@ -198,6 +276,7 @@ absl::Status RunPasskey() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   const std::string cmd = rest.size() > 1 ? rest[1] : "";
   absl::Status s;

@@ -11,6 +11,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/util/status_macros.h"
 #include "engine/backend/backend.h"
 #include "engine/model/host_weights.h"
@@ -67,9 +68,7 @@ absl::Status Run() {
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
 
   KvCacheConfig kv;
-  kv.max_bytes = int64_t{2} * host.config.n_layers * host.config.n_kv_heads * host.config.head_dim *
-                 static_cast<int64_t>(DTypeSize(backend->ActivationType())) *
-                 (static_cast<int64_t>(prompt.size()) + max_tokens + 2 * kv.block_size);
+  kv.max_bytes = KvBytesForTokens(host.config, *backend, static_cast<int64_t>(prompt.size()) + max_tokens);
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::Create(host, backend.get(), kv));
   host.tensors.clear();
 
@@ -106,6 +105,7 @@ absl::Status Run() {
 }  // namespace longctx
 
 int main(int argc, char** argv) {
+  longctx::PrepareCpuProcess(argv);
   absl::ParseCommandLine(argc, argv);
   const absl::Status s = longctx::Run();
   if (!s.ok()) {

@@ -103,6 +103,7 @@ class Backend {
   // Element type of weights, activations and KV on this backend.
   virtual DType WeightType() const = 0;
   virtual DType ActivationType() const = 0;
+  virtual DType KvType() const = 0;
 
   // --- memory ---
   virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;

@@ -13,6 +13,7 @@ class CpuBackend final : public Backend {
   std::string Name() const override { return "cpu"; }
   DType WeightType() const override { return DType::kF32; }
   DType ActivationType() const override { return DType::kF32; }
+  DType KvType() const override { return DType::kF32; }
 
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
   void Free(void* data) override;

@@ -7,26 +7,25 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/model/infini_window.h"
 #include "engine/tokenizer/stream_decoder.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
 namespace {
 
-// Prefills `tokens` into `seq` in pieces; `want_logits(first, n)` says whether a
-// piece needs all its logits (kAll) or none; `on_logits(first, n, logits)` gets them.
-absl::Status Prefill(LlamaModel& model, KvSequence& seq, std::span<const int32_t> tokens,
-                     const DcaConfig& dca, int piece, int total_len,
+// Prefills `tokens` into the session `w` in pieces; `want_logits(first, n)` says
+// whether a piece needs all its logits (kAll) or none; `on_logits(first, n,
+// logits)` gets them.
+absl::Status Prefill(InfiniWindow& w, std::span<const int32_t> tokens, int piece,
                      const std::function<bool(int, int)>& want_logits,
                      const std::function<void(int, int, const std::vector<float>&)>& on_logits) {
   std::vector<float> logits;
-  const cpu::DcaParams params = dca.ToParams(model.config().head_dim, total_len);
   for (int first = 0; first < static_cast<int>(tokens.size()); first += piece) {
     const int n = std::min<int>(piece, static_cast<int>(tokens.size()) - first);
     const bool all = want_logits(first, n);
-    StepItem item{&seq, tokens.subspan(first, n), all ? LogitsMode::kAll : LogitsMode::kNone,
-                  params};
-    RETURN_IF_ERROR(model.Forward({&item, 1}, &logits));
+    RETURN_IF_ERROR(w.Ingest(tokens.subspan(first, n), all ? LogitsMode::kAll : LogitsMode::kNone,
+                             &logits));
     if (all) on_logits(first, n, logits);
   }
   return absl::OkStatus();
@@ -36,11 +35,19 @@ absl::Status Prefill(LlamaModel& model, KvSequence& seq, std::span<const int32_t
 
 absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int32_t> tokens,
                                          int length, int max_windows, const DcaConfig& dca,
-                                         int piece) {
+                                         int piece, const PplProtocol& protocol,
+                                         const InfiniConfig& infini) {
   if (length < 4 || piece < 1 || max_windows < 1) {
     return absl::InvalidArgumentError("perplexity: length >= 4, piece >= 1, windows >= 1");
   }
-  const int windows = std::min<int>(max_windows, static_cast<int>(tokens.size()) / length);
+  const bool aligned = protocol.aligned_span > 0;
+  if (aligned && (protocol.aligned_span < length || protocol.score_last < 1 ||
+                  protocol.score_last >= length)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "perplexity: aligned protocol needs span >= length ", length, " > score_last >= 1"));
+  }
+  const int stride = aligned ? protocol.aligned_span : length;
+  const int windows = std::min<int>(max_windows, static_cast<int>(tokens.size()) / stride);
   if (windows < 1) {
     return absl::InvalidArgumentError(absl::StrCat("perplexity: the text has ", tokens.size(),
                                                    " tokens, fewer than one window of ", length));
@@ -52,9 +59,12 @@ absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int3
   r.windows = windows;
   double sum = 0;
   for (int w = 0; w < windows; ++w) {
-    std::span<const int32_t> win = tokens.subspan(static_cast<size_t>(w) * length, length);
-    const int half = length / 2;
-    KvSequence seq;
+    const size_t first_token = static_cast<size_t>(w + 1) * stride - length;
+    std::span<const int32_t> win = tokens.subspan(first_token, length);
+    const int half = aligned ? length - protocol.score_last : length / 2;
+    ASSIGN_OR_RETURN(std::unique_ptr<InfiniWindow> session,
+                     InfiniWindow::Create(&model, infini,
+                                          dca.ToParams(model.config().head_dim, length)));
     // Logits at position t predict token t + 1: score t in [half - 1, length - 2].
     auto want = [&](int first, int n) { return first + n > half - 1; };
     auto take = [&](int first, int n, const std::vector<float>& logits) {
@@ -69,9 +79,7 @@ absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int3
         ++r.scored_tokens;
       }
     };
-    const absl::Status status = Prefill(model, seq, win, dca, piece, length, want, take);
-    model.kv_cache().Release(seq);
-    RETURN_IF_ERROR(status);
+    RETURN_IF_ERROR(Prefill(*session, win, piece, want, take));
   }
   r.nll = sum / static_cast<double>(r.scored_tokens);
   r.ppl = std::exp(r.nll);
@@ -133,29 +141,27 @@ absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(const Tokenizer& tokenizer,
 
 absl::StatusOr<std::string> GreedyAnswer(LlamaModel& model, const Tokenizer& tokenizer,
                                          std::span<const int32_t> prompt, const DcaConfig& dca,
-                                         int piece, int max_new) {
-  KvSequence seq;
+                                         int piece, int max_new, const InfiniConfig& infini) {
+  const int n = static_cast<int>(prompt.size());
+  ASSIGN_OR_RETURN(std::unique_ptr<InfiniWindow> session,
+                   InfiniWindow::Create(&model, infini,
+                                        dca.ToParams(model.config().head_dim, n + max_new)));
   const int V = model.config().vocab_size;
   std::vector<float> last;
-  const int n = static_cast<int>(prompt.size());
   auto want = [&](int first, int len) { return first + len == n; };
   auto take = [&](int, int len, const std::vector<float>& logits) {
     last.assign(logits.end() - V, logits.end());
     (void)len;
   };
-  absl::Status status = Prefill(model, seq, prompt, dca, piece, n + max_new, want, take);
+  RETURN_IF_ERROR(Prefill(*session, prompt, piece, want, take));
   std::string text;
   StreamDecoder decoder(&tokenizer, /*skip_special=*/true);
-  const cpu::DcaParams params = dca.ToParams(model.config().head_dim, n + max_new);
-  for (int i = 0; status.ok() && i < max_new; ++i) {
+  for (int i = 0; i < max_new; ++i) {
     int32_t next = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
     if (tokenizer.IsEog(next)) break;
     text += decoder.Feed(next);
-    StepItem item{&seq, {&next, 1}, LogitsMode::kLast, params};
-    status = model.Forward({&item, 1}, &last);
+    RETURN_IF_ERROR(session->Ingest({&next, 1}, LogitsMode::kLast, &last));
   }
-  model.kv_cache().Release(seq);
-  RETURN_IF_ERROR(status);
   return text + decoder.Flush();
 }
 

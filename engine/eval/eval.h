@@ -13,17 +13,27 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/dca_config.h"
+#include "engine/model/infini_config.h"
 #include "engine/model/llama_model.h"
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace longctx {
 
-// Perplexity protocol: the text's tokens are cut into non-overlapping windows of
-// `length` tokens from the start (at most `max_windows`); each window is one fresh
-// sequence, prefilled in pieces of `piece` tokens; the loss is the mean negative
-// log-likelihood of the tokens in the second half of each window given everything
-// before them in that window; PPL = exp(mean over all scored tokens).
+// Perplexity protocol. Default: the text's tokens are cut into non-overlapping
+// windows of `length` tokens from the start (at most `max_windows`); each window is
+// one fresh sequence, prefilled in pieces of `piece` tokens; the loss is the mean
+// negative log-likelihood of the tokens in the second half of each window given
+// everything before them in that window; PPL = exp(mean over all scored tokens).
+// Aligned (`PplProtocol::aligned_span` > 0): window w ends at (w + 1) * aligned_span
+// for every length, and only its last `score_last` tokens are scored, so every
+// length scores the very same tokens and differs only in how much context precedes
+// them. `infini` (default: no window) runs each window as an Infini session
+// (DESIGN §4): exact KV for sinks + W tokens, older chunks folded or dropped.
+struct PplProtocol {
+  int aligned_span = 0;  // 0: default protocol; else ≥ every length evaluated
+  int score_last = 0;    // aligned protocol: tokens scored at the end of each window
+};
 struct PplResult {
   int length = 0;
   int windows = 0;
@@ -35,7 +45,8 @@ struct PplResult {
 
 absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int32_t> tokens,
                                          int length, int max_windows, const DcaConfig& dca,
-                                         int piece);
+                                         int piece, const PplProtocol& protocol = {},
+                                         const InfiniConfig& infini = {});
 
 // Passkey retrieval: filler text repeated to `length` tokens, the sentence
 // "The pass key is NNNNN. Remember it. NNNNN is the pass key." inserted at `depth`
@@ -56,8 +67,9 @@ absl::StatusOr<PasskeyPrompt> BuildPasskeyPrompt(const Tokenizer& tokenizer,
                                                  double depth, uint64_t seed);
 
 // Runs one prompt; returns the generated text (up to `max_new` tokens, greedy).
+// `infini` as for EvalPerplexity.
 absl::StatusOr<std::string> GreedyAnswer(LlamaModel& model, const Tokenizer& tokenizer,
                                          std::span<const int32_t> prompt, const DcaConfig& dca,
-                                         int piece, int max_new);
+                                         int piece, int max_new, const InfiniConfig& infini = {});
 
 }  // namespace longctx

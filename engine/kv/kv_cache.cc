@@ -27,7 +27,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend* backend, int n
   g.n_kv_heads = n_kv_heads;
   g.head_dim = head_dim;
   g.block_size = config.block_size;
-  const int64_t element = static_cast<int64_t>(DTypeSize(backend->ActivationType()));
+  const int64_t element = static_cast<int64_t>(DTypeSize(backend->KvType()));
   const int64_t block_bytes = g.ElementsPerBlock() * element;
   g.n_blocks = std::min<int64_t>(config.max_bytes / block_bytes, int64_t{1} << 30);
   if (g.n_blocks < 1) {

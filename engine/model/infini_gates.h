@@ -15,7 +15,8 @@ namespace longctx {
 // host->tensors (F32, F16 or BF16 on disk; f32 in memory), replacing gates the
 // model file carried. Every tensor in the file must be a gate of this model
 // (`blk.N.infini_beta`, N < n_layers, n_heads elements); INVALID_ARGUMENT
-// otherwise, naming the tensor. Never crashes on a hostile file.
+// otherwise, naming the tensor; a malformed file fails as SafetensorsFile::Open
+// says. Never crashes on a hostile file.
 absl::Status LoadInfiniGateSidecar(const std::string& path, HostModel* host);
 
 }  // namespace longctx

@@ -22,6 +22,13 @@ constexpr int64_t kLogitRowsPerPass = 256;
 
 }  // namespace
 
+int64_t KvBytesForTokens(const ModelConfig& c, const Backend& backend, int64_t tokens,
+                         int block_size) {
+  const int64_t per_token = int64_t{2} * c.n_layers * c.n_kv_heads * c.head_dim *
+                            static_cast<int64_t>(DTypeSize(backend.KvType()));
+  return per_token * (tokens + 2 * block_size);
+}
+
 LlamaModel::~LlamaModel() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& host,

@@ -48,6 +48,11 @@ struct StepItem {
   const InfiniMemory* infini = nullptr;
 };
 
+// KV arena bytes for `tokens` tokens of one sequence on `backend`, plus one
+// block of slack per sequence boundary.
+int64_t KvBytesForTokens(const ModelConfig& config, const Backend& backend, int64_t tokens,
+                         int block_size = KvCacheConfig{}.block_size);
+
 class LlamaModel {
  public:
   // Uploads the weights to `backend` and initialises its KV arena.

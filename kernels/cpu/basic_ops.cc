@@ -1,5 +1,6 @@
 // CPU reference ops: elementwise, normalisation, BLAS-backed linear, RoPE.
 #include <cblas.h>
+#include <omp.h>
 
 #include <cmath>
 #include <cstring>
@@ -28,10 +29,30 @@ void RmsNorm(float* out, const float* x, const float* w, int T, int D, float eps
 }
 
 void Linear(float* out, const float* x, const float* w, const float* bias, int T, int N, int K) {
-  if (T == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.f, w, K, x, 1, 0.f, out, 1);
-  } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.f, x, K, w, K, 0.f, out, N);
+  // All parallelism is OpenMP's: BLAS runs single-threaded inside our regions, each
+  // thread computing a slice of the output columns. Two thread pools (BLAS's and
+  // OpenMP's) spinning on the same cores cost several times the work itself.
+  static const bool kSingleThreadedBlas = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)kSingleThreadedBlas;
+  const double flops = 2.0 * T * N * K;
+#pragma omp parallel if (flops > 4e6)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    // Slices start on 16-column boundaries so no two threads share a cache line of out.
+    const int n0 = tid == 0 ? 0 : static_cast<int>(int64_t{N} * tid / nt) & ~15;
+    const int n1 = tid == nt - 1 ? N : static_cast<int>(int64_t{N} * (tid + 1) / nt) & ~15;
+    if (n1 > n0) {
+      const float* ws = w + int64_t{n0} * K;
+      if (T == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n1 - n0, K, 1.f, ws, K, x, 1, 0.f, out + n0, 1);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n1 - n0, K, 1.f, x, K, ws, K, 0.f,
+                    out + n0, N);
+      }
+    }
   }
   if (bias != nullptr) {
     for (int t = 0; t < T; ++t) {

@@ -144,14 +144,13 @@ cudaError_t ConvertBf16ToF32(float* out, const bf16* in, int64_t n, cudaStream_t
   return cudaGetLastError();
 }
 
-cudaError_t Embedding(float* out, const void* table, ElemType table_type, const int32_t* ids,
-                      int T, int D, cudaStream_t stream) {
+cudaError_t Embedding(float* out, const void* table, ElemType table_type, const int32_t* ids, int T,
+                      int D, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   if (table_type == ElemType::kBF16) {
     EmbeddingKernel<<<T, RowThreads(D), 0, stream>>>(out, static_cast<const bf16*>(table), ids, D);
   } else {
-    EmbeddingKernel<<<T, RowThreads(D), 0, stream>>>(out, static_cast<const float*>(table), ids,
-                                                     D);
+    EmbeddingKernel<<<T, RowThreads(D), 0, stream>>>(out, static_cast<const float*>(table), ids, D);
   }
   return cudaGetLastError();
 }

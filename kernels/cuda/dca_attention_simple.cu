@@ -50,7 +50,12 @@ __global__ void __launch_bounds__(kDcaSimpleRows * 32)
   float acc[kPer];
 #pragma unroll
   for (int e = 0; e < kPer; ++e) acc[e] = 0.f;
+  const int sink = seq.sink_tokens, window_start = seq.window_start;
   for (int j = 0; j <= i; ++j) {
+    if (KeyAbsent(j, sink, window_start)) {
+      j = window_start - 1;
+      continue;
+    }
     const int part = min(ni - j / L, 2);
     const int64_t base = int64_t{table[j / p.kv.block_size]} * p.kv.block_stride +
                          (int64_t{j % p.kv.block_size} * p.kv.n_kv_heads + kvh) * D;

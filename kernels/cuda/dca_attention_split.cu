@@ -47,8 +47,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     DcaSplitKernel(DcaAttentionParams p, const DcaSplitItem* items, DcaSplitScratch scratch) {
   constexpr int D = Tr::D, R = Tr::kRows, S = Tr::kSub;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [3][R][D]
-  bf16* kv_s = q_s + Tr::kQElems;                  // per warp: [2 stages][K|V][S][D]
+  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);    // [3][R][D]
+  bf16* kv_s = q_s + Tr::kQElems;                   // per warp: [2 stages][K|V][S][D]
   float* merge_o = reinterpret_cast<float*>(kv_s);  // after the loop: [warps][R][D]
   float* merge_ml = merge_o + Tr::kWarps * R * D;   // [warps][R][2]
 
@@ -59,7 +59,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int L = seq.chunk_len, C = seq.chunk_size;
   const int64_t row_stride = int64_t{p.H} * D;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  auto row_token = [&](int rr) { return rr < item.n_rows ? seq.q_start + (item.rr0 + rr) / group : -1; };
+  auto row_token = [&](int rr) {
+    return rr < item.n_rows ? seq.q_start + (item.rr0 + rr) / group : -1;
+  };
 
   // The three rotations of every row (rows past n_rows: zeros).
   for (int idx = tid; idx < R * (D / 2); idx += Tr::kThreads) {
@@ -93,6 +95,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int sub_begin = item.tile_begin * Tr::kSubPerTile;
   const int sub_end = min(item.tile_end * Tr::kSubPerTile, i_max / S + 1);
 
+  // Infini window: sub-tiles wholly inside [sink, window_start) are skipped
+  // (their blocks may be released); one that overlaps it masks those keys.
+  const int sink = seq.sink_tokens, window_start = seq.window_start;
+  auto present = [&](int u) { return !(u * S >= sink && (u + 1) * S <= window_start); };
   // Keys past i_max are zero-filled (their slots may hold anything, even NaN).
   auto load_sub = [&](int u, int stage) {
     const int j0 = u * S;
@@ -104,7 +110,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     for (int t = 0; t < S * Tr::kChunks / 32; ++t) {
       const int idx = lane + 32 * t;
       const int n = idx / Tr::kChunks, c = idx % Tr::kChunks;
-      const bool valid = j0 + n <= i_max;
+      const bool valid = j0 + n <= i_max && !KeyAbsent(j0 + n, sink, window_start);
       const int64_t src = base + n * key_stride + c * 8;
       CpAsync16(SmemAddr(dst_k + Swz<D>(n, c)), valid ? p.kv.k + src : p.kv.k, valid ? 16 : 0);
       CpAsync16(SmemAddr(dst_v + Swz<D>(n, c)), valid ? p.kv.v + src : p.kv.v, valid ? 16 : 0);
@@ -121,17 +127,18 @@ __global__ void __launch_bounds__(Tr::kThreads)
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
 
   int u = sub_begin + warp;
-  if (u < sub_end) load_sub(u, 0);
+  if (u < sub_end && present(u)) load_sub(u, 0);
   CpAsyncCommit();
   for (int it = 0; u < sub_end; ++it, u += Tr::kWarps) {
     if (u + Tr::kWarps < sub_end) {
-      load_sub(u + Tr::kWarps, (it + 1) & 1);
+      if (present(u + Tr::kWarps)) load_sub(u + Tr::kWarps, (it + 1) & 1);
       CpAsyncCommit();
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();
     }
     __syncwarp();
+    if (!present(u)) continue;
     const int j0 = u * S;
     const bf16* ks = my_kv + (it & 1) * Tr::kWarpStage;
     const bf16* vs = ks + S * D;
@@ -161,8 +168,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int key = j0 + nt * 8 + 2 * t4 + e;
-        const float lo = key <= i_lo ? s[nt][e] * scale_log2 : -INFINITY;
-        const float hi = key <= i_hi ? s[nt][2 + e] * scale_log2 : -INFINITY;
+        const bool absent = KeyAbsent(key, sink, window_start);
+        const float lo = key <= i_lo && !absent ? s[nt][e] * scale_log2 : -INFINITY;
+        const float hi = key <= i_hi && !absent ? s[nt][2 + e] * scale_log2 : -INFINITY;
         s[nt][e] = lo;
         s[nt][2 + e] = hi;
         mx_lo = fmaxf(mx_lo, lo);
@@ -177,15 +185,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
     const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
     const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
-    const float corr_lo = exp2f(m_lo - base_lo), corr_hi = exp2f(m_hi - base_hi);
+    const float corr_lo = FastExp2(m_lo - base_lo), corr_hi = FastExp2(m_hi - base_hi);
     m_lo = new_lo;
     m_hi = new_hi;
     uint32_t pf[S / 16][4];
     float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
     for (int nt = 0; nt < S / 8; ++nt) {
-      const float p0 = exp2f(s[nt][0] - base_lo), p1 = exp2f(s[nt][1] - base_lo);
-      const float p2 = exp2f(s[nt][2] - base_hi), p3 = exp2f(s[nt][3] - base_hi);
+      const float p0 = FastExp2(s[nt][0] - base_lo), p1 = FastExp2(s[nt][1] - base_lo);
+      const float p2 = FastExp2(s[nt][2] - base_hi), p3 = FastExp2(s[nt][3] - base_hi);
       sum_lo += p0 + p1;
       sum_hi += p2 + p3;
       pf[nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);
@@ -225,7 +233,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
   for (int dn = 0; dn < D / 8; ++dn) {
     *reinterpret_cast<float2*>(wo + g * D + dn * 8 + 2 * t4) = make_float2(o[dn][0], o[dn][1]);
-    *reinterpret_cast<float2*>(wo + (g + 8) * D + dn * 8 + 2 * t4) = make_float2(o[dn][2], o[dn][3]);
+    *reinterpret_cast<float2*>(wo + (g + 8) * D + dn * 8 + 2 * t4) =
+        make_float2(o[dn][2], o[dn][3]);
   }
   if (t4 == 0) {
     float* ml = merge_ml + warp * R * 2;
@@ -304,12 +313,12 @@ cudaError_t LaunchSplit(const DcaAttentionParams& p, const DcaSplitItem* items, 
   cudaError_t err = cudaFuncSetAttribute(
       DcaSplitKernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaSplitKernel<Tr><<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(
-      p, items, scratch);
+  DcaSplitKernel<Tr>
+      <<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, items, scratch);
   err = cudaGetLastError();
   if (err != cudaSuccess || n_combine == 0) return err;
-  DcaSplitCombineKernel<D><<<dim3(n_combine, p.kv.n_kv_heads), 128, 0, stream>>>(p, combine,
-                                                                                  scratch);
+  DcaSplitCombineKernel<D>
+      <<<dim3(n_combine, p.kv.n_kv_heads), 128, 0, stream>>>(p, combine, scratch);
   return cudaGetLastError();
 }
 

@@ -11,7 +11,8 @@
 // copy of the query tile, each row in the rotation the current key chunk needs;
 // keys are visited in ascending order, so a row's part only moves inter ->
 // successive -> intra, and when the key chunk changes the rows whose part
-// changed are re-rotated from q. The three parts share one online softmax (no
+// changed are re-rotated from q. Key tiles inside an Infini window's absent
+// range are skipped. The three parts share one online softmax (no
 // merge pass). S = QK^T and O += PV run on bf16 tensor cores (mma.sync
 // m16n8k16) with f32 accumulation; the softmax is f32 in log2 units.
 #include "kernels/cuda/device_common.cuh"
@@ -25,6 +26,9 @@ struct TiledTraits {
   static constexpr int D = kHeadDim;
   static constexpr int kBlockM = kDcaTiledRows;
   static constexpr int kBlockN = kDcaKeyTile;
+  // Keys per softmax step: 32 at D = 128 keeps the 32 x 128 f32 accumulator
+  // and the scores within 255 registers without spilling.
+  static constexpr int kSubN = D == 128 ? 32 : 64;
   static constexpr int kWarps = 4;
   static constexpr int kMTiles = kBlockM / kWarps / 16;  // 16-row MMA tiles per warp
   static constexpr int kThreads = kWarps * 32;
@@ -34,6 +38,8 @@ struct TiledTraits {
   static constexpr int kSmemBytes = (kQElems + 4 * kKvStage) * static_cast<int>(sizeof(bf16));
   static_assert(D == 64 || D == 128, "head dims 64 and 128");
   static_assert(kMTiles == 2, "two MMA row tiles per warp");
+  static_assert((kThreads / kChunks) % 8 == 0 && kBlockN % (kThreads / kChunks) == 0,
+                "K/V copy rows step by a multiple of the swizzle period");
 };
 
 // Element offset of (row, 16-byte chunk) in a [rows][D] bf16 tile. The chunk
@@ -44,14 +50,60 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
+// Writes into q_s, for every row whose part against key chunk `cj` differs from
+// its part against `prev_cj` (-1: none yet), the query rotated for that part.
+// Rows past n_rows get positions past the sequence's end: finite values whose
+// results are dropped. Not inlined: it runs a few times per block, and kept out
+// of line its temporaries do not compete with the accumulators for registers.
+template <class Tr>
+__device__ __noinline__ void RotateRows(bf16* q_s, const float* q_base, int64_t row_stride,
+                                        const float* inv_freq, int i_first, int n_rows, int L,
+                                        int C, int cj, int prev_cj) {
+  constexpr int D = Tr::D, M = Tr::kBlockM;
+  // kUnroll pairs per thread per step, their loads issued together: the pass
+  // is bound by the latency of the q reads otherwise.
+  constexpr int kUnroll = 4;
+  constexpr int kPairs = M * (D / 2);
+  static_assert(kPairs % (Tr::kThreads * kUnroll) == 0, "whole steps");
+  for (int first = threadIdx.x; first < kPairs; first += Tr::kThreads * kUnroll) {
+    float a[kUnroll], b[kUnroll];
+    int part[kUnroll];
+    bool todo[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int idx = first + u * Tr::kThreads;
+      const int row = idx / (D / 2), c = idx % (D / 2);
+      const int i = i_first + row;
+      part[u] = DcaPart(i, L, cj);
+      todo[u] = prev_cj < 0 || DcaPart(i, L, prev_cj) != part[u];
+      a[u] = b[u] = 0.f;
+      if (todo[u] && row < n_rows) {
+        a[u] = q_base[row * row_stride + c];
+        b[u] = q_base[row * row_stride + c + D / 2];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (!todo[u]) continue;
+      const int idx = first + u * Tr::kThreads;
+      const int row = idx / (D / 2), c = idx % (D / 2);
+      float s, co;
+      RopeSinCos(DcaQueryPos(i_first + row, L, C, part[u]), inv_freq[c], &s, &co);
+      const float2 r = RotatePair(a[u], b[u], s, co);
+      q_s[Swz<D>(row, c / 8) + c % 8] = __float2bfloat16_rn(r.x);
+      q_s[Swz<D>(row, (c + D / 2) / 8) + c % 8] = __float2bfloat16_rn(r.y);
+    }
+  }
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 2)
     DcaTiledKernel(DcaAttentionParams p, const DcaRowTile* tiles) {
-  constexpr int D = Tr::D, M = Tr::kBlockM, N = Tr::kBlockN, MT = Tr::kMTiles;
+  constexpr int D = Tr::D, M = Tr::kBlockM, N = Tr::kBlockN, MT = Tr::kMTiles, SN = Tr::kSubN;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [M][D]
-  bf16* k_s = q_s + Tr::kQElems;                   // [2][N][D]
-  bf16* v_s = k_s + 2 * Tr::kKvStage;              // [2][N][D]
+  bf16* k_s = q_s + Tr::kQElems;                  // [2][N][D]
+  bf16* v_s = k_s + 2 * Tr::kKvStage;             // [2][N][D]
 
   const DcaRowTile tile = tiles[blockIdx.x];
   const DcaSeqDesc seq = p.seqs[tile.seq];
@@ -65,44 +117,40 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const float* q_base = p.q + (int64_t{seq.q_row} + tile.row0) * row_stride + int64_t{h} * D;
 
-  // Writes, for every row whose part against key chunk `cj` differs from its
-  // part against `prev_cj` (-1: none yet), the query rotated for that part.
-  // Rows past n_rows get positions past the sequence's end: finite values
-  // whose results are dropped.
-  auto rotate_rows = [&](int cj, int prev_cj) {
-    for (int idx = tid; idx < M * (D / 2); idx += Tr::kThreads) {
-      const int row = idx / (D / 2), c = idx % (D / 2);
-      const int i = i_first + row;
-      const int part = DcaPart(i, L, cj);
-      if (prev_cj >= 0 && DcaPart(i, L, prev_cj) == part) continue;
-      float a = 0.f, b = 0.f;
-      if (row < n_rows) {
-        a = q_base[row * row_stride + c];
-        b = q_base[row * row_stride + c + D / 2];
-      }
-      float s, co;
-      RopeSinCos(DcaQueryPos(i, L, C, part), p.inv_freq[c], &s, &co);
-      const float2 r = RotatePair(a, b, s, co);
-      q_s[Swz<D>(row, c / 8) + c % 8] = __float2bfloat16_rn(r.x);
-      q_s[Swz<D>(row, (c + D / 2) / 8) + c % 8] = __float2bfloat16_rn(r.y);
-    }
-  };
-
   const int32_t* table = p.block_tables + seq.block_table_offset;
   const int64_t key_stride = int64_t{p.kv.n_kv_heads} * D;
+  // Infini window: tiles wholly inside [sink, window_start) are skipped (their
+  // blocks may be released); a tile that only overlaps it masks those keys.
+  const int sink = seq.sink_tokens, window_start = seq.window_start;
+  const bool windowed = window_start > sink;
+  const int absent_t0 = windowed ? (sink + N - 1) / N : 0;
+  const int absent_t1 = windowed ? max(window_start / N, absent_t0) : 0;
+  auto next_tile = [&](int t) {
+    ++t;
+    return t >= absent_t0 && t < absent_t1 ? absent_t1 : t;
+  };
   // Keys past i_last are zero-filled: their slots may hold anything (even NaN),
   // and a masked probability of 0 times NaN would still poison the output.
   auto load_tile = [&](int kt, int stage) {
     const int j0 = kt * N;
     const int64_t base = int64_t{table[j0 / p.kv.block_size]} * p.kv.block_stride +
                          int64_t{j0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
-    for (int idx = tid; idx < N * Tr::kChunks; idx += Tr::kThreads) {
-      const int n = idx / Tr::kChunks, c = idx % Tr::kChunks;
-      const bool valid = j0 + n <= i_last;
-      const int64_t src = base + n * key_stride + c * 8;
-      const int dst = stage * Tr::kKvStage + Swz<D>(n, c);
-      CpAsync16(SmemAddr(k_s + dst), valid ? p.kv.k + src : p.kv.k, valid ? 16 : 0);
-      CpAsync16(SmemAddr(v_s + dst), valid ? p.kv.v + src : p.kv.v, valid ? 16 : 0);
+    // Thread tid copies chunk tid % kChunks of rows tid / kChunks + t * kRowStep:
+    // one source pointer and one swizzled destination, stepped linearly.
+    constexpr int kRowStep = Tr::kThreads / Tr::kChunks;
+    const int n0 = tid / Tr::kChunks, c = tid % Tr::kChunks;
+    const bf16* src_k = p.kv.k + base + n0 * key_stride + c * 8;
+    const bf16* src_v = p.kv.v + base + n0 * key_stride + c * 8;
+    const uint32_t dst_k = SmemAddr(k_s + stage * Tr::kKvStage + Swz<D>(n0, c));
+    const uint32_t dst_v = SmemAddr(v_s + stage * Tr::kKvStage + Swz<D>(n0, c));
+#pragma unroll
+    for (int t = 0; t < N / kRowStep; ++t) {
+      const int j = j0 + n0 + t * kRowStep;
+      const bool valid = j <= i_last && !KeyAbsent(j, sink, window_start);
+      const int64_t step = int64_t{t} * kRowStep * key_stride;
+      const uint32_t dst_off = t * kRowStep * D * sizeof(bf16);  // kRowStep % 8 == 0: same swizzle
+      CpAsync16(dst_k + dst_off, valid ? src_k + step : p.kv.k, valid ? 16 : 0);
+      CpAsync16(dst_v + dst_off, valid ? src_v + step : p.kv.v, valid ? 16 : 0);
     }
   };
 
@@ -119,139 +167,158 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn) o[mt][dn][0] = o[mt][dn][1] = o[mt][dn][2] = o[mt][dn][3] = 0.f;
+    for (int dn = 0; dn < D / 8; ++dn)
+      o[mt][dn][0] = o[mt][dn][1] = o[mt][dn][2] = o[mt][dn][3] = 0.f;
     m[mt][0] = m[mt][1] = -INFINITY;
     l[mt][0] = l[mt][1] = 0.f;
   }
 
   const int n_tiles = i_last / N + 1;
+  // Rows change part only when the key chunk reaches n(i) - 1 or n(i), so key
+  // chunks outside [n(first row) - 1, n(last row)] leave the query tile as is.
+  const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
   int cur_cj = -1;
-  load_tile(0, 0);
+  int kt = next_tile(-1);
+  if (kt < n_tiles) load_tile(kt, 0);
   CpAsyncCommit();
-  for (int kt = 0; kt < n_tiles; ++kt) {
+  for (int it = 0; kt < n_tiles; ++it) {
     const int j0 = kt * N;
-    if (kt + 1 < n_tiles) {
-      load_tile(kt + 1, (kt + 1) & 1);
+    const int kt_next = next_tile(kt);
+    if (kt_next < n_tiles) {
+      load_tile(kt_next, (it + 1) & 1);
       CpAsyncCommit();
     }
-    if (j0 / L != cur_cj) {
-      rotate_rows(j0 / L, cur_cj);
-      cur_cj = j0 / L;
+    const int cj = j0 / L;
+    if (cur_cj < 0 || (cj != cur_cj && cj >= n_first - 1 && cj <= n_last)) {
+      RotateRows<Tr>(q_s, q_base, row_stride, p.inv_freq, i_first, n_rows, L, C, cj, cur_cj);
+      cur_cj = cj;
     }
-    if (kt + 1 < n_tiles) {
+    if (kt_next < n_tiles) {
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();
     }
     __syncthreads();
+    const bool tile_in_window = windowed && j0 < window_start && j0 + N > sink;
     if (warp_active && j0 <= warp_i_last) {
-      const bf16* ks = k_s + (kt & 1) * Tr::kKvStage;
-      const bf16* vs = v_s + (kt & 1) * Tr::kKvStage;
+      const bf16* ks = k_s + (it & 1) * Tr::kKvStage;
+      const bf16* vs = v_s + (it & 1) * Tr::kKvStage;
 
-      float s[MT][N / 8][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int nt = 0; nt < N / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
-      }
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[MT][4];
+      // The tile in sub-steps of SN keys: fewer live score registers.
+#pragma unroll 1
+      for (int k0 = 0; k0 < N; k0 += SN) {
+        if (j0 + k0 > warp_i_last) break;
+        float s[MT][SN / 8][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          LdMatrixX4(SmemAddr(q_s + Swz<D>(warp_row0 + mt * 16 + lane % 16, 2 * kk + lane / 16)),
-                     a[mt][0], a[mt][1], a[mt][2], a[mt][3]);
+#pragma unroll
+          for (int nt = 0; nt < SN / 8; ++nt)
+            s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
         }
 #pragma unroll
-        for (int nt = 0; nt < N / 8; nt += 2) {
-          const int key = nt * 8 + (lane / 16) * 8 + lane % 8;
-          const int chunk = 2 * kk + (lane / 8) % 2;
-          uint32_t b0, b1, b2, b3;
-          LdMatrixX4(SmemAddr(ks + Swz<D>(key, chunk)), b0, b1, b2, b3);
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t a[MT][4];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            MmaBf16(s[mt][nt], a[mt], b0, b1);
-            MmaBf16(s[mt][nt + 1], a[mt], b2, b3);
+            LdMatrixX4(SmemAddr(q_s + Swz<D>(warp_row0 + mt * 16 + lane % 16, 2 * kk + lane / 16)),
+                       a[mt][0], a[mt][1], a[mt][2], a[mt][3]);
           }
-        }
-      }
-
-      // Causal mask (only tiles that reach past the warp's first row), then the
-      // online softmax in log2 units.
-      const bool need_mask = j0 + N - 1 > warp_i_first;
-      uint32_t pf[MT][N / 16][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int i_lo = warp_i_first + mt * 16 + g, i_hi = i_lo + 8;
-        float mx_lo = -INFINITY, mx_hi = -INFINITY;
+          for (int nt = 0; nt < SN / 8; nt += 2) {
+            const int key = k0 + nt * 8 + (lane / 16) * 8 + lane % 8;
+            const int chunk = 2 * kk + (lane / 8) % 2;
+            uint32_t b0, b1, b2, b3;
+            LdMatrixX4(SmemAddr(ks + Swz<D>(key, chunk)), b0, b1, b2, b3);
 #pragma unroll
-        for (int nt = 0; nt < N / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int key = j0 + nt * 8 + 2 * t4 + e;
-            float lo = s[mt][nt][e] * scale_log2, hi = s[mt][nt][2 + e] * scale_log2;
-            if (need_mask) {
-              if (key > i_lo) lo = -INFINITY;
-              if (key > i_hi) hi = -INFINITY;
+            for (int mt = 0; mt < MT; ++mt) {
+              MmaBf16(s[mt][nt], a[mt], b0, b1);
+              MmaBf16(s[mt][nt + 1], a[mt], b2, b3);
             }
-            s[mt][nt][e] = lo;
-            s[mt][nt][2 + e] = hi;
-            mx_lo = fmaxf(mx_lo, lo);
-            mx_hi = fmaxf(mx_hi, hi);
           }
         }
-#pragma unroll
-        for (int off = 1; off <= 2; off <<= 1) {
-          mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-          mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
-        }
-        const float new_lo = fmaxf(m[mt][0], mx_lo), new_hi = fmaxf(m[mt][1], mx_hi);
-        const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
-        const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
-        const float corr_lo = exp2f(m[mt][0] - base_lo), corr_hi = exp2f(m[mt][1] - base_hi);
-        m[mt][0] = new_lo;
-        m[mt][1] = new_hi;
-        float sum_lo = 0.f, sum_hi = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < N / 8; ++nt) {
-          const float p0 = exp2f(s[mt][nt][0] - base_lo), p1 = exp2f(s[mt][nt][1] - base_lo);
-          const float p2 = exp2f(s[mt][nt][2] - base_hi), p3 = exp2f(s[mt][nt][3] - base_hi);
-          sum_lo += p0 + p1;
-          sum_hi += p2 + p3;
-          // The accumulator layout of two adjacent 8-key tiles is the A-operand
-          // layout of one 16-key step: pack P to bf16 right away.
-          pf[mt][nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);
-          pf[mt][nt / 2][(nt % 2) * 2 + 1] = PackBf16(p2, p3);
-        }
-        l[mt][0] = l[mt][0] * corr_lo + sum_lo;
-        l[mt][1] = l[mt][1] * corr_hi + sum_hi;
-#pragma unroll
-        for (int dn = 0; dn < D / 8; ++dn) {
-          o[mt][dn][0] *= corr_lo;
-          o[mt][dn][1] *= corr_lo;
-          o[mt][dn][2] *= corr_hi;
-          o[mt][dn][3] *= corr_hi;
-        }
-      }
 
-      // O += P V.
+        // Causal mask (only tiles that reach past the warp's first row), then the
+        // online softmax in log2 units.
+        const bool need_mask = j0 + k0 + SN - 1 > warp_i_first || tile_in_window;
+        uint32_t pf[MT][SN / 16][4];
 #pragma unroll
-      for (int kk = 0; kk < N / 16; ++kk) {
+        for (int mt = 0; mt < MT; ++mt) {
+          const int i_lo = warp_i_first + mt * 16 + g, i_hi = i_lo + 8;
+          float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
-        for (int dn = 0; dn < D / 8; dn += 2) {
-          const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
-          const int chunk = dn + lane / 16;
-          uint32_t b0, b1, b2, b3;
-          LdMatrixX4Trans(SmemAddr(vs + Swz<D>(key, chunk)), b0, b1, b2, b3);
+          for (int nt = 0; nt < SN / 8; ++nt) {
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            MmaBf16(o[mt][dn], pf[mt][kk], b0, b1);
-            MmaBf16(o[mt][dn + 1], pf[mt][kk], b2, b3);
+            for (int e = 0; e < 2; ++e) {
+              const int key = j0 + k0 + nt * 8 + 2 * t4 + e;
+              float lo = s[mt][nt][e] * scale_log2, hi = s[mt][nt][2 + e] * scale_log2;
+              if (need_mask) {
+                const bool absent = KeyAbsent(key, sink, window_start);
+                if (key > i_lo || absent) lo = -INFINITY;
+                if (key > i_hi || absent) hi = -INFINITY;
+              }
+              s[mt][nt][e] = lo;
+              s[mt][nt][2 + e] = hi;
+              mx_lo = fmaxf(mx_lo, lo);
+              mx_hi = fmaxf(mx_hi, hi);
+            }
+          }
+#pragma unroll
+          for (int off = 1; off <= 2; off <<= 1) {
+            mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+            mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+          }
+          const float new_lo = fmaxf(m[mt][0], mx_lo), new_hi = fmaxf(m[mt][1], mx_hi);
+          const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
+          const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
+          const float corr_lo = FastExp2(m[mt][0] - base_lo),
+                      corr_hi = FastExp2(m[mt][1] - base_hi);
+          m[mt][0] = new_lo;
+          m[mt][1] = new_hi;
+          float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < SN / 8; ++nt) {
+            const float p0 = FastExp2(s[mt][nt][0] - base_lo),
+                        p1 = FastExp2(s[mt][nt][1] - base_lo);
+            const float p2 = FastExp2(s[mt][nt][2] - base_hi),
+                        p3 = FastExp2(s[mt][nt][3] - base_hi);
+            sum_lo += p0 + p1;
+            sum_hi += p2 + p3;
+            // The accumulator layout of two adjacent 8-key tiles is the A-operand
+            // layout of one 16-key step: pack P to bf16 right away.
+            pf[mt][nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);
+            pf[mt][nt / 2][(nt % 2) * 2 + 1] = PackBf16(p2, p3);
+          }
+          l[mt][0] = l[mt][0] * corr_lo + sum_lo;
+          l[mt][1] = l[mt][1] * corr_hi + sum_hi;
+#pragma unroll
+          for (int dn = 0; dn < D / 8; ++dn) {
+            o[mt][dn][0] *= corr_lo;
+            o[mt][dn][1] *= corr_lo;
+            o[mt][dn][2] *= corr_hi;
+            o[mt][dn][3] *= corr_hi;
+          }
+        }
+
+        // O += P V.
+#pragma unroll
+        for (int kk = 0; kk < SN / 16; ++kk) {
+#pragma unroll
+          for (int dn = 0; dn < D / 8; dn += 2) {
+            const int key = k0 + kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
+            const int chunk = dn + lane / 16;
+            uint32_t b0, b1, b2, b3;
+            LdMatrixX4Trans(SmemAddr(vs + Swz<D>(key, chunk)), b0, b1, b2, b3);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              MmaBf16(o[mt][dn], pf[mt][kk], b0, b1);
+              MmaBf16(o[mt][dn + 1], pf[mt][kk], b2, b3);
+            }
           }
         }
       }
     }
     __syncthreads();
+    kt = kt_next;
   }
 
   float* out_base = p.out + (int64_t{seq.q_row} + tile.row0) * row_stride + int64_t{h} * D;

@@ -36,6 +36,20 @@ __device__ __forceinline__ int DcaPart(int i, int L, int key_chunk) {
   return min(max(i / L - key_chunk, 0), 2);
 }
 
+// 2^x in one MUFU instruction (flushes subnormal results to zero, which the
+// softmax's probabilities in [0, 1] can afford).
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Infini window: keys in [sink, window_start) are absent (empty when
+// window_start <= sink).
+__device__ __forceinline__ bool KeyAbsent(int j, int sink, int window_start) {
+  return j >= sink && j < window_start;
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -24,39 +24,39 @@ cudaError_t ConvertF32ToBf16(bf16* out, const float* in, int64_t n, cudaStream_t
 cudaError_t ConvertBf16ToF32(float* out, const bf16* in, int64_t n, cudaStream_t stream);
 
 // --- elementwise, normalisation, RoPE (same math as longctx::cpu) ---
-cudaError_t Embedding(float* out,             // [T, D]
-                      const void* table,      // [V, D], table_type
+cudaError_t Embedding(float* out,         // [T, D]
+                      const void* table,  // [V, D], table_type
                       ElemType table_type,
-                      const int32_t* ids,     // [T], each in [0, V) (checked by the caller)
+                      const int32_t* ids,  // [T], each in [0, V) (checked by the caller)
                       int T, int D, cudaStream_t stream);
 
-cudaError_t RmsNorm(float* out,               // [T, D] (may alias x)
-                    const float* x,           // [T, D]
-                    const void* w,            // [D], w_type
+cudaError_t RmsNorm(float* out,      // [T, D] (may alias x)
+                    const float* x,  // [T, D]
+                    const void* w,   // [D], w_type
                     ElemType w_type, int T, int D, float eps, cudaStream_t stream);
 
 // out[t, n] += bias[n]: the bias half of Linear (the product is a cuBLAS GEMM).
-cudaError_t AddBias(float* out,               // [T, N]
-                    const void* bias,         // [N], bias_type
+cudaError_t AddBias(float* out,        // [T, N]
+                    const void* bias,  // [N], bias_type
                     ElemType bias_type, int T, int N, cudaStream_t stream);
 
-cudaError_t SwiGlu(float* out,                // [T, F] (may alias gate)
-                   const float* gate,         // [T, F]
-                   const float* up,           // [T, F]
+cudaError_t SwiGlu(float* out,         // [T, F] (may alias gate)
+                   const float* gate,  // [T, F]
+                   const float* up,    // [T, F]
                    int T, int F, cudaStream_t stream);
 
 cudaError_t AddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream);
 
 // Rotate-half RoPE in place, angles reduced in double as on the CPU.
-cudaError_t Rope(float* x,                    // [T, H, D]
-                 const int32_t* pos,          // [T]
-                 const float* inv_freq,       // [D/2]
+cudaError_t Rope(float* x,               // [T, H, D]
+                 const int32_t* pos,     // [T]
+                 const float* inv_freq,  // [D/2]
                  int T, int H, int D, cudaStream_t stream);
 
 // out[r, :] = src[rows[r], :]
-cudaError_t GatherRows(float* out,            // [n_rows, cols]
-                       const float* src,      // [*, cols]
-                       const int32_t* rows,   // [n_rows], in range (checked by the caller)
+cudaError_t GatherRows(float* out,           // [n_rows, cols]
+                       const float* src,     // [*, cols]
+                       const int32_t* rows,  // [n_rows], in range (checked by the caller)
                        int n_rows, int cols, cudaStream_t stream);
 
 // --- paged KV cache ---
@@ -64,13 +64,13 @@ cudaError_t GatherRows(float* out,            // [n_rows, cols]
 // layer, K then V of block_size slots: [block][layer][k|v][slot][kv_head][head_dim].
 struct KvWriteParams {
   bf16* arena = nullptr;
-  int64_t block_elems = 0;    // elements per physical block (all layers)
-  int64_t layer_offset = 0;   // layer * 2 * plane
-  int64_t plane = 0;          // block_size * width: K to V distance inside a layer
+  int64_t block_elems = 0;   // elements per physical block (all layers)
+  int64_t layer_offset = 0;  // layer * 2 * plane
+  int64_t plane = 0;         // block_size * width: K to V distance inside a layer
   int block_size = 0;
-  int width = 0;              // n_kv_heads * head_dim
-  const float* k = nullptr;   // [T, width], rotated at j mod L
-  const float* v = nullptr;   // [T, width]
+  int width = 0;                   // n_kv_heads * head_dim
+  const float* k = nullptr;        // [T, width], rotated at j mod L
+  const float* v = nullptr;        // [T, width]
   const int32_t* slots = nullptr;  // [T] physical slot = block * block_size + offset
   int T = 0;
 };
@@ -90,18 +90,22 @@ struct PagedKvViewBf16 {
 
 // One sequence of a batched attention call (device copy of engine's AttentionSeq).
 struct DcaSeqDesc {
-  int q_row = 0;               // first row of the sequence in q/out
-  int n_q = 0;                 // new tokens: query r is token q_start + r
+  int q_row = 0;  // first row of the sequence in q/out
+  int n_q = 0;    // new tokens: query r is token q_start + r
   int q_start = 0;
   int block_table_offset = 0;  // into DcaAttentionParams::block_tables
   int chunk_len = 0;           // L
   int chunk_size = 0;          // C
   float softmax_scale = 0.f;
+  // Infini window (cpu::DcaParams): keys sink_tokens <= j < window_start are
+  // absent (their blocks may be released) and never read.
+  int sink_tokens = 0;
+  int window_start = 0;
 };
 
 struct DcaAttentionParams {
-  float* out = nullptr;            // [rows, H * D]
-  const float* q = nullptr;        // [rows, H * D], un-rotated
+  float* out = nullptr;      // [rows, H * D]
+  const float* q = nullptr;  // [rows, H * D], un-rotated
   PagedKvViewBf16 kv;
   const int32_t* block_tables = nullptr;  // all sequences' tables, concatenated
   const DcaSeqDesc* seqs = nullptr;
@@ -141,11 +145,11 @@ cudaError_t DcaAttentionTiled(const DcaAttentionParams& p, const DcaRowTile* til
                               cudaStream_t stream);
 
 // Split-KV (flash-decoding) kernel, bf16 mma.sync like the tiled kernel, D in
-// {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a sequence is query rr / group, q head kv_head * group + rr % group.
-// A work item covers rows rr0 .. rr0 + n_rows (≤ kDcaSplitRows) and key tiles
-// [tile_begin, tile_end). Items with out_slot < 0 are the only split of their
-// rows and write `out` directly; the others write partial results to slot
-// out_slot, which DcaSplitCombine merges.
+// {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a sequence is query rr
+// / group, q head kv_head * group + rr % group. A work item covers rows rr0 .. rr0 + n_rows (≤
+// kDcaSplitRows) and key tiles [tile_begin, tile_end). Items with out_slot < 0 are the only split
+// of their rows and write `out` directly; the others write partial results to slot out_slot, which
+// DcaSplitCombine merges.
 struct DcaSplitItem {
   int seq = 0;
   int rr0 = 0;

@@ -6,6 +6,7 @@
 #   model     only the whole-model tests (needs LONGCTX_MODEL for the default model)
 #   sanitize  compute-sanitizer memcheck and racecheck on the attention kernels
 #   bench     longctx-attention-bench and PyTorch SDPA at 8k/32k/128k, D 64 and 128
+#   profile   Nsight Compute on one tiled prefill and one split-KV decode launch
 #
 #   tools/bench/run_cuda_checks.sh OUTDIR unit sanitize bench
 set -u
@@ -21,7 +22,7 @@ mkdir -p "$out"
 } >> "$out/env.log" 2>&1
 
 # Attention cases small enough for the sanitizers (each runs all four kernel modes).
-san_filter='Cases/CudaAttentionTest.MatchesCpu/Small_mixed_batch_gqa64:Cases/CudaAttentionTest.MatchesCpu/Small_mixed_batch_mha128:Cases/CudaAttentionTest.MatchesCpu/Small_prefill65_gqa128_C128w64:Cases/CudaAttentionTest.MatchesCpu/Small_prefill64_gqa64_C256w64'
+san_filter='Cases/CudaAttentionTest.MatchesCpu/window_chunk_gqa64:Cases/CudaAttentionTest.MatchesCpu/Small_mixed_batch_gqa64:Cases/CudaAttentionTest.MatchesCpu/Small_mixed_batch_mha128:Cases/CudaAttentionTest.MatchesCpu/Small_prefill65_gqa128_C128w64:Cases/CudaAttentionTest.MatchesCpu/Small_prefill64_gqa64_C256w64'
 
 for phase in "$@"; do
   start=$(date +%s)
@@ -59,6 +60,15 @@ for phase in "$@"; do
       } > "$out/bench.md" 2>&1
       echo "bench: rc=$?"
       grep -E '^\| (prefill|flash|cudnn)' "$out/bench.md" ;;
+    profile)
+      for k in DcaTiled DcaSplitKernel; do
+        timeout 240 ncu --clock-control none --kernel-name "regex:$k" --launch-skip 1 --launch-count 1 \
+          --section SpeedOfLight --section WarpStateStats --section Occupancy \
+          --section LaunchStats --section MemoryWorkloadAnalysis \
+          longctx-attention-bench --backend=cuda --lengths=32768 --heads=32 --kv_heads=8 \
+          --head_dim=128 --decode_batch=32 --reps=1 >> "$out/profile.log" 2>&1
+        echo "profile $k: rc=$?"
+      done ;;
     *)
       echo "unknown phase $phase" >&2 ;;
   esac

@@ -17,8 +17,8 @@ constexpr int kMinTilesPerSplit = 2;
 constexpr int kSplitBlocksPerSm = 2;
 
 Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
-  const bool tiles_fit = s.dca.chunk_len % cuda::kDcaKeyTile == 0 &&
-                         shape.block_size % cuda::kDcaKeyTile == 0;
+  const bool tiles_fit =
+      s.dca.chunk_len % cuda::kDcaKeyTile == 0 && shape.block_size % cuda::kDcaKeyTile == 0;
   const bool tiled_ok = tiles_fit && cuda::DcaTiledSupported(shape.head_dim);
   const bool split_ok = tiles_fit && cuda::DcaSplitSupported(shape.head_dim);
   switch (shape.kernels) {
@@ -42,8 +42,9 @@ Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
 absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
                                             const AttentionPlanShape& shape) {
   if (shape.head_dim != 64 && shape.head_dim != 128 && shape.head_dim != 256) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "attention: head_dim ", shape.head_dim, " not supported by the CUDA kernels (64, 128, 256)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention: head_dim ", shape.head_dim,
+                     " not supported by the CUDA kernels (64, 128, 256)"));
   }
   AttentionPlan plan;
   plan.seqs.reserve(seqs.size());
@@ -53,26 +54,35 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
     const AttentionSeq& s = seqs[si];
     const int64_t end = int64_t{s.q_start} + s.n_q;
     if (s.n_q < 0 || s.q_start < 0 || s.q_row < 0 || int64_t{s.q_row} + s.n_q > shape.q_rows) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention: sequence ", si, " rows [", s.q_row, ", ", s.q_row + s.n_q,
-                       ") outside the ", shape.q_rows, " query rows"));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " rows [", s.q_row,
+                                                     ", ", s.q_row + s.n_q, ") outside the ",
+                                                     shape.q_rows, " query rows"));
     }
     if (static_cast<int64_t>(s.block_table.size()) * shape.block_size < end) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention: sequence ", si, " block table of ", s.block_table.size(),
-                       " blocks cannot hold ", end, " tokens"));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " block table of ",
+                                                     s.block_table.size(), " blocks cannot hold ",
+                                                     end, " tokens"));
     }
     if (s.dca.chunk_len < 1 || s.dca.chunk_size < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si,
-                                                     " has chunk_len ", s.dca.chunk_len,
-                                                     ", chunk_size ", s.dca.chunk_size));
+      return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " has chunk_len ",
+                                                     s.dca.chunk_len, ", chunk_size ",
+                                                     s.dca.chunk_size));
+    }
+    if (s.dca.sink_tokens < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("attention: sequence ", si, " has sink_tokens ", s.dca.sink_tokens));
     }
     const int64_t used_blocks = (end + shape.block_size - 1) / shape.block_size;
     for (int64_t b = 0; b < used_blocks; ++b) {
+      // Blocks wholly inside the Infini window's absent range are never read.
+      if (b * shape.block_size >= s.dca.sink_tokens &&
+          (b + 1) * shape.block_size <= s.dca.window_start) {
+        continue;
+      }
       if (s.block_table[b] < 0 || s.block_table[b] >= shape.n_blocks) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("attention: sequence ", si, " names block ", s.block_table[b],
-                         " outside the arena of ", shape.n_blocks));
+        return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " names block ",
+                                                       s.block_table[b], " outside the arena of ",
+                                                       shape.n_blocks));
       }
     }
     cuda::DcaSeqDesc d;
@@ -83,6 +93,8 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
     d.chunk_len = s.dca.chunk_len;
     d.chunk_size = s.dca.chunk_size;
     d.softmax_scale = s.dca.softmax_scale;
+    d.sink_tokens = s.dca.sink_tokens;
+    d.window_start = s.dca.window_start;
     plan.seqs.push_back(d);
     plan.block_tables.insert(plan.block_tables.end(), s.block_table.begin(),
                              s.block_table.begin() + used_blocks);
@@ -116,8 +128,16 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
 
   // Split-KV: row groups of kDcaSplitRows (query, head-in-group) rows; their key
   // tiles cut into splits of equal length, enough blocks to fill the device.
+  // Splits count only present key tiles: those wholly inside an Infini
+  // window's absent range cost nothing.
   struct RowGroup {
     int seq, rr0, n_rows, n_tiles;
+    int absent_t0, absent_t1;  // tiles skipped, [absent_t0, absent_t1)
+    int present() const { return n_tiles - (absent_t1 - absent_t0); }
+    // Tile index of the k-th present tile.
+    int Tile(int64_t k) const {
+      return static_cast<int>(k < absent_t0 ? k : k + (absent_t1 - absent_t0));
+    }
   };
   std::vector<RowGroup> groups;
   int64_t total_tiles = 0;
@@ -128,25 +148,34 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
       const int n_rows = std::min(cuda::kDcaSplitRows, rows - rr0);
       const int i_max = d.q_start + (rr0 + n_rows - 1) / group;
       const int n_tiles = i_max / cuda::kDcaKeyTile + 1;
-      groups.push_back({si, rr0, n_rows, n_tiles});
-      total_tiles += n_tiles;
+      RowGroup rg{si, rr0, n_rows, n_tiles, 0, 0};
+      if (d.window_start > d.sink_tokens) {
+        rg.absent_t0 =
+            std::min(n_tiles, (d.sink_tokens + cuda::kDcaKeyTile - 1) / cuda::kDcaKeyTile);
+        rg.absent_t1 = std::clamp(d.window_start / cuda::kDcaKeyTile, rg.absent_t0, n_tiles);
+      }
+      groups.push_back(rg);
+      total_tiles += rg.present();
     }
   }
   if (!groups.empty()) {
     const int64_t target_items =
         std::max<int64_t>(1, int64_t{kSplitBlocksPerSm} * shape.num_sms / shape.n_kv_heads);
-    const int64_t per_split = std::max<int64_t>(
-        kMinTilesPerSplit, (total_tiles + target_items - 1) / target_items);
+    const int64_t per_split =
+        std::max<int64_t>(kMinTilesPerSplit, (total_tiles + target_items - 1) / target_items);
     for (const RowGroup& g : groups) {
-      const int n_splits = static_cast<int>((g.n_tiles + per_split - 1) / per_split);
+      const int present = g.present();
+      const int n_splits = std::max(1, static_cast<int>((present + per_split - 1) / per_split));
       const int first_slot = plan.split_slots;
       for (int k = 0; k < n_splits; ++k) {
         cuda::DcaSplitItem item;
         item.seq = g.seq;
         item.rr0 = g.rr0;
         item.n_rows = g.n_rows;
-        item.tile_begin = static_cast<int>(k * per_split);
-        item.tile_end = static_cast<int>(std::min<int64_t>(g.n_tiles, (k + 1) * per_split));
+        // The split's first present tile up to the next split's (absent tiles
+        // in between are skipped by the kernel).
+        item.tile_begin = k == 0 ? 0 : g.Tile(k * per_split);
+        item.tile_end = k + 1 == n_splits ? g.n_tiles : g.Tile((k + 1) * per_split);
         item.out_slot = n_splits == 1 ? -1 : first_slot + k;
         plan.split_items.push_back(item);
       }

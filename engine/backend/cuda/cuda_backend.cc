@@ -57,6 +57,7 @@ class CudaBackend final : public Backend {
   std::string Name() const override { return absl::StrCat("cuda:", options_.device); }
   DType WeightType() const override { return DType::kBF16; }
   DType ActivationType() const override { return DType::kF32; }
+  DType KvType() const override { return DType::kBF16; }
 
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
   void Free(void* data) override;
@@ -96,9 +97,9 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   ArgStaging staging_;
-  ScratchBuffer convert_;    // f32 staging of Upload / Download / KV blocks
-  ScratchBuffer x_bf16_;     // Linear's activations in bf16
-  ScratchBuffer split_o_;    // split-KV partial outputs
+  ScratchBuffer convert_;  // f32 staging of Upload / Download / KV blocks
+  ScratchBuffer x_bf16_;   // Linear's activations in bf16
+  ScratchBuffer split_o_;  // split-KV partial outputs
   ScratchBuffer split_ml_;
   KvGeometry kv_geometry_;
   cuda::bf16* kv_ = nullptr;  // owned arena
@@ -162,8 +163,8 @@ absl::Status CudaBackend::Synchronize() {
 absl::Status CudaBackend::CopyIn(void* dst, DType dtype, const float* host, int64_t n) {
   if (n == 0) return absl::OkStatus();
   if (dtype == DType::kF32) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice,
-                                         stream_));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
     return Synchronize();
   }
   RETURN_IF_ERROR(convert_.Reserve(std::min(n, kConvertChunk) * sizeof(float), stream_));
@@ -180,8 +181,8 @@ absl::Status CudaBackend::CopyIn(void* dst, DType dtype, const float* host, int6
 absl::Status CudaBackend::CopyOut(float* host, const void* src, DType dtype, int64_t n) {
   if (n == 0) return Synchronize();
   if (dtype == DType::kF32) {
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost,
-                                         stream_));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     return Synchronize();
   }
   RETURN_IF_ERROR(convert_.Reserve(std::min(n, kConvertChunk) * sizeof(float), stream_));
@@ -210,7 +211,8 @@ absl::Status CudaBackend::Download(float* host, Tensor src) {
 }
 
 absl::Status CudaBackend::InitKv(const KvGeometry& g) {
-  if (kv_ != nullptr) return absl::FailedPreconditionError("cuda backend: KV arena already initialised");
+  if (kv_ != nullptr)
+    return absl::FailedPreconditionError("cuda backend: KV arena already initialised");
   if (g.n_layers <= 0 || g.n_kv_heads <= 0 || g.head_dim <= 0 || g.head_dim % 8 != 0 ||
       g.block_size <= 0 || g.n_blocks <= 0) {
     return absl::InvalidArgumentError("cuda backend: bad KV geometry");
@@ -227,7 +229,8 @@ absl::Status CudaBackend::InitKv(const KvGeometry& g) {
 
 absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) {
   const KvGeometry& g = kv_geometry_;
-  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  if (kv_ == nullptr)
+    return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
   RETURN_IF_ERROR(RequireF32(k, "KvWrite", "k"));
   RETURN_IF_ERROR(RequireF32(v, "KvWrite", "v"));
   const int width = g.n_kv_heads * g.head_dim;
@@ -238,8 +241,8 @@ absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const
   const int64_t n_slots = g.n_blocks * g.block_size;
   for (int32_t s : slots) {
     if (s < 0 || s >= n_slots) {
-      return absl::OutOfRangeError(absl::StrCat("cuda backend: KvWrite slot ", s, " outside [0, ",
-                                                n_slots, ")"));
+      return absl::OutOfRangeError(
+          absl::StrCat("cuda backend: KvWrite slot ", s, " outside [0, ", n_slots, ")"));
     }
   }
   if (slots.empty()) return absl::OkStatus();
@@ -260,15 +263,19 @@ absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const
 }
 
 absl::Status CudaBackend::KvReadBlock(int64_t block, float* host) {
-  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
-  if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvReadBlock: block");
+  if (kv_ == nullptr)
+    return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  if (block < 0 || block >= kv_geometry_.n_blocks)
+    return absl::OutOfRangeError("KvReadBlock: block");
   const int64_t n = kv_geometry_.ElementsPerBlock();
   return CopyOut(host, kv_ + block * n, DType::kBF16, n);
 }
 
 absl::Status CudaBackend::KvWriteBlock(int64_t block, const float* host) {
-  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
-  if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvWriteBlock: block");
+  if (kv_ == nullptr)
+    return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  if (block < 0 || block >= kv_geometry_.n_blocks)
+    return absl::OutOfRangeError("KvWriteBlock: block");
   const int64_t n = kv_geometry_.ElementsPerBlock();
   return CopyIn(kv_ + block * n, DType::kBF16, host, n);
 }
@@ -293,12 +300,11 @@ absl::Status CudaBackend::Embedding(Tensor out, Tensor table, std::span<const in
 absl::Status CudaBackend::RmsNorm(Tensor out, Tensor x, Tensor w, float eps) {
   RETURN_IF_ERROR(RequireF32(out, "RmsNorm", "out"));
   RETURN_IF_ERROR(RequireF32(x, "RmsNorm", "x"));
-  RETURN_IF_ERROR(RequireShape(out.rows == x.rows && out.cols == x.cols && w.numel() == x.cols,
-                               "RmsNorm"));
-  CUDA_RETURN_IF_ERROR(cuda::RmsNorm(static_cast<float*>(out.data),
-                                     static_cast<const float*>(x.data), w.data, ElemOf(w.dtype),
-                                     static_cast<int>(x.rows), static_cast<int>(x.cols), eps,
-                                     stream_));
+  RETURN_IF_ERROR(
+      RequireShape(out.rows == x.rows && out.cols == x.cols && w.numel() == x.cols, "RmsNorm"));
+  CUDA_RETURN_IF_ERROR(cuda::RmsNorm(
+      static_cast<float*>(out.data), static_cast<const float*>(x.data), w.data, ElemOf(w.dtype),
+      static_cast<int>(x.rows), static_cast<int>(x.cols), eps, stream_));
   return absl::OkStatus();
 }
 
@@ -315,9 +321,8 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
   // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
   if (w.dtype == DType::kBF16) {
     RETURN_IF_ERROR(x_bf16_.Reserve(static_cast<size_t>(x.numel()) * sizeof(cuda::bf16), stream_));
-    CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(x_bf16_.as<cuda::bf16>(),
-                                                static_cast<const float*>(x.data), x.numel(),
-                                                stream_));
+    CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
+        x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
     CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
                                         CUDA_R_16BF, K, x_bf16_.as<cuda::bf16>(), CUDA_R_16BF, K,
                                         &zero, out.data, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
@@ -342,9 +347,8 @@ absl::Status CudaBackend::SwiGlu(Tensor out, Tensor gate, Tensor up) {
       out.numel() == gate.numel() && gate.numel() == up.numel() && gate.cols > 0, "SwiGlu"));
   CUDA_RETURN_IF_ERROR(cuda::SwiGlu(static_cast<float*>(out.data),
                                     static_cast<const float*>(gate.data),
-                                    static_cast<const float*>(up.data),
-                                    static_cast<int>(gate.rows), static_cast<int>(gate.cols),
-                                    stream_));
+                                    static_cast<const float*>(up.data), static_cast<int>(gate.rows),
+                                    static_cast<int>(gate.cols), stream_));
   return absl::OkStatus();
 }
 
@@ -361,15 +365,14 @@ absl::Status CudaBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> p
                                std::span<const float> inv_freq) {
   RETURN_IF_ERROR(RequireF32(x, "Rope", "x"));
   const int64_t D = static_cast<int64_t>(inv_freq.size()) * 2;
-  RETURN_IF_ERROR(RequireShape(x.rows == static_cast<int64_t>(pos.size()) &&
-                                   x.cols == n_heads * D && D > 0 && D <= 512,
-                               "Rope"));
+  RETURN_IF_ERROR(RequireShape(
+      x.rows == static_cast<int64_t>(pos.size()) && x.cols == n_heads * D && D > 0 && D <= 512,
+      "Rope"));
   if (pos.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_pos, StageSpan(pos));
   ASSIGN_OR_RETURN(const float* d_freq, StageSpan(inv_freq));
   CUDA_RETURN_IF_ERROR(cuda::Rope(static_cast<float*>(x.data), d_pos, d_freq,
-                                  static_cast<int>(x.rows), n_heads, static_cast<int>(D),
-                                  stream_));
+                                  static_cast<int>(x.rows), n_heads, static_cast<int>(D), stream_));
   return absl::OkStatus();
 }
 
@@ -377,16 +380,16 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
                                     std::span<const AttentionSeq> seqs,
                                     std::span<const float> inv_freq) {
   const KvGeometry& g = kv_geometry_;
-  if (kv_ == nullptr) return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
+  if (kv_ == nullptr)
+    return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
   RETURN_IF_ERROR(RequireF32(out, "Attention", "out"));
   RETURN_IF_ERROR(RequireF32(q, "Attention", "q"));
   const int D = g.head_dim;
-  RETURN_IF_ERROR(RequireShape(q.cols == int64_t{n_heads} * D && out.rows == q.rows &&
-                                   out.cols == q.cols && n_heads > 0 &&
-                                   n_heads % g.n_kv_heads == 0 &&
-                                   static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
-                                   layer < g.n_layers,
-                               "Attention"));
+  RETURN_IF_ERROR(RequireShape(
+      q.cols == int64_t{n_heads} * D && out.rows == q.rows && out.cols == q.cols && n_heads > 0 &&
+          n_heads % g.n_kv_heads == 0 && static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
+          layer < g.n_layers,
+      "Attention"));
   AttentionPlanShape shape;
   shape.n_heads = n_heads;
   shape.n_kv_heads = g.n_kv_heads;
@@ -425,23 +428,23 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
   p.H = n_heads;
   p.D = D;
 
-  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSimple(
-      p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_simple),
-      static_cast<int>(plan.simple_tiles.size()), stream_));
-  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionTiled(
-      p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_tiled),
-      static_cast<int>(plan.tiled_tiles.size()), stream_));
+  CUDA_RETURN_IF_ERROR(
+      cuda::DcaAttentionSimple(p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_simple),
+                               static_cast<int>(plan.simple_tiles.size()), stream_));
+  CUDA_RETURN_IF_ERROR(
+      cuda::DcaAttentionTiled(p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_tiled),
+                              static_cast<int>(plan.tiled_tiles.size()), stream_));
   if (!plan.split_items.empty()) {
-    const size_t slot_rows = static_cast<size_t>(std::max(plan.split_slots, 1)) * g.n_kv_heads *
-                             cuda::kDcaSplitRows;
+    const size_t slot_rows =
+        static_cast<size_t>(std::max(plan.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
     RETURN_IF_ERROR(split_o_.Reserve(slot_rows * D * sizeof(float), stream_));
     RETURN_IF_ERROR(split_ml_.Reserve(slot_rows * 2 * sizeof(float), stream_));
     cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>()};
-    CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSplit(
-        p, reinterpret_cast<const cuda::DcaSplitItem*>(base + at_split),
-        static_cast<int>(plan.split_items.size()),
-        reinterpret_cast<const cuda::DcaCombineItem*>(base + at_combine),
-        static_cast<int>(plan.combine_items.size()), scratch, stream_));
+    CUDA_RETURN_IF_ERROR(
+        cuda::DcaAttentionSplit(p, reinterpret_cast<const cuda::DcaSplitItem*>(base + at_split),
+                                static_cast<int>(plan.split_items.size()),
+                                reinterpret_cast<const cuda::DcaCombineItem*>(base + at_combine),
+                                static_cast<int>(plan.combine_items.size()), scratch, stream_));
   }
   return absl::OkStatus();
 }
@@ -456,10 +459,9 @@ absl::Status CudaBackend::GatherRows(Tensor out, Tensor src, std::span<const int
   }
   if (rows.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_rows, StageSpan(rows));
-  CUDA_RETURN_IF_ERROR(cuda::GatherRows(static_cast<float*>(out.data),
-                                        static_cast<const float*>(src.data), d_rows,
-                                        static_cast<int>(rows.size()),
-                                        static_cast<int>(src.cols), stream_));
+  CUDA_RETURN_IF_ERROR(
+      cuda::GatherRows(static_cast<float*>(out.data), static_cast<const float*>(src.data), d_rows,
+                       static_cast<int>(rows.size()), static_cast<int>(src.cols), stream_));
   return absl::OkStatus();
 }
 

@@ -18,9 +18,9 @@ absl::Status CudaErrorToStatus(cudaError_t err, const char* expr, const char* fi
 }
 
 absl::Status CublasErrorToStatus(cublasStatus_t err, const char* expr, const char* file, int line) {
-  std::string msg = absl::StrCat("cuBLAS error ", cublasGetStatusName(err), " (",
-                                 cublasGetStatusString(err), ") in ", expr, " at ", file, ":",
-                                 line);
+  std::string msg =
+      absl::StrCat("cuBLAS error ", cublasGetStatusName(err), " (", cublasGetStatusString(err),
+                   ") in ", expr, " at ", file, ":", line);
   if (err == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(msg);
   return absl::InternalError(msg);
 }

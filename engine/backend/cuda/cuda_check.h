@@ -18,19 +18,19 @@ absl::Status CublasErrorToStatus(cublasStatus_t err, const char* expr, const cha
 
 // Evaluates a cudaError_t expression; returns a Status from the enclosing
 // function when it is not cudaSuccess.
-#define CUDA_RETURN_IF_ERROR(expr)                                                      \
-  do {                                                                                  \
-    const cudaError_t _longctx_cuda_err = (expr);                                       \
-    if (_longctx_cuda_err != cudaSuccess) {                                             \
+#define CUDA_RETURN_IF_ERROR(expr)                                                       \
+  do {                                                                                   \
+    const cudaError_t _longctx_cuda_err = (expr);                                        \
+    if (_longctx_cuda_err != cudaSuccess) {                                              \
       return ::longctx::CudaErrorToStatus(_longctx_cuda_err, #expr, __FILE__, __LINE__); \
-    }                                                                                   \
+    }                                                                                    \
   } while (0)
 
 // Same for cublasStatus_t.
-#define CUBLAS_RETURN_IF_ERROR(expr)                                                        \
-  do {                                                                                      \
-    const cublasStatus_t _longctx_cublas_err = (expr);                                      \
-    if (_longctx_cublas_err != CUBLAS_STATUS_SUCCESS) {                                     \
+#define CUBLAS_RETURN_IF_ERROR(expr)                                                         \
+  do {                                                                                       \
+    const cublasStatus_t _longctx_cublas_err = (expr);                                       \
+    if (_longctx_cublas_err != CUBLAS_STATUS_SUCCESS) {                                      \
       return ::longctx::CublasErrorToStatus(_longctx_cublas_err, #expr, __FILE__, __LINE__); \
-    }                                                                                       \
+    }                                                                                        \
   } while (0)
