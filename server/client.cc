@@ -14,10 +14,21 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& 
   if (options.tls_ca.empty()) {
     creds = grpc::InsecureChannelCredentials();
   } else {
-    std::ifstream in(options.tls_ca, std::ios::binary);
-    if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", options.tls_ca));
+    auto read = [](const std::string& path, std::string* out) -> absl::Status {
+      std::ifstream in(path, std::ios::binary);
+      if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", path));
+      out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      return absl::OkStatus();
+    };
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (auto s = read(options.tls_ca, &ssl.pem_root_certs); !s.ok()) return s;
+    if (options.tls_cert.empty() != options.tls_key.empty()) {
+      return absl::InvalidArgumentError("a client certificate needs both --tls-cert and --tls-key");
+    }
+    if (!options.tls_cert.empty()) {
+      if (auto s = read(options.tls_cert, &ssl.pem_cert_chain); !s.ok()) return s;
+      if (auto s = read(options.tls_key, &ssl.pem_private_key); !s.ok()) return s;
+    }
     creds = grpc::SslCredentials(ssl);
   }
   grpc::ChannelArguments args;

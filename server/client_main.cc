@@ -33,6 +33,8 @@ global flags (also from the environment):
   --server=HOST:PORT   server address           (LONGCTX_SERVER, default localhost:50051)
   --token=TOKEN        bearer token             (LONGCTX_TOKEN)
   --tls-ca=FILE        use TLS, trusting this CA (LONGCTX_TLS_CA)
+  --tls-cert=FILE --tls-key=FILE
+                       client certificate for mutual TLS (LONGCTX_TLS_CERT, LONGCTX_TLS_KEY)
   --timeout=DURATION   deadline of each call, e.g. 30s, 5m
 
 commands:
@@ -519,6 +521,8 @@ int Main(int argc, char** argv) {
   options.address = args->Get("server", Env("LONGCTX_SERVER", "localhost:50051"));
   options.token = args->Get("token", Env("LONGCTX_TOKEN", ""));
   options.tls_ca = args->Get("tls-ca", Env("LONGCTX_TLS_CA", ""));
+  options.tls_cert = args->Get("tls-cert", Env("LONGCTX_TLS_CERT", ""));
+  options.tls_key = args->Get("tls-key", Env("LONGCTX_TLS_KEY", ""));
   if (args->Has("timeout") && !absl::ParseDuration(args->Get("timeout"), &options.timeout)) {
     std::fprintf(stderr, "longctx: bad --timeout\n");
     return 2;

@@ -39,9 +39,11 @@ std::optional<std::string> ReadBook(const std::string& file_name) {
   return std::nullopt;
 }
 
-absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(const std::vector<std::string>& flags) {
+absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(
+    const std::vector<std::string>& flags, std::shared_ptr<grpc::ChannelCredentials> credentials) {
   if (ModelPath().empty()) return absl::FailedPreconditionError("LONGCTX_MODEL is not set");
   std::unique_ptr<Daemon> d(new Daemon());
+  d->credentials_ = credentials ? credentials : grpc::InsecureChannelCredentials();
   char tmpl[] = "/tmp/longctxd-test-XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
   d->dir_ = tmpl;
@@ -112,7 +114,7 @@ absl::Status Daemon::WaitListening(absl::Duration timeout) {
       grpc::ChannelArguments ch;
       ch.SetMaxSendMessageSize(64 << 20);
       ch.SetMaxReceiveMessageSize(64 << 20);
-      channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), ch);
+      channel_ = grpc::CreateCustomChannel(address_, credentials_, ch);
       return absl::OkStatus();
     }
     if (!running()) {

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
+#include "grpcpp/security/credentials.h"
 #include "longctx/v1/longctx.grpc.pb.h"
 
 namespace longctx::testing {
@@ -29,7 +30,10 @@ class Daemon {
  public:
   // Starts longctxd with `flags` (--name=value) added to the test defaults
   // (loopback ports, the model, the CPU backend, a port file). Does not wait.
-  static absl::StatusOr<std::unique_ptr<Daemon>> Start(const std::vector<std::string>& flags);
+  // `credentials` (default plaintext) are those of the test's own channel.
+  static absl::StatusOr<std::unique_ptr<Daemon>> Start(
+      const std::vector<std::string>& flags,
+      std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   ~Daemon();  // SIGKILL if still running
 
   // Waits for the port file (the server listens) or for SERVING health.
@@ -60,6 +64,7 @@ class Daemon {
   std::string address_;
   int metrics_port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
 };
 
 // The server all tests share that need only a default configuration.

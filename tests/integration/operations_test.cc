@@ -4,13 +4,16 @@
 #include <signal.h>
 
 #include <filesystem>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
 #include "server/client.h"
 #include "tests/integration/daemon.h"
@@ -271,6 +274,63 @@ TEST(LimitsTest, AuthTenantsQuotasStreamsAndExpiry) {
   EXPECT_EQ(Metric(*m, "longctx_session_evictions_total{reason=\"ttl\"}"), 1);
   // Its slot is free again.
   EXPECT_EQ(create(alice, "a3", absl::Hours(1)), grpc::StatusCode::OK);
+  std::filesystem::remove_all(dir);
+}
+
+// Runs `command` in `dir` with sh; true on exit status 0.
+bool Sh(const std::string& dir, const std::string& command) {
+  return std::system(("cd '" + dir + "' && " + command + " > /dev/null 2>&1").c_str()) == 0;
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST(TlsTest, MutualTlsServesTrustedClientsOnly) {
+  SKIP_WITHOUT_MODEL();
+  char tmpl[] = "/tmp/longctx-tls-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  if (!Sh(dir, "command -v openssl")) GTEST_SKIP() << "openssl is not installed";
+  // A throw-away CA signs a server certificate for 127.0.0.1 and a client one.
+  ASSERT_TRUE(Sh(dir, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem "
+                      "-days 1 -subj /CN=longctx-test-ca"));
+  for (const char* who : {"server", "client"}) {
+    const std::string w = who;
+    ASSERT_TRUE(Sh(dir, "openssl req -newkey rsa:2048 -nodes -keyout " + w + ".key -out " + w +
+                            ".csr -subj /CN=" + w));
+    ASSERT_TRUE(Sh(dir, "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > " + w + ".ext && "
+                        "openssl x509 -req -in " + w + ".csr -CA ca.pem -CAkey ca.key "
+                        "-CAcreateserial -days 1 -out " + w + ".pem -extfile " + w + ".ext"));
+  }
+  grpc::SslCredentialsOptions trusted;
+  trusted.pem_root_certs = ReadText(dir + "/ca.pem");
+  trusted.pem_private_key = ReadText(dir + "/client.key");
+  trusted.pem_cert_chain = ReadText(dir + "/client.pem");
+  auto d = Daemon::Start({"--tls_cert=" + dir + "/server.pem", "--tls_key=" + dir + "/server.key",
+                          "--tls_client_ca=" + dir + "/ca.pem", "--kv_cache_bytes=64MiB"},
+                         grpc::SslCredentials(trusted));
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_TRUE((*d)->WaitServing(absl::Minutes(5)).ok()) << (*d)->LogTail();
+  EXPECT_THAT((*d)->LogTail(), HasSubstr("tls=mutual"));
+  {
+    auto stub = (*d)->Stub();
+    grpc::ClientContext ctx;
+    v1::ServerInfo info;
+    EXPECT_TRUE(stub->GetServerInfo(&ctx, {}, &info).ok());
+  }
+  auto refused = [&](std::shared_ptr<grpc::ChannelCredentials> creds) {
+    auto stub = v1::LongContext::NewStub(grpc::CreateChannel((*d)->address(), creds));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::ServerInfo info;
+    return !stub->GetServerInfo(&ctx, {}, &info).ok();
+  };
+  grpc::SslCredentialsOptions no_client_cert;
+  no_client_cert.pem_root_certs = trusted.pem_root_certs;
+  EXPECT_TRUE(refused(grpc::SslCredentials(no_client_cert)));
+  EXPECT_TRUE(refused(grpc::InsecureChannelCredentials()));
   std::filesystem::remove_all(dir);
 }
 
