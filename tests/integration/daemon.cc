@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,9 +58,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(
                                    "--backend=cpu",
                                    "--kv_cache_bytes=512MiB"};
   args.insert(args.end(), flags.begin(), flags.end());
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) return absl::InternalError("fork failed");
   if (pid == 0) {
+    // The server never outlives the test process, however that ends.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
     const int fd = ::open(d->log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) {
       dup2(fd, 1);
@@ -188,6 +193,7 @@ Daemon* SharedDaemon(std::string* why) {
       absl::Status s = d.ok() ? (*d)->WaitServing(absl::Minutes(5)) : d.status();
       if (s.ok()) {
         shared = new std::unique_ptr<Daemon>(std::move(*d));
+        std::atexit([] { shared->reset(); });
       } else {
         error = new std::string(s.ToString());
       }
