@@ -12,7 +12,8 @@ namespace longctx::server {
 
 absl::StatusOr<Authenticator> Authenticator::Load(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat("auth_tokens_file ", path, ": cannot read"));
+  if (!in)
+    return absl::InvalidArgumentError(absl::StrCat("auth_tokens_file ", path, ": cannot read"));
   Authenticator auth;
   std::string line;
   int n = 0;
@@ -22,12 +23,12 @@ absl::StatusOr<Authenticator> Authenticator::Load(const std::string& path) {
     if (v.empty() || v[0] == '#') continue;
     std::vector<std::string> parts = absl::StrSplit(v, absl::ByAnyChar(" \t"), absl::SkipEmpty());
     if (parts.size() < 2 || parts.size() > 3 || (parts.size() == 3 && parts[2] != "readonly")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "auth_tokens_file ", path, ":", n, ": expected '<token> <tenant> [readonly]'"));
+      return absl::InvalidArgumentError(absl::StrCat("auth_tokens_file ", path, ":", n,
+                                                     ": expected '<token> <tenant> [readonly]'"));
     }
     if (parts[0].size() < 16) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("auth_tokens_file ", path, ":", n, ": tokens must be at least 16 characters"));
+      return absl::InvalidArgumentError(absl::StrCat("auth_tokens_file ", path, ":", n,
+                                                     ": tokens must be at least 16 characters"));
     }
     auth.tokens_[parts[0]] = Caller{parts[1], parts.size() == 3};
   }

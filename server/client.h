@@ -19,9 +19,9 @@ namespace longctx::client {
 
 struct ClientOptions {
   std::string address = "localhost:50051";
-  std::string token;      // bearer token, if the server requires one
-  std::string tls_ca;     // PEM file: use TLS and trust this CA; empty: plaintext
-  std::string tls_cert;   // PEM files of a client certificate and key (mTLS)
+  std::string token;     // bearer token, if the server requires one
+  std::string tls_ca;    // PEM file: use TLS and trust this CA; empty: plaintext
+  std::string tls_cert;  // PEM files of a client certificate and key (mTLS)
   std::string tls_key;
   absl::Duration timeout = absl::ZeroDuration();  // per call; zero: none
 };

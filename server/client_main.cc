@@ -114,9 +114,7 @@ std::string Env(const char* name, const std::string& def) {
 class Cli {
  public:
   Cli(ClientOptions options, std::shared_ptr<grpc::Channel> channel)
-      : options_(std::move(options)),
-        channel_(channel),
-        stub_(v1::LongContext::NewStub(channel)) {}
+      : options_(std::move(options)), channel_(channel), stub_(v1::LongContext::NewStub(channel)) {}
 
   absl::Status Run(const std::string& cmd, const Args& a) {
     const auto& p = a.positional;
@@ -184,9 +182,10 @@ class Cli {
     std::printf("server     longctxd %s (%s, %s)\n", info.version().c_str(),
                 info.git_commit().c_str(), info.build_type().c_str());
     std::printf("backend    %s\n", info.backend().c_str());
-    std::printf("model      %s (%s, %s): %d layers, d_model %d, %d/%d heads, head_dim %d, vocab %d\n",
-                m.name().c_str(), m.architecture().c_str(), m.path().c_str(), m.n_layers(),
-                m.d_model(), m.n_heads(), m.n_kv_heads(), m.head_dim(), m.vocab_size());
+    std::printf(
+        "model      %s (%s, %s): %d layers, d_model %d, %d/%d heads, head_dim %d, vocab %d\n",
+        m.name().c_str(), m.architecture().c_str(), m.path().c_str(), m.n_layers(), m.d_model(),
+        m.n_heads(), m.n_kv_heads(), m.head_dim(), m.vocab_size());
     std::printf("context    trained %d tokens, rope theta %g, chat template %s\n",
                 m.context_length(), m.rope_theta(), m.chat_template().c_str());
     if (a.mode() == v1::ATTENTION_MODE_DCA) {
@@ -196,19 +195,19 @@ class Cli {
       std::printf("attention  RoPE\n");
     }
     std::printf("kv cache   %lld blocks of %d tokens (%lld free), %lld bytes/token\n",
-                static_cast<long long>(info.kv_cache().total_blocks()), info.kv_cache().block_size(),
-                static_cast<long long>(info.kv_cache().free_blocks()),
+                static_cast<long long>(info.kv_cache().total_blocks()),
+                info.kv_cache().block_size(), static_cast<long long>(info.kv_cache().free_blocks()),
                 static_cast<long long>(info.kv_cache().bytes_per_token()));
-    std::printf("limits     %lld tokens/session, %lld sessions (%lld per tenant), %lld streams,\n"
-                "           segments %lld bytes / %lld tokens, max_tokens %lld, messages %lld bytes\n",
-                static_cast<long long>(l.max_session_tokens()),
-                static_cast<long long>(l.max_sessions()),
-                static_cast<long long>(l.max_sessions_per_tenant()),
-                static_cast<long long>(l.max_concurrent_streams()),
-                static_cast<long long>(l.max_segment_bytes()),
-                static_cast<long long>(l.max_segment_tokens()),
-                static_cast<long long>(l.max_generate_tokens()),
-                static_cast<long long>(l.max_message_bytes()));
+    std::printf(
+        "limits     %lld tokens/session, %lld sessions (%lld per tenant), %lld streams,\n"
+        "           segments %lld bytes / %lld tokens, max_tokens %lld, messages %lld bytes\n",
+        static_cast<long long>(l.max_session_tokens()), static_cast<long long>(l.max_sessions()),
+        static_cast<long long>(l.max_sessions_per_tenant()),
+        static_cast<long long>(l.max_concurrent_streams()),
+        static_cast<long long>(l.max_segment_bytes()),
+        static_cast<long long>(l.max_segment_tokens()),
+        static_cast<long long>(l.max_generate_tokens()),
+        static_cast<long long>(l.max_message_bytes()));
     std::printf("engine     prefill budget %d tokens/step, memory mixing %s, auth %s\n",
                 info.prefill_budget_tokens(), info.memory_mixing() ? "on" : "off",
                 info.auth_required() ? "required" : "off");
@@ -222,7 +221,8 @@ class Cli {
     grpc::health::v1::HealthCheckRequest req;
     grpc::health::v1::HealthCheckResponse resp;
     if (auto s = FromGrpc(stub->Check(&ctx, req, &resp)); !s.ok()) return s;
-    std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
+    std::printf("%s\n",
+                grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status()).c_str());
     return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING
                ? absl::OkStatus()
                : absl::UnavailableError("not serving");
@@ -258,7 +258,8 @@ class Cli {
 
   static void PrintSession(const v1::Session& s) {
     std::string labels;
-    for (const auto& [k, v] : s.labels()) absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", v);
+    for (const auto& [k, v] : s.labels())
+      absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", v);
     const absl::Time expire = absl::FromUnixSeconds(s.expire_time().seconds());
     std::printf("%-28s %9lld tokens %6lld segments  %-5s  expires in %-8s %s\n", s.id().c_str(),
                 static_cast<long long>(s.tokens()), static_cast<long long>(s.segments()),
@@ -374,10 +375,10 @@ class Cli {
     }
     draw(*r, true);
     const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
-    std::fprintf(stderr, "%s%lld segments, %lld tokens in %.1fs (%.0f tok/s); session holds %lld tokens\n",
-                 tty ? "\n" : "", static_cast<long long>(r->segments),
-                 static_cast<long long>(r->tokens), secs, r->tokens / std::max(secs, 1e-3),
-                 static_cast<long long>(r->session_tokens));
+    std::fprintf(
+        stderr, "%s%lld segments, %lld tokens in %.1fs (%.0f tok/s); session holds %lld tokens\n",
+        tty ? "\n" : "", static_cast<long long>(r->segments), static_cast<long long>(r->tokens),
+        secs, r->tokens / std::max(secs, 1e-3), static_cast<long long>(r->session_tokens));
     return absl::OkStatus();
   }
 
@@ -393,12 +394,14 @@ class Cli {
     req.set_prompt(question);
     int n = 0;
     if (a.Has("max-tokens")) {
-      if (!absl::SimpleAtoi(a.Get("max-tokens"), &n)) return absl::InvalidArgumentError("bad --max-tokens");
+      if (!absl::SimpleAtoi(a.Get("max-tokens"), &n))
+        return absl::InvalidArgumentError("bad --max-tokens");
       req.set_max_tokens(n);
     }
     float f = 0;
     if (a.Has("temperature")) {
-      if (!absl::SimpleAtof(a.Get("temperature"), &f)) return absl::InvalidArgumentError("bad --temperature");
+      if (!absl::SimpleAtof(a.Get("temperature"), &f))
+        return absl::InvalidArgumentError("bad --temperature");
       req.mutable_sampling()->set_temperature(f);
     }
     if (a.Has("top-p")) {
@@ -424,7 +427,8 @@ class Cli {
     std::printf("\n");
     std::fflush(stdout);
     if (!done.ok()) return done.status();
-    const double ttft = done->time_to_first_token().seconds() + done->time_to_first_token().nanos() * 1e-9;
+    const double ttft =
+        done->time_to_first_token().seconds() + done->time_to_first_token().nanos() * 1e-9;
     const double total = absl::ToDoubleSeconds(absl::Now() - t0);
     const int64_t gen = done->usage().generated_tokens();
     std::fprintf(stderr,
@@ -467,7 +471,8 @@ class Cli {
     std::ofstream out(path, std::ios::binary);
     out.write(data.data(), static_cast<std::streamsize>(data.size()));
     if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
-    std::fprintf(stderr, "exported %s (%s) to %s\n", id.c_str(), HumanBytes(static_cast<int64_t>(data.size())).c_str(), path.c_str());
+    std::fprintf(stderr, "exported %s (%s) to %s\n", id.c_str(),
+                 HumanBytes(static_cast<int64_t>(data.size())).c_str(), path.c_str());
     return absl::OkStatus();
   }
 

@@ -24,8 +24,7 @@ struct Field {
 };
 
 absl::Status BadValue(const char* name, const std::string& value, const std::string& want) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("config ", name, ": '", value, "' is not ", want));
+  return absl::InvalidArgumentError(absl::StrCat("config ", name, ": '", value, "' is not ", want));
 }
 
 template <typename T>
@@ -68,7 +67,8 @@ Field DurationField(const char* name, const char* help, absl::Duration ServerCon
   return {name, help,
           [name, member](ServerConfig& c, const std::string& v) -> absl::Status {
             absl::Duration d;
-            if (!absl::ParseDuration(v, &d)) return BadValue(name, v, "a duration (e.g. 30s, 5m, 1h)");
+            if (!absl::ParseDuration(v, &d))
+              return BadValue(name, v, "a duration (e.g. 30s, 5m, 1h)");
             c.*member = d;
             return absl::OkStatus();
           },
@@ -154,7 +154,9 @@ std::string Usage() {
   return out;
 }
 
-std::string EnvName(const char* name) { return absl::StrCat("LONGCTX_", absl::AsciiStrToUpper(name)); }
+std::string EnvName(const char* name) {
+  return absl::StrCat("LONGCTX_", absl::AsciiStrToUpper(name));
+}
 
 absl::Status ApplyYaml(const std::string& path, ServerConfig& config) {
   YAML::Node root;
@@ -310,7 +312,8 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
   for (const Field& f : Fields()) {
     if (const char* env = std::getenv(EnvName(f.name).c_str())) {
       if (absl::Status s = f.set(config, env); !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(s.message(), " (from ", EnvName(f.name), ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(s.message(), " (from ", EnvName(f.name), ")"));
       }
     }
   }

@@ -15,44 +15,44 @@ namespace longctx::server {
 
 struct ServerConfig {
   // --- model and engine ---
-  std::string model;                   // GGUF file or Hugging Face directory (required)
-  std::string backend = "auto";        // auto | cpu | cuda
+  std::string model;                          // GGUF file or Hugging Face directory (required)
+  std::string backend = "auto";               // auto | cpu | cuda
   int64_t kv_cache_bytes = int64_t{2} << 30;  // KV arena budget
-  int kv_block_size = 64;              // tokens per KV block
-  int prefill_budget = 512;            // prefill tokens per engine step
-  int prefill_budget_decoding = 128;   // ... while a Generate is under way (its latency)
-  int max_decode_batch = 256;          // generating requests per engine step
-  std::string attention = "dca";       // default for sessions: dca | rope
-  int dca_pretrain_length = 0;         // c; 0 = the model's context length
-  int dca_chunk_size = 0;              // C; 0 = 3c/4
-  int dca_local_window = 0;            // w; 0 = c/8
+  int kv_block_size = 64;                     // tokens per KV block
+  int prefill_budget = 512;                   // prefill tokens per engine step
+  int prefill_budget_decoding = 128;          // ... while a Generate is under way (its latency)
+  int max_decode_batch = 256;                 // generating requests per engine step
+  std::string attention = "dca";              // default for sessions: dca | rope
+  int dca_pretrain_length = 0;                // c; 0 = the model's context length
+  int dca_chunk_size = 0;                     // C; 0 = 3c/4
+  int dca_local_window = 0;                   // w; 0 = c/8
 
   // --- network ---
-  std::string listen = "0.0.0.0:50051";       // gRPC address (port 0 picks one)
+  std::string listen = "0.0.0.0:50051";         // gRPC address (port 0 picks one)
   std::string metrics_listen = "0.0.0.0:9090";  // Prometheus /metrics; empty disables
-  std::string port_file;               // if set, "grpc=<port>\nmetrics=<port>\n" is written here
-  std::string tls_cert;                // PEM certificate chain: enables TLS
-  std::string tls_key;                 // PEM private key (with tls_cert)
-  std::string tls_client_ca;           // PEM CA bundle: require client certificates (mTLS)
-  std::string auth_tokens_file;        // "<token> <tenant> [readonly]" per line; empty: no auth
+  std::string port_file;         // if set, "grpc=<port>\nmetrics=<port>\n" is written here
+  std::string tls_cert;          // PEM certificate chain: enables TLS
+  std::string tls_key;           // PEM private key (with tls_cert)
+  std::string tls_client_ca;     // PEM CA bundle: require client certificates (mTLS)
+  std::string auth_tokens_file;  // "<token> <tenant> [readonly]" per line; empty: no auth
 
   // --- limits ---
-  int64_t max_message_bytes = 8 << 20;     // any one gRPC message
-  int64_t max_segment_bytes = 1 << 20;     // segment text, prompt, Score text
-  int64_t max_segment_tokens = 65536;      // tokens of one segment
-  int64_t max_session_tokens = 131072;     // tokens one session may hold
-  int64_t max_sessions = 1024;             // sessions, all tenants
+  int64_t max_message_bytes = 8 << 20;  // any one gRPC message
+  int64_t max_segment_bytes = 1 << 20;  // segment text, prompt, Score text
+  int64_t max_segment_tokens = 65536;   // tokens of one segment
+  int64_t max_session_tokens = 131072;  // tokens one session may hold
+  int64_t max_sessions = 1024;          // sessions, all tenants
   int64_t max_sessions_per_tenant = 256;
-  int64_t max_concurrent_streams = 256;    // open Ingest/Generate/Export/Import streams
-  int max_generate_tokens = 4096;          // the largest max_tokens a request may ask
-  int default_max_tokens = 256;            // max_tokens when a request leaves it 0
-  absl::Duration session_ttl = absl::Hours(1);      // default idle time to expiry
+  int64_t max_concurrent_streams = 256;         // open Ingest/Generate/Export/Import streams
+  int max_generate_tokens = 4096;               // the largest max_tokens a request may ask
+  int default_max_tokens = 256;                 // max_tokens when a request leaves it 0
+  absl::Duration session_ttl = absl::Hours(1);  // default idle time to expiry
   absl::Duration max_session_ttl = absl::Hours(24);
 
   // --- operations ---
-  absl::Duration drain_grace = absl::Seconds(30);   // SIGTERM: time for streams to finish
-  std::string log_format = "text";     // text | json
-  std::string log_level = "info";      // trace | debug | info | warn | error
+  absl::Duration drain_grace = absl::Seconds(30);  // SIGTERM: time for streams to finish
+  std::string log_format = "text";                 // text | json
+  std::string log_level = "info";                  // trace | debug | info | warn | error
 
   // Checks every field and the relations between them.
   absl::Status Validate() const;

@@ -44,9 +44,10 @@ void ToProto(const SessionInfo& info, v1::Session* out) {
   v1::MemoryConfig* mem = out->mutable_memory();
   mem->set_window_tokens(info.settings.window_tokens);
   mem->set_sink_tokens(info.settings.sink_tokens);
-  mem->set_overflow(info.settings.overflow == OverflowPolicy::kReject     ? v1::OVERFLOW_POLICY_REJECT
-                    : info.settings.overflow == OverflowPolicy::kCompress ? v1::OVERFLOW_POLICY_COMPRESS
-                                                                          : v1::OVERFLOW_POLICY_SLIDE);
+  mem->set_overflow(info.settings.overflow == OverflowPolicy::kReject ? v1::OVERFLOW_POLICY_REJECT
+                    : info.settings.overflow == OverflowPolicy::kCompress
+                        ? v1::OVERFLOW_POLICY_COMPRESS
+                        : v1::OVERFLOW_POLICY_SLIDE);
   out->set_prompt_format(info.settings.prompt_format == PromptFormat::kChat
                              ? v1::PROMPT_FORMAT_CHAT
                              : v1::PROMPT_FORMAT_RAW);
@@ -61,10 +62,14 @@ void ToProto(const SessionInfo& info, v1::Session* out) {
 
 v1::FinishReason ToProto(FinishReason r) {
   switch (r) {
-    case FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case FinishReason::kStopString: return v1::FINISH_REASON_STOP_STRING;
-    case FinishReason::kContext: return v1::FINISH_REASON_CONTEXT;
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStopString:
+      return v1::FINISH_REASON_STOP_STRING;
+    case FinishReason::kContext:
+      return v1::FINISH_REASON_CONTEXT;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
 }
@@ -80,9 +85,14 @@ absl::StatusOr<SessionRequest> FromProto(const v1::CreateSessionRequest& req) {
   }
   const v1::AttentionConfig& a = req.attention();
   switch (a.mode()) {
-    case v1::ATTENTION_MODE_UNSPECIFIED: break;
-    case v1::ATTENTION_MODE_ROPE: r.attention.mode = DcaMode::kRope; break;
-    case v1::ATTENTION_MODE_DCA: r.attention.mode = DcaMode::kDca; break;
+    case v1::ATTENTION_MODE_UNSPECIFIED:
+      break;
+    case v1::ATTENTION_MODE_ROPE:
+      r.attention.mode = DcaMode::kRope;
+      break;
+    case v1::ATTENTION_MODE_DCA:
+      r.attention.mode = DcaMode::kDca;
+      break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("attention.mode ", a.mode(), " is unknown"));
   }
@@ -96,17 +106,28 @@ absl::StatusOr<SessionRequest> FromProto(const v1::CreateSessionRequest& req) {
   r.sink_tokens = m.sink_tokens();
   switch (m.overflow()) {
     case v1::OVERFLOW_POLICY_UNSPECIFIED:
-    case v1::OVERFLOW_POLICY_REJECT: r.overflow = OverflowPolicy::kReject; break;
-    case v1::OVERFLOW_POLICY_COMPRESS: r.overflow = OverflowPolicy::kCompress; break;
-    case v1::OVERFLOW_POLICY_SLIDE: r.overflow = OverflowPolicy::kSlide; break;
+    case v1::OVERFLOW_POLICY_REJECT:
+      r.overflow = OverflowPolicy::kReject;
+      break;
+    case v1::OVERFLOW_POLICY_COMPRESS:
+      r.overflow = OverflowPolicy::kCompress;
+      break;
+    case v1::OVERFLOW_POLICY_SLIDE:
+      r.overflow = OverflowPolicy::kSlide;
+      break;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("memory.overflow ", m.overflow(), " is unknown"));
   }
   switch (req.prompt_format()) {
-    case v1::PROMPT_FORMAT_UNSPECIFIED: break;
-    case v1::PROMPT_FORMAT_CHAT: r.prompt_format = PromptFormat::kChat; break;
-    case v1::PROMPT_FORMAT_RAW: r.prompt_format = PromptFormat::kRaw; break;
+    case v1::PROMPT_FORMAT_UNSPECIFIED:
+      break;
+    case v1::PROMPT_FORMAT_CHAT:
+      r.prompt_format = PromptFormat::kChat;
+      break;
+    case v1::PROMPT_FORMAT_RAW:
+      r.prompt_format = PromptFormat::kRaw;
+      break;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("prompt_format ", req.prompt_format(), " is unknown"));

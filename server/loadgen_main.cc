@@ -160,10 +160,12 @@ int Run(const Options& o) {
                                    (doc.size() - static_cast<size_t>(o.doc_bytes))
                              : 0;
     size_t begin = start;
-    while (begin < doc.size() && begin > 0 && (static_cast<unsigned char>(doc[begin]) & 0xC0) == 0x80) ++begin;
-    const auto segments = SplitSegments(
-        absl::string_view(doc).substr(begin, static_cast<size_t>(o.doc_bytes)),
-        static_cast<size_t>(o.segment_bytes));
+    while (begin < doc.size() && begin > 0 &&
+           (static_cast<unsigned char>(doc[begin]) & 0xC0) == 0x80)
+      ++begin;
+    const auto segments =
+        SplitSegments(absl::string_view(doc).substr(begin, static_cast<size_t>(o.doc_bytes)),
+                      static_cast<size_t>(o.segment_bytes));
     sync.arrive_and_wait();
     if (i == 0) ingest_start = absl::Now();
     sync.arrive_and_wait();
@@ -244,8 +246,9 @@ int Run(const Options& o) {
 
   const double ingest_s = absl::ToDoubleSeconds(ingest_end - ingest_start);
   const double ask_s = absl::ToDoubleSeconds(ask_end - ask_start);
-  std::printf("| sessions | ingest tok/s | TTFT p50 s | TTFT p99 s | ITL p50 ms | ITL p99 ms | "
-              "gen tok/s | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf(
+      "| sessions | ingest tok/s | TTFT p50 s | TTFT p99 s | ITL p50 ms | ITL p99 ms | "
+      "gen tok/s | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   std::printf("| %d | %.0f | %.3f | %.3f | %.1f | %.1f | %.1f | %d |\n", o.sessions,
               ingested / std::max(ingest_s, 1e-9), Percentile(ttft, 0.5), Percentile(ttft, 0.99),
               1e3 * Percentile(itl, 0.5), 1e3 * Percentile(itl, 0.99),
@@ -273,19 +276,19 @@ int Run(const Options& o) {
     double itl_mean = 0;
     for (double x : later) itl_mean += x;
     itl_mean /= std::max<size_t>(later.size(), 1);
-    std::printf("engine, ask phase: %.0f steps; forward %.2f ms/step, whole step %.2f ms "
-                "(scheduling and sampling %+.2f%%); decode-only forward %.2f ms\n",
-                steps, 1e3 * fwd, 1e3 * step, 100 * (step - fwd) / std::max(fwd, 1e-12),
-                1e3 * decode);
+    std::printf(
+        "engine, ask phase: %.0f steps; forward %.2f ms/step, whole step %.2f ms "
+        "(scheduling and sampling %+.2f%%); decode-only forward %.2f ms\n",
+        steps, 1e3 * fwd, 1e3 * step, 100 * (step - fwd) / std::max(fwd, 1e-12), 1e3 * decode);
     if (o.background_ingest > 0) {
       // Ingest pieces share the askers' steps: their latency is the step time.
       std::printf("client inter-token latency %.2f ms = engine step with prefill %.2f ms\n",
                   1e3 * itl_mean, 1e3 * step);
     } else {
-      std::printf("server overhead per generated token: client inter-token latency %.2f ms vs "
-                  "decode forward %.2f ms: %+.2f%%\n",
-                  1e3 * itl_mean, 1e3 * decode,
-                  100 * (itl_mean - decode) / std::max(decode, 1e-12));
+      std::printf(
+          "server overhead per generated token: client inter-token latency %.2f ms vs "
+          "decode forward %.2f ms: %+.2f%%\n",
+          1e3 * itl_mean, 1e3 * decode, 100 * (itl_mean - decode) / std::max(decode, 1e-12));
     }
   }
   return errors.load() ? 1 : 0;
@@ -300,24 +303,36 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     const size_t eq = a.find('=');
     if (a.rfind("--", 0) != 0 || eq == std::string::npos) {
-      std::fprintf(stderr, "usage: longctx-loadgen --document=FILE [--server=H:P] [--sessions=N] "
-                           "[--doc-bytes=N] [--segment-bytes=N] [--questions=N] [--max-tokens=N] "
-                           "[--metrics=H:P] [--token=T] [--background-ingest=BYTES]\n");
+      std::fprintf(stderr,
+                   "usage: longctx-loadgen --document=FILE [--server=H:P] [--sessions=N] "
+                   "[--doc-bytes=N] [--segment-bytes=N] [--questions=N] [--max-tokens=N] "
+                   "[--metrics=H:P] [--token=T] [--background-ingest=BYTES]\n");
       return 2;
     }
     const std::string k = a.substr(2, eq - 2), v = a.substr(eq + 1);
     bool ok = true;
-    if (k == "server") o.client.address = v;
-    else if (k == "token") o.client.token = v;
-    else if (k == "document") o.document = v;
-    else if (k == "metrics") o.metrics = v;
-    else if (k == "sessions") ok = absl::SimpleAtoi(v, &o.sessions) && o.sessions > 0;
-    else if (k == "doc-bytes") ok = absl::SimpleAtoi(v, &o.doc_bytes) && o.doc_bytes > 0;
-    else if (k == "segment-bytes") ok = absl::SimpleAtoi(v, &o.segment_bytes) && o.segment_bytes > 0;
-    else if (k == "questions") ok = absl::SimpleAtoi(v, &o.questions) && o.questions >= 0;
-    else if (k == "max-tokens") ok = absl::SimpleAtoi(v, &o.max_tokens) && o.max_tokens > 0;
-    else if (k == "background-ingest") ok = absl::SimpleAtoi(v, &o.background_ingest) && o.background_ingest >= 0;
-    else ok = false;
+    if (k == "server")
+      o.client.address = v;
+    else if (k == "token")
+      o.client.token = v;
+    else if (k == "document")
+      o.document = v;
+    else if (k == "metrics")
+      o.metrics = v;
+    else if (k == "sessions")
+      ok = absl::SimpleAtoi(v, &o.sessions) && o.sessions > 0;
+    else if (k == "doc-bytes")
+      ok = absl::SimpleAtoi(v, &o.doc_bytes) && o.doc_bytes > 0;
+    else if (k == "segment-bytes")
+      ok = absl::SimpleAtoi(v, &o.segment_bytes) && o.segment_bytes > 0;
+    else if (k == "questions")
+      ok = absl::SimpleAtoi(v, &o.questions) && o.questions >= 0;
+    else if (k == "max-tokens")
+      ok = absl::SimpleAtoi(v, &o.max_tokens) && o.max_tokens > 0;
+    else if (k == "background-ingest")
+      ok = absl::SimpleAtoi(v, &o.background_ingest) && o.background_ingest >= 0;
+    else
+      ok = false;
     if (!ok) return std::fprintf(stderr, "bad flag %s\n", a.c_str()), 2;
   }
   if (o.document.empty()) return std::fprintf(stderr, "--document is required\n"), 2;

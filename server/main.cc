@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <thread>
 
-#include "engine/backend/cpu_process.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "engine/backend/cpu_process.h"
 #include "server/config.h"
 #include "server/logging.h"
 #include "server/server.h"
@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
     while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
     }
     if (!stop.HasBeenNotified()) {
-      Log(spdlog::level::info, "signal received", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
+      Log(spdlog::level::info, "signal received",
+          {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}});
       stop.Notify();
     }
   });

@@ -15,8 +15,8 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-MetricFamily Scalar(const std::string& name, const std::string& help, MetricType type,
-                    double value, std::vector<ClientMetric::Label> labels = {}) {
+MetricFamily Scalar(const std::string& name, const std::string& help, MetricType type, double value,
+                    std::vector<ClientMetric::Label> labels = {}) {
   MetricFamily f{name, help, type, {}};
   ClientMetric m;
   m.label = std::move(labels);
@@ -29,8 +29,7 @@ MetricFamily Scalar(const std::string& name, const std::string& help, MetricType
   return f;
 }
 
-MetricFamily HistogramFamily(const std::string& name, const std::string& help,
-                             const Histogram& h) {
+MetricFamily HistogramFamily(const std::string& name, const std::string& help, const Histogram& h) {
   const Histogram::Snapshot s = h.Read();
   MetricFamily f{name, help, MetricType::Histogram, {}};
   ClientMetric m;
@@ -94,8 +93,8 @@ class EngineCollector final : public prometheus::Collectable {
                          static_cast<double>(st.prompt_tokens_total.load())));
     out.push_back(Scalar("longctx_generation_tokens_total", "Tokens generated.", c,
                          static_cast<double>(st.generation_tokens_total.load())));
-    MetricFamily success{"longctx_request_success_total",
-                         "Generate requests finished, by finish reason.", c, {}};
+    MetricFamily success{
+        "longctx_request_success_total", "Generate requests finished, by finish reason.", c, {}};
     for (int r = 0; r < kNumFinishReasons; ++r) {
       ClientMetric m;
       m.label = {{"finished_reason", FinishReasonName(static_cast<FinishReason>(r))}};
@@ -122,9 +121,10 @@ class EngineCollector final : public prometheus::Collectable {
     const SessionManager::StateBytes bytes = sessions.TotalStateBytes();
     MetricFamily state{"longctx_session_state_bytes",
                        "Bytes of session state held, by tier (device: KV cache, host: token logs).",
-                       g, {}};
-    for (const auto& [tier, v] : {std::pair<const char*, int64_t>{"device", bytes.device},
-                                  {"host", bytes.host}}) {
+                       g,
+                       {}};
+    for (const auto& [tier, v] :
+         {std::pair<const char*, int64_t>{"device", bytes.device}, {"host", bytes.host}}) {
       ClientMetric m;
       m.label = {{"tier", tier}};
       m.gauge.value = static_cast<double>(v);
@@ -139,8 +139,8 @@ class EngineCollector final : public prometheus::Collectable {
     out.push_back(HistogramFamily("longctx_session_import_duration_seconds",
                                   "Time to import a session (including its prefill).",
                                   st.import_seconds));
-    out.push_back(Scalar("longctx_engine_steps_total", "Engine steps (batched forward passes).",
-                         c, static_cast<double>(st.steps_total.load())));
+    out.push_back(Scalar("longctx_engine_steps_total", "Engine steps (batched forward passes).", c,
+                         static_cast<double>(st.steps_total.load())));
     out.push_back(HistogramFamily("longctx_engine_step_duration_seconds",
                                   "One engine step: scheduling, forward pass and sampling.",
                                   st.step_seconds));

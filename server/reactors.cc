@@ -103,7 +103,8 @@ void IngestReactor::Submit() {
     if (req_.session_id().empty()) {
       absl::MutexLock lock(&mu_);
       return FailLocked(
-          absl::InvalidArgumentError("session_id is required on the first message of a stream"), /*cancel=*/false);
+          absl::InvalidArgumentError("session_id is required on the first message of a stream"),
+          /*cancel=*/false);
     }
     auto s = engine->FindSession(call_.caller.tenant, req_.session_id());
     if (!s.ok()) {
@@ -115,9 +116,9 @@ void IngestReactor::Submit() {
     call_.fields.emplace_back("session_id", session_->id());
   } else if (!req_.session_id().empty() && req_.session_id() != session_->id()) {
     absl::MutexLock lock(&mu_);
-    return FailLocked(absl::InvalidArgumentError(
-        absl::StrCat("session_id changed within the stream (", session_->id(), " then ",
-                     req_.session_id(), "); open a stream per session")),
+    return FailLocked(absl::InvalidArgumentError(absl::StrCat(
+                          "session_id changed within the stream (", session_->id(), " then ",
+                          req_.session_id(), "); open a stream per session")),
                       /*cancel=*/false);
   }
   if (!req_.has_segment()) {
@@ -139,8 +140,10 @@ void IngestReactor::Submit() {
       break;
     default: {
       absl::MutexLock lock(&mu_);
-      return FailLocked(absl::InvalidArgumentError(absl::StrCat(
-          "segment ", seg->seq(), " is empty: segment.text or segment.tokens is required")), /*cancel=*/false);
+      return FailLocked(
+          absl::InvalidArgumentError(absl::StrCat(
+              "segment ", seg->seq(), " is empty: segment.text or segment.tokens is required")),
+          /*cancel=*/false);
     }
   }
   {
@@ -316,8 +319,7 @@ void GenerateReactor::OnEngineDone(absl::StatusOr<GenerateSummary> summary) {
       ToProto(summary->result.total_time, c->mutable_total_time());
       complete_ = std::move(r);
       call_.fields.emplace_back("prompt_tokens", absl::StrCat(summary->result.prompt_tokens));
-      call_.fields.emplace_back("generated_tokens",
-                                absl::StrCat(summary->result.generated_tokens));
+      call_.fields.emplace_back("generated_tokens", absl::StrCat(summary->result.generated_tokens));
       call_.fields.emplace_back("finish_reason", FinishReasonName(summary->result.finish_reason));
     } else if (!error_) {
       error_ = summary.status();
@@ -378,10 +380,9 @@ std::optional<grpc::Status> GenerateReactor::TakeFinishLocked() {
     return std::nullopt;
   }
   finished_ = true;
-  final_ = ToGrpcStatus(error_ ? *error_
-                        : complete_written_
-                            ? absl::OkStatus()
-                            : absl::CancelledError("the client went away"));
+  final_ = ToGrpcStatus(error_              ? *error_
+                        : complete_written_ ? absl::OkStatus()
+                                            : absl::CancelledError("the client went away"));
   return final_;
 }
 

@@ -74,8 +74,7 @@ EngineOptions EngineOptionsFrom(const ServerConfig& c) {
   return o;
 }
 
-absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config,
-                                                      BuildInfo build) {
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, BuildInfo build) {
   std::unique_ptr<Server> s(new Server(config));
   s->build_ = build;
   Authenticator auth;
@@ -99,8 +98,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(config.listen, *creds, &s->grpc_port_);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
-  builder.SetMaxSendMessageSize(static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(
+      static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
   builder.RegisterService(s->health_.get());
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
@@ -114,8 +115,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
     }
   }
   Log(spdlog::level::info, "listening",
-      {{"grpc_port", absl::StrCat(s->grpc_port_)}, {"metrics_port", absl::StrCat(s->metrics_port())},
-       {"tls", config.tls_cert.empty() ? "off" : config.tls_client_ca.empty() ? "on" : "mutual"},
+      {{"grpc_port", absl::StrCat(s->grpc_port_)},
+       {"metrics_port", absl::StrCat(s->metrics_port())},
+       {"tls", config.tls_cert.empty()        ? "off"
+               : config.tls_client_ca.empty() ? "on"
+                                              : "mutual"},
        {"auth", config.auth_tokens_file.empty() ? "off" : "bearer"}});
   return s;
 }
@@ -167,7 +171,8 @@ void Server::Drain() {
     engine_->Shutdown();
   }
   Log(spdlog::level::info, "stopped",
-      {{"clean", clean ? "true" : "false"}, {"calls_cut_off", absl::StrCat(cut)},
+      {{"clean", clean ? "true" : "false"},
+       {"calls_cut_off", absl::StrCat(cut)},
        {"drain_s", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - t0))}});
 }
 

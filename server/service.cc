@@ -132,13 +132,13 @@ absl::StatusOr<CallContext> LongContextService::BeginCall(grpc::CallbackServerCo
 }
 
 void LongContextService::EndCall(const CallContext& call, const grpc::Status& status) {
-  LogFields fields = {{"rpc", call.method},
-                      {"request_id", call.request_id},
-                      {"tenant", call.caller.tenant}};
+  LogFields fields = {
+      {"rpc", call.method}, {"request_id", call.request_id}, {"tenant", call.caller.tenant}};
   fields.insert(fields.end(), call.fields.begin(), call.fields.end());
   fields.emplace_back("code",
                       absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())));
-  fields.emplace_back("ms", absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(absl::Now() - call.start)));
+  fields.emplace_back(
+      "ms", absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(absl::Now() - call.start)));
   if (!status.ok()) fields.emplace_back("error", status.error_message());
   const bool server_fault = status.error_code() == grpc::StatusCode::INTERNAL ||
                             status.error_code() == grpc::StatusCode::UNKNOWN ||
@@ -221,14 +221,15 @@ grpc::ServerUnaryReactor* LongContextService::Score(grpc::CallbackServerContext*
   call->fields.emplace_back("session_id", req->session_id());
   ScoreInput input;
   switch (req->continuation_case()) {
-    case v1::ScoreRequest::kText: input.text = req->text(); break;
+    case v1::ScoreRequest::kText:
+      input.text = req->text();
+      break;
     case v1::ScoreRequest::kTokens:
       input.has_tokens = true;
       input.tokens.assign(req->tokens().ids().begin(), req->tokens().ids().end());
       break;
     default:
-      return FinishNow(this, ctx, &*call,
-                       absl::InvalidArgumentError("text or tokens is required"));
+      return FinishNow(this, ctx, &*call, absl::InvalidArgumentError("text or tokens is required"));
   }
   input.parse_special = req->parse_special();
   input.deadline = call->deadline;

@@ -80,14 +80,14 @@ class LongContextService final : public v1::LongContext::CallbackService {
                                           google::protobuf::Empty* resp) override;
   grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* Ingest(
       grpc::CallbackServerContext* ctx) override;
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req) override;
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* ctx,
+                                                           const v1::GenerateRequest* req) override;
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
                                   v1::ScoreResponse* resp) override;
   grpc::ServerWriteReactor<v1::SessionData>* ExportSession(
       grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req) override;
-  grpc::ServerReadReactor<v1::ImportSessionRequest>* ImportSession(
-      grpc::CallbackServerContext* ctx, v1::Session* resp) override;
+  grpc::ServerReadReactor<v1::ImportSessionRequest>* ImportSession(grpc::CallbackServerContext* ctx,
+                                                                   v1::Session* resp) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
                                           const v1::GetServerInfoRequest* req,
                                           v1::ServerInfo* resp) override;

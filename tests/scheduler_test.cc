@@ -48,7 +48,8 @@ class FakeModel final : public StepModel {
       // Recorded first, so a paused step is visible to the test.
       absl::MutexLock lock(&mu_);
       std::vector<std::pair<const KvSequence*, int>> step;
-      for (const StepItem& it : items) step.emplace_back(it.seq, static_cast<int>(it.tokens.size()));
+      for (const StepItem& it : items)
+        step.emplace_back(it.seq, static_cast<int>(it.tokens.size()));
       steps_.push_back(std::move(step));
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !paused_; };
       mu_.Await(absl::Condition(&ready));
@@ -339,7 +340,8 @@ TEST_F(SchedulerTest, ScoreOnEmptySessionLeavesFirstTokenUnscored) {
   auto r = Score(s, cont);
   ASSERT_TRUE(r.ok());
   EXPECT_TRUE(std::isnan(r->logprobs[0]));
-  for (size_t i = 1; i < cont.size(); ++i) EXPECT_NEAR(r->logprobs[i], DirectLogProb(cont, i), 1e-5);
+  for (size_t i = 1; i < cont.size(); ++i)
+    EXPECT_NEAR(r->logprobs[i], DirectLogProb(cont, i), 1e-5);
 }
 
 TEST_F(SchedulerTest, LongIngestDelaysGenerateOnAnotherSessionByAtMostOneStep) {

@@ -48,8 +48,7 @@ TEST(SessionCodecTest, RoundTrips) {
 
 TEST(SessionCodecTest, RejectsDamage) {
   const std::string good = EncodeSessionSnapshot(Sample());
-  EXPECT_THAT(DecodeSessionSnapshot("nonsense").status().message(),
-              ::testing::HasSubstr("header"));
+  EXPECT_THAT(DecodeSessionSnapshot("nonsense").status().message(), ::testing::HasSubstr("header"));
   // Every truncation and every single-byte change is caught.
   for (size_t cut = 0; cut < good.size(); cut += 97) {
     EXPECT_FALSE(DecodeSessionSnapshot(absl::string_view(good).substr(0, cut)).ok()) << cut;

@@ -1,5 +1,4 @@
 #include "engine/session/stop_matcher.h"
-
 #include "gtest/gtest.h"
 
 namespace longctx {
@@ -48,7 +47,9 @@ TEST(StopMatcherTest, MultibyteStop) {
   StopMatcher m({"—end"});
   auto r = m.Push("x \xE2\x80");  // the pushed text is whatever the decoder gives
   EXPECT_EQ(r.emit, "x ");
-  r = m.Push("\x94" "end!");
+  r = m.Push(
+      "\x94"
+      "end!");
   ASSERT_TRUE(r.matched);
   EXPECT_EQ(r.emit, "");
 }

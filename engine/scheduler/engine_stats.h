@@ -56,9 +56,9 @@ struct EngineStats {
   std::atomic<int64_t> requests_running{0};
 
   // Generate requests.
-  Histogram time_to_first_token;   // seconds, submit to first token
-  Histogram inter_token_latency;   // seconds between consecutive tokens
-  Histogram e2e_request_latency;   // seconds, submit to completion
+  Histogram time_to_first_token;  // seconds, submit to first token
+  Histogram inter_token_latency;  // seconds between consecutive tokens
+  Histogram e2e_request_latency;  // seconds, submit to completion
   std::atomic<int64_t> prompt_tokens_total{0};
   std::atomic<int64_t> generation_tokens_total{0};
   std::array<std::atomic<int64_t>, kNumFinishReasons> request_success_total{};
@@ -71,10 +71,10 @@ struct EngineStats {
 
   // Engine steps.
   std::atomic<int64_t> steps_total{0};
-  Histogram step_seconds;          // one batched Forward plus scheduling
-  Histogram forward_seconds;       // the Forward call alone
+  Histogram step_seconds;            // one batched Forward plus scheduling
+  Histogram forward_seconds;         // the Forward call alone
   Histogram decode_forward_seconds;  // Forward of steps that only decode
-  Histogram step_batch_tokens;     // tokens per step
+  Histogram step_batch_tokens;       // tokens per step
 
   // KV cache occupancy, published after each step.
   std::atomic<int64_t> kv_blocks_used{0};

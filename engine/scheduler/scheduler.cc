@@ -95,10 +95,18 @@ void Scheduler::Enqueue(std::unique_ptr<Job> job) {
   if (job->counted) stats_->requests_waiting.fetch_sub(1);
   const absl::Status unavailable = absl::UnavailableError("the engine is shutting down");
   switch (job->kind) {
-    case Job::Kind::kIngest: job->ingest.done(unavailable); break;
-    case Job::Kind::kGenerate: job->generate.done(unavailable); break;
-    case Job::Kind::kScore: job->score.done(unavailable); break;
-    case Job::Kind::kRead: job->read.fn(unavailable, nullptr); break;
+    case Job::Kind::kIngest:
+      job->ingest.done(unavailable);
+      break;
+    case Job::Kind::kGenerate:
+      job->generate.done(unavailable);
+      break;
+    case Job::Kind::kScore:
+      job->score.done(unavailable);
+      break;
+    case Job::Kind::kRead:
+      job->read.fn(unavailable, nullptr);
+      break;
   }
 }
 
@@ -253,11 +261,11 @@ void Scheduler::StartHeads() {
         continue;
       }
       if (now > head.deadline) {
-        Finish(q, absl::DeadlineExceededError(
-                      head.kind == Job::Kind::kGenerate
-                          ? absl::StrCat("deadline exceeded after ", head.generated,
-                                         " generated tokens")
-                          : std::string("deadline exceeded")));
+        Finish(q,
+               absl::DeadlineExceededError(head.kind == Job::Kind::kGenerate
+                                               ? absl::StrCat("deadline exceeded after ",
+                                                              head.generated, " generated tokens")
+                                               : std::string("deadline exceeded")));
         continue;
       }
       if (head.started) break;
@@ -290,10 +298,10 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
     case Job::Kind::kIngest: {
       const auto& tokens = job.ingest.tokens;
       if (len + static_cast<int64_t>(tokens.size()) > window) {
-        Finish(q, absl::ResourceExhaustedError(absl::StrCat(
-                      "segment of ", tokens.size(), " tokens would bring session ",
-                      session.id(), " to ", len + static_cast<int64_t>(tokens.size()),
-                      " tokens, over its limit of ", window)));
+        Finish(q, absl::ResourceExhaustedError(
+                      absl::StrCat("segment of ", tokens.size(), " tokens would bring session ",
+                                   session.id(), " to ", len + static_cast<int64_t>(tokens.size()),
+                                   " tokens, over its limit of ", window)));
         return false;
       }
       st.log.insert(st.log.end(), tokens.begin(), tokens.end());
@@ -304,8 +312,7 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
       if (len + static_cast<int64_t>(prompt.size()) + 1 > window) {
         Finish(q, absl::ResourceExhaustedError(absl::StrCat(
                       "session ", session.id(), " holds ", len, " tokens; a prompt of ",
-                      prompt.size(), " tokens and an answer do not fit its limit of ",
-                      window)));
+                      prompt.size(), " tokens and an answer do not fit its limit of ", window)));
         return false;
       }
       if (len + static_cast<int64_t>(prompt.size()) == 0) {
@@ -338,9 +345,8 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
   if (blocks_needed > kv.free_blocks()) {
     const int64_t added = job.target - job.mark;
     Finish(q, absl::ResourceExhaustedError(absl::StrCat(
-                  "KV cache is full: ", added, " more tokens for session ", session.id(),
-                  " need ", blocks_needed, " blocks of ", bs, " tokens, ", kv.free_blocks(),
-                  " are free")));
+                  "KV cache is full: ", added, " more tokens for session ", session.id(), " need ",
+                  blocks_needed, " blocks of ", bs, " tokens, ", kv.free_blocks(), " are free")));
     return false;
   }
   // The step that reaches the target must compute logits for the position
@@ -383,10 +389,10 @@ void Scheduler::Step() {
   };
   std::vector<std::pair<SessionQueue*, absl::Status>> failures;
   auto kv_full = [&](SessionQueue* q, int64_t want) {
-    failures.emplace_back(q, absl::ResourceExhaustedError(absl::StrCat(
-                                 "KV cache is full: ", want, " more tokens for session ",
-                                 q->session->id(), " do not fit (", kv.free_blocks(),
-                                 " free blocks of ", block_size, " tokens)")));
+    failures.emplace_back(
+        q, absl::ResourceExhaustedError(absl::StrCat(
+               "KV cache is full: ", want, " more tokens for session ", q->session->id(),
+               " do not fit (", kv.free_blocks(), " free blocks of ", block_size, " tokens)")));
   };
 
   // Decode: one token of each generating request, round-robin past the cap.
@@ -618,9 +624,8 @@ void Scheduler::Complete(SessionQueue& q, std::unique_ptr<Job> job, absl::Status
           q.jobs.erase(q.jobs.begin() + static_cast<long>(i));
           const int64_t later_seq = later->ingest.seq;
           Complete(q, std::move(later),
-                   absl::AbortedError(absl::StrCat("segment ", later_seq,
-                                                   " not applied: segment ", job->ingest.seq,
-                                                   " before it failed")));
+                   absl::AbortedError(absl::StrCat("segment ", later_seq, " not applied: segment ",
+                                                   job->ingest.seq, " before it failed")));
         }
       }
       job->ingest.done(status);

@@ -47,7 +47,7 @@
 namespace longctx {
 
 struct SchedulerOptions {
-  int prefill_budget = 512;    // prefill tokens per step, all sessions together
+  int prefill_budget = 512;  // prefill tokens per step, all sessions together
   // The prefill budget of steps while a Generate is under way (prompt or
   // answer): smaller keeps its time to first token and inter-token latency
   // low while long ingests go on (a prefill token costs far more than a

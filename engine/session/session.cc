@@ -35,12 +35,10 @@ absl::StatusOr<Session::SegmentClaim> Session::ClaimSegment(int64_t seq, int64_t
                                                             IngestAck* ack) {
   absl::MutexLock lock(&mu_);
   if (closed()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session ", id_, " is ", close_reason_));
+    return absl::FailedPreconditionError(absl::StrCat("session ", id_, " is ", close_reason_));
   }
   if (seq < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("segment.seq must be >= 1 (got ", seq, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("segment.seq must be >= 1 (got ", seq, ")"));
   }
   if (seq < next_seq_) {
     if (seq > applied_seq_) return SegmentClaim::kInFlight;
@@ -56,8 +54,8 @@ absl::StatusOr<Session::SegmentClaim> Session::ClaimSegment(int64_t seq, int64_t
   const int64_t held = tokens_.load(std::memory_order_acquire) + reserved_;
   if (held + tokens > limit) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("segment ", seq, " (", tokens, " tokens) would bring session ", id_,
-                     " to ", held + tokens, " tokens, over its limit of ", limit));
+        absl::StrCat("segment ", seq, " (", tokens, " tokens) would bring session ", id_, " to ",
+                     held + tokens, " tokens, over its limit of ", limit));
   }
   reserved_ += tokens;
   ++next_seq_;
@@ -105,9 +103,9 @@ absl::Status Session::Reserve(int64_t tokens) {
   absl::MutexLock lock(&mu_);
   const int64_t held = tokens_.load(std::memory_order_acquire) + reserved_;
   if (held + tokens > settings_.window_tokens) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("session ", id_, " holds ", held, " tokens; ", tokens,
-                     " more would exceed its limit of ", settings_.window_tokens));
+    return absl::ResourceExhaustedError(absl::StrCat("session ", id_, " holds ", held, " tokens; ",
+                                                     tokens, " more would exceed its limit of ",
+                                                     settings_.window_tokens));
   }
   reserved_ += tokens;
   return absl::OkStatus();

@@ -153,7 +153,7 @@ class Session {
   int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t applied_seq_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t segments_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;  // tokens claimed, not yet applied
+  int64_t reserved_ ABSL_GUARDED_BY(mu_) = 0;        // tokens claimed, not yet applied
   std::deque<IngestAck> acks_ ABSL_GUARDED_BY(mu_);  // last kAckHistory, by seq
   int in_use_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time expire_time_ ABSL_GUARDED_BY(mu_);

@@ -63,10 +63,9 @@ class Reader {
   size_t pos_ = 0;
 };
 
-#define CODEC_TRY(expr)                     \
-  do {                                      \
-    if (absl::Status _s = (expr); !_s.ok()) \
-      return _s;                            \
+#define CODEC_TRY(expr)                                \
+  do {                                                 \
+    if (absl::Status _s = (expr); !_s.ok()) return _s; \
   } while (0)
 
 }  // namespace
@@ -132,9 +131,8 @@ absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data) {
   uint32_t version = 0;
   CODEC_TRY(r.Get("version", &version));
   if (version != kVersion) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("session data version ", version, " is not supported (this server reads ",
-                     kVersion, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session data version ", version, " is not supported (this server reads ", kVersion, ")"));
   }
   CODEC_TRY(r.GetString("model name", &s.model.name));
   CODEC_TRY(r.Get("model", &s.model.vocab_size));

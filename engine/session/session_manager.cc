@@ -65,9 +65,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(const std::strin
   }
   int64_t& count = per_tenant_[tenant];
   if (count >= limits_.max_sessions_per_tenant) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the tenant holds its limit of ", limits_.max_sessions_per_tenant,
-                     " sessions (max_sessions_per_tenant)"));
+    return absl::ResourceExhaustedError(absl::StrCat("the tenant holds its limit of ",
+                                                     limits_.max_sessions_per_tenant,
+                                                     " sessions (max_sessions_per_tenant)"));
   }
   std::string sid = id;
   if (sid.empty()) {
@@ -91,9 +91,9 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Get(const std::string& 
   if (it != sessions_.end() && it->second->tenant() == tenant) return it->second;
   auto tomb = expired_.find(id);
   if (tomb != expired_.end() && tomb->second.tenant == tenant) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("session ", id, " expired at ", absl::FormatTime(tomb->second.when),
-                     " after being idle for its TTL"));
+    return absl::FailedPreconditionError(absl::StrCat("session ", id, " expired at ",
+                                                      absl::FormatTime(tomb->second.when),
+                                                      " after being idle for its TTL"));
   }
   return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
 }

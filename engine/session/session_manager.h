@@ -26,7 +26,7 @@
 namespace longctx {
 
 struct SessionLimits {
-  int64_t max_sessions = 1024;            // all tenants together
+  int64_t max_sessions = 1024;  // all tenants together
   int64_t max_sessions_per_tenant = 256;
 };
 
@@ -41,8 +41,7 @@ class SessionManager {
   // Creates a session for `tenant`. `id` empty: a fresh random id. Errors:
   // INVALID_ARGUMENT for a malformed id, ALREADY_EXISTS for a taken one,
   // RESOURCE_EXHAUSTED over max_sessions or max_sessions_per_tenant.
-  absl::StatusOr<std::shared_ptr<Session>> Create(const std::string& tenant,
-                                                  const std::string& id,
+  absl::StatusOr<std::shared_ptr<Session>> Create(const std::string& tenant, const std::string& id,
                                                   SessionSettings settings);
 
   // The session `id` if it exists and belongs to `tenant`. NOT_FOUND when it
@@ -52,8 +51,7 @@ class SessionManager {
                                                const std::string& id) const;
 
   // Removes and closes the session; errors as Get.
-  absl::StatusOr<std::shared_ptr<Session>> Delete(const std::string& tenant,
-                                                  const std::string& id);
+  absl::StatusOr<std::shared_ptr<Session>> Delete(const std::string& tenant, const std::string& id);
 
   struct Page {
     std::vector<std::shared_ptr<Session>> sessions;

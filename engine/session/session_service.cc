@@ -24,7 +24,9 @@ constexpr float kMaxTemperature = 100.f;
 // Placeholders cut out of formatted chat templates to find their pieces.
 constexpr char kSystemMark[] = "\x1e\x1fsystem\x1f\x1e";
 constexpr char kUserMark[] = "\x1e\x1fuser\x1f\x1e";
-constexpr char kAnswerMark[] = "\x1e\x1f" "answer\x1f\x1e";
+constexpr char kAnswerMark[] =
+    "\x1e\x1f"
+    "answer\x1f\x1e";
 constexpr char kNextMark[] = "\x1e\x1fnext\x1f\x1e";
 
 uint64_t RandomSeed() {
@@ -164,9 +166,9 @@ absl::StatusOr<SessionSettings> SessionService::Resolve(const SessionRequest& r)
   }
   for (const auto& [k, v] : r.labels) {
     if (k.empty() || k.size() > kMaxLabelBytes || v.size() > kMaxLabelBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "labels: keys must be 1 to ", kMaxLabelBytes, " bytes and values at most ",
-          kMaxLabelBytes, " bytes"));
+      return absl::InvalidArgumentError(absl::StrCat("labels: keys must be 1 to ", kMaxLabelBytes,
+                                                     " bytes and values at most ", kMaxLabelBytes,
+                                                     " bytes"));
     }
   }
   s.labels = r.labels;
@@ -183,7 +185,8 @@ absl::StatusOr<SessionSettings> SessionService::Resolve(const SessionRequest& r)
 
   // Attention: the model's defaults, then the server's, then the request's.
   auto dca = DcaConfig::Resolve(info_.model, options_.dca_defaults.Then(r.attention));
-  if (!dca.ok()) return absl::InvalidArgumentError(absl::StrCat("attention: ", dca.status().message()));
+  if (!dca.ok())
+    return absl::InvalidArgumentError(absl::StrCat("attention: ", dca.status().message()));
   if (absl::Status v = dca->Validate(model_->kv_cache().geometry().block_size); !v.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("attention: ", v.message()));
   }
@@ -194,9 +197,9 @@ absl::StatusOr<SessionSettings> SessionService::Resolve(const SessionRequest& r)
     return absl::InvalidArgumentError("memory.window_tokens must not be negative");
   }
   if (s.window_tokens > options_.max_session_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("memory.window_tokens ", s.window_tokens,
-                     " is over the server's max_session_tokens of ", options_.max_session_tokens));
+    return absl::InvalidArgumentError(absl::StrCat("memory.window_tokens ", s.window_tokens,
+                                                   " is over the server's max_session_tokens of ",
+                                                   options_.max_session_tokens));
   }
   s.overflow = r.overflow;
   if (s.overflow != OverflowPolicy::kReject) {
@@ -218,9 +221,9 @@ absl::StatusOr<SessionSettings> SessionService::Resolve(const SessionRequest& r)
     return absl::InvalidArgumentError("system_prompt applies only to CHAT sessions");
   }
   if (static_cast<int64_t>(r.system_prompt.size()) > options_.max_segment_bytes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("system_prompt is ", r.system_prompt.size(),
-                     " bytes, over the server's max_segment_bytes of ", options_.max_segment_bytes));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "system_prompt is ", r.system_prompt.size(),
+        " bytes, over the server's max_segment_bytes of ", options_.max_segment_bytes));
   }
   RETURN_IF_ERROR(ValidateUtf8("system_prompt", r.system_prompt));
   s.system_prompt = r.system_prompt;
@@ -249,9 +252,8 @@ absl::StatusOr<std::vector<int32_t>> SessionService::Tokenize(const std::string&
     const int32_t v = tokenizer_.vocab_size();
     for (size_t i = 0; i < tokens.size(); ++i) {
       if (tokens[i] < 0 || tokens[i] >= v) {
-        return absl::InvalidArgumentError(absl::StrCat(field, ".tokens.ids[", i, "] = ",
-                                                       tokens[i], " is outside the vocabulary [0, ",
-                                                       v, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(field, ".tokens.ids[", i, "] = ", tokens[i],
+                                                       " is outside the vocabulary [0, ", v, ")"));
       }
     }
     ids = tokens;
@@ -356,9 +358,9 @@ std::shared_ptr<WorkHandle> SessionService::Ingest(
     const std::shared_ptr<Session>& session, SegmentInput input,
     std::function<void(absl::StatusOr<IngestAck>)> done) {
   if (input.has_tokens ? input.tokens.empty() : input.text.empty()) {
-    done(absl::InvalidArgumentError(absl::StrCat(
-        "segment ", input.seq, " is empty: segment.", input.has_tokens ? "tokens" : "text",
-        " must not be empty")));
+    done(absl::InvalidArgumentError(absl::StrCat("segment ", input.seq, " is empty: segment.",
+                                                 input.has_tokens ? "tokens" : "text",
+                                                 " must not be empty")));
     return nullptr;
   }
   auto ids = Tokenize("segment", input.has_tokens, input.text, input.tokens, input.parse_special);
@@ -387,7 +389,7 @@ std::shared_ptr<WorkHandle> SessionService::Ingest(
     ReadJob job;
     job.session = session;
     job.fn = [session, seq = input.seq, done = std::move(done)](absl::Status st,
-                                                                 const SessionEngineState*) {
+                                                                const SessionEngineState*) {
       IngestAck again;
       if (!st.ok()) return done(st);
       if (session->LookupAck(seq, &again)) return done(again);
@@ -404,7 +406,8 @@ std::shared_ptr<WorkHandle> SessionService::Ingest(
   job.seq = input.seq;
   job.tokens = std::move(*ids);
   job.deadline = input.deadline;
-  job.done = [this, session, seq = input.seq, n, done = std::move(done)](absl::StatusOr<int64_t> r) {
+  job.done = [this, session, seq = input.seq, n,
+              done = std::move(done)](absl::StatusOr<int64_t> r) {
     session->EndUse(manager_.Now());
     if (!r.ok()) {
       session->FailSegment(seq, n);
@@ -457,9 +460,9 @@ std::shared_ptr<WorkHandle> SessionService::Generate(const std::string& tenant,
         absl::StrCat("max_tokens must not be negative (got ", input.max_tokens, ")")));
   }
   if (input.max_tokens > options_.max_generate_tokens) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("max_tokens ", input.max_tokens, " is over the server's max_generate_tokens of ",
-                     options_.max_generate_tokens)));
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "max_tokens ", input.max_tokens, " is over the server's max_generate_tokens of ",
+        options_.max_generate_tokens)));
   }
   const int max_tokens = input.max_tokens ? input.max_tokens : options_.default_max_tokens;
   if (input.stop.size() > kMaxStops) {
@@ -577,8 +580,8 @@ std::shared_ptr<WorkHandle> SessionService::Score(
         "continuation is empty: ", input.has_tokens ? "tokens" : "text", " must not be empty")));
     return nullptr;
   }
-  auto ids = Tokenize("continuation", input.has_tokens, input.text, input.tokens,
-                      input.parse_special);
+  auto ids =
+      Tokenize("continuation", input.has_tokens, input.text, input.tokens, input.parse_special);
   if (!ids.ok()) {
     done(ids.status());
     return nullptr;
@@ -665,9 +668,9 @@ void SessionService::Import(const std::string& tenant, ImportInput input,
   auto resolved = Resolve(check);
   if (!resolved.ok()) return done(resolved.status());
   if (static_cast<int64_t>(snap->tokens.size()) > resolved->window_tokens) {
-    return done(absl::ResourceExhaustedError(
-        absl::StrCat("the session holds ", snap->tokens.size(), " tokens, over this server's ",
-                     "limit of ", resolved->window_tokens)));
+    return done(absl::ResourceExhaustedError(absl::StrCat("the session holds ", snap->tokens.size(),
+                                                          " tokens, over this server's ",
+                                                          "limit of ", resolved->window_tokens)));
   }
   for (int32_t t : snap->tokens) {
     if (t < 0 || t >= tokenizer_.vocab_size()) {

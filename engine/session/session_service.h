@@ -39,10 +39,10 @@ struct EngineOptions {
   SessionLimits sessions;
   KvCacheConfig kv;
   int64_t max_session_tokens = 131072;  // window cap of every session
-  int64_t max_segment_bytes = 1 << 20;   // segment text, prompt and Score text
-  int64_t max_segment_tokens = 65536;    // tokens of one segment (or Score text)
-  int max_generate_tokens = 4096;        // max_tokens may not exceed this
-  int default_max_tokens = 256;          // max_tokens when the request says 0
+  int64_t max_segment_bytes = 1 << 20;  // segment text, prompt and Score text
+  int64_t max_segment_tokens = 65536;   // tokens of one segment (or Score text)
+  int max_generate_tokens = 4096;       // max_tokens may not exceed this
+  int default_max_tokens = 256;         // max_tokens when the request says 0
   absl::Duration default_ttl = absl::Hours(1);
   absl::Duration max_ttl = absl::Hours(24);
   absl::Duration expiry_interval = absl::Seconds(5);  // how often idle sessions are reaped
@@ -78,8 +78,8 @@ struct GenerateInput {
   std::string prompt;
   bool parse_special = false;
   SamplingParams sampling;
-  bool has_seed = false;   // otherwise a random seed
-  int max_tokens = 0;      // 0 = default
+  bool has_seed = false;  // otherwise a random seed
+  int max_tokens = 0;     // 0 = default
   std::vector<std::string> stop;
   bool persist = false;
   absl::Time deadline = absl::InfiniteFuture();
@@ -107,9 +107,9 @@ struct ScoreInput {
 struct ScoreOutput {
   std::vector<int32_t> ids;
   std::vector<float> logprobs;  // NaN for an unscored first token
-  double logprob = 0;            // sum over scored tokens
+  double logprob = 0;           // sum over scored tokens
   int64_t scored_tokens = 0;
-  double perplexity = 0;         // exp(-logprob / scored_tokens)
+  double perplexity = 0;  // exp(-logprob / scored_tokens)
   int64_t session_tokens = 0;
 };
 

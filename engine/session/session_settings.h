@@ -25,7 +25,7 @@ enum class OverflowPolicy {
 struct SessionSettings {
   std::map<std::string, std::string> labels;
   absl::Duration ttl = absl::Hours(1);  // idle time to expiry
-  DcaConfig attention;  // resolved and validated
+  DcaConfig attention;                  // resolved and validated
   PromptFormat prompt_format = PromptFormat::kChat;
   std::string system_prompt;  // chat sessions; empty = the template's default
   // Exact-attention window: the most tokens the session's context may hold.

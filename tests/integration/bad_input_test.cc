@@ -27,7 +27,8 @@ class BadInputTest : public ::testing::Test {
     auto s = CreateSession(stub_.get(), create);
     ASSERT_TRUE(s.ok()) << s.status();
     id_ = s->id();
-    auto pos = IngestTexts(stub_.get(), id_, {"It was a bright cold day in April, ", "and the clocks were striking."});
+    auto pos = IngestTexts(
+        stub_.get(), id_, {"It was a bright cold day in April, ", "and the clocks were striking."});
     ASSERT_TRUE(pos.ok()) << pos.status();
     tokens_ = *pos;
   }
@@ -56,9 +57,11 @@ class BadInputTest : public ::testing::Test {
 };
 
 TEST_F(BadInputTest, UnknownSessionIsNotFound) {
-  EXPECT_EQ(GetSession(stub_.get(), "no-such-session").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(GetSession(stub_.get(), "no-such-session").status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(DeleteSession(stub_.get(), "no-such-session").code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(Score(stub_.get(), "no-such-session", "x").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Score(stub_.get(), "no-such-session", "x").status().code(),
+            absl::StatusCode::kNotFound);
   v1::GenerateRequest g = Ask();
   g.set_session_id("no-such-session");
   EXPECT_EQ(Generate(stub_.get(), g).status.error_code(), grpc::StatusCode::NOT_FOUND);
@@ -68,7 +71,8 @@ TEST_F(BadInputTest, UnknownSessionIsNotFound) {
 }
 
 TEST_F(BadInputTest, InvalidUtf8IsInvalidArgument) {
-  const IngestOutcome out = Ingest(stub_.get(), {Segment(3, "valid start \xC3\x28 then junk", id_)});
+  const IngestOutcome out =
+      Ingest(stub_.get(), {Segment(3, "valid start \xC3\x28 then junk", id_)});
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(out.status.error_message(), HasSubstr("segment.text is not valid UTF-8"));
   v1::GenerateRequest g = Ask();
@@ -76,7 +80,8 @@ TEST_F(BadInputTest, InvalidUtf8IsInvalidArgument) {
   const GenerateOutcome gen = Generate(stub_.get(), g);
   EXPECT_EQ(gen.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(gen.status.error_message(), HasSubstr("prompt"));
-  EXPECT_EQ(Score(stub_.get(), id_, "\xE2\x82").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Score(stub_.get(), id_, "\xE2\x82").status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GetSession(stub_.get(), id_)->next_seq(), 3);
 }
 
@@ -125,7 +130,8 @@ TEST_F(BadInputTest, TokenIdsOutsideTheVocabularyAreInvalidArgument) {
 
 TEST_F(BadInputTest, DuplicateSequenceNumbersAreAcknowledgedNotApplied) {
   // seq 2 was applied in SetUp: resending it re-acks with its original counts.
-  const IngestOutcome again = Ingest(stub_.get(), {Segment(2, "and the clocks were striking.", id_)});
+  const IngestOutcome again =
+      Ingest(stub_.get(), {Segment(2, "and the clocks were striking.", id_)});
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
   ASSERT_EQ(again.acks.size(), 1u);
   EXPECT_TRUE(again.acks[0].duplicate());
@@ -133,7 +139,8 @@ TEST_F(BadInputTest, DuplicateSequenceNumbersAreAcknowledgedNotApplied) {
   EXPECT_EQ(again.acks[0].session_tokens(), tokens_);
   EXPECT_GT(again.acks[0].tokens_ingested(), 0);
   // Within one stream too: 3 applies, its resend is a duplicate.
-  const IngestOutcome both = Ingest(stub_.get(), {Segment(3, " Winston", id_), Segment(3, " Winston")});
+  const IngestOutcome both =
+      Ingest(stub_.get(), {Segment(3, " Winston", id_), Segment(3, " Winston")});
   ASSERT_TRUE(both.status.ok()) << both.status.error_message();
   ASSERT_EQ(both.acks.size(), 2u);
   EXPECT_FALSE(both.acks[0].duplicate());
@@ -227,9 +234,10 @@ TEST_F(BadInputTest, SessionTokenLimitIsResourceExhausted) {
   auto first = IngestTexts(stub_.get(), small->id(), {"One two three four five."});
   ASSERT_TRUE(first.ok());
   const IngestOutcome out = Ingest(
-      stub_.get(), {Segment(2, " six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-                               "sixteen seventeen eighteen nineteen twenty twenty-one twenty-two",
-                               small->id())});
+      stub_.get(), {Segment(2,
+                            " six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                            "sixteen seventeen eighteen nineteen twenty twenty-one twenty-two",
+                            small->id())});
   EXPECT_EQ(out.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(out.status.error_message(), HasSubstr("limit of 20"));
   EXPECT_EQ(GetSession(stub_.get(), small->id())->tokens(), *first);
@@ -309,7 +317,8 @@ TEST_F(BadInputTest, ClientDisconnectingMidIngestLeavesAConsistentSession) {
   c.set_prompt_format(v1::PROMPT_FORMAT_RAW);
   auto control = CreateSession(stub_.get(), c);
   ASSERT_TRUE(control.ok());
-  std::vector<std::string> all = {"It was a bright cold day in April, ", "and the clocks were striking."};
+  std::vector<std::string> all = {"It was a bright cold day in April, ",
+                                  "and the clocks were striking."};
   all.insert(all.end(), parts.begin(), parts.end());
   auto want = IngestTexts(stub_.get(), control->id(), all);
   ASSERT_TRUE(want.ok());

@@ -61,9 +61,9 @@ TEST_F(ConfigTest, FlagsBeatEnvironmentWhichBeatsTheFile) {
   auto c = Load({"--config=" + yaml, "--kv-cache-bytes", "512MiB"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->model, "/from/file.gguf");
-  EXPECT_EQ(c->drain_grace, absl::Seconds(10));        // file
-  EXPECT_EQ(c->prefill_budget, 256);                   // environment over file
-  EXPECT_EQ(c->kv_cache_bytes, int64_t{512} << 20);    // flag over environment
+  EXPECT_EQ(c->drain_grace, absl::Seconds(10));      // file
+  EXPECT_EQ(c->prefill_budget, 256);                 // environment over file
+  EXPECT_EQ(c->kv_cache_bytes, int64_t{512} << 20);  // flag over environment
   setenv("LONGCTX_CONFIG", yaml.c_str(), 1);
   auto via_env = Load({});
   ASSERT_TRUE(via_env.ok()) << via_env.status();
@@ -71,8 +71,10 @@ TEST_F(ConfigTest, FlagsBeatEnvironmentWhichBeatsTheFile) {
 }
 
 TEST_F(ConfigTest, ErrorsNameTheSetting) {
-  EXPECT_THAT(Load({"--model=m", "--no_such_flag=1"}).status().message(), HasSubstr("no_such_flag"));
-  EXPECT_THAT(Load({"--model=m", "--drain_grace=soon"}).status().message(), HasSubstr("drain_grace"));
+  EXPECT_THAT(Load({"--model=m", "--no_such_flag=1"}).status().message(),
+              HasSubstr("no_such_flag"));
+  EXPECT_THAT(Load({"--model=m", "--drain_grace=soon"}).status().message(),
+              HasSubstr("drain_grace"));
   EXPECT_THAT(Load({"--model=m", "--kv_cache_bytes=lots"}).status().message(),
               HasSubstr("kv_cache_bytes"));
   EXPECT_THAT(Load({"--model=m", "--prefill_budget=0"}).status().message(),
@@ -93,8 +95,9 @@ TEST_F(ConfigTest, ErrorsNameTheSetting) {
 TEST_F(ConfigTest, HelpListsEverySetting) {
   auto help = Load({"--help"});
   ASSERT_EQ(help.status().code(), absl::StatusCode::kCancelled);
-  for (const char* name : {"--model", "--kv_cache_bytes", "--max_concurrent_streams", "--drain_grace",
-                           "--auth_tokens_file", "--tls_client_ca", "--metrics_listen"}) {
+  for (const char* name :
+       {"--model", "--kv_cache_bytes", "--max_concurrent_streams", "--drain_grace",
+        "--auth_tokens_file", "--tls_client_ca", "--metrics_listen"}) {
     EXPECT_THAT(help.status().message(), HasSubstr(name));
   }
 }

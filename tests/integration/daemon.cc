@@ -35,7 +35,8 @@ std::optional<std::string> ReadBook(const std::string& file_name) {
   dirs.push_back(src / ".." / ".." / "shared" / "data" / "books");
   for (const fs::path& d : dirs) {
     std::ifstream in(d / file_name, std::ios::binary);
-    if (in) return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    if (in)
+      return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   return std::nullopt;
 }
@@ -123,7 +124,8 @@ absl::Status Daemon::WaitListening(absl::Duration timeout) {
       return absl::OkStatus();
     }
     if (!running()) {
-      return absl::InternalError(absl::StrCat("longctxd exited with ", *exit_code_, ":\n", LogTail()));
+      return absl::InternalError(
+          absl::StrCat("longctxd exited with ", *exit_code_, ":\n", LogTail()));
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
@@ -145,7 +147,8 @@ absl::Status Daemon::WaitServing(absl::Duration timeout) {
       return absl::OkStatus();
     }
     if (!running()) {
-      return absl::InternalError(absl::StrCat("longctxd exited with ", *exit_code_, ":\n", LogTail()));
+      return absl::InternalError(
+          absl::StrCat("longctxd exited with ", *exit_code_, ":\n", LogTail()));
     }
     absl::SleepFor(absl::Milliseconds(50));
   }

@@ -189,8 +189,8 @@ TEST_F(EndToEndTest, BookChapterStreamedInAnsweredAndScoredLikeTheEngine) {
   const int vocab = (*direct)->vocab();
   double direct_sum = 0;
   for (int i = 0; i < score->tokens_size(); ++i) {
-    const float lp = LogSoftmaxAt(rows->data() + static_cast<size_t>(i) * vocab, vocab,
-                                  score->tokens(i).id());
+    const float lp =
+        LogSoftmaxAt(rows->data() + static_cast<size_t>(i) * vocab, vocab, score->tokens(i).id());
     // The server batched and chunked its prefill differently; float32
     // summation order differs, nothing else.
     EXPECT_NEAR(score->tokens(i).logprob(), lp, 2e-3) << "token " << i;
@@ -218,19 +218,22 @@ TEST_F(EndToEndTest, BookChapterStreamedInAnsweredAndScoredLikeTheEngine) {
   // a fresh user turn after it (persist).
   const std::string context_text = (*direct)->Decode(snap->tokens);
   EXPECT_EQ(context_text.rfind("<|im_start|>system\n", 0), 0u) << context_text.substr(0, 200);
-  EXPECT_THAT(context_text, ::testing::HasSubstr("<|im_end|>\n<|im_start|>user\n" +
-                                                 segments[0].substr(0, 40)));
+  EXPECT_THAT(context_text,
+              ::testing::HasSubstr("<|im_end|>\n<|im_start|>user\n" + segments[0].substr(0, 40)));
   const std::string turn = (*direct)->Decode(
       std::span<const int32_t>(snap2->tokens).subspan(static_cast<size_t>(position)));
   EXPECT_EQ(turn.rfind("\n\nWho woke up on the sofa in his study?<|im_end|>\n"
-                       "<|im_start|>assistant\n", 0), 0u) << turn;
+                       "<|im_start|>assistant\n",
+                       0),
+            0u)
+      << turn;
   EXPECT_TRUE(absl::EndsWith(turn, "<|im_start|>user\n")) << turn;
 
   // The session before the question is the direct model's context.
   ASSERT_TRUE(std::equal(snap->tokens.begin(), snap->tokens.end(), snap2->tokens.begin()));
-  const std::vector<int32_t> tail(snap2->tokens.begin() + static_cast<long>(position),
-                                  snap2->tokens.begin() +
-                                      static_cast<long>(answer_at + kept.ids.size()));
+  const std::vector<int32_t> tail(
+      snap2->tokens.begin() + static_cast<long>(position),
+      snap2->tokens.begin() + static_cast<long>(answer_at + kept.ids.size()));
   auto greedy_rows = (*direct)->Branch(tail);
   ASSERT_TRUE(greedy_rows.ok());
   for (size_t i = 0; i < kept.ids.size(); ++i) {
@@ -251,7 +254,8 @@ TEST_F(EndToEndTest, ExportImportRoundTripKeepsTokensAndSequence) {
   create.set_prompt_format(v1::PROMPT_FORMAT_RAW);
   auto s = CreateSession(stub_.get(), create);
   ASSERT_TRUE(s.ok());
-  ASSERT_TRUE(IngestTexts(stub_.get(), s->id(), {"The quick brown fox ", "jumps over the lazy dog."}).ok());
+  ASSERT_TRUE(
+      IngestTexts(stub_.get(), s->id(), {"The quick brown fox ", "jumps over the lazy dog."}).ok());
   auto data = Export(stub_.get(), s->id());
   ASSERT_TRUE(data.ok()) << data.status();
 

@@ -59,12 +59,14 @@ absl::StatusOr<int64_t> IngestTexts(v1::LongContext::Stub* stub, const std::stri
                                     const std::vector<std::string>& texts, int64_t first_seq) {
   std::vector<v1::IngestRequest> reqs;
   for (size_t i = 0; i < texts.size(); ++i) {
-    reqs.push_back(Segment(first_seq + static_cast<int64_t>(i), texts[i], i == 0 ? session_id : ""));
+    reqs.push_back(
+        Segment(first_seq + static_cast<int64_t>(i), texts[i], i == 0 ? session_id : ""));
   }
   IngestOutcome out = Ingest(stub, reqs);
   if (!out.status.ok()) return FromGrpc(out.status);
   if (out.acks.size() != texts.size()) {
-    return absl::InternalError(absl::StrCat(out.acks.size(), " acks for ", texts.size(), " segments"));
+    return absl::InternalError(
+        absl::StrCat(out.acks.size(), " acks for ", texts.size(), " segments"));
   }
   return out.acks.back().session_tokens();
 }

@@ -40,9 +40,10 @@ struct GenerateOutcome {
 };
 // Runs Generate; `after_first_chunk` (if set) runs once with the call's
 // context, e.g. to cancel it.
-GenerateOutcome Generate(v1::LongContext::Stub* stub, const v1::GenerateRequest& req,
-                         absl::Duration timeout = absl::ZeroDuration(),
-                         const std::function<void(grpc::ClientContext*)>& after_first_chunk = nullptr);
+GenerateOutcome Generate(
+    v1::LongContext::Stub* stub, const v1::GenerateRequest& req,
+    absl::Duration timeout = absl::ZeroDuration(),
+    const std::function<void(grpc::ClientContext*)>& after_first_chunk = nullptr);
 
 absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::string& id,
                                         const std::string& text, bool per_token = false);

@@ -3,8 +3,8 @@
 // authentication, tenants and limits; TTL expiry; graceful drain on SIGTERM.
 #include <signal.h>
 
-#include <filesystem>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -25,9 +25,10 @@ namespace {
 using ::testing::HasSubstr;
 using HealthResponse = grpc::health::v1::HealthCheckResponse;
 
-#define SKIP_WITHOUT_MODEL()                                                     \
-  if (ModelPath().empty()) GTEST_SKIP() << "LONGCTX_MODEL is not set: integration tests " \
-                                           "need the default model"
+#define SKIP_WITHOUT_MODEL()                                     \
+  if (ModelPath().empty())                                       \
+  GTEST_SKIP() << "LONGCTX_MODEL is not set: integration tests " \
+                  "need the default model"
 
 double Metric(const std::map<std::string, double>& m, const std::string& key) {
   auto it = m.find(key);
@@ -86,7 +87,8 @@ TEST(MetricsTest, CountersMoveAsRequestsAreServed) {
   EXPECT_FALSE(GetSession(stub.get(), "missing").ok());
   auto after = ScrapeMetrics(d->metrics_port());
   ASSERT_TRUE(after.ok());
-  EXPECT_GE(Metric(*after, "longctx_grpc_requests_total{code=\"NOT_FOUND\",method=\"GetSession\"}"), 1);
+  EXPECT_GE(Metric(*after, "longctx_grpc_requests_total{code=\"NOT_FOUND\",method=\"GetSession\"}"),
+            1);
   // No tenant or session ids in any label.
   for (const auto& [key, v] : *after) {
     EXPECT_THAT(key, ::testing::Not(HasSubstr("tenant"))) << key;
@@ -154,7 +156,8 @@ TEST(HealthTest, CheckWatchReflectionAndRequestIds) {
     std::vector<grpc::Slice> slices;
     ASSERT_TRUE(reply.Dump(&slices).ok());
     std::string bytes;
-    for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+    for (const auto& sl : slices)
+      bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
     EXPECT_THAT(bytes, HasSubstr("longctx.v1.LongContext"));
     EXPECT_THAT(bytes, HasSubstr("grpc.health.v1.Health"));
     cq.Shutdown();
@@ -294,15 +297,20 @@ TEST(TlsTest, MutualTlsServesTrustedClientsOnly) {
   const std::string dir = tmpl;
   if (!Sh(dir, "command -v openssl")) GTEST_SKIP() << "openssl is not installed";
   // A throw-away CA signs a server certificate for 127.0.0.1 and a client one.
-  ASSERT_TRUE(Sh(dir, "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem "
-                      "-days 1 -subj /CN=longctx-test-ca"));
+  ASSERT_TRUE(Sh(dir,
+                 "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem "
+                 "-days 1 -subj /CN=longctx-test-ca"));
   for (const char* who : {"server", "client"}) {
     const std::string w = who;
     ASSERT_TRUE(Sh(dir, "openssl req -newkey rsa:2048 -nodes -keyout " + w + ".key -out " + w +
                             ".csr -subj /CN=" + w));
-    ASSERT_TRUE(Sh(dir, "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > " + w + ".ext && "
-                        "openssl x509 -req -in " + w + ".csr -CA ca.pem -CAkey ca.key "
-                        "-CAcreateserial -days 1 -out " + w + ".pem -extfile " + w + ".ext"));
+    ASSERT_TRUE(Sh(dir, "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > " + w +
+                            ".ext && "
+                            "openssl x509 -req -in " +
+                            w +
+                            ".csr -CA ca.pem -CAkey ca.key "
+                            "-CAcreateserial -days 1 -out " +
+                            w + ".pem -extfile " + w + ".ext"));
   }
   grpc::SslCredentialsOptions trusted;
   trusted.pem_root_certs = ReadText(dir + "/ca.pem");
