@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -20,6 +22,34 @@ namespace {
 
 // Elements converted per step of Upload / Download (a 32 MiB f32 staging buffer).
 constexpr int64_t kConvertChunk = int64_t{8} << 20;
+// cuBLAS workspace, fixed so that captured GEMMs use the same memory on replay.
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+// Smallest buffer for the host arguments of a recorded step.
+constexpr size_t kMinStepArgsBytes = size_t{1} << 20;
+// Graphs are given up after this many failed captures in a row, or after this
+// many graphs in a row that were replayed at most once (steps that never repeat).
+constexpr int kMaxCaptureFailures = 3;
+constexpr int kMaxShortLivedGraphs = 4;
+
+enum class OpId : uint64_t {
+  kEmbedding = 1,
+  kRmsNorm,
+  kLinear,
+  kSwiGlu,
+  kAdd,
+  kRope,
+  kKvWrite,
+  kAttention,
+  kGather,
+};
+
+uint64_t U(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
+uint64_t U(OpId id) { return static_cast<uint64_t>(id); }
+uint64_t U(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
 
 cuda::ElemType ElemOf(DType t) {
   return t == DType::kBF16 ? cuda::ElemType::kBF16 : cuda::ElemType::kF32;
@@ -81,13 +111,44 @@ class CudaBackend final : public Backend {
                          std::span<const AttentionSeq> seqs,
                          std::span<const float> inv_freq) override;
   absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
+  absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi) override;
+
+  absl::Status BeginStep() override;
+  absl::Status EndStep(bool launch) override;
+
+  CudaStepGraphStats GraphStats() const;
+  absl::Status SetStepGraphs(bool enabled);
+  absl::StatusOr<double> CopyBandwidth(size_t bytes, int reps);
 
  private:
+  // kNone: no bracket. kEager: a bracketed step run op by op. kCapture: ops are
+  // recorded into a graph. kReplay: ops only validate, stage their arguments
+  // and check that they match the recording; the graph runs at EndStep.
+  enum class StepMode { kNone, kEager, kCapture, kReplay };
+  bool Deferred() const { return mode_ == StepMode::kCapture || mode_ == StepMode::kReplay; }
+  bool Replaying() const { return mode_ == StepMode::kReplay; }
+  absl::Status RequireNotDeferred(const char* op) const;
+
   template <typename T>
   absl::StatusOr<const T*> StageSpan(std::span<const T> s) {
-    ASSIGN_OR_RETURN(void* d, staging_.Stage(s.data(), s.size_bytes()));
+    ASSIGN_OR_RETURN(void* d, StageArgs(s.data(), s.size_bytes(), s.size_bytes()));
     return static_cast<const T*>(d);
   }
+  // Host arguments of one op: through the staging ring outside recorded steps;
+  // inside them, at a fixed place of the step's argument buffer that holds up
+  // to `capacity` bytes (room for growth between replays).
+  absl::StatusOr<void*> StageArgs(const void* host, size_t bytes, size_t capacity);
+  // Records (capture) or checks (replay) what one op launches: its tensors,
+  // shapes, staged addresses and work-list sizes.
+  void Trace(std::initializer_list<uint64_t> key);
+  absl::Status ReserveScratch(ScratchBuffer& buf, size_t bytes);
+  // Marks the current recorded step unusable; the reason is kept for stats.
+  void Break(const std::string& why);
+  void DropGraph();
+  void DisableGraphs(const std::string& why);
+  absl::Status AbortStep(bool was_capture);
+  absl::Status FinishCapture(bool launch);
+  absl::Status FinishReplay(bool launch);
   // f32 host <-> device tensor of either dtype, through the conversion buffer.
   absl::Status CopyIn(void* dst, DType dtype, const float* host, int64_t n);
   absl::Status CopyOut(float* host, const void* src, DType dtype, int64_t n);
@@ -103,10 +164,43 @@ class CudaBackend final : public Backend {
   ScratchBuffer split_ml_;
   KvGeometry kv_geometry_;
   cuda::bf16* kv_ = nullptr;  // owned arena
+  void* cublas_workspace_ = nullptr;
+
+  // Step graphs (CudaBackendOptions::step_graphs).
+  struct ArgSlot {
+    size_t offset = 0;
+    size_t capacity = 0;
+  };
+  StepMode mode_ = StepMode::kNone;
+  bool graphs_enabled_ = false;
+  int eager_before_capture_ = 1;
+  int capture_failures_ = 0;
+  int short_lived_graphs_ = 0;
+  int64_t replays_of_graph_ = 0;
+  bool broken_ = false;
+  std::string broken_why_;
+  cudaGraphExec_t exec_ = nullptr;
+  std::vector<uint64_t> trace_;  // one key per op of the recorded step
+  size_t trace_pos_ = 0;
+  std::vector<ArgSlot> arg_slots_;  // one per staged argument of the recorded step
+  size_t arg_pos_ = 0;
+  size_t args_used_ = 0;    // bytes of step_args_ the recording laid out
+  size_t args_needed_ = 0;  // what the next capture reserves
+  MirroredBuffer step_args_;
+  CudaStepGraphStats stats_;
 };
 
 CudaBackend::~CudaBackend() {
   // Members that use the stream go first; the stream itself last.
+  if (mode_ == StepMode::kCapture) {
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph != nullptr) {
+      cudaGraphDestroy(graph);
+    }
+    cudaGetLastError();
+  }
+  DropGraph();
+  step_args_.Release();
   staging_.Release();
   convert_.Release();
   x_bf16_.Release();
@@ -114,6 +208,7 @@ CudaBackend::~CudaBackend() {
   split_ml_.Release();
   if (kv_ != nullptr) cudaFree(kv_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -139,12 +234,18 @@ absl::Status CudaBackend::Init() {
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
   CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
+  // After cublasSetStream, which resets the workspace to the library's pool.
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
+  CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+  graphs_enabled_ = options_.step_graphs;
+  stats_.enabled = graphs_enabled_;
   // Pure f32 products for f32 weights (no TF32); bf16 products accumulate in f32.
   CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   return staging_.Init(size_t{1} << 20, stream_);
 }
 
 absl::StatusOr<DeviceBuffer> CudaBackend::Allocate(size_t bytes) {
+  RETURN_IF_ERROR(RequireNotDeferred("Allocate"));
   void* p = nullptr;
   CUDA_RETURN_IF_ERROR(cudaMallocAsync(&p, std::max<size_t>(bytes, 1), stream_));
   return DeviceBuffer(this, p, bytes);
@@ -155,12 +256,14 @@ void CudaBackend::Free(void* data) {
 }
 
 absl::Status CudaBackend::Synchronize() {
+  RETURN_IF_ERROR(RequireNotDeferred("Synchronize"));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::CopyIn(void* dst, DType dtype, const float* host, int64_t n) {
+  RETURN_IF_ERROR(RequireNotDeferred("Upload"));
   if (n == 0) return absl::OkStatus();
   if (dtype == DType::kF32) {
     CUDA_RETURN_IF_ERROR(
@@ -179,6 +282,7 @@ absl::Status CudaBackend::CopyIn(void* dst, DType dtype, const float* host, int6
 }
 
 absl::Status CudaBackend::CopyOut(float* host, const void* src, DType dtype, int64_t n) {
+  RETURN_IF_ERROR(RequireNotDeferred("Download"));
   if (n == 0) return Synchronize();
   if (dtype == DType::kF32) {
     CUDA_RETURN_IF_ERROR(
@@ -211,6 +315,7 @@ absl::Status CudaBackend::Download(float* host, Tensor src) {
 }
 
 absl::Status CudaBackend::InitKv(const KvGeometry& g) {
+  RETURN_IF_ERROR(RequireNotDeferred("InitKv"));
   if (kv_ != nullptr)
     return absl::FailedPreconditionError("cuda backend: KV arena already initialised");
   if (g.n_layers <= 0 || g.n_kv_heads <= 0 || g.head_dim <= 0 || g.head_dim % 8 != 0 ||
@@ -258,6 +363,9 @@ absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const
   p.v = static_cast<const float*>(v.data);
   p.slots = d_slots;
   p.T = static_cast<int>(slots.size());
+  Trace({U(OpId::kKvWrite), U(kv_), static_cast<uint64_t>(layer), U(k.data), U(v.data),
+         static_cast<uint64_t>(p.T), U(d_slots)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::KvWrite(p, stream_));
   return absl::OkStatus();
 }
@@ -291,6 +399,9 @@ absl::Status CudaBackend::Embedding(Tensor out, Tensor table, std::span<const in
   }
   if (ids.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_ids, StageSpan(ids));
+  Trace({U(OpId::kEmbedding), U(out.data), U(table.data), static_cast<uint64_t>(table.dtype),
+         ids.size(), static_cast<uint64_t>(table.cols), U(d_ids)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::Embedding(static_cast<float*>(out.data), table.data,
                                        ElemOf(table.dtype), d_ids, static_cast<int>(ids.size()),
                                        static_cast<int>(table.cols), stream_));
@@ -302,6 +413,9 @@ absl::Status CudaBackend::RmsNorm(Tensor out, Tensor x, Tensor w, float eps) {
   RETURN_IF_ERROR(RequireF32(x, "RmsNorm", "x"));
   RETURN_IF_ERROR(
       RequireShape(out.rows == x.rows && out.cols == x.cols && w.numel() == x.cols, "RmsNorm"));
+  Trace({U(OpId::kRmsNorm), U(out.data), U(x.data), U(w.data), static_cast<uint64_t>(w.dtype),
+         static_cast<uint64_t>(x.rows), static_cast<uint64_t>(x.cols), U(eps)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::RmsNorm(
       static_cast<float*>(out.data), static_cast<const float*>(x.data), w.data, ElemOf(w.dtype),
       static_cast<int>(x.rows), static_cast<int>(x.cols), eps, stream_));
@@ -317,10 +431,16 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
   const int T = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
             K = static_cast<int>(w.cols);
   if (T == 0 || N == 0) return absl::OkStatus();
+  if (w.dtype == DType::kBF16) {
+    RETURN_IF_ERROR(ReserveScratch(x_bf16_, static_cast<size_t>(x.numel()) * sizeof(cuda::bf16)));
+  }
+  Trace({U(OpId::kLinear), U(out.data), U(x.data), U(w.data), static_cast<uint64_t>(w.dtype),
+         static_cast<uint64_t>(T), static_cast<uint64_t>(N), static_cast<uint64_t>(K),
+         U(x_bf16_.as<void>()), U(bias != nullptr ? bias->data : nullptr)});
+  if (Replaying()) return absl::OkStatus();
   const float one = 1.f, zero = 0.f;
   // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
   if (w.dtype == DType::kBF16) {
-    RETURN_IF_ERROR(x_bf16_.Reserve(static_cast<size_t>(x.numel()) * sizeof(cuda::bf16), stream_));
     CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
         x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
     CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
@@ -345,6 +465,9 @@ absl::Status CudaBackend::SwiGlu(Tensor out, Tensor gate, Tensor up) {
   RETURN_IF_ERROR(RequireF32(up, "SwiGlu", "up"));
   RETURN_IF_ERROR(RequireShape(
       out.numel() == gate.numel() && gate.numel() == up.numel() && gate.cols > 0, "SwiGlu"));
+  Trace({U(OpId::kSwiGlu), U(out.data), U(gate.data), U(up.data), static_cast<uint64_t>(gate.rows),
+         static_cast<uint64_t>(gate.cols)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::SwiGlu(static_cast<float*>(out.data),
                                     static_cast<const float*>(gate.data),
                                     static_cast<const float*>(up.data), static_cast<int>(gate.rows),
@@ -356,6 +479,8 @@ absl::Status CudaBackend::AddInPlace(Tensor x, Tensor y) {
   RETURN_IF_ERROR(RequireF32(x, "AddInPlace", "x"));
   RETURN_IF_ERROR(RequireF32(y, "AddInPlace", "y"));
   RETURN_IF_ERROR(RequireShape(x.numel() == y.numel(), "AddInPlace"));
+  Trace({U(OpId::kAdd), U(x.data), U(y.data), static_cast<uint64_t>(x.numel())});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::AddInPlace(static_cast<float*>(x.data),
                                         static_cast<const float*>(y.data), x.numel(), stream_));
   return absl::OkStatus();
@@ -371,6 +496,9 @@ absl::Status CudaBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> p
   if (pos.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_pos, StageSpan(pos));
   ASSIGN_OR_RETURN(const float* d_freq, StageSpan(inv_freq));
+  Trace({U(OpId::kRope), U(x.data), static_cast<uint64_t>(x.rows), static_cast<uint64_t>(n_heads),
+         static_cast<uint64_t>(D), U(d_pos), U(d_freq)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::Rope(static_cast<float*>(x.data), d_pos, d_freq,
                                   static_cast<int>(x.rows), n_heads, static_cast<int>(D), stream_));
   return absl::OkStatus();
@@ -401,17 +529,33 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
   shape.kernels = options_.attention;
   ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
 
-  // One staged upload carries every table of the call.
+  // One staged upload carries every table of the call. The block tables, the
+  // only part that grows while a batch decodes, go last, so a recorded step
+  // keeps its layout and has room to grow at the end.
   std::vector<unsigned char> pack;
   const size_t at_seqs = PackAppend(pack, plan.seqs);
-  const size_t at_tables = PackAppend(pack, plan.block_tables);
   const size_t at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
   const size_t at_simple = PackAppend(pack, plan.simple_tiles);
   const size_t at_tiled = PackAppend(pack, plan.tiled_tiles);
   const size_t at_split = PackAppend(pack, plan.split_items);
   const size_t at_combine = PackAppend(pack, plan.combine_items);
-  ASSIGN_OR_RETURN(void* staged, staging_.Stage(pack.data(), pack.size()));
+  const size_t at_tables = PackAppend(pack, plan.block_tables);
+  const size_t table_bytes = pack.size() - at_tables;
+  const size_t capacity = pack.size() + table_bytes / 4 + 4096;
+  ASSIGN_OR_RETURN(void* staged, StageArgs(pack.data(), pack.size(), capacity));
   auto* base = static_cast<unsigned char*>(staged);
+  if (!plan.split_items.empty()) {
+    const size_t slot_rows =
+        static_cast<size_t>(std::max(plan.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
+    RETURN_IF_ERROR(ReserveScratch(split_o_, slot_rows * D * sizeof(float)));
+    RETURN_IF_ERROR(ReserveScratch(split_ml_, slot_rows * 2 * sizeof(float)));
+  }
+  Trace({U(OpId::kAttention), U(out.data), U(q.data), U(kv_), static_cast<uint64_t>(layer),
+         static_cast<uint64_t>(n_heads), static_cast<uint64_t>(q.rows), plan.seqs.size(),
+         plan.simple_tiles.size(), plan.tiled_tiles.size(), plan.split_items.size(),
+         plan.combine_items.size(), static_cast<uint64_t>(plan.split_slots), U(staged), at_tables,
+         U(split_o_.as<void>()), U(split_ml_.as<void>())});
+  if (Replaying()) return absl::OkStatus();
 
   cuda::DcaAttentionParams p;
   p.out = static_cast<float*>(out.data);
@@ -435,10 +579,6 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
       cuda::DcaAttentionTiled(p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_tiled),
                               static_cast<int>(plan.tiled_tiles.size()), stream_));
   if (!plan.split_items.empty()) {
-    const size_t slot_rows =
-        static_cast<size_t>(std::max(plan.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
-    RETURN_IF_ERROR(split_o_.Reserve(slot_rows * D * sizeof(float), stream_));
-    RETURN_IF_ERROR(split_ml_.Reserve(slot_rows * 2 * sizeof(float), stream_));
     cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>()};
     CUDA_RETURN_IF_ERROR(
         cuda::DcaAttentionSplit(p, reinterpret_cast<const cuda::DcaSplitItem*>(base + at_split),
@@ -459,10 +599,295 @@ absl::Status CudaBackend::GatherRows(Tensor out, Tensor src, std::span<const int
   }
   if (rows.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_rows, StageSpan(rows));
+  Trace({U(OpId::kGather), U(out.data), U(src.data), rows.size(), static_cast<uint64_t>(src.cols),
+         U(d_rows)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(
       cuda::GatherRows(static_cast<float*>(out.data), static_cast<const float*>(src.data), d_rows,
                        static_cast<int>(rows.size()), static_cast<int>(src.cols), stream_));
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::FillUniform(Tensor dst, uint64_t seed, float lo, float hi) {
+  RETURN_IF_ERROR(RequireNotDeferred("FillUniform"));
+  if (dst.data == nullptr && dst.numel() > 0) {
+    return absl::InvalidArgumentError("cuda backend: FillUniform of a null tensor");
+  }
+  CUDA_RETURN_IF_ERROR(
+      cuda::FillUniform(dst.data, ElemOf(dst.dtype), dst.numel(), seed, lo, hi, stream_));
+  return absl::OkStatus();
+}
+
+// --- step graphs ---
+
+absl::Status CudaBackend::RequireNotDeferred(const char* op) const {
+  if (!Deferred()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("cuda backend: ", op, " inside a recorded step"));
+}
+
+absl::StatusOr<void*> CudaBackend::StageArgs(const void* host, size_t bytes, size_t capacity) {
+  if (!Deferred()) return staging_.Stage(host, bytes);
+  constexpr size_t kAlign = 256;
+  capacity = std::max(capacity, bytes);
+  if (mode_ == StepMode::kCapture) {
+    const size_t offset = (args_used_ + kAlign - 1) / kAlign * kAlign;
+    args_used_ = offset + capacity;
+    args_needed_ = std::max(args_needed_, args_used_);
+    arg_slots_.push_back({offset, capacity});
+    if (args_used_ > step_args_.bytes()) {
+      // The recording is dropped at EndStep; the next one reserves enough.
+      Break("the step's arguments outgrew their buffer");
+      return static_cast<void*>(step_args_.device());
+    }
+    if (bytes > 0) std::memcpy(step_args_.host() + offset, host, bytes);
+    return static_cast<void*>(step_args_.device() + offset);
+  }
+  if (broken_) return static_cast<void*>(step_args_.device());
+  if (arg_pos_ >= arg_slots_.size() || bytes > arg_slots_[arg_pos_].capacity) {
+    Break("the step's arguments no longer fit the recorded layout");
+    return static_cast<void*>(step_args_.device());
+  }
+  const ArgSlot& slot = arg_slots_[arg_pos_++];
+  if (bytes > 0) std::memcpy(step_args_.host() + slot.offset, host, bytes);
+  return static_cast<void*>(step_args_.device() + slot.offset);
+}
+
+void CudaBackend::Trace(std::initializer_list<uint64_t> key) {
+  if (!Deferred()) return;
+  uint64_t h = 0x84222325CBF29CE4ull;
+  for (uint64_t v : key) {
+    h = (h ^ v) * 0x100000001B3ull;
+    h ^= h >> 31;
+  }
+  if (mode_ == StepMode::kCapture) {
+    trace_.push_back(h);
+    return;
+  }
+  if (broken_) return;
+  if (trace_pos_ >= trace_.size() || trace_[trace_pos_] != h) {
+    Break("the step's launches differ from the recorded ones");
+    return;
+  }
+  ++trace_pos_;
+}
+
+absl::Status CudaBackend::ReserveScratch(ScratchBuffer& buf, size_t bytes) {
+  if (!Deferred()) return buf.Reserve(bytes, stream_);
+  // No allocation inside a recorded step: the step is redone op by op, which grows it.
+  if (buf.as<void>() == nullptr || buf.bytes() < bytes) Break("a scratch buffer must grow");
+  return absl::OkStatus();
+}
+
+void CudaBackend::Break(const std::string& why) {
+  if (broken_) return;
+  broken_ = true;
+  broken_why_ = why;
+}
+
+void CudaBackend::DropGraph() {
+  if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
+  exec_ = nullptr;
+  trace_.clear();
+  arg_slots_.clear();
+  replays_of_graph_ = 0;
+}
+
+void CudaBackend::DisableGraphs(const std::string& why) {
+  DropGraph();
+  graphs_enabled_ = false;
+  stats_.enabled = false;
+  stats_.disabled_reason = why;
+}
+
+absl::Status CudaBackend::BeginStep() {
+  if (mode_ != StepMode::kNone) {
+    return absl::FailedPreconditionError("cuda backend: BeginStep inside a step");
+  }
+  broken_ = false;
+  broken_why_.clear();
+  trace_pos_ = 0;
+  arg_pos_ = 0;
+  if (!graphs_enabled_) {
+    mode_ = StepMode::kEager;
+    return absl::OkStatus();
+  }
+  // The previous step's arguments must have left the pinned buffer.
+  RETURN_IF_ERROR(step_args_.WaitCopied());
+  if (exec_ != nullptr) {
+    mode_ = StepMode::kReplay;
+    return absl::OkStatus();
+  }
+  if (eager_before_capture_ > 0) {
+    --eager_before_capture_;
+    ++stats_.eager_steps;
+    mode_ = StepMode::kEager;
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(step_args_.Reserve(std::max(args_needed_, kMinStepArgsBytes), stream_));
+  trace_.clear();
+  arg_slots_.clear();
+  args_used_ = 0;
+  const cudaError_t err = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    DisableGraphs(absl::StrCat("cudaStreamBeginCapture: ", cudaGetErrorString(err)));
+    mode_ = StepMode::kEager;
+    return absl::OkStatus();
+  }
+  mode_ = StepMode::kCapture;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::EndStep(bool launch) {
+  const StepMode mode = mode_;
+  mode_ = StepMode::kNone;
+  switch (mode) {
+    case StepMode::kNone:
+      return absl::FailedPreconditionError("cuda backend: EndStep without BeginStep");
+    case StepMode::kEager:
+      return absl::OkStatus();
+    case StepMode::kCapture:
+      return FinishCapture(launch);
+    case StepMode::kReplay:
+      return FinishReplay(launch);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::AbortStep(bool was_capture) {
+  ++stats_.aborted;
+  stats_.last_abort = broken_why_;
+  DropGraph();
+  eager_before_capture_ = 1;
+  if (was_capture && ++capture_failures_ >= kMaxCaptureFailures) {
+    DisableGraphs(
+        absl::StrCat("capture failed ", capture_failures_, " times in a row; last: ", broken_why_));
+  }
+  return absl::AbortedError(absl::StrCat("cuda backend: step not run as a graph: ", broken_why_));
+}
+
+absl::Status CudaBackend::FinishCapture(bool launch) {
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+  if (end != cudaSuccess) {
+    cudaGetLastError();
+    Break(absl::StrCat("stream capture failed: ", cudaGetErrorString(end)));
+  }
+  // An op that failed inside the capture may have failed because of it; the
+  // step is redone op by op, where a real error shows again.
+  if (!launch) Break("an op failed while the step was recorded");
+  if (broken_) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    return AbortStep(/*was_capture=*/true);
+  }
+  size_t n_nodes = 0;
+  cudaError_t err = cudaGraphGetNodes(graph, nullptr, &n_nodes);
+  std::vector<cudaGraphNode_t> nodes(n_nodes);
+  if (err == cudaSuccess && n_nodes > 0) err = cudaGraphGetNodes(graph, nodes.data(), &n_nodes);
+  int64_t kernels = 0;
+  for (size_t i = 0; err == cudaSuccess && i < n_nodes; ++i) {
+    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+    err = cudaGraphNodeGetType(nodes[i], &type);
+    if (type == cudaGraphNodeTypeKernel) ++kernels;
+  }
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&exec_, graph, 0);
+  cudaGraphDestroy(graph);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    exec_ = nullptr;
+    Break(absl::StrCat("graph instantiation failed: ", cudaGetErrorString(err)));
+    return AbortStep(/*was_capture=*/true);
+  }
+  capture_failures_ = 0;
+  replays_of_graph_ = 0;
+  ++stats_.captures;
+  stats_.graph_kernels = kernels;
+  stats_.graph_nodes = static_cast<int64_t>(n_nodes);
+  stats_.args_bytes = static_cast<int64_t>(args_used_);
+  RETURN_IF_ERROR(step_args_.CopyUp(args_used_, stream_));
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec_, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::FinishReplay(bool launch) {
+  if (!launch) Break("an op failed while the step was checked against the recording");
+  if (!broken_ && (trace_pos_ != trace_.size() || arg_pos_ != arg_slots_.size())) {
+    Break("the step has fewer launches than the recorded one");
+  }
+  if (broken_) {
+    // A graph that stops matching after at most one replay saved nothing.
+    if (replays_of_graph_ > 1) {
+      short_lived_graphs_ = 0;
+    } else if (++short_lived_graphs_ >= kMaxShortLivedGraphs) {
+      const std::string why = broken_why_;
+      absl::Status aborted = AbortStep(/*was_capture=*/false);
+      DisableGraphs(
+          absl::StrCat(kMaxShortLivedGraphs,
+                       " recorded steps in a row were replayed at most once; last: ", why));
+      return aborted;
+    }
+    return AbortStep(/*was_capture=*/false);
+  }
+  RETURN_IF_ERROR(step_args_.CopyUp(args_used_, stream_));
+  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec_, stream_));
+  ++replays_of_graph_;
+  ++stats_.replays;
+  return absl::OkStatus();
+}
+
+CudaStepGraphStats CudaBackend::GraphStats() const { return stats_; }
+
+absl::Status CudaBackend::SetStepGraphs(bool enabled) {
+  if (mode_ != StepMode::kNone) {
+    return absl::FailedPreconditionError("cuda backend: step graphs switched inside a step");
+  }
+  DropGraph();
+  graphs_enabled_ = enabled;
+  stats_.enabled = enabled;
+  stats_.disabled_reason.clear();
+  capture_failures_ = 0;
+  short_lived_graphs_ = 0;
+  eager_before_capture_ = 1;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> CudaBackend::CopyBandwidth(size_t bytes, int reps) {
+  RETURN_IF_ERROR(RequireNotDeferred("CopyBandwidth"));
+  if (bytes == 0 || reps <= 0) return absl::InvalidArgumentError("copy bandwidth: empty copy");
+  RETURN_IF_ERROR(Synchronize());
+  void* a = nullptr;
+  void* b = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  auto release = [&] {
+    if (a != nullptr) cudaFree(a);
+    if (b != nullptr) cudaFree(b);
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+  };
+  auto run = [&]() -> absl::StatusOr<double> {
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&a, bytes));
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&b, bytes));
+    CUDA_RETURN_IF_ERROR(cudaMemsetAsync(a, 1, bytes, stream_));
+    CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+    CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream_));
+    for (int r = 0; r < reps; ++r) {
+      CUDA_RETURN_IF_ERROR(r % 2 == 0
+                               ? cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream_)
+                               : cudaMemcpyAsync(a, b, bytes, cudaMemcpyDeviceToDevice, stream_));
+    }
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, stream_));
+    CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start, stop));
+    if (ms <= 0.f) return absl::InternalError("copy bandwidth: no elapsed time");
+    return 2.0 * static_cast<double>(bytes) * reps / (ms * 1e-3);
+  };
+  absl::StatusOr<double> result = run();
+  release();
+  return result;
 }
 
 }  // namespace
@@ -472,6 +897,42 @@ bool CudaDeviceAvailable() {
   const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
   cudaGetLastError();
   return ok;
+}
+
+namespace {
+
+absl::StatusOr<CudaBackend*> AsCuda(const Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(const_cast<Backend*>(&backend));
+  if (cuda == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backend ", backend.Name(), " is not a CUDA backend"));
+  }
+  return cuda;
+}
+
+}  // namespace
+
+absl::StatusOr<CudaStepGraphStats> GetCudaStepGraphStats(const Backend& backend) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  return cuda->GraphStats();
+}
+
+absl::Status SetCudaStepGraphs(Backend& backend, bool enabled) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  return cuda->SetStepGraphs(enabled);
+}
+
+absl::StatusOr<CudaMemoryInfo> GetCudaMemoryInfo(Backend& backend) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  RETURN_IF_ERROR(cuda->Synchronize());
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return CudaMemoryInfo{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
+}
+
+absl::StatusOr<double> MeasureCudaCopyBandwidth(Backend& backend, size_t bytes, int reps) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  return cuda->CopyBandwidth(bytes, reps);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
