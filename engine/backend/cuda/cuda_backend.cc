@@ -14,6 +14,7 @@
 #include "engine/backend/cuda/attention_plan.h"
 #include "engine/backend/cuda/cuda_check.h"
 #include "engine/backend/cuda/device_memory.h"
+#include "engine/backend/cuda/step_graph.h"
 #include "engine/util/status_macros.h"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -24,12 +25,6 @@ namespace {
 constexpr int64_t kConvertChunk = int64_t{8} << 20;
 // cuBLAS workspace, fixed so that captured GEMMs use the same memory on replay.
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
-// Smallest buffer for the host arguments of a recorded step.
-constexpr size_t kMinStepArgsBytes = size_t{1} << 20;
-// Graphs are given up after this many failed captures in a row, or after this
-// many graphs in a row that were replayed at most once (steps that never repeat).
-constexpr int kMaxCaptureFailures = 3;
-constexpr int kMaxShortLivedGraphs = 4;
 
 enum class OpId : uint64_t {
   kEmbedding = 1,
@@ -113,20 +108,16 @@ class CudaBackend final : public Backend {
   absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
   absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi) override;
 
-  absl::Status BeginStep() override;
-  absl::Status EndStep(bool launch) override;
+  absl::Status BeginStep() override { return graph_.Begin(); }
+  absl::Status EndStep(bool launch) override { return graph_.End(launch); }
 
-  CudaStepGraphStats GraphStats() const;
-  absl::Status SetStepGraphs(bool enabled);
+  const CudaStepGraphStats& GraphStats() const { return graph_.stats(); }
+  absl::Status SetStepGraphs(bool enabled) { return graph_.SetEnabled(enabled); }
   absl::StatusOr<double> CopyBandwidth(size_t bytes, int reps);
 
  private:
-  // kNone: no bracket. kEager: a bracketed step run op by op. kCapture: ops are
-  // recorded into a graph. kReplay: ops only validate, stage their arguments
-  // and check that they match the recording; the graph runs at EndStep.
-  enum class StepMode { kNone, kEager, kCapture, kReplay };
-  bool Deferred() const { return mode_ == StepMode::kCapture || mode_ == StepMode::kReplay; }
-  bool Replaying() const { return mode_ == StepMode::kReplay; }
+  bool Replaying() const { return graph_.replaying(); }
+  void Trace(std::initializer_list<uint64_t> key) { graph_.Trace(key); }
   absl::Status RequireNotDeferred(const char* op) const;
 
   template <typename T>
@@ -138,17 +129,8 @@ class CudaBackend final : public Backend {
   // inside them, at a fixed place of the step's argument buffer that holds up
   // to `capacity` bytes (room for growth between replays).
   absl::StatusOr<void*> StageArgs(const void* host, size_t bytes, size_t capacity);
-  // Records (capture) or checks (replay) what one op launches: its tensors,
-  // shapes, staged addresses and work-list sizes.
-  void Trace(std::initializer_list<uint64_t> key);
+  // Grows `buf` outside recorded steps; inside them breaks the step instead.
   absl::Status ReserveScratch(ScratchBuffer& buf, size_t bytes);
-  // Marks the current recorded step unusable; the reason is kept for stats.
-  void Break(const std::string& why);
-  void DropGraph();
-  void DisableGraphs(const std::string& why);
-  absl::Status AbortStep(bool was_capture);
-  absl::Status FinishCapture(bool launch);
-  absl::Status FinishReplay(bool launch);
   // f32 host <-> device tensor of either dtype, through the conversion buffer.
   absl::Status CopyIn(void* dst, DType dtype, const float* host, int64_t n);
   absl::Status CopyOut(float* host, const void* src, DType dtype, int64_t n);
@@ -166,41 +148,12 @@ class CudaBackend final : public Backend {
   cuda::bf16* kv_ = nullptr;  // owned arena
   void* cublas_workspace_ = nullptr;
 
-  // Step graphs (CudaBackendOptions::step_graphs).
-  struct ArgSlot {
-    size_t offset = 0;
-    size_t capacity = 0;
-  };
-  StepMode mode_ = StepMode::kNone;
-  bool graphs_enabled_ = false;
-  int eager_before_capture_ = 1;
-  int capture_failures_ = 0;
-  int short_lived_graphs_ = 0;
-  int64_t replays_of_graph_ = 0;
-  bool broken_ = false;
-  std::string broken_why_;
-  cudaGraphExec_t exec_ = nullptr;
-  std::vector<uint64_t> trace_;  // one key per op of the recorded step
-  size_t trace_pos_ = 0;
-  std::vector<ArgSlot> arg_slots_;  // one per staged argument of the recorded step
-  size_t arg_pos_ = 0;
-  size_t args_used_ = 0;    // bytes of step_args_ the recording laid out
-  size_t args_needed_ = 0;  // what the next capture reserves
-  MirroredBuffer step_args_;
-  CudaStepGraphStats stats_;
+  StepGraph graph_;  // CudaBackendOptions::step_graphs
 };
 
 CudaBackend::~CudaBackend() {
   // Members that use the stream go first; the stream itself last.
-  if (mode_ == StepMode::kCapture) {
-    cudaGraph_t graph = nullptr;
-    if (cudaStreamEndCapture(stream_, &graph) == cudaSuccess && graph != nullptr) {
-      cudaGraphDestroy(graph);
-    }
-    cudaGetLastError();
-  }
-  DropGraph();
-  step_args_.Release();
+  graph_.Release();
   staging_.Release();
   convert_.Release();
   x_bf16_.Release();
@@ -237,8 +190,7 @@ absl::Status CudaBackend::Init() {
   // After cublasSetStream, which resets the workspace to the library's pool.
   CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
   CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
-  graphs_enabled_ = options_.step_graphs;
-  stats_.enabled = graphs_enabled_;
+  graph_.Init(stream_, options_.step_graphs);
   // Pure f32 products for f32 weights (no TF32); bf16 products accumulate in f32.
   CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   return staging_.Init(size_t{1} << 20, stream_);
@@ -621,234 +573,20 @@ absl::Status CudaBackend::FillUniform(Tensor dst, uint64_t seed, float lo, float
 // --- step graphs ---
 
 absl::Status CudaBackend::RequireNotDeferred(const char* op) const {
-  if (!Deferred()) return absl::OkStatus();
+  if (!graph_.deferred()) return absl::OkStatus();
   return absl::FailedPreconditionError(
       absl::StrCat("cuda backend: ", op, " inside a recorded step"));
 }
 
 absl::StatusOr<void*> CudaBackend::StageArgs(const void* host, size_t bytes, size_t capacity) {
-  if (!Deferred()) return staging_.Stage(host, bytes);
-  constexpr size_t kAlign = 256;
-  capacity = std::max(capacity, bytes);
-  if (mode_ == StepMode::kCapture) {
-    const size_t offset = (args_used_ + kAlign - 1) / kAlign * kAlign;
-    args_used_ = offset + capacity;
-    args_needed_ = std::max(args_needed_, args_used_);
-    arg_slots_.push_back({offset, capacity});
-    if (args_used_ > step_args_.bytes()) {
-      // The recording is dropped at EndStep; the next one reserves enough.
-      Break("the step's arguments outgrew their buffer");
-      return static_cast<void*>(step_args_.device());
-    }
-    if (bytes > 0) std::memcpy(step_args_.host() + offset, host, bytes);
-    return static_cast<void*>(step_args_.device() + offset);
-  }
-  if (broken_) return static_cast<void*>(step_args_.device());
-  if (arg_pos_ >= arg_slots_.size() || bytes > arg_slots_[arg_pos_].capacity) {
-    Break("the step's arguments no longer fit the recorded layout");
-    return static_cast<void*>(step_args_.device());
-  }
-  const ArgSlot& slot = arg_slots_[arg_pos_++];
-  if (bytes > 0) std::memcpy(step_args_.host() + slot.offset, host, bytes);
-  return static_cast<void*>(step_args_.device() + slot.offset);
-}
-
-void CudaBackend::Trace(std::initializer_list<uint64_t> key) {
-  if (!Deferred()) return;
-  uint64_t h = 0x84222325CBF29CE4ull;
-  for (uint64_t v : key) {
-    h = (h ^ v) * 0x100000001B3ull;
-    h ^= h >> 31;
-  }
-  if (mode_ == StepMode::kCapture) {
-    trace_.push_back(h);
-    return;
-  }
-  if (broken_) return;
-  if (trace_pos_ >= trace_.size() || trace_[trace_pos_] != h) {
-    Break("the step's launches differ from the recorded ones");
-    return;
-  }
-  ++trace_pos_;
+  if (!graph_.deferred()) return staging_.Stage(host, bytes);
+  return graph_.Stage(host, bytes, capacity);
 }
 
 absl::Status CudaBackend::ReserveScratch(ScratchBuffer& buf, size_t bytes) {
-  if (!Deferred()) return buf.Reserve(bytes, stream_);
+  if (!graph_.deferred()) return buf.Reserve(bytes, stream_);
   // No allocation inside a recorded step: the step is redone op by op, which grows it.
-  if (buf.as<void>() == nullptr || buf.bytes() < bytes) Break("a scratch buffer must grow");
-  return absl::OkStatus();
-}
-
-void CudaBackend::Break(const std::string& why) {
-  if (broken_) return;
-  broken_ = true;
-  broken_why_ = why;
-}
-
-void CudaBackend::DropGraph() {
-  if (exec_ != nullptr) cudaGraphExecDestroy(exec_);
-  exec_ = nullptr;
-  trace_.clear();
-  arg_slots_.clear();
-  replays_of_graph_ = 0;
-}
-
-void CudaBackend::DisableGraphs(const std::string& why) {
-  DropGraph();
-  graphs_enabled_ = false;
-  stats_.enabled = false;
-  stats_.disabled_reason = why;
-}
-
-absl::Status CudaBackend::BeginStep() {
-  if (mode_ != StepMode::kNone) {
-    return absl::FailedPreconditionError("cuda backend: BeginStep inside a step");
-  }
-  broken_ = false;
-  broken_why_.clear();
-  trace_pos_ = 0;
-  arg_pos_ = 0;
-  if (!graphs_enabled_) {
-    mode_ = StepMode::kEager;
-    return absl::OkStatus();
-  }
-  // The previous step's arguments must have left the pinned buffer.
-  RETURN_IF_ERROR(step_args_.WaitCopied());
-  if (exec_ != nullptr) {
-    mode_ = StepMode::kReplay;
-    return absl::OkStatus();
-  }
-  if (eager_before_capture_ > 0) {
-    --eager_before_capture_;
-    ++stats_.eager_steps;
-    mode_ = StepMode::kEager;
-    return absl::OkStatus();
-  }
-  RETURN_IF_ERROR(step_args_.Reserve(std::max(args_needed_, kMinStepArgsBytes), stream_));
-  trace_.clear();
-  arg_slots_.clear();
-  args_used_ = 0;
-  const cudaError_t err = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    DisableGraphs(absl::StrCat("cudaStreamBeginCapture: ", cudaGetErrorString(err)));
-    mode_ = StepMode::kEager;
-    return absl::OkStatus();
-  }
-  mode_ = StepMode::kCapture;
-  return absl::OkStatus();
-}
-
-absl::Status CudaBackend::EndStep(bool launch) {
-  const StepMode mode = mode_;
-  mode_ = StepMode::kNone;
-  switch (mode) {
-    case StepMode::kNone:
-      return absl::FailedPreconditionError("cuda backend: EndStep without BeginStep");
-    case StepMode::kEager:
-      return absl::OkStatus();
-    case StepMode::kCapture:
-      return FinishCapture(launch);
-    case StepMode::kReplay:
-      return FinishReplay(launch);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CudaBackend::AbortStep(bool was_capture) {
-  ++stats_.aborted;
-  stats_.last_abort = broken_why_;
-  DropGraph();
-  eager_before_capture_ = 1;
-  if (was_capture && ++capture_failures_ >= kMaxCaptureFailures) {
-    DisableGraphs(
-        absl::StrCat("capture failed ", capture_failures_, " times in a row; last: ", broken_why_));
-  }
-  return absl::AbortedError(absl::StrCat("cuda backend: step not run as a graph: ", broken_why_));
-}
-
-absl::Status CudaBackend::FinishCapture(bool launch) {
-  cudaGraph_t graph = nullptr;
-  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-  if (end != cudaSuccess) {
-    cudaGetLastError();
-    Break(absl::StrCat("stream capture failed: ", cudaGetErrorString(end)));
-  }
-  // An op that failed inside the capture may have failed because of it; the
-  // step is redone op by op, where a real error shows again.
-  if (!launch) Break("an op failed while the step was recorded");
-  if (broken_) {
-    if (graph != nullptr) cudaGraphDestroy(graph);
-    return AbortStep(/*was_capture=*/true);
-  }
-  size_t n_nodes = 0;
-  cudaError_t err = cudaGraphGetNodes(graph, nullptr, &n_nodes);
-  std::vector<cudaGraphNode_t> nodes(n_nodes);
-  if (err == cudaSuccess && n_nodes > 0) err = cudaGraphGetNodes(graph, nodes.data(), &n_nodes);
-  int64_t kernels = 0;
-  for (size_t i = 0; err == cudaSuccess && i < n_nodes; ++i) {
-    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
-    err = cudaGraphNodeGetType(nodes[i], &type);
-    if (type == cudaGraphNodeTypeKernel) ++kernels;
-  }
-  if (err == cudaSuccess) err = cudaGraphInstantiate(&exec_, graph, 0);
-  cudaGraphDestroy(graph);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    exec_ = nullptr;
-    Break(absl::StrCat("graph instantiation failed: ", cudaGetErrorString(err)));
-    return AbortStep(/*was_capture=*/true);
-  }
-  capture_failures_ = 0;
-  replays_of_graph_ = 0;
-  ++stats_.captures;
-  stats_.graph_kernels = kernels;
-  stats_.graph_nodes = static_cast<int64_t>(n_nodes);
-  stats_.args_bytes = static_cast<int64_t>(args_used_);
-  RETURN_IF_ERROR(step_args_.CopyUp(args_used_, stream_));
-  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec_, stream_));
-  return absl::OkStatus();
-}
-
-absl::Status CudaBackend::FinishReplay(bool launch) {
-  if (!launch) Break("an op failed while the step was checked against the recording");
-  if (!broken_ && (trace_pos_ != trace_.size() || arg_pos_ != arg_slots_.size())) {
-    Break("the step has fewer launches than the recorded one");
-  }
-  if (broken_) {
-    // A graph that stops matching after at most one replay saved nothing.
-    if (replays_of_graph_ > 1) {
-      short_lived_graphs_ = 0;
-    } else if (++short_lived_graphs_ >= kMaxShortLivedGraphs) {
-      const std::string why = broken_why_;
-      absl::Status aborted = AbortStep(/*was_capture=*/false);
-      DisableGraphs(
-          absl::StrCat(kMaxShortLivedGraphs,
-                       " recorded steps in a row were replayed at most once; last: ", why));
-      return aborted;
-    }
-    return AbortStep(/*was_capture=*/false);
-  }
-  RETURN_IF_ERROR(step_args_.CopyUp(args_used_, stream_));
-  CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec_, stream_));
-  ++replays_of_graph_;
-  ++stats_.replays;
-  return absl::OkStatus();
-}
-
-CudaStepGraphStats CudaBackend::GraphStats() const { return stats_; }
-
-absl::Status CudaBackend::SetStepGraphs(bool enabled) {
-  if (mode_ != StepMode::kNone) {
-    return absl::FailedPreconditionError("cuda backend: step graphs switched inside a step");
-  }
-  DropGraph();
-  graphs_enabled_ = enabled;
-  stats_.enabled = enabled;
-  stats_.disabled_reason.clear();
-  capture_failures_ = 0;
-  short_lived_graphs_ = 0;
-  eager_before_capture_ = 1;
+  if (buf.as<void>() == nullptr || buf.bytes() < bytes) graph_.Break("a scratch buffer must grow");
   return absl::OkStatus();
 }
 

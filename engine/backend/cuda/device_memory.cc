@@ -30,6 +30,7 @@ MirroredBuffer::~MirroredBuffer() { Release(); }
 
 void MirroredBuffer::Release() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  stream_ = nullptr;
   if (copied_ != nullptr) cudaEventDestroy(copied_);
   if (host_ != nullptr) cudaFreeHost(host_);
   if (device_ != nullptr) cudaFree(device_);
