@@ -47,6 +47,7 @@ struct CudaStepGraphStats {
   int64_t captures = 0;         // graphs recorded
   int64_t replays = 0;          // steps run by replaying a recorded graph
   int64_t aborted = 0;          // steps that had to be redone op by op
+  int64_t backoffs = 0;         // pauses of recording after graphs that did not last
   int64_t graph_kernels = 0;    // kernel nodes of the last recorded graph
   int64_t graph_nodes = 0;      // all nodes of the last recorded graph
   int64_t args_bytes = 0;       // host arguments copied up per replay (last graph)

@@ -13,10 +13,13 @@ namespace {
 // Smallest buffer for the host arguments of a recorded step.
 constexpr size_t kMinArgsBytes = size_t{1} << 20;
 constexpr size_t kArgAlign = 256;
-// Graphs are given up after this many failed captures in a row, or after this
-// many graphs in a row that were replayed at most once (steps that never repeat).
+// Graphs are given up after this many failed captures in a row.
 constexpr int kMaxCaptureFailures = 3;
+// After this many graphs in a row that were replayed at most once (steps that
+// keep changing, e.g. sessions joining and leaving), the next kBackoffSteps
+// bracketed steps run op by op before recording is tried again.
 constexpr int kMaxShortLivedGraphs = 4;
+constexpr int kBackoffSteps = 64;
 
 }  // namespace
 
@@ -226,10 +229,10 @@ absl::Status StepGraph::FinishReplay(bool launch) {
     if (replays_of_graph_ > 1) {
       short_lived_graphs_ = 0;
     } else if (++short_lived_graphs_ >= kMaxShortLivedGraphs) {
-      const std::string why = broken_why_;
+      short_lived_graphs_ = 0;
       absl::Status aborted = Abort(/*was_capture=*/false);
-      Disable(absl::StrCat(kMaxShortLivedGraphs,
-                           " recorded steps in a row were replayed at most once; last: ", why));
+      eager_before_capture_ = kBackoffSteps;
+      ++stats_.backoffs;
       return aborted;
     }
     return Abort(/*was_capture=*/false);

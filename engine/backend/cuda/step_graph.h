@@ -18,7 +18,8 @@
 // ABORTED, nothing ran, the graph is dropped and the caller redoes the step op
 // by op; the next bracketed step runs eagerly, the one after is captured again.
 // Graphs are given up (with the reason in the stats) after repeated capture
-// failures or when recordings keep being replayed at most once.
+// failures; when recordings keep being replayed at most once, recording pauses
+// for a number of steps.
 //
 // Thread safety: owned by the backend's engine thread.
 #pragma once
