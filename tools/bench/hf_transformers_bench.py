@@ -136,17 +136,19 @@ def run_model(label_key, model, label, lengths, args, rows, deadline):
         ids = torch.randint(100, vocab, (1, T), device="cuda", generator=gen)
         cache = None
         try:
-            chunk = 0
+            one_call_oom = False
             try:
                 with Timer() as t:
                     cache, tok = prefill(model, ids, 0)
             except torch.cuda.OutOfMemoryError:
+                one_call_oom = True
+            if one_call_oom:
+                # Outside the except block, so its traceback no longer holds memory.
                 cache = None
                 torch.cuda.empty_cache()
-                chunk = args.chunk
                 with Timer() as t:
-                    cache, tok = prefill(model, ids, chunk)
-                row["note"] = f"prefill in pieces of {chunk}"
+                    cache, tok = prefill(model, ids, args.chunk)
+                row["note"] = f"prefill in pieces of {args.chunk}"
             row["prefill_s"] = t.ms / 1e3
             with Timer() as t:
                 decode(model, cache, tok, T, args.decode)
