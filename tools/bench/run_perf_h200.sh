@@ -81,4 +81,8 @@ phase hf 200 python3 "$here/hf_transformers_bench.py" --gguf "$model" \
   echo
   grep -E '^(\||- |device=)' "$out/hf.md"
   grep -E 'Error|error' "$out/hf.log" | tail -5
+  echo
+  echo "## Ratios"
+  echo
+  python3 "$here/perf_ratios.py" "$out"
 } 2>&1 | tee "$out/summary.md"
