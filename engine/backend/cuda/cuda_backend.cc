@@ -144,6 +144,22 @@ class CudaBackend final : public Backend {
   ScratchBuffer x_bf16_;   // Linear's activations in bf16
   ScratchBuffer split_o_;  // split-KV partial outputs
   ScratchBuffer split_ml_;
+  // The staged work lists of the last Attention call of a recorded step. The
+  // layers of one step pass the same sequences, so later layers reuse them
+  // instead of planning and staging them again.
+  struct StagedAttention {
+    uint64_t step = 0;  // StepGraph::step_serial(); 0 = none
+    const AttentionSeq* seqs = nullptr;
+    size_t n_seqs = 0;
+    const float* inv_freq = nullptr;
+    int n_heads = 0;
+    int64_t q_rows = 0;
+    unsigned char* base = nullptr;
+    size_t at_seqs = 0, at_freq = 0, at_simple = 0, at_tiled = 0, at_split = 0, at_combine = 0,
+           at_tables = 0;
+    int n_simple = 0, n_tiled = 0, n_split = 0, n_combine = 0, split_slots = 0;
+  };
+  StagedAttention staged_attention_;
   KvGeometry kv_geometry_;
   cuda::bf16* kv_ = nullptr;  // owned arena
   void* cublas_workspace_ = nullptr;
@@ -470,43 +486,65 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
           n_heads % g.n_kv_heads == 0 && static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
           layer < g.n_layers,
       "Attention"));
-  AttentionPlanShape shape;
-  shape.n_heads = n_heads;
-  shape.n_kv_heads = g.n_kv_heads;
-  shape.head_dim = D;
-  shape.block_size = g.block_size;
-  shape.n_blocks = g.n_blocks;
-  shape.q_rows = q.rows;
-  shape.num_sms = num_sms_;
-  shape.kernels = options_.attention;
-  ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
+  StagedAttention& w = staged_attention_;
+  const bool reuse = graph_.deferred() && w.step == graph_.step_serial() && w.seqs == seqs.data() &&
+                     w.n_seqs == seqs.size() && w.inv_freq == inv_freq.data() &&
+                     w.n_heads == n_heads && w.q_rows == q.rows;
+  if (!reuse) {
+    AttentionPlanShape shape;
+    shape.n_heads = n_heads;
+    shape.n_kv_heads = g.n_kv_heads;
+    shape.head_dim = D;
+    shape.block_size = g.block_size;
+    shape.n_blocks = g.n_blocks;
+    shape.q_rows = q.rows;
+    shape.num_sms = num_sms_;
+    shape.kernels = options_.attention;
+    ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
 
-  // One staged upload carries every table of the call. The block tables, the
-  // only part that grows while a batch decodes, go last, so a recorded step
-  // keeps its layout and has room to grow at the end.
-  std::vector<unsigned char> pack;
-  const size_t at_seqs = PackAppend(pack, plan.seqs);
-  const size_t at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
-  const size_t at_simple = PackAppend(pack, plan.simple_tiles);
-  const size_t at_tiled = PackAppend(pack, plan.tiled_tiles);
-  const size_t at_split = PackAppend(pack, plan.split_items);
-  const size_t at_combine = PackAppend(pack, plan.combine_items);
-  const size_t at_tables = PackAppend(pack, plan.block_tables);
-  const size_t table_bytes = pack.size() - at_tables;
-  const size_t capacity = pack.size() + table_bytes / 4 + 4096;
-  ASSIGN_OR_RETURN(void* staged, StageArgs(pack.data(), pack.size(), capacity));
-  auto* base = static_cast<unsigned char*>(staged);
-  if (!plan.split_items.empty()) {
+    // One staged upload carries every table of the call. The block tables, the
+    // only part that grows while a batch decodes, go last, so a recorded step
+    // keeps its layout and has room to grow at the end.
+    std::vector<unsigned char> pack;
+    w = StagedAttention{};
+    w.at_seqs = PackAppend(pack, plan.seqs);
+    w.at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
+    w.at_simple = PackAppend(pack, plan.simple_tiles);
+    w.at_tiled = PackAppend(pack, plan.tiled_tiles);
+    w.at_split = PackAppend(pack, plan.split_items);
+    w.at_combine = PackAppend(pack, plan.combine_items);
+    w.at_tables = PackAppend(pack, plan.block_tables);
+    const size_t table_bytes = pack.size() - w.at_tables;
+    const size_t capacity = pack.size() + table_bytes / 4 + 4096;
+    ASSIGN_OR_RETURN(void* staged, StageArgs(pack.data(), pack.size(), capacity));
+    w.base = static_cast<unsigned char*>(staged);
+    w.n_simple = static_cast<int>(plan.simple_tiles.size());
+    w.n_tiled = static_cast<int>(plan.tiled_tiles.size());
+    w.n_split = static_cast<int>(plan.split_items.size());
+    w.n_combine = static_cast<int>(plan.combine_items.size());
+    w.split_slots = plan.split_slots;
+    if (graph_.deferred()) {
+      w.step = graph_.step_serial();
+      w.seqs = seqs.data();
+      w.n_seqs = seqs.size();
+      w.inv_freq = inv_freq.data();
+      w.n_heads = n_heads;
+      w.q_rows = q.rows;
+    }
+  }
+  unsigned char* base = w.base;
+  if (w.n_split > 0) {
     const size_t slot_rows =
-        static_cast<size_t>(std::max(plan.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
+        static_cast<size_t>(std::max(w.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
     RETURN_IF_ERROR(ReserveScratch(split_o_, slot_rows * D * sizeof(float)));
     RETURN_IF_ERROR(ReserveScratch(split_ml_, slot_rows * 2 * sizeof(float)));
   }
   Trace({U(OpId::kAttention), U(out.data), U(q.data), U(kv_), static_cast<uint64_t>(layer),
-         static_cast<uint64_t>(n_heads), static_cast<uint64_t>(q.rows), plan.seqs.size(),
-         plan.simple_tiles.size(), plan.tiled_tiles.size(), plan.split_items.size(),
-         plan.combine_items.size(), static_cast<uint64_t>(plan.split_slots), U(staged), at_tables,
-         U(split_o_.as<void>()), U(split_ml_.as<void>())});
+         static_cast<uint64_t>(n_heads), static_cast<uint64_t>(q.rows), seqs.size(),
+         static_cast<uint64_t>(w.n_simple), static_cast<uint64_t>(w.n_tiled),
+         static_cast<uint64_t>(w.n_split), static_cast<uint64_t>(w.n_combine),
+         static_cast<uint64_t>(w.split_slots), U(base), w.at_tables, U(split_o_.as<void>()),
+         U(split_ml_.as<void>())});
   if (Replaying()) return absl::OkStatus();
 
   cuda::DcaAttentionParams p;
@@ -518,25 +556,22 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
   p.kv.block_stride = g.ElementsPerBlock();
   p.kv.block_size = g.block_size;
   p.kv.n_kv_heads = g.n_kv_heads;
-  p.block_tables = reinterpret_cast<const int32_t*>(base + at_tables);
-  p.seqs = reinterpret_cast<const cuda::DcaSeqDesc*>(base + at_seqs);
-  p.inv_freq = reinterpret_cast<const float*>(base + at_freq);
+  p.block_tables = reinterpret_cast<const int32_t*>(base + w.at_tables);
+  p.seqs = reinterpret_cast<const cuda::DcaSeqDesc*>(base + w.at_seqs);
+  p.inv_freq = reinterpret_cast<const float*>(base + w.at_freq);
   p.H = n_heads;
   p.D = D;
 
-  CUDA_RETURN_IF_ERROR(
-      cuda::DcaAttentionSimple(p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_simple),
-                               static_cast<int>(plan.simple_tiles.size()), stream_));
-  CUDA_RETURN_IF_ERROR(
-      cuda::DcaAttentionTiled(p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_tiled),
-                              static_cast<int>(plan.tiled_tiles.size()), stream_));
-  if (!plan.split_items.empty()) {
+  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSimple(
+      p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_simple), w.n_simple, stream_));
+  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionTiled(
+      p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_tiled), w.n_tiled, stream_));
+  if (w.n_split > 0) {
     cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>()};
-    CUDA_RETURN_IF_ERROR(
-        cuda::DcaAttentionSplit(p, reinterpret_cast<const cuda::DcaSplitItem*>(base + at_split),
-                                static_cast<int>(plan.split_items.size()),
-                                reinterpret_cast<const cuda::DcaCombineItem*>(base + at_combine),
-                                static_cast<int>(plan.combine_items.size()), scratch, stream_));
+    CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSplit(
+        p, reinterpret_cast<const cuda::DcaSplitItem*>(base + w.at_split), w.n_split,
+        reinterpret_cast<const cuda::DcaCombineItem*>(base + w.at_combine), w.n_combine, scratch,
+        stream_));
   }
   return absl::OkStatus();
 }

@@ -113,6 +113,7 @@ absl::Status StepGraph::Begin() {
   if (mode_ != Mode::kNone) {
     return absl::FailedPreconditionError("cuda backend: BeginStep inside a step");
   }
+  ++step_serial_;
   broken_ = false;
   broken_why_.clear();
   trace_pos_ = 0;

@@ -51,6 +51,8 @@ class StepGraph {
   void Release();
 
   Mode mode() const { return mode_; }
+  // Changes at every Begin(): what an op caches for the rest of one step.
+  uint64_t step_serial() const { return step_serial_; }
   // Capturing or replaying: ops must not run anything but launches.
   bool deferred() const { return mode_ == Mode::kCapture || mode_ == Mode::kReplay; }
   bool replaying() const { return mode_ == Mode::kReplay; }
@@ -85,6 +87,7 @@ class StepGraph {
 
   cudaStream_t stream_ = nullptr;
   Mode mode_ = Mode::kNone;
+  uint64_t step_serial_ = 0;
   bool enabled_ = false;
   int eager_before_capture_ = 1;
   int capture_failures_ = 0;
