@@ -25,10 +25,10 @@ set -u
 bundle=$1
 out=$2
 model=${3:-/tmp/model.gguf}
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$out"
 # shellcheck disable=SC1091
-source "$bundle/env.sh"
+source "$bundle/env.sh"  # sets PATH and LD_LIBRARY_PATH (and its own `here`)
 t_start=$(date +%s)
 
 {
@@ -59,7 +59,7 @@ phase 7b 170 longctx-bench --backend=cuda --model=synthetic:llama2-7b \
   --lengths=4096,8192,32768,131072 --batch=1,32 --decode=32 --chunk=4096 --graphs=both \
   --max_context
 
-phase hf 200 python3 "$here/hf_transformers_bench.py" --gguf "$model" \
+phase hf 200 python3 "$bench_dir/hf_transformers_bench.py" --gguf "$model" \
   --models default,llama2-7b --lengths 8192,32768,131072 --decode 32 --time-budget 150
 
 {
@@ -80,9 +80,9 @@ phase hf 200 python3 "$here/hf_transformers_bench.py" --gguf "$model" \
   echo "## Hugging Face transformers"
   echo
   grep -E '^(\||- |device=)' "$out/hf.md"
-  grep -E 'Error|error' "$out/hf.log" | tail -5
+  grep -E 'Error|error|Traceback' "$out/hf.log" | tail -5
   echo
   echo "## Ratios"
   echo
-  python3 "$here/perf_ratios.py" "$out"
+  python3 "$bench_dir/perf_ratios.py" "$out"
 } 2>&1 | tee "$out/summary.md"
