@@ -24,7 +24,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -36,6 +35,7 @@
 #include "engine/model/llama_model.h"
 #include "engine/model/synthetic_model.h"
 #include "engine/util/status_macros.h"
+#include "tools/tool_flags.h"
 #ifdef LONGCTX_WITH_CUDA
 #include "engine/backend/cuda/cuda_backend.h"
 #endif
@@ -539,6 +539,10 @@ int Run() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  absl::ParseCommandLine(argc, argv);
+  longctx::ParseToolFlags(
+      argc, argv,
+      "Engine throughput: prefill, decode of batched sessions, KV cost and (CUDA) "
+      "the bandwidth floor.\n  longctx-bench --model=FILE|synthetic:llama2-7b "
+      "[flags]");
   return longctx::Run();
 }
