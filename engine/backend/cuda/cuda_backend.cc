@@ -81,8 +81,19 @@ class CudaBackend final : public Backend {
                          std::span<const AttentionSeq> seqs,
                          std::span<const float> inv_freq) override;
   absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
+  absl::Status PartialAttention(Tensor partial, Tensor q, int layer, int n_heads,
+                                std::span<const PartialAttentionSeq> seqs,
+                                std::span<const float> inv_freq) override;
+  absl::Status MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads) override;
 
  private:
+  // Checks shared by Attention and PartialAttention; fills the plan's shape.
+  absl::Status CheckAttention(Tensor q, int layer, int n_heads, std::span<const float> inv_freq,
+                              AttentionPlanShape* shape);
+  // Runs a planned call: out [rows, H * D]; lse [rows, H] for a partial call
+  // (the plan of PlanPartialAttention), else null.
+  absl::Status RunAttention(const AttentionPlan& plan, float* out, float* lse, Tensor q, int layer,
+                            int n_heads, std::span<const float> inv_freq);
   template <typename T>
   absl::StatusOr<const T*> StageSpan(std::span<const T> s) {
     ASSIGN_OR_RETURN(void* d, staging_.Stage(s.data(), s.size_bytes()));
@@ -376,35 +387,78 @@ absl::Status CudaBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> p
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
-                                    std::span<const AttentionSeq> seqs,
-                                    std::span<const float> inv_freq) {
+absl::Status CudaBackend::CheckAttention(Tensor q, int layer, int n_heads,
+                                         std::span<const float> inv_freq,
+                                         AttentionPlanShape* shape) {
   const KvGeometry& g = kv_geometry_;
   if (kv_ == nullptr)
     return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
-  RETURN_IF_ERROR(RequireF32(out, "Attention", "out"));
   RETURN_IF_ERROR(RequireF32(q, "Attention", "q"));
   const int D = g.head_dim;
-  RETURN_IF_ERROR(RequireShape(
-      q.cols == int64_t{n_heads} * D && out.rows == q.rows && out.cols == q.cols && n_heads > 0 &&
-          n_heads % g.n_kv_heads == 0 && static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
-          layer < g.n_layers,
-      "Attention"));
-  AttentionPlanShape shape;
-  shape.n_heads = n_heads;
-  shape.n_kv_heads = g.n_kv_heads;
-  shape.head_dim = D;
-  shape.block_size = g.block_size;
-  shape.n_blocks = g.n_blocks;
-  shape.q_rows = q.rows;
-  shape.num_sms = num_sms_;
-  shape.kernels = options_.attention;
-  ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
+  RETURN_IF_ERROR(RequireShape(q.cols == int64_t{n_heads} * D && n_heads > 0 &&
+                                   n_heads % g.n_kv_heads == 0 &&
+                                   static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
+                                   layer < g.n_layers,
+                               "Attention"));
+  shape->n_heads = n_heads;
+  shape->n_kv_heads = g.n_kv_heads;
+  shape->head_dim = D;
+  shape->block_size = g.block_size;
+  shape->n_blocks = g.n_blocks;
+  shape->q_rows = q.rows;
+  shape->num_sms = num_sms_;
+  shape->kernels = options_.attention;
+  return absl::OkStatus();
+}
 
+absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
+                                    std::span<const AttentionSeq> seqs,
+                                    std::span<const float> inv_freq) {
+  RETURN_IF_ERROR(RequireF32(out, "Attention", "out"));
+  RETURN_IF_ERROR(RequireShape(out.rows == q.rows && out.cols == q.cols, "Attention"));
+  AttentionPlanShape shape;
+  RETURN_IF_ERROR(CheckAttention(q, layer, n_heads, inv_freq, &shape));
+  ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
+  return RunAttention(plan, static_cast<float*>(out.data), nullptr, q, layer, n_heads, inv_freq);
+}
+
+absl::Status CudaBackend::PartialAttention(Tensor partial, Tensor q, int layer, int n_heads,
+                                           std::span<const PartialAttentionSeq> seqs,
+                                           std::span<const float> inv_freq) {
+  RETURN_IF_ERROR(RequireF32(partial, "PartialAttention", "partial"));
+  const int64_t D = kv_geometry_.head_dim;
+  RETURN_IF_ERROR(RequireShape(partial.rows == q.rows && partial.cols == n_heads * (D + 1),
+                               "PartialAttention"));
+  AttentionPlanShape shape;
+  RETURN_IF_ERROR(CheckAttention(q, layer, n_heads, inv_freq, &shape));
+  ASSIGN_OR_RETURN(AttentionPlan plan, PlanPartialAttention(seqs, shape));
+  // o [rows, H, D], then lse [rows, H].
+  float* o = static_cast<float*>(partial.data);
+  return RunAttention(plan, o, o + q.rows * n_heads * D, q, layer, n_heads, inv_freq);
+}
+
+absl::Status CudaBackend::MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads) {
+  RETURN_IF_ERROR(RequireF32(out, "MergeAttention", "out"));
+  RETURN_IF_ERROR(RequireF32(partials, "MergeAttention", "partials"));
+  RETURN_IF_ERROR(RequireShape(n_parts >= 1 && n_heads >= 1 && out.cols % n_heads == 0 &&
+                                   partials.rows == n_parts * out.rows &&
+                                   partials.cols == out.cols + n_heads,
+                               "MergeAttention"));
+  CUDA_RETURN_IF_ERROR(cuda::MergeAttention(
+      static_cast<float*>(out.data), static_cast<const float*>(partials.data), n_parts,
+      static_cast<int>(out.rows), n_heads, static_cast<int>(out.cols / n_heads), stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::RunAttention(const AttentionPlan& plan, float* out, float* lse, Tensor q,
+                                       int layer, int n_heads, std::span<const float> inv_freq) {
+  const KvGeometry& g = kv_geometry_;
+  const int D = g.head_dim;
   // One staged upload carries every table of the call.
   std::vector<unsigned char> pack;
   const size_t at_seqs = PackAppend(pack, plan.seqs);
   const size_t at_tables = PackAppend(pack, plan.block_tables);
+  const size_t at_runs = PackAppend(pack, plan.runs);
   const size_t at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
   const size_t at_simple = PackAppend(pack, plan.simple_tiles);
   const size_t at_tiled = PackAppend(pack, plan.tiled_tiles);
@@ -414,7 +468,8 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
   auto* base = static_cast<unsigned char*>(staged);
 
   cuda::DcaAttentionParams p;
-  p.out = static_cast<float*>(out.data);
+  p.out = out;
+  p.lse = lse;
   p.q = static_cast<const float*>(q.data);
   const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
   p.kv.k = kv_ + int64_t{layer} * 2 * plane;
@@ -424,6 +479,7 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
   p.kv.n_kv_heads = g.n_kv_heads;
   p.block_tables = reinterpret_cast<const int32_t*>(base + at_tables);
   p.seqs = reinterpret_cast<const cuda::DcaSeqDesc*>(base + at_seqs);
+  if (lse != nullptr) p.runs = reinterpret_cast<const cuda::DcaKeyRun*>(base + at_runs);
   p.inv_freq = reinterpret_cast<const float*>(base + at_freq);
   p.H = n_heads;
   p.D = D;
