@@ -334,6 +334,17 @@ int RunModel() {
     return 1;
   };
 
+  // The device first: no point in building weights for a missing GPU.
+  CudaBackendOptions bo;
+  bo.device = device;
+  auto backend = CreateCudaBackend(bo);
+  if (!backend.ok()) return fail("CUDA backend", backend.status());
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaSetDevice(device) != cudaSuccess ||
+      cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    return fail("cudaMemGetInfo", absl::InternalError("failed"));
+  }
+
   // The weights (only the home runs the model; the other ranks need the shape).
   const bool synthetic = path == kSynthetic;
   absl::StatusOr<HostModel> host;
@@ -349,15 +360,6 @@ int RunModel() {
   auto dca_config = DcaConfig::Resolve(c, DcaOverrides());
   if (!dca_config.ok()) return fail("DCA defaults", dca_config.status());
 
-  CudaBackendOptions bo;
-  bo.device = device;
-  auto backend = CreateCudaBackend(bo);
-  if (!backend.ok()) return fail("CUDA backend", backend.status());
-  size_t free_bytes = 0, total_bytes = 0;
-  if (cudaSetDevice(device) != cudaSuccess ||
-      cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
-    return fail("cudaMemGetInfo", absl::InternalError("failed"));
-  }
   // Every rank sizes its KV as if it held the weights (they are replicated in
   // serving), so one GPU's capacity is the same on each.
   KvCacheConfig kv_config;
@@ -414,8 +416,13 @@ int RunModel() {
     for (size_t i = 0; i < contexts.size(); ++i) {
       spread[i] = RunSpread(cp, model.get(), c, *dca_config, contexts[i], step);
       const SessionResult& r = spread[i];
-      std::printf("rank %d: %d tokens over %d GPUs: %s, %.2f s\n", rank, contexts[i], world,
-                  r.status.ToString().c_str(), r.seconds);
+      const double layers = std::max<int64_t>(r.stats.layers, 1);
+      std::printf(
+          "rank %d: %d tokens over %d GPUs: %s, %.2f s; per layer: broadcast %.2f ms, partial "
+          "attention %.2f ms, gather %.2f ms\n",
+          rank, contexts[i], world, r.status.ToString().c_str(), r.seconds,
+          1e3 * r.stats.broadcast_s / layers, 1e3 * r.stats.partial_s / layers,
+          1e3 * r.stats.gather_s / layers);
       std::fflush(stdout);
       if (!r.status.ok()) return 1;
     }

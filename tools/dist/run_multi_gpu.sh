@@ -33,7 +33,7 @@ phases=("$@")
 [[ ${#phases[@]} -eq 0 ]] && phases=(cuda nccl logits fail synthetic)
 budget=${BUDGET_S:-530}
 run_start=$(date +%s)
-declare -A cap=([cpu]=150 [cuda]=90 [nccl]=60 [logits]=120 [fail]=60 [synthetic]=200 [bench]=60)
+declare -A cap=([cpu]=150 [cuda]=90 [nccl]=60 [logits]=100 [fail]=50 [synthetic]=230 [bench]=60)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 model=${MODEL:-/tmp/model.gguf}
@@ -70,7 +70,7 @@ note() {
   summary+=("$*")
 }
 gtest_line() {  # the PASSED/FAILED/SKIPPED totals of a gtest log, on one line
-  grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$1" | tr -s ' ' | tr '\n' ' '
+  grep -E '^\[  (PASSED|FAILED|SKIPPED) *\] [0-9]+ test' "$1" | tr -s ' ' | tr '\n' ' '
 }
 
 # Runs the bench on 2 GPUs, one process per GPU, with a fresh file rendezvous.
@@ -104,7 +104,7 @@ for phase in "${phases[@]}"; do
       note "cpu: rc=$? $(gtest_line "$out/cpu.log")" ;;
     cuda)
       timeout "$limit" longctx_unit_tests \
-        --gtest_filter='CudaAttentionPartial*:CudaAttentionMerge*:CudaContextParallel*' \
+        --gtest_filter='*CudaAttentionPartial*:*CudaAttentionMerge*:*CudaContextParallel*' \
         > "$out/cuda.log" 2>&1
       note "cuda: rc=$? $(gtest_line "$out/cuda.log")" ;;
     nccl)
@@ -130,7 +130,8 @@ for phase in "${phases[@]}"; do
         args=(--mode=model --comm=nccl --world_size=2 --rendezvous="file://$rdv"
               --model="$model" --contexts=131072 --step=512 --single=false --print_steps
               --collective_timeout_s=20)
-        timeout "$limit" longctx-dist-bench "${args[@]}" --rank=1 > "$out/fail.rank1.log" 2>&1 &
+        # No timeout wrapper: $! must be the worker itself, the process killed below.
+        longctx-dist-bench "${args[@]}" --rank=1 > "$out/fail.rank1.log" 2>&1 &
         pid1=$!
         timeout "$limit" longctx-dist-bench "${args[@]}" --rank=0 > "$out/fail.log" 2>&1 &
         pid0=$!
@@ -142,6 +143,7 @@ for phase in "${phases[@]}"; do
         done
         killed_at=$(date +%s%N)
         kill -9 $pid1 2>/dev/null
+        wait $pid1 2>/dev/null
         wait $pid0
         rc0=$?
         took=$(( ($(date +%s%N) - killed_at) / 1000000 ))
