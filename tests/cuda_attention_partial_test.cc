@@ -385,25 +385,20 @@ TEST(CudaAttentionPartialRejectTest, BadRunsAndShapesAreInvalidArgument) {
   s.n_q = 10;
   s.q_start = 128;
   s.block_table = table;
-  s.run_first = first;
-  s.run_count = count;
   s.dca.softmax_scale = 0.125f;
-  EXPECT_TRUE(gpu->PartialAttention(part.t, q.t, 0, 4, {&s, 1}, inv_freq).ok());
-  first = {0, 32};  // overlapping runs
-  EXPECT_EQ(gpu->PartialAttention(part.t, q.t, 0, 4, {&s, 1}, inv_freq).code(),
-            absl::StatusCode::kInvalidArgument);
-  first = {0, 128};
-  count = {64, 0};  // an empty run
-  EXPECT_EQ(gpu->PartialAttention(part.t, q.t, 0, 4, {&s, 1}, inv_freq).code(),
-            absl::StatusCode::kInvalidArgument);
-  count = {64, 65};  // 129 held keys do not fit two blocks
-  EXPECT_EQ(gpu->PartialAttention(part.t, q.t, 0, 4, {&s, 1}, inv_freq).code(),
-            absl::StatusCode::kInvalidArgument);
-  count = {64, 10};
-  s.run_count = std::span<const int32_t>(count.data(), 1);  // starts and counts disagree
-  EXPECT_EQ(gpu->PartialAttention(part.t, q.t, 0, 4, {&s, 1}, inv_freq).code(),
-            absl::StatusCode::kInvalidArgument);
-  s.run_count = count;
+  auto run = [&](std::vector<int32_t> f, std::vector<int32_t> n) {
+    first = std::move(f);
+    count = std::move(n);
+    s.run_first = first;
+    s.run_count = count;
+    return gpu->PartialAttention(part.t, q.t, 0, 4, {&s, 1}, inv_freq).code();
+  };
+  EXPECT_EQ(run({0, 128}, {64, 10}), absl::StatusCode::kOk);
+  EXPECT_EQ(run({0, 32}, {64, 10}), absl::StatusCode::kInvalidArgument);   // overlapping runs
+  EXPECT_EQ(run({0, 128}, {64, 0}), absl::StatusCode::kInvalidArgument);   // an empty run
+  EXPECT_EQ(run({0, 128}, {64, 65}), absl::StatusCode::kInvalidArgument);  // 129 keys, 2 blocks
+  EXPECT_EQ(run({0, 128}, {64}), absl::StatusCode::kInvalidArgument);  // starts and counts differ
+  EXPECT_EQ(run({0, 128}, {64, 10}), absl::StatusCode::kOk);
   OwnedTensor narrow = MakeTensor(gpu, DType::kF32, 10, 4 * 64, {});  // no room for lse
   EXPECT_EQ(gpu->PartialAttention(narrow.t, q.t, 0, 4, {&s, 1}, inv_freq).code(),
             absl::StatusCode::kInvalidArgument);

@@ -133,23 +133,30 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   // skipped; runs start on tile boundaries (the planner checks), so a tile lies
   // in one run, and only the end of a run can cut a tile.
   auto skip_absent = [&](int t) { return t >= absent_t0 && t < absent_t1 ? absent_t1 : t; };
-  auto load_run = [&](int r) {
-    return kRuns ? LoadKeyRun(p.runs, seq, r) : KeyRunView{0, 0x7fffffff, 0};
+  // The run of the tile being visited: its index, end and local - first.
+  struct TileRun {
+    int ri, end, shift;
   };
-  auto next_tile = [&](int t, int& ri, KeyRunView& run) {
+  auto enter_run = [&](int r, int* first) {
+    const KeyRunView k = kRuns ? LoadKeyRun(p.runs, seq, r) : KeyRunView{0, 0x7fffffff, 0};
+    *first = k.first;
+    return TileRun{r, k.end, k.local - k.first};
+  };
+  auto next_tile = [&](int t, TileRun& run) {
     t = skip_absent(t + 1);
     if (kRuns && t * N >= run.end) {
-      run = load_run(++ri);
-      t = run.first / N;
+      int first;
+      run = enter_run(run.ri + 1, &first);
+      t = first / N;
     }
     return t;
   };
   // Keys past i_last (or past their run) are zero-filled: their slots may hold
   // anything (even NaN), and a masked probability of 0 times NaN would still
   // poison the output.
-  auto load_tile = [&](int kt, const KeyRunView& run, int stage) {
+  auto load_tile = [&](int kt, const TileRun& run, int stage) {
     const int j0 = kt * N;
-    const int lj0 = run.local + (j0 - run.first);
+    const int lj0 = j0 + run.shift;
     const int64_t base = int64_t{table[lj0 / p.kv.block_size]} * p.kv.block_stride +
                          int64_t{lj0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
     // Thread tid copies chunk tid % kChunks of rows tid / kChunks + t * kRowStep:
@@ -196,16 +203,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   // chunks outside [n(first row) - 1, n(last row)] leave the query tile as is.
   const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
   int cur_cj = -1;
-  int ri = 0;
-  KeyRunView run = load_run(0);
-  int kt = skip_absent(run.first / N);
+  int first_key;
+  TileRun run = enter_run(0, &first_key);
+  int kt = skip_absent(first_key / N);
   if (kt < n_tiles) load_tile(kt, run, 0);
   CpAsyncCommit();
   for (int it = 0; kt < n_tiles; ++it) {
     const int j0 = kt * N;
-    int ri_next = ri;
-    KeyRunView run_next = run;
-    const int kt_next = next_tile(kt, ri_next, run_next);
+    TileRun run_next = run;
+    const int kt_next = next_tile(kt, run_next);
     if (kt_next < n_tiles) {
       load_tile(kt_next, run_next, (it + 1) & 1);
       CpAsyncCommit();
@@ -344,7 +350,6 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
     }
     __syncthreads();
     kt = kt_next;
-    ri = ri_next;
     run = run_next;
   }
 
