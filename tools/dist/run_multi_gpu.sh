@@ -18,9 +18,9 @@
 #   fail       a 2-GPU session whose worker process is killed (SIGKILL) in the
 #              middle: the home must fail with UNAVAILABLE within its collective
 #              timeout (20 s) instead of hanging
-#   synthetic  Llama-2-7B-shaped model with random bf16 weights: prefill of 128k
-#              and 256k tokens on 2 GPUs vs 1 (1 only where its KV holds the
-#              session: a longer one is the capacity check), per-layer
+#   synthetic  Llama-2-7B-shaped model with random bf16 weights: prefill of 128k,
+#              192k and 256k tokens on 2 GPUs vs 1 (1 only where its KV holds
+#              the session: a longer one is the capacity check), per-layer
 #              broadcast / partial attention / gather times
 #   bench      the collectives of one layer alone at Llama-2-7B shapes
 #
@@ -153,7 +153,7 @@ for phase in "${phases[@]}"; do
       fi ;;
     synthetic)
       read -r rc0 rc1 < <(two_ranks synthetic "$limit" --model=synthetic-llama2-7b \
-        --contexts=131072,262144 --step=8192)
+        --contexts=131072,196608,262144 --step=8192)
       cat "$out/synthetic.md"
       note "synthetic: rc=$rc0/$rc1"
       while read -r line; do note "  $line"; done < <(grep -E '^\| [0-9]+ \|' "$out/synthetic.md")
