@@ -44,7 +44,9 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
-template <class Tr>
+// kRuns: a context-parallel partial call (held key runs, lse written); without
+// it the run bookkeeping compiles away.
+template <class Tr, bool kRuns>
 __global__ void __launch_bounds__(Tr::kThreads)
     DcaSplitKernel(DcaAttentionParams p, const DcaSplitItem* items, DcaSplitScratch scratch) {
   constexpr int D = Tr::D, R = Tr::kRows, S = Tr::kSub;
@@ -104,11 +106,14 @@ __global__ void __launch_bounds__(Tr::kThreads)
   // run (runs start on key-tile boundaries); sub-tiles outside every run are
   // skipped. `run` is moved forward to the run that ends after sub-tile u (u only
   // grows), which holds u when u is held.
+  auto load_run = [&](int r) {
+    return kRuns ? LoadKeyRun(p.runs, seq, r) : KeyRunView{0, 0x7fffffff, 0};
+  };
   auto seek = [&](int u, int& ri, KeyRunView& run) {
-    while (u * S >= run.end) run = LoadKeyRun(p.runs, seq, ++ri);
+    while (kRuns && u * S >= run.end) run = load_run(++ri);
   };
   auto present = [&](int u, const KeyRunView& run) {
-    return u * S >= run.first && !(u * S >= sink && (u + 1) * S <= window_start);
+    return (!kRuns || u * S >= run.first) && !(u * S >= sink && (u + 1) * S <= window_start);
   };
   // Keys past i_max or past their run are zero-filled (their slots may hold
   // anything, even NaN).
@@ -123,8 +128,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     for (int t = 0; t < S * Tr::kChunks / 32; ++t) {
       const int idx = lane + 32 * t;
       const int n = idx / Tr::kChunks, c = idx % Tr::kChunks;
-      const bool valid =
-          j0 + n <= i_max && j0 + n < run.end && !KeyAbsent(j0 + n, sink, window_start);
+      const bool valid = j0 + n <= i_max && (!kRuns || j0 + n < run.end) &&
+                         !KeyAbsent(j0 + n, sink, window_start);
       const int64_t src = base + n * key_stride + c * 8;
       CpAsync16(SmemAddr(dst_k + Swz<D>(n, c)), valid ? p.kv.k + src : p.kv.k, valid ? 16 : 0);
       CpAsync16(SmemAddr(dst_v + Swz<D>(n, c)), valid ? p.kv.v + src : p.kv.v, valid ? 16 : 0);
@@ -142,7 +147,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
   // Two run cursors: one for the sub-tile being loaded, one for the one computed.
   int ri_load = 0, ri = 0;
-  KeyRunView run_load = LoadKeyRun(p.runs, seq, 0);
+  KeyRunView run_load = load_run(0);
   int u = sub_begin + warp;
   seek(u, ri_load, run_load);
   KeyRunView run = run_load;
@@ -191,7 +196,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int key = j0 + nt * 8 + 2 * t4 + e;
-        const bool absent = KeyAbsent(key, sink, window_start) || key >= run_end;
+        const bool absent = KeyAbsent(key, sink, window_start) || (kRuns && key >= run_end);
         const float lo = key <= i_lo && !absent ? s[nt][e] * scale_log2 : -INFINITY;
         const float hi = key <= i_hi && !absent ? s[nt][2 + e] * scale_log2 : -INFINITY;
         s[nt][e] = lo;
@@ -286,7 +291,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     if (item.out_slot < 0) {
       p.out[(int64_t{seq.q_row} + row / group) * row_stride +
             int64_t{kvh * group + row % group} * D + d] = out;
-      if (p.lse != nullptr && d == 0) {
+      if (kRuns && d == 0) {
         p.lse[(int64_t{seq.q_row} + row / group) * p.H + kvh * group + row % group] =
             LseFromLog2(mx, sum);
       }
@@ -342,11 +347,12 @@ cudaError_t LaunchSplit(const DcaAttentionParams& p, const DcaSplitItem* items, 
                         const DcaCombineItem* combine, int n_combine,
                         const DcaSplitScratch& scratch, cudaStream_t stream) {
   using Tr = SplitTraits<D>;
-  cudaError_t err = cudaFuncSetAttribute(
-      DcaSplitKernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  const auto kernel = p.runs != nullptr ? DcaSplitKernel<Tr, true> : DcaSplitKernel<Tr, false>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaSplitKernel<Tr>
-      <<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, items, scratch);
+  kernel<<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, items,
+                                                                                   scratch);
   err = cudaGetLastError();
   if (err != cudaSuccess || n_combine == 0) return err;
   DcaSplitCombineKernel<D>
