@@ -104,7 +104,7 @@ for phase in "${phases[@]}"; do
       note "cpu: rc=$? $(gtest_line "$out/cpu.log")" ;;
     cuda)
       timeout "$limit" longctx_unit_tests \
-        --gtest_filter='*CudaAttentionPartial*:*CudaAttentionMerge*:*CudaContextParallel*' \
+        --gtest_filter='*CudaAttentionPartial*:*CudaAttentionMerge*:*CudaAttentionPlan*:*CudaContextParallel*' \
         > "$out/cuda.log" 2>&1
       note "cuda: rc=$? $(gtest_line "$out/cuda.log")" ;;
     nccl)
