@@ -9,13 +9,13 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
+#include "tools/tool_flags.h"
 
 ABSL_FLAG(std::string, model, "", "model file (GGUF) or Hugging Face directory");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
@@ -99,6 +99,7 @@ int Run() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  absl::ParseCommandLine(argc, argv);
+  longctx::ParseToolFlags(argc, argv,
+      "Engine throughput: prefill and decode tokens/s by prompt length.\n  longctx-bench --model=FILE [flags]");
   return longctx::Run();
 }
