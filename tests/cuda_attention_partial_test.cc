@@ -51,8 +51,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 struct PartialCase {
   std::string name;
   int H, n_kv, D, block_size;
-  int ctx;  // tokens after the call
-  int n_q;  // new tokens (the last n_q of ctx)
+  int ctx;   // tokens after the call
+  int n_q;   // new tokens (the last n_q of ctx)
   int C, w;  // chunk_size and local window; C = 0: plain RoPE
   int span;  // placement span; 0: the chunk length
   int world, home;
@@ -226,8 +226,9 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   for (int j = 0; j < c.ctx; ++j) {
     for (int h = 0; h < c.n_kv; ++h) {
       double n2 = 0;
-      for (int d = 0; d < c.D; ++d) n2 += double{k[(int64_t{j} * c.n_kv + h) * c.D + d]} *
-                                          k[(int64_t{j} * c.n_kv + h) * c.D + d];
+      for (int d = 0; d < c.D; ++d)
+        n2 +=
+            double{k[(int64_t{j} * c.n_kv + h) * c.D + d]} * k[(int64_t{j} * c.n_kv + h) * c.D + d];
       k_max = std::max(k_max, static_cast<float>(std::sqrt(n2)));
     }
   }
@@ -235,9 +236,9 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   for (int64_t n = 0; n < int64_t{c.n_q} * c.H; ++n) {
     double n2 = 0;
     for (int d = 0; d < c.D; ++d) n2 += double{q[n * c.D + d]} * q[n * c.D + d];
-    lse_bound[n] = 2.f * std::ldexp(1.f, -9) * dca.softmax_scale *
-                       static_cast<float>(std::sqrt(n2)) * k_max +
-                   1e-5f;
+    lse_bound[n] =
+        2.f * std::ldexp(1.f, -9) * dca.softmax_scale * static_cast<float>(std::sqrt(n2)) * k_max +
+        1e-5f;
   }
 
   for (size_t m = 0; m < gpus.size(); ++m) {
@@ -293,8 +294,8 @@ std::vector<PartialCase> Cases() {
   // Prefill at awkward lengths: SmolLM2 heads, DCA L = 192 dealt by chunk over 2
   // ranks; GQA 8:2 at D = 128, plain RoPE in 128-token spans over 3 ranks.
   for (int len : {1, 63, 65, 1000, 4097}) {
-    cases.push_back({absl::StrCat("prefill", len, "_gqa64_C256w64_R2"), 9, 3, 64, 64, len, len,
-                     256, 64, 0, 2, 0});
+    cases.push_back({absl::StrCat("prefill", len, "_gqa64_C256w64_R2"), 9, 3, 64, 64, len, len, 256,
+                     64, 0, 2, 0});
     cases.push_back({absl::StrCat("prefill", len, "_gqa128_plain_span128_R3"), 8, 2, 128, 64, len,
                      len, 0, 0, 128, 3, 1});
   }
@@ -305,8 +306,8 @@ std::vector<PartialCase> Cases() {
   cases.push_back({"append65_mha128_C1000w232_R2", 4, 4, 128, 64, 4097, 65, 1000, 232, 0, 2, 0});
   cases.push_back({"decode_at4096_gqa64_C256w64_R2", 9, 3, 64, 64, 4097, 1, 256, 64, 0, 2, 0});
   cases.push_back({"decode_at999_gqa128_plain_span64_R4", 8, 2, 128, 64, 1000, 1, 0, 0, 64, 4, 3});
-  cases.push_back({"decode2_at1000_mha128_C1000w232_R2", 4, 4, 128, 64, 1002, 2, 1000, 232, 0, 2,
-                   1});
+  cases.push_back(
+      {"decode2_at1000_mha128_C1000w232_R2", 4, 4, 128, 64, 1002, 2, 1000, 232, 0, 2, 1});
   // A rank that holds nothing (span 64 over 3 ranks, 65 tokens), and rows of a
   // rank that see none of its keys.
   cases.push_back({"empty_rank_gqa64_span64_R3", 9, 3, 64, 64, 65, 65, 0, 0, 64, 3, 0});

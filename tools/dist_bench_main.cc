@@ -206,7 +206,7 @@ HostModel SyntheticHostModel(const ModelConfig& c) {
       z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
       z ^= z >> 31;
       const float u = static_cast<float>(z >> 40) * (1.f / 16777216.f);  // [0, 1)
-      t.data[static_cast<size_t>(i)] = (2.f * u - 1.f) * 0.0346f;           // sd 0.02
+      t.data[static_cast<size_t>(i)] = (2.f * u - 1.f) * 0.0346f;        // sd 0.02
     }
   };
   const int64_t D = c.d_model, q = int64_t{c.n_heads} * c.head_dim,
@@ -265,8 +265,8 @@ SessionResult RunSpread(ContextParallelAttention& cp, LlamaModel* model, const M
     return res;
   }
   ShardedSequence seq(*placement);
-  const std::vector<int32_t> tokens = rank == 0 ? SessionTokens(n, c.vocab_size)
-                                                : std::vector<int32_t>();
+  const std::vector<int32_t> tokens =
+      rank == 0 ? SessionTokens(n, c.vocab_size) : std::vector<int32_t>();
   cp.ResetStats();
   const absl::Time start = absl::Now();
   for (int at = 0; at < n && res.status.ok(); at += step) {
@@ -295,8 +295,8 @@ SessionResult RunSpread(ContextParallelAttention& cp, LlamaModel* model, const M
 }
 
 // The same session on the home GPU alone.
-SessionResult RunSingle(LlamaModel* model, const ModelConfig& c, const DcaConfig& dca_config,
-                        int n, int step) {
+SessionResult RunSingle(LlamaModel* model, const ModelConfig& c, const DcaConfig& dca_config, int n,
+                        int step) {
   SessionResult res;
   const cpu::DcaParams dca = dca_config.ToParams(c.head_dim, n);
   const std::vector<int32_t> tokens = SessionTokens(n, c.vocab_size);
@@ -365,11 +365,10 @@ int RunModel() {
   KvCacheConfig kv_config;
   kv_config.block_size = 64;
   const double gib = double(int64_t{1} << 30);
-  kv_config.max_bytes =
-      absl::GetFlag(FLAGS_kv_gib) > 0
-          ? static_cast<int64_t>(absl::GetFlag(FLAGS_kv_gib) * gib)
-          : static_cast<int64_t>(free_bytes) - WeightBytes(c) -
-                static_cast<int64_t>(absl::GetFlag(FLAGS_reserve_gib) * gib);
+  kv_config.max_bytes = absl::GetFlag(FLAGS_kv_gib) > 0
+                            ? static_cast<int64_t>(absl::GetFlag(FLAGS_kv_gib) * gib)
+                            : static_cast<int64_t>(free_bytes) - WeightBytes(c) -
+                                  static_cast<int64_t>(absl::GetFlag(FLAGS_reserve_gib) * gib);
   if (kv_config.max_bytes <= 0) {
     return fail("KV budget", absl::ResourceExhaustedError("no device memory left for KV"));
   }
@@ -409,9 +408,9 @@ int RunModel() {
     o.collective_timeout = absl::Seconds(absl::GetFlag(FLAGS_collective_timeout_s));
     auto comm = NcclCommunicator::Connect(o, device);
     if (!comm.ok()) return fail("NCCL connect", comm.status());
-    const auto inv = rank == 0 ? std::vector<float>(model->inv_freq().begin(),
-                                                    model->inv_freq().end())
-                               : RopeInverseFrequencies(c, dca_config->compose_rope_scaling);
+    const auto inv = rank == 0
+                         ? std::vector<float>(model->inv_freq().begin(), model->inv_freq().end())
+                         : RopeInverseFrequencies(c, dca_config->compose_rope_scaling);
     ContextParallelAttention cp(comm->get(), backend->get(), kv, c.n_heads, inv);
     for (size_t i = 0; i < contexts.size(); ++i) {
       spread[i] = RunSpread(cp, model.get(), c, *dca_config, contexts[i], step);
@@ -455,8 +454,7 @@ int RunModel() {
       const SessionResult& r = spread[i];
       const double layers = std::max<int64_t>(r.stats.layers, 1);
       std::string cmp = "", arg = "";
-      if (single.status.ok() && !single.logits.empty() &&
-          single.logits.size() == r.logits.size()) {
+      if (single.status.ok() && !single.logits.empty() && single.logits.size() == r.logits.size()) {
         float scale = 0.f, diff = 0.f;
         for (size_t k = 0; k < r.logits.size(); ++k) {
           scale = std::max(scale, std::abs(single.logits[k]));
@@ -545,7 +543,9 @@ int Run() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  longctx::ParseToolFlags(argc, argv,
-      "Communication cost of context-parallel attention per layer.\n  longctx-dist-bench [flags]");
+  longctx::ParseToolFlags(
+      argc, argv,
+      "Context-parallel attention: the communication of one layer (--mode=comm) or a model's\n"
+      "sessions over GPUs (--mode=model).\n  longctx-dist-bench [flags]");
   return longctx::Run();
 }

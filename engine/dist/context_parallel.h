@@ -58,11 +58,11 @@ class ShardedSequence {
 
 // Wall time one rank spent in the phases of Attend (seconds, summed over calls).
 struct ContextParallelStats {
-  int64_t layers = 0;       // Attend calls
-  double broadcast_s = 0;   // the q, k, v broadcasts (on a worker: also waiting for the home)
-  double partial_s = 0;     // KV write and partial attention, synchronized
-  double gather_s = 0;      // the gather of the partials (on the home: also waiting for the
-                            // slowest rank's partial)
+  int64_t layers = 0;      // Attend calls
+  double broadcast_s = 0;  // the q, k, v broadcasts (on a worker: also waiting for the home)
+  double partial_s = 0;    // KV write and partial attention, synchronized
+  double gather_s = 0;     // the gather of the partials (on the home: also waiting for the
+                           // slowest rank's partial)
 };
 
 class ContextParallelAttention {

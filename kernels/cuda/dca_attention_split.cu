@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     for (int t = 0; t < S * Tr::kChunks / 32; ++t) {
       const int idx = lane + 32 * t;
       const int n = idx / Tr::kChunks, c = idx % Tr::kChunks;
-      const bool valid = j0 + n <= i_max && (!kRuns || j0 + n < run.end) &&
-                         !KeyAbsent(j0 + n, sink, window_start);
+      const bool valid =
+          j0 + n <= i_max && (!kRuns || j0 + n < run.end) && !KeyAbsent(j0 + n, sink, window_start);
       const int64_t src = base + n * key_stride + c * 8;
       CpAsync16(SmemAddr(dst_k + Swz<D>(n, c)), valid ? p.kv.k + src : p.kv.k, valid ? 16 : 0);
       CpAsync16(SmemAddr(dst_v + Swz<D>(n, c)), valid ? p.kv.v + src : p.kv.v, valid ? 16 : 0);

@@ -282,8 +282,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
               const int key = j0 + k0 + nt * 8 + 2 * t4 + e;
               float lo = s[mt][nt][e] * scale_log2, hi = s[mt][nt][2 + e] * scale_log2;
               if (need_mask) {
-                const bool absent =
-                    KeyAbsent(key, sink, window_start) || (kRuns && key >= run_end);
+                const bool absent = KeyAbsent(key, sink, window_start) || (kRuns && key >= run_end);
                 if (key > i_lo || absent) lo = -INFINITY;
                 if (key > i_hi || absent) hi = -INFINITY;
               }
@@ -385,8 +384,7 @@ cudaError_t LaunchTiled(const DcaAttentionParams& p, const DcaRowTile* tiles, in
   const cudaError_t err = cudaFuncSetAttribute(
       DcaTiledKernel<Tr, kRuns>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaTiledKernel<Tr, kRuns>
-      <<<dim3(n_tiles, p.H), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
+  DcaTiledKernel<Tr, kRuns><<<dim3(n_tiles, p.H), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
   return cudaGetLastError();
 }
 

@@ -207,8 +207,9 @@ absl::StatusOr<AttentionPlan> Plan(std::span<const PlanSeq> seqs, const Attentio
         for (int r = 0; r < d.n_runs; ++r) {
           const cuda::DcaKeyRun& run = plan.runs[d.run_offset + r];
           const int t0 = run.first / cuda::kDcaKeyTile;
-          const int t1 = std::min<int64_t>(
-              n_tiles, (int64_t{run.first} + run.count + cuda::kDcaKeyTile - 1) / cuda::kDcaKeyTile);
+          const int t1 =
+              std::min<int64_t>(n_tiles, (int64_t{run.first} + run.count + cuda::kDcaKeyTile - 1) /
+                                             cuda::kDcaKeyTile);
           if (t0 < t1) rg.spans.push_back({t0, t1});
         }
       } else if (d.window_start > d.sink_tokens) {

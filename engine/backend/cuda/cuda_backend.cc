@@ -395,11 +395,10 @@ absl::Status CudaBackend::CheckAttention(Tensor q, int layer, int n_heads,
     return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
   RETURN_IF_ERROR(RequireF32(q, "Attention", "q"));
   const int D = g.head_dim;
-  RETURN_IF_ERROR(RequireShape(q.cols == int64_t{n_heads} * D && n_heads > 0 &&
-                                   n_heads % g.n_kv_heads == 0 &&
-                                   static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
-                                   layer < g.n_layers,
-                               "Attention"));
+  RETURN_IF_ERROR(RequireShape(
+      q.cols == int64_t{n_heads} * D && n_heads > 0 && n_heads % g.n_kv_heads == 0 &&
+          static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 && layer < g.n_layers,
+      "Attention"));
   shape->n_heads = n_heads;
   shape->n_kv_heads = g.n_kv_heads;
   shape->head_dim = D;
