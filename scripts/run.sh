@@ -27,8 +27,9 @@ echo "model: $model" >&2
 step "building longctxd and longctx"
 cuda=OFF
 if command -v nvidia-smi > /dev/null && nvidia-smi -L > /dev/null 2>&1; then cuda=ON; fi
+mkdir -p "$build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_CUDA=$cuda \
-  -DLONGCTX_TESTS=OFF > "$build.cmake.log" 2>&1 || { cat "$build.cmake.log" >&2; exit 1; }
+  -DLONGCTX_TESTS=OFF > "$build/cmake.log" 2>&1 || { cat "$build/cmake.log" >&2; exit 1; }
 cmake --build "$build" -j "$(nproc)" --target longctxd longctx
 
 step "starting longctxd"

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
@@ -150,9 +151,13 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
     k = k_.Rows(0, n);
     v = v_.Rows(0, n);
   }
+  ++stats_.layers;
+  absl::Time t0 = absl::Now();
   RETURN_IF_ERROR(comm_->Broadcast(q.data, q.bytes(), home));
   RETURN_IF_ERROR(comm_->Broadcast(k.data, k.bytes(), home));
   RETURN_IF_ERROR(comm_->Broadcast(v.data, v.bytes(), home));
+  absl::Time t1 = absl::Now();
+  stats_.broadcast_s += absl::ToDoubleSeconds(t1 - t0);
 
   // Store the new keys and values of the spans this rank holds.
   absl::Status s;
@@ -184,8 +189,11 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
   if (s.ok()) s = backend_->PartialAttention(partial, q, layer, n_heads_, {&ps, 1}, inv_freq_);
   if (s.ok()) s = backend_->Synchronize();
   if (!s.ok()) return Fail(std::move(s));
+  t0 = absl::Now();
+  stats_.partial_s += absl::ToDoubleSeconds(t0 - t1);
 
   RETURN_IF_ERROR(comm_->Gather(partial.data, all.data, partial.bytes(), home));
+  stats_.gather_s += absl::ToDoubleSeconds(absl::Now() - t0);
   if (rank != home) return absl::OkStatus();
   if (s = backend_->MergeAttention(out, all, world, n_heads_); !s.ok()) return Fail(std::move(s));
   return absl::OkStatus();

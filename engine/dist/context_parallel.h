@@ -56,6 +56,15 @@ class ShardedSequence {
   Step step_;
 };
 
+// Wall time one rank spent in the phases of Attend (seconds, summed over calls).
+struct ContextParallelStats {
+  int64_t layers = 0;      // Attend calls
+  double broadcast_s = 0;  // the q, k, v broadcasts (on a worker: also waiting for the home)
+  double partial_s = 0;    // KV write and partial attention, synchronized
+  double gather_s = 0;     // the gather of the partials (on the home: also waiting for the
+                           // slowest rank's partial)
+};
+
 class ContextParallelAttention {
  public:
   // comm, backend and kv (the backend's KV cache) outlive this object.
@@ -87,6 +96,11 @@ class ContextParallelAttention {
   // Local. Frees this rank's KV of the session.
   void Release(ShardedSequence& seq);
 
+  // Local. Phase times of this rank's Attend calls since construction or the
+  // last ResetStats.
+  const ContextParallelStats& stats() const { return stats_; }
+  void ResetStats() { stats_ = ContextParallelStats(); }
+
   // Collective, on every rank but the session's home while the home runs the
   // model over the step (ContextParallelStep): BeginStep, Attend for each of
   // n_layers layers, EndStep.
@@ -112,6 +126,7 @@ class ContextParallelAttention {
   Tensor k_mine_, v_mine_;   // rows of k/v this rank stores
   Tensor gathered_;          // f32 partials of all ranks; this rank's part is its own
   DeviceBuffer status_buf_;  // f32 [world_size]: BeginStep's agreement
+  ContextParallelStats stats_;
 };
 
 // The home rank's side of one step, handed to LlamaModel::Forward as the item's

@@ -35,10 +35,6 @@ struct Arrival {
   void* recv = nullptr;
 };
 
-void CopyBlock(void* dst, const void* src, size_t bytes) {
-  if (dst != src && bytes > 0) std::memcpy(dst, src, bytes);
-}
-
 }  // namespace
 
 // State shared by the ranks of one group. A collective is two barriers: after the
@@ -47,8 +43,12 @@ void CopyBlock(void* dst, const void* src, size_t bytes) {
 // until every receiver has copied.
 class InProcessGroup {
  public:
-  InProcessGroup(int world_size, absl::Duration timeout)
-      : world_size_(world_size), timeout_(timeout), slots_(world_size), barriers_(world_size, 0) {}
+  InProcessGroup(int world_size, absl::Duration timeout, InProcessCopy copy)
+      : world_size_(world_size),
+        timeout_(timeout),
+        copy_(std::move(copy)),
+        slots_(world_size),
+        barriers_(world_size, 0) {}
 
   int world_size() const { return world_size_; }
 
@@ -73,20 +73,27 @@ class InProcessGroup {
       slots = slots_;
     }
     const size_t n = a.bytes;
+    absl::Status copied;
     switch (a.op) {
       case CollectiveOp::kBroadcast:
-        if (rank != a.root) CopyBlock(a.recv, slots[static_cast<size_t>(a.root)].send, n);
+        if (rank != a.root) copied = CopyBlock(a.recv, slots[static_cast<size_t>(a.root)].send, n);
         break;
       case CollectiveOp::kGather:
         if (rank != a.root) break;
         [[fallthrough]];
       case CollectiveOp::kAllGather:
-        for (int r = 0; r < world_size_; ++r) {
-          CopyBlock(static_cast<char*>(a.recv) + r * n, slots[static_cast<size_t>(r)].send, n);
+        for (int r = 0; r < world_size_ && copied.ok(); ++r) {
+          copied =
+              CopyBlock(static_cast<char*>(a.recv) + r * n, slots[static_cast<size_t>(r)].send, n);
         }
         break;
     }
     absl::MutexLock lock(&mu_);
+    if (!copied.ok()) {
+      BreakLocked(absl::Status(copied.code(), absl::StrCat("rank ", rank, ": ", OpName(a.op),
+                                                           " copy failed: ", copied.message())));
+      return broken_;
+    }
     if (absl::Status s = Barrier(rank, OpName(a.op)); !s.ok()) return s;
     return absl::OkStatus();
   }
@@ -102,6 +109,13 @@ class InProcessGroup {
   }
 
  private:
+  absl::Status CopyBlock(void* dst, const void* src, size_t bytes) const {
+    if (dst == src || bytes == 0) return absl::OkStatus();
+    if (copy_) return copy_(dst, src, bytes);
+    std::memcpy(dst, src, bytes);
+    return absl::OkStatus();
+  }
+
   void BreakLocked(absl::Status why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (broken_.ok()) broken_ = std::move(why);
   }
@@ -134,6 +148,7 @@ class InProcessGroup {
 
   const int world_size_;
   const absl::Duration timeout_;
+  const InProcessCopy copy_;
   mutable absl::Mutex mu_;
   std::vector<Arrival> slots_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> barriers_ ABSL_GUARDED_BY(mu_);  // barriers entered, per rank
@@ -143,8 +158,8 @@ class InProcessGroup {
 };
 
 std::vector<std::unique_ptr<InProcessCommunicator>> InProcessCommunicator::CreateGroup(
-    int world_size, absl::Duration timeout) {
-  auto group = std::make_shared<InProcessGroup>(world_size, timeout);
+    int world_size, absl::Duration timeout, InProcessCopy copy) {
+  auto group = std::make_shared<InProcessGroup>(world_size, timeout, std::move(copy));
   std::vector<std::unique_ptr<InProcessCommunicator>> ranks;
   for (int r = 0; r < world_size; ++r) {
     ranks.push_back(std::unique_ptr<InProcessCommunicator>(new InProcessCommunicator(group, r)));

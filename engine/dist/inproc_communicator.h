@@ -7,9 +7,12 @@
 // they share is internally synchronized.
 #pragma once
 
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "engine/dist/communicator.h"
 
@@ -17,12 +20,18 @@ namespace longctx {
 
 class InProcessGroup;
 
+// Copies `bytes` from src to dst for a collective; OK once the data is in place.
+// The default is memcpy (host memory). Ranks on one GPU pass a device copy that
+// has finished when it returns. A failed copy breaks the group with its error.
+using InProcessCopy = std::function<absl::Status(void* dst, const void* src, size_t bytes)>;
+
 class InProcessCommunicator final : public Communicator {
  public:
   // One communicator per rank of a new group of `world_size` ranks. `timeout`
-  // bounds each collective's wait for the other ranks.
-  static std::vector<std::unique_ptr<InProcessCommunicator>> CreateGroup(int world_size,
-                                                                         absl::Duration timeout);
+  // bounds each collective's wait for the other ranks; `copy` moves the data
+  // (null: memcpy).
+  static std::vector<std::unique_ptr<InProcessCommunicator>> CreateGroup(
+      int world_size, absl::Duration timeout, InProcessCopy copy = nullptr);
   ~InProcessCommunicator() override;
   InProcessCommunicator(const InProcessCommunicator&) = delete;
   InProcessCommunicator& operator=(const InProcessCommunicator&) = delete;

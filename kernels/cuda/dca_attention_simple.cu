@@ -1,6 +1,6 @@
 // Reference-grade GPU Dual Chunk Attention: one warp per (query, head), keys
 // visited one at a time with an online softmax in f32. Works for any chunk
-// length and block size; the fast kernels are checked against the CPU op and
+// length, block size and held key runs; the fast kernels are checked against the CPU op and
 // this one is the fallback where their tiling does not apply.
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -51,35 +51,47 @@ __global__ void __launch_bounds__(kDcaSimpleRows * 32)
 #pragma unroll
   for (int e = 0; e < kPer; ++e) acc[e] = 0.f;
   const int sink = seq.sink_tokens, window_start = seq.window_start;
-  for (int j = 0; j <= i; ++j) {
-    if (KeyAbsent(j, sink, window_start)) {
-      j = window_start - 1;
-      continue;
-    }
-    const int part = min(ni - j / L, 2);
-    const int64_t base = int64_t{table[j / p.kv.block_size]} * p.kv.block_stride +
-                         (int64_t{j % p.kv.block_size} * p.kv.n_kv_heads + kvh) * D;
-    const bf16* kj = p.kv.k + base;
-    const bf16* vj = p.kv.v + base;
-    float s = 0.f;
+  for (int ri = 0;; ++ri) {
+    const KeyRunView run = LoadKeyRun(p.runs, seq, ri);
+    if (run.first > i) break;
+    const int j_last = min(run.end - 1, i);
+    for (int j = run.first; j <= j_last; ++j) {
+      if (KeyAbsent(j, sink, window_start)) {
+        j = window_start - 1;
+        continue;
+      }
+      const int part = min(ni - j / L, 2);
+      const int lj = run.local + (j - run.first);
+      const int64_t base = int64_t{table[lj / p.kv.block_size]} * p.kv.block_stride +
+                           (int64_t{lj % p.kv.block_size} * p.kv.n_kv_heads + kvh) * D;
+      const bf16* kj = p.kv.k + base;
+      const bf16* vj = p.kv.v + base;
+      float s = 0.f;
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) {
-      const float qe = part == 0 ? qr[0][e] : (part == 1 ? qr[1][e] : qr[2][e]);
-      s += qe * __bfloat162float(kj[lane + 32 * e]);
-    }
-    s = WarpSum(s) * scale;
-    const float m_new = fmaxf(m, s);
-    const float corr = expf(m - m_new);
-    const float w = expf(s - m_new);
-    l = l * corr + w;
+      for (int e = 0; e < kPer; ++e) {
+        const float qe = part == 0 ? qr[0][e] : (part == 1 ? qr[1][e] : qr[2][e]);
+        s += qe * __bfloat162float(kj[lane + 32 * e]);
+      }
+      s = WarpSum(s) * scale;
+      const float m_new = fmaxf(m, s);
+      const float corr = expf(m - m_new);
+      const float w = expf(s - m_new);
+      l = l * corr + w;
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) acc[e] = acc[e] * corr + w * __bfloat162float(vj[lane + 32 * e]);
-    m = m_new;
+      for (int e = 0; e < kPer; ++e) {
+        acc[e] = acc[e] * corr + w * __bfloat162float(vj[lane + 32 * e]);
+      }
+      m = m_new;
+    }
   }
+  // A row that saw no key (only with held runs) gets 0 and lse -inf.
   float* o = p.out + (int64_t{seq.q_row} + r) * row_stride + int64_t{h} * D;
-  const float inv_l = 1.f / l;
+  const float inv_l = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
   for (int e = 0; e < kPer; ++e) o[lane + 32 * e] = acc[e] * inv_l;
+  if (p.lse != nullptr && lane == 0) {
+    p.lse[(int64_t{seq.q_row} + r) * p.H + h] = l > 0.f ? m + logf(l) : -INFINITY;
+  }
 }
 
 }  // namespace

@@ -11,7 +11,9 @@
 // once), runs S = QK^T and O += PV on bf16 tensor cores with an f32 online
 // softmax, and the four warps merge through shared memory at the end. The DCA
 // rotation is chosen per (row, sub-tile) by pointing each lane's ldmatrix at the
-// rotated copy its row needs; a sub-tile lies in one chunk.
+// rotated copy its row needs; a sub-tile lies in one chunk. For a
+// context-parallel partial only the sub-tiles of the held key runs are read (at
+// their local indices) and each row's log-sum-exp is written too.
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -42,7 +44,9 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
-template <class Tr>
+// kRuns: a context-parallel partial call (held key runs, lse written); without
+// it the run bookkeeping compiles away.
+template <class Tr, bool kRuns>
 __global__ void __launch_bounds__(Tr::kThreads)
     DcaSplitKernel(DcaAttentionParams p, const DcaSplitItem* items, DcaSplitScratch scratch) {
   constexpr int D = Tr::D, R = Tr::kRows, S = Tr::kSub;
@@ -98,19 +102,34 @@ __global__ void __launch_bounds__(Tr::kThreads)
   // Infini window: sub-tiles wholly inside [sink, window_start) are skipped
   // (their blocks may be released); one that overlaps it masks those keys.
   const int sink = seq.sink_tokens, window_start = seq.window_start;
-  auto present = [&](int u) { return !(u * S >= sink && (u + 1) * S <= window_start); };
-  // Keys past i_max are zero-filled (their slots may hold anything, even NaN).
-  auto load_sub = [&](int u, int stage) {
+  // Held key runs (context-parallel partials): a sub-tile lies in at most one
+  // run (runs start on key-tile boundaries); sub-tiles outside every run are
+  // skipped. `run` is moved forward to the run that ends after sub-tile u (u only
+  // grows), which holds u when u is held.
+  auto load_run = [&](int r) {
+    return kRuns ? LoadKeyRun(p.runs, seq, r) : KeyRunView{0, 0x7fffffff, 0};
+  };
+  auto seek = [&](int u, int& ri, KeyRunView& run) {
+    while (kRuns && u * S >= run.end) run = load_run(++ri);
+  };
+  auto present = [&](int u, const KeyRunView& run) {
+    return (!kRuns || u * S >= run.first) && !(u * S >= sink && (u + 1) * S <= window_start);
+  };
+  // Keys past i_max or past their run are zero-filled (their slots may hold
+  // anything, even NaN).
+  auto load_sub = [&](int u, const KeyRunView& run, int stage) {
     const int j0 = u * S;
-    const int64_t base = int64_t{table[j0 / p.kv.block_size]} * p.kv.block_stride +
-                         int64_t{j0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
+    const int lj0 = run.local + (j0 - run.first);
+    const int64_t base = int64_t{table[lj0 / p.kv.block_size]} * p.kv.block_stride +
+                         int64_t{lj0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
     bf16* dst_k = my_kv + stage * Tr::kWarpStage;
     bf16* dst_v = dst_k + S * D;
 #pragma unroll
     for (int t = 0; t < S * Tr::kChunks / 32; ++t) {
       const int idx = lane + 32 * t;
       const int n = idx / Tr::kChunks, c = idx % Tr::kChunks;
-      const bool valid = j0 + n <= i_max && !KeyAbsent(j0 + n, sink, window_start);
+      const bool valid =
+          j0 + n <= i_max && (!kRuns || j0 + n < run.end) && !KeyAbsent(j0 + n, sink, window_start);
       const int64_t src = base + n * key_stride + c * 8;
       CpAsync16(SmemAddr(dst_k + Swz<D>(n, c)), valid ? p.kv.k + src : p.kv.k, valid ? 16 : 0);
       CpAsync16(SmemAddr(dst_v + Swz<D>(n, c)), valid ? p.kv.v + src : p.kv.v, valid ? 16 : 0);
@@ -126,20 +145,29 @@ __global__ void __launch_bounds__(Tr::kThreads)
   for (int dn = 0; dn < D / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.f;
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
 
+  // Two run cursors: one for the sub-tile being loaded, one for the one computed.
+  int ri_load = 0, ri = 0;
+  KeyRunView run_load = load_run(0);
   int u = sub_begin + warp;
-  if (u < sub_end && present(u)) load_sub(u, 0);
+  seek(u, ri_load, run_load);
+  KeyRunView run = run_load;
+  ri = ri_load;
+  if (u < sub_end && present(u, run_load)) load_sub(u, run_load, 0);
   CpAsyncCommit();
   for (int it = 0; u < sub_end; ++it, u += Tr::kWarps) {
     if (u + Tr::kWarps < sub_end) {
-      if (present(u + Tr::kWarps)) load_sub(u + Tr::kWarps, (it + 1) & 1);
+      seek(u + Tr::kWarps, ri_load, run_load);
+      if (present(u + Tr::kWarps, run_load)) load_sub(u + Tr::kWarps, run_load, (it + 1) & 1);
       CpAsyncCommit();
       CpAsyncWait<1>();
     } else {
       CpAsyncWait<0>();
     }
     __syncwarp();
-    if (!present(u)) continue;
+    seek(u, ri, run);
+    if (!present(u, run)) continue;
     const int j0 = u * S;
+    const int run_end = run.end;
     const bf16* ks = my_kv + (it & 1) * Tr::kWarpStage;
     const bf16* vs = ks + S * D;
     const int part = a_i < 0 ? 0 : DcaPart(a_i, L, j0 / L);
@@ -168,7 +196,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int key = j0 + nt * 8 + 2 * t4 + e;
-        const bool absent = KeyAbsent(key, sink, window_start);
+        const bool absent = KeyAbsent(key, sink, window_start) || (kRuns && key >= run_end);
         const float lo = key <= i_lo && !absent ? s[nt][e] * scale_log2 : -INFINITY;
         const float hi = key <= i_hi && !absent ? s[nt][2 + e] * scale_log2 : -INFINITY;
         s[nt][e] = lo;
@@ -263,6 +291,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
     if (item.out_slot < 0) {
       p.out[(int64_t{seq.q_row} + row / group) * row_stride +
             int64_t{kvh * group + row % group} * D + d] = out;
+      if (kRuns && d == 0) {
+        p.lse[(int64_t{seq.q_row} + row / group) * p.H + kvh * group + row % group] =
+            LseFromLog2(mx, sum);
+      }
     } else {
       const int64_t at = (int64_t{item.out_slot} * p.kv.n_kv_heads + kvh) * R + rr;
       scratch.o[at * D + d] = out;
@@ -300,8 +332,13 @@ __global__ void DcaSplitCombineKernel(DcaAttentionParams p, const DcaCombineItem
       o += w * scratch.o[at * D + d];
     }
     const int row = item.rr0 + rr;
+    // Rows no split saw a key for (only with held runs) get 0 and lse -inf.
     p.out[(int64_t{seq.q_row} + row / group) * row_stride + int64_t{kvh * group + row % group} * D +
-          d] = o / sum;
+          d] = sum > 0.f ? o / sum : 0.f;
+    if (p.lse != nullptr && d == 0) {
+      p.lse[(int64_t{seq.q_row} + row / group) * p.H + kvh * group + row % group] =
+          LseFromLog2(mx, sum);
+    }
   }
 }
 
@@ -310,11 +347,12 @@ cudaError_t LaunchSplit(const DcaAttentionParams& p, const DcaSplitItem* items, 
                         const DcaCombineItem* combine, int n_combine,
                         const DcaSplitScratch& scratch, cudaStream_t stream) {
   using Tr = SplitTraits<D>;
-  cudaError_t err = cudaFuncSetAttribute(
-      DcaSplitKernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  const auto kernel = p.runs != nullptr ? DcaSplitKernel<Tr, true> : DcaSplitKernel<Tr, false>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaSplitKernel<Tr>
-      <<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, items, scratch);
+  kernel<<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, items,
+                                                                                   scratch);
   err = cudaGetLastError();
   if (err != cudaSuccess || n_combine == 0) return err;
   DcaSplitCombineKernel<D>

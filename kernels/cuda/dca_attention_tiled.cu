@@ -12,7 +12,9 @@
 // keys are visited in ascending order, so a row's part only moves inter ->
 // successive -> intra, and when the key chunk changes the rows whose part
 // changed are re-rotated from q. Key tiles inside an Infini window's absent
-// range are skipped. The three parts share one online softmax (no
+// range, and for a context-parallel partial the tiles outside the held key runs
+// (read at their local indices), are skipped; a partial also writes each row's
+// log-sum-exp. The three parts share one online softmax (no
 // merge pass). S = QK^T and O += PV run on bf16 tensor cores (mma.sync
 // m16n8k16) with f32 accumulation; the softmax is f32 in log2 units.
 #include "kernels/cuda/device_common.cuh"
@@ -96,7 +98,9 @@ __device__ __noinline__ void RotateRows(bf16* q_s, const float* q_base, int64_t 
   }
 }
 
-template <class Tr>
+// kRuns: a context-parallel partial call (held key runs, lse written); without
+// it the run bookkeeping compiles away and costs no registers.
+template <class Tr, bool kRuns>
 __global__ void __launch_bounds__(Tr::kThreads, 2)
     DcaTiledKernel(DcaAttentionParams p, const DcaRowTile* tiles) {
   constexpr int D = Tr::D, M = Tr::kBlockM, N = Tr::kBlockN, MT = Tr::kMTiles, SN = Tr::kSubN;
@@ -125,16 +129,36 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   const bool windowed = window_start > sink;
   const int absent_t0 = windowed ? (sink + N - 1) / N : 0;
   const int absent_t1 = windowed ? max(window_start / N, absent_t0) : 0;
-  auto next_tile = [&](int t) {
-    ++t;
-    return t >= absent_t0 && t < absent_t1 ? absent_t1 : t;
+  // Held key runs (context-parallel partials): tiles outside every run are
+  // skipped; runs start on tile boundaries (the planner checks), so a tile lies
+  // in one run, and only the end of a run can cut a tile.
+  auto skip_absent = [&](int t) { return t >= absent_t0 && t < absent_t1 ? absent_t1 : t; };
+  // The run of the tile being visited: its index, end and local - first.
+  struct TileRun {
+    int ri, end, shift;
   };
-  // Keys past i_last are zero-filled: their slots may hold anything (even NaN),
-  // and a masked probability of 0 times NaN would still poison the output.
-  auto load_tile = [&](int kt, int stage) {
+  auto enter_run = [&](int r, int* first) {
+    const KeyRunView k = kRuns ? LoadKeyRun(p.runs, seq, r) : KeyRunView{0, 0x7fffffff, 0};
+    *first = k.first;
+    return TileRun{r, k.end, k.local - k.first};
+  };
+  auto next_tile = [&](int t, TileRun& run) {
+    t = skip_absent(t + 1);
+    if (kRuns && t * N >= run.end) {
+      int first;
+      run = enter_run(run.ri + 1, &first);
+      t = first / N;
+    }
+    return t;
+  };
+  // Keys past i_last (or past their run) are zero-filled: their slots may hold
+  // anything (even NaN), and a masked probability of 0 times NaN would still
+  // poison the output.
+  auto load_tile = [&](int kt, const TileRun& run, int stage) {
     const int j0 = kt * N;
-    const int64_t base = int64_t{table[j0 / p.kv.block_size]} * p.kv.block_stride +
-                         int64_t{j0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
+    const int lj0 = j0 + run.shift;
+    const int64_t base = int64_t{table[lj0 / p.kv.block_size]} * p.kv.block_stride +
+                         int64_t{lj0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
     // Thread tid copies chunk tid % kChunks of rows tid / kChunks + t * kRowStep:
     // one source pointer and one swizzled destination, stepped linearly.
     constexpr int kRowStep = Tr::kThreads / Tr::kChunks;
@@ -146,7 +170,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 #pragma unroll
     for (int t = 0; t < N / kRowStep; ++t) {
       const int j = j0 + n0 + t * kRowStep;
-      const bool valid = j <= i_last && !KeyAbsent(j, sink, window_start);
+      const bool valid =
+          j <= i_last && (!kRuns || j < run.end) && !KeyAbsent(j, sink, window_start);
       const int64_t step = int64_t{t} * kRowStep * key_stride;
       const uint32_t dst_off = t * kRowStep * D * sizeof(bf16);  // kRowStep % 8 == 0: same swizzle
       CpAsync16(dst_k + dst_off, valid ? src_k + step : p.kv.k, valid ? 16 : 0);
@@ -178,14 +203,17 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   // chunks outside [n(first row) - 1, n(last row)] leave the query tile as is.
   const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
   int cur_cj = -1;
-  int kt = next_tile(-1);
-  if (kt < n_tiles) load_tile(kt, 0);
+  int first_key;
+  TileRun run = enter_run(0, &first_key);
+  int kt = skip_absent(first_key / N);
+  if (kt < n_tiles) load_tile(kt, run, 0);
   CpAsyncCommit();
   for (int it = 0; kt < n_tiles; ++it) {
     const int j0 = kt * N;
-    const int kt_next = next_tile(kt);
+    TileRun run_next = run;
+    const int kt_next = next_tile(kt, run_next);
     if (kt_next < n_tiles) {
-      load_tile(kt_next, (it + 1) & 1);
+      load_tile(kt_next, run_next, (it + 1) & 1);
       CpAsyncCommit();
     }
     const int cj = j0 / L;
@@ -200,6 +228,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
     }
     __syncthreads();
     const bool tile_in_window = windowed && j0 < window_start && j0 + N > sink;
+    const int run_end = run.end;
+    const bool tile_cut = kRuns && j0 + N > run_end;
     if (warp_active && j0 <= warp_i_last) {
       const bf16* ks = k_s + (it & 1) * Tr::kKvStage;
       const bf16* vs = v_s + (it & 1) * Tr::kKvStage;
@@ -239,7 +269,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
 
         // Causal mask (only tiles that reach past the warp's first row), then the
         // online softmax in log2 units.
-        const bool need_mask = j0 + k0 + SN - 1 > warp_i_first || tile_in_window;
+        const bool need_mask = j0 + k0 + SN - 1 > warp_i_first || tile_in_window || tile_cut;
         uint32_t pf[MT][SN / 16][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
@@ -252,7 +282,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
               const int key = j0 + k0 + nt * 8 + 2 * t4 + e;
               float lo = s[mt][nt][e] * scale_log2, hi = s[mt][nt][2 + e] * scale_log2;
               if (need_mask) {
-                const bool absent = KeyAbsent(key, sink, window_start);
+                const bool absent = KeyAbsent(key, sink, window_start) || (kRuns && key >= run_end);
                 if (key > i_lo || absent) lo = -INFINITY;
                 if (key > i_hi || absent) hi = -INFINITY;
               }
@@ -319,6 +349,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
     }
     __syncthreads();
     kt = kt_next;
+    run = run_next;
   }
 
   float* out_base = p.out + (int64_t{seq.q_row} + tile.row0) * row_stride + int64_t{h} * D;
@@ -331,7 +362,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const int r = warp_row0 + mt * 16 + g + 8 * half;
       if (r < n_rows) {
-        const float inv = 1.f / sum;
+        // A row that saw no key (only with held runs) gets 0 and lse -inf.
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
+        if (kRuns && t4 == 0) {
+          p.lse[(int64_t{seq.q_row} + tile.row0 + r) * p.H + h] = LseFromLog2(m[mt][half], sum);
+        }
         float* dst = out_base + r * row_stride + 2 * t4;
 #pragma unroll
         for (int dn = 0; dn < D / 8; ++dn) {
@@ -343,14 +378,21 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   }
 }
 
-template <class Tr>
+template <class Tr, bool kRuns>
 cudaError_t LaunchTiled(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
                         cudaStream_t stream) {
   const cudaError_t err = cudaFuncSetAttribute(
-      DcaTiledKernel<Tr>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+      DcaTiledKernel<Tr, kRuns>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaTiledKernel<Tr><<<dim3(n_tiles, p.H), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
+  DcaTiledKernel<Tr, kRuns><<<dim3(n_tiles, p.H), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
   return cudaGetLastError();
+}
+
+template <class Tr>
+cudaError_t LaunchTiled(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                        cudaStream_t stream) {
+  return p.runs != nullptr ? LaunchTiled<Tr, true>(p, tiles, n_tiles, stream)
+                           : LaunchTiled<Tr, false>(p, tiles, n_tiles, stream);
 }
 
 }  // namespace

@@ -7,7 +7,35 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/ops_cuda.h"
+
 namespace longctx::cuda {
+
+// A held key run as the kernels walk it: absolute keys [first, end), the key
+// `first` stored at local index `local`.
+struct KeyRunView {
+  int first;
+  int end;
+  int local;
+};
+
+// Run r of a sequence. Without runs (run_offset < 0) run 0 is every key, stored
+// at its own index; past the last run comes a sentinel that starts after every
+// key and never ends.
+__device__ __forceinline__ KeyRunView LoadKeyRun(const DcaKeyRun* runs, const DcaSeqDesc& seq,
+                                                 int r) {
+  constexpr int kNever = 0x7fffffff;
+  if (seq.run_offset < 0) return r == 0 ? KeyRunView{0, kNever, 0} : KeyRunView{kNever, kNever, 0};
+  if (r >= seq.n_runs) return KeyRunView{kNever, kNever, 0};
+  const DcaKeyRun k = runs[seq.run_offset + r];
+  return KeyRunView{k.first, k.first + k.count, k.local};
+}
+
+// Natural log-sum-exp of a row from its online-softmax state in log2 units
+// (max m2, sum of 2^(s - m2)); -inf for a row that saw no key.
+__device__ __forceinline__ float LseFromLog2(float m2, float sum) {
+  return sum > 0.f ? (m2 + log2f(sum)) * 0.6931471805599453f : -INFINITY;
+}
 
 // sin and cos of pos * inv_freq. The product is formed and reduced to [-pi, pi]
 // in double (positions reach 1e5 and more, where a float angle keeps only a few

@@ -94,7 +94,16 @@ struct PagedKvViewBf16 {
   int n_kv_heads = 0;
 };
 
-// One sequence of a batched attention call (device copy of engine's AttentionSeq).
+// A run of held keys of a context-parallel sequence (cpu::KeyRuns): absolute
+// tokens first .. first + count - 1, stored from local index `local` on.
+struct DcaKeyRun {
+  int first = 0;
+  int count = 0;
+  int local = 0;
+};
+
+// One sequence of a batched attention call (device copy of engine's AttentionSeq
+// or PartialAttentionSeq).
 struct DcaSeqDesc {
   int q_row = 0;  // first row of the sequence in q/out
   int n_q = 0;    // new tokens: query r is token q_start + r
@@ -107,21 +116,35 @@ struct DcaSeqDesc {
   // absent (their blocks may be released) and never read.
   int sink_tokens = 0;
   int window_start = 0;
+  // Keys a query sees: run_offset < 0, every key j <= i, stored at index j of the
+  // block table; else only those of DcaAttentionParams::runs[run_offset ..
+  // run_offset + n_runs) (ascending, disjoint, each count >= 1), stored back to
+  // back at their local indices. DCA positions follow the absolute indices.
+  int run_offset = -1;
+  int n_runs = 0;
 };
 
 struct DcaAttentionParams {
-  float* out = nullptr;      // [rows, H * D]
+  float* out = nullptr;      // [rows, H * D]; rows that see no key get 0
+  float* lse = nullptr;      // [rows, H] log-sum-exp (natural log) of each row's scaled
+                             // scores, -inf where it sees no key; nullptr: not written
   const float* q = nullptr;  // [rows, H * D], un-rotated
   PagedKvViewBf16 kv;
   const int32_t* block_tables = nullptr;  // all sequences' tables, concatenated
   const DcaSeqDesc* seqs = nullptr;
+  // All sequences' held runs, concatenated. A partial call sets runs and lse
+  // (null runs: every run_offset < 0 and lse null); the fast kernels compile a
+  // variant without the run bookkeeping for the other calls.
+  const DcaKeyRun* runs = nullptr;
   const float* inv_freq = nullptr;  // [D/2]
   int H = 0;
   int D = 0;
 };
 
 // Key tile of the fast kernels: they need chunk_len and block_size multiples of
-// it, so a tile lies in one chunk (one query rotation per row) and one block.
+// it, so a tile lies in one chunk (one query rotation per row) and one block;
+// with held runs, also every run's first index and every run's count but the
+// last's, so a tile lies in one run.
 inline constexpr int kDcaKeyTile = 64;
 // Query rows per thread block of the tiled prefill kernel (one head per block).
 inline constexpr int kDcaTiledRows = 128;
@@ -181,5 +204,15 @@ bool DcaSplitSupported(int D);
 cudaError_t DcaAttentionSplit(const DcaAttentionParams& p, const DcaSplitItem* items, int n_items,
                               const DcaCombineItem* combine, int n_combine,
                               const DcaSplitScratch& scratch, cudaStream_t stream);
+
+// --- context-parallel merge (cpu::MergeAttention is the reference) ---
+// out[n] = sum_r w_r o_r[n] / sum_r w_r, w_r = exp(lse_r[n] - max_r lse_r[n]), for
+// the N = rows * H (query, head) rows of n_parts partials laid out as the
+// backend's partials: partial r is [rows, H * (D + 1)] f32 at
+// partials + r * rows * H * (D + 1), o [rows, H, D] then lse [rows, H]. Rows
+// where every lse is -inf get 0.
+cudaError_t MergeAttention(float* out,             // [rows, H * D]
+                           const float* partials,  // [n_parts * rows, H * (D + 1)]
+                           int n_parts, int rows, int H, int D, cudaStream_t stream);
 
 }  // namespace longctx::cuda

@@ -1,6 +1,7 @@
 #include "engine/backend/cuda/attention_plan.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -16,9 +17,32 @@ constexpr int kMinTilesPerSplit = 2;
 // balance uneven sequences without splitting short contexts needlessly.
 constexpr int kSplitBlocksPerSm = 2;
 
-Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
-  const bool tiles_fit =
-      s.dca.chunk_len % cuda::kDcaKeyTile == 0 && shape.block_size % cuda::kDcaKeyTile == 0;
+// One sequence of either kind of call.
+struct PlanSeq {
+  int q_row = 0;
+  int n_q = 0;
+  int q_start = 0;
+  std::span<const int32_t> block_table;
+  cpu::DcaParams dca;
+  bool partial = false;  // only the held runs below are seen
+  std::span<const int32_t> run_first;
+  std::span<const int32_t> run_count;
+};
+
+// Held runs on key-tile boundaries: every run starts on one and all but the
+// last fill whole tiles, so their local indices stay tile-aligned too.
+bool RunsTileAligned(const PlanSeq& s) {
+  for (size_t r = 0; r < s.run_first.size(); ++r) {
+    if (s.run_first[r] % cuda::kDcaKeyTile != 0) return false;
+    if (r + 1 < s.run_first.size() && s.run_count[r] % cuda::kDcaKeyTile != 0) return false;
+  }
+  return true;
+}
+
+Kernel ChooseKernel(const PlanSeq& s, const AttentionPlanShape& shape) {
+  const bool tiles_fit = s.dca.chunk_len % cuda::kDcaKeyTile == 0 &&
+                         shape.block_size % cuda::kDcaKeyTile == 0 &&
+                         (!s.partial || RunsTileAligned(s));
   const bool tiled_ok = tiles_fit && cuda::DcaTiledSupported(shape.head_dim);
   const bool split_ok = tiles_fit && cuda::DcaSplitSupported(shape.head_dim);
   switch (shape.kernels) {
@@ -37,10 +61,7 @@ Kernel ChooseKernel(const AttentionSeq& s, const AttentionPlanShape& shape) {
   return Kernel::kSimple;
 }
 
-}  // namespace
-
-absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
-                                            const AttentionPlanShape& shape) {
+absl::StatusOr<AttentionPlan> Plan(std::span<const PlanSeq> seqs, const AttentionPlanShape& shape) {
   if (shape.head_dim != 64 && shape.head_dim != 128 && shape.head_dim != 256) {
     return absl::InvalidArgumentError(
         absl::StrCat("attention: head_dim ", shape.head_dim,
@@ -51,31 +72,45 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
   const int group = shape.n_heads / shape.n_kv_heads;
   std::vector<int> split_seqs;
   for (size_t si = 0; si < seqs.size(); ++si) {
-    const AttentionSeq& s = seqs[si];
+    const PlanSeq& s = seqs[si];
     const int64_t end = int64_t{s.q_start} + s.n_q;
+    // Keys stored in the block table: held ones for a partial, else 0 .. end.
+    int64_t stored = end;
+    if (s.partial) {
+      stored = 0;
+      for (size_t r = 0; r < s.run_first.size(); ++r) {
+        if (s.run_count[r] < 1 || s.run_first[r] < 0 ||
+            (r > 0 && s.run_first[r] < int64_t{s.run_first[r - 1]} + s.run_count[r - 1])) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "partial attention: sequence ", si, " run ", r, " (first ", s.run_first[r],
+              ", count ", s.run_count[r], ") is empty, negative or out of order"));
+        }
+        stored += s.run_count[r];
+      }
+    }
     if (s.n_q < 0 || s.q_start < 0 || s.q_row < 0 || int64_t{s.q_row} + s.n_q > shape.q_rows) {
       return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " rows [", s.q_row,
                                                      ", ", s.q_row + s.n_q, ") outside the ",
                                                      shape.q_rows, " query rows"));
     }
-    if (static_cast<int64_t>(s.block_table.size()) * shape.block_size < end) {
+    if (static_cast<int64_t>(s.block_table.size()) * shape.block_size < stored) {
       return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " block table of ",
                                                      s.block_table.size(), " blocks cannot hold ",
-                                                     end, " tokens"));
+                                                     stored, " tokens"));
     }
     if (s.dca.chunk_len < 1 || s.dca.chunk_size < 0) {
       return absl::InvalidArgumentError(absl::StrCat("attention: sequence ", si, " has chunk_len ",
                                                      s.dca.chunk_len, ", chunk_size ",
                                                      s.dca.chunk_size));
     }
-    if (s.dca.sink_tokens < 0) {
+    if (!s.partial && s.dca.sink_tokens < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("attention: sequence ", si, " has sink_tokens ", s.dca.sink_tokens));
     }
-    const int64_t used_blocks = (end + shape.block_size - 1) / shape.block_size;
+    const int64_t used_blocks = (stored + shape.block_size - 1) / shape.block_size;
     for (int64_t b = 0; b < used_blocks; ++b) {
       // Blocks wholly inside the Infini window's absent range are never read.
-      if (b * shape.block_size >= s.dca.sink_tokens &&
+      if (!s.partial && b * shape.block_size >= s.dca.sink_tokens &&
           (b + 1) * shape.block_size <= s.dca.window_start) {
         continue;
       }
@@ -93,8 +128,18 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
     d.chunk_len = s.dca.chunk_len;
     d.chunk_size = s.dca.chunk_size;
     d.softmax_scale = s.dca.softmax_scale;
-    d.sink_tokens = s.dca.sink_tokens;
-    d.window_start = s.dca.window_start;
+    if (s.partial) {
+      d.run_offset = static_cast<int>(plan.runs.size());
+      d.n_runs = static_cast<int>(s.run_first.size());
+      int local = 0;
+      for (size_t r = 0; r < s.run_first.size(); ++r) {
+        plan.runs.push_back({s.run_first[r], s.run_count[r], local});
+        local += s.run_count[r];
+      }
+    } else {
+      d.sink_tokens = s.dca.sink_tokens;
+      d.window_start = s.dca.window_start;
+    }
     plan.seqs.push_back(d);
     plan.block_tables.insert(plan.block_tables.end(), s.block_table.begin(),
                              s.block_table.begin() + used_blocks);
@@ -130,13 +175,22 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
   // tiles cut into splits of equal length, enough blocks to fill the device.
   // Splits count only present key tiles: those wholly inside an Infini
   // window's absent range cost nothing.
+  // Held runs of a partial count the same way: only their tiles are present.
   struct RowGroup {
     int seq, rr0, n_rows, n_tiles;
-    int absent_t0, absent_t1;  // tiles skipped, [absent_t0, absent_t1)
-    int present() const { return n_tiles - (absent_t1 - absent_t0); }
-    // Tile index of the k-th present tile.
+    std::vector<std::pair<int, int>> spans;  // present tiles [first, end), ascending
+    int present() const {
+      int n = 0;
+      for (const auto& [a, b] : spans) n += b - a;
+      return n;
+    }
+    // Tile index of the k-th present tile (n_tiles past the last).
     int Tile(int64_t k) const {
-      return static_cast<int>(k < absent_t0 ? k : k + (absent_t1 - absent_t0));
+      for (const auto& [a, b] : spans) {
+        if (k < b - a) return static_cast<int>(a + k);
+        k -= b - a;
+      }
+      return n_tiles;
     }
   };
   std::vector<RowGroup> groups;
@@ -148,13 +202,26 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
       const int n_rows = std::min(cuda::kDcaSplitRows, rows - rr0);
       const int i_max = d.q_start + (rr0 + n_rows - 1) / group;
       const int n_tiles = i_max / cuda::kDcaKeyTile + 1;
-      RowGroup rg{si, rr0, n_rows, n_tiles, 0, 0};
-      if (d.window_start > d.sink_tokens) {
-        rg.absent_t0 =
+      RowGroup rg{si, rr0, n_rows, n_tiles, {}};
+      if (d.run_offset >= 0) {
+        for (int r = 0; r < d.n_runs; ++r) {
+          const cuda::DcaKeyRun& run = plan.runs[d.run_offset + r];
+          const int t0 = run.first / cuda::kDcaKeyTile;
+          const int t1 =
+              std::min<int64_t>(n_tiles, (int64_t{run.first} + run.count + cuda::kDcaKeyTile - 1) /
+                                             cuda::kDcaKeyTile);
+          if (t0 < t1) rg.spans.push_back({t0, t1});
+        }
+      } else if (d.window_start > d.sink_tokens) {
+        const int absent_t0 =
             std::min(n_tiles, (d.sink_tokens + cuda::kDcaKeyTile - 1) / cuda::kDcaKeyTile);
-        rg.absent_t1 = std::clamp(d.window_start / cuda::kDcaKeyTile, rg.absent_t0, n_tiles);
+        const int absent_t1 = std::clamp(d.window_start / cuda::kDcaKeyTile, absent_t0, n_tiles);
+        if (absent_t0 > 0) rg.spans.push_back({0, absent_t0});
+        if (absent_t1 < n_tiles) rg.spans.push_back({absent_t1, n_tiles});
+      } else {
+        rg.spans.push_back({0, n_tiles});
       }
-      groups.push_back(rg);
+      groups.push_back(std::move(rg));
       total_tiles += rg.present();
     }
   }
@@ -186,6 +253,43 @@ absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
     }
   }
   return plan;
+}
+
+}  // namespace
+
+absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
+                                            const AttentionPlanShape& shape) {
+  std::vector<PlanSeq> all(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    all[i].q_row = seqs[i].q_row;
+    all[i].n_q = seqs[i].n_q;
+    all[i].q_start = seqs[i].q_start;
+    all[i].block_table = seqs[i].block_table;
+    all[i].dca = seqs[i].dca;
+  }
+  return Plan(all, shape);
+}
+
+absl::StatusOr<AttentionPlan> PlanPartialAttention(std::span<const PartialAttentionSeq> seqs,
+                                                   const AttentionPlanShape& shape) {
+  std::vector<PlanSeq> all(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const PartialAttentionSeq& s = seqs[i];
+    if (s.run_first.size() != s.run_count.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("partial attention: sequence ", i, " has ",
+                                                     s.run_first.size(), " run starts and ",
+                                                     s.run_count.size(), " run counts"));
+    }
+    all[i].q_row = s.q_row;
+    all[i].n_q = s.n_q;
+    all[i].q_start = s.q_start;
+    all[i].block_table = s.block_table;
+    all[i].dca = s.dca;
+    all[i].partial = true;
+    all[i].run_first = s.run_first;
+    all[i].run_count = s.run_count;
+  }
+  return Plan(all, shape);
 }
 
 }  // namespace longctx

@@ -28,6 +28,7 @@ struct AttentionPlanShape {
 struct AttentionPlan {
   std::vector<cuda::DcaSeqDesc> seqs;
   std::vector<int32_t> block_tables;
+  std::vector<cuda::DcaKeyRun> runs;  // held key runs of partial attention
   std::vector<cuda::DcaRowTile> simple_tiles;
   std::vector<cuda::DcaRowTile> tiled_tiles;  // longest rows first
   std::vector<cuda::DcaSplitItem> split_items;
@@ -40,5 +41,14 @@ struct AttentionPlan {
 // too short or naming a block outside the arena, a chunk length below 1).
 absl::StatusOr<AttentionPlan> PlanAttention(std::span<const AttentionSeq> seqs,
                                             const AttentionPlanShape& shape);
+
+// The same for context-parallel partial attention: each sequence's queries see
+// only its held key runs (ascending, disjoint, non-empty, INVALID_ARGUMENT
+// otherwise), whose Σ count keys its block table must hold. The Infini window
+// fields of the DCA parameters are ignored, as cpu::DcaPartialAttention does.
+// The fast kernels also need every run to start on a key tile and every run but
+// the last to fill whole tiles; other sequences run the simple kernel.
+absl::StatusOr<AttentionPlan> PlanPartialAttention(std::span<const PartialAttentionSeq> seqs,
+                                                   const AttentionPlanShape& shape);
 
 }  // namespace longctx

@@ -115,7 +115,23 @@ class CudaBackend final : public Backend {
   absl::Status SetStepGraphs(bool enabled) { return graph_.SetEnabled(enabled); }
   absl::StatusOr<double> CopyBandwidth(size_t bytes, int reps);
 
+  absl::Status PartialAttention(Tensor partial, Tensor q, int layer, int n_heads,
+                                std::span<const PartialAttentionSeq> seqs,
+                                std::span<const float> inv_freq) override;
+  absl::Status MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads) override;
+
  private:
+  struct StagedAttention;
+  // Checks shared by Attention and PartialAttention; fills the plan's shape.
+  absl::Status CheckAttention(Tensor q, int layer, int n_heads, std::span<const float> inv_freq,
+                              AttentionPlanShape* shape);
+  // Uploads a plan's work lists and tables in one staged copy and describes them in *w.
+  absl::Status StageAttention(const AttentionPlan& plan, std::span<const float> inv_freq,
+                              StagedAttention* w);
+  // Launches a staged call: out [rows, H * D]; lse [rows, H] for a partial call
+  // (the plan of PlanPartialAttention), else null.
+  absl::Status LaunchAttention(const StagedAttention& w, float* out, float* lse, Tensor q,
+                               int layer, int n_heads);
   bool Replaying() const { return graph_.replaying(); }
   void Trace(std::initializer_list<uint64_t> key) { graph_.Trace(key); }
   absl::Status RequireNotDeferred(const char* op) const;
@@ -155,9 +171,9 @@ class CudaBackend final : public Backend {
     int n_heads = 0;
     int64_t q_rows = 0;
     unsigned char* base = nullptr;
-    size_t at_seqs = 0, at_freq = 0, at_simple = 0, at_tiled = 0, at_split = 0, at_combine = 0,
-           at_tables = 0;
-    int n_simple = 0, n_tiled = 0, n_split = 0, n_combine = 0, split_slots = 0;
+    size_t at_seqs = 0, at_freq = 0, at_runs = 0, at_simple = 0, at_tiled = 0, at_split = 0,
+           at_combine = 0, at_tables = 0;
+    int n_descs = 0, n_simple = 0, n_tiled = 0, n_split = 0, n_combine = 0, split_slots = 0;
   };
   StagedAttention staged_attention_;
   KvGeometry kv_geometry_;
@@ -472,57 +488,72 @@ absl::Status CudaBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> p
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
-                                    std::span<const AttentionSeq> seqs,
-                                    std::span<const float> inv_freq) {
+absl::Status CudaBackend::CheckAttention(Tensor q, int layer, int n_heads,
+                                         std::span<const float> inv_freq,
+                                         AttentionPlanShape* shape) {
   const KvGeometry& g = kv_geometry_;
   if (kv_ == nullptr)
     return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
-  RETURN_IF_ERROR(RequireF32(out, "Attention", "out"));
   RETURN_IF_ERROR(RequireF32(q, "Attention", "q"));
   const int D = g.head_dim;
   RETURN_IF_ERROR(RequireShape(
-      q.cols == int64_t{n_heads} * D && out.rows == q.rows && out.cols == q.cols && n_heads > 0 &&
-          n_heads % g.n_kv_heads == 0 && static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
-          layer < g.n_layers,
+      q.cols == int64_t{n_heads} * D && n_heads > 0 && n_heads % g.n_kv_heads == 0 &&
+          static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 && layer < g.n_layers,
       "Attention"));
+  shape->n_heads = n_heads;
+  shape->n_kv_heads = g.n_kv_heads;
+  shape->head_dim = D;
+  shape->block_size = g.block_size;
+  shape->n_blocks = g.n_blocks;
+  shape->q_rows = q.rows;
+  shape->num_sms = num_sms_;
+  shape->kernels = options_.attention;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::StageAttention(const AttentionPlan& plan,
+                                         std::span<const float> inv_freq, StagedAttention* w) {
+  // One staged upload carries every table of the call. The block tables, the
+  // only part that grows while a batch decodes, go last, so a recorded step
+  // keeps its layout and has room to grow at the end.
+  std::vector<unsigned char> pack;
+  *w = StagedAttention{};
+  w->at_seqs = PackAppend(pack, plan.seqs);
+  w->at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
+  w->at_runs = PackAppend(pack, plan.runs);
+  w->at_simple = PackAppend(pack, plan.simple_tiles);
+  w->at_tiled = PackAppend(pack, plan.tiled_tiles);
+  w->at_split = PackAppend(pack, plan.split_items);
+  w->at_combine = PackAppend(pack, plan.combine_items);
+  w->at_tables = PackAppend(pack, plan.block_tables);
+  const size_t table_bytes = pack.size() - w->at_tables;
+  const size_t capacity = pack.size() + table_bytes / 4 + 4096;
+  ASSIGN_OR_RETURN(void* staged, StageArgs(pack.data(), pack.size(), capacity));
+  w->base = static_cast<unsigned char*>(staged);
+  w->n_descs = static_cast<int>(plan.seqs.size());
+  w->n_simple = static_cast<int>(plan.simple_tiles.size());
+  w->n_tiled = static_cast<int>(plan.tiled_tiles.size());
+  w->n_split = static_cast<int>(plan.split_items.size());
+  w->n_combine = static_cast<int>(plan.combine_items.size());
+  w->split_slots = plan.split_slots;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
+                                    std::span<const AttentionSeq> seqs,
+                                    std::span<const float> inv_freq) {
+  RETURN_IF_ERROR(RequireF32(out, "Attention", "out"));
+  RETURN_IF_ERROR(RequireShape(out.rows == q.rows && out.cols == q.cols, "Attention"));
+  AttentionPlanShape shape;
+  RETURN_IF_ERROR(CheckAttention(q, layer, n_heads, inv_freq, &shape));
+  // The layers of one recorded step pass the same sequences: plan and stage once.
   StagedAttention& w = staged_attention_;
   const bool reuse = graph_.deferred() && w.step == graph_.step_serial() && w.seqs == seqs.data() &&
                      w.n_seqs == seqs.size() && w.inv_freq == inv_freq.data() &&
                      w.n_heads == n_heads && w.q_rows == q.rows;
   if (!reuse) {
-    AttentionPlanShape shape;
-    shape.n_heads = n_heads;
-    shape.n_kv_heads = g.n_kv_heads;
-    shape.head_dim = D;
-    shape.block_size = g.block_size;
-    shape.n_blocks = g.n_blocks;
-    shape.q_rows = q.rows;
-    shape.num_sms = num_sms_;
-    shape.kernels = options_.attention;
     ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
-
-    // One staged upload carries every table of the call. The block tables, the
-    // only part that grows while a batch decodes, go last, so a recorded step
-    // keeps its layout and has room to grow at the end.
-    std::vector<unsigned char> pack;
-    w = StagedAttention{};
-    w.at_seqs = PackAppend(pack, plan.seqs);
-    w.at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
-    w.at_simple = PackAppend(pack, plan.simple_tiles);
-    w.at_tiled = PackAppend(pack, plan.tiled_tiles);
-    w.at_split = PackAppend(pack, plan.split_items);
-    w.at_combine = PackAppend(pack, plan.combine_items);
-    w.at_tables = PackAppend(pack, plan.block_tables);
-    const size_t table_bytes = pack.size() - w.at_tables;
-    const size_t capacity = pack.size() + table_bytes / 4 + 4096;
-    ASSIGN_OR_RETURN(void* staged, StageArgs(pack.data(), pack.size(), capacity));
-    w.base = static_cast<unsigned char*>(staged);
-    w.n_simple = static_cast<int>(plan.simple_tiles.size());
-    w.n_tiled = static_cast<int>(plan.tiled_tiles.size());
-    w.n_split = static_cast<int>(plan.split_items.size());
-    w.n_combine = static_cast<int>(plan.combine_items.size());
-    w.split_slots = plan.split_slots;
+    RETURN_IF_ERROR(StageAttention(plan, inv_freq, &w));
     if (graph_.deferred()) {
       w.step = graph_.step_serial();
       w.seqs = seqs.data();
@@ -532,6 +563,46 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
       w.q_rows = q.rows;
     }
   }
+  return LaunchAttention(w, static_cast<float*>(out.data), nullptr, q, layer, n_heads);
+}
+
+absl::Status CudaBackend::PartialAttention(Tensor partial, Tensor q, int layer, int n_heads,
+                                           std::span<const PartialAttentionSeq> seqs,
+                                           std::span<const float> inv_freq) {
+  // Context-parallel steps run op by op (they talk to other ranks between layers).
+  RETURN_IF_ERROR(RequireNotDeferred("PartialAttention"));
+  RETURN_IF_ERROR(RequireF32(partial, "PartialAttention", "partial"));
+  const int64_t D = kv_geometry_.head_dim;
+  RETURN_IF_ERROR(RequireShape(partial.rows == q.rows && partial.cols == n_heads * (D + 1),
+                               "PartialAttention"));
+  AttentionPlanShape shape;
+  RETURN_IF_ERROR(CheckAttention(q, layer, n_heads, inv_freq, &shape));
+  ASSIGN_OR_RETURN(AttentionPlan plan, PlanPartialAttention(seqs, shape));
+  StagedAttention w;
+  RETURN_IF_ERROR(StageAttention(plan, inv_freq, &w));
+  // o [rows, H, D], then lse [rows, H].
+  float* o = static_cast<float*>(partial.data);
+  return LaunchAttention(w, o, o + q.rows * n_heads * D, q, layer, n_heads);
+}
+
+absl::Status CudaBackend::MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads) {
+  RETURN_IF_ERROR(RequireNotDeferred("MergeAttention"));
+  RETURN_IF_ERROR(RequireF32(out, "MergeAttention", "out"));
+  RETURN_IF_ERROR(RequireF32(partials, "MergeAttention", "partials"));
+  RETURN_IF_ERROR(RequireShape(n_parts >= 1 && n_heads >= 1 && out.cols % n_heads == 0 &&
+                                   partials.rows == n_parts * out.rows &&
+                                   partials.cols == out.cols + n_heads,
+                               "MergeAttention"));
+  CUDA_RETURN_IF_ERROR(cuda::MergeAttention(
+      static_cast<float*>(out.data), static_cast<const float*>(partials.data), n_parts,
+      static_cast<int>(out.rows), n_heads, static_cast<int>(out.cols / n_heads), stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::LaunchAttention(const StagedAttention& w, float* out, float* lse,
+                                          Tensor q, int layer, int n_heads) {
+  const KvGeometry& g = kv_geometry_;
+  const int D = g.head_dim;
   unsigned char* base = w.base;
   if (w.n_split > 0) {
     const size_t slot_rows =
@@ -539,16 +610,17 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
     RETURN_IF_ERROR(ReserveScratch(split_o_, slot_rows * D * sizeof(float)));
     RETURN_IF_ERROR(ReserveScratch(split_ml_, slot_rows * 2 * sizeof(float)));
   }
-  Trace({U(OpId::kAttention), U(out.data), U(q.data), U(kv_), static_cast<uint64_t>(layer),
-         static_cast<uint64_t>(n_heads), static_cast<uint64_t>(q.rows), seqs.size(),
-         static_cast<uint64_t>(w.n_simple), static_cast<uint64_t>(w.n_tiled),
+  Trace({U(OpId::kAttention), U(out), U(q.data), U(kv_), static_cast<uint64_t>(layer),
+         static_cast<uint64_t>(n_heads), static_cast<uint64_t>(q.rows),
+         static_cast<uint64_t>(w.n_descs), static_cast<uint64_t>(w.n_simple), static_cast<uint64_t>(w.n_tiled),
          static_cast<uint64_t>(w.n_split), static_cast<uint64_t>(w.n_combine),
          static_cast<uint64_t>(w.split_slots), U(base), w.at_tables, U(split_o_.as<void>()),
          U(split_ml_.as<void>())});
   if (Replaying()) return absl::OkStatus();
 
   cuda::DcaAttentionParams p;
-  p.out = static_cast<float*>(out.data);
+  p.out = out;
+  p.lse = lse;
   p.q = static_cast<const float*>(q.data);
   const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
   p.kv.k = kv_ + int64_t{layer} * 2 * plane;
@@ -558,6 +630,7 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
   p.kv.n_kv_heads = g.n_kv_heads;
   p.block_tables = reinterpret_cast<const int32_t*>(base + w.at_tables);
   p.seqs = reinterpret_cast<const cuda::DcaSeqDesc*>(base + w.at_seqs);
+  if (lse != nullptr) p.runs = reinterpret_cast<const cuda::DcaKeyRun*>(base + w.at_runs);
   p.inv_freq = reinterpret_cast<const float*>(base + w.at_freq);
   p.H = n_heads;
   p.D = D;
