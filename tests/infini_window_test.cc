@@ -540,6 +540,39 @@ TEST_F(InfiniWindowTest, TruncateOnlyWithinTheCurrentWindow) {
   EXPECT_EQ(w->length(), 3 * kChunkLen + 1);
 }
 
+// Rollback (a generation that is not kept) keeps the evictions it caused: the
+// window stays moved, the memory keeps what was folded, the session goes on.
+TEST_F(InfiniWindowTest, RollbackKeepsEvictionsAndContinues) {
+  Build(RandomModel(2, 6, 2, 8, 10));
+  auto w = Window(Config(InfiniOverflow::kCompress));
+  const std::vector<int32_t> tokens = RandomTokens(5 * kChunkLen, 12);
+  const std::span<const int32_t> all(tokens);
+  ASSERT_TRUE(w->Ingest(all.first(3 * kChunkLen - 4), LogitsMode::kNone, nullptr).ok());
+  const int evicted_before = w->evicted_end();
+  // "Generate" 8 tokens across the chunk boundary: chunk 1 leaves the window.
+  ASSERT_TRUE(w->Ingest(all.subspan(3 * kChunkLen - 4, 8), LogitsMode::kNone, nullptr).ok());
+  ASSERT_GT(w->evicted_end(), evicted_before);
+  const int evicted = w->evicted_end();
+  const int64_t folded = w->memory()->folded_tokens();
+  const int64_t free_blocks = model_->kv_cache().free_blocks();
+  ASSERT_TRUE(w->Rollback(3 * kChunkLen - 4).ok());
+  EXPECT_EQ(w->length(), 3 * kChunkLen - 4);
+  EXPECT_EQ(w->evicted_end(), evicted);
+  EXPECT_EQ(w->memory()->folded_tokens(), folded);
+  EXPECT_GT(model_->kv_cache().free_blocks(), free_blocks);  // the rolled-back block is back
+  // Below the evicted tokens there is nothing to roll back to.
+  EXPECT_EQ(w->Rollback(evicted - 1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(w->length(), 3 * kChunkLen - 4);
+  // The session goes on from the moved window, and keeps folding.
+  std::vector<float> logits;
+  ASSERT_TRUE(
+      w->Ingest(all.subspan(3 * kChunkLen - 4, 2 * kChunkLen + 4), LogitsMode::kLast, &logits)
+          .ok());
+  EXPECT_EQ(w->length(), 5 * kChunkLen);
+  EXPECT_GT(w->memory()->folded_tokens(), folded);
+  for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+}
+
 // Gates: sigmoid(β) = 0 exactly (β = −1e4) reproduces mixing off bit for bit;
 // β = 0 changes the output once the memory holds something, never before.
 TEST_F(InfiniWindowTest, MixingGoesThroughTheGates) {

@@ -266,6 +266,56 @@ TEST_F(InfiniServiceTest, ExportImportCarriesTheMemoryBitIdentical) {
   EXPECT_TRUE(DeleteSession(stub_.get(), imported.id()).ok());
 }
 
+// A generation longer than the window pushes its own question out of it; the
+// rollback then rebuilds the window from the token log, and the session is
+// exactly as before: same tokens, same memory and restore point in its export.
+TEST_F(InfiniServiceTest, GenerationLongerThanTheWindowRollsBack) {
+  auto s =
+      CreateSession(stub_.get(), WindowedSession(v1::OVERFLOW_POLICY_COMPRESS, kWindow, kSinks));
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(IngestTexts(stub_.get(), s->id(), Paragraphs(6)).ok());
+  auto before = GetSession(stub_.get(), s->id());
+  ASSERT_TRUE(before.ok());
+  auto data = Export(stub_.get(), s->id());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto snap = DecodeSessionSnapshot(*data);
+  ASSERT_TRUE(snap.ok()) << snap.status();
+
+  v1::GenerateRequest g;
+  g.set_session_id(s->id());
+  g.set_prompt(" Paragraph 6.");
+  g.set_max_tokens(kWindow + 3 * kChunkLen);
+  g.mutable_sampling()->set_temperature(0);
+  const GenerateOutcome out = Generate(stub_.get(), g);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  ASSERT_TRUE(out.complete.has_value());
+  auto after = GetSession(stub_.get(), s->id());
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->tokens(), before->tokens());
+  EXPECT_LE(after->state_bytes().at("device"), KvBound());
+  // Greedy decoding of this prose runs to max_tokens (no end token), so the
+  // question left the window and the window was rebuilt as it stood.
+  ASSERT_GT(out.complete->usage().generated_tokens(), kWindow + kChunkLen);
+  auto again = Export(stub_.get(), s->id());
+  ASSERT_TRUE(again.ok()) << again.status();
+  auto snap2 = DecodeSessionSnapshot(*again);
+  ASSERT_TRUE(snap2.ok()) << snap2.status();
+  EXPECT_EQ(snap2->tokens, snap->tokens);
+  EXPECT_EQ(snap2->evicted_end, snap->evicted_end);
+  EXPECT_TRUE(snap2->memory == snap->memory);
+  // The session goes on: the re-prefill runs with the next request.
+  ASSERT_TRUE(IngestTexts(stub_.get(), s->id(), Paragraphs(2), after->next_seq()).ok());
+  v1::GenerateRequest short_g;
+  short_g.set_session_id(s->id());
+  short_g.set_max_tokens(2);
+  EXPECT_TRUE(Generate(stub_.get(), short_g).status.ok());
+  auto last = GetSession(stub_.get(), s->id());
+  ASSERT_TRUE(last.ok());
+  EXPECT_GT(last->folded_tokens(), before->folded_tokens());
+  EXPECT_LE(last->state_bytes().at("device"), KvBound());
+  EXPECT_TRUE(DeleteSession(stub_.get(), s->id()).ok());
+}
+
 TEST_F(InfiniServiceTest, BadWindowSettingsAreRefusedByName) {
   // W not a multiple of L.
   auto odd = CreateSession(stub_.get(),
