@@ -684,8 +684,9 @@ void Scheduler::Rollback(SessionQueue& q, Job& job) {
   // The job moved the window past where it began: rebuild the window as it
   // stood then; the session's next job re-prefills the log from there.
   DropWindow(st);
-  if (!MakeWindow(*q.session).ok()) return;  // the next job retries and reports
   st.resume = SessionEngineState::Resume{job.window_mark, std::move(job.memory_mark)};
+  // Should this fail, the next job creates the window again and reports why.
+  MakeWindow(*q.session).IgnoreError();
 }
 
 void Scheduler::Finish(SessionQueue& q, absl::Status status) {
