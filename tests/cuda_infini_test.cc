@@ -182,6 +182,101 @@ TEST_F(CudaInfiniTest, MixMatchesCpu) {
   }
 }
 
+// The CUDA backend's fold straight from the bf16 paged cache: the keys of the
+// leaving blocks, rotated back to un-rotated, folded into a host memory. The
+// reference reads the same blocks back (bf16 values), rotates on the CPU and
+// folds with cpu::InfiniFold. The GPU RoPE uses single-precision sincos after a
+// double range reduction (absolute error about 5e-7, docs/cuda.md), so keys
+// differ slightly before the fold: bound 1e-4.
+TEST_F(CudaInfiniTest, BackendFoldKvMatchesHostFold) {
+  auto b = CreateCudaBackend();
+  ASSERT_TRUE(b.ok()) << b.status();
+  Backend& gpu = **b;
+  KvGeometry g;
+  g.n_layers = 2;
+  g.n_kv_heads = 3;
+  g.head_dim = 64;
+  g.block_size = 16;
+  g.n_blocks = 8;
+  ASSERT_TRUE(gpu.InitKv(g).ok());
+  for (int64_t blk = 0; blk < g.n_blocks; ++blk) {
+    const std::vector<float> data = RandomVec(static_cast<size_t>(g.ElementsPerBlock()), rng_);
+    ASSERT_TRUE(gpu.KvWriteBlock(blk, data.data()).ok());
+  }
+  const Shape s{9, g.n_kv_heads, g.head_dim};
+  const int width = g.n_kv_heads * g.head_dim, L = 32, begin = 64;
+  const std::vector<int32_t> blocks = {5, 2, 7};  // physical blocks of tokens 64 .. 111
+  const int T = static_cast<int>(blocks.size()) * g.block_size;
+  std::vector<int32_t> back(static_cast<size_t>(T));
+  for (int j = 0; j < T; ++j) back[static_cast<size_t>(j)] = -((begin + j) % L);
+  std::vector<float> inv_freq(static_cast<size_t>(g.head_dim / 2));
+  for (int i = 0; i < g.head_dim / 2; ++i) {
+    inv_freq[static_cast<size_t>(i)] = std::pow(1e4f, -2.f * i / g.head_dim);
+  }
+  for (const auto rule : {cpu::InfiniUpdateRule::kLinear, cpu::InfiniUpdateRule::kDelta}) {
+    for (int layer = 0; layer < g.n_layers; ++layer) {
+      // Reference: the cached rows of `layer`, keys rotated back on the host.
+      std::vector<float> k(static_cast<size_t>(T) * width), v(k.size());
+      std::vector<float> block(static_cast<size_t>(g.ElementsPerBlock()));
+      const int64_t plane = int64_t{g.block_size} * width;
+      for (size_t i = 0; i < blocks.size(); ++i) {
+        ASSERT_TRUE(gpu.KvReadBlock(blocks[i], block.data()).ok());
+        const float* src = block.data() + int64_t{layer} * 2 * plane;
+        std::copy(src, src + plane, k.begin() + static_cast<int64_t>(i) * plane);
+        std::copy(src + plane, src + 2 * plane, v.begin() + static_cast<int64_t>(i) * plane);
+      }
+      cpu::Rope(k.data(), back.data(), inv_freq.data(), T, g.n_kv_heads, g.head_dim);
+      std::vector<float> mem, z;
+      FilledMemory(s, 30, rule, &mem, &z);
+      std::vector<float> ref_mem = mem, ref_z = z;
+      cpu::InfiniFold(ref_mem.data(), ref_z.data(), k.data(), v.data(), T, g.n_kv_heads, g.head_dim,
+                      rule, kEps);
+      ASSERT_TRUE(
+          gpu.InfiniFoldKv(mem.data(), z.data(), layer, blocks, back, inv_freq, rule, kEps).ok());
+      const std::string what = absl::StrCat(
+          rule == cpu::InfiniUpdateRule::kDelta ? "delta" : "linear", " layer ", layer);
+      EXPECT_LE(testing_cuda::RelErr(mem, ref_mem), 1e-4) << what << " (M)";
+      EXPECT_LE(testing_cuda::RelErr(z, ref_z), 1e-4) << what << " (z)";
+    }
+  }
+  // A block outside the arena is refused before any launch.
+  std::vector<float> mem(static_cast<size_t>(g.n_kv_heads) * g.head_dim * g.head_dim), z(width);
+  const std::vector<int32_t> bad = {int32_t{8}};
+  EXPECT_EQ(gpu.InfiniFoldKv(mem.data(), z.data(), 0, bad, std::span<const int32_t>(back).first(16),
+                             inv_freq, cpu::InfiniUpdateRule::kLinear, kEps)
+                .code(),
+            absl::StatusCode::kOutOfRange);
+}
+
+// The CUDA backend's mix on device tensors against retrieval and mix on the host.
+TEST_F(CudaInfiniTest, BackendMixMatchesHost) {
+  auto b = CreateCudaBackend();
+  ASSERT_TRUE(b.ok()) << b.status();
+  Backend& gpu = **b;
+  const Shape s = kShapes[0];
+  std::vector<float> mem, z;
+  FilledMemory(s, 50, cpu::InfiniUpdateRule::kLinear, &mem, &z);
+  const std::vector<float> beta = RandomVec(static_cast<size_t>(s.H), rng_, 2.f);
+  for (int T : kTokens) {
+    const int64_t cols = int64_t{s.H} * s.D;
+    const std::vector<float> q = RandomVec(static_cast<size_t>(T * cols), rng_);
+    const std::vector<float> attn = RandomVec(q.size(), rng_);
+    std::vector<float> a_mem(q.size()), ref(q.size());
+    cpu::InfiniRetrieve(a_mem.data(), q.data(), mem.data(), z.data(), T, s.H, s.n_kv, s.D, kEps);
+    cpu::InfiniMix(ref.data(), a_mem.data(), attn.data(), beta.data(), T, s.H, s.D);
+    auto dq = testing_cuda::MakeTensor(&gpu, DType::kF32, T, cols, q);
+    auto da = testing_cuda::MakeTensor(&gpu, DType::kF32, T, cols, attn);
+    ASSERT_TRUE(gpu.InfiniMix(da.t, dq.t, s.H, s.n_kv, mem.data(), z.data(), beta, kEps).ok());
+    ExpectF32Close(testing_cuda::Fetch(&gpu, da.t), ref, absl::StrCat("backend mix T=", T));
+  }
+  // Shapes that do not pair are refused.
+  auto dq = testing_cuda::MakeTensor(&gpu, DType::kF32, 1, 8 * s.D, {});
+  EXPECT_EQ(
+      gpu.InfiniMix(dq.t, dq.t, 8, s.n_kv, mem.data(), z.data(), std::vector<float>(8, 0.f), kEps)
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(CudaInfiniTest, RejectsShapesItCannotRun) {
   DeviceVec buf(std::vector<float>(64, 0.f));
   // 9 q heads cannot pair evenly with 2 kv heads.
