@@ -39,6 +39,12 @@ void SwiGlu(float* out,               // [T, F] (may alias gate)
 // x += y
 void AddInPlace(float* x, const float* y, int64_t n);
 
+// out[i] = lo + (hi − lo) · u(seed, i) with u uniform in [0, 1) from a
+// counter-based hash (kernels/uniform_fill.h): synthetic weights for benchmarks,
+// identical on every backend.
+void FillUniform(float* out,          // [n]
+                 int64_t n, uint64_t seed, float lo, float hi);
+
 // Rotate-half RoPE in place: for i < D/2, angle = pos[t] * inv_freq[i],
 // (x[i], x[i + D/2]) <- (x[i] cos − x[i + D/2] sin, x[i + D/2] cos + x[i] sin).
 // A negative position rotates back (the inverse rotation).

@@ -19,9 +19,10 @@ ctest --test-dir "$build" --output-on-failure -j 2
 # The CUDA code compiles and links wherever nvcc is; its GPU tests skip without a GPU.
 if command -v nvcc > /dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
   cmake -S . -B "$build-cuda" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON \
-    -DLONGCTX_CUDA=ON -DLONGCTX_SERVER=OFF
-  cmake --build "$build-cuda" -j "$(nproc)"
+    -DLONGCTX_CUDA=ON
+  cmake --build "$build-cuda" -j "$(nproc)" --target longctx_unit_tests longctxd longctx
   "$build-cuda/bin/longctx_unit_tests" --gtest_filter='Cuda*:*Nccl*'
+  scripts/smoke_server.sh "$build-cuda" "$LONGCTX_MODEL"
 fi
 
 scripts/check_deploy.sh

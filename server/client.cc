@@ -1,9 +1,12 @@
 #include "server/client.h"
 
+#include <cstdint>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
@@ -37,11 +40,19 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& 
   return grpc::CreateCustomChannel(options.address, creds, args);
 }
 
-void PrepareContext(grpc::ClientContext* ctx, const ClientOptions& options) {
+void PrepareContext(grpc::ClientContext* ctx, const ClientOptions& options,
+                    const std::string& session_id) {
   if (options.timeout > absl::ZeroDuration()) {
     ctx->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
   }
   if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
+  if (!session_id.empty()) ctx->AddMetadata(kSessionIdHeader, session_id);
+}
+
+std::string NewSessionId() {
+  std::random_device rd;
+  const uint64_t bits = (uint64_t{rd()} << 32) ^ rd();
+  return absl::StrFormat("s-%016x", bits);
 }
 
 absl::Status FromGrpc(const grpc::Status& status) {
@@ -83,7 +94,7 @@ absl::StatusOr<IngestProgress> IngestSegments(
     const std::vector<std::string>& segments, int64_t first_seq,
     const std::function<void(const IngestProgress&)>& progress) {
   grpc::ClientContext ctx;
-  PrepareContext(&ctx, options);
+  PrepareContext(&ctx, options, session_id);
   auto stream = stub->Ingest(&ctx);
   // Segments go out on their own thread while acks are read here; the server
   // reads ahead a few segments, so the engine never waits for the network.
@@ -117,7 +128,7 @@ absl::StatusOr<v1::GenerateComplete> GenerateStream(
     v1::LongContext::Stub* stub, const ClientOptions& options, const v1::GenerateRequest& request,
     const std::function<void(const v1::GenerateChunk&)>& on_chunk) {
   grpc::ClientContext ctx;
-  PrepareContext(&ctx, options);
+  PrepareContext(&ctx, options, request.session_id());
   auto reader = stub->Generate(&ctx, request);
   v1::GenerateResponse msg;
   v1::GenerateComplete complete;

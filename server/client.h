@@ -27,8 +27,18 @@ struct ClientOptions {
 };
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options);
-// Sets the deadline and the authorization metadata of a call.
-void PrepareContext(grpc::ClientContext* ctx, const ClientOptions& options);
+// The request metadata that routes a call to the pod holding its session
+// (deploy/envoy hashes it onto the ring of pods).
+inline constexpr char kSessionIdHeader[] = "x-session-id";
+
+// Sets the deadline and the authorization metadata of a call and, for a call
+// about one session, the session routing header.
+void PrepareContext(grpc::ClientContext* ctx, const ClientOptions& options,
+                    const std::string& session_id = {});
+
+// A fresh session id chosen on the client ("s-" and 16 hex digits), so that a
+// session can be created through the gateway with its routing header.
+std::string NewSessionId();
 absl::Status FromGrpc(const grpc::Status& status);
 
 // Cuts `text` into segments of at most `max_bytes`, preferring paragraph

@@ -43,7 +43,8 @@ commands:
   create [--id=ID] [--label=K=V ...] [--ttl=1h] [--raw] [--system=TEXT]
          [--rope] [--window=TOKENS] [--overflow=reject|compress|slide]
          [--sinks=TOKENS]
-                                create a session; prints its id
+                                create a session (id: --id, or a fresh s-<16 hex>);
+                                prints its id
   get SESSION                   a session's settings and counters
   list [--label=K=V ...] [--page-size=N]
                                 your sessions
@@ -59,6 +60,9 @@ commands:
   export SESSION FILE           save a session's state to FILE
   import FILE [--id=ID]         recreate a session from an export
   qa FILE QUESTION [ask flags]  create a session, ingest FILE, ask, delete the session
+
+Every call about a session carries its id in the x-session-id header, which the
+gateway in deploy/envoy hashes to route it to the pod that holds the session.
 )";
 
 struct Args {
@@ -170,7 +174,9 @@ class Cli {
   }
 
  private:
-  void Prepare(grpc::ClientContext* ctx) { PrepareContext(ctx, options_); }
+  void Prepare(grpc::ClientContext* ctx, const std::string& session_id = {}) {
+    PrepareContext(ctx, options_, session_id);
+  }
 
   absl::Status Info() {
     grpc::ClientContext ctx;
@@ -231,7 +237,8 @@ class Cli {
 
   absl::StatusOr<std::string> Create(const Args& a) {
     v1::CreateSessionRequest req;
-    req.set_session_id(a.Get("id"));
+    // The id is chosen here, so that the routing header can carry it.
+    req.set_session_id(a.Has("id") ? a.Get("id") : NewSessionId());
     for (const std::string& kv : a.All("label")) {
       const size_t eq = kv.find('=');
       if (eq == std::string::npos) return absl::InvalidArgumentError("--label wants KEY=VALUE");
@@ -268,7 +275,7 @@ class Cli {
       }
     }
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, req.session_id());
     v1::Session s;
     if (auto st = FromGrpc(stub_->CreateSession(&ctx, req, &s)); !st.ok()) return st;
     return s.id();
@@ -288,7 +295,7 @@ class Cli {
 
   absl::Status Get(const std::string& id) {
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, id);
     v1::GetSessionRequest req;
     req.set_session_id(id);
     v1::Session s;
@@ -339,7 +346,7 @@ class Cli {
 
   absl::Status Delete(const std::string& id, bool quiet) {
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, id);
     v1::DeleteSessionRequest req;
     req.set_session_id(id);
     google::protobuf::Empty e;
@@ -365,7 +372,7 @@ class Cli {
     }
     // Resume where the session is: its next expected sequence number.
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, id);
     v1::GetSessionRequest get;
     get.set_session_id(id);
     v1::Session s;
@@ -476,7 +483,7 @@ class Cli {
     req.set_text(text);
     req.set_per_token(a.Has("per-token"));
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, id);
     v1::ScoreResponse resp;
     if (auto st = FromGrpc(stub_->Score(&ctx, req, &resp)); !st.ok()) return st;
     for (const auto& t : resp.tokens()) {
@@ -489,7 +496,7 @@ class Cli {
 
   absl::Status Export(const std::string& id, const std::string& path) {
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, id);
     v1::ExportSessionRequest req;
     req.set_session_id(id);
     auto reader = stub_->ExportSession(&ctx, req);
@@ -510,7 +517,7 @@ class Cli {
     if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
     const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, a.Get("id"));
     v1::Session s;
     auto writer = stub_->ImportSession(&ctx, &s);
     for (size_t off = 0; off == 0 || off < data.size(); off += 1 << 20) {

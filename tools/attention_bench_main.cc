@@ -17,11 +17,11 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
+#include "tools/tool_flags.h"
 
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(std::string, lengths, "8192,32768,131072", "sequence lengths (tokens)");
@@ -243,6 +243,7 @@ int Run() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  absl::ParseCommandLine(argc, argv);
+  longctx::ParseToolFlags(argc, argv,
+      "Attention throughput of a backend, RoPE vs DCA.\n  longctx-attention-bench [flags]");
   return longctx::Run();
 }

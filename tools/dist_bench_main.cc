@@ -19,13 +19,13 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/dist/communicator.h"
 #include "engine/dist/inproc_communicator.h"
 #include "engine/dist/rendezvous.h"
+#include "tools/tool_flags.h"
 #ifdef LONGCTX_WITH_NCCL
 #include <cuda_runtime_api.h>
 
@@ -174,6 +174,7 @@ int Run() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  absl::ParseCommandLine(argc, argv);
+  longctx::ParseToolFlags(argc, argv,
+      "Communication cost of context-parallel attention per layer.\n  longctx-dist-bench [flags]");
   return longctx::Run();
 }

@@ -17,7 +17,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -27,6 +26,7 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/infini_gates.h"
 #include "engine/util/status_macros.h"
+#include "tools/tool_flags.h"
 
 ABSL_FLAG(std::string, model, "", "model file; default $LONGCTX_MODEL");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
@@ -277,7 +277,8 @@ absl::Status RunPasskey() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  std::vector<char*> rest = longctx::ParseToolFlags(argc, argv,
+      "Long-context evaluation, RoPE vs DCA.\n  longctx-eval ppl --text=FILE --lengths=N,... [flags]\n  longctx-eval passkey --lengths=N,... [flags]");
   const std::string cmd = rest.size() > 1 ? rest[1] : "";
   absl::Status s;
   if (cmd == "ppl") {

@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/util/status_macros.h"
 #include "engine/backend/backend.h"
@@ -20,6 +19,7 @@
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/stream_decoder.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "tools/tool_flags.h"
 
 ABSL_FLAG(std::string, model, "", "model file (GGUF) or Hugging Face directory; default $LONGCTX_MODEL");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
@@ -106,7 +106,8 @@ absl::Status Run() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  absl::ParseCommandLine(argc, argv);
+  longctx::ParseToolFlags(argc, argv,
+      "Generates text from a prompt, streaming it.\n  longctx-generate --model=FILE --prompt=TEXT [flags]");
   const absl::Status s = longctx::Run();
   if (!s.ok()) {
     std::fprintf(stderr, "longctx-generate: %s\n", s.ToString().c_str());

@@ -1,6 +1,7 @@
 #include "engine/backend/backend.h"
 
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu_backend.h"
@@ -34,6 +35,12 @@ absl::Status Backend::PartialAttention(Tensor, Tensor, int, int,
                                        std::span<const float>) {
   return absl::UnimplementedError(
       absl::StrCat("the ", Name(), " backend has no context-parallel attention"));
+}
+
+absl::Status Backend::FillUniform(Tensor dst, uint64_t seed, float lo, float hi) {
+  std::vector<float> host(static_cast<size_t>(dst.numel()));
+  cpu::FillUniform(host.data(), dst.numel(), seed, lo, hi);
+  return Upload(dst, host.data());
 }
 
 absl::Status Backend::MergeAttention(Tensor, Tensor, int, int) {

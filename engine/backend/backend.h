@@ -140,6 +140,21 @@ class Backend {
                                  std::span<const float> inv_freq) = 0;
   // out[r] = src[rows[r]]
   virtual absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) = 0;
+  // dst = cpu::FillUniform(seed, lo, hi) in dst's dtype: synthetic weights made
+  // where they live. The default generates on the host and uploads.
+  virtual absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi);
+
+  // --- step graphs (optional) ---
+  // A forward step may be bracketed by BeginStep / EndStep(launch). Inside the
+  // bracket a backend may defer the step's device work and run it at EndStep as
+  // one recorded graph (CUDA graphs), so no op inside may read results back
+  // (Download, Synchronize). EndStep(false) drops the step without running it.
+  // EndStep(true) returns ABORTED when the backend could not run the deferred
+  // step (the recording did not fit this step's arguments or failed): nothing of
+  // the step ran and the caller redoes it outside a bracket. Backends without
+  // graphs run every op at once; their BeginStep / EndStep do nothing.
+  virtual absl::Status BeginStep() { return absl::OkStatus(); }
+  virtual absl::Status EndStep(bool /*launch*/) { return absl::OkStatus(); }
 
   // --- context-parallel attention (DESIGN §7; CPU reference in kernels/ops.h) ---
   // A partial of R rows is f32 [R, n_heads * (head_dim + 1)] holding o

@@ -163,6 +163,18 @@ absl::Status CpuBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> po
   return absl::OkStatus();
 }
 
+cpu::PagedKvView CpuBackend::LayerView(int layer) const {
+  const KvGeometry& g = kv_geometry_;
+  const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * g.head_dim;
+  cpu::PagedKvView view;
+  view.k = kv_ + int64_t{layer} * 2 * plane;
+  view.v = view.k + plane;
+  view.block_stride = g.ElementsPerBlock();
+  view.block_size = g.block_size;
+  view.n_kv_heads = g.n_kv_heads;
+  return view;
+}
+
 absl::Status CpuBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
                                    std::span<const AttentionSeq> seqs,
                                    std::span<const float> inv_freq) {
@@ -175,13 +187,7 @@ absl::Status CpuBackend::Attention(Tensor out, Tensor q, int layer, int n_heads,
       !s.ok()) {
     return s;
   }
-  const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
-  cpu::PagedKvView view;
-  view.k = kv_ + int64_t{layer} * 2 * plane;
-  view.v = view.k + plane;
-  view.block_stride = g.ElementsPerBlock();
-  view.block_size = g.block_size;
-  view.n_kv_heads = g.n_kv_heads;
+  cpu::PagedKvView view = LayerView(layer);
   for (const AttentionSeq& seq : seqs) {
     if (seq.q_row + seq.n_q > q.rows ||
         static_cast<int64_t>(seq.block_table.size()) * g.block_size < seq.q_start + seq.n_q) {
@@ -223,13 +229,7 @@ absl::Status CpuBackend::PartialAttention(Tensor partial, Tensor q, int layer, i
       !s.ok()) {
     return s;
   }
-  const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
-  cpu::PagedKvView view;
-  view.k = kv_ + int64_t{layer} * 2 * plane;
-  view.v = view.k + plane;
-  view.block_stride = g.ElementsPerBlock();
-  view.block_size = g.block_size;
-  view.n_kv_heads = g.n_kv_heads;
+  cpu::PagedKvView view = LayerView(layer);
   float* o = F32(partial);
   float* lse = o + q.rows * n_heads * D;
   for (const PartialAttentionSeq& seq : seqs) {

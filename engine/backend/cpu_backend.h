@@ -43,6 +43,9 @@ class CpuBackend final : public Backend {
   absl::Status MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads) override;
 
  private:
+  // The paged K and V of one layer, without a block table.
+  cpu::PagedKvView LayerView(int layer) const;
+
   KvGeometry kv_geometry_;
   float* kv_ = nullptr;  // owned: n_blocks * ElementsPerBlock() floats, pages committed lazily
 };

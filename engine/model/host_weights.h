@@ -18,6 +18,14 @@ namespace longctx {
 struct HostTensor {
   std::vector<int64_t> shape;  // outermost first: [rows, cols] for matrices
   std::vector<float> data;     // row-major, product(shape) elements
+  // Synthetic weights (engine/model/synthetic_model.h): when `data` is empty and
+  // fill_hi > fill_lo, the model makes the tensor on its backend, uniform in
+  // [fill_lo, fill_hi) from fill_seed (Backend::FillUniform), so it never exists
+  // on the host.
+  uint64_t fill_seed = 0;
+  float fill_lo = 0.f;
+  float fill_hi = 0.f;
+  bool synthetic() const { return data.empty() && fill_hi > fill_lo; }
   int64_t numel() const;
 };
 
@@ -28,7 +36,8 @@ struct HostModel {
 };
 
 // Loads a GGUF file, or a Hugging Face directory (config.json + *.safetensors
-// [+ model.safetensors.index.json] + tokenizer.json), chosen by the path.
+// [+ model.safetensors.index.json] + tokenizer.json), chosen by the path, or a
+// synthetic model ("synthetic:<name>", engine/model/synthetic_model.h).
 // Never crashes on hostile input; errors name the problem.
 absl::StatusOr<HostModel> LoadHostModel(const std::string& path);
 

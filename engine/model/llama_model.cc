@@ -53,7 +53,12 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& 
     Tensor t{nullptr, backend->WeightType(), rows, cols};
     ASSIGN_OR_RETURN(DeviceBuffer buf, backend->Allocate(t.bytes()));
     t.data = buf.data();
-    RETURN_IF_ERROR(backend->Upload(t, it->second.data.data()));
+    const HostTensor& h = it->second;
+    if (h.synthetic()) {
+      RETURN_IF_ERROR(backend->FillUniform(t, h.fill_seed, h.fill_lo, h.fill_hi));
+    } else {
+      RETURN_IF_ERROR(backend->Upload(t, h.data.data()));
+    }
     m->weight_buffers_.push_back(std::move(buf));
     return t;
   };
@@ -210,10 +215,54 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
       if (items[i].seq != nullptr) kv_->Truncate(*items[i].seq, old_length[i]);
     }
   };
+  if (IsDecodeStep(items)) {
+    absl::Status status = RunBracketedStep(items, total, logits);
+    if (status.ok()) return status;
+    rollback();
+    // ABORTED: the backend could not run the recorded step; nothing ran, so the
+    // step is redone op by op below.
+    if (!absl::IsAborted(status)) return status;
+  }
   absl::Status status = RunLayers(items, total);
   if (status.ok()) status = ComputeLogits(items, old_length, logits);
   if (!status.ok()) rollback();
   return status;
+}
+
+bool LlamaModel::IsDecodeStep(std::span<const StepItem> items) {
+  if (items.size() > static_cast<size_t>(kLogitRowsPerPass)) return false;
+  for (const StepItem& it : items) {
+    if (it.seq == nullptr || it.tokens.size() != 1 || it.infini != nullptr) return false;
+  }
+  return true;
+}
+
+absl::Status LlamaModel::RunBracketedStep(std::span<const StepItem> items, int64_t total,
+                                          std::vector<float>* logits) {
+  // One token per item: item i's hidden state is row i.
+  std::vector<int32_t> rows;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].logits != LogitsMode::kNone) rows.push_back(static_cast<int32_t>(i));
+  }
+  const int64_t n = static_cast<int64_t>(rows.size());
+  RETURN_IF_ERROR(backend_->BeginStep());
+  absl::Status status = RunLayers(items, total);
+  Tensor h = logits_rows_.Rows(0, n), out = logits_.Rows(0, n);
+  if (status.ok() && logits != nullptr && n > 0) {
+    status = backend_->GatherRows(h, x_, rows);
+    if (status.ok()) status = backend_->RmsNorm(h, h, output_norm_, config_.rms_eps);
+    if (status.ok()) status = backend_->Linear(out, h, output_, nullptr);
+  }
+  const absl::Status ended = backend_->EndStep(status.ok());
+  // ABORTED even after a failed op: the backend asks for the step op by op,
+  // where a real error shows again.
+  if (absl::IsAborted(ended)) return ended;
+  RETURN_IF_ERROR(status);
+  RETURN_IF_ERROR(ended);
+  if (logits == nullptr) return backend_->Synchronize();
+  logits->resize(static_cast<size_t>(n * config_.vocab_size));
+  if (n > 0) RETURN_IF_ERROR(backend_->Download(logits->data(), out));
+  return backend_->Synchronize();
 }
 
 absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t total) {

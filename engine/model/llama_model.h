@@ -84,6 +84,13 @@ class LlamaModel {
   absl::Status LoadInfiniGates(const HostModel& host);
   // Reserves KV for every item and runs the layers; x_ holds the final hidden states.
   absl::Status RunLayers(std::span<const StepItem> items, int64_t total);
+  // A step of one new token per item, no Infini mixing or external attention,
+  // at most one pass of logit rows: the kind a backend may record as a graph.
+  static bool IsDecodeStep(std::span<const StepItem> items);
+  // Such a step inside Backend::BeginStep/EndStep; ABORTED means nothing ran
+  // (the caller rolls the KV back and redoes the step op by op).
+  absl::Status RunBracketedStep(std::span<const StepItem> items, int64_t total,
+                                std::vector<float>* logits);
   absl::Status ComputeLogits(std::span<const StepItem> items, std::span<const int> old_length,
                              std::vector<float>* logits);
 

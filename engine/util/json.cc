@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "engine/util/utf8.h"
 
 namespace longctx {
 
@@ -213,24 +214,6 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  static void AppendUtf8(uint32_t cp, std::string* out) {
-    if (cp < 0x80) {
-      out->push_back(static_cast<char>(cp));
-    } else if (cp < 0x800) {
-      out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else if (cp < 0x10000) {
-      out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else {
-      out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-  }
-
   absl::StatusOr<uint32_t> Hex4() {
     if (s_.size() - pos_ < 4) return Error("truncated \\u escape");
     uint32_t v = 0;
@@ -250,35 +233,6 @@ class JsonParser {
     return v;
   }
 
-  // Length of the valid UTF-8 sequence starting at pos_, or 0.
-  size_t Utf8Length() const {
-    const auto b0 = static_cast<unsigned char>(s_[pos_]);
-    size_t n;
-    uint32_t cp;
-    if (b0 < 0x80) return 1;
-    if ((b0 & 0xE0) == 0xC0) {
-      n = 2;
-      cp = b0 & 0x1F;
-    } else if ((b0 & 0xF0) == 0xE0) {
-      n = 3;
-      cp = b0 & 0x0F;
-    } else if ((b0 & 0xF8) == 0xF0) {
-      n = 4;
-      cp = b0 & 0x07;
-    } else {
-      return 0;
-    }
-    if (s_.size() - pos_ < n) return 0;
-    for (size_t i = 1; i < n; ++i) {
-      const auto b = static_cast<unsigned char>(s_[pos_ + i]);
-      if ((b & 0xC0) != 0x80) return 0;
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return n;
-  }
-
   absl::Status String(std::string* out) {
     ++pos_;  // '"'
     while (true) {
@@ -290,8 +244,9 @@ class JsonParser {
       }
       if (c < 0x20) return Error("control character in string");
       if (c != '\\') {
-        const size_t n = Utf8Length();
-        if (n == 0) return Error("invalid UTF-8 in string");
+        const Utf8Prefix p = CheckUtf8Prefix(absl::string_view(s_.data() + pos_, s_.size() - pos_));
+        if (p.kind != Utf8Prefix::kValid) return Error("invalid UTF-8 in string");
+        const size_t n = p.length;
         out->append(s_.data() + pos_, n);
         pos_ += n;
         continue;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/ops.h"
+#include "kernels/uniform_fill.h"
 
 namespace longctx::cpu {
 
@@ -69,6 +70,12 @@ void SwiGlu(float* out, const float* gate, const float* up, int T, int F) {
     const float g = gate[i];
     out[i] = g / (1.f + std::exp(-g)) * up[i];
   }
+}
+
+void FillUniform(float* out, int64_t n, uint64_t seed, float lo, float hi) {
+  const float span = hi - lo;
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) out[i] = lo + span * UniformAt(seed, i);
 }
 
 void AddInPlace(float* x, const float* y, int64_t n) {

@@ -1,8 +1,10 @@
 // CUDA elementwise ops, RMSNorm, RoPE, conversions, gathers and the KV write.
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/uniform_fill.h"
 
 namespace longctx::cuda {
 namespace {
@@ -35,6 +37,20 @@ __global__ void Bf16ToF32Kernel(float* out, const bf16* in, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = __bfloat162float(in[i]);
+  }
+}
+
+template <typename T>
+__global__ void FillUniformKernel(T* out, int64_t n, uint64_t seed, float lo, float span) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    // Explicit rounding (no FMA contraction) matches the CPU reference bit for bit.
+    const float v = __fadd_rn(lo, __fmul_rn(span, UniformAt(seed, i)));
+    if constexpr (std::is_same_v<T, bf16>) {
+      out[i] = __float2bfloat16_rn(v);
+    } else {
+      out[i] = v;
+    }
   }
 }
 
@@ -141,6 +157,19 @@ cudaError_t ConvertF32ToBf16(bf16* out, const float* in, int64_t n, cudaStream_t
 cudaError_t ConvertBf16ToF32(float* out, const bf16* in, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   Bf16ToF32Kernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, n);
+  return cudaGetLastError();
+}
+
+cudaError_t FillUniform(void* out, ElemType out_type, int64_t n, uint64_t seed, float lo, float hi,
+                        cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (out_type == ElemType::kBF16) {
+    FillUniformKernel<<<GridFor(n), kThreads, 0, stream>>>(static_cast<bf16*>(out), n, seed, lo,
+                                                           hi - lo);
+  } else {
+    FillUniformKernel<<<GridFor(n), kThreads, 0, stream>>>(static_cast<float*>(out), n, seed, lo,
+                                                           hi - lo);
+  }
   return cudaGetLastError();
 }
 

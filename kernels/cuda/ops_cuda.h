@@ -23,6 +23,12 @@ enum class ElemType { kF32, kBF16 };
 cudaError_t ConvertF32ToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream);
 cudaError_t ConvertBf16ToF32(float* out, const bf16* in, int64_t n, cudaStream_t stream);
 
+// out[i] = lo + (hi − lo) · u(seed, i) rounded to out_type; the same values as
+// cpu::FillUniform before rounding (kernels/uniform_fill.h).
+cudaError_t FillUniform(void* out,  // [n], out_type
+                        ElemType out_type, int64_t n, uint64_t seed, float lo, float hi,
+                        cudaStream_t stream);
+
 // --- elementwise, normalisation, RoPE (same math as longctx::cpu) ---
 cudaError_t Embedding(float* out,         // [T, D]
                       const void* table,  // [V, D], table_type

@@ -6,12 +6,15 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/attention_plan.h"
 #include "engine/backend/cuda/cuda_check.h"
 #include "engine/backend/cuda/device_memory.h"
+#include "engine/backend/cuda/step_graph.h"
 #include "engine/util/status_macros.h"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -20,6 +23,28 @@ namespace {
 
 // Elements converted per step of Upload / Download (a 32 MiB f32 staging buffer).
 constexpr int64_t kConvertChunk = int64_t{8} << 20;
+// cuBLAS workspace, fixed so that captured GEMMs use the same memory on replay.
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
+enum class OpId : uint64_t {
+  kEmbedding = 1,
+  kRmsNorm,
+  kLinear,
+  kSwiGlu,
+  kAdd,
+  kRope,
+  kKvWrite,
+  kAttention,
+  kGather,
+};
+
+uint64_t U(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
+uint64_t U(OpId id) { return static_cast<uint64_t>(id); }
+uint64_t U(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
 
 cuda::ElemType ElemOf(DType t) {
   return t == DType::kBF16 ? cuda::ElemType::kBF16 : cuda::ElemType::kF32;
@@ -81,6 +106,14 @@ class CudaBackend final : public Backend {
                          std::span<const AttentionSeq> seqs,
                          std::span<const float> inv_freq) override;
   absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
+  absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi) override;
+
+  absl::Status BeginStep() override { return graph_.Begin(); }
+  absl::Status EndStep(bool launch) override { return graph_.End(launch); }
+
+  const CudaStepGraphStats& GraphStats() const { return graph_.stats(); }
+  absl::Status SetStepGraphs(bool enabled) { return graph_.SetEnabled(enabled); }
+  absl::StatusOr<double> CopyBandwidth(size_t bytes, int reps);
 
   bool HasInfiniKernels() const override { return true; }
   absl::Status InfiniMix(Tensor attn, Tensor q, int n_heads, int n_kv_heads, const float* mem,
@@ -90,11 +123,21 @@ class CudaBackend final : public Backend {
                             cpu::InfiniUpdateRule rule, float eps) override;
 
  private:
+  bool Replaying() const { return graph_.replaying(); }
+  void Trace(std::initializer_list<uint64_t> key) { graph_.Trace(key); }
+  absl::Status RequireNotDeferred(const char* op) const;
+
   template <typename T>
   absl::StatusOr<const T*> StageSpan(std::span<const T> s) {
-    ASSIGN_OR_RETURN(void* d, staging_.Stage(s.data(), s.size_bytes()));
+    ASSIGN_OR_RETURN(void* d, StageArgs(s.data(), s.size_bytes(), s.size_bytes()));
     return static_cast<const T*>(d);
   }
+  // Host arguments of one op: through the staging ring outside recorded steps;
+  // inside them, at a fixed place of the step's argument buffer that holds up
+  // to `capacity` bytes (room for growth between replays).
+  absl::StatusOr<void*> StageArgs(const void* host, size_t bytes, size_t capacity);
+  // Grows `buf` outside recorded steps; inside them breaks the step instead.
+  absl::Status ReserveScratch(ScratchBuffer& buf, size_t bytes);
   // f32 host <-> device tensor of either dtype, through the conversion buffer.
   absl::Status CopyIn(void* dst, DType dtype, const float* host, int64_t n);
   absl::Status CopyOut(float* host, const void* src, DType dtype, int64_t n);
@@ -109,12 +152,32 @@ class CudaBackend final : public Backend {
   ScratchBuffer split_o_;  // split-KV partial outputs
   ScratchBuffer split_ml_;
   ScratchBuffer infini_;  // Infini memory, its retrieval and the fold's K, V
+  // The staged work lists of the last Attention call of a recorded step. The
+  // layers of one step pass the same sequences, so later layers reuse them
+  // instead of planning and staging them again.
+  struct StagedAttention {
+    uint64_t step = 0;  // StepGraph::step_serial(); 0 = none
+    const AttentionSeq* seqs = nullptr;
+    size_t n_seqs = 0;
+    const float* inv_freq = nullptr;
+    int n_heads = 0;
+    int64_t q_rows = 0;
+    unsigned char* base = nullptr;
+    size_t at_seqs = 0, at_freq = 0, at_simple = 0, at_tiled = 0, at_split = 0, at_combine = 0,
+           at_tables = 0;
+    int n_simple = 0, n_tiled = 0, n_split = 0, n_combine = 0, split_slots = 0;
+  };
+  StagedAttention staged_attention_;
   KvGeometry kv_geometry_;
   cuda::bf16* kv_ = nullptr;  // owned arena
+  void* cublas_workspace_ = nullptr;
+
+  StepGraph graph_;  // CudaBackendOptions::step_graphs
 };
 
 CudaBackend::~CudaBackend() {
   // Members that use the stream go first; the stream itself last.
+  graph_.Release();
   staging_.Release();
   convert_.Release();
   x_bf16_.Release();
@@ -123,6 +186,7 @@ CudaBackend::~CudaBackend() {
   infini_.Release();
   if (kv_ != nullptr) cudaFree(kv_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (cublas_workspace_ != nullptr) cudaFree(cublas_workspace_);
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -148,12 +212,17 @@ absl::Status CudaBackend::Init() {
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
   CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
+  // After cublasSetStream, which resets the workspace to the library's pool.
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
+  CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+  graph_.Init(stream_, options_.step_graphs);
   // Pure f32 products for f32 weights (no TF32); bf16 products accumulate in f32.
   CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   return staging_.Init(size_t{1} << 20, stream_);
 }
 
 absl::StatusOr<DeviceBuffer> CudaBackend::Allocate(size_t bytes) {
+  RETURN_IF_ERROR(RequireNotDeferred("Allocate"));
   void* p = nullptr;
   CUDA_RETURN_IF_ERROR(cudaMallocAsync(&p, std::max<size_t>(bytes, 1), stream_));
   return DeviceBuffer(this, p, bytes);
@@ -164,12 +233,14 @@ void CudaBackend::Free(void* data) {
 }
 
 absl::Status CudaBackend::Synchronize() {
+  RETURN_IF_ERROR(RequireNotDeferred("Synchronize"));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::CopyIn(void* dst, DType dtype, const float* host, int64_t n) {
+  RETURN_IF_ERROR(RequireNotDeferred("Upload"));
   if (n == 0) return absl::OkStatus();
   if (dtype == DType::kF32) {
     CUDA_RETURN_IF_ERROR(
@@ -188,6 +259,7 @@ absl::Status CudaBackend::CopyIn(void* dst, DType dtype, const float* host, int6
 }
 
 absl::Status CudaBackend::CopyOut(float* host, const void* src, DType dtype, int64_t n) {
+  RETURN_IF_ERROR(RequireNotDeferred("Download"));
   if (n == 0) return Synchronize();
   if (dtype == DType::kF32) {
     CUDA_RETURN_IF_ERROR(
@@ -220,6 +292,7 @@ absl::Status CudaBackend::Download(float* host, Tensor src) {
 }
 
 absl::Status CudaBackend::InitKv(const KvGeometry& g) {
+  RETURN_IF_ERROR(RequireNotDeferred("InitKv"));
   if (kv_ != nullptr)
     return absl::FailedPreconditionError("cuda backend: KV arena already initialised");
   if (g.n_layers <= 0 || g.n_kv_heads <= 0 || g.head_dim <= 0 || g.head_dim % 8 != 0 ||
@@ -267,6 +340,9 @@ absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const
   p.v = static_cast<const float*>(v.data);
   p.slots = d_slots;
   p.T = static_cast<int>(slots.size());
+  Trace({U(OpId::kKvWrite), U(kv_), static_cast<uint64_t>(layer), U(k.data), U(v.data),
+         static_cast<uint64_t>(p.T), U(d_slots)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::KvWrite(p, stream_));
   return absl::OkStatus();
 }
@@ -300,6 +376,9 @@ absl::Status CudaBackend::Embedding(Tensor out, Tensor table, std::span<const in
   }
   if (ids.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_ids, StageSpan(ids));
+  Trace({U(OpId::kEmbedding), U(out.data), U(table.data), static_cast<uint64_t>(table.dtype),
+         ids.size(), static_cast<uint64_t>(table.cols), U(d_ids)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::Embedding(static_cast<float*>(out.data), table.data,
                                        ElemOf(table.dtype), d_ids, static_cast<int>(ids.size()),
                                        static_cast<int>(table.cols), stream_));
@@ -311,6 +390,9 @@ absl::Status CudaBackend::RmsNorm(Tensor out, Tensor x, Tensor w, float eps) {
   RETURN_IF_ERROR(RequireF32(x, "RmsNorm", "x"));
   RETURN_IF_ERROR(
       RequireShape(out.rows == x.rows && out.cols == x.cols && w.numel() == x.cols, "RmsNorm"));
+  Trace({U(OpId::kRmsNorm), U(out.data), U(x.data), U(w.data), static_cast<uint64_t>(w.dtype),
+         static_cast<uint64_t>(x.rows), static_cast<uint64_t>(x.cols), U(eps)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::RmsNorm(
       static_cast<float*>(out.data), static_cast<const float*>(x.data), w.data, ElemOf(w.dtype),
       static_cast<int>(x.rows), static_cast<int>(x.cols), eps, stream_));
@@ -326,10 +408,16 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
   const int T = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
             K = static_cast<int>(w.cols);
   if (T == 0 || N == 0) return absl::OkStatus();
+  if (w.dtype == DType::kBF16) {
+    RETURN_IF_ERROR(ReserveScratch(x_bf16_, static_cast<size_t>(x.numel()) * sizeof(cuda::bf16)));
+  }
+  Trace({U(OpId::kLinear), U(out.data), U(x.data), U(w.data), static_cast<uint64_t>(w.dtype),
+         static_cast<uint64_t>(T), static_cast<uint64_t>(N), static_cast<uint64_t>(K),
+         U(x_bf16_.as<void>()), U(bias != nullptr ? bias->data : nullptr)});
+  if (Replaying()) return absl::OkStatus();
   const float one = 1.f, zero = 0.f;
   // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
   if (w.dtype == DType::kBF16) {
-    RETURN_IF_ERROR(x_bf16_.Reserve(static_cast<size_t>(x.numel()) * sizeof(cuda::bf16), stream_));
     CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
         x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
     CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
@@ -354,6 +442,9 @@ absl::Status CudaBackend::SwiGlu(Tensor out, Tensor gate, Tensor up) {
   RETURN_IF_ERROR(RequireF32(up, "SwiGlu", "up"));
   RETURN_IF_ERROR(RequireShape(
       out.numel() == gate.numel() && gate.numel() == up.numel() && gate.cols > 0, "SwiGlu"));
+  Trace({U(OpId::kSwiGlu), U(out.data), U(gate.data), U(up.data), static_cast<uint64_t>(gate.rows),
+         static_cast<uint64_t>(gate.cols)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::SwiGlu(static_cast<float*>(out.data),
                                     static_cast<const float*>(gate.data),
                                     static_cast<const float*>(up.data), static_cast<int>(gate.rows),
@@ -365,6 +456,8 @@ absl::Status CudaBackend::AddInPlace(Tensor x, Tensor y) {
   RETURN_IF_ERROR(RequireF32(x, "AddInPlace", "x"));
   RETURN_IF_ERROR(RequireF32(y, "AddInPlace", "y"));
   RETURN_IF_ERROR(RequireShape(x.numel() == y.numel(), "AddInPlace"));
+  Trace({U(OpId::kAdd), U(x.data), U(y.data), static_cast<uint64_t>(x.numel())});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::AddInPlace(static_cast<float*>(x.data),
                                         static_cast<const float*>(y.data), x.numel(), stream_));
   return absl::OkStatus();
@@ -380,6 +473,9 @@ absl::Status CudaBackend::Rope(Tensor x, int n_heads, std::span<const int32_t> p
   if (pos.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_pos, StageSpan(pos));
   ASSIGN_OR_RETURN(const float* d_freq, StageSpan(inv_freq));
+  Trace({U(OpId::kRope), U(x.data), static_cast<uint64_t>(x.rows), static_cast<uint64_t>(n_heads),
+         static_cast<uint64_t>(D), U(d_pos), U(d_freq)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::Rope(static_cast<float*>(x.data), d_pos, d_freq,
                                   static_cast<int>(x.rows), n_heads, static_cast<int>(D), stream_));
   return absl::OkStatus();
@@ -399,28 +495,66 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
           n_heads % g.n_kv_heads == 0 && static_cast<int>(inv_freq.size()) * 2 == D && layer >= 0 &&
           layer < g.n_layers,
       "Attention"));
-  AttentionPlanShape shape;
-  shape.n_heads = n_heads;
-  shape.n_kv_heads = g.n_kv_heads;
-  shape.head_dim = D;
-  shape.block_size = g.block_size;
-  shape.n_blocks = g.n_blocks;
-  shape.q_rows = q.rows;
-  shape.num_sms = num_sms_;
-  shape.kernels = options_.attention;
-  ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
+  StagedAttention& w = staged_attention_;
+  const bool reuse = graph_.deferred() && w.step == graph_.step_serial() && w.seqs == seqs.data() &&
+                     w.n_seqs == seqs.size() && w.inv_freq == inv_freq.data() &&
+                     w.n_heads == n_heads && w.q_rows == q.rows;
+  if (!reuse) {
+    AttentionPlanShape shape;
+    shape.n_heads = n_heads;
+    shape.n_kv_heads = g.n_kv_heads;
+    shape.head_dim = D;
+    shape.block_size = g.block_size;
+    shape.n_blocks = g.n_blocks;
+    shape.q_rows = q.rows;
+    shape.num_sms = num_sms_;
+    shape.kernels = options_.attention;
+    ASSIGN_OR_RETURN(AttentionPlan plan, PlanAttention(seqs, shape));
 
-  // One staged upload carries every table of the call.
-  std::vector<unsigned char> pack;
-  const size_t at_seqs = PackAppend(pack, plan.seqs);
-  const size_t at_tables = PackAppend(pack, plan.block_tables);
-  const size_t at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
-  const size_t at_simple = PackAppend(pack, plan.simple_tiles);
-  const size_t at_tiled = PackAppend(pack, plan.tiled_tiles);
-  const size_t at_split = PackAppend(pack, plan.split_items);
-  const size_t at_combine = PackAppend(pack, plan.combine_items);
-  ASSIGN_OR_RETURN(void* staged, staging_.Stage(pack.data(), pack.size()));
-  auto* base = static_cast<unsigned char*>(staged);
+    // One staged upload carries every table of the call. The block tables, the
+    // only part that grows while a batch decodes, go last, so a recorded step
+    // keeps its layout and has room to grow at the end.
+    std::vector<unsigned char> pack;
+    w = StagedAttention{};
+    w.at_seqs = PackAppend(pack, plan.seqs);
+    w.at_freq = PackAppend(pack, std::vector<float>(inv_freq.begin(), inv_freq.end()));
+    w.at_simple = PackAppend(pack, plan.simple_tiles);
+    w.at_tiled = PackAppend(pack, plan.tiled_tiles);
+    w.at_split = PackAppend(pack, plan.split_items);
+    w.at_combine = PackAppend(pack, plan.combine_items);
+    w.at_tables = PackAppend(pack, plan.block_tables);
+    const size_t table_bytes = pack.size() - w.at_tables;
+    const size_t capacity = pack.size() + table_bytes / 4 + 4096;
+    ASSIGN_OR_RETURN(void* staged, StageArgs(pack.data(), pack.size(), capacity));
+    w.base = static_cast<unsigned char*>(staged);
+    w.n_simple = static_cast<int>(plan.simple_tiles.size());
+    w.n_tiled = static_cast<int>(plan.tiled_tiles.size());
+    w.n_split = static_cast<int>(plan.split_items.size());
+    w.n_combine = static_cast<int>(plan.combine_items.size());
+    w.split_slots = plan.split_slots;
+    if (graph_.deferred()) {
+      w.step = graph_.step_serial();
+      w.seqs = seqs.data();
+      w.n_seqs = seqs.size();
+      w.inv_freq = inv_freq.data();
+      w.n_heads = n_heads;
+      w.q_rows = q.rows;
+    }
+  }
+  unsigned char* base = w.base;
+  if (w.n_split > 0) {
+    const size_t slot_rows =
+        static_cast<size_t>(std::max(w.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
+    RETURN_IF_ERROR(ReserveScratch(split_o_, slot_rows * D * sizeof(float)));
+    RETURN_IF_ERROR(ReserveScratch(split_ml_, slot_rows * 2 * sizeof(float)));
+  }
+  Trace({U(OpId::kAttention), U(out.data), U(q.data), U(kv_), static_cast<uint64_t>(layer),
+         static_cast<uint64_t>(n_heads), static_cast<uint64_t>(q.rows), seqs.size(),
+         static_cast<uint64_t>(w.n_simple), static_cast<uint64_t>(w.n_tiled),
+         static_cast<uint64_t>(w.n_split), static_cast<uint64_t>(w.n_combine),
+         static_cast<uint64_t>(w.split_slots), U(base), w.at_tables, U(split_o_.as<void>()),
+         U(split_ml_.as<void>())});
+  if (Replaying()) return absl::OkStatus();
 
   cuda::DcaAttentionParams p;
   p.out = static_cast<float*>(out.data);
@@ -431,29 +565,22 @@ absl::Status CudaBackend::Attention(Tensor out, Tensor q, int layer, int n_heads
   p.kv.block_stride = g.ElementsPerBlock();
   p.kv.block_size = g.block_size;
   p.kv.n_kv_heads = g.n_kv_heads;
-  p.block_tables = reinterpret_cast<const int32_t*>(base + at_tables);
-  p.seqs = reinterpret_cast<const cuda::DcaSeqDesc*>(base + at_seqs);
-  p.inv_freq = reinterpret_cast<const float*>(base + at_freq);
+  p.block_tables = reinterpret_cast<const int32_t*>(base + w.at_tables);
+  p.seqs = reinterpret_cast<const cuda::DcaSeqDesc*>(base + w.at_seqs);
+  p.inv_freq = reinterpret_cast<const float*>(base + w.at_freq);
   p.H = n_heads;
   p.D = D;
 
-  CUDA_RETURN_IF_ERROR(
-      cuda::DcaAttentionSimple(p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_simple),
-                               static_cast<int>(plan.simple_tiles.size()), stream_));
-  CUDA_RETURN_IF_ERROR(
-      cuda::DcaAttentionTiled(p, reinterpret_cast<const cuda::DcaRowTile*>(base + at_tiled),
-                              static_cast<int>(plan.tiled_tiles.size()), stream_));
-  if (!plan.split_items.empty()) {
-    const size_t slot_rows =
-        static_cast<size_t>(std::max(plan.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
-    RETURN_IF_ERROR(split_o_.Reserve(slot_rows * D * sizeof(float), stream_));
-    RETURN_IF_ERROR(split_ml_.Reserve(slot_rows * 2 * sizeof(float), stream_));
+  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSimple(
+      p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_simple), w.n_simple, stream_));
+  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionTiled(
+      p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_tiled), w.n_tiled, stream_));
+  if (w.n_split > 0) {
     cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>()};
-    CUDA_RETURN_IF_ERROR(
-        cuda::DcaAttentionSplit(p, reinterpret_cast<const cuda::DcaSplitItem*>(base + at_split),
-                                static_cast<int>(plan.split_items.size()),
-                                reinterpret_cast<const cuda::DcaCombineItem*>(base + at_combine),
-                                static_cast<int>(plan.combine_items.size()), scratch, stream_));
+    CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSplit(
+        p, reinterpret_cast<const cuda::DcaSplitItem*>(base + w.at_split), w.n_split,
+        reinterpret_cast<const cuda::DcaCombineItem*>(base + w.at_combine), w.n_combine, scratch,
+        stream_));
   }
   return absl::OkStatus();
 }
@@ -468,6 +595,9 @@ absl::Status CudaBackend::GatherRows(Tensor out, Tensor src, std::span<const int
   }
   if (rows.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(const int32_t* d_rows, StageSpan(rows));
+  Trace({U(OpId::kGather), U(out.data), U(src.data), rows.size(), static_cast<uint64_t>(src.cols),
+         U(d_rows)});
+  if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(
       cuda::GatherRows(static_cast<float*>(out.data), static_cast<const float*>(src.data), d_rows,
                        static_cast<int>(rows.size()), static_cast<int>(src.cols), stream_));
@@ -477,6 +607,8 @@ absl::Status CudaBackend::GatherRows(Tensor out, Tensor src, std::span<const int
 absl::Status CudaBackend::InfiniMix(Tensor attn, Tensor q, int n_heads, int n_kv_heads,
                                     const float* mem, const float* z, std::span<const float> beta,
                                     float eps) {
+  // Steps that mix the memory are not recorded (LlamaModel::Forward).
+  RETURN_IF_ERROR(RequireNotDeferred("InfiniMix"));
   RETURN_IF_ERROR(RequireF32(attn, "InfiniMix", "attn"));
   RETURN_IF_ERROR(RequireF32(q, "InfiniMix", "q"));
   RETURN_IF_ERROR(RequireShape(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 &&
@@ -508,6 +640,7 @@ absl::Status CudaBackend::InfiniFoldKv(float* mem, float* z, int layer,
                                        std::span<const int32_t> back_pos,
                                        std::span<const float> inv_freq, cpu::InfiniUpdateRule rule,
                                        float eps) {
+  RETURN_IF_ERROR(RequireNotDeferred("InfiniFoldKv"));
   if (kv_ == nullptr)
     return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
   const KvGeometry& g = kv_geometry_;
@@ -568,6 +701,74 @@ absl::Status CudaBackend::InfiniFoldKv(float* mem, float* z, int layer,
   return absl::OkStatus();
 }
 
+absl::Status CudaBackend::FillUniform(Tensor dst, uint64_t seed, float lo, float hi) {
+  RETURN_IF_ERROR(RequireNotDeferred("FillUniform"));
+  if (dst.data == nullptr && dst.numel() > 0) {
+    return absl::InvalidArgumentError("cuda backend: FillUniform of a null tensor");
+  }
+  CUDA_RETURN_IF_ERROR(
+      cuda::FillUniform(dst.data, ElemOf(dst.dtype), dst.numel(), seed, lo, hi, stream_));
+  return absl::OkStatus();
+}
+
+// --- step graphs ---
+
+absl::Status CudaBackend::RequireNotDeferred(const char* op) const {
+  if (!graph_.deferred()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("cuda backend: ", op, " inside a recorded step"));
+}
+
+absl::StatusOr<void*> CudaBackend::StageArgs(const void* host, size_t bytes, size_t capacity) {
+  if (!graph_.deferred()) return staging_.Stage(host, bytes);
+  return graph_.Stage(host, bytes, capacity);
+}
+
+absl::Status CudaBackend::ReserveScratch(ScratchBuffer& buf, size_t bytes) {
+  if (!graph_.deferred()) return buf.Reserve(bytes, stream_);
+  // No allocation inside a recorded step: the step is redone op by op, which grows it.
+  if (buf.as<void>() == nullptr || buf.bytes() < bytes) graph_.Break("a scratch buffer must grow");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> CudaBackend::CopyBandwidth(size_t bytes, int reps) {
+  RETURN_IF_ERROR(RequireNotDeferred("CopyBandwidth"));
+  if (bytes == 0 || reps <= 0) return absl::InvalidArgumentError("copy bandwidth: empty copy");
+  RETURN_IF_ERROR(Synchronize());
+  void* a = nullptr;
+  void* b = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  auto release = [&] {
+    if (a != nullptr) cudaFree(a);
+    if (b != nullptr) cudaFree(b);
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+  };
+  auto run = [&]() -> absl::StatusOr<double> {
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&a, bytes));
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&b, bytes));
+    CUDA_RETURN_IF_ERROR(cudaMemsetAsync(a, 1, bytes, stream_));
+    CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+    CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream_));
+    for (int r = 0; r < reps; ++r) {
+      CUDA_RETURN_IF_ERROR(r % 2 == 0
+                               ? cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream_)
+                               : cudaMemcpyAsync(a, b, bytes, cudaMemcpyDeviceToDevice, stream_));
+    }
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, stream_));
+    CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start, stop));
+    if (ms <= 0.f) return absl::InternalError("copy bandwidth: no elapsed time");
+    return 2.0 * static_cast<double>(bytes) * reps / (ms * 1e-3);
+  };
+  absl::StatusOr<double> result = run();
+  release();
+  return result;
+}
+
 }  // namespace
 
 bool CudaDeviceAvailable() {
@@ -575,6 +776,42 @@ bool CudaDeviceAvailable() {
   const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
   cudaGetLastError();
   return ok;
+}
+
+namespace {
+
+absl::StatusOr<CudaBackend*> AsCuda(const Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(const_cast<Backend*>(&backend));
+  if (cuda == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backend ", backend.Name(), " is not a CUDA backend"));
+  }
+  return cuda;
+}
+
+}  // namespace
+
+absl::StatusOr<CudaStepGraphStats> GetCudaStepGraphStats(const Backend& backend) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  return cuda->GraphStats();
+}
+
+absl::Status SetCudaStepGraphs(Backend& backend, bool enabled) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  return cuda->SetStepGraphs(enabled);
+}
+
+absl::StatusOr<CudaMemoryInfo> GetCudaMemoryInfo(Backend& backend) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  RETURN_IF_ERROR(cuda->Synchronize());
+  size_t free_bytes = 0, total_bytes = 0;
+  CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return CudaMemoryInfo{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
+}
+
+absl::StatusOr<double> MeasureCudaCopyBandwidth(Backend& backend, size_t bytes, int reps) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  return cuda->CopyBandwidth(bytes, reps);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {

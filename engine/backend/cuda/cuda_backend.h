@@ -8,7 +8,9 @@
 // Thread safety: as every Backend, owned by one engine thread.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
@@ -28,10 +30,51 @@ enum class CudaAttentionKernels {
 struct CudaBackendOptions {
   int device = 0;  // CUDA device ordinal
   CudaAttentionKernels attention = CudaAttentionKernels::kAuto;
+  // Record bracketed steps (Backend::BeginStep) as CUDA graphs and replay them.
+  // A step's first occurrence runs op by op (warming cuBLAS and the scratch
+  // buffers), the next is captured, later ones replay while their launches stay
+  // the same (same tensors, shapes and work-list sizes; host arguments such as
+  // token ids, positions, slots and block tables are rewritten in a fixed
+  // device buffer before each replay). A step that no longer matches is redone
+  // op by op and captured again.
+  bool step_graphs = true;
+};
+
+// What the step graphs of a CUDA backend have done so far.
+struct CudaStepGraphStats {
+  bool enabled = false;
+  int64_t eager_steps = 0;      // bracketed steps run op by op (warm-up)
+  int64_t captures = 0;         // graphs recorded
+  int64_t replays = 0;          // steps run by replaying a recorded graph
+  int64_t aborted = 0;          // steps that had to be redone op by op
+  int64_t backoffs = 0;         // pauses of recording after graphs that did not last
+  int64_t graph_kernels = 0;    // kernel nodes of the last recorded graph
+  int64_t graph_nodes = 0;      // all nodes of the last recorded graph
+  int64_t args_bytes = 0;       // host arguments copied up per replay (last graph)
+  std::string last_abort;       // why the last step was aborted
+  std::string disabled_reason;  // set when the backend gave up on graphs
+};
+
+// Device memory as the CUDA runtime reports it.
+struct CudaMemoryInfo {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
 };
 
 // True when the CUDA runtime sees at least one device.
 bool CudaDeviceAvailable();
+
+// The functions below take any Backend and return INVALID_ARGUMENT unless it
+// is a CUDA backend.
+absl::StatusOr<CudaStepGraphStats> GetCudaStepGraphStats(const Backend& backend);
+// Turns step graphs on or off (dropping any recorded graph); REQUIRES: no
+// bracketed step in progress.
+absl::Status SetCudaStepGraphs(Backend& backend, bool enabled);
+absl::StatusOr<CudaMemoryInfo> GetCudaMemoryInfo(Backend& backend);
+// Device-to-device copy bandwidth in bytes/s, counting each copied byte twice
+// (read and write), from `reps` cudaMemcpyAsync copies of `bytes` between two
+// fresh buffers on the backend's stream after one warm-up copy.
+absl::StatusOr<double> MeasureCudaCopyBandwidth(Backend& backend, size_t bytes, int reps);
 
 // REQUIRES: options.device names a present device (else FAILED_PRECONDITION).
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options = {});

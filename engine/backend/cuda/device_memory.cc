@@ -26,6 +26,56 @@ absl::Status ScratchBuffer::Reserve(size_t bytes, cudaStream_t stream) {
   return absl::OkStatus();
 }
 
+MirroredBuffer::~MirroredBuffer() { Release(); }
+
+void MirroredBuffer::Release() {
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  stream_ = nullptr;
+  if (copied_ != nullptr) cudaEventDestroy(copied_);
+  if (host_ != nullptr) cudaFreeHost(host_);
+  if (device_ != nullptr) cudaFree(device_);
+  copied_ = nullptr;
+  host_ = nullptr;
+  device_ = nullptr;
+  bytes_ = 0;
+  pending_ = false;
+}
+
+absl::Status MirroredBuffer::Reserve(size_t bytes, cudaStream_t stream) {
+  if (bytes <= bytes_ && host_ != nullptr) return absl::OkStatus();
+  stream_ = stream;
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  if (host_ != nullptr) cudaFreeHost(host_);
+  if (device_ != nullptr) cudaFree(device_);
+  host_ = nullptr;
+  device_ = nullptr;
+  bytes_ = 0;
+  pending_ = false;
+  if (copied_ == nullptr) {
+    CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
+  }
+  const size_t want = std::max<size_t>(bytes + bytes / 2, 1 << 16);
+  CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_, want));
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&device_, want));
+  bytes_ = want;
+  return absl::OkStatus();
+}
+
+absl::Status MirroredBuffer::CopyUp(size_t bytes, cudaStream_t stream) {
+  if (bytes > 0) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_, host_, bytes, cudaMemcpyHostToDevice, stream));
+  }
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(copied_, stream));
+  pending_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status MirroredBuffer::WaitCopied() {
+  if (pending_) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(copied_));
+  pending_ = false;
+  return absl::OkStatus();
+}
+
 ArgStaging::~ArgStaging() { Release(); }
 
 void ArgStaging::Release() {

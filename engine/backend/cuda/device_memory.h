@@ -27,6 +27,7 @@ class ScratchBuffer {
   // the old allocation still see it: the free is ordered on `stream`.
   absl::Status Reserve(size_t bytes, cudaStream_t stream);
   void Release();
+  size_t bytes() const { return bytes_; }
   template <typename T>
   T* as() const {
     return static_cast<T*>(data_);
@@ -36,6 +37,37 @@ class ScratchBuffer {
   void* data_ = nullptr;
   size_t bytes_ = 0;
   cudaStream_t stream_ = nullptr;
+};
+
+// A pinned host buffer and a device buffer of the same size: the arguments of
+// a recorded step, written on the host and copied up in one transfer before the
+// graph that reads them from fixed device addresses runs.
+class MirroredBuffer {
+ public:
+  MirroredBuffer() = default;
+  MirroredBuffer(const MirroredBuffer&) = delete;
+  MirroredBuffer& operator=(const MirroredBuffer&) = delete;
+  ~MirroredBuffer();
+
+  // Grows to at least `bytes` (contents not kept); waits for `stream` first.
+  absl::Status Reserve(size_t bytes, cudaStream_t stream);
+  // Waits for `stream`, then frees both buffers.
+  void Release();
+  size_t bytes() const { return bytes_; }
+  unsigned char* host() const { return host_; }
+  unsigned char* device() const { return device_; }
+  // Enqueues the copy of host()[0, bytes) to device() on `stream` and records
+  // an event; WaitCopied() returns once the host side may be rewritten.
+  absl::Status CopyUp(size_t bytes, cudaStream_t stream);
+  absl::Status WaitCopied();
+
+ private:
+  unsigned char* host_ = nullptr;  // pinned
+  unsigned char* device_ = nullptr;
+  size_t bytes_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t copied_ = nullptr;
+  bool pending_ = false;
 };
 
 // Pinned host ring mirrored by a device ring, in two halves. Stage() copies host

@@ -1,0 +1,103 @@
+// The `longctx` command-line client against the real server: the commands a
+// user types, run as the real binary, with their exit codes and output.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/integration/daemon.h"
+#include "tests/integration/helpers.h"
+
+namespace longctx::testing {
+namespace {
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+// Runs `longctx --server=ADDRESS ARGS` through the shell.
+CliResult RunCli(const Daemon& daemon, const std::string& args) {
+  const std::string cmd =
+      absl::StrCat(LONGCTX_CLI_PATH, " --server=", daemon.address(), " ", args, " 2>&1");
+  CliResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST(CliTest, CreateIngestAskScoreListDelete) {
+  std::string why;
+  Daemon* daemon = SharedDaemon(&why);
+  if (daemon == nullptr) GTEST_SKIP() << why;
+
+  // No --id: the client picks one, so that the routing header can carry it.
+  CliResult create = RunCli(*daemon, "create --label=suite=cli");
+  ASSERT_EQ(create.exit_code, 0) << create.out;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(create.out, m, std::regex("s-[0-9a-f]{16}"))) << create.out;
+  const std::string id = m.str();
+
+  const std::string doc = ::testing::TempDir() + "/cli_doc.txt";
+  {
+    std::ofstream f(doc);
+    for (int i = 0; i < 40; ++i)
+      f << "Paragraph " << i << ": the lighthouse keeper counts ships.\n\n";
+  }
+  CliResult ingest = RunCli(*daemon, absl::StrCat("ingest ", id, " ", doc, " --segment-bytes=256"));
+  ASSERT_EQ(ingest.exit_code, 0) << ingest.out;
+
+  auto session = GetSession(daemon->Stub().get(), id);
+  ASSERT_TRUE(session.ok()) << session.status();
+  EXPECT_GT(session->tokens(), 300);
+  EXPECT_GT(session->next_seq(), 1);
+
+  CliResult ask =
+      RunCli(*daemon, absl::StrCat("ask ", id, " 'What does the keeper count?' --max-tokens=8"));
+  ASSERT_EQ(ask.exit_code, 0) << ask.out;
+  EXPECT_FALSE(ask.out.empty());
+
+  CliResult score = RunCli(*daemon, absl::StrCat("score ", id, " 'ships'"));
+  ASSERT_EQ(score.exit_code, 0) << score.out;
+  EXPECT_NE(score.out.find("perplexity"), std::string::npos) << score.out;
+
+  CliResult list = RunCli(*daemon, "list --label=suite=cli");
+  ASSERT_EQ(list.exit_code, 0) << list.out;
+  EXPECT_NE(list.out.find(id), std::string::npos) << list.out;
+
+  // The question was rolled back: the session holds the document only.
+  auto after = GetSession(daemon->Stub().get(), id);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->tokens(), session->tokens());
+
+  CliResult del = RunCli(*daemon, absl::StrCat("delete ", id));
+  ASSERT_EQ(del.exit_code, 0) << del.out;
+  CliResult gone = RunCli(*daemon, absl::StrCat("get ", id));
+  EXPECT_NE(gone.exit_code, 0) << gone.out;
+  EXPECT_NE(gone.out.find("NOT_FOUND"), std::string::npos) << gone.out;
+}
+
+TEST(CliTest, BadArgumentsFailWithUsageOrStatus) {
+  std::string why;
+  Daemon* daemon = SharedDaemon(&why);
+  if (daemon == nullptr) GTEST_SKIP() << why;
+  CliResult unknown = RunCli(*daemon, "frobnicate");
+  EXPECT_NE(unknown.exit_code, 0);
+  EXPECT_NE(unknown.out.find("usage"), std::string::npos) << unknown.out;
+  CliResult bad_id = RunCli(*daemon, "create --id='bad id!'");
+  EXPECT_NE(bad_id.exit_code, 0);
+  EXPECT_NE(bad_id.out.find("session_id"), std::string::npos) << bad_id.out;
+  ExpectStillServing(daemon);
+}
+
+}  // namespace
+}  // namespace longctx::testing
