@@ -41,7 +41,8 @@ commands:
   info                          the server's model, attention, limits and build
   health                        the server's health status
   create [--id=ID] [--label=K=V ...] [--ttl=1h] [--raw] [--system=TEXT]
-         [--rope] [--window=TOKENS]
+         [--rope] [--window=TOKENS] [--overflow=reject|compress|slide]
+         [--sinks=TOKENS]
                                 create a session (id: --id, or a fresh s-<16 hex>);
                                 prints its id
   get SESSION                   a session's settings and counters
@@ -256,6 +257,23 @@ class Cli {
       if (!absl::SimpleAtoi(a.Get("window"), &w)) return absl::InvalidArgumentError("bad --window");
       req.mutable_memory()->set_window_tokens(w);
     }
+    if (a.Has("sinks")) {
+      int32_t n = 0;
+      if (!absl::SimpleAtoi(a.Get("sinks"), &n)) return absl::InvalidArgumentError("bad --sinks");
+      req.mutable_memory()->set_sink_tokens(n);
+    }
+    if (a.Has("overflow")) {
+      const std::string o = a.Get("overflow");
+      if (o == "reject") {
+        req.mutable_memory()->set_overflow(v1::OVERFLOW_POLICY_REJECT);
+      } else if (o == "compress") {
+        req.mutable_memory()->set_overflow(v1::OVERFLOW_POLICY_COMPRESS);
+      } else if (o == "slide") {
+        req.mutable_memory()->set_overflow(v1::OVERFLOW_POLICY_SLIDE);
+      } else {
+        return absl::InvalidArgumentError("--overflow wants reject, compress or slide");
+      }
+    }
     grpc::ClientContext ctx;
     Prepare(&ctx, req.session_id());
     v1::Session s;
@@ -287,6 +305,17 @@ class Cli {
                 static_cast<long long>(s.next_seq()), static_cast<long long>(s.ingested_tokens()),
                 static_cast<long long>(s.state_bytes().at("device")),
                 static_cast<long long>(s.state_bytes().at("host")));
+    if (s.memory().overflow() == v1::OVERFLOW_POLICY_COMPRESS ||
+        s.memory().overflow() == v1::OVERFLOW_POLICY_SLIDE) {
+      const auto mem = s.state_bytes().find("infini_memory");
+      std::printf(
+          "  window %lld + %d sink tokens, %s: %lld tokens folded, %lld dropped, "
+          "memory %lld bytes\n",
+          static_cast<long long>(s.memory().window_tokens()), s.memory().sink_tokens(),
+          s.memory().overflow() == v1::OVERFLOW_POLICY_COMPRESS ? "compress" : "slide",
+          static_cast<long long>(s.folded_tokens()), static_cast<long long>(s.dropped_tokens()),
+          static_cast<long long>(mem == s.state_bytes().end() ? 0 : mem->second));
+    }
     return absl::OkStatus();
   }
 

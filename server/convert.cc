@@ -58,6 +58,11 @@ void ToProto(const SessionInfo& info, v1::Session* out) {
   out->set_next_seq(info.next_seq);
   (*out->mutable_state_bytes())["device"] = info.device_bytes;
   (*out->mutable_state_bytes())["host"] = info.host_bytes;
+  if (info.settings.windowed()) {
+    (*out->mutable_state_bytes())["infini_memory"] = info.memory_bytes;
+    out->set_folded_tokens(info.folded_tokens);
+    out->set_dropped_tokens(info.dropped_tokens);
+  }
 }
 
 v1::FinishReason ToProto(FinishReason r) {

@@ -134,6 +134,29 @@ class EngineCollector final : public prometheus::Collectable {
     out.push_back(Scalar("longctx_session_evictions_total",
                          "Sessions removed by the server (TTL expiry).", c,
                          static_cast<double>(sessions.evictions()), {{"reason", "ttl"}}));
+    out.push_back(Scalar("longctx_infini_memory_bytes",
+                         "Bytes of Infini-attention compressive memory held by all sessions.", g,
+                         static_cast<double>(st.infini_memory_bytes.load())));
+    out.push_back(Scalar("longctx_infini_folded_tokens_total",
+                         "Tokens folded into Infini memories as their chunks left the window.", c,
+                         static_cast<double>(st.infini_folded_tokens_total.load())));
+    MetricFamily evictions{"longctx_infini_evictions_total",
+                           "Chunks that left a session's Infini window, by overflow policy "
+                           "(compress: folded into the memory, slide: dropped).",
+                           c,
+                           {}};
+    for (const auto& [policy, v] :
+         {std::pair<const char*, int64_t>{"compress", st.infini_evictions_compress_total.load()},
+          {"slide", st.infini_evictions_slide_total.load()}}) {
+      ClientMetric m;
+      m.label = {{"policy", policy}};
+      m.counter.value = static_cast<double>(v);
+      evictions.metric.push_back(std::move(m));
+    }
+    out.push_back(std::move(evictions));
+    out.push_back(Scalar("longctx_infini_rejections_total",
+                         "Ingest segments refused because a REJECT session's window was full.", c,
+                         static_cast<double>(st.infini_rejections_total.load())));
     out.push_back(HistogramFamily("longctx_session_export_duration_seconds",
                                   "Time to export a session.", st.export_seconds));
     out.push_back(HistogramFamily("longctx_session_import_duration_seconds",

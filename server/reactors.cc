@@ -429,7 +429,10 @@ std::optional<grpc::Status> ExportReactor::NextLocked() {
     final_ = grpc::Status::OK;
     return final_;
   }
-  const size_t n = std::min(kChunkBytes, data_.size() - offset_);
+  // max_message_bytes is at least 1 KiB (config validation).
+  const size_t piece = std::min(
+      kChunkBytes, static_cast<size_t>(service_->config().max_message_bytes) - kFramingBytes);
+  const size_t n = std::min(piece, data_.size() - offset_);
   msg_.set_data(data_.substr(offset_, n));
   offset_ += n;
   StartWrite(&msg_);
@@ -466,8 +469,15 @@ ImportReactor::ImportReactor(LongContextService* service, absl::StatusOr<CallCon
     return;
   }
   call_ = std::move(*call);
-  // The token log (4 bytes a token) plus settings.
-  max_bytes_ = service_->config().max_session_tokens * 4 + (1 << 20);
+  // The token log (4 bytes a token; SLIDE and COMPRESS sessions may hold more
+  // tokens than their window), an Infini memory, and settings.
+  const EngineOptions& o = call_.engine->options();
+  const ModelConfig& m = call_.engine->info().model;
+  const int64_t memory = int64_t{m.n_layers} * m.n_kv_heads *
+                         (int64_t{m.head_dim} * m.head_dim + m.head_dim) *
+                         static_cast<int64_t>(sizeof(float));
+  max_bytes_ = std::max(service_->config().max_session_tokens, o.max_windowed_session_tokens) * 4 +
+               memory + (1 << 20);
   StartRead(&req_);
 }
 
@@ -480,7 +490,8 @@ void ImportReactor::OnReadDone(bool ok) {
     }
     if (static_cast<int64_t>(input_.data.size() + req_.data().size()) > max_bytes_) {
       final_ = ToGrpcStatus(absl::ResourceExhaustedError(
-          absl::StrCat("session data is over ", max_bytes_, " bytes (max_session_tokens)")));
+          absl::StrCat("session data is over ", max_bytes_,
+                       " bytes (the token log of the longest session, its memory and settings)")));
       Finish(final_);
       return;
     }

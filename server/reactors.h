@@ -133,10 +133,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   grpc::Status final_;
 };
 
-// ExportSession: the session's bytes in pieces of kChunkBytes.
+// ExportSession: the session's bytes in pieces of at most kChunkBytes, and
+// small enough that a message stays within max_message_bytes.
 class ExportReactor final : public grpc::ServerWriteReactor<v1::SessionData> {
  public:
   static constexpr size_t kChunkBytes = 1 << 20;
+  // Room left in a message for the SessionData framing (tag and length).
+  static constexpr size_t kFramingBytes = 16;
 
   ExportReactor(LongContextService* service, absl::StatusOr<CallContext> call,
                 const std::string& session_id);

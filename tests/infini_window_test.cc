@@ -17,6 +17,11 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu_backend.h"
 #include "gtest/gtest.h"
+#ifdef LONGCTX_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "engine/backend/cuda/cuda_backend.h"
+#endif
 
 namespace longctx {
 namespace {
@@ -251,12 +256,15 @@ cpu::DcaParams TestDca() {
 
 class InfiniWindowTest : public ::testing::Test {
  protected:
-  void Build(const HostModel& host, int64_t kv_bytes = int64_t{4} << 20) {
+  // `backend`: the backend to run on (default: a new CPU backend).
+  void Build(const HostModel& host, int64_t kv_bytes = int64_t{4} << 20,
+             std::unique_ptr<Backend> backend = nullptr) {
     KvCacheConfig kv;
     kv.block_size = kBlock;
     kv.max_bytes = kv_bytes;
     model_.reset();
-    backend_ = std::make_unique<CpuBackend>();  // a backend holds one KV arena
+    // A backend holds one KV arena.
+    backend_ = backend ? std::move(backend) : std::make_unique<CpuBackend>();
     auto m = LlamaModel::Create(host, backend_.get(), kv);
     ASSERT_TRUE(m.ok()) << m.status();
     model_ = std::move(*m);
@@ -274,7 +282,7 @@ class InfiniWindowTest : public ::testing::Test {
     c.overflow = overflow;
     return c;
   }
-  std::unique_ptr<CpuBackend> backend_;
+  std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
 };
 
@@ -540,6 +548,39 @@ TEST_F(InfiniWindowTest, TruncateOnlyWithinTheCurrentWindow) {
   EXPECT_EQ(w->length(), 3 * kChunkLen + 1);
 }
 
+// Rollback (a generation that is not kept) keeps the evictions it caused: the
+// window stays moved, the memory keeps what was folded, the session goes on.
+TEST_F(InfiniWindowTest, RollbackKeepsEvictionsAndContinues) {
+  Build(RandomModel(2, 6, 2, 8, 10));
+  auto w = Window(Config(InfiniOverflow::kCompress));
+  const std::vector<int32_t> tokens = RandomTokens(5 * kChunkLen, 12);
+  const std::span<const int32_t> all(tokens);
+  ASSERT_TRUE(w->Ingest(all.first(3 * kChunkLen - 4), LogitsMode::kNone, nullptr).ok());
+  const int evicted_before = w->evicted_end();
+  // "Generate" 8 tokens across the chunk boundary: chunk 1 leaves the window.
+  ASSERT_TRUE(w->Ingest(all.subspan(3 * kChunkLen - 4, 8), LogitsMode::kNone, nullptr).ok());
+  ASSERT_GT(w->evicted_end(), evicted_before);
+  const int evicted = w->evicted_end();
+  const int64_t folded = w->memory()->folded_tokens();
+  const int64_t free_blocks = model_->kv_cache().free_blocks();
+  ASSERT_TRUE(w->Rollback(3 * kChunkLen - 4).ok());
+  EXPECT_EQ(w->length(), 3 * kChunkLen - 4);
+  EXPECT_EQ(w->evicted_end(), evicted);
+  EXPECT_EQ(w->memory()->folded_tokens(), folded);
+  EXPECT_GT(model_->kv_cache().free_blocks(), free_blocks);  // the rolled-back block is back
+  // Below the evicted tokens there is nothing to roll back to.
+  EXPECT_EQ(w->Rollback(evicted - 1).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(w->length(), 3 * kChunkLen - 4);
+  // The session goes on from the moved window, and keeps folding.
+  std::vector<float> logits;
+  ASSERT_TRUE(
+      w->Ingest(all.subspan(3 * kChunkLen - 4, 2 * kChunkLen + 4), LogitsMode::kLast, &logits)
+          .ok());
+  EXPECT_EQ(w->length(), 5 * kChunkLen);
+  EXPECT_GT(w->memory()->folded_tokens(), folded);
+  for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+}
+
 // Gates: sigmoid(β) = 0 exactly (β = −1e4) reproduces mixing off bit for bit;
 // β = 0 changes the output once the memory holds something, never before.
 TEST_F(InfiniWindowTest, MixingGoesThroughTheGates) {
@@ -669,10 +710,11 @@ int64_t ResidentSetBytes() {
 }
 
 // Streaming 10·W tokens: the KV blocks held, the pool's free count and the
-// memory's bytes stay exactly flat once the window is full, and so does the
-// process RSS (the leak it guards against would add ~20 MB of KV here).
-TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
-  Build(RandomModel(4, 4, 4, 64, 16), int64_t{64} << 20);
+// memory's bytes stay exactly flat once the window is full, and so do the
+// process RSS (the leak it guards against would add ~20 MB of KV here) and, on
+// a GPU, the device's free memory. `device_free` reads the device's free bytes;
+// null on the CPU.
+void StreamTenWindows(LlamaModel* model, int64_t (*device_free)()) {
   const int L = 64;
   cpu::DcaParams dca;
   dca.chunk_len = L;
@@ -680,14 +722,14 @@ TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
   InfiniConfig c;
   c.window_tokens = 4 * L;
   c.sink_tokens = kBlock;
-  auto created = InfiniWindow::Create(model_.get(), c, dca);
+  auto created = InfiniWindow::Create(model, c, dca);
   ASSERT_TRUE(created.ok()) << created.status();
   InfiniWindow& w = **created;
   const int W = c.window_tokens;
   const std::vector<int32_t> tokens = RandomTokens(10 * W, 17);
-  const int64_t per_token_kv = model_->kv_cache().BytesPerBlock() / kBlock;
+  const int64_t per_token_kv = model->kv_cache().BytesPerBlock() / kBlock;
   ASSERT_GE(per_token_kv * 10 * W, int64_t{16} << 20) << "the test must be able to see a leak";
-  int64_t rss_warm = 0, free_warm = 0, resident_warm = 0;
+  int64_t rss_warm = 0, free_warm = 0, resident_warm = 0, device_free_warm = 0;
   const int64_t memory_bytes = w.memory()->bytes();
   for (int n = 0; n < 10 * W; n += L / 2) {
     ASSERT_TRUE(
@@ -696,11 +738,12 @@ TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
     const int len = n + L / 2;
     if (len == 2 * W) {
       rss_warm = ResidentSetBytes();
-      free_warm = model_->kv_cache().free_blocks();
+      free_warm = model->kv_cache().free_blocks();
       resident_warm = w.sequence().resident_blocks();
+      if (device_free != nullptr) device_free_warm = device_free();
     }
     if (len > 2 * W && len % L == 0) {
-      EXPECT_EQ(model_->kv_cache().free_blocks(), free_warm) << "at " << len;
+      EXPECT_EQ(model->kv_cache().free_blocks(), free_warm) << "at " << len;
       EXPECT_EQ(w.sequence().resident_blocks(), resident_warm) << "at " << len;
     }
     // Never more than sinks + W tokens of KV.
@@ -709,6 +752,13 @@ TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
   }
   EXPECT_EQ(w.memory()->folded_tokens(), 10 * W - W - c.sink_tokens);
   EXPECT_EQ(memory_bytes, int64_t{4} * 4 * (64 * 64 + 64) * 4);
+  if (device_free != nullptr) {
+    const int64_t device_growth = device_free_warm - device_free();
+    std::printf("device memory in use grew by %lld bytes over 8 windows\n",
+                static_cast<long long>(device_growth));
+    // A leak would grow with every window; allow one allocation granule of slack.
+    EXPECT_LE(device_growth, int64_t{2} << 20) << "device memory grew by " << device_growth;
+  }
   const int64_t growth = ResidentSetBytes() - rss_warm;
   if (kAddressSanitizer) {
     // ASan quarantines freed memory, so RSS follows allocation volume, not leaks.
@@ -718,6 +768,25 @@ TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
     EXPECT_LT(growth, int64_t{4} << 20) << "RSS grew by " << growth << " bytes";
   }
 }
+
+TEST_F(InfiniWindowTest, StreamingTenWindowsKeepsMemoryFlat) {
+  Build(RandomModel(4, 4, 4, 64, 16), int64_t{64} << 20);
+  StreamTenWindows(model_.get(), nullptr);
+}
+
+#ifdef LONGCTX_WITH_CUDA
+TEST_F(InfiniWindowTest, CudaStreamingTenWindowsKeepsDeviceMemoryFlat) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  auto backend = CreateCudaBackend();
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  Build(RandomModel(4, 4, 4, 64, 16), int64_t{64} << 20, std::move(*backend));
+  StreamTenWindows(model_.get(), [] {
+    size_t free_bytes = 0, total = 0;
+    EXPECT_EQ(cudaMemGetInfo(&free_bytes, &total), cudaSuccess);
+    return static_cast<int64_t>(free_bytes);
+  });
+}
+#endif
 
 }  // namespace
 }  // namespace longctx

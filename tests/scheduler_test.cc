@@ -127,6 +127,7 @@ std::vector<int32_t> Tokens(int n, int32_t first = 1) {
 std::shared_ptr<Session> NewSession(const std::string& id, int64_t window = 1 << 20) {
   SessionSettings s;
   s.window_tokens = window;
+  s.max_tokens = window;
   return std::make_shared<Session>(id, "tenant", s, absl::Now());
 }
 

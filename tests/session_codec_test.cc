@@ -1,5 +1,8 @@
 #include "engine/session/session_codec.h"
 
+#include <random>
+
+#include "engine/model/infini_memory.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -44,6 +47,47 @@ TEST(SessionCodecTest, RoundTrips) {
   EXPECT_EQ(back->applied_seq, 42);
   EXPECT_EQ(back->user_turn_start, 17);
   EXPECT_EQ(back->tokens, s.tokens);
+}
+
+TEST(SessionCodecTest, CarriesTheInfiniMemoryBitIdentical) {
+  SessionSnapshot s = Sample();
+  s.settings.overflow = OverflowPolicy::kCompress;
+  s.settings.window_tokens = 256;
+  s.settings.sink_tokens = 64;
+  // A memory of 2 layers, 3 kv heads, D = 8 after two random folds.
+  InfiniMemory memory(2, 3, 8, cpu::InfiniUpdateRule::kDelta, 1e-6f);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist;
+  for (int round = 0; round < 2; ++round) {
+    std::vector<float> k(5 * 3 * 8), v(k.size());
+    for (float& x : k) x = dist(rng);
+    for (float& x : v) x = dist(rng);
+    for (int l = 0; l < 2; ++l) memory.Fold(l, k.data(), v.data(), 5);
+    memory.CountFolded(5);
+  }
+  s.evicted_end = 320;
+  s.memory = memory.Serialize();
+  auto back = DecodeSessionSnapshot(EncodeSessionSnapshot(s));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->settings.overflow, OverflowPolicy::kCompress);
+  EXPECT_EQ(back->settings.sink_tokens, 64);
+  EXPECT_EQ(back->evicted_end, 320);
+  EXPECT_EQ(back->tokens, s.tokens);
+  auto restored = InfiniMemory::Deserialize(back->memory);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_TRUE(*restored == memory);
+  EXPECT_EQ(restored->folded_tokens(), 10);
+
+  // A memory larger than the 1 MiB string cap (SmolLM2's is 1.5 MB) passes too.
+  s.memory.assign(size_t{3} << 19, '\x5a');
+  back = DecodeSessionSnapshot(EncodeSessionSnapshot(s));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->memory, s.memory);
+
+  // A restore point past the token log is refused.
+  s.evicted_end = static_cast<int64_t>(s.tokens.size()) + 64;
+  EXPECT_EQ(DecodeSessionSnapshot(EncodeSessionSnapshot(s)).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(SessionCodecTest, RejectsDamage) {

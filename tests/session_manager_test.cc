@@ -14,6 +14,7 @@ using ::testing::HasSubstr;
 SessionSettings Settings(int64_t window = 1000, absl::Duration ttl = absl::Minutes(5)) {
   SessionSettings s;
   s.window_tokens = window;
+  s.max_tokens = window;
   s.ttl = ttl;
   return s;
 }

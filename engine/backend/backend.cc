@@ -48,6 +48,19 @@ absl::Status Backend::MergeAttention(Tensor, Tensor, int, int) {
       absl::StrCat("the ", Name(), " backend has no context-parallel attention"));
 }
 
+absl::Status Backend::InfiniMix(Tensor, Tensor, int, int, const float*, const float*,
+                                std::span<const float>, float) {
+  return absl::UnimplementedError(
+      absl::StrCat("the ", Name(), " backend has no Infini memory kernels"));
+}
+
+absl::Status Backend::InfiniFoldKv(float*, float*, int, std::span<const int32_t>,
+                                   std::span<const int32_t>, std::span<const float>,
+                                   cpu::InfiniUpdateRule, float) {
+  return absl::UnimplementedError(
+      absl::StrCat("the ", Name(), " backend has no Infini memory kernels"));
+}
+
 void DeviceBuffer::Release() {
   if (backend_ != nullptr && data_ != nullptr) backend_->Free(data_);
   backend_ = nullptr;

@@ -168,6 +168,27 @@ class Backend {
   // out [R, n_heads * head_dim] = log-sum-exp merge of `partials`, n_parts
   // partials of R rows back to back (f32 [n_parts * R, n_heads * (head_dim + 1)]).
   virtual absl::Status MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads);
+
+  // --- Infini-attention memory (DESIGN §4; CPU reference in kernels/ops.h) ---
+  // A layer's memory, M [n_kv_heads, D, D] and z [n_kv_heads, D] fp32, is
+  // session state on the host; backends with kernels stage it per call.
+  // Without them (HasInfiniKernels() false) callers run the cpu:: ops on host
+  // copies and these return UNIMPLEMENTED.
+  virtual bool HasInfiniKernels() const { return false; }
+  // attn = sigmoid(β)·A_mem(q) + (1 − sigmoid(β))·attn, A_mem the retrieval of
+  // q from the memory. attn, q: [T, n_heads * D], q un-rotated; beta [n_heads].
+  virtual absl::Status InfiniMix(Tensor attn, Tensor q, int n_heads, int n_kv_heads,
+                                 const float* mem, const float* z, std::span<const float> beta,
+                                 float eps);
+  // Folds one layer of whole KV blocks into mem and z (host, updated in place
+  // when it returns): the tokens of `blocks` in order, T = blocks.size() *
+  // block_size, their cached keys rotated by back_pos [T] (−(j mod L): back to
+  // un-rotated) before the fold.
+  virtual absl::Status InfiniFoldKv(float* mem, float* z, int layer,
+                                    std::span<const int32_t> blocks,
+                                    std::span<const int32_t> back_pos,
+                                    std::span<const float> inv_freq, cpu::InfiniUpdateRule rule,
+                                    float eps);
 };
 
 enum class BackendKind { kAuto, kCpu, kCuda };

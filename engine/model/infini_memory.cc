@@ -52,6 +52,16 @@ void InfiniMemory::Fold(int layer, const float* k, const float* v, int T) {
   cpu::InfiniFold(m, m + MemFloats(), k, v, T, n_kv_heads_, head_dim_, rule_, eps_);
 }
 
+absl::Status InfiniMemory::FoldKv(Backend& backend, int layer, std::span<const int32_t> blocks,
+                                  std::span<const int32_t> back_pos,
+                                  std::span<const float> inv_freq) {
+  if (layer < 0 || layer >= n_layers_) {
+    return absl::InvalidArgumentError(absl::StrCat("infini fold: layer ", layer, " out of range"));
+  }
+  float* m = state_.data() + layer * LayerFloats();
+  return backend.InfiniFoldKv(m, m + MemFloats(), layer, blocks, back_pos, inv_freq, rule_, eps_);
+}
+
 void InfiniMemory::Retrieve(float* out, int layer, const float* q, int T, int n_heads) const {
   cpu::InfiniRetrieve(out, q, mem(layer), z(layer), T, n_heads, n_kv_heads_, head_dim_, eps_);
 }
@@ -62,6 +72,9 @@ absl::Status InfiniMemory::MixInto(Backend& backend, int layer, Tensor attn, Ten
   if (layer < 0 || layer >= n_layers_ || attn.rows != q.rows || attn.cols != width ||
       q.cols != width || static_cast<int>(beta.size()) != n_heads || n_heads % n_kv_heads_ != 0) {
     return absl::InvalidArgumentError("infini mix: shapes do not match the memory");
+  }
+  if (backend.HasInfiniKernels()) {
+    return backend.InfiniMix(attn, q, n_heads, n_kv_heads_, mem(layer), z(layer), beta, eps_);
   }
   const int T = static_cast<int>(q.rows);
   std::vector<float> qh(static_cast<size_t>(T * width)), ah(qh.size()), mh(qh.size());

@@ -41,10 +41,16 @@ class InfiniMemory {
   // Call it for every layer with the same tokens, then CountFolded(T) once.
   void Fold(int layer, const float* k, const float* v, int T);
   void CountFolded(int64_t tokens) { folded_tokens_ += tokens; }
+  // As Fold, through the backend's kernels, from cached KV: the tokens of
+  // whole `blocks` of `layer`, keys rotated by back_pos [T] to un-rotated.
+  // REQUIRES: backend.HasInfiniKernels().
+  absl::Status FoldKv(Backend& backend, int layer, std::span<const int32_t> blocks,
+                      std::span<const int32_t> back_pos, std::span<const float> inv_freq);
   // A_mem of T query rows of `layer`: out and q [T, n_heads, D], q un-rotated.
   void Retrieve(float* out, int layer, const float* q, int T, int n_heads) const;
   // attn = sigmoid(β)·A_mem(q) + (1 − sigmoid(β))·attn on backend tensors
-  // [T, n_heads·D] (staged through the host); beta [n_heads].
+  // [T, n_heads·D]; beta [n_heads]. On the backend's kernels when it has them,
+  // else staged through the host.
   absl::Status MixInto(Backend& backend, int layer, Tensor attn, Tensor q, int n_heads,
                        std::span<const float> beta) const;
   // Back to empty.

@@ -106,6 +106,22 @@ absl::Status InfiniWindow::Fold(int begin, int end) {
   // the un-rotated keys the memory works on (DESIGN §4).
   std::vector<int32_t> back(static_cast<size_t>(T));
   for (int j = begin; j < end; ++j) back[static_cast<size_t>(j - begin)] = -(j % L);
+  if (backend.HasInfiniKernels()) {
+    // On the device: each layer's K and V planes straight from the cache.
+    std::vector<int32_t> blocks;
+    for (int j = begin; j < end; j += bs) {
+      const int32_t physical = seq_.block_table()[static_cast<size_t>(j / bs)];
+      if (physical == kAbsentBlock) {
+        return absl::InternalError(absl::StrCat("infini fold: token ", j, " has no KV"));
+      }
+      blocks.push_back(physical);
+    }
+    for (int l = 0; l < g.n_layers; ++l) {
+      RETURN_IF_ERROR(memory_->FoldKv(backend, l, blocks, back, model_->inv_freq()));
+    }
+    memory_->CountFolded(T);
+    return absl::OkStatus();
+  }
   for (int l0 = 0; l0 < g.n_layers; l0 += group) {
     const int nl = std::min(group, g.n_layers - l0);
     for (int j = begin; j < end; j += bs) {
@@ -176,6 +192,20 @@ absl::Status InfiniWindow::Truncate(int length) {
     return absl::FailedPreconditionError(absl::StrCat(
         "infini: rolling back to ", length, " tokens needs KV of tokens from ", WindowStart(length),
         " that already left the window (evicted up to ", evicted_end_, ")"));
+  }
+  model_->kv_cache().Truncate(seq_, length);
+  return absl::OkStatus();
+}
+
+absl::Status InfiniWindow::Rollback(int length) {
+  if (length < 0 || length > seq_.length()) {
+    return absl::InvalidArgumentError(absl::StrCat("infini: cannot roll a sequence of ",
+                                                   seq_.length(), " tokens back to ", length));
+  }
+  if (config_.windowed() && evicted_end_ > config_.sink_tokens && length < evicted_end_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("infini: rolling back to ", length, " tokens would drop tokens up to ",
+                     evicted_end_, " that already left the window"));
   }
   model_->kv_cache().Truncate(seq_, length);
   return absl::OkStatus();

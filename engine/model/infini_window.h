@@ -85,6 +85,14 @@ class InfiniWindow {
   // (a chunk the shorter sequence still needs was folded or dropped): evictions
   // cannot be undone.
   absl::Status Truncate(int length);
+  // Rolls the sequence back to `length` tokens but keeps the evictions the
+  // rolled-back steps made (a generation that is not kept, a failed ingest):
+  // the window stays where they moved it, tokens [sink_tokens, evicted_end())
+  // stay folded or dropped and absent from the KV, and later steps attend from
+  // evicted_end(). A token is still never both in the window and the memory.
+  // FAILED_PRECONDITION when length < evicted_end() past the sinks (the memory
+  // would hold tokens the sequence no longer has).
+  absl::Status Rollback(int length);
 
   // Replaces the memory (session import). INVALID_ARGUMENT unless its shape and
   // rule match this session and the window is compress.

@@ -80,6 +80,15 @@ struct EngineStats {
   std::atomic<int64_t> kv_blocks_used{0};
   std::atomic<int64_t> kv_blocks_total{0};
 
+  // Infini window (DESIGN §4). Memory bytes held by all sessions' compressive
+  // memories; tokens folded into them; chunk evictions by overflow policy.
+  std::atomic<int64_t> infini_memory_bytes{0};
+  std::atomic<int64_t> infini_folded_tokens_total{0};
+  std::atomic<int64_t> infini_evictions_compress_total{0};
+  std::atomic<int64_t> infini_evictions_slide_total{0};
+  // Ingests and generations refused because a REJECT session's window was full.
+  std::atomic<int64_t> infini_rejections_total{0};
+
   // Session moves.
   Histogram export_seconds;
   Histogram import_seconds;

@@ -27,6 +27,10 @@ struct Scheduler::Job {
 
   bool started = false;
   int64_t mark = 0;    // log size when the job started: where rollback returns to
+  // Windowed sessions: where the window stood when the job started, to rebuild
+  // from should the job move it past `mark` and then roll back.
+  int window_mark = 0;
+  std::optional<InfiniMemory> memory_mark;
   int64_t target = 0;  // log size to prefill up to
 
   // Generate.
@@ -222,6 +226,8 @@ void Scheduler::Admit(std::deque<std::unique_ptr<Job>>* incoming,
     }
     SessionEngineState& st = session->engine_state();
     model_->kv_cache().Release(st.kv);
+    DropWindow(st);
+    st.resume.reset();
     st.log.clear();
     st.log.shrink_to_fit();
     session->PublishCounters(0, 0);
@@ -279,11 +285,57 @@ void Scheduler::StartHeads() {
   }
 }
 
+void Scheduler::DropWindow(SessionEngineState& st) {
+  if (!st.window) return;
+  if (const InfiniMemory* m = st.window->memory())
+    stats_->infini_memory_bytes.fetch_sub(m->bytes());
+  st.window.reset();
+}
+
+absl::Status Scheduler::MakeWindow(Session& session) {
+  SessionEngineState& st = session.engine_state();
+  const SessionSettings& settings = session.settings();
+  auto w = model_->CreateWindow(settings.ToInfiniConfig(model_->has_infini_gates()),
+                                settings.attention.ToParams(model_->head_dim(), 1));
+  if (!w.ok()) return w.status();
+  st.window = std::move(*w);
+  if (const InfiniMemory* m = st.window->memory())
+    stats_->infini_memory_bytes.fetch_add(m->bytes());
+  return absl::OkStatus();
+}
+
+absl::Status Scheduler::PrepareWindow(Session& session) {
+  SessionEngineState& st = session.engine_state();
+  if (!st.resume || st.window->length() != session.settings().sink_tokens) {
+    return absl::OkStatus();
+  }
+  SessionEngineState::Resume r = *std::move(st.resume);
+  st.resume.reset();
+  return st.window->Resume(r.evicted_end, std::move(r.memory));
+}
+
 bool Scheduler::StartJob(SessionQueue& q, Job& job) {
   Session& session = *q.session;
   SessionEngineState& st = session.engine_state();
-  const int64_t window = session.settings().window_tokens;
+  const int64_t window = session.settings().max_tokens;
   const int64_t len = static_cast<int64_t>(st.log.size());
+  if (session.settings().windowed() && !st.window) {
+    if (absl::Status s = MakeWindow(session); !s.ok()) {
+      Finish(q, s);
+      return false;
+    }
+    PublishSession(session);
+  }
+  if (st.window) {
+    if (absl::Status s = PrepareWindow(session); !s.ok()) {
+      Finish(q, s);
+      return false;
+    }
+    if (job.kind != Job::Kind::kRead) {
+      job.window_mark = st.window->evicted_end();
+      if (const InfiniMemory* m = st.window->memory()) job.memory_mark = *m;
+    }
+  }
   job.started = true;
   job.mark = len;
   if (job.counted) {
@@ -341,8 +393,9 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
   const int64_t bs = kv.geometry().block_size;
   const int64_t blocks_needed =
       CeilDiv(job.target + (job.kind == Job::Kind::kGenerate ? 1 : 0), bs) -
-      static_cast<int64_t>(st.kv.block_table().size());
-  if (blocks_needed > kv.free_blocks()) {
+      static_cast<int64_t>(st.sequence().block_table().size());
+  // A windowed session frees blocks as its window moves: steps check it.
+  if (!st.window && blocks_needed > kv.free_blocks()) {
     const int64_t added = job.target - job.mark;
     Finish(q, absl::ResourceExhaustedError(absl::StrCat(
                   "KV cache is full: ", added, " more tokens for session ", session.id(), " need ",
@@ -354,9 +407,16 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
   // recompute that one token (KV is append-only: truncate and re-feed).
   const int64_t need_from = job.kind == Job::Kind::kScore      ? job.score_from
                             : job.kind == Job::Kind::kGenerate ? job.target - 1
-                                                               : st.kv.length();
-  if (st.kv.length() > need_from) {
-    model_->kv_cache().Truncate(st.kv, static_cast<int>(need_from));
+                                                               : st.sequence().length();
+  if (st.sequence().length() > need_from) {
+    if (st.window) {
+      if (absl::Status s = st.window->Rollback(static_cast<int>(need_from)); !s.ok()) {
+        Finish(q, s);
+        return false;
+      }
+    } else {
+      model_->kv_cache().Truncate(st.kv, static_cast<int>(need_from));
+    }
   }
   return true;
 }
@@ -416,7 +476,7 @@ void Scheduler::Step() {
     decode_cursor_ += static_cast<size_t>(options_.max_decode_batch);
   }
   for (SessionQueue* q : decoders) {
-    const KvSequence& seq = q->session->engine_state().kv;
+    const KvSequence& seq = q->session->engine_state().sequence();
     if (fit(seq, 1) < 1) {
       kv_full(q, 1);
       continue;
@@ -428,7 +488,7 @@ void Scheduler::Step() {
   // remaining first.
   auto rank = [](const SessionQueue* q) {
     const Job& j = *q->jobs.front();
-    const int64_t remaining = j.target - q->session->engine_state().kv.length();
+    const int64_t remaining = j.target - q->session->engine_state().sequence().length();
     return std::make_tuple(j.kind == Job::Kind::kGenerate ? 0 : 1,
                            j.kind == Job::Kind::kGenerate ? 0 : remaining, j.id);
   };
@@ -445,11 +505,30 @@ void Scheduler::Step() {
   for (SessionQueue* q : prefills) {
     if (budget <= 0) break;
     Job& job = *q->jobs.front();
-    const KvSequence& seq = q->session->engine_state().kv;
+    SessionEngineState& st = q->session->engine_state();
+    if (st.window) {
+      if (absl::Status s = PrepareWindow(*q->session); !s.ok()) {
+        failures.emplace_back(q, s);
+        continue;
+      }
+    }
+    const KvSequence& seq = st.sequence();
     int64_t want = std::min(job.target - seq.length(), budget);
     if (job.kind == Job::Kind::kScore) {
       if (logit_rows <= 0) continue;
       want = std::min(want, logit_rows);
+    }
+    if (st.window) {
+      // An import prefills its sinks alone, then resumes past the evicted tokens.
+      const int sink = q->session->settings().sink_tokens;
+      if (st.resume && seq.length() < sink) want = std::min<int64_t>(want, sink - seq.length());
+      // Steps of a windowed session stop at chunk boundaries.
+      auto cap = st.window->StepCapacity(static_cast<int>(want));
+      if (!cap.ok()) {
+        failures.emplace_back(q, cap.status());
+        continue;
+      }
+      want = *cap;
     }
     const int64_t n = fit(seq, want);
     if (n < 1) {
@@ -466,23 +545,41 @@ void Scheduler::Step() {
     }
     plans.push_back({q, &job, seq.length(), static_cast<int>(n), mode});
   }
-  for (auto& [q, status] : failures) Finish(*q, status);
-  if (plans.empty()) return;
-
   std::vector<StepItem> items;
   items.reserve(plans.size());
+  std::vector<Plan> ready;
+  ready.reserve(plans.size());
   int64_t batch_tokens = 0;
   for (const Plan& p : plans) {
-    SessionEngineState& st = p.q->session->engine_state();
+    Session& session = *p.q->session;
+    SessionEngineState& st = session.engine_state();
     StepItem item;
     item.seq = &st.kv;
     item.tokens = std::span<const int32_t>(st.log.data() + p.start, static_cast<size_t>(p.n));
     item.logits = p.mode;
-    item.dca = p.q->session->settings().attention.ToParams(model_->head_dim(),
-                                                           static_cast<int>(p.start + p.n));
+    item.dca =
+        session.settings().attention.ToParams(model_->head_dim(), static_cast<int>(p.start + p.n));
+    if (st.window) {
+      // Evicts what leaves the window (fold or drop, blocks freed) and points
+      // the item at the window's sequence.
+      const InfiniCounters before = st.window->counters();
+      absl::Status s = st.window->PrepareStep(p.n, &item);
+      const InfiniCounters& after = st.window->counters();
+      stats_->infini_folded_tokens_total.fetch_add(after.folded_tokens - before.folded_tokens);
+      stats_->infini_evictions_compress_total.fetch_add(after.chunks_folded - before.chunks_folded);
+      stats_->infini_evictions_slide_total.fetch_add(after.chunks_dropped - before.chunks_dropped);
+      if (!s.ok()) {
+        failures.emplace_back(p.q, std::move(s));
+        continue;
+      }
+    }
     items.push_back(item);
+    ready.push_back(p);
     batch_tokens += p.n;
   }
+  plans = std::move(ready);
+  for (auto& [q, status] : failures) Finish(*q, status);
+  if (plans.empty()) return;
 
   const absl::Time forward_start = absl::Now();
   const absl::Status status = model_->Forward(items, &logits_);
@@ -509,7 +606,7 @@ void Scheduler::Step() {
     const float* first_row = logits_.data() + row * static_cast<size_t>(vocab);
     row += rows;
     if (job.kind == Job::Kind::kIngest) {
-      if (st.kv.length() == job.target) Finish(q, absl::OkStatus());
+      if (st.sequence().length() == job.target) Finish(q, absl::OkStatus());
       continue;
     }
     if (job.kind == Job::Kind::kScore) {
@@ -521,7 +618,7 @@ void Scheduler::Step() {
         job.logprobs[static_cast<size_t>(pos + 1 - job.mark)] =
             LogProb(logits, st.log[static_cast<size_t>(pos + 1)]);
       }
-      if (st.kv.length() == job.target) Finish(q, absl::OkStatus());
+      if (st.sequence().length() == job.target) Finish(q, absl::OkStatus());
       continue;
     }
     // Generate: sample once the whole context is in.
@@ -547,7 +644,7 @@ void Scheduler::Step() {
       reason = FinishReason::kStopString;
     } else if (job.generated >= g.max_tokens) {
       reason = FinishReason::kLength;
-    } else if (static_cast<int64_t>(st.log.size()) >= session.settings().window_tokens) {
+    } else if (static_cast<int64_t>(st.log.size()) >= session.settings().max_tokens) {
       reason = FinishReason::kContext;
     }
     if (!reason) continue;
@@ -559,7 +656,7 @@ void Scheduler::Step() {
     result.total_time = now - job.submitted;
     if (g.persist && g.persist_suffix) {
       const std::vector<int32_t> suffix = g.persist_suffix(*reason);
-      const int64_t room = session.settings().window_tokens - static_cast<int64_t>(st.log.size());
+      const int64_t room = session.settings().max_tokens - static_cast<int64_t>(st.log.size());
       if (static_cast<int64_t>(suffix.size()) <= room) {
         st.log.insert(st.log.end(), suffix.begin(), suffix.end());
       }
@@ -578,9 +675,18 @@ void Scheduler::Step() {
 void Scheduler::Rollback(SessionQueue& q, Job& job) {
   SessionEngineState& st = q.session->engine_state();
   st.log.resize(static_cast<size_t>(job.mark));
-  if (st.kv.length() > job.mark) {
-    model_->kv_cache().Truncate(st.kv, static_cast<int>(job.mark));
+  if (!st.window) {
+    if (st.kv.length() > job.mark) model_->kv_cache().Truncate(st.kv, static_cast<int>(job.mark));
+    return;
   }
+  if (st.window->length() <= job.mark) return;
+  if (st.window->Rollback(static_cast<int>(job.mark)).ok()) return;
+  // The job moved the window past where it began: rebuild the window as it
+  // stood then; the session's next job re-prefills the log from there.
+  DropWindow(st);
+  st.resume = SessionEngineState::Resume{job.window_mark, std::move(job.memory_mark)};
+  // Should this fail, the next job creates the window again and reports why.
+  MakeWindow(*q.session).IgnoreError();
 }
 
 void Scheduler::Finish(SessionQueue& q, absl::Status status) {
@@ -661,9 +767,16 @@ void Scheduler::FailQueue(SessionQueue& q, const absl::Status& status) {
 
 void Scheduler::PublishSession(Session& session) {
   SessionEngineState& st = session.engine_state();
-  session.PublishCounters(
-      static_cast<int64_t>(st.log.size()),
-      static_cast<int64_t>(st.kv.block_table().size()) * model_->kv_cache().BytesPerBlock());
+  session.PublishCounters(static_cast<int64_t>(st.log.size()),
+                          st.sequence().resident_blocks() * model_->kv_cache().BytesPerBlock());
+  if (st.window) {
+    const InfiniMemory* m = st.window->memory();
+    const InfiniCounters& c = st.window->counters();
+    // The memory counts its folds across export and import; the counters
+    // only this window's.
+    session.PublishInfini(m ? m->bytes() : 0, m ? m->folded_tokens() : c.folded_tokens,
+                          c.dropped_tokens);
+  }
 }
 
 }  // namespace longctx

@@ -177,6 +177,11 @@ class Scheduler {
   void Rollback(SessionQueue& q, Job& job);
   void FailQueue(SessionQueue& q, const absl::Status& status);
   void PublishSession(Session& session);
+  // Windowed sessions: creates the session's InfiniWindow, frees it, and
+  // applies a pending import restore point once the sinks are in.
+  absl::Status MakeWindow(Session& session);
+  void DropWindow(SessionEngineState& st);
+  absl::Status PrepareWindow(Session& session);
 
   StepModel* const model_;
   const SchedulerOptions options_;

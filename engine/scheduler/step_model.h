@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/model/infini_window.h"
 #include "engine/model/llama_model.h"
 
 namespace longctx {
@@ -24,6 +26,16 @@ class StepModel {
   // As LlamaModel::Forward: appends each item's tokens to its sequence and
   // writes f32 logits [rows, vocab] in item order. On error no sequence grew.
   virtual absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits) = 0;
+  // An Infini window (compress and slide sessions) over this model's KV cache.
+  // UNIMPLEMENTED for models without one.
+  virtual absl::StatusOr<std::unique_ptr<InfiniWindow>> CreateWindow(const InfiniConfig& config,
+                                                                     const cpu::DcaParams& dca) {
+    (void)config;
+    (void)dca;
+    return absl::UnimplementedError("this model has no Infini window");
+  }
+  // Whether the model carries trained Infini gates (memory mixing possible).
+  virtual bool has_infini_gates() const { return false; }
 };
 
 class LlamaStepModel final : public StepModel {
@@ -36,6 +48,11 @@ class LlamaStepModel final : public StepModel {
   absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits) override {
     return model_->Forward(items, logits);
   }
+  absl::StatusOr<std::unique_ptr<InfiniWindow>> CreateWindow(const InfiniConfig& config,
+                                                             const cpu::DcaParams& dca) override {
+    return InfiniWindow::Create(model_.get(), config, dca);
+  }
+  bool has_infini_gates() const override { return model_->has_infini_gates(); }
   LlamaModel& model() { return *model_; }
 
  private:

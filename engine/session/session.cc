@@ -23,6 +23,9 @@ SessionInfo Session::Info() const {
   info.ingested_tokens = ingested_.load(std::memory_order_relaxed);
   info.device_bytes = device_bytes();
   info.host_bytes = host_bytes();
+  info.memory_bytes = memory_bytes_.load(std::memory_order_relaxed);
+  info.folded_tokens = folded_tokens_.load(std::memory_order_relaxed);
+  info.dropped_tokens = dropped_tokens_.load(std::memory_order_relaxed);
   absl::MutexLock lock(&mu_);
   info.expire_time = expire_time_;
   info.expired = closed() && close_reason_ == "expired";
@@ -50,7 +53,7 @@ absl::StatusOr<Session::SegmentClaim> Session::ClaimSegment(int64_t seq, int64_t
         absl::StrCat("segment.seq ", seq, " is out of order: session ", id_, " expects seq ",
                      next_seq_, " (last applied ", applied_seq_, ")"));
   }
-  const int64_t limit = settings_.window_tokens;
+  const int64_t limit = settings_.max_tokens;
   const int64_t held = tokens_.load(std::memory_order_acquire) + reserved_;
   if (held + tokens > limit) {
     return absl::ResourceExhaustedError(
@@ -102,10 +105,10 @@ void Session::FailSegment(int64_t seq, int64_t tokens) {
 absl::Status Session::Reserve(int64_t tokens) {
   absl::MutexLock lock(&mu_);
   const int64_t held = tokens_.load(std::memory_order_acquire) + reserved_;
-  if (held + tokens > settings_.window_tokens) {
+  if (held + tokens > settings_.max_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("session ", id_, " holds ", held, " tokens; ",
                                                      tokens, " more would exceed its limit of ",
-                                                     settings_.window_tokens));
+                                                     settings_.max_tokens));
   }
   reserved_ += tokens;
   return absl::OkStatus();
@@ -162,6 +165,12 @@ absl::Status Session::CheckOpen() const {
 void Session::PublishCounters(int64_t tokens, int64_t device_bytes) {
   tokens_.store(tokens, std::memory_order_release);
   device_bytes_.store(device_bytes, std::memory_order_relaxed);
+}
+
+void Session::PublishInfini(int64_t memory_bytes, int64_t folded_tokens, int64_t dropped_tokens) {
+  memory_bytes_.store(memory_bytes, std::memory_order_relaxed);
+  folded_tokens_.store(folded_tokens, std::memory_order_relaxed);
+  dropped_tokens_.store(dropped_tokens, std::memory_order_relaxed);
 }
 
 }  // namespace longctx

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/model/infini_window.h"
 #include "engine/session/session_settings.h"
 
 namespace longctx {
@@ -34,7 +37,20 @@ struct SessionEngineState {
   // in the log but not yet in the KV cache (the next step on this session
   // prefills them first).
   std::vector<int32_t> log;
+  // KV of a REJECT session. Compress and slide sessions keep theirs in
+  // `window` instead (created at their first job); use sequence().
   KvSequence kv;
+  std::unique_ptr<InfiniWindow> window;
+  // An imported windowed session's restore point, applied once its sinks are
+  // prefilled: tokens [sink_tokens, evicted_end) of the log are not re-run,
+  // `memory` (compress) replaces the empty one.
+  struct Resume {
+    int evicted_end = 0;
+    std::optional<InfiniMemory> memory;
+  };
+  std::optional<Resume> resume;
+
+  const KvSequence& sequence() const { return window ? window->sequence() : kv; }
 };
 
 // A point-in-time copy of a session's metadata and counters, for Get/List.
@@ -51,6 +67,11 @@ struct SessionInfo {
   int64_t next_seq = 1;
   int64_t device_bytes = 0;  // KV blocks held
   int64_t host_bytes = 0;    // token log
+  // Infini window (compress, slide): memory state, tokens folded into it and
+  // tokens dropped by slide.
+  int64_t memory_bytes = 0;
+  int64_t folded_tokens = 0;
+  int64_t dropped_tokens = 0;
 };
 
 // The acknowledgement of one applied ingest segment.
@@ -131,6 +152,8 @@ class Session {
   SessionEngineState& engine_state() { return engine_; }
   // Publishes the engine state's size for other threads (REQUIRES: engine thread).
   void PublishCounters(int64_t tokens, int64_t device_bytes);
+  // Publishes the Infini window's counters (REQUIRES: engine thread).
+  void PublishInfini(int64_t memory_bytes, int64_t folded_tokens, int64_t dropped_tokens);
   // Counts tokens added by Ingest (REQUIRES: engine thread).
   void AddIngested(int64_t tokens) { ingested_.fetch_add(tokens, std::memory_order_relaxed); }
 
@@ -164,6 +187,9 @@ class Session {
   std::atomic<int64_t> ingested_{0};
   std::atomic<int64_t> device_bytes_{0};
   std::atomic<int64_t> user_turn_start_{0};
+  std::atomic<int64_t> memory_bytes_{0};
+  std::atomic<int64_t> folded_tokens_{0};
+  std::atomic<int64_t> dropped_tokens_{0};
 
   SessionEngineState engine_;
 };

@@ -8,8 +8,11 @@ namespace longctx {
 namespace {
 
 constexpr char kMagic[8] = {'L', 'C', 'T', 'X', 'S', 'E', 'S', 'S'};
-constexpr uint32_t kVersion = 1;
+// Version 2 added the Infini window's restore point and memory.
+constexpr uint32_t kVersion = 2;
 constexpr uint32_t kMaxString = 1 << 20;
+// An Infini memory: n_layers × n_kv_heads × (D² + D) × 4 bytes.
+constexpr uint32_t kMaxMemory = 1u << 30;
 constexpr uint32_t kMaxLabels = 1024;
 
 class Writer {
@@ -40,12 +43,12 @@ class Reader {
     pos_ += sizeof(T);
     return absl::OkStatus();
   }
-  absl::Status GetString(const char* what, std::string* s) {
+  absl::Status GetString(const char* what, std::string* s, uint32_t max = kMaxString) {
     uint32_t n = 0;
     if (absl::Status st = Get(what, &n); !st.ok()) return st;
-    if (n > kMaxString) {
+    if (n > max) {
       return absl::InvalidArgumentError(
-          absl::StrCat("session data: ", what, " length ", n, " is over ", kMaxString));
+          absl::StrCat("session data: ", what, " length ", n, " is over ", max));
     }
     if (in_.size() - pos_ < n) return Truncated(what);
     s->assign(in_.data() + pos_, n);
@@ -109,6 +112,8 @@ std::string EncodeSessionSnapshot(const SessionSnapshot& s) {
   w.Put<int64_t>(s.segments);
   w.Put<int64_t>(s.ingested_tokens);
   w.Put<int64_t>(s.user_turn_start);
+  w.Put<int64_t>(s.evicted_end);
+  w.PutString(s.memory);
   w.Put<uint64_t>(s.tokens.size());
   for (int32_t t : s.tokens) w.Put<int32_t>(t);
   w.Put<uint64_t>(Fnv1a64(w.out()));
@@ -130,7 +135,7 @@ absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data) {
   SessionSnapshot s;
   uint32_t version = 0;
   CODEC_TRY(r.Get("version", &version));
-  if (version != kVersion) {
+  if (version != kVersion && version != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "session data version ", version, " is not supported (this server reads ", kVersion, ")"));
   }
@@ -183,6 +188,10 @@ absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data) {
   CODEC_TRY(r.Get("counters", &s.segments));
   CODEC_TRY(r.Get("counters", &s.ingested_tokens));
   CODEC_TRY(r.Get("counters", &s.user_turn_start));
+  if (version >= 2) {
+    CODEC_TRY(r.Get("evicted end", &s.evicted_end));
+    CODEC_TRY(r.GetString("infini memory", &s.memory, kMaxMemory));
+  }
   uint64_t n_tokens = 0;
   CODEC_TRY(r.Get("token count", &n_tokens));
   if (n_tokens != r.left() / sizeof(int32_t) || r.left() % sizeof(int32_t) != 0) {
@@ -193,7 +202,8 @@ absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data) {
   s.tokens.resize(n_tokens);
   for (auto& t : s.tokens) CODEC_TRY(r.Get("tokens", &t));
   if (s.applied_seq < 0 || s.segments < 0 || s.ingested_tokens < 0 || s.user_turn_start < 0 ||
-      s.user_turn_start > static_cast<int64_t>(n_tokens)) {
+      s.user_turn_start > static_cast<int64_t>(n_tokens) || s.evicted_end < 0 ||
+      s.evicted_end > static_cast<int64_t>(n_tokens)) {
     return absl::InvalidArgumentError("session data: negative or inconsistent counters");
   }
   return s;

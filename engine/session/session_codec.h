@@ -2,7 +2,8 @@
 // replica needs to rebuild the session exactly, for the same model.
 //
 // Layout (little-endian): magic "LCTXSESS", u32 version, the model
-// fingerprint, the settings, the ingest counters, the token log, and a 64-bit
+// fingerprint, the settings, the ingest counters, the Infini window's restore
+// point and memory (version 2), the token log, and a 64-bit
 // FNV-1a checksum of everything before it. Decoding is bounded by the input
 // size and never trusts a count it has not checked.
 #pragma once
@@ -33,6 +34,11 @@ struct SessionSnapshot {
   int64_t segments = 0;
   int64_t ingested_tokens = 0;
   int64_t user_turn_start = 0;
+  // Compress and slide sessions: tokens [sink_tokens, evicted_end) left the
+  // window; `memory` is the compressive memory (InfiniMemory::Serialize),
+  // empty under slide. Import restores both and re-prefills from evicted_end.
+  int64_t evicted_end = 0;
+  std::string memory;
   std::vector<int32_t> tokens;
 };
 

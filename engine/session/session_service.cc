@@ -138,6 +138,7 @@ SessionService::SessionService(std::unique_ptr<StepModel> model, Tokenizer token
   info_.block_size = kv.geometry().block_size;
   info_.total_blocks = kv.total_blocks();
   info_.bytes_per_token = kv.BytesPerBlock() / kv.geometry().block_size;
+  info_.memory_mixing = model_->has_infini_gates();
   SessionRequest defaults;
   if (auto s = Resolve(defaults); s.ok()) info_.default_attention = s->attention;
   scheduler_ = std::make_unique<Scheduler>(model_.get(), options_.scheduler, &stats_);
@@ -192,24 +193,42 @@ absl::StatusOr<SessionSettings> SessionService::Resolve(const SessionRequest& r)
   }
   s.attention = *dca;
 
-  s.window_tokens = r.window_tokens ? r.window_tokens : options_.max_session_tokens;
+  s.overflow = r.overflow;
   if (r.window_tokens < 0) {
     return absl::InvalidArgumentError("memory.window_tokens must not be negative");
   }
+  if (s.windowed() && r.window_tokens == 0) {
+    return absl::InvalidArgumentError(
+        "memory.window_tokens is required with SLIDE and COMPRESS (a multiple of the DCA "
+        "chunk length)");
+  }
+  s.window_tokens = r.window_tokens ? r.window_tokens : options_.max_session_tokens;
   if (s.window_tokens > options_.max_session_tokens) {
     return absl::InvalidArgumentError(absl::StrCat("memory.window_tokens ", s.window_tokens,
                                                    " is over the server's max_session_tokens of ",
                                                    options_.max_session_tokens));
   }
-  s.overflow = r.overflow;
-  if (s.overflow != OverflowPolicy::kReject) {
-    return absl::UnimplementedError(absl::StrCat(
-        "memory.overflow ", s.overflow == OverflowPolicy::kCompress ? "COMPRESS" : "SLIDE",
-        " is not supported by this server: its sessions keep exact KV for the whole window "
-        "(REJECT)"));
-  }
-  if (r.sink_tokens != 0) {
-    return absl::InvalidArgumentError("memory.sink_tokens applies only to SLIDE and COMPRESS");
+  if (!s.windowed()) {
+    if (r.sink_tokens != 0) {
+      return absl::InvalidArgumentError("memory.sink_tokens applies only to SLIDE and COMPRESS");
+    }
+    s.max_tokens = s.window_tokens;
+  } else {
+    // The Infini window (DESIGN §4): W a multiple of L, sinks whole KV blocks.
+    s.sink_tokens = r.sink_tokens;
+    if (s.sink_tokens < 0 || s.sink_tokens > s.window_tokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("memory.sink_tokens ", s.sink_tokens, " must be in [0, window_tokens]"));
+    }
+    const absl::Status v = s.ToInfiniConfig(false).Validate(
+        s.attention.ToParams(info_.model.head_dim, 1), model_->kv_cache().geometry().block_size);
+    if (!v.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("memory: ", v.message(), " (window_tokens ", s.window_tokens,
+                       ", sink_tokens ", s.sink_tokens, ", attention chunk_len ",
+                       s.attention.ToParams(info_.model.head_dim, 1).chunk_len, ")"));
+    }
+    s.max_tokens = options_.max_windowed_session_tokens;
   }
 
   s.prompt_format = r.prompt_format.value_or(chat_ ? PromptFormat::kChat : PromptFormat::kRaw);
@@ -376,6 +395,9 @@ std::shared_ptr<WorkHandle> SessionService::Ingest(
   const int64_t n = static_cast<int64_t>(ids->size());
   IngestAck ack;
   auto claim = session->ClaimSegment(input.seq, n, &ack);
+  if (absl::IsResourceExhausted(claim.status()) && !session->settings().windowed()) {
+    stats_.infini_rejections_total.fetch_add(1);
+  }
   if (!claim.ok()) {
     done(claim.status());
     return nullptr;
@@ -633,6 +655,14 @@ void SessionService::Export(const std::string& tenant, const std::string& id,
     snap.ingested_tokens = info.ingested_tokens;
     snap.user_turn_start = session->user_turn_start();
     snap.tokens = state->log;
+    if (state->resume) {
+      // Rebuilt after a rollback, not yet re-prefilled: its restore point.
+      snap.evicted_end = state->resume->evicted_end;
+      if (state->resume->memory) snap.memory = state->resume->memory->Serialize();
+    } else if (state->window) {
+      snap.evicted_end = state->window->evicted_end();
+      if (const InfiniMemory* m = state->window->memory()) snap.memory = m->Serialize();
+    }
     std::string bytes = EncodeSessionSnapshot(snap);
     stats_.export_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
     done(std::move(bytes));
@@ -663,14 +693,39 @@ void SessionService::Import(const std::string& tenant, ImportInput input,
   check.attention.length_temperature = settings.attention.length_temperature;
   check.attention.compose_rope_scaling = settings.attention.compose_rope_scaling;
   check.window_tokens = settings.window_tokens;
+  check.sink_tokens = settings.sink_tokens;
+  check.overflow = settings.overflow;
   check.prompt_format = settings.prompt_format;
   check.system_prompt = settings.system_prompt;
   auto resolved = Resolve(check);
   if (!resolved.ok()) return done(resolved.status());
-  if (static_cast<int64_t>(snap->tokens.size()) > resolved->window_tokens) {
+  if (static_cast<int64_t>(snap->tokens.size()) > resolved->max_tokens) {
     return done(absl::ResourceExhaustedError(absl::StrCat("the session holds ", snap->tokens.size(),
                                                           " tokens, over this server's ",
-                                                          "limit of ", resolved->window_tokens)));
+                                                          "limit of ", resolved->max_tokens)));
+  }
+  // The Infini window's restore point; the engine checks it against the model.
+  std::optional<SessionEngineState::Resume> resume;
+  if (resolved->windowed()) {
+    resume.emplace();
+    resume->evicted_end = static_cast<int>(snap->evicted_end);
+    const bool compress = resolved->overflow == OverflowPolicy::kCompress;
+    if (compress != !snap->memory.empty()) {
+      return done(absl::InvalidArgumentError(
+          compress ? "session data: a COMPRESS session without its Infini memory"
+                   : "session data: an Infini memory in a session that keeps none"));
+    }
+    if (compress) {
+      auto memory = InfiniMemory::Deserialize(snap->memory);
+      if (!memory.ok()) {
+        return done(absl::InvalidArgumentError(
+            absl::StrCat("session data: Infini memory: ", memory.status().message())));
+      }
+      resume->memory = *std::move(memory);
+    }
+  } else if (snap->evicted_end != 0 || !snap->memory.empty()) {
+    return done(
+        absl::InvalidArgumentError("session data: an Infini window state in a REJECT session"));
   }
   for (int32_t t : snap->tokens) {
     if (t < 0 || t >= tokenizer_.vocab_size()) {
@@ -678,9 +733,12 @@ void SessionService::Import(const std::string& tenant, ImportInput input,
     }
   }
   const SessionSnapshot& restore = *snap;
-  auto prepare = [&restore](Session& s) {
+  auto prepare = [&restore, &resume](Session& s) {
     s.RestoreIngestState(restore.applied_seq, restore.segments, restore.ingested_tokens);
     s.set_user_turn_start(restore.user_turn_start);
+    // No job has reached the engine for this new session yet: queuing the
+    // first one publishes this to the engine thread.
+    if (resume) s.engine_state().resume = std::move(resume);
   };
   StartSession(tenant, input.id, std::move(*resolved), std::move(snap->tokens), prepare,
                [this, start, done = std::move(done)](absl::StatusOr<SessionInfo> info) {

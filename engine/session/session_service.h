@@ -39,6 +39,9 @@ struct EngineOptions {
   SessionLimits sessions;
   KvCacheConfig kv;
   int64_t max_session_tokens = 131072;  // window cap of every session
+  // Token log cap of a SLIDE or COMPRESS session, whose KV stays bounded by
+  // its window: 4 bytes of host memory per token.
+  int64_t max_windowed_session_tokens = int64_t{1} << 24;
   int64_t max_segment_bytes = 1 << 20;  // segment text, prompt and Score text
   int64_t max_segment_tokens = 65536;   // tokens of one segment (or Score text)
   int max_generate_tokens = 4096;       // max_tokens may not exceed this
@@ -128,6 +131,9 @@ struct EngineInfo {
   int block_size = 0;
   int64_t total_blocks = 0;
   int64_t bytes_per_token = 0;
+  // Whether COMPRESS sessions mix their memory into attention: the model
+  // carries trained Infini gates. Off: the memory is kept and exported only.
+  bool memory_mixing = false;
 };
 
 class SessionService {

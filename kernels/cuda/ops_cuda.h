@@ -215,4 +215,46 @@ cudaError_t MergeAttention(float* out,             // [rows, H * D]
                            const float* partials,  // [n_parts * rows, H * (D + 1)]
                            int n_parts, int rows, int H, int D, cudaStream_t stream);
 
+// --- Infini-attention compressive memory (DESIGN §4; cpu::InfiniRetrieve,
+// cpu::InfiniFold and cpu::InfiniMix are the references) ---
+// One layer's memory: M [n_kv_heads, D, D] (row: key dim, column: value dim)
+// and z [n_kv_heads, D], fp32. σ = ELU + 1 on UN-rotated q and k. GQA: q head h
+// reads kv head h / (H / n_kv_heads). Sums run in fp32 in a fixed order (no
+// atomics), so a launch is deterministic.
+
+// out[t, h] = σ(q[t, h]) M[g] / max(σ(q[t, h])·z[g], eps); exactly 0 where
+// σ(q)·z = 0 (an empty memory). D ≤ 1024. grid: (T, H), one block per row.
+cudaError_t InfiniRetrieve(float* out,        // [T, H, D]
+                           const float* q,    // [T, H, D], un-rotated
+                           const float* mem,  // [n_kv_heads, D, D]
+                           const float* z,    // [n_kv_heads, D]
+                           int T, int H, int n_kv_heads, int D, float eps, cudaStream_t stream);
+
+// Folds one segment of T tokens into the memory, per kv head g:
+//   linear: M[g] += σ(K_g)ᵀ V_g
+//   delta:  M[g] += σ(K_g)ᵀ (V_g − σ(K_g) M[g] / max(σ(K_g) z[g], eps))
+// and z[g] += Σ_t σ(K_g[t]). The delta correction reads the memory as it was
+// before the segment (a first kernel writes the corrected values to
+// `scratch`, then the batched σ(K)ᵀU product updates M and z).
+struct InfiniFoldParams {
+  float* mem = nullptr;      // [n_kv_heads, D, D], updated in place
+  float* z = nullptr;        // [n_kv_heads, D], updated in place
+  const float* k = nullptr;  // [T, n_kv_heads, D], un-rotated
+  const float* v = nullptr;  // [T, n_kv_heads, D]
+  float* scratch = nullptr;  // [T, n_kv_heads, D]; delta only (may be null for linear)
+  int T = 0;
+  int n_kv_heads = 0;
+  int D = 0;  // ≤ 1024
+  bool delta = false;
+  float eps = 1e-6f;
+};
+cudaError_t InfiniFold(const InfiniFoldParams& p, cudaStream_t stream);
+
+// out[t, h] = s_h a_mem[t, h] + (1 − s_h) a_dca[t, h], s_h = sigmoid(beta[h]).
+cudaError_t InfiniMix(float* out,          // [T, H, D] (may alias a_mem or a_dca)
+                      const float* a_mem,  // [T, H, D]
+                      const float* a_dca,  // [T, H, D]
+                      const float* beta,   // [H]
+                      int T, int H, int D, cudaStream_t stream);
+
 }  // namespace longctx::cuda

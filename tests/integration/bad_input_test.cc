@@ -212,8 +212,10 @@ TEST_F(BadInputTest, BadSessionSettingsNameTheField) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(r.status().message(), HasSubstr("local_window"));
   c = {};
-  c.mutable_memory()->set_overflow(v1::OVERFLOW_POLICY_COMPRESS);
-  EXPECT_EQ(CreateSession(stub_.get(), c).status().code(), absl::StatusCode::kUnimplemented);
+  c.mutable_memory()->set_overflow(v1::OVERFLOW_POLICY_COMPRESS);  // without its window
+  r = CreateSession(stub_.get(), c);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("window_tokens"));
   c = {};
   c.mutable_ttl()->set_seconds(-5);
   EXPECT_THAT(CreateSession(stub_.get(), c).status().message(), HasSubstr("ttl"));
