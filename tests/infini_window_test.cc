@@ -728,7 +728,9 @@ void StreamTenWindows(LlamaModel* model, int64_t (*device_free)()) {
   const int W = c.window_tokens;
   const std::vector<int32_t> tokens = RandomTokens(10 * W, 17);
   const int64_t per_token_kv = model->kv_cache().BytesPerBlock() / kBlock;
-  ASSERT_GE(per_token_kv * 10 * W, int64_t{16} << 20) << "the test must be able to see a leak";
+  if (device_free == nullptr) {  // host KV: the RSS check below must be able to see a leak
+    ASSERT_GE(per_token_kv * 10 * W, int64_t{16} << 20) << "the test must be able to see a leak";
+  }
   int64_t rss_warm = 0, free_warm = 0, resident_warm = 0, device_free_warm = 0;
   const int64_t memory_bytes = w.memory()->bytes();
   for (int n = 0; n < 10 * W; n += L / 2) {

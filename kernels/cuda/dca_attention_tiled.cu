@@ -370,8 +370,15 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
         float* dst = out_base + r * row_stride + 2 * t4;
 #pragma unroll
         for (int dn = 0; dn < D / 8; ++dn) {
-          *reinterpret_cast<float2*>(dst + dn * 8) =
-              make_float2(o[mt][dn][2 * half] * inv, o[mt][dn][2 * half + 1] * inv);
+          const float a = o[mt][dn][2 * half] * inv, b = o[mt][dn][2 * half + 1] * inv;
+          if constexpr (kRuns) {
+            // A partial is a slice of a gathered buffer of [R, H * (D + 1)]
+            // rows per rank: it may start on any float, so no paired stores.
+            dst[dn * 8] = a;
+            dst[dn * 8 + 1] = b;
+          } else {
+            *reinterpret_cast<float2*>(dst + dn * 8) = make_float2(a, b);
+          }
         }
       }
     }
