@@ -31,8 +31,28 @@ ModelConfig Llama2_7b() {
   return c;
 }
 
+// The default model's shape (SmolLM2-135M): benchmarks without the model file.
+ModelConfig SmolLm2_135m() {
+  ModelConfig c;
+  c.architecture = "llama";
+  c.name = "SmolLM2-135M shape (synthetic, random weights)";
+  c.n_layers = 30;
+  c.d_model = 576;
+  c.n_heads = 9;
+  c.n_kv_heads = 3;
+  c.head_dim = 64;
+  c.d_ff = 1536;
+  c.vocab_size = 49152;
+  c.context_length = 8192;
+  c.rope_theta = 100000.f;
+  c.rms_eps = 1e-5f;
+  c.tied_embeddings = true;
+  return c;
+}
+
 const std::vector<Shape>& Shapes() {
-  static const std::vector<Shape> shapes = {{"llama2-7b", Llama2_7b()}};
+  static const std::vector<Shape> shapes = {{"llama2-7b", Llama2_7b()},
+                                            {"smollm2-135m", SmolLm2_135m()}};
   return shapes;
 }
 
