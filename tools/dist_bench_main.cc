@@ -19,9 +19,9 @@
 // alone where its KV holds them, comparing the last step's logits (max
 // |Δlogit| / max |logit|, argmax) and the prefill times. --model names a GGUF
 // file or Hugging Face directory (default $LONGCTX_MODEL) or
-// "synthetic-llama2-7b": Llama-2-7B's shape (32 layers, 32 heads, 32 kv heads,
-// head_dim 128, hidden 4096, ffn 11008, vocab 32000) with random bf16 weights,
-// for throughput and capacity only (its logits mean nothing).
+// "synthetic:llama2-7b" (or "synthetic-llama2-7b"): Llama-2-7B's shape with
+// random bf16 weights made on the device (engine/model/synthetic_model.h), for
+// throughput and capacity only (its logits mean nothing).
 //     longctx-dist-bench --mode=model --comm=nccl --world_size=2 --rank=R
 //         --rendezvous=file:///tmp/rdv --model=/tmp/model.gguf --contexts=32768
 #include <algorithm>
@@ -56,6 +56,7 @@
 #include "engine/model/dca_config.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/synthetic_model.h"
 #endif
 
 ABSL_FLAG(std::string, comm, "inproc", "inproc (threads, host memory) or nccl (GPUs)");
@@ -74,7 +75,8 @@ ABSL_FLAG(int, reps, 20, "timed repetitions per size (median reported)");
 ABSL_FLAG(std::string, mode, "comm", "comm (collective timings) or model (a model's sessions)");
 ABSL_FLAG(std::string, model, "",
           "--mode=model: GGUF file or HF directory (empty: $LONGCTX_MODEL), or "
-          "synthetic-llama2-7b (random bf16 weights of Llama-2-7B's shape)");
+          "synthetic:llama2-7b (random bf16 weights of Llama-2-7B's shape; also "
+          "synthetic-llama2-7b)");
 ABSL_FLAG(std::string, contexts, "32768,131072", "--mode=model: session lengths in tokens");
 ABSL_FLAG(int, step, 8192, "--mode=model: prefill tokens per forward step");
 ABSL_FLAG(bool, single, true,
@@ -165,78 +167,8 @@ void Print(const std::string& comm, int world, const std::vector<Row>& rows) {
 // ---------------------------------------------------------------------------
 // --mode=model
 
+// The synthetic model this bench accepts under its older name too.
 constexpr char kSynthetic[] = "synthetic-llama2-7b";
-
-ModelConfig SyntheticLlama2Config() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "synthetic Llama-2-7B shape (random weights)";
-  c.n_layers = 32;
-  c.d_model = 4096;
-  c.n_heads = 32;
-  c.n_kv_heads = 32;
-  c.head_dim = 128;
-  c.d_ff = 11008;
-  c.vocab_size = 32000;
-  c.context_length = 4096;
-  c.rope_theta = 10000.f;
-  c.rms_eps = 1e-5f;
-  return c;
-}
-
-// Random weights of `c`'s shape: N(0, 0.02)-like values (uniform, same
-// variance), norms 1. Filled in parallel from a counter-based generator.
-HostModel SyntheticHostModel(const ModelConfig& c) {
-  HostModel m;
-  m.config = c;
-  auto add = [&](const std::string& name, int64_t rows, int64_t cols, bool norm) {
-    HostTensor& t = m.tensors[name];
-    t.shape = {rows, cols};
-    t.data.resize(static_cast<size_t>(rows * cols));
-    if (norm) {
-      std::fill(t.data.begin(), t.data.end(), 1.f);
-      return;
-    }
-    const uint64_t salt = std::hash<std::string>()(name);
-    const int64_t n = rows * cols;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      uint64_t z = (salt ^ static_cast<uint64_t>(i)) + 0x9E3779B97F4A7C15ull;  // splitmix64
-      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-      z ^= z >> 31;
-      const float u = static_cast<float>(z >> 40) * (1.f / 16777216.f);  // [0, 1)
-      t.data[static_cast<size_t>(i)] = (2.f * u - 1.f) * 0.0346f;        // sd 0.02
-    }
-  };
-  const int64_t D = c.d_model, q = int64_t{c.n_heads} * c.head_dim,
-                kv = int64_t{c.n_kv_heads} * c.head_dim;
-  add("token_embd.weight", c.vocab_size, D, false);
-  add("output_norm.weight", 1, D, true);
-  add("output.weight", c.vocab_size, D, false);
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string p = absl::StrCat("blk.", l, ".");
-    add(p + "attn_norm.weight", 1, D, true);
-    add(p + "attn_q.weight", q, D, false);
-    add(p + "attn_k.weight", kv, D, false);
-    add(p + "attn_v.weight", kv, D, false);
-    add(p + "attn_output.weight", D, q, false);
-    add(p + "ffn_norm.weight", 1, D, true);
-    add(p + "ffn_gate.weight", c.d_ff, D, false);
-    add(p + "ffn_up.weight", c.d_ff, D, false);
-    add(p + "ffn_down.weight", D, c.d_ff, false);
-  }
-  return m;
-}
-
-// bf16 bytes of the weights LlamaModel uploads for `c`.
-int64_t WeightBytes(const ModelConfig& c) {
-  const int64_t D = c.d_model, q = int64_t{c.n_heads} * c.head_dim,
-                kv = int64_t{c.n_kv_heads} * c.head_dim;
-  const int64_t per_layer = 2 * D + D * (2 * q + 2 * kv) + 3 * D * c.d_ff;
-  return 2 * (int64_t{c.vocab_size} * D * (c.tied_embeddings ? 1 : 2) + D +
-              int64_t{c.n_layers} * per_layer);
-}
 
 struct SessionResult {
   absl::Status status;
@@ -346,15 +278,12 @@ int RunModel() {
   }
 
   // The weights (only the home runs the model; the other ranks need the shape).
-  const bool synthetic = path == kSynthetic;
-  absl::StatusOr<HostModel> host;
+  // A synthetic model's tensors are made on the device (engine/model/synthetic_model.h).
+  const std::string model_path =
+      path == kSynthetic ? absl::StrCat(kSyntheticModelPrefix, "llama2-7b") : path;
+  const bool synthetic = model_path.rfind(kSyntheticModelPrefix, 0) == 0;
   const absl::Time t_load = absl::Now();
-  if (synthetic) {
-    host = rank == 0 ? SyntheticHostModel(SyntheticLlama2Config())
-                     : HostModel{SyntheticLlama2Config(), {}, {}};
-  } else {
-    host = LoadHostModel(path);
-  }
+  absl::StatusOr<HostModel> host = LoadHostModel(model_path);
   if (!host.ok()) return fail("loading the model", host.status());
   const ModelConfig c = host->config;
   auto dca_config = DcaConfig::Resolve(c, DcaOverrides());
@@ -367,7 +296,7 @@ int RunModel() {
   const double gib = double(int64_t{1} << 30);
   kv_config.max_bytes = absl::GetFlag(FLAGS_kv_gib) > 0
                             ? static_cast<int64_t>(absl::GetFlag(FLAGS_kv_gib) * gib)
-                            : static_cast<int64_t>(free_bytes) - WeightBytes(c) -
+                            : static_cast<int64_t>(free_bytes) - WeightBytes(c, 2) -
                                   static_cast<int64_t>(absl::GetFlag(FLAGS_reserve_gib) * gib);
   if (kv_config.max_bytes <= 0) {
     return fail("KV budget", absl::ResourceExhaustedError("no device memory left for KV"));
