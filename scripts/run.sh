@@ -68,9 +68,10 @@ echo "session: $session" >&2
 "$cli" ingest "$session" "$file" --segment-bytes=1024
 
 step "asking: $question"
-# Light sampling keeps a small model from repeating itself; the seed makes it repeatable.
+# Light sampling and a repetition penalty keep a small model from repeating
+# itself; the seed makes the answer repeatable.
 "$cli" ask "$session" "$question" --max-tokens="${MAX_TOKENS:-96}" --temperature=0.3 --top-p=0.9 \
-  --seed=1
+  --repetition-penalty=1.2 --seed=1
 
 step "stopping longctxd"
 "$cli" delete "$session"

@@ -53,6 +53,7 @@ commands:
                                 stream a text file ('-' = stdin) into a session,
                                 with a progress bar; resumes at the session's next seq
   ask SESSION QUESTION [--max-tokens=N] [--temperature=T] [--top-p=P] [--top-k=K]
+         [--repetition-penalty=R]
          [--seed=S] [--stop=TEXT ...] [--persist]
                                 ask a question; the answer is streamed
   score SESSION TEXT [--per-token]
@@ -447,6 +448,11 @@ class Cli {
     if (a.Has("top-k")) {
       if (!absl::SimpleAtoi(a.Get("top-k"), &n)) return absl::InvalidArgumentError("bad --top-k");
       req.mutable_sampling()->set_top_k(n);
+    }
+    if (a.Has("repetition-penalty")) {
+      if (!absl::SimpleAtof(a.Get("repetition-penalty"), &f))
+        return absl::InvalidArgumentError("bad --repetition-penalty");
+      req.mutable_sampling()->set_repetition_penalty(f);
     }
     if (a.Has("seed")) {
       uint64_t seed = 0;

@@ -149,6 +149,7 @@ GenerateInput FromProto(const v1::GenerateRequest& req) {
   in.sampling.temperature = s.temperature();
   in.sampling.top_k = s.top_k();
   in.sampling.top_p = s.has_top_p() ? s.top_p() : 1.f;
+  in.sampling.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.f;
   in.has_seed = s.has_seed();
   in.sampling.seed = s.seed();
   in.max_tokens = req.max_tokens();

@@ -84,6 +84,42 @@ TEST(SamplerTest, ValidateRejectsBadParameters) {
   EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
   p.top_p = 1.5f;
   EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument);
+  for (float r : {0.f, -1.f, 11.f, float(NAN)}) {
+    p = {};
+    p.repetition_penalty = r;
+    EXPECT_EQ(p.Validate().code(), absl::StatusCode::kInvalidArgument) << r;
+  }
+}
+
+TEST(SamplerTest, RepetitionPenaltyDiscountsSeenTokens) {
+  // Token 2 leads; once seen, 4.0 / 2 = 2.0 falls below token 1's 3.0. A
+  // negative logit is multiplied: token 0 at -1 becomes -2, never chosen.
+  const std::vector<float> logits = {-1.f, 3.f, 4.f, 0.5f};
+  SamplingParams p;
+  p.repetition_penalty = 2.f;
+  Sampler s(p);
+  EXPECT_EQ(s.Sample(logits), 2);
+  s.Observe(2);
+  EXPECT_EQ(s.Sample(logits), 1);
+  s.Observe(1);  // 1.5 vs 2.0: token 2 again
+  EXPECT_EQ(s.Sample(logits), 2);
+  // Off (1): observing changes nothing.
+  Sampler off(SamplingParams{});
+  off.Observe(2);
+  EXPECT_EQ(off.Sample(logits), 2);
+  // With temperature, a penalized token is drawn less often.
+  SamplingParams hot;
+  hot.temperature = 1.f;
+  hot.seed = 5;
+  hot.repetition_penalty = 4.f;
+  Sampler a(hot), b(SamplingParams{1.f, 0, 1.f, 5, 1.f});
+  a.Observe(2);
+  int a2 = 0, b2 = 0;
+  for (int i = 0; i < 2000; ++i) {
+    a2 += a.Sample(logits) == 2;
+    b2 += b.Sample(logits) == 2;
+  }
+  EXPECT_LT(a2, b2 / 2);
 }
 
 }  // namespace

@@ -5,29 +5,43 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <vector>
 
 #include "absl/status/status.h"
 
 namespace longctx {
+
+inline constexpr float kMaxRepetitionPenalty = 10.f;
 
 struct SamplingParams {
   float temperature = 0.f;  // 0 = greedy (argmax)
   int top_k = 0;            // 0 = off
   float top_p = 1.f;        // 1 = off; in (0, 1]
   uint64_t seed = 0;        // same seed, same logits -> same tokens
-  // Rejects negative temperature, negative top_k, top_p outside (0, 1].
+  // 1 = off. The logit of a token already seen (Sampler::Observe: the question
+  // and the answer so far) is divided by it when positive and multiplied by it
+  // when negative, before everything else (the rule of CTRL, Keskar et al.
+  // 2019, as Hugging Face and vLLM apply it).
+  float repetition_penalty = 1.f;
+  // Rejects negative temperature, negative top_k, top_p outside (0, 1], a
+  // repetition penalty outside (0, kMaxRepetitionPenalty].
   absl::Status Validate() const;
 };
 
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
+  // Marks `token` as seen, for the repetition penalty. Negative ids are ignored.
+  void Observe(int32_t token);
   // REQUIRES: logits non-empty and finite.
   int32_t Sample(std::span<const float> logits);
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
+  std::vector<bool> seen_;  // by token id, grown on demand
+  std::vector<int32_t> seen_ids_;
+  std::vector<float> penalized_;  // scratch: the logits after the penalty
 };
 
 }  // namespace longctx

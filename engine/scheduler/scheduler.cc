@@ -375,6 +375,7 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
       }
       st.log.insert(st.log.end(), prompt.begin(), prompt.end());
       job.sampler = std::make_unique<Sampler>(job.generate.sampling);
+      for (int32_t t : prompt) job.sampler->Observe(t);
       stats_->prompt_tokens_total.fetch_add(static_cast<int64_t>(prompt.size()));
       break;
     }
@@ -633,6 +634,7 @@ void Scheduler::Step() {
       stats_->inter_token_latency.Observe(absl::ToDoubleSeconds(now - job.last_token));
     }
     job.last_token = now;
+    job.sampler->Observe(token);
     ++job.generated;
     stats_->generation_tokens_total.fetch_add(1);
     st.log.push_back(token);

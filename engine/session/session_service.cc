@@ -473,6 +473,11 @@ std::shared_ptr<WorkHandle> SessionService::Generate(const std::string& tenant,
     return fail(absl::InvalidArgumentError(
         absl::StrCat("sampling.top_p must be in (0, 1] (got ", sp.top_p, ")")));
   }
+  if (!(sp.repetition_penalty > 0.f && sp.repetition_penalty <= kMaxRepetitionPenalty)) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("sampling.repetition_penalty must be in (0, ", kMaxRepetitionPenalty,
+                     "] (got ", sp.repetition_penalty, ")")));
+  }
   if (absl::Status s = sp.Validate(); !s.ok()) {
     return fail(absl::InvalidArgumentError(absl::StrCat("sampling: ", s.message())));
   }

@@ -187,6 +187,10 @@ TEST_F(BadInputTest, InvalidSamplingParametersAreInvalidArgument) {
       {"sampling.top_p", [](v1::SamplingParams* s) { s->set_top_p(1.5f); }},
       {"sampling.top_k", [](v1::SamplingParams* s) { s->set_top_k(-1); }},
       {"sampling.top_k", [](v1::SamplingParams* s) { s->set_top_k(10'000'000); }},
+      {"sampling.repetition_penalty",
+       [](v1::SamplingParams* s) { s->set_repetition_penalty(0.f); }},
+      {"sampling.repetition_penalty",
+       [](v1::SamplingParams* s) { s->set_repetition_penalty(50.f); }},
   };
   for (const Case& c : cases) {
     v1::GenerateRequest g = Ask();

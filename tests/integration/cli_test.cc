@@ -62,7 +62,8 @@ TEST(CliTest, CreateIngestAskScoreListDelete) {
   EXPECT_GT(session->next_seq(), 1);
 
   CliResult ask =
-      RunCli(*daemon, absl::StrCat("ask ", id, " 'What does the keeper count?' --max-tokens=8"));
+      RunCli(*daemon, absl::StrCat("ask ", id, " 'What does the keeper count?' --max-tokens=8",
+                                   " --repetition-penalty=1.2"));
   ASSERT_EQ(ask.exit_code, 0) << ask.out;
   EXPECT_FALSE(ask.out.empty());
 
