@@ -15,13 +15,11 @@ namespace {
 
 using ::testing::HasSubstr;
 
-class BadInputTest : public ::testing::Test {
+class BadInputTest : public SharedDaemonTest {
  protected:
   void SetUp() override {
-    std::string why;
-    daemon_ = SharedDaemon(&why);
-    if (daemon_ == nullptr) GTEST_SKIP() << why;
-    stub_ = daemon_->Stub();
+    SharedDaemonTest::SetUp();
+    if (IsSkipped()) return;
     v1::CreateSessionRequest create;
     create.set_prompt_format(v1::PROMPT_FORMAT_RAW);
     auto s = CreateSession(stub_.get(), create);
@@ -50,8 +48,6 @@ class BadInputTest : public ::testing::Test {
     return g;
   }
 
-  Daemon* daemon_ = nullptr;
-  std::unique_ptr<v1::LongContext::Stub> stub_;
   std::string id_;
   int64_t tokens_ = 0;
 };

@@ -35,10 +35,10 @@ CliResult RunCli(const Daemon& daemon, const std::string& args) {
   return r;
 }
 
-TEST(CliTest, CreateIngestAskScoreListDelete) {
-  std::string why;
-  Daemon* daemon = SharedDaemon(&why);
-  if (daemon == nullptr) GTEST_SKIP() << why;
+using CliTest = SharedDaemonTest;
+
+TEST_F(CliTest, CreateIngestAskScoreListDelete) {
+  Daemon* daemon = daemon_;
 
   // No --id: the client picks one, so that the routing header can carry it.
   CliResult create = RunCli(*daemon, "create --label=suite=cli");
@@ -87,10 +87,8 @@ TEST(CliTest, CreateIngestAskScoreListDelete) {
   EXPECT_NE(gone.out.find("NOT_FOUND"), std::string::npos) << gone.out;
 }
 
-TEST(CliTest, BadArgumentsFailWithUsageOrStatus) {
-  std::string why;
-  Daemon* daemon = SharedDaemon(&why);
-  if (daemon == nullptr) GTEST_SKIP() << why;
+TEST_F(CliTest, BadArgumentsFailWithUsageOrStatus) {
+  Daemon* daemon = daemon_;
   CliResult unknown = RunCli(*daemon, "frobnicate");
   EXPECT_NE(unknown.exit_code, 0);
   EXPECT_NE(unknown.out.find("usage"), std::string::npos) << unknown.out;

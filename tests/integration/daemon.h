@@ -16,6 +16,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
 #include "longctx/v1/longctx.grpc.pb.h"
 
 namespace longctx::testing {
@@ -70,6 +71,20 @@ class Daemon {
 // The server all tests share that need only a default configuration.
 // Started on first use; nullptr (and the reason in *why) when no model is set.
 Daemon* SharedDaemon(std::string* why);
+
+// Tests on the shared server; skipped when no model is set. A subclass that
+// sets up more calls SharedDaemonTest::SetUp() first and returns if IsSkipped().
+class SharedDaemonTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    daemon_ = SharedDaemon(&why);
+    if (daemon_ == nullptr) GTEST_SKIP() << why;
+    stub_ = daemon_->Stub();
+  }
+  Daemon* daemon_ = nullptr;
+  std::unique_ptr<v1::LongContext::Stub> stub_;
+};
 
 // Sample values of an HTTP /metrics page: "name{labels}" -> value.
 absl::StatusOr<std::map<std::string, double>> ScrapeMetrics(int port);

@@ -89,17 +89,7 @@ float LogSoftmaxAt(const float* row, int vocab, int32_t token) {
   return static_cast<float>(row[token] - max - std::log(sum));
 }
 
-class EndToEndTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string why;
-    daemon_ = SharedDaemon(&why);
-    if (daemon_ == nullptr) GTEST_SKIP() << why;
-    stub_ = daemon_->Stub();
-  }
-  Daemon* daemon_ = nullptr;
-  std::unique_ptr<v1::LongContext::Stub> stub_;
-};
+using EndToEndTest = SharedDaemonTest;
 
 TEST_F(EndToEndTest, BookChapterStreamedInAnsweredAndScoredLikeTheEngine) {
   const auto book = ReadBook("anna_karenina.txt");

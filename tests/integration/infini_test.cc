@@ -52,13 +52,11 @@ std::vector<std::string> Paragraphs(int n) {
   return out;
 }
 
-class InfiniServiceTest : public ::testing::Test {
+class InfiniServiceTest : public SharedDaemonTest {
  protected:
   void SetUp() override {
-    std::string why;
-    daemon_ = SharedDaemon(&why);
-    if (daemon_ == nullptr) GTEST_SKIP() << why;
-    stub_ = daemon_->Stub();
+    SharedDaemonTest::SetUp();
+    if (IsSkipped()) return;
     grpc::ClientContext ctx;
     v1::GetServerInfoRequest req;
     ASSERT_TRUE(stub_->GetServerInfo(&ctx, req, &info_).ok());
@@ -72,8 +70,6 @@ class InfiniServiceTest : public ::testing::Test {
     return (tokens + bs - 1) / bs * bs * info_.kv_cache().bytes_per_token();
   }
 
-  Daemon* daemon_ = nullptr;
-  std::unique_ptr<v1::LongContext::Stub> stub_;
   v1::ServerInfo info_;
 };
 
