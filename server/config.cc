@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "engine/dist/rendezvous.h"
 #include "yaml-cpp/yaml.h"
 
 namespace longctx::server {
@@ -94,6 +95,17 @@ const std::vector<Field>& Fields() {
                &ServerConfig::dca_pretrain_length),
       IntField("dca_chunk_size", "DCA chunk size C (0: 3c/4)", &ServerConfig::dca_chunk_size),
       IntField("dca_local_window", "DCA local window w (0: c/8)", &ServerConfig::dca_local_window),
+      IntField("world_size", "ranks (one process per GPU) of a context-parallel group",
+               &ServerConfig::world_size),
+      IntField("rank", "this process's rank; -1: the ordinal ending the host name",
+               &ServerConfig::rank),
+      StringField("rendezvous",
+                  "where the ranks meet: tcp://HOST:PORT, file://PATH or inproc (CPU, threads)",
+                  &ServerConfig::rendezvous),
+      DurationField("collective_timeout", "a rank silent for this long counts as lost",
+                    &ServerConfig::collective_timeout),
+      DurationField("rendezvous_timeout", "time for the group to form at start-up",
+                    &ServerConfig::rendezvous_timeout),
       StringField("listen", "gRPC listen address host:port (port 0 picks a free one)",
                   &ServerConfig::listen),
       StringField("metrics_listen", "Prometheus metrics address host:port (empty: off)",
@@ -228,6 +240,19 @@ absl::Status ServerConfig::Validate() const {
   if (attention != "dca" && attention != "rope") return bad("attention: must be dca or rope");
   if (dca_pretrain_length < 0 || dca_chunk_size < 0 || dca_local_window < 0) {
     return bad("dca_*: must not be negative");
+  }
+  if (world_size < 1 || world_size > 64) return bad("world_size: must be in [1, 64]");
+  if (rank < -1 || rank >= world_size) return bad("rank: must be in [0, world_size) or -1");
+  if (world_size > 1) {
+    if (rendezvous == "inproc") {
+      if (rank > 0) return bad("rendezvous: inproc runs every rank in rank 0's process");
+      if (backend != "cpu") return bad("rendezvous: inproc needs backend cpu");
+    } else if (auto a = ParseRendezvousAddress(rendezvous); !a.ok()) {
+      return bad(absl::StrCat("rendezvous: ", a.status().message()));
+    }
+  }
+  if (collective_timeout < absl::Seconds(1) || rendezvous_timeout < absl::Seconds(1)) {
+    return bad("collective_timeout and rendezvous_timeout: must be at least 1s");
   }
   if (!ValidHostPort(listen)) return bad("listen: expected host:port");
   if (!metrics_listen.empty() && !ValidHostPort(metrics_listen)) {

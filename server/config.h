@@ -27,6 +27,15 @@ struct ServerConfig {
   int dca_chunk_size = 0;                     // C; 0 = 3c/4
   int dca_local_window = 0;                   // w; 0 = c/8
 
+  // --- several GPUs (DESIGN §7): one process per GPU, rank 0 serves gRPC ---
+  int world_size = 1;                // ranks of the group; 1: no communication
+  int rank = 0;                      // this process; -1: the ordinal ending the host name
+                                     // (a StatefulSet pod "longctx-2" is rank 2)
+  std::string rendezvous;            // tcp://HOST:PORT | file://PATH | inproc (CPU: all
+                                     // ranks as threads of this process)
+  absl::Duration collective_timeout = absl::Seconds(60);  // a silent rank is lost after this
+  absl::Duration rendezvous_timeout = absl::Minutes(5);   // the group must form within this
+
   // --- network ---
   std::string listen = "0.0.0.0:50051";         // gRPC address (port 0 picks one)
   std::string metrics_listen = "0.0.0.0:9090";  // Prometheus /metrics; empty disables

@@ -5,12 +5,15 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "engine/backend/cpu_process.h"
 #include "server/config.h"
+#include "server/group.h"
 #include "server/logging.h"
 #include "server/server.h"
 
@@ -28,6 +31,34 @@ void OnSignal(int sig) {
 
 longctx::server::BuildInfo Build() {
   return {LONGCTX_VERSION, LONGCTX_GIT_COMMIT, LONGCTX_BUILD_TYPE};
+}
+
+// A rank other than 0 (server/group.h): no gRPC; it serves the group until
+// rank 0 ends it. SIGTERM does not stop it at once, since rank 0 drains its
+// calls first and then ends the group; past the drain grace it exits anyway.
+int RunWorker(const longctx::server::ServerConfig& config, int rank) {
+  using longctx::server::Log;
+  std::thread waiter([&config, rank] {
+    char sig = 0;
+    while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
+    const absl::Duration grace = config.drain_grace + config.collective_timeout;
+    Log(spdlog::level::info, "signal received: serving until rank 0 ends the group",
+        {{"rank", absl::StrCat(rank)}, {"exit_in", absl::FormatDuration(grace)}});
+    absl::SleepFor(grace);
+    Log(spdlog::level::warn, "rank 0 did not end the group in time: exiting",
+        {{"rank", absl::StrCat(rank)}});
+    std::fflush(nullptr);
+    std::_Exit(0);
+  });
+  waiter.detach();
+  const absl::Status s = longctx::server::RunWorkerRank(config, rank);
+  if (!s.ok()) {
+    Log(spdlog::level::err, "rank stopped", {{"rank", absl::StrCat(rank)}, {"error", s.ToString()}});
+    return 1;
+  }
+  Log(spdlog::level::info, "rank stopped: rank 0 ended the group", {{"rank", absl::StrCat(rank)}});
+  return 0;
 }
 
 }  // namespace
@@ -65,6 +96,13 @@ int main(int argc, char** argv) {
     settings.emplace_back(line.substr(0, eq), line.substr(eq + 1));
   }
   Log(spdlog::level::info, "config", settings);
+
+  auto rank = longctx::server::ResolveRank(*config);
+  if (!rank.ok()) {
+    Log(spdlog::level::critical, "cannot start", {{"error", rank.status().ToString()}});
+    return 2;
+  }
+  if (*rank > 0) return RunWorker(*config, *rank);
 
   auto server = longctx::server::Server::Start(*config, build);
   if (!server.ok()) {

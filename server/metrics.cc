@@ -200,7 +200,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& addre
                           .Add({});
   m->server_state_ = &prometheus::BuildGauge()
                           .Name("longctx_server_state")
-                          .Help("0 starting, 1 serving, 2 draining.")
+                          .Help("0 starting, 1 serving, 2 draining, 3 broken (a rank of the group is lost).")
                           .Register(*m->registry_)
                           .Add({});
   prometheus::BuildGauge()

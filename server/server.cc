@@ -133,9 +133,26 @@ absl::Status Server::LoadEngine() {
   backend_ = std::move(*backend);
   auto host = LoadHostModel(config_.model);
   if (!host.ok()) return host.status();
-  auto engine = SessionService::Create(*host, backend_.get(), EngineOptionsFrom(config_));
+  absl::StatusOr<std::unique_ptr<SessionService>> engine;
+  if (config_.world_size == 1) {
+    engine = SessionService::Create(*host, backend_.get(), EngineOptionsFrom(config_));
+  } else {
+    auto model = LlamaModel::Create(*host, backend_.get(), EngineOptionsFrom(config_).kv);
+    if (!model.ok()) return model.status();
+    leader_model_ = std::move(*model);
+    Log(spdlog::level::info, "forming the group",
+        {{"world_size", absl::StrCat(config_.world_size)}, {"rendezvous", config_.rendezvous}});
+    auto group = LeaderGroup::Form(config_, *host, leader_model_.get());
+    if (!group.ok()) return group.status();
+    group_ = std::move(*group);
+    engine = SessionService::CreateWithModel(
+        *host, group_->MakeStepModel(),
+        absl::StrCat(backend_->Name(), " x", config_.world_size, " ranks"),
+        EngineOptionsFrom(config_));
+  }
   if (!engine.ok()) return engine.status();
   engine_ = std::move(*engine);
+  if (group_) monitor_ = std::thread([this] { Monitor(); });
   const EngineInfo& info = engine_->info();
   if (metrics_) metrics_->AttachEngine(engine_.get(), info.model.name, info.backend);
   service_->SetEngine(engine_.get());
@@ -153,8 +170,21 @@ absl::Status Server::LoadEngine() {
   return absl::OkStatus();
 }
 
+void Server::Monitor() {
+  while (!stop_monitor_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    const absl::Status s = engine_->EngineHealth();
+    if (s.ok()) continue;
+    health_->SetServing(false);
+    if (metrics_) metrics_->SetServerState(3);
+    Log(spdlog::level::err, "the group is broken: not serving", {{"error", s.ToString()}});
+    return;
+  }
+}
+
 void Server::Drain() {
   const absl::Time t0 = absl::Now();
+  if (!stop_monitor_.HasBeenNotified()) stop_monitor_.Notify();
+  if (monitor_.joinable()) monitor_.join();
   health_->SetServing(false);
   service_->StartDraining();
   if (metrics_) metrics_->SetServerState(2);
@@ -177,6 +207,8 @@ void Server::Drain() {
 }
 
 Server::~Server() {
+  if (!stop_monitor_.HasBeenNotified()) stop_monitor_.Notify();
+  if (monitor_.joinable()) monitor_.join();
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
   if (engine_) engine_->Shutdown();
 }

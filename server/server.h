@@ -4,16 +4,21 @@
 // Life cycle: Start() listens at once with health NOT_SERVING and calls
 // refused as "starting"; LoadEngine() loads the model and turns SERVING;
 // Drain() turns NOT_SERVING, refuses new calls, gives open calls the grace
-// period, then cancels what is left and stops the engine.
+// period, then cancels what is left and stops the engine. With world_size > 1
+// this process is rank 0 of a context-parallel group (server/group.h): health
+// turns NOT_SERVING for good when a rank is lost.
 #pragma once
 
 #include <memory>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "engine/backend/backend.h"
 #include "engine/session/session_service.h"
 #include "grpcpp/server.h"
 #include "server/config.h"
+#include "server/group.h"
 #include "server/health.h"
 #include "server/metrics.h"
 #include "server/service.h"
@@ -42,8 +47,17 @@ class Server {
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<LongContextService> service_;
   std::unique_ptr<grpc::Server> server_;
+  // Watches the engine's health (a group's ranks) and turns NOT_SERVING when
+  // it breaks.
+  void Monitor();
+
   std::unique_ptr<Backend> backend_;
+  // A group (world_size > 1): rank 0's model and the group outlive engine_.
+  std::unique_ptr<LlamaModel> leader_model_;
+  std::unique_ptr<LeaderGroup> group_;
   std::unique_ptr<SessionService> engine_;
+  absl::Notification stop_monitor_;
+  std::thread monitor_;
   int grpc_port_ = 0;
 };
 

@@ -1,5 +1,6 @@
 #include "engine/dist/context_parallel.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 
@@ -207,6 +208,15 @@ void ContextParallelAttention::EndStep(ShardedSequence& seq, bool commit) {
     kv_->Truncate(seq.local_, seq.step_.local_before);
   }
   seq.step_ = ShardedSequence::Step();
+}
+
+void ContextParallelAttention::Truncate(ShardedSequence& seq, int length) {
+  EndStep(seq, false);
+  if (length >= seq.length_) return;
+  // Local KV holds this rank's tokens in ascending order: keep those below length.
+  const int64_t held = seq.placement().CountHeld(comm_->rank(), 0, std::max(length, 0));
+  kv_->Truncate(seq.local_, static_cast<int>(held));
+  seq.length_ = std::max(length, 0);
 }
 
 void ContextParallelAttention::Release(ShardedSequence& seq) {

@@ -93,6 +93,11 @@ class ContextParallelAttention {
   // this rank's KV of the step is given back.
   void EndStep(ShardedSequence& seq, bool commit);
 
+  // Local. Shrinks the session to its first `length` tokens (a rollback); every
+  // rank calls it with the same length. REQUIRES: no step in flight, length ≤
+  // seq.length().
+  void Truncate(ShardedSequence& seq, int length);
+
   // Local. Frees this rank's KV of the session.
   void Release(ShardedSequence& seq);
 

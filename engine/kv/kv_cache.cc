@@ -39,6 +39,10 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(Backend* backend, int n
   return std::unique_ptr<KvCache>(new KvCache(g, element));
 }
 
+std::unique_ptr<KvCache> KvCache::CreateLedger(const KvGeometry& g, int64_t bytes_per_element) {
+  return std::unique_ptr<KvCache>(new KvCache(g, bytes_per_element));
+}
+
 absl::Status KvCache::Append(KvSequence& seq, int n_new, std::vector<int32_t>* slots) {
   const int bs = geometry_.block_size;
   const int64_t have = static_cast<int64_t>(seq.blocks_.size());

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,6 +44,10 @@ class KvCache {
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(Backend* backend, int n_layers,
                                                          int n_kv_heads, int head_dim,
                                                          const KvCacheConfig& config);
+
+  // Bookkeeping only, with no arena behind it: the token accounting of a
+  // group of ranks' caches (engine/dist), `g.n_blocks` blocks in all.
+  static std::unique_ptr<KvCache> CreateLedger(const KvGeometry& g, int64_t bytes_per_element);
 
   const KvGeometry& geometry() const { return geometry_; }
   int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }

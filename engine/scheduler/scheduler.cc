@@ -180,13 +180,14 @@ bool Scheduler::RunOnce() {
       auto has_news = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || !incoming_.empty() || !releases_.empty();
       };
-      mu_.Await(absl::Condition(&has_news));
+      mu_.AwaitWithTimeout(absl::Condition(&has_news), model_->idle_interval());
     }
     incoming.swap(incoming_);
     releases.swap(releases_);
     stopping = stopping_;
   }
   Admit(&incoming, &releases);
+  if (queues_.empty() && !stopping) model_->Idle();
   if (stopping) {
     const absl::Status unavailable = absl::UnavailableError("the engine is shutting down");
     for (auto& [session, q] : queues_) FailQueue(*q, unavailable);
@@ -225,7 +226,7 @@ void Scheduler::Admit(std::deque<std::unique_ptr<Job>>* incoming,
       queues_.erase(it);
     }
     SessionEngineState& st = session->engine_state();
-    model_->kv_cache().Release(st.kv);
+    model_->ReleaseSequence(st.kv);
     DropWindow(st);
     st.resume.reset();
     st.log.clear();
@@ -416,7 +417,7 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
         return false;
       }
     } else {
-      model_->kv_cache().Truncate(st.kv, static_cast<int>(need_from));
+      model_->TruncateSequence(st.kv, static_cast<int>(need_from));
     }
   }
   return true;
@@ -678,7 +679,7 @@ void Scheduler::Rollback(SessionQueue& q, Job& job) {
   SessionEngineState& st = q.session->engine_state();
   st.log.resize(static_cast<size_t>(job.mark));
   if (!st.window) {
-    if (st.kv.length() > job.mark) model_->kv_cache().Truncate(st.kv, static_cast<int>(job.mark));
+    if (st.kv.length() > job.mark) model_->TruncateSequence(st.kv, static_cast<int>(job.mark));
     return;
   }
   if (st.window->length() <= job.mark) return;

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/model/infini_window.h"
 #include "engine/model/llama_model.h"
@@ -36,6 +37,19 @@ class StepModel {
   }
   // Whether the model carries trained Infini gates (memory mixing possible).
   virtual bool has_infini_gates() const { return false; }
+
+  // A sequence's lifecycle beyond Forward: rollback to `length` tokens, and
+  // release. A model whose sequences live on several ranks tells them too.
+  virtual void TruncateSequence(KvSequence& seq, int length) { kv_cache().Truncate(seq, length); }
+  virtual void ReleaseSequence(KvSequence& seq) { kv_cache().Release(seq); }
+
+  // While there is no work, the engine thread calls Idle() at least every
+  // idle_interval() (infinite: never), e.g. to keep peers' waits alive.
+  virtual absl::Duration idle_interval() const { return absl::InfiniteDuration(); }
+  virtual void Idle() {}
+  // OK while the model can run steps; the error that broke it otherwise (a
+  // lost rank). The server reports NOT_SERVING then.
+  virtual absl::Status health() const { return absl::OkStatus(); }
 };
 
 class LlamaStepModel final : public StepModel {

@@ -84,6 +84,15 @@ absl::Status ValidateUtf8(const std::string& field, absl::string_view text) {
 absl::StatusOr<std::unique_ptr<SessionService>> SessionService::Create(const HostModel& host,
                                                                        Backend* backend,
                                                                        EngineOptions options) {
+  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
+                   LlamaModel::Create(host, backend, options.kv));
+  return CreateWithModel(host, std::make_unique<LlamaStepModel>(std::move(model)),
+                         backend->Name(), std::move(options));
+}
+
+absl::StatusOr<std::unique_ptr<SessionService>> SessionService::CreateWithModel(
+    const HostModel& host, std::unique_ptr<StepModel> model, std::string backend_name,
+    EngineOptions options) {
   // The server's attention defaults must make a valid session on their own.
   auto dca = DcaConfig::Resolve(host.config, options.dca_defaults);
   if (dca.ok()) {
@@ -96,11 +105,9 @@ absl::StatusOr<std::unique_ptr<SessionService>> SessionService::Create(const Hos
   ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::Create(host.vocab));
   std::optional<ChatTemplate> chat;
   if (auto t = ChatTemplateFromJinja(host.vocab.chat_template); t.ok()) chat = *t;
-  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model,
-                   LlamaModel::Create(host, backend, options.kv));
-  return std::make_unique<SessionService>(std::make_unique<LlamaStepModel>(std::move(model)),
-                                          std::move(tokenizer), std::move(chat), host.config,
-                                          backend->Name(), std::move(options));
+  return std::make_unique<SessionService>(std::move(model), std::move(tokenizer), std::move(chat),
+                                          host.config, std::move(backend_name),
+                                          std::move(options));
 }
 
 SessionService::SessionService(std::unique_ptr<StepModel> model, Tokenizer tokenizer,

@@ -143,6 +143,11 @@ class SessionService {
   static absl::StatusOr<std::unique_ptr<SessionService>> Create(const HostModel& host,
                                                                 Backend* backend,
                                                                 EngineOptions options);
+  // As Create, over a model built already (e.g. a group's DistStepModel);
+  // `backend_name` is what EngineInfo reports.
+  static absl::StatusOr<std::unique_ptr<SessionService>> CreateWithModel(
+      const HostModel& host, std::unique_ptr<StepModel> model, std::string backend_name,
+      EngineOptions options);
   // For tests: any StepModel with the tokenizer of its vocabulary.
   SessionService(std::unique_ptr<StepModel> model, Tokenizer tokenizer,
                  std::optional<ChatTemplate> chat, ModelConfig config, std::string backend_name,
@@ -193,6 +198,9 @@ class SessionService {
               std::function<void(absl::StatusOr<SessionInfo>)> done);
 
   const EngineInfo& info() const { return info_; }
+  // OK while the engine can run steps; otherwise why not (e.g. a lost rank).
+  // Safe from any thread.
+  absl::Status EngineHealth() const { return model_->health(); }
   const EngineOptions& options() const { return options_; }
   EngineStats& stats() { return stats_; }
   const EngineStats& stats() const { return stats_; }

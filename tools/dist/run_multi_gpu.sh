@@ -22,7 +22,12 @@
 #              192k and 256k tokens on 2 GPUs vs 1 (1 only where its KV holds
 #              the session: a longer one is the capacity check), per-layer
 #              broadcast / partial attention / gather times
+#   synthetic-small  the same with the SmolLM2-135M shape (random weights) at
+#              128k and 256k tokens, where attention dominates the prefill
 #   bench      the collectives of one layer alone at Llama-2-7B shapes
+#   server     longctxd as a 2-GPU group vs one GPU through gRPC, then rank 1
+#              killed (tools/dist/server_group_check.sh; needs BOOK, a text
+#              file, and longctxd and longctx in the bundle)
 #
 #   MODEL=/tmp/model.gguf tools/dist/run_multi_gpu.sh BUNDLE OUTDIR [PHASE...]
 set -u
@@ -33,7 +38,8 @@ phases=("$@")
 [[ ${#phases[@]} -eq 0 ]] && phases=(cuda nccl logits fail synthetic)
 budget=${BUDGET_S:-530}
 run_start=$(date +%s)
-declare -A cap=([cpu]=150 [cuda]=90 [nccl]=60 [logits]=100 [fail]=50 [synthetic]=230 [bench]=60)
+declare -A cap=([cpu]=150 [cuda]=90 [nccl]=60 [logits]=100 [fail]=50 [synthetic]=230
+                [synthetic-small]=120 [bench]=60 [server]=300)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 model=${MODEL:-/tmp/model.gguf}
@@ -158,6 +164,24 @@ for phase in "${phases[@]}"; do
       note "synthetic: rc=$rc0/$rc1"
       while read -r line; do note "  $line"; done < <(grep -E '^\| [0-9]+ \|' "$out/synthetic.md")
       ;;
+    synthetic-small)
+      read -r rc0 rc1 < <(two_ranks synthetic-small "$limit" --model=synthetic:smollm2-135m \
+        --contexts=131072,262144 --step=8192)
+      cat "$out/synthetic-small.md"
+      note "synthetic-small: rc=$rc0/$rc1"
+      while read -r line; do note "  $line"; done < <(grep -E '^\| [0-9]+ \|' "$out/synthetic-small.md")
+      ;;
+    server)
+      if [[ ! -f $model || ! -f ${BOOK:-} ]]; then
+        note "server: SKIPPED, needs MODEL ($model) and BOOK (${BOOK:-unset})"
+      else
+        timeout "$limit" "$(dirname "$0")/server_group_check.sh" "$model" "$BOOK" "$out/server" \
+          > "$out/server.log" 2>&1
+        rc=$?
+        cat "$out/server.log"
+        note "server: rc=$rc"
+        while read -r line; do note "  $line"; done < <(grep -E '^(session|scored|max|greedy|after|a request|one GPU:|two GPUs:)' "$out/server.log")
+      fi ;;
     bench)
       for r in 1 0; do  # rank 0 last, in the foreground: it prints the table
         args=(--comm=nccl --world_size=2 --rank=$r --rendezvous=tcp://127.0.0.1:29511
