@@ -119,7 +119,8 @@ std::unique_ptr<DistStepModel> LeaderGroup::MakeStepModel() const {
   return std::make_unique<DistStepModel>(leader_.get(), collective_timeout_ / 4);
 }
 
-absl::Status RunWorkerRank(const ServerConfig& config, int rank) {
+absl::Status RunWorkerRank(const ServerConfig& config, int rank,
+                           const std::function<void()>& on_joined) {
   const absl::Time t0 = absl::Now();
   ASSIGN_OR_RETURN(HostModel host, LoadHostModel(config.model));
   ASSIGN_OR_RETURN(RankModel model, LoadRankModel(config, host, config.backend));
@@ -133,6 +134,7 @@ absl::Status RunWorkerRank(const ServerConfig& config, int rank) {
   Log(spdlog::level::info, "rank joined the group",
       {{"rank", absl::StrCat(rank)}, {"world_size", absl::StrCat(config.world_size)}});
   RankExecutor executor(comm.get(), model.model.get());
+  if (on_joined) on_joined();
   return ServeRank(executor);
 }
 

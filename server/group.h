@@ -9,6 +9,7 @@
 // GPU as device 0; on one host, start rank r with CUDA_VISIBLE_DEVICES=r.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -68,8 +69,10 @@ class LeaderGroup {
   std::vector<std::thread> threads_;
 };
 
-// A rank other than 0, in its own process: loads the model, joins the group and
-// serves until rank 0 ends the group (OK) or the group breaks (its error).
-absl::Status RunWorkerRank(const ServerConfig& config, int rank);
+// A rank other than 0, in its own process: loads the model, joins the group
+// (then calls on_joined) and serves until rank 0 ends the group (OK) or the
+// group breaks (its error).
+absl::Status RunWorkerRank(const ServerConfig& config, int rank,
+                           const std::function<void()>& on_joined);
 
 }  // namespace longctx::server

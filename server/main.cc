@@ -13,7 +13,11 @@
 #include "absl/time/clock.h"
 #include "engine/backend/cpu_process.h"
 #include "server/config.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
 #include "server/group.h"
+#include "server/health.h"
+#include "server/metrics.h"
 #include "server/logging.h"
 #include "server/server.h"
 
@@ -33,11 +37,37 @@ longctx::server::BuildInfo Build() {
   return {LONGCTX_VERSION, LONGCTX_GIT_COMMIT, LONGCTX_BUILD_TYPE};
 }
 
-// A rank other than 0 (server/group.h): no gRPC; it serves the group until
-// rank 0 ends it. SIGTERM does not stop it at once, since rank 0 drains its
-// calls first and then ends the group; past the drain grace it exits anyway.
-int RunWorker(const longctx::server::ServerConfig& config, int rank) {
+// A rank other than 0 (server/group.h): its gRPC endpoint serves only
+// grpc.health.v1 (SERVING once it has joined the group, for the same probes as
+// rank 0); it serves the group until rank 0 ends it. SIGTERM does not stop it
+// at once, since rank 0 drains its calls first and then ends the group; past
+// the drain grace it exits anyway.
+int RunWorker(const longctx::server::ServerConfig& config, int rank,
+              const longctx::server::BuildInfo& build) {
   using longctx::server::Log;
+  // Metrics: the process's own (build info, server state) for the same scrape.
+  std::unique_ptr<longctx::server::Metrics> metrics;
+  if (!config.metrics_listen.empty()) {
+    auto m = longctx::server::Metrics::Start(config.metrics_listen, build.version);
+    if (!m.ok()) {
+      Log(spdlog::level::critical, "cannot start", {{"error", m.status().ToString()}});
+      return 1;
+    }
+    metrics = *std::move(m);
+    metrics->SetServerState(0);
+  }
+  longctx::server::HealthService health;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&health);
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  if (grpc_server == nullptr || port == 0) {
+    Log(spdlog::level::critical, "cannot start", {{"error", "cannot listen on " + config.listen}});
+    return 1;
+  }
+  Log(spdlog::level::info, "listening (health only)",
+      {{"rank", absl::StrCat(rank)}, {"grpc_port", absl::StrCat(port)}});
   std::thread waiter([&config, rank] {
     char sig = 0;
     while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
@@ -52,7 +82,13 @@ int RunWorker(const longctx::server::ServerConfig& config, int rank) {
     std::_Exit(0);
   });
   waiter.detach();
-  const absl::Status s = longctx::server::RunWorkerRank(config, rank);
+  const absl::Status s =
+      longctx::server::RunWorkerRank(config, rank, [&health, &metrics] {
+        health.SetServing(true);
+        if (metrics) metrics->SetServerState(1);
+      });
+  health.Shutdown();
+  grpc_server->Shutdown(std::chrono::system_clock::now());
   if (!s.ok()) {
     Log(spdlog::level::err, "rank stopped", {{"rank", absl::StrCat(rank)}, {"error", s.ToString()}});
     return 1;
@@ -102,7 +138,7 @@ int main(int argc, char** argv) {
     Log(spdlog::level::critical, "cannot start", {{"error", rank.status().ToString()}});
     return 2;
   }
-  if (*rank > 0) return RunWorker(*config, *rank);
+  if (*rank > 0) return RunWorker(*config, *rank, build);
 
   auto server = longctx::server::Server::Start(*config, build);
   if (!server.ok()) {

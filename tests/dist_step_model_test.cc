@@ -212,6 +212,30 @@ TEST_F(DistStepModelTest, HeartbeatsKeepAnIdleGroupAlive) {
   EXPECT_TRUE(worker_status.ok()) << worker_status;
 }
 
+TEST_F(DistStepModelTest, ARankLostWhileIdleIsNoticedByTheHeartbeat) {
+  // Rank 1 answers one heartbeat, then is gone: the idle leader's next
+  // heartbeat breaks the group within the interval plus the timeout.
+  auto comms = InProcessCommunicator::CreateGroup(2, absl::Seconds(1));
+  auto r0 = MakeRank(), r1 = MakeRank();
+  RankExecutor leader(comms[0].get(), r0->model.get()), worker(comms[1].get(), r1->model.get());
+  std::thread serve([&] {
+    GroupCommand cmd;
+    std::vector<int32_t> tokens;
+    ASSERT_TRUE(worker.Exchange(&cmd, &tokens).ok());
+    EXPECT_EQ(cmd.op, GroupCommand::kHeartbeat);
+    EXPECT_TRUE(worker.Execute(cmd, tokens, nullptr).ok());
+  });
+  DistStepModel group(&leader, absl::Milliseconds(200));
+  const absl::Time start = absl::Now();
+  while (group.health().ok() && absl::Now() - start < absl::Seconds(10)) {
+    group.Idle();
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  serve.join();
+  EXPECT_EQ(group.health().code(), absl::StatusCode::kUnavailable) << group.health();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+}
+
 TEST_F(DistStepModelTest, ALostRankTurnsStepsIntoUnavailable) {
   // Rank 1 serves one session's first step, then is gone (its thread ends
   // without a word, as a crashed process would).

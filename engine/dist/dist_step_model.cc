@@ -108,7 +108,18 @@ absl::Status RankExecutor::Exchange(GroupCommand* cmd, std::vector<int32_t>* tok
 absl::Status RankExecutor::Execute(const GroupCommand& cmd, std::span<const int32_t> tokens,
                                    std::vector<float>* logits) {
   switch (cmd.op) {
-    case GroupCommand::kHeartbeat:
+    case GroupCommand::kHeartbeat: {
+      // A round trip: a broadcast alone may complete into a dead peer's
+      // buffers (small messages are sent eagerly), so every rank answers.
+      const size_t bytes = sizeof(float) * static_cast<size_t>(comm_->world_size());
+      auto buf = Scratch(&ack_buf_, &ack_bytes_, bytes);
+      if (!buf.ok()) {
+        comm_->Abort(buf.status().message());
+        return buf.status();
+      }
+      float* acks = static_cast<float*>(*buf);
+      return comm_->AllGather(acks + comm_->rank(), acks, sizeof(float));
+    }
     case GroupCommand::kShutdown:
       return absl::OkStatus();
     case GroupCommand::kTruncate: {

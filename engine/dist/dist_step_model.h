@@ -15,9 +15,11 @@
 // A lost rank breaks the communicator: the step in flight and every later one
 // fail with UNAVAILABLE (within the communicator's collective timeout), and
 // health() turns to that error, which the server reports as NOT_SERVING. While
-// the scheduler is idle the leader sends a heartbeat every idle_interval(), so
-// the workers' wait for the next command never runs into their timeout and a
-// rank lost during a quiet spell is noticed too.
+// the scheduler is idle the leader sends a heartbeat every idle_interval(),
+// which every rank answers (an all-gather: a broadcast alone can complete into
+// a dead peer's buffers), so the workers' wait for the next command never runs
+// into their timeout and a rank lost during a quiet spell is noticed within
+// idle_interval() + the collective timeout.
 //
 // Infini windows (SLIDE/COMPRESS sessions) are not context-parallel: such
 // sessions fail with UNIMPLEMENTED on a group of more than one rank.
@@ -90,8 +92,8 @@ class RankExecutor {
   LlamaModel* model_;
   ContextParallelAttention cp_;
   absl::flat_hash_map<int64_t, std::unique_ptr<ShardedSequence>> sessions_;
-  DeviceBuffer command_buf_, token_buf_, result_buf_;
-  size_t token_bytes_ = 0, result_bytes_ = 0;
+  DeviceBuffer command_buf_, token_buf_, result_buf_, ack_buf_;
+  size_t token_bytes_ = 0, result_bytes_ = 0, ack_bytes_ = 0;
   std::vector<float> local_logits_;
 };
 

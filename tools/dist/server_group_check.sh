@@ -63,7 +63,7 @@ wait $one
 # 2. Two GPUs: rank 1 first (it waits for rank 0's rendezvous endpoint).
 group=(--model="$model" --backend=cuda --world_size=2 --rendezvous=tcp://127.0.0.1:29517
        --collective_timeout=${timeout_s}s --kv_cache_bytes=8GiB --metrics_listen=)
-CUDA_VISIBLE_DEVICES=1 longctxd "${group[@]}" --rank=1 > "$out/rank1.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=1 longctxd "${group[@]}" --rank=1 --listen=127.0.0.1:0 > "$out/rank1.log" 2>&1 &
 r1=$!
 pids+=($r1)
 CUDA_VISIBLE_DEVICES=0 longctxd "${group[@]}" --rank=0 --listen=127.0.0.1:0 \
