@@ -278,6 +278,48 @@ TEST_F(CudaOpsTest, KvWriteLandsInPagedLayout) {
   EXPECT_EQ(gpu_->InitKv(g).code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// KvReadBlock / KvWriteBlock move one block of every layer between the host
+// format [layer][k|v][slot][kv_head][head_dim] and the layer-major device arena.
+// 70 layers of 128 KiB elements outgrow one pass through the backend's 8M-element
+// conversion buffer, so the copy takes two passes.
+TEST_F(CudaOpsTest, KvBlockCopiesKeepHostFormatAndNeighbours) {
+  KvGeometry g;
+  g.n_layers = 70;
+  g.n_kv_heads = 8;
+  g.head_dim = 128;
+  g.block_size = 64;
+  g.n_blocks = 3;
+  ASSERT_TRUE(gpu_->InitKv(g).ok());
+  CpuBackend cpu;
+  ASSERT_TRUE(cpu.InitKv(g).ok());
+  const std::vector<float> data = RandomVec(static_cast<size_t>(g.ElementsPerBlock()), rng_);
+  ASSERT_TRUE(gpu_->KvWriteBlock(1, data.data()).ok());
+  ASSERT_TRUE(cpu.KvWriteBlock(1, data.data()).ok());
+  std::vector<float> got(g.ElementsPerBlock(), std::numeric_limits<float>::quiet_NaN());
+  ASSERT_TRUE(gpu_->KvReadBlock(1, got.data()).ok());
+  EXPECT_EQ(got, RoundBf16(data));
+  for (int64_t b : {0, 2}) {
+    ASSERT_TRUE(gpu_->KvReadBlock(b, got.data()).ok());
+    EXPECT_EQ(got, std::vector<float>(got.size(), 0.f)) << "block " << b;
+  }
+  // Token 5 of block 1 in the last layer, written by KvWrite, lands where the
+  // CPU arena puts it in the block's host format.
+  const int width = g.n_kv_heads * g.head_dim;
+  const std::vector<float> k = RandomVec(static_cast<size_t>(width), rng_),
+                           v = RandomVec(static_cast<size_t>(width), rng_);
+  auto kt = MakeTensor(gpu_.get(), DType::kF32, 1, width, k);
+  auto vt = MakeTensor(gpu_.get(), DType::kF32, 1, width, v);
+  Tensor kc{const_cast<float*>(k.data()), DType::kF32, 1, width};
+  Tensor vc{const_cast<float*>(v.data()), DType::kF32, 1, width};
+  const std::vector<int32_t> slot = {g.block_size + 5};
+  ASSERT_TRUE(gpu_->KvWrite(g.n_layers - 1, kt.t, vt.t, slot).ok());
+  ASSERT_TRUE(cpu.KvWrite(g.n_layers - 1, kc, vc, slot).ok());
+  std::vector<float> want(g.ElementsPerBlock());
+  ASSERT_TRUE(gpu_->KvReadBlock(1, got.data()).ok());
+  ASSERT_TRUE(cpu.KvReadBlock(1, want.data()).ok());
+  EXPECT_EQ(got, RoundBf16(want));
+}
+
 }  // namespace
 }  // namespace longctx
 

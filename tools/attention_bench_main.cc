@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ ABSL_FLAG(std::string, decode_batch, "",
           "sessions per decode step to time, e.g. 1,32 (empty: none)");
 ABSL_FLAG(bool, prefill, true, "time the causal prefill");
 ABSL_FLAG(int, reps, 5, "timed rounds (median reported); a decode round is 20 steps");
+ABSL_FLAG(int, block_spacing, 1,
+          "physical KV blocks between consecutive blocks of a session (1: back to back). "
+          "N > 1 spreads a session's blocks of one layer N blocks apart, as a block-major "
+          "arena of N layers would");
 
 namespace longctx {
 namespace {
@@ -101,16 +106,16 @@ absl::StatusOr<double> Time(Backend* b, int rounds, int calls, Fn fn) {
   return t[t.size() / 2];
 }
 
-// Writes random K/V for `n` tokens of a sequence whose blocks start at `first_block`.
-absl::Status FillKv(const Bench& bn, int64_t first_block, int n) {
+// Writes random K/V for the first `n` tokens of a sequence with block table `table`.
+absl::Status FillKv(const Bench& bn, std::span<const int32_t> table, int n) {
   std::vector<int32_t> slots;
   for (int at = 0; at < n; at += kFillRows) {
     const int m = std::min(kFillRows, n - at);
     slots.resize(m);
     for (int j = 0; j < m; ++j) {
       const int64_t tok = at + j;
-      slots[j] =
-          static_cast<int32_t>((first_block + tok / kBlockSize) * kBlockSize + tok % kBlockSize);
+      slots[j] = static_cast<int32_t>(int64_t{table[tok / kBlockSize]} * kBlockSize +
+                                      tok % kBlockSize);
     }
     if (auto s = bn.b->KvWrite(0, bn.fill_k.Rows(0, m), bn.fill_v.Rows(0, m), slots); !s.ok()) {
       return s;
@@ -154,12 +159,13 @@ int Run() {
 
   const int width = bn.n_kv * bn.D;
   const int64_t blocks_per_seq = (max_len + kBlockSize) / kBlockSize + 1;
+  const int spacing = std::max(1, absl::GetFlag(FLAGS_block_spacing));
   KvGeometry g;
   g.n_layers = 1;
   g.n_kv_heads = bn.n_kv;
   g.head_dim = bn.D;
   g.block_size = kBlockSize;
-  g.n_blocks = blocks_per_seq * std::max(1, max_batch);
+  g.n_blocks = blocks_per_seq * std::max(1, max_batch) * spacing;
   if (auto s = b->InitKv(g); !s.ok()) return Fail(s);
   auto kbuf = b->Allocate(size_t{kFillRows} * width * 4);
   auto vbuf = b->Allocate(size_t{kFillRows} * width * 4);
@@ -169,16 +175,21 @@ int Run() {
   if (auto s = b->Upload(bn.fill_k, Noise(size_t{kFillRows} * width, 1).data()); !s.ok()) return 1;
   if (auto s = b->Upload(bn.fill_v, Noise(size_t{kFillRows} * width, 2).data()); !s.ok()) return 1;
 
-  std::printf("backend=%s heads=%d kv_heads=%d head_dim=%d dca: c=%d C=%d w=%d\n\n",
-              b->Name().c_str(), bn.H, bn.n_kv, bn.D, absl::GetFlag(FLAGS_pretrain_len),
-              Dca(true, bn.D).chunk_size, Dca(true, bn.D).chunk_size - Dca(true, bn.D).chunk_len);
+  std::printf(
+      "backend=%s heads=%d kv_heads=%d head_dim=%d dca: c=%d C=%d w=%d block_spacing=%d\n\n",
+      b->Name().c_str(), bn.H, bn.n_kv, bn.D, absl::GetFlag(FLAGS_pretrain_len),
+      Dca(true, bn.D).chunk_size, Dca(true, bn.D).chunk_size - Dca(true, bn.D).chunk_len, spacing);
   std::printf("| run | tokens | sessions | attention | ms | TFLOP/s | GB/s |\n");
   std::printf("|---|---:|---:|---|---:|---:|---:|\n");
 
+  // Session s holds blocks s * blocks_per_seq + i, i = 0, 1, ..., each `spacing` apart.
   std::vector<int32_t> table;
-  for (int64_t blk = 0; blk < g.n_blocks; ++blk) table.push_back(static_cast<int32_t>(blk));
+  for (int64_t blk = 0; blk < g.n_blocks / spacing; ++blk) {
+    table.push_back(static_cast<int32_t>(blk * spacing));
+  }
   for (int64_t s = 0; s < std::max(1, max_batch); ++s) {
-    if (auto st = FillKv(bn, s * blocks_per_seq, max_len + 1); !st.ok()) return Fail(st);
+    const auto session = std::span<const int32_t>(table).subspan(s * blocks_per_seq, blocks_per_seq);
+    if (auto st = FillKv(bn, session, max_len + 1); !st.ok()) return Fail(st);
   }
   const int64_t cols = int64_t{bn.H} * bn.D;
 

@@ -134,7 +134,7 @@ __global__ void KvWriteKernel(KvWriteParams p) {
   const int slot = p.slots[r];
   const int64_t block = slot / p.block_size;
   const int64_t offset = slot % p.block_size;
-  bf16* k_dst = p.arena + block * p.block_elems + p.layer_offset + offset * p.width;
+  bf16* k_dst = p.arena + p.layer_offset + block * p.block_stride + offset * p.width;
   bf16* v_dst = k_dst + p.plane;
   const float* k = p.k + int64_t{r} * p.width;
   const float* v = p.v + int64_t{r} * p.width;

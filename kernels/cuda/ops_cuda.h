@@ -66,12 +66,17 @@ cudaError_t GatherRows(float* out,           // [n_rows, cols]
                        int n_rows, int cols, cudaStream_t stream);
 
 // --- paged KV cache ---
-// Arena layout (engine/backend/backend.h KvGeometry): physical block b holds, per
-// layer, K then V of block_size slots: [block][layer][k|v][slot][kv_head][head_dim].
+// Arena layout on the device: layer-major, [layer][block][k|v][slot][kv_head][head_dim].
+// One layer's K and V of all blocks are contiguous, so the keys of one layer of a
+// sequence whose blocks are consecutive are one contiguous range, as in a
+// one-layer arena. (Block-major, consecutive blocks of one layer lay the bytes
+// of all layers apart, 1.4 MiB on the default model: a decode step's reads of
+// one layer scatter over the whole session's memory, one device page per block.)
+// KvReadBlock / KvWriteBlock keep the host format of one block, [layer][k|v][...].
 struct KvWriteParams {
   bf16* arena = nullptr;
-  int64_t block_elems = 0;   // elements per physical block (all layers)
-  int64_t layer_offset = 0;  // layer * 2 * plane
+  int64_t block_stride = 0;  // elements between consecutive blocks of one layer (2 * plane)
+  int64_t layer_offset = 0;  // layer * n_blocks * block_stride
   int64_t plane = 0;         // block_size * width: K to V distance inside a layer
   int block_size = 0;
   int width = 0;                   // n_kv_heads * head_dim

@@ -157,6 +157,21 @@ class CudaBackend final : public Backend {
   // f32 host <-> device tensor of either dtype, through the conversion buffer.
   absl::Status CopyIn(void* dst, DType dtype, const float* host, int64_t n);
   absl::Status CopyOut(float* host, const void* src, DType dtype, int64_t n);
+  // One physical block of every layer between the host format of KvReadBlock
+  // ([layer][k|v][slot][kv_head][head_dim], f32) and the layer-major arena: a
+  // group of layers per pass through the conversion buffer. Exactly one of
+  // `out` and `in` is set.
+  absl::Status CopyKvBlock(int64_t block, float* out, const float* in);
+
+  // Layer-major arena (kernels/cuda/ops_cuda.h): K then V of one block of one
+  // layer are KvBlockStride() elements; a layer holds n_blocks of them.
+  int64_t KvPlane() const {
+    return int64_t{kv_geometry_.block_size} * kv_geometry_.n_kv_heads * kv_geometry_.head_dim;
+  }
+  int64_t KvBlockStride() const { return 2 * KvPlane(); }
+  cuda::bf16* KvLayer(int layer) const {
+    return kv_ + int64_t{layer} * kv_geometry_.n_blocks * KvBlockStride();
+  }
 
   CudaBackendOptions options_;
   int num_sms_ = 0;
@@ -293,6 +308,48 @@ absl::Status CudaBackend::CopyOut(float* host, const void* src, DType dtype, int
   return Synchronize();
 }
 
+absl::Status CudaBackend::CopyKvBlock(int64_t block, float* out, const float* in) {
+  RETURN_IF_ERROR(RequireNotDeferred(out != nullptr ? "KvReadBlock" : "KvWriteBlock"));
+  const int64_t seg = KvBlockStride();  // one layer's K and V of the block
+  const int n_layers = kv_geometry_.n_layers;
+  const int per_pass = static_cast<int>(std::clamp<int64_t>(kConvertChunk / seg, 1, n_layers));
+  // f32 [per_pass, seg], then the same in bf16, packed.
+  const size_t f32_bytes = static_cast<size_t>(per_pass * seg) * sizeof(float);
+  RETURN_IF_ERROR(
+      convert_.Reserve(f32_bytes + static_cast<size_t>(per_pass * seg) * sizeof(cuda::bf16),
+                       stream_));
+  float* f32 = convert_.as<float>();
+  auto* packed = reinterpret_cast<cuda::bf16*>(convert_.as<unsigned char>() + f32_bytes);
+  const size_t seg_bytes = static_cast<size_t>(seg) * sizeof(cuda::bf16);
+  // Layers lie n_blocks * seg apart, often past the pitch limit of a 2D copy.
+  auto gather = [&](int l0, int n, bool to_arena) -> absl::Status {
+    for (int l = 0; l < n; ++l) {
+      cuda::bf16* arena = KvLayer(l0 + l) + block * seg;
+      cuda::bf16* packed_layer = packed + int64_t{l} * seg;
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(to_arena ? arena : packed_layer,
+                                           to_arena ? packed_layer : arena, seg_bytes,
+                                           cudaMemcpyDeviceToDevice, stream_));
+    }
+    return absl::OkStatus();
+  };
+  for (int l0 = 0; l0 < n_layers; l0 += per_pass) {
+    const int n = std::min(per_pass, n_layers - l0);
+    const int64_t len = int64_t{n} * seg;
+    if (out != nullptr) {
+      RETURN_IF_ERROR(gather(l0, n, /*to_arena=*/false));
+      CUDA_RETURN_IF_ERROR(cuda::ConvertBf16ToF32(f32, packed, len, stream_));
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out + l0 * seg, f32, len * sizeof(float),
+                                           cudaMemcpyDeviceToHost, stream_));
+    } else {
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(f32, in + l0 * seg, len * sizeof(float),
+                                           cudaMemcpyHostToDevice, stream_));
+      CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(packed, f32, len, stream_));
+      RETURN_IF_ERROR(gather(l0, n, /*to_arena=*/true));
+    }
+  }
+  return Synchronize();
+}
+
 absl::Status CudaBackend::Upload(Tensor dst, const float* host) {
   if (dst.data == nullptr && dst.numel() > 0) {
     return absl::InvalidArgumentError("cuda backend: Upload to a null tensor");
@@ -347,9 +404,9 @@ absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const
   ASSIGN_OR_RETURN(const int32_t* d_slots, StageSpan(slots));
   cuda::KvWriteParams p;
   p.arena = kv_;
-  p.block_elems = g.ElementsPerBlock();
-  p.plane = int64_t{g.block_size} * width;
-  p.layer_offset = int64_t{layer} * 2 * p.plane;
+  p.plane = KvPlane();
+  p.block_stride = KvBlockStride();
+  p.layer_offset = KvLayer(layer) - kv_;
   p.block_size = g.block_size;
   p.width = width;
   p.k = static_cast<const float*>(k.data);
@@ -368,8 +425,7 @@ absl::Status CudaBackend::KvReadBlock(int64_t block, float* host) {
     return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
   if (block < 0 || block >= kv_geometry_.n_blocks)
     return absl::OutOfRangeError("KvReadBlock: block");
-  const int64_t n = kv_geometry_.ElementsPerBlock();
-  return CopyOut(host, kv_ + block * n, DType::kBF16, n);
+  return CopyKvBlock(block, host, nullptr);
 }
 
 absl::Status CudaBackend::KvWriteBlock(int64_t block, const float* host) {
@@ -377,8 +433,7 @@ absl::Status CudaBackend::KvWriteBlock(int64_t block, const float* host) {
     return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
   if (block < 0 || block >= kv_geometry_.n_blocks)
     return absl::OutOfRangeError("KvWriteBlock: block");
-  const int64_t n = kv_geometry_.ElementsPerBlock();
-  return CopyIn(kv_ + block * n, DType::kBF16, host, n);
+  return CopyKvBlock(block, nullptr, host);
 }
 
 absl::Status CudaBackend::Embedding(Tensor out, Tensor table, std::span<const int32_t> ids) {
@@ -631,10 +686,9 @@ absl::Status CudaBackend::LaunchAttention(const StagedAttention& w, float* out, 
   p.out = out;
   p.lse = lse;
   p.q = static_cast<const float*>(q.data);
-  const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * D;
-  p.kv.k = kv_ + int64_t{layer} * 2 * plane;
-  p.kv.v = p.kv.k + plane;
-  p.kv.block_stride = g.ElementsPerBlock();
+  p.kv.k = KvLayer(layer);
+  p.kv.v = p.kv.k + KvPlane();
+  p.kv.block_stride = KvBlockStride();
   p.kv.block_size = g.block_size;
   p.kv.n_kv_heads = g.n_kv_heads;
   p.block_tables = reinterpret_cast<const int32_t*>(base + w.at_tables);
@@ -738,9 +792,9 @@ absl::Status CudaBackend::InfiniFoldKv(float* mem, float* z, int layer,
   float* d_v = d_k + rows_n;
   // Layer `layer` of a block is K then V, each [block_size, n_kv, D]
   // contiguous: the segment's rows in order, block after block.
-  const int64_t plane = int64_t{bs} * n_kv * D;
+  const int64_t plane = KvPlane();
   for (size_t i = 0; i < blocks.size(); ++i) {
-    const cuda::bf16* src = kv_ + blocks[i] * g.ElementsPerBlock() + int64_t{layer} * 2 * plane;
+    const cuda::bf16* src = KvLayer(layer) + blocks[i] * KvBlockStride();
     const int64_t at = static_cast<int64_t>(i) * plane;
     CUDA_RETURN_IF_ERROR(cuda::ConvertBf16ToF32(d_k + at, src, plane, stream_));
     CUDA_RETURN_IF_ERROR(cuda::ConvertBf16ToF32(d_v + at, src + plane, plane, stream_));
