@@ -129,6 +129,31 @@ TEST(CudaAttentionPlanTest, DecodeSplitsCoverExactlyTheHeldTiles) {
   }
 }
 
+TEST(CudaAttentionPlanTest, LongDecodeIsSplitToFillTheDeviceNotFiner) {
+  // One session decoding at 131072 tokens, 3 kv heads on 132 SMs: about
+  // 2 blocks per SM, so ~88 splits of ~24 key tiles each (not thousands of
+  // 2-tile splits, whose combine would dominate the step).
+  std::vector<int32_t> table(131072 / 64);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  AttentionSeq s;
+  s.n_q = 1;
+  s.q_start = 131071;
+  s.block_table = table;
+  s.dca = Dca(5120);
+  AttentionPlanShape shape = Shape(1);
+  shape.n_blocks = static_cast<int64_t>(table.size());
+  auto plan = PlanAttention({&s, 1}, shape);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const int target = 2 * shape.num_sms / shape.n_kv_heads;
+  EXPECT_LE(static_cast<int>(plan->split_items.size()), target);
+  EXPECT_GE(static_cast<int>(plan->split_items.size()), target / 2);
+  int covered = 0;
+  for (const auto& item : plan->split_items) covered += item.tile_end - item.tile_begin;
+  EXPECT_EQ(covered, 131072 / 64);
+  ASSERT_EQ(plan->combine_items.size(), 1u);
+  EXPECT_EQ(plan->combine_items[0].n_slots, static_cast<int>(plan->split_items.size()));
+}
+
 TEST(CudaAttentionPlanTest, ARankWithoutKeysStillWritesItsRows) {
   const Runs none;
   const std::vector<int32_t> table;

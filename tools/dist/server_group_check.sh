@@ -110,6 +110,7 @@ longctx ask doc "Who is Stepan Arkadyevitch?" --max-tokens=4 --temperature=0 \
   > /dev/null 2> "$out/after_kill.err"
 echo "a request after the loss: rc=$? in $(( ($(date +%s%N) - t0) / 1000000 )) ms:" \
   "$(tr '\n' ' ' < "$out/after_kill.err" | cut -c1-200)"
+sleep 2  # rank 0 checks the group's health every second
 curl -s "127.0.0.1:$metrics_port/metrics" 2>/dev/null | grep '^longctx_server_state' || true
 kill -0 $r0 2>/dev/null && echo "rank 0 still running (NOT_SERVING), as designed"
 grep -h "group is broken" "$out/rank0.log" | head -2

@@ -221,8 +221,8 @@ absl::StatusOr<AttentionPlan> Plan(std::span<const PlanSeq> seqs, const Attentio
       } else {
         rg.spans.push_back({0, n_tiles});
       }
-      groups.push_back(std::move(rg));
       total_tiles += rg.present();
+      groups.push_back(std::move(rg));
     }
   }
   if (!groups.empty()) {
