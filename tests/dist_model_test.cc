@@ -17,6 +17,7 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 
 namespace longctx {
 namespace {
@@ -41,10 +42,8 @@ KvCacheConfig KvConfig() {
 class DistModelTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const char* path = std::getenv("LONGCTX_MODEL");
-    if (path == nullptr) return;
-    auto host = LoadHostModel(path);
-    ASSERT_TRUE(host.ok()) << host.status();
+    const HostModel* host = TestHostModel();
+    if (host == nullptr) return;
     backend_ = new CpuBackend();
     auto model = LlamaModel::Create(*host, backend_, KvConfig());
     ASSERT_TRUE(model.ok()) << model.status();

@@ -19,6 +19,7 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 
 namespace longctx {
 namespace {
@@ -51,17 +52,7 @@ float MaxAbs(const std::vector<float>& a) {
 
 class DistStepModelTest : public testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    const char* path = std::getenv("LONGCTX_MODEL");
-    if (path == nullptr) return;
-    auto host = LoadHostModel(path);
-    ASSERT_TRUE(host.ok()) << host.status();
-    host_ = new HostModel(*std::move(host));
-  }
-  static void TearDownTestSuite() {
-    delete host_;
-    host_ = nullptr;
-  }
+  static void SetUpTestSuite() { host_ = TestHostModel(); }
   void SetUp() override {
     if (host_ == nullptr) GTEST_SKIP() << "LONGCTX_MODEL is not set";
   }
@@ -94,9 +85,22 @@ class DistStepModelTest : public testing::Test {
     return item;
   }
 
-  static HostModel* host_;
+  // Two thread-ranks over the model; collective timeout `timeout`.
+  struct TwoRanks {
+    explicit TwoRanks(absl::Duration timeout)
+        : comms(InProcessCommunicator::CreateGroup(2, timeout)),
+          r0(MakeRank()),
+          r1(MakeRank()),
+          leader(comms[0].get(), r0->model.get()),
+          worker(comms[1].get(), r1->model.get()) {}
+    std::vector<std::unique_ptr<InProcessCommunicator>> comms;
+    std::unique_ptr<Rank> r0, r1;
+    RankExecutor leader, worker;
+  };
+
+  static const HostModel* host_;
 };
-HostModel* DistStepModelTest::host_ = nullptr;
+const HostModel* DistStepModelTest::host_ = nullptr;
 
 TEST_F(DistStepModelTest, GroupStepsMatchOneRankAndRollBackEverywhere) {
   // Two sessions of 150 + 70 + 1 tokens (four DCA chunks each): the first is
@@ -125,15 +129,14 @@ TEST_F(DistStepModelTest, GroupStepsMatchOneRankAndRollBackEverywhere) {
     single->model->kv_cache().Release(sb);
   }
 
-  auto comms = InProcessCommunicator::CreateGroup(2, absl::Seconds(30));
-  auto r0 = MakeRank(), r1 = MakeRank();
-  ASSERT_NE(r1->model, nullptr);
-  RankExecutor leader(comms[0].get(), r0->model.get()), worker(comms[1].get(), r1->model.get());
+  TwoRanks g(absl::Seconds(30));
+  RankExecutor &leader = g.leader, &worker = g.worker;
+  Rank &r0 = *g.r0, &r1 = *g.r1;
   absl::Status worker_status = absl::UnknownError("not run");
   std::thread serve([&] { worker_status = ServeRank(worker); });
   {
     DistStepModel group(&leader, absl::Seconds(5));
-    EXPECT_EQ(group.kv_cache().total_blocks(), 2 * r0->model->kv_cache().total_blocks());
+    EXPECT_EQ(group.kv_cache().total_blocks(), 2 * r0.model->kv_cache().total_blocks());
     KvSequence sa, sb;
     int at = 0;
     size_t k = 0;
@@ -155,8 +158,8 @@ TEST_F(DistStepModelTest, GroupStepsMatchOneRankAndRollBackEverywhere) {
     EXPECT_EQ(loads[0].sessions, 1);  // one home each: the least loaded rank
     EXPECT_EQ(loads[1].sessions, 1);
     EXPECT_EQ(loads[0].tokens + loads[1].tokens, 2 * 221);
-    EXPECT_GT(r1->model->kv_cache().free_blocks(), 0);
-    EXPECT_LT(r1->model->kv_cache().free_blocks(), r1->model->kv_cache().total_blocks());
+    EXPECT_GT(r1.model->kv_cache().free_blocks(), 0);
+    EXPECT_LT(r1.model->kv_cache().free_blocks(), r1.model->kv_cache().total_blocks());
 
     // Roll the second session back by 71 tokens on every rank, step again:
     // the same logits as the first time.
@@ -181,16 +184,15 @@ TEST_F(DistStepModelTest, GroupStepsMatchOneRankAndRollBackEverywhere) {
   }  // the group's destructor ends the worker
   serve.join();
   EXPECT_TRUE(worker_status.ok()) << worker_status;
-  EXPECT_EQ(r1->model->kv_cache().free_blocks(), r1->model->kv_cache().total_blocks());
-  EXPECT_EQ(r0->model->kv_cache().free_blocks(), r0->model->kv_cache().total_blocks());
+  EXPECT_EQ(r1.model->kv_cache().free_blocks(), r1.model->kv_cache().total_blocks());
+  EXPECT_EQ(r0.model->kv_cache().free_blocks(), r0.model->kv_cache().total_blocks());
 }
 
 TEST_F(DistStepModelTest, HeartbeatsKeepAnIdleGroupAlive) {
   // Collective timeout 1 s; the leader idles for 2.5 s with heartbeats every
   // 250 ms, then steps: the worker must still be there.
-  auto comms = InProcessCommunicator::CreateGroup(2, absl::Seconds(1));
-  auto r0 = MakeRank(), r1 = MakeRank();
-  RankExecutor leader(comms[0].get(), r0->model.get()), worker(comms[1].get(), r1->model.get());
+  TwoRanks g(absl::Seconds(1));
+  RankExecutor &leader = g.leader, &worker = g.worker;
   absl::Status worker_status = absl::UnknownError("not run");
   std::thread serve([&] { worker_status = ServeRank(worker); });
   {
@@ -215,9 +217,8 @@ TEST_F(DistStepModelTest, HeartbeatsKeepAnIdleGroupAlive) {
 TEST_F(DistStepModelTest, ARankLostWhileIdleIsNoticedByTheHeartbeat) {
   // Rank 1 answers one heartbeat, then is gone: the idle leader's next
   // heartbeat breaks the group within the interval plus the timeout.
-  auto comms = InProcessCommunicator::CreateGroup(2, absl::Seconds(1));
-  auto r0 = MakeRank(), r1 = MakeRank();
-  RankExecutor leader(comms[0].get(), r0->model.get()), worker(comms[1].get(), r1->model.get());
+  TwoRanks g(absl::Seconds(1));
+  RankExecutor &leader = g.leader, &worker = g.worker;
   std::thread serve([&] {
     GroupCommand cmd;
     std::vector<int32_t> tokens;
@@ -239,9 +240,8 @@ TEST_F(DistStepModelTest, ARankLostWhileIdleIsNoticedByTheHeartbeat) {
 TEST_F(DistStepModelTest, ALostRankTurnsStepsIntoUnavailable) {
   // Rank 1 serves one session's first step, then is gone (its thread ends
   // without a word, as a crashed process would).
-  auto comms = InProcessCommunicator::CreateGroup(2, absl::Seconds(1));
-  auto r0 = MakeRank(), r1 = MakeRank();
-  RankExecutor leader(comms[0].get(), r0->model.get()), worker(comms[1].get(), r1->model.get());
+  TwoRanks g(absl::Seconds(1));
+  RankExecutor &leader = g.leader, &worker = g.worker;
   std::thread serve([&] {
     GroupCommand cmd;
     std::vector<int32_t> tokens;

@@ -11,6 +11,7 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/infini_window.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 
 namespace longctx {
 namespace {
@@ -18,15 +19,7 @@ namespace {
 class InfiniModelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const char* path = std::getenv("LONGCTX_MODEL");
-    if (path == nullptr) return;
-    auto host = LoadHostModel(path);
-    ASSERT_TRUE(host.ok()) << host.status();
-    host_ = new HostModel(*std::move(host));
-  }
-  static void TearDownTestSuite() {
-    delete host_;
-    host_ = nullptr;
+    host_ = TestHostModel();
   }
   void SetUp() override {
     if (host_ == nullptr) GTEST_SKIP() << "LONGCTX_MODEL is not set";
@@ -50,11 +43,11 @@ class InfiniModelTest : public ::testing::Test {
     for (int32_t& x : t) x = d(rng);
     return t;
   }
-  static HostModel* host_;
+  static const HostModel* host_;
   CpuBackend backend_;
   std::unique_ptr<LlamaModel> model_;
 };
-HostModel* InfiniModelTest::host_ = nullptr;
+const HostModel* InfiniModelTest::host_ = nullptr;
 
 // Layer 0's keys are RmsNorm(embedding) · Wk, computable here from the weights.
 // The memory's keys (cached keys rotated back at −(j mod L)) must equal them:

@@ -11,6 +11,7 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 
 namespace longctx {
 namespace {
@@ -61,10 +62,8 @@ std::vector<GoldenPrompt> ReadGolden() {
 class ModelGoldenTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const char* path = std::getenv("LONGCTX_MODEL");
-    if (path == nullptr) return;
-    auto host = LoadHostModel(path);
-    ASSERT_TRUE(host.ok()) << host.status();
+    const HostModel* host = TestHostModel();
+    if (host == nullptr) return;
     backend_ = new CpuBackend();
     KvCacheConfig kv;
     kv.max_bytes = int64_t{256} << 20;

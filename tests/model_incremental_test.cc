@@ -13,6 +13,7 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 #include "gtest/gtest.h"
+#include "tests/model_test_util.h"
 
 namespace longctx {
 namespace {
@@ -20,10 +21,8 @@ namespace {
 class ModelIncrementalTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const char* path = std::getenv("LONGCTX_MODEL");
-    if (path == nullptr) return;
-    auto host = LoadHostModel(path);
-    ASSERT_TRUE(host.ok()) << host.status();
+    const HostModel* host = TestHostModel();
+    if (host == nullptr) return;
     backend_ = new CpuBackend();
     KvCacheConfig kv;
     kv.max_bytes = int64_t{128} << 20;

@@ -326,23 +326,13 @@ absl::Status DistStepModel::StepItemOnGroup(const StepItem& item, std::vector<fl
   absl::Status s = Run(cmd, item.tokens, &item_logits_);
   if (!s.ok()) {
     // A home that failed after attending may have grown the ranks' shares.
-    if (health().ok()) {
-      GroupCommand undo;
-      undo.op = GroupCommand::kTruncate;
-      undo.session = placed.id;
-      undo.length = from;
-      Run(undo, {}, nullptr).IgnoreError();
-    }
+    TruncateOnRanks(placed.id, from);
     return s;
   }
   std::vector<int32_t> slots;
   if (absl::Status grown = ledger_->Append(seq, n, &slots); !grown.ok()) {
     // The ranks found room the ledger does not have: keep both in agreement.
-    GroupCommand undo;
-    undo.op = GroupCommand::kTruncate;
-    undo.session = placed.id;
-    undo.length = from;
-    Run(undo, {}, nullptr).IgnoreError();
+    TruncateOnRanks(placed.id, from);
     return grown;
   }
   table_.Resize(placed.placement, from, seq.length());
@@ -354,12 +344,17 @@ void DistStepModel::TruncateSequence(KvSequence& seq, int length) {
   const int from = seq.length();
   ledger_->Truncate(seq, length);
   auto it = placed_.find(&seq);
-  if (it == placed_.end() || !health().ok()) return;
+  if (it == placed_.end()) return;
   table_.Resize(it->second.placement, from, seq.length());
+  TruncateOnRanks(it->second.id, seq.length());
+}
+
+void DistStepModel::TruncateOnRanks(int64_t session, int length) {
+  if (!health().ok()) return;
   GroupCommand cmd;
   cmd.op = GroupCommand::kTruncate;
-  cmd.session = it->second.id;
-  cmd.length = seq.length();
+  cmd.session = session;
+  cmd.length = length;
   Run(cmd, {}, nullptr).IgnoreError();  // a failure breaks the group: health() says so
 }
 

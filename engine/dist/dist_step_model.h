@@ -136,6 +136,8 @@ class DistStepModel final : public StepModel {
   // Broadcasts and runs one command on every rank.
   absl::Status Run(GroupCommand cmd, std::span<const int32_t> tokens, std::vector<float>* logits);
   absl::Status StepItemOnGroup(const StepItem& item, std::vector<float>* logits);
+  // Every rank shrinks the session to `length` tokens (while the group works).
+  void TruncateOnRanks(int64_t session, int length);
 
   RankExecutor* rank_;
   const absl::Duration idle_interval_;
