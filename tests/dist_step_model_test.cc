@@ -98,6 +98,18 @@ class DistStepModelTest : public testing::Test {
     RankExecutor leader, worker;
   };
 
+  // A worker rank that executes one command (of kind `op`) and then is gone
+  // without a word, as a crashed process would be.
+  static std::thread ServeOneCommandThenStop(RankExecutor& worker, GroupCommand::Op op) {
+    return std::thread([&worker, op] {
+      GroupCommand cmd;
+      std::vector<int32_t> tokens;
+      ASSERT_TRUE(worker.Exchange(&cmd, &tokens).ok());
+      EXPECT_EQ(cmd.op, op);
+      EXPECT_TRUE(worker.Execute(cmd, tokens, nullptr).ok());
+    });
+  }
+
   static const HostModel* host_;
 };
 const HostModel* DistStepModelTest::host_ = nullptr;
@@ -219,13 +231,7 @@ TEST_F(DistStepModelTest, ARankLostWhileIdleIsNoticedByTheHeartbeat) {
   // heartbeat breaks the group within the interval plus the timeout.
   TwoRanks g(absl::Seconds(1));
   RankExecutor &leader = g.leader, &worker = g.worker;
-  std::thread serve([&] {
-    GroupCommand cmd;
-    std::vector<int32_t> tokens;
-    ASSERT_TRUE(worker.Exchange(&cmd, &tokens).ok());
-    EXPECT_EQ(cmd.op, GroupCommand::kHeartbeat);
-    EXPECT_TRUE(worker.Execute(cmd, tokens, nullptr).ok());
-  });
+  std::thread serve = ServeOneCommandThenStop(worker, GroupCommand::kHeartbeat);
   DistStepModel group(&leader, absl::Milliseconds(200));
   const absl::Time start = absl::Now();
   while (group.health().ok() && absl::Now() - start < absl::Seconds(10)) {
@@ -242,13 +248,7 @@ TEST_F(DistStepModelTest, ALostRankTurnsStepsIntoUnavailable) {
   // without a word, as a crashed process would).
   TwoRanks g(absl::Seconds(1));
   RankExecutor &leader = g.leader, &worker = g.worker;
-  std::thread serve([&] {
-    GroupCommand cmd;
-    std::vector<int32_t> tokens;
-    ASSERT_TRUE(worker.Exchange(&cmd, &tokens).ok());
-    EXPECT_EQ(cmd.op, GroupCommand::kStep);
-    EXPECT_TRUE(worker.Execute(cmd, tokens, nullptr).ok());
-  });
+  std::thread serve = ServeOneCommandThenStop(worker, GroupCommand::kStep);
   DistStepModel group(&leader, absl::Milliseconds(250));
   KvSequence s;
   const std::vector<int32_t> t = Tokens(40, 4);
