@@ -109,6 +109,26 @@ class EngineCollector final : public prometheus::Collectable {
     out.push_back(Scalar("longctx_kv_cache_usage_perc",
                          "Fraction of KV cache blocks in use (1 = full).", g,
                          total > 0 ? static_cast<double>(st.kv_blocks_used.load()) / total : 0));
+    if (const int ranks = st.group_ranks.load(); ranks > 0) {
+      out.push_back(Scalar("longctx_group_ranks",
+                           "Ranks of the context-parallel group this server leads.", g, ranks));
+      MetricFamily homed{"longctx_group_rank_sessions",
+                         "Sessions homed on each rank of the group (it runs their layers).",
+                         g,
+                         {}};
+      MetricFamily held{"longctx_group_rank_kv_tokens",
+                        "KV tokens each rank of the group holds, all sessions.", g, {}};
+      for (int r = 0; r < ranks; ++r) {
+        ClientMetric m;
+        m.label = {{"rank", absl::StrCat(r)}};
+        m.gauge.value = static_cast<double>(st.rank_sessions[static_cast<size_t>(r)].load());
+        homed.metric.push_back(m);
+        m.gauge.value = static_cast<double>(st.rank_kv_tokens[static_cast<size_t>(r)].load());
+        held.metric.push_back(std::move(m));
+      }
+      out.push_back(std::move(homed));
+      out.push_back(std::move(held));
+    }
     const SessionManager& sessions = service_->sessions();
     out.push_back(Scalar("longctx_sessions_active", "Live sessions.", g,
                          static_cast<double>(sessions.size())));

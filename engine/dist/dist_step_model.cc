@@ -1,5 +1,6 @@
 #include "engine/dist/dist_step_model.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <utility>
@@ -374,6 +375,15 @@ void DistStepModel::ReleaseSequence(KvSequence& seq) {
 void DistStepModel::Idle() {
   if (!health().ok() || absl::Now() - last_command_ < idle_interval_) return;
   Run(GroupCommand(), {}, nullptr).IgnoreError();
+}
+
+void DistStepModel::PublishLoad(EngineStats& stats) const {
+  const int world = std::min(table_.world_size(), EngineStats::kMaxRanks);
+  stats.group_ranks.store(world);
+  for (int r = 0; r < world; ++r) {
+    stats.rank_sessions[static_cast<size_t>(r)].store(table_.load(r).sessions);
+    stats.rank_kv_tokens[static_cast<size_t>(r)].store(table_.load(r).tokens);
+  }
 }
 
 std::vector<RankLoad> DistStepModel::Loads() const {

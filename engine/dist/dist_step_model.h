@@ -125,6 +125,8 @@ class DistStepModel final : public StepModel {
   void Idle() override;
   absl::Status health() const override { return rank_->comm().health(); }
 
+  void PublishLoad(EngineStats& stats) const override;
+
   // Per-rank load as placed: sessions homed and KV tokens held.
   std::vector<RankLoad> Loads() const;
 

@@ -89,6 +89,13 @@ struct EngineStats {
   // Ingests and generations refused because a REJECT session's window was full.
   std::atomic<int64_t> infini_rejections_total{0};
 
+  // A context-parallel group (engine/dist): its ranks, and per rank the
+  // sessions homed there and the KV tokens it holds. group_ranks 0: no group.
+  static constexpr int kMaxRanks = 64;
+  std::atomic<int> group_ranks{0};
+  std::array<std::atomic<int64_t>, kMaxRanks> rank_sessions{};
+  std::array<std::atomic<int64_t>, kMaxRanks> rank_kv_tokens{};
+
   // Session moves.
   Histogram export_seconds;
   Histogram import_seconds;

@@ -236,6 +236,7 @@ void Scheduler::Admit(std::deque<std::unique_ptr<Job>>* incoming,
   if (!releases->empty()) {
     KvCache& kv = model_->kv_cache();
     stats_->kv_blocks_used.store(kv.total_blocks() - kv.free_blocks());
+    model_->PublishLoad(*stats_);
   }
 }
 
@@ -672,6 +673,7 @@ void Scheduler::Step() {
   stats_->steps_total.fetch_add(1);
   stats_->step_batch_tokens.Observe(static_cast<double>(batch_tokens));
   stats_->kv_blocks_used.store(kv.total_blocks() - kv.free_blocks());
+  model_->PublishLoad(*stats_);
   stats_->step_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - step_start));
 }
 

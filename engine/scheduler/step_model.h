@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/scheduler/engine_stats.h"
 #include "engine/model/infini_window.h"
 #include "engine/model/llama_model.h"
 
@@ -50,6 +51,9 @@ class StepModel {
   // OK while the model can run steps; the error that broke it otherwise (a
   // lost rank). The server reports NOT_SERVING then.
   virtual absl::Status health() const { return absl::OkStatus(); }
+  // Writes what a model over several ranks knows of their load into `stats`
+  // (EngineStats::group_ranks and the per-rank gauges); nothing otherwise.
+  virtual void PublishLoad(EngineStats& stats) const { (void)stats; }
 };
 
 class LlamaStepModel final : public StepModel {

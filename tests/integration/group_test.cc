@@ -128,6 +128,18 @@ TEST_F(GroupTest, TwoRanksAnswerAndScoreLikeOne) {
     EXPECT_EQ(got->answer_ids, ref->answer_ids);
   }
 
+  // The group's load on /metrics: one session homed on each rank, every KV
+  // token of both sessions held by one of the ranks.
+  auto m = ScrapeMetrics(group.daemon->metrics_port());
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)["longctx_group_ranks"], 2);
+  EXPECT_EQ((*m)["longctx_group_rank_sessions{rank=\"0\"}"], 1);
+  EXPECT_EQ((*m)["longctx_group_rank_sessions{rank=\"1\"}"], 1);
+  const double held = (*m)["longctx_group_rank_kv_tokens{rank=\"0\"}"] +
+                      (*m)["longctx_group_rank_kv_tokens{rank=\"1\"}"];
+  EXPECT_EQ(held, static_cast<double>(got_a.tokens + got_b.tokens));
+  EXPECT_GT((*m)["longctx_group_rank_kv_tokens{rank=\"1\"}"], 0);
+
   // Deleting a leaves b intact on both ranks.
   ASSERT_TRUE(DeleteSession(group.stub.get(), "a").ok());
   auto score_b = Score(group.stub.get(), "b", next, /*per_token=*/true);
