@@ -3,6 +3,7 @@
 // tests/cuda_test_util.h. Built only with the CUDA backend; skipped without a GPU.
 #ifdef LONGCTX_WITH_CUDA
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -23,6 +24,7 @@ namespace {
 using testing_cuda::ExpectBf16Close;
 using testing_cuda::ExpectF32Close;
 using testing_cuda::Fetch;
+using testing_cuda::kBf16Bound;
 using testing_cuda::MakePoisoned;
 using testing_cuda::MakeTensor;
 using testing_cuda::RandomVec;
@@ -168,6 +170,105 @@ TEST_F(CudaOpsTest, LinearMatchesCpu) {
         }
       }
     }
+  }
+}
+
+// out[t, n] = sum_k x[t, k] w[n, k] in double.
+std::vector<double> LinearF64(const std::vector<float>& x, const std::vector<float>& w, int T,
+                              int N, int K) {
+  std::vector<double> out(static_cast<size_t>(T) * N);
+  for (int t = 0; t < T; ++t) {
+    const float* xr = x.data() + static_cast<size_t>(t) * K;
+    for (int n = 0; n < N; ++n) {
+      const float* wr = w.data() + static_cast<size_t>(n) * K;
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += double{xr[k]} * wr[k];
+      out[static_cast<size_t>(t) * N + n] = s;
+    }
+  }
+  return out;
+}
+
+// max |got - ref| / max |ref| over the first `n` elements; non-finite output: infinity.
+double MaxErrRatio(const std::vector<float>& got, const std::vector<double>& ref, size_t n) {
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
+    err = std::max(err, std::abs(got[i] - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  return scale == 0 ? err : err / scale;
+}
+
+// Up to cuda::kGemvMaxT rows against bf16 weights take the weight-streaming
+// kernel on f32 activations: against a double reference from the same bf16
+// weights only f32 summation error remains. Nine rows take the cuBLAS GEMM on
+// bf16 activations; both agree within the bf16 bound, and the few-row path is
+// far closer to the reference (it did not round x).
+TEST_F(CudaOpsTest, LinearFewRowsMatchesF64ReferenceAndGemm) {
+  struct Shape {
+    int N, K;
+  };
+  const Shape shapes[] = {{1, 8},       {7, 72},       {576, 576},   {1536, 576},
+                          {4096, 4096}, {11008, 4096}, {4096, 11008}};
+  int case_index = 0;
+  for (Shape s : shapes) {
+    const std::vector<float> w = RoundBf16(RandomVec(static_cast<size_t>(s.N) * s.K, rng_, 0.05f));
+    const std::vector<float> bias = RoundBf16(RandomVec(s.N, rng_));
+    auto wt = MakeTensor(gpu_.get(), DType::kBF16, s.N, s.K, w);
+    auto bt = MakeTensor(gpu_.get(), DType::kBF16, 1, s.N, bias);
+    // Nine rows for the GEMM; the few-row calls use their first T.
+    const std::vector<float> x = RandomVec(static_cast<size_t>(9) * s.K, rng_);
+    auto xt = MakeTensor(gpu_.get(), DType::kF32, 9, s.K, x);
+    const std::vector<double> ref9 = LinearF64(x, w, 9, s.N, s.K);
+    for (int T : {1, 2, 3, 8, 9}) {
+      const bool with_bias = (case_index++ % 2) == 1;
+      std::vector<double> ref(ref9.begin(), ref9.begin() + static_cast<int64_t>(T) * s.N);
+      if (with_bias) {
+        for (size_t i = 0; i < ref.size(); ++i) ref[i] += bias[i % s.N];
+      }
+      auto out = MakePoisoned(gpu_.get(), T, s.N);
+      ASSERT_TRUE(gpu_->Linear(out.t, xt.t.Rows(0, T), wt.t, with_bias ? &bt.t : nullptr).ok());
+      const std::vector<float> got = Fetch(gpu_.get(), out.t);
+      const std::string what =
+          absl::StrCat("Linear T=", T, " N=", s.N, " K=", s.K, " bias=", with_bias);
+      const double err = MaxErrRatio(got, ref, got.size());
+      if (T <= 8) {
+        EXPECT_LE(err, 1e-3) << what;
+        continue;
+      }
+      EXPECT_LE(err, kBf16Bound) << what << " (GEMM)";
+      // The same 8 rows through both paths (bias only shifts both).
+      auto few = MakePoisoned(gpu_.get(), 8, s.N);
+      ASSERT_TRUE(gpu_->Linear(few.t, xt.t.Rows(0, 8), wt.t, with_bias ? &bt.t : nullptr).ok());
+      const std::vector<float> got8 = Fetch(gpu_.get(), few.t);
+      const size_t n8 = static_cast<size_t>(8) * s.N;
+      const double err_few = MaxErrRatio(got8, ref, n8), err_gemm = MaxErrRatio(got, ref, n8);
+      std::vector<double> gemm_rows(got.begin(), got.begin() + static_cast<int64_t>(n8));
+      EXPECT_LE(MaxErrRatio(got8, gemm_rows, n8), kBf16Bound) << what << " few rows vs GEMM";
+      EXPECT_LE(err_few, 0.1 * err_gemm) << what << " few-row error vs GEMM error";
+    }
+  }
+}
+
+// Shapes and addresses the few-row kernel does not take (K not a multiple of
+// 8, activations off a 16-byte boundary) still give the product, through the
+// GEMM.
+TEST_F(CudaOpsTest, LinearFewRowsFallsBackOnOddShapesAndAddresses) {
+  for (int K : {12, 8, 72}) {
+    const int T = 3, N = 5;
+    const std::vector<float> w = RoundBf16(RandomVec(static_cast<size_t>(N) * K, rng_));
+    const std::vector<float> x = RandomVec(static_cast<size_t>(T) * K + 1, rng_);
+    auto wt = MakeTensor(gpu_.get(), DType::kBF16, N, K, w);
+    auto xt = MakeTensor(gpu_.get(), DType::kF32, 1, T * K + 1, x);
+    // Rows start one float in: 4 bytes off the allocation's alignment.
+    const Tensor x_off{static_cast<float*>(xt.t.data) + 1, DType::kF32, T, K};
+    const std::vector<float> x_rows(x.begin() + 1, x.end());
+    const std::vector<double> ref = LinearF64(x_rows, w, T, N, K);
+    auto out = MakePoisoned(gpu_.get(), T, N);
+    ASSERT_TRUE(gpu_->Linear(out.t, x_off, wt.t, nullptr).ok());
+    EXPECT_LE(MaxErrRatio(Fetch(gpu_.get(), out.t), ref, static_cast<size_t>(T) * N), kBf16Bound)
+        << "K=" << K;
   }
 }
 

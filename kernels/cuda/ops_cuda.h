@@ -41,10 +41,32 @@ cudaError_t RmsNorm(float* out,      // [T, D] (may alias x)
                     const void* w,   // [D], w_type
                     ElemType w_type, int T, int D, float eps, cudaStream_t stream);
 
-// out[t, n] += bias[n]: the bias half of Linear (the product is a cuBLAS GEMM).
+// out[t, n] += bias[n]: the bias half of Linear when the product is a cuBLAS GEMM.
 cudaError_t AddBias(float* out,        // [T, N]
                     const void* bias,  // [N], bias_type
                     ElemType bias_type, int T, int N, cudaStream_t stream);
+
+// --- Linear with few token rows (cpu::Linear is the reference) ---
+// out = x w^T (+ bias) for 1 <= T <= kGemvMaxT rows of f32 activations against
+// bf16 weights, f32 accumulation. A decode step's products read each weight
+// once for a handful of rows, so they are bound by the weight stream: each warp
+// streams one weight row (two for large N) in 16-byte loads while the
+// activations, a few KiB, stay in L1. No bf16 copy of x is made.
+inline constexpr int kGemvMaxT = 8;
+struct GemvParams {
+  float* out = nullptr;        // [T, N]; must not alias x
+  const float* x = nullptr;    // [T, K], 16-byte aligned
+  const bf16* w = nullptr;     // [N, K], 16-byte aligned
+  const void* bias = nullptr;  // [N], bias_type; nullptr: none
+  ElemType bias_type = ElemType::kF32;
+  int T = 0;
+  int N = 0;
+  int K = 0;  // multiple of 8 (whole 16-byte loads per row)
+};
+// Whether GemvBf16 takes these shapes and addresses.
+bool GemvSupported(const GemvParams& p);
+// REQUIRES: GemvSupported(p) (else cudaErrorInvalidValue, nothing launched).
+cudaError_t GemvBf16(const GemvParams& p, cudaStream_t stream);
 
 cudaError_t SwiGlu(float* out,         // [T, F] (may alias gate)
                    const float* gate,  // [T, F]

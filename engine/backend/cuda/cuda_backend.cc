@@ -179,7 +179,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   ArgStaging staging_;
   ScratchBuffer convert_;  // f32 staging of Upload / Download / KV blocks
-  ScratchBuffer x_bf16_;   // Linear's activations in bf16
+  ScratchBuffer x_bf16_;   // Linear's activations in bf16 for a cuBLAS GEMM
   ScratchBuffer split_o_;  // split-KV partial outputs
   ScratchBuffer split_ml_;
   ScratchBuffer infini_;  // Infini memory, its retrieval and the fold's K, V
@@ -479,13 +479,30 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
   const int T = static_cast<int>(x.rows), N = static_cast<int>(w.rows),
             K = static_cast<int>(w.cols);
   if (T == 0 || N == 0) return absl::OkStatus();
-  if (w.dtype == DType::kBF16) {
+  // Few token rows against bf16 weights (decode): the weight-streaming kernel
+  // on f32 activations, bias fused. Which path runs follows from the traced
+  // key (T, K, dtype and the addresses), so a replay takes the recorded one.
+  cuda::GemvParams gemv;
+  gemv.out = static_cast<float*>(out.data);
+  gemv.x = static_cast<const float*>(x.data);
+  gemv.w = static_cast<const cuda::bf16*>(w.data);
+  gemv.bias = bias != nullptr ? bias->data : nullptr;
+  gemv.bias_type = bias != nullptr ? ElemOf(bias->dtype) : cuda::ElemType::kF32;
+  gemv.T = T;
+  gemv.N = N;
+  gemv.K = K;
+  const bool use_gemv = w.dtype == DType::kBF16 && cuda::GemvSupported(gemv);
+  if (w.dtype == DType::kBF16 && !use_gemv) {
     RETURN_IF_ERROR(ReserveScratch(x_bf16_, static_cast<size_t>(x.numel()) * sizeof(cuda::bf16)));
   }
   Trace({U(OpId::kLinear), U(out.data), U(x.data), U(w.data), static_cast<uint64_t>(w.dtype),
          static_cast<uint64_t>(T), static_cast<uint64_t>(N), static_cast<uint64_t>(K),
-         U(x_bf16_.as<void>()), U(bias != nullptr ? bias->data : nullptr)});
+         U(use_gemv ? nullptr : x_bf16_.as<void>()), U(bias != nullptr ? bias->data : nullptr)});
   if (Replaying()) return absl::OkStatus();
+  if (use_gemv) {
+    CUDA_RETURN_IF_ERROR(cuda::GemvBf16(gemv, stream_));
+    return absl::OkStatus();
+  }
   const float one = 1.f, zero = 0.f;
   // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
   if (w.dtype == DType::kBF16) {
