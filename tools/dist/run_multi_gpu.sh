@@ -180,7 +180,7 @@ for phase in "${phases[@]}"; do
         rc=$?
         cat "$out/server.log"
         note "server: rc=$rc"
-        while read -r line; do note "  $line"; done < <(grep -E '^(session|scored|max|greedy|after|a request|one GPU:|two GPUs:)' "$out/server.log")
+        while read -r line; do note "  $line"; done < <(grep -E '^(session|scored|max|greedy|after|a request|one GPU:|two GPUs:|clean stop)' "$out/server.log")
       fi ;;
     bench)
       for r in 1 0; do  # rank 0 last, in the foreground: it prints the table

@@ -117,3 +117,22 @@ grep -h "group is broken" "$out/rank0.log" | head -2
 kill -TERM $r0
 wait $r0
 echo "rank 0 exit status after SIGTERM: $?"
+
+# 4. A clean stop: SIGTERM to both ranks of a fresh group (as Kubernetes does);
+#    rank 0 drains and ends the group, rank 1 exits when it is told.
+rm -f "$out/group2.ports"
+CUDA_VISIBLE_DEVICES=1 longctxd "${group[@]}" --rank=1 --listen=127.0.0.1:0 > "$out/stop_rank1.log" 2>&1 &
+s1=$!
+pids+=($s1)
+CUDA_VISIBLE_DEVICES=0 longctxd "${group[@]}" --rank=0 --listen=127.0.0.1:0 \
+  --port_file="$out/group2.ports" > "$out/stop_rank0.log" 2>&1 &
+s0=$!
+pids+=($s0)
+wait_serving "$out/group2.ports" "$out/stop_rank0.log" $s0 || exit 1
+longctx create --id=doc2 > /dev/null && longctx ingest doc2 "$out/next.txt" > /dev/null 2>&1
+t0=$(date +%s%N)
+kill -TERM $s1 $s0
+wait $s0; rc0=$?
+wait $s1; rc1=$?
+echo "clean stop of a group: rank 0 exit $rc0, rank 1 exit $rc1 after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+grep -h "rank 0 ended the group" "$out/stop_rank1.log" | head -1
