@@ -138,6 +138,12 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
   const int rank = comm_->rank(), world = comm_->world_size();
   const int home = seq.placement().home();
   const int64_t q_cols = int64_t{n_heads_} * head_dim_, kv_cols = int64_t{n_kv_heads_} * head_dim_;
+  // q, k and v travel in one broadcast, packed back to back in the scratch
+  // (its q, k and v regions hold at least that much).
+  char* packed = static_cast<char*>(q_.data);
+  const Tensor qp{packed, q_.dtype, n, q_cols};
+  const Tensor kp{packed + qp.bytes(), k_.dtype, n, kv_cols};
+  const Tensor vp{packed + qp.bytes() + kp.bytes(), v_.dtype, n, kv_cols};
   if (rank == home) {
     if (q.rows != n || q.cols != q_cols || out.rows != n || out.cols != q_cols || k.rows != n ||
         k.cols != kv_cols || v.rows != n || v.cols != kv_cols) {
@@ -145,18 +151,24 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
                                                           " needs q/out [", n, ", ", q_cols,
                                                           "] and k/v [", n, ", ", kv_cols, "]")));
     }
-    // The broadcast reads the home's tensors straight from the device.
-    if (absl::Status s = backend_->Synchronize(); !s.ok()) return Fail(std::move(s));
-  } else {
-    q = q_.Rows(0, n);
-    k = k_.Rows(0, n);
-    v = v_.Rows(0, n);
+    if (static_cast<int>(identity_.size()) < n) {
+      identity_.resize(static_cast<size_t>(n));
+      for (int r = 0; r < n; ++r) identity_[static_cast<size_t>(r)] = r;
+    }
+    const std::span<const int32_t> all_rows(identity_.data(), static_cast<size_t>(n));
+    absl::Status s = backend_->GatherRows(qp, q, all_rows);
+    if (s.ok()) s = backend_->GatherRows(kp, k, all_rows);
+    if (s.ok()) s = backend_->GatherRows(vp, v, all_rows);
+    // The broadcast reads the packed tensors straight from the device.
+    if (s.ok()) s = backend_->Synchronize();
+    if (!s.ok()) return Fail(std::move(s));
   }
+  q = qp;
+  k = kp;
+  v = vp;
   ++stats_.layers;
   absl::Time t0 = absl::Now();
-  RETURN_IF_ERROR(comm_->Broadcast(q.data, q.bytes(), home));
-  RETURN_IF_ERROR(comm_->Broadcast(k.data, k.bytes(), home));
-  RETURN_IF_ERROR(comm_->Broadcast(v.data, v.bytes(), home));
+  RETURN_IF_ERROR(comm_->Broadcast(packed, qp.bytes() + kp.bytes() + vp.bytes(), home));
   absl::Time t1 = absl::Now();
   stats_.broadcast_s += absl::ToDoubleSeconds(t1 - t0);
 

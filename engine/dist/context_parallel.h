@@ -1,7 +1,7 @@
 // Context-parallel attention (DESIGN §7): one session's KV spread over the ranks
 // by ChunkPlacement; for each layer the session's home rank broadcasts the new
 // tokens' queries (and keys and values, which the rank holding their span
-// stores), every rank computes the partial attention (o, lse) over the keys it
+// stores; the three packed into one message), every rank computes the partial attention (o, lse) over the keys it
 // holds with DCA positions by absolute chunk index, and the home merges the
 // partials by log-sum-exp. The result equals single-rank attention up to f32
 // rounding.
@@ -127,7 +127,8 @@ class ContextParallelAttention {
 
   int scratch_tokens_ = 0;
   DeviceBuffer scratch_;
-  Tensor q_, k_, v_;         // the broadcast q/k/v on ranks other than the home
+  Tensor q_, k_, v_;         // regions of the scratch the step's q, k, v are packed into
+  std::vector<int32_t> identity_;  // 0, 1, 2, ...: rows of a whole-tensor copy
   Tensor k_mine_, v_mine_;   // rows of k/v this rank stores
   Tensor gathered_;          // f32 partials of all ranks; this rank's part is its own
   DeviceBuffer status_buf_;  // f32 [world_size]: BeginStep's agreement
