@@ -83,9 +83,11 @@ const std::vector<Field>& Fields() {
       StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
       BytesField("kv_cache_bytes", "KV cache budget", &ServerConfig::kv_cache_bytes),
       IntField("kv_block_size", "tokens per KV cache block", &ServerConfig::kv_block_size),
-      IntField("prefill_budget", "prefill tokens per engine step", &ServerConfig::prefill_budget),
+      IntField("prefill_budget", "prefill tokens per engine step (0: 512 on CPU, 8192 on GPU)",
+               &ServerConfig::prefill_budget),
       IntField("prefill_budget_decoding",
-               "prefill tokens per engine step while a Generate is under way",
+               "prefill tokens per engine step while a Generate is under way "
+               "(0: 128 on CPU, 1024 on GPU)",
                &ServerConfig::prefill_budget_decoding),
       IntField("max_decode_batch", "generating requests per engine step",
                &ServerConfig::max_decode_batch),
@@ -234,8 +236,10 @@ absl::Status ServerConfig::Validate() const {
   }
   if (kv_cache_bytes <= 0) return bad("kv_cache_bytes: must be positive");
   if (kv_block_size < 1 || kv_block_size > 4096) return bad("kv_block_size: must be in [1, 4096]");
-  if (prefill_budget < 1) return bad("prefill_budget: must be at least 1");
-  if (prefill_budget_decoding < 1) return bad("prefill_budget_decoding: must be at least 1");
+  if (prefill_budget < 0) return bad("prefill_budget: must be at least 1 (or 0: automatic)");
+  if (prefill_budget_decoding < 0) {
+    return bad("prefill_budget_decoding: must be at least 1 (or 0: automatic)");
+  }
   if (max_decode_batch < 1) return bad("max_decode_batch: must be at least 1");
   if (attention != "dca" && attention != "rope") return bad("attention: must be dca or rope");
   if (dca_pretrain_length < 0 || dca_chunk_size < 0 || dca_local_window < 0) {

@@ -19,8 +19,9 @@ struct ServerConfig {
   std::string backend = "auto";               // auto | cpu | cuda
   int64_t kv_cache_bytes = int64_t{2} << 30;  // KV arena budget
   int kv_block_size = 64;                     // tokens per KV block
-  int prefill_budget = 512;                   // prefill tokens per engine step
-  int prefill_budget_decoding = 128;          // ... while a Generate is under way (its latency)
+  int prefill_budget = 0;           // prefill tokens per engine step; 0: 512 on CPU, 8192 on GPU
+  int prefill_budget_decoding = 0;  // ... while a Generate is under way (its latency);
+                                    // 0: 128 on CPU, 1024 on GPU
   int max_decode_batch = 256;                 // generating requests per engine step
   std::string attention = "dca";              // default for sessions: dca | rope
   int dca_pretrain_length = 0;                // c; 0 = the model's context length

@@ -51,10 +51,13 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
 
 }  // namespace
 
-EngineOptions EngineOptionsFrom(const ServerConfig& c) {
+EngineOptions EngineOptionsFrom(const ServerConfig& c, bool gpu) {
   EngineOptions o;
-  o.scheduler.prefill_budget = c.prefill_budget;
-  o.scheduler.prefill_budget_decoding = c.prefill_budget_decoding;
+  // A GPU step costs little more for thousands of prefill tokens than for
+  // hundreds; a CPU step grows with them.
+  o.scheduler.prefill_budget = c.prefill_budget > 0 ? c.prefill_budget : gpu ? 8192 : 512;
+  o.scheduler.prefill_budget_decoding =
+      c.prefill_budget_decoding > 0 ? c.prefill_budget_decoding : gpu ? 1024 : 128;
   o.scheduler.max_decode_batch = c.max_decode_batch;
   o.sessions.max_sessions = c.max_sessions;
   o.sessions.max_sessions_per_tenant = c.max_sessions_per_tenant;
@@ -133,9 +136,10 @@ absl::Status Server::LoadEngine() {
   backend_ = std::move(*backend);
   auto host = LoadHostModel(config_.model);
   if (!host.ok()) return host.status();
+  const bool gpu = backend_->Name() != "cpu";
   absl::StatusOr<std::unique_ptr<SessionService>> engine;
   if (config_.world_size == 1) {
-    engine = SessionService::Create(*host, backend_.get(), EngineOptionsFrom(config_));
+    engine = SessionService::Create(*host, backend_.get(), EngineOptionsFrom(config_, gpu));
   } else {
     auto model = LlamaModel::Create(*host, backend_.get(), EngineOptionsFrom(config_).kv);
     if (!model.ok()) return model.status();
@@ -148,7 +152,7 @@ absl::Status Server::LoadEngine() {
     engine = SessionService::CreateWithModel(
         *host, group_->MakeStepModel(),
         absl::StrCat(backend_->Name(), " x", config_.world_size, " ranks"),
-        EngineOptionsFrom(config_));
+        EngineOptionsFrom(config_, gpu));
   }
   if (!engine.ok()) return engine.status();
   engine_ = std::move(*engine);

@@ -61,7 +61,8 @@ class Server {
   int grpc_port_ = 0;
 };
 
-// EngineOptions from the server configuration.
-EngineOptions EngineOptionsFrom(const ServerConfig& config);
+// EngineOptions from the server configuration; `gpu` picks the automatic
+// prefill budgets of a GPU backend.
+EngineOptions EngineOptionsFrom(const ServerConfig& config, bool gpu = false);
 
 }  // namespace longctx::server

@@ -302,7 +302,7 @@ grpc::ServerUnaryReactor* LongContextService::GetServerInfo(grpc::CallbackServer
   const EngineStats& st = call->engine->stats();
   kv->set_free_blocks(st.kv_blocks_total.load() - st.kv_blocks_used.load());
   kv->set_bytes_per_token(e.bytes_per_token);
-  resp->set_prefill_budget_tokens(config_.prefill_budget);
+  resp->set_prefill_budget_tokens(call->engine->options().scheduler.prefill_budget);
   resp->set_memory_mixing(e.memory_mixing);
   resp->set_auth_required(auth_.enabled());
   ToProto(start_time_, resp->mutable_start_time());

@@ -49,7 +49,7 @@ TEST_F(ConfigTest, DefaultsNeedOnlyAModel) {
   auto c = Load({"--model=/m.gguf"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->listen, "0.0.0.0:50051");
-  EXPECT_EQ(c->prefill_budget, 512);
+  EXPECT_EQ(c->prefill_budget, 0);  // automatic: 512 on CPU, 8192 on GPU
   EXPECT_EQ(c->session_ttl, absl::Hours(1));
 }
 
@@ -77,7 +77,7 @@ TEST_F(ConfigTest, ErrorsNameTheSetting) {
               HasSubstr("drain_grace"));
   EXPECT_THAT(Load({"--model=m", "--kv_cache_bytes=lots"}).status().message(),
               HasSubstr("kv_cache_bytes"));
-  EXPECT_THAT(Load({"--model=m", "--prefill_budget=0"}).status().message(),
+  EXPECT_THAT(Load({"--model=m", "--prefill_budget=-1"}).status().message(),
               HasSubstr("prefill_budget"));
   EXPECT_THAT(Load({"--model=m", "--default_max_tokens=9000"}).status().message(),
               HasSubstr("default_max_tokens"));
