@@ -15,6 +15,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -390,6 +391,20 @@ std::vector<AttnCase> Cases() {
                    {{32768, 100, 6144, 1024}, {32769, 1, 6144, 1024}, {32000, 1, 0, 0}}};
   tail32k.sampled_reference = true;
   cases.push_back(tail32k);
+  // A prefill piece after a long context with few heads: too few query tiles
+  // to fill the GPU, so the automatic choice cuts the keys into parts (partial
+  // attentions in one launch, merged by log-sum-exp). Also with 16-token blocks
+  // (the simple kernel's partials) and plain RoPE.
+  for (const auto& [name, heads, bs, spec] :
+       std::vector<std::tuple<std::string, Heads, int, SeqSpec>>{
+           {"long_prefix_piece_gqa64_keysplit", gqa64, 64, {20480, 1024, 6144, 1024}},
+           {"long_prefix_piece_gqa128_keysplit", gqa128, 64, {20480, 1024, 6144, 1024}},
+           {"long_prefix_piece_bs16_plain_keysplit", gqa64, 16, {17000, 600, 0, 0}}}) {
+    AttnCase c{name, heads.H, heads.n_kv, heads.D, bs, {spec}};
+    c.sampled_reference = true;
+    c.kernels = {CudaAttentionKernels::kTiled, CudaAttentionKernels::kAuto};
+    cases.push_back(c);
+  }
   return cases;
 }
 

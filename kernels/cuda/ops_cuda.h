@@ -241,6 +241,11 @@ cudaError_t DcaAttentionSplit(const DcaAttentionParams& p, const DcaSplitItem* i
 cudaError_t MergeAttention(float* out,             // [rows, H * D]
                            const float* partials,  // [n_parts * rows, H * (D + 1)]
                            int n_parts, int rows, int H, int D, cudaStream_t stream);
+// The same for partials anywhere: partial r's o [rows, H, D] at o + r * o_stride
+// and its lse [rows, H] at lse + r * lse_stride (floats).
+cudaError_t MergeAttentionStrided(float* out, const float* o, int64_t o_stride, const float* lse,
+                                  int64_t lse_stride, int n_parts, int rows, int H, int D,
+                                  cudaStream_t stream);
 
 // --- Infini-attention compressive memory (DESIGN §4; cpu::InfiniRetrieve,
 // cpu::InfiniFold and cpu::InfiniMix are the references) ---
