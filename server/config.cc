@@ -81,7 +81,9 @@ const std::vector<Field>& Fields() {
       StringField("model", "model file (GGUF) or Hugging Face directory (required)",
                   &ServerConfig::model),
       StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
-      BytesField("kv_cache_bytes", "KV cache budget", &ServerConfig::kv_cache_bytes),
+      BytesField("kv_cache_bytes",
+                 "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",
+                 &ServerConfig::kv_cache_bytes),
       IntField("kv_block_size", "tokens per KV cache block", &ServerConfig::kv_block_size),
       IntField("prefill_budget", "prefill tokens per engine step (0: 512 on CPU, 8192 on GPU)",
                &ServerConfig::prefill_budget),
@@ -234,7 +236,7 @@ absl::Status ServerConfig::Validate() const {
   if (backend != "auto" && backend != "cpu" && backend != "cuda") {
     return bad("backend: must be auto, cpu or cuda");
   }
-  if (kv_cache_bytes <= 0) return bad("kv_cache_bytes: must be positive");
+  if (kv_cache_bytes < 0) return bad("kv_cache_bytes: must be positive (or 0: automatic)");
   if (kv_block_size < 1 || kv_block_size > 4096) return bad("kv_block_size: must be in [1, 4096]");
   if (prefill_budget < 0) return bad("prefill_budget: must be at least 1 (or 0: automatic)");
   if (prefill_budget_decoding < 0) {

@@ -17,7 +17,8 @@ struct ServerConfig {
   // --- model and engine ---
   std::string model;                          // GGUF file or Hugging Face directory (required)
   std::string backend = "auto";               // auto | cpu | cuda
-  int64_t kv_cache_bytes = int64_t{2} << 30;  // KV arena budget
+  int64_t kv_cache_bytes = 0;                 // KV arena budget; 0: on a GPU 90 % of its free
+                                              // memory less 4 GiB, else 2 GiB
   int kv_block_size = 64;                     // tokens per KV block
   int prefill_budget = 0;           // prefill tokens per engine step; 0: 512 on CPU, 8192 on GPU
   int prefill_budget_decoding = 0;  // ... while a Generate is under way (its latency);

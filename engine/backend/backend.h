@@ -113,6 +113,11 @@ class Backend {
   // Tensor converted to f32 host data.
   virtual absl::Status Download(float* host, Tensor src) = 0;
   virtual absl::Status Synchronize() = 0;
+  // Device memory free now, where the backend has its own (UNIMPLEMENTED for
+  // host memory).
+  virtual absl::StatusOr<int64_t> FreeDeviceBytes() const {
+    return absl::UnimplementedError("no device memory");
+  }
 
   // --- KV arena ---
   // Allocates the arena for `geometry` (n_blocks blocks). Called once.

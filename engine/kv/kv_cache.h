@@ -17,6 +17,8 @@ namespace longctx {
 struct KvCacheConfig {
   int block_size = 64;           // tokens per block; DCA chunk lengths are multiples of it
   int64_t max_bytes = int64_t{4} << 30;  // arena budget (backend element size)
+  // max_bytes 0: automatic, see AutoKvBytes (engine/model/llama_model.h).
+
 };
 
 // Block-table entry of a block released from the middle of a sequence (an

@@ -94,8 +94,16 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& 
   }
   RETURN_IF_ERROR(m->LoadInfiniGates(host));
   m->inv_freq_ = RopeInverseFrequencies(c, /*with_scaling=*/true);
-  ASSIGN_OR_RETURN(m->kv_, KvCache::Create(backend, c.n_layers, c.n_kv_heads, c.head_dim, kv_config));
+  KvCacheConfig kv = kv_config;
+  if (kv.max_bytes == 0) kv.max_bytes = AutoKvBytes(backend->FreeDeviceBytes());
+  ASSIGN_OR_RETURN(m->kv_, KvCache::Create(backend, c.n_layers, c.n_kv_heads, c.head_dim, kv));
   return m;
+}
+
+int64_t AutoKvBytes(const absl::StatusOr<int64_t>& free_device_bytes) {
+  constexpr int64_t kGiB = int64_t{1} << 30;
+  if (!free_device_bytes.ok()) return 2 * kGiB;
+  return std::max(kGiB, *free_device_bytes / 10 * 9 - 4 * kGiB);
 }
 
 absl::Status LlamaModel::LoadInfiniGates(const HostModel& host) {

@@ -48,6 +48,12 @@ struct StepItem {
   const InfiniMemory* infini = nullptr;
 };
 
+// The KV budget of KvCacheConfig::max_bytes = 0, given the backend's
+// FreeDeviceBytes() after the weights: on a device, 90 % of its free memory
+// less 4 GiB for activations and scratch (at least one GiB); 2 GiB of host
+// memory otherwise.
+int64_t AutoKvBytes(const absl::StatusOr<int64_t>& free_device_bytes);
+
 // KV arena bytes for `tokens` tokens of one sequence on `backend`, plus one
 // block of slack per sequence boundary.
 int64_t KvBytesForTokens(const ModelConfig& config, const Backend& backend, int64_t tokens,

@@ -89,6 +89,12 @@ class CudaBackend final : public Backend {
   absl::Status Upload(Tensor dst, const float* host) override;
   absl::Status Download(float* host, Tensor src) override;
   absl::Status Synchronize() override;
+  absl::StatusOr<int64_t> FreeDeviceBytes() const override {
+    size_t free_bytes = 0, total = 0;
+    CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total));
+    return static_cast<int64_t>(free_bytes);
+  }
 
   absl::Status InitKv(const KvGeometry& geometry) override;
   absl::Status KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) override;
