@@ -14,7 +14,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 if ! python3 -c 'import yaml' 2>/dev/null; then
   echo "check_deploy: installing PyYAML"
-  python3 -m pip install --quiet pyyaml
+  # A distribution's Python refuses plain pip installs (PEP 668): then per user.
+  python3 -m pip install --quiet pyyaml 2> /dev/null ||
+    python3 -m pip install --quiet --user --break-system-packages pyyaml
 fi
 
 python3 - "$root" <<'PY'

@@ -121,11 +121,7 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
     held[r] = std::accumulate(run_count[r].begin(), run_count[r].end(), 0);
   }
   held[c.world] = c.ctx;
-  KvGeometry g;
-  g.n_layers = 2;
-  g.n_kv_heads = c.n_kv;
-  g.head_dim = c.D;
-  g.block_size = bs;
+  KvGeometry g{.n_layers = 2, .n_kv_heads = c.n_kv, .head_dim = c.D, .block_size = bs};
   for (int h : held) g.n_blocks += (h + bs - 1) / bs;
   g.n_blocks += 2;
   std::vector<int32_t> phys(g.n_blocks);
@@ -370,12 +366,7 @@ TEST(CudaAttentionPartialRejectTest, BadRunsAndShapesAreInvalidArgument) {
   auto b = CreateCudaBackend();
   ASSERT_TRUE(b.ok()) << b.status();
   Backend* gpu = b->get();
-  KvGeometry g;
-  g.n_layers = 1;
-  g.n_kv_heads = 2;
-  g.head_dim = 64;
-  g.block_size = 64;
-  g.n_blocks = 4;
+  KvGeometry g{.n_layers = 1, .n_kv_heads = 2, .head_dim = 64, .block_size = 64, .n_blocks = 4};
   ASSERT_TRUE(gpu->InitKv(g).ok());
   const std::vector<float> inv_freq(32, 0.5f);
   OwnedTensor q = MakeTensor(gpu, DType::kF32, 10, 4 * 64, {});

@@ -141,11 +141,7 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   const AttnCase& c = GetParam();
   std::mt19937 rng(std::hash<std::string>()(c.name));
   const int width = c.n_kv * c.D;
-  KvGeometry g;
-  g.n_layers = 2;
-  g.n_kv_heads = c.n_kv;
-  g.head_dim = c.D;
-  g.block_size = c.block_size;
+  KvGeometry g{.n_layers = 2, .n_kv_heads = c.n_kv, .head_dim = c.D, .block_size = c.block_size};
   for (const SeqSpec& s : c.seqs) g.n_blocks += (s.ctx + c.block_size - 1) / c.block_size;
   g.n_blocks += 3;
 
@@ -418,12 +414,7 @@ TEST(CudaAttentionRejectTest, BadSequencesAreInvalidArgument) {
   auto b = CreateCudaBackend();
   ASSERT_TRUE(b.ok()) << b.status();
   Backend* gpu = b->get();
-  KvGeometry g;
-  g.n_layers = 1;
-  g.n_kv_heads = 2;
-  g.head_dim = 64;
-  g.block_size = 64;
-  g.n_blocks = 4;
+  KvGeometry g{.n_layers = 1, .n_kv_heads = 2, .head_dim = 64, .block_size = 64, .n_blocks = 4};
   ASSERT_TRUE(gpu->InitKv(g).ok());
   std::vector<float> inv_freq(32, 0.5f);
   OwnedTensor q = MakeTensor(gpu, DType::kF32, 100, 4 * 64, {});

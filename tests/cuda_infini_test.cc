@@ -192,12 +192,7 @@ TEST_F(CudaInfiniTest, BackendFoldKvMatchesHostFold) {
   auto b = CreateCudaBackend();
   ASSERT_TRUE(b.ok()) << b.status();
   Backend& gpu = **b;
-  KvGeometry g;
-  g.n_layers = 2;
-  g.n_kv_heads = 3;
-  g.head_dim = 64;
-  g.block_size = 16;
-  g.n_blocks = 8;
+  KvGeometry g{.n_layers = 2, .n_kv_heads = 3, .head_dim = 64, .block_size = 16, .n_blocks = 8};
   ASSERT_TRUE(gpu.InitKv(g).ok());
   for (int64_t blk = 0; blk < g.n_blocks; ++blk) {
     const std::vector<float> data = RandomVec(static_cast<size_t>(g.ElementsPerBlock()), rng_);

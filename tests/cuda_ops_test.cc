@@ -338,12 +338,7 @@ TEST_F(CudaOpsTest, GatherRowsMatchesCpuAndRejectsBadRow) {
 }
 
 TEST_F(CudaOpsTest, KvWriteLandsInPagedLayout) {
-  KvGeometry g;
-  g.n_layers = 3;
-  g.n_kv_heads = 3;
-  g.head_dim = 64;
-  g.block_size = 16;
-  g.n_blocks = 70;
+  KvGeometry g{.n_layers = 3, .n_kv_heads = 3, .head_dim = 64, .block_size = 16, .n_blocks = 70};
   ASSERT_TRUE(gpu_->InitKv(g).ok());
   CpuBackend cpu;
   ASSERT_TRUE(cpu.InitKv(g).ok());
@@ -384,12 +379,7 @@ TEST_F(CudaOpsTest, KvWriteLandsInPagedLayout) {
 // 70 layers of 128 KiB elements outgrow one pass through the backend's 8M-element
 // conversion buffer, so the copy takes two passes.
 TEST_F(CudaOpsTest, KvBlockCopiesKeepHostFormatAndNeighbours) {
-  KvGeometry g;
-  g.n_layers = 70;
-  g.n_kv_heads = 8;
-  g.head_dim = 128;
-  g.block_size = 64;
-  g.n_blocks = 3;
+  KvGeometry g{.n_layers = 70, .n_kv_heads = 8, .head_dim = 128, .block_size = 64, .n_blocks = 3};
   ASSERT_TRUE(gpu_->InitKv(g).ok());
   CpuBackend cpu;
   ASSERT_TRUE(cpu.InitKv(g).ok());

@@ -45,18 +45,17 @@ TEST(CudaFillUniformTest, MatchesCpuRoundedToBf16) {
 }
 
 ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "step graph test";
-  c.n_layers = 3;
-  c.d_model = 256;
-  c.n_heads = 8;
-  c.n_kv_heads = 2;
-  c.head_dim = 64;
-  c.d_ff = 512;
-  c.vocab_size = 1000;
-  c.context_length = 1024;
-  return c;
+  return ModelConfig{
+      .architecture = "llama",
+      .name = "step graph test",
+      .n_layers = 3,
+      .d_model = 256,
+      .n_heads = 8,
+      .n_kv_heads = 2,
+      .head_dim = 64,
+      .d_ff = 512,
+      .vocab_size = 1000,
+      .context_length = 1024};
 }
 
 struct Runner {

@@ -78,18 +78,17 @@ TEST(SyntheticModelTest, ByPathAndUnknownName) {
 }
 
 ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "tiny synthetic";
-  c.n_layers = 2;
-  c.d_model = 64;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.d_ff = 96;
-  c.vocab_size = 300;
-  c.context_length = 512;
-  return c;
+  return ModelConfig{
+      .architecture = "llama",
+      .name = "tiny synthetic",
+      .n_layers = 2,
+      .d_model = 64,
+      .n_heads = 4,
+      .n_kv_heads = 2,
+      .head_dim = 16,
+      .d_ff = 96,
+      .vocab_size = 300,
+      .context_length = 512};
 }
 
 std::vector<float> Logits(const HostModel& host) {

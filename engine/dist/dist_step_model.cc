@@ -213,18 +213,16 @@ absl::Status RankExecutor::Step(const GroupCommand& cmd, std::span<const int32_t
   }
   RETURN_IF_ERROR(comm_->Broadcast(*buf, count * sizeof(float), home));
   if (rank != 0) return status;
-  float code = 0.f;
-  RETURN_IF_ERROR(b.Download(&code, Tensor{*buf, DType::kF32, 1, 1}));
-  const auto c = static_cast<absl::StatusCode>(static_cast<int>(code));
+  logits->resize(count);
+  RETURN_IF_ERROR(b.Download(logits->data(), wire));
+  const auto c = static_cast<absl::StatusCode>(static_cast<int>((*logits)[0]));
   if (c != absl::StatusCode::kOk) {
     // The leader's own outcome (e.g. the ranks' agreed RESOURCE_EXHAUSTED) says more.
     if (!status.ok()) return status;
     return absl::Status(c, absl::StrCat("group: the step failed on its home rank ", home, " (",
                                         absl::StatusCodeToString(c), ")"));
   }
-  std::vector<float> all(count);
-  RETURN_IF_ERROR(b.Download(all.data(), wire));
-  logits->assign(all.begin() + 1, all.end());
+  logits->erase(logits->begin());
   return absl::OkStatus();
 }
 

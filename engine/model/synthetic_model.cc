@@ -15,39 +15,37 @@ struct Shape {
 };
 
 ModelConfig Llama2_7b() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "Llama-2-7B shape (synthetic, random weights)";
-  c.n_layers = 32;
-  c.d_model = 4096;
-  c.n_heads = 32;
-  c.n_kv_heads = 32;
-  c.head_dim = 128;
-  c.d_ff = 11008;
-  c.vocab_size = 32000;
-  c.context_length = 4096;
-  c.rope_theta = 10000.f;
-  c.rms_eps = 1e-5f;
-  return c;
+  return ModelConfig{
+      .architecture = "llama",
+      .name = "Llama-2-7B shape (synthetic, random weights)",
+      .n_layers = 32,
+      .d_model = 4096,
+      .n_heads = 32,
+      .n_kv_heads = 32,
+      .head_dim = 128,
+      .d_ff = 11008,
+      .vocab_size = 32000,
+      .context_length = 4096,
+      .rope_theta = 10000.f,
+      .rms_eps = 1e-5f};
 }
 
 // The default model's shape (SmolLM2-135M): benchmarks without the model file.
 ModelConfig SmolLm2_135m() {
-  ModelConfig c;
-  c.architecture = "llama";
-  c.name = "SmolLM2-135M shape (synthetic, random weights)";
-  c.n_layers = 30;
-  c.d_model = 576;
-  c.n_heads = 9;
-  c.n_kv_heads = 3;
-  c.head_dim = 64;
-  c.d_ff = 1536;
-  c.vocab_size = 49152;
-  c.context_length = 8192;
-  c.rope_theta = 100000.f;
-  c.rms_eps = 1e-5f;
-  c.tied_embeddings = true;
-  return c;
+  return ModelConfig{
+      .architecture = "llama",
+      .name = "SmolLM2-135M shape (synthetic, random weights)",
+      .n_layers = 30,
+      .d_model = 576,
+      .n_heads = 9,
+      .n_kv_heads = 3,
+      .head_dim = 64,
+      .d_ff = 1536,
+      .vocab_size = 49152,
+      .context_length = 8192,
+      .rope_theta = 100000.f,
+      .rms_eps = 1e-5f,
+      .tied_embeddings = true};
 }
 
 const std::vector<Shape>& Shapes() {
