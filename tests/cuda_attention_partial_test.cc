@@ -68,6 +68,8 @@ const char* KernelsName(CudaAttentionKernels k) {
       return "tiled";
     case CudaAttentionKernels::kSplit:
       return "split";
+    case CudaAttentionKernels::kAutoMmaSync:
+      return "auto-mma.sync";
     case CudaAttentionKernels::kAuto:
       break;
   }
@@ -137,7 +139,7 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
 
   const std::vector<CudaAttentionKernels> modes = {
       CudaAttentionKernels::kSimple, CudaAttentionKernels::kTiled, CudaAttentionKernels::kSplit,
-      CudaAttentionKernels::kAuto};
+      CudaAttentionKernels::kAuto, CudaAttentionKernels::kAutoMmaSync};
   CpuBackend cpu;
   ASSERT_TRUE(cpu.InitKv(g).ok());
   std::vector<std::unique_ptr<Backend>> gpus;

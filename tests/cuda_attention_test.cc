@@ -56,7 +56,7 @@ struct AttnCase {
   bool sampled_reference = false;
   std::vector<CudaAttentionKernels> kernels = {
       CudaAttentionKernels::kSimple, CudaAttentionKernels::kTiled, CudaAttentionKernels::kSplit,
-      CudaAttentionKernels::kAuto};
+      CudaAttentionKernels::kAuto, CudaAttentionKernels::kAutoMmaSync};
 };
 
 const char* KernelsName(CudaAttentionKernels k) {
@@ -67,6 +67,8 @@ const char* KernelsName(CudaAttentionKernels k) {
       return "tiled";
     case CudaAttentionKernels::kSplit:
       return "split";
+    case CudaAttentionKernels::kAutoMmaSync:
+      return "auto-mma.sync";
     case CudaAttentionKernels::kAuto:
       break;
   }

@@ -107,7 +107,7 @@ TEST_F(CudaOpsTest, EmbeddingRejectsIdOutsideVocabulary) {
 
 TEST_F(CudaOpsTest, RmsNormMatchesCpu) {
   for (int T : kLengths) {
-    for (int D : {64, 576, 4097}) {
+    for (int D : {64, 576, 4096, 4097, 11008}) {
       const std::vector<float> x = RandomVec(static_cast<size_t>(T) * D, rng_, 3.f);
       const std::vector<float> w = RandomVec(D, rng_);
       std::vector<float> ref(x.size()), naive(x.size());

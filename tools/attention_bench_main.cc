@@ -23,6 +23,9 @@
 #include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "tools/tool_flags.h"
+#ifdef LONGCTX_WITH_CUDA
+#include "engine/backend/cuda/cuda_backend.h"
+#endif
 
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(std::string, lengths, "8192,32768,131072", "sequence lengths (tokens)");
@@ -33,6 +36,9 @@ ABSL_FLAG(int, pretrain_len, 4096, "c of DCA: chunk_size = 3c/4, local_window = 
 ABSL_FLAG(std::string, decode_batch, "",
           "sessions per decode step to time, e.g. 1,32 (empty: none)");
 ABSL_FLAG(bool, prefill, true, "time the causal prefill");
+ABSL_FLAG(std::string, prefill_kernel, "auto",
+          "CUDA prefill attention: auto (the Hopper wgmma kernel where it runs) or mma.sync "
+          "(the portable tiled kernel)");
 ABSL_FLAG(int, reps, 5, "timed rounds (median reported); a decode round is 20 steps");
 ABSL_FLAG(int, block_spacing, 1,
           "physical KV blocks between consecutive blocks of a session (1: back to back). "
@@ -138,7 +144,21 @@ cpu::DcaParams Dca(bool on, int D) {
 int Run() {
   auto kind = ParseBackendKind(absl::GetFlag(FLAGS_backend));
   if (!kind.ok()) return std::fprintf(stderr, "%s\n", kind.status().ToString().c_str()), 2;
-  auto backend = CreateBackend(*kind);
+  absl::StatusOr<std::unique_ptr<Backend>> backend;
+  const std::string prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
+  if (prefill_kernel == "mma.sync") {
+#ifdef LONGCTX_WITH_CUDA
+    CudaBackendOptions options;
+    options.attention = CudaAttentionKernels::kAutoMmaSync;
+    backend = CreateCudaBackend(options);
+#else
+    return std::fprintf(stderr, "--prefill_kernel=mma.sync needs the CUDA backend\n"), 2;
+#endif
+  } else if (prefill_kernel == "auto") {
+    backend = CreateBackend(*kind);
+  } else {
+    return std::fprintf(stderr, "--prefill_kernel: auto or mma.sync\n"), 2;
+  }
   if (!backend.ok()) return std::fprintf(stderr, "%s\n", backend.status().ToString().c_str()), 1;
   Backend* b = backend->get();
   Bench bn{b,
@@ -176,8 +196,9 @@ int Run() {
   if (auto s = b->Upload(bn.fill_v, Noise(size_t{kFillRows} * width, 2).data()); !s.ok()) return 1;
 
   std::printf(
-      "backend=%s heads=%d kv_heads=%d head_dim=%d dca: c=%d C=%d w=%d block_spacing=%d\n\n",
-      b->Name().c_str(), bn.H, bn.n_kv, bn.D, absl::GetFlag(FLAGS_pretrain_len),
+      "backend=%s prefill_kernel=%s heads=%d kv_heads=%d head_dim=%d dca: c=%d C=%d w=%d "
+      "block_spacing=%d\n\n",
+      b->Name().c_str(), prefill_kernel.c_str(), bn.H, bn.n_kv, bn.D, absl::GetFlag(FLAGS_pretrain_len),
       Dca(true, bn.D).chunk_size, Dca(true, bn.D).chunk_size - Dca(true, bn.D).chunk_len, spacing);
   std::printf("| run | tokens | sessions | attention | ms | TFLOP/s | GB/s |\n");
   std::printf("|---|---:|---:|---|---:|---:|---:|\n");

@@ -17,6 +17,7 @@
 // log-sum-exp. The three parts share one online softmax (no
 // merge pass). S = QK^T and O += PV run on bf16 tensor cores (mma.sync
 // m16n8k16) with f32 accumulation; the softmax is f32 in log2 units.
+#include "kernels/cuda/dca_prefill_common.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -34,14 +35,11 @@ struct TiledTraits {
   static constexpr int kWarps = 4;
   static constexpr int kMTiles = kBlockM / kWarps / 16;  // 16-row MMA tiles per warp
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kChunks = D / 8;  // 16-byte chunks per row
   static constexpr int kQElems = kBlockM * D;
   static constexpr int kKvStage = kBlockN * D;
   static constexpr int kSmemBytes = (kQElems + 4 * kKvStage) * static_cast<int>(sizeof(bf16));
   static_assert(D == 64 || D == 128, "head dims 64 and 128");
   static_assert(kMTiles == 2, "two MMA row tiles per warp");
-  static_assert((kThreads / kChunks) % 8 == 0 && kBlockN % (kThreads / kChunks) == 0,
-                "K/V copy rows step by a multiple of the swizzle period");
 };
 
 // Element offset of (row, 16-byte chunk) in a [rows][D] bf16 tile. The chunk
@@ -52,51 +50,11 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
-// Writes into q_s, for every row whose part against key chunk `cj` differs from
-// its part against `prev_cj` (-1: none yet), the query rotated for that part.
-// Rows past n_rows get positions past the sequence's end: finite values whose
-// results are dropped. Not inlined: it runs a few times per block, and kept out
-// of line its temporaries do not compete with the accumulators for registers.
-template <class Tr>
-__device__ __noinline__ void RotateRows(bf16* q_s, const float* q_base, int64_t row_stride,
-                                        const float* inv_freq, int i_first, int n_rows, int L,
-                                        int C, int cj, int prev_cj) {
-  constexpr int D = Tr::D, M = Tr::kBlockM;
-  // kUnroll pairs per thread per step, their loads issued together: the pass
-  // is bound by the latency of the q reads otherwise.
-  constexpr int kUnroll = 4;
-  constexpr int kPairs = M * (D / 2);
-  static_assert(kPairs % (Tr::kThreads * kUnroll) == 0, "whole steps");
-  for (int first = threadIdx.x; first < kPairs; first += Tr::kThreads * kUnroll) {
-    float a[kUnroll], b[kUnroll];
-    int part[kUnroll];
-    bool todo[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int idx = first + u * Tr::kThreads;
-      const int row = idx / (D / 2), c = idx % (D / 2);
-      const int i = i_first + row;
-      part[u] = DcaPart(i, L, cj);
-      todo[u] = prev_cj < 0 || DcaPart(i, L, prev_cj) != part[u];
-      a[u] = b[u] = 0.f;
-      if (todo[u] && row < n_rows) {
-        a[u] = q_base[row * row_stride + c];
-        b[u] = q_base[row * row_stride + c + D / 2];
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (!todo[u]) continue;
-      const int idx = first + u * Tr::kThreads;
-      const int row = idx / (D / 2), c = idx % (D / 2);
-      float s, co;
-      RopeSinCos(DcaQueryPos(i_first + row, L, C, part[u]), inv_freq[c], &s, &co);
-      const float2 r = RotatePair(a[u], b[u], s, co);
-      q_s[Swz<D>(row, c / 8) + c % 8] = __float2bfloat16_rn(r.x);
-      q_s[Swz<D>(row, (c + D / 2) / 8) + c % 8] = __float2bfloat16_rn(r.y);
-    }
-  }
-}
+// The tile layout above as a functor of (row, column).
+template <int D>
+struct SwzLayout {
+  __device__ int operator()(int row, int col) const { return Swz<D>(row, col / 8) + col % 8; }
+};
 
 // kRuns: a context-parallel partial call (held key runs, lse written); without
 // it the run bookkeeping compiles away and costs no registers.
@@ -121,62 +79,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const float* q_base = p.q + (int64_t{seq.q_row} + tile.row0) * row_stride + int64_t{h} * D;
 
-  const int32_t* table = p.block_tables + seq.block_table_offset;
-  const int64_t key_stride = int64_t{p.kv.n_kv_heads} * D;
-  // Infini window: tiles wholly inside [sink, window_start) are skipped (their
-  // blocks may be released); a tile that only overlaps it masks those keys.
-  const int sink = seq.sink_tokens, window_start = seq.window_start;
-  const bool windowed = window_start > sink;
-  const int absent_t0 = windowed ? (sink + N - 1) / N : 0;
-  const int absent_t1 = windowed ? max(window_start / N, absent_t0) : 0;
-  // Held key runs (context-parallel partials): tiles outside every run are
-  // skipped; runs start on tile boundaries (the planner checks), so a tile lies
-  // in one run, and only the end of a run can cut a tile.
-  auto skip_absent = [&](int t) { return t >= absent_t0 && t < absent_t1 ? absent_t1 : t; };
-  // The run of the tile being visited: its index, end and local - first.
-  struct TileRun {
-    int ri, end, shift;
-  };
-  auto enter_run = [&](int r, int* first) {
-    const KeyRunView k = kRuns ? LoadKeyRun(p.runs, seq, r) : KeyRunView{0, 0x7fffffff, 0};
-    *first = k.first;
-    return TileRun{r, k.end, k.local - k.first};
-  };
-  auto next_tile = [&](int t, TileRun& run) {
-    t = skip_absent(t + 1);
-    if (kRuns && t * N >= run.end) {
-      int first;
-      run = enter_run(run.ri + 1, &first);
-      t = first / N;
-    }
-    return t;
-  };
-  // Keys past i_last (or past their run) are zero-filled: their slots may hold
-  // anything (even NaN), and a masked probability of 0 times NaN would still
-  // poison the output.
-  auto load_tile = [&](int kt, const TileRun& run, int stage) {
-    const int j0 = kt * N;
-    const int lj0 = j0 + run.shift;
-    const int64_t base = int64_t{table[lj0 / p.kv.block_size]} * p.kv.block_stride +
-                         int64_t{lj0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
-    // Thread tid copies chunk tid % kChunks of rows tid / kChunks + t * kRowStep:
-    // one source pointer and one swizzled destination, stepped linearly.
-    constexpr int kRowStep = Tr::kThreads / Tr::kChunks;
-    const int n0 = tid / Tr::kChunks, c = tid % Tr::kChunks;
-    const bf16* src_k = p.kv.k + base + n0 * key_stride + c * 8;
-    const bf16* src_v = p.kv.v + base + n0 * key_stride + c * 8;
-    const uint32_t dst_k = SmemAddr(k_s + stage * Tr::kKvStage + Swz<D>(n0, c));
-    const uint32_t dst_v = SmemAddr(v_s + stage * Tr::kKvStage + Swz<D>(n0, c));
-#pragma unroll
-    for (int t = 0; t < N / kRowStep; ++t) {
-      const int j = j0 + n0 + t * kRowStep;
-      const bool valid =
-          j <= i_last && (!kRuns || j < run.end) && !KeyAbsent(j, sink, window_start);
-      const int64_t step = int64_t{t} * kRowStep * key_stride;
-      const uint32_t dst_off = t * kRowStep * D * sizeof(bf16);  // kRowStep % 8 == 0: same swizzle
-      CpAsync16(dst_k + dst_off, valid ? src_k + step : p.kv.k, valid ? 16 : 0);
-      CpAsync16(dst_v + dst_off, valid ? src_v + step : p.kv.v, valid ? 16 : 0);
-    }
+  const KeyTileWalk<N, kRuns> walk(p, seq);
+  using Run = typename KeyTileWalk<N, kRuns>::Run;
+  auto load_tile = [&](int kt, const Run& run, int stage) {
+    walk.template Load<D, Tr::kThreads>(kt, run, kvh, i_last, k_s + stage * Tr::kKvStage,
+                                        v_s + stage * Tr::kKvStage, SwzLayout<D>{});
   };
 
   // Rows of this lane's accumulator fragments: row_lo[mt] and row_lo[mt] + 8.
@@ -204,21 +111,22 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
   const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
   int cur_cj = -1;
   int first_key;
-  TileRun run = enter_run(0, &first_key);
-  int kt = skip_absent(first_key / N);
+  Run run = walk.Enter(0, &first_key);
+  int kt = walk.SkipAbsent(first_key / N);
   if (kt < n_tiles) load_tile(kt, run, 0);
   CpAsyncCommit();
   for (int it = 0; kt < n_tiles; ++it) {
     const int j0 = kt * N;
-    TileRun run_next = run;
-    const int kt_next = next_tile(kt, run_next);
+    Run run_next = run;
+    const int kt_next = walk.Next(kt, run_next);
     if (kt_next < n_tiles) {
       load_tile(kt_next, run_next, (it + 1) & 1);
       CpAsyncCommit();
     }
     const int cj = j0 / L;
     if (cur_cj < 0 || (cj != cur_cj && cj >= n_first - 1 && cj <= n_last)) {
-      RotateRows<Tr>(q_s, q_base, row_stride, p.inv_freq, i_first, n_rows, L, C, cj, cur_cj);
+      RotateQueryRows<D, M, Tr::kThreads>(q_s, SwzLayout<D>{}, q_base, row_stride, p.inv_freq,
+                                          i_first, n_rows, L, C, cj, cur_cj);
       cur_cj = cj;
     }
     if (kt_next < n_tiles) {
@@ -227,7 +135,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
       CpAsyncWait<0>();
     }
     __syncthreads();
-    const bool tile_in_window = windowed && j0 < window_start && j0 + N > sink;
+    const bool tile_in_window = walk.InWindow(j0);
     const int run_end = run.end;
     const bool tile_cut = kRuns && j0 + N > run_end;
     if (warp_active && j0 <= warp_i_last) {
@@ -282,7 +190,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 2)
               const int key = j0 + k0 + nt * 8 + 2 * t4 + e;
               float lo = s[mt][nt][e] * scale_log2, hi = s[mt][nt][2 + e] * scale_log2;
               if (need_mask) {
-                const bool absent = KeyAbsent(key, sink, window_start) || (kRuns && key >= run_end);
+                const bool absent = walk.Absent(key, run_end);
                 if (key > i_lo || absent) lo = -INFINITY;
                 if (key > i_hi || absent) hi = -INFINITY;
               }

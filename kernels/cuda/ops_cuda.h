@@ -200,6 +200,13 @@ bool DcaTiledSupported(int D);
 cudaError_t DcaAttentionTiled(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
                               cudaStream_t stream);
 
+// The tiled prefill kernel's work on Hopper tensor cores (wgmma): same tiles,
+// grid, arguments and results. Supported for D in {64, 128} on compute
+// capability 9.0 when the build targets sm_90a.
+bool DcaWgmmaSupported(int D, int device);
+cudaError_t DcaAttentionWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                              cudaStream_t stream);
+
 // Split-KV (flash-decoding) kernel, bf16 mma.sync like the tiled kernel, D in
 // {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a sequence is query rr
 // / group, q head kv_head * group + rr % group. A work item covers rows rr0 .. rr0 + n_rows (≤

@@ -53,6 +53,7 @@ Kernel ChooseKernel(const PlanSeq& s, const AttentionPlanShape& shape) {
     case CudaAttentionKernels::kSplit:
       return split_ok ? Kernel::kSplit : Kernel::kSimple;
     case CudaAttentionKernels::kAuto:
+    case CudaAttentionKernels::kAutoMmaSync:
       break;
   }
   const int group = shape.n_heads / shape.n_kv_heads;

@@ -190,6 +190,7 @@ class CudaBackend final : public Backend {
 
   CudaBackendOptions options_;
   int num_sms_ = 0;
+  bool wgmma_ = false;  // tiled attention on the Hopper kernel
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   ArgStaging staging_;
@@ -252,6 +253,9 @@ absl::Status CudaBackend::Init() {
   CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, options_.device));
+  // Both head dims the tiled kernels take (64, 128) have the wgmma variant.
+  wgmma_ = options_.attention != CudaAttentionKernels::kAutoMmaSync &&
+           cuda::DcaWgmmaSupported(64, options_.device);
   // Keep freed pool memory for reuse instead of returning it at each sync.
   cudaMemPool_t pool;
   CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, options_.device));
@@ -671,8 +675,9 @@ int CudaBackend::PrefillKeySplits(std::span<const AttentionSeq> seqs, int n_head
   // Only op by op (a recorded step keeps its launches fixed), with the automatic
   // kernel choice, for one sequence without an Infini window (partials read
   // every key of their runs).
-  if (graph_.deferred() || options_.attention != CudaAttentionKernels::kAuto ||
-      seqs.size() != 1) {
+  const bool automatic = options_.attention == CudaAttentionKernels::kAuto ||
+                         options_.attention == CudaAttentionKernels::kAutoMmaSync;
+  if (graph_.deferred() || !automatic || seqs.size() != 1) {
     return 1;
   }
   const AttentionSeq& s = seqs[0];
@@ -811,8 +816,9 @@ absl::Status CudaBackend::LaunchAttention(const StagedAttention& w, float* out, 
 
   CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSimple(
       p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_simple), w.n_simple, stream_));
-  CUDA_RETURN_IF_ERROR(cuda::DcaAttentionTiled(
-      p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_tiled), w.n_tiled, stream_));
+  const auto* tiled = reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_tiled);
+  CUDA_RETURN_IF_ERROR(wgmma_ ? cuda::DcaAttentionWgmma(p, tiled, w.n_tiled, stream_)
+                              : cuda::DcaAttentionTiled(p, tiled, w.n_tiled, stream_));
   if (w.n_split > 0) {
     cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>()};
     CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSplit(

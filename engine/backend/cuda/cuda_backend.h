@@ -25,6 +25,10 @@ enum class CudaAttentionKernels {
   kSimple,  // the warp-per-row kernel for every sequence
   kTiled,   // the tiled kernel wherever it applies, else simple
   kSplit,   // the split-KV kernel wherever it applies, else simple
+  // As kAuto, but the tiled work on the mma.sync kernel even where the Hopper
+  // (wgmma) kernel could run it: the baseline the wgmma kernel is measured and
+  // tested against.
+  kAutoMmaSync,
 };
 
 struct CudaBackendOptions {

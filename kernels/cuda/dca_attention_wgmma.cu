@@ -1,0 +1,350 @@
+// Fused Dual Chunk Attention for prefill on Hopper tensor cores (wgmma).
+//
+// The same work list and key walk as the mma.sync kernel in
+// dca_attention_tiled.cu (tiles of kDcaTiledRows = 128 query rows of one
+// sequence and one q head; 64-key tiles copied by cp.async from the paged bf16
+// cache of the head's kv head; each row rotated for the part its key chunk
+// needs; one online softmax over the three parts), with the products on
+// warpgroup MMA: each warpgroup owns 64 rows (a block has one or two); S = Q K^T
+// reads Q and K straight from shared memory through descriptors (m64n64k16,
+// D / 16 steps); the probabilities stay in registers as the A operand of
+// O += P V (m64nDk16, V read MN-major from shared memory). Three K/V stages and
+// one barrier per key tile. Shared tiles use the hardware's 128-byte swizzle
+// (wgmma.cuh). Built for sm_90a only; elsewhere the kernel traps and
+// DcaWgmmaSupported says no.
+#include "kernels/cuda/dca_prefill_common.cuh"
+#include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/wgmma.cuh"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LONGCTX_WGMMA_DEVICE 1
+#else
+#define LONGCTX_WGMMA_DEVICE 0
+#endif
+
+namespace longctx::cuda {
+namespace {
+
+template <int kHeadDim, int kWarpgroupsPerBlock>
+struct WgmmaTraits {
+  static constexpr int D = kHeadDim;
+  static constexpr int kWarpgroups = kWarpgroupsPerBlock;
+  static constexpr int kBlockM = 64 * kWarpgroups;  // rows of one block
+  static constexpr int kBlocksPerTile = kDcaTiledRows / kBlockM;
+  static constexpr int kBlockN = kDcaKeyTile;
+  static constexpr int kThreads = kWarpgroups * 128;
+  static constexpr int kQElems = kBlockM * D;
+  static constexpr int kKvStage = kBlockN * D;
+  // K/V tiles in flight: the copy of tile t + 2 overlaps the work on tile t, and
+  // a stage is refilled only after the one barrier per tile.
+  static constexpr int kStages = 3;
+  // + 1024: the dynamic shared memory is only 16-byte aligned, swizzle atoms
+  // need 1024.
+  static constexpr int kSmemBytes =
+      (kQElems + 2 * kStages * kKvStage) * static_cast<int>(sizeof(bf16)) + 1024;
+  // Resident blocks per SM the register budget aims at (accumulators: D / 2 of
+  // O and 32 of S per thread).
+  static constexpr int kMinBlocksPerSm = kWarpgroups == 2 ? (D == 64 ? 2 : 1) : (D == 64 ? 3 : 2);
+  static_assert(D == 64 || D == 128, "head dims 64 and 128");
+  static_assert(kDcaTiledRows % kBlockM == 0 && kBlockN == 64, "m64n64 score tiles");
+};
+
+template <int M>
+struct WgmmaLayout {
+  __device__ int operator()(int row, int col) const { return wgmma::TileOffset(M, row, col); }
+};
+
+#if LONGCTX_WGMMA_DEVICE
+// s[64 x 64] = Q K^T of one warpgroup: Q's rows at q_addr (column block 0) in a
+// tile of M rows, K's N rows at k_addr. A K-major step of 16 columns moves 32
+// bytes inside a 128-byte row; a column block moves rows x 128 bytes.
+template <int D, int M, int N>
+__device__ __forceinline__ void IssueScores(float (&s)[32], uint32_t q_addr, uint32_t k_addr) {
+  wgmma::Fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t q_at = q_addr + (kk / 4) * M * 128 + (kk % 4) * 32;
+    const uint32_t k_at = k_addr + (kk / 4) * N * 128 + (kk % 4) * 32;
+    wgmma::WgmmaSS64(s, wgmma::Descriptor(q_at, 16, 1024), wgmma::Descriptor(k_at, 16, 1024),
+                     kk > 0);
+  }
+  wgmma::Commit();
+}
+
+// o += P V: V MN-major at v_addr, 64-column blocks N x 128 bytes apart, 8-key
+// groups 1024 bytes apart; a 16-key step moves 16 rows.
+template <int D, int N>
+__device__ __forceinline__ void IssuePv(float (&o)[D / 2], const uint32_t (&pf)[N / 16][4],
+                                        uint32_t v_addr) {
+  wgmma::Fence();
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    const uint64_t desc = wgmma::Descriptor(v_addr + kk * 16 * 128, N * 128, 1024);
+    if constexpr (D == 64) {
+      wgmma::WgmmaRS64(o, pf[kk], desc);
+    } else {
+      wgmma::WgmmaRS128(o, pf[kk], desc);
+    }
+  }
+  wgmma::Commit();
+}
+#endif
+
+template <class Tr, bool kRuns>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
+    DcaWgmmaKernel(DcaAttentionParams p, const DcaRowTile* tiles) {
+#if LONGCTX_WGMMA_DEVICE
+  constexpr int D = Tr::D, M = Tr::kBlockM, N = Tr::kBlockN;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* q_s = reinterpret_cast<bf16*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
+                                      ~uintptr_t{1023});  // [D / 64][M][64]
+  bf16* k_s = q_s + Tr::kQElems;                          // [stages][D / 64][N][64]
+  bf16* v_s = k_s + Tr::kStages * Tr::kKvStage;           // [stages][D / 64][N][64]
+
+  const DcaRowTile tile = tiles[blockIdx.x / Tr::kBlocksPerTile];
+  const DcaSeqDesc seq = p.seqs[tile.seq];
+  const int row0 = tile.row0 + (blockIdx.x % Tr::kBlocksPerTile) * M;
+  const int n_rows = min(M, seq.n_q - row0);
+  if (n_rows <= 0) return;  // the second half of a sequence's short last tile
+  const int h = blockIdx.y;
+  const int kvh = h / (p.H / p.kv.n_kv_heads);
+  const int i_first = seq.q_start + row0;
+  const int i_last = i_first + n_rows - 1;
+  const int L = seq.chunk_len, C = seq.chunk_size;
+  const int64_t row_stride = int64_t{p.H} * D;
+  const float* q_base = p.q + (int64_t{seq.q_row} + row0) * row_stride + int64_t{h} * D;
+
+  const KeyTileWalk<N, kRuns> walk(p, seq);
+  using Run = typename KeyTileWalk<N, kRuns>::Run;
+  auto load_tile = [&](int kt, const Run& run, int stage) {
+    walk.template Load<D, Tr::kThreads>(kt, run, kvh, i_last, k_s + stage * Tr::kKvStage,
+                                        v_s + stage * Tr::kKvStage, WgmmaLayout<N>{});
+  };
+  // Rows change part only when the key chunk reaches n(i) - 1 or n(i), so key
+  // chunks outside [n(first row) - 1, n(last row)] leave the query tile as is.
+  const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
+  int cur_cj = -1;
+  auto rotate_for = [&](int kt) {
+    const int cj = kt * N / L;
+    if (cur_cj < 0 || (cj != cur_cj && cj >= n_first - 1 && cj <= n_last)) {
+      // Every warpgroup is done with the rows of the last tile (the condition
+      // is the same for the whole block).
+      if (cur_cj >= 0) __syncthreads();
+      RotateQueryRows<D, M, Tr::kThreads>(q_s, WgmmaLayout<M>{}, q_base, row_stride, p.inv_freq,
+                                          i_first, n_rows, L, C, cj, cur_cj);
+      cur_cj = cj;
+    }
+  };
+
+  // Warpgroup wg owns rows wg * 64 ..; its warp w the 16 from wg * 64 + w * 16;
+  // a lane's accumulator rows are g and g + 8 of those.
+  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, w = (tid % 128) / 32;
+  const int g = lane / 4, t4 = lane % 4;
+  const int wg_row0 = wg * 64;
+  const int wg_i_first = i_first + wg_row0, wg_i_last = wg_i_first + 63;
+  const bool wg_active = wg_row0 < n_rows;
+  const int row_lo = wg_i_first + w * 16 + g, row_hi = row_lo + 8;
+  const float scale_log2 = seq.softmax_scale * 1.4426950408889634f;
+  const uint32_t q_addr = SmemAddr(q_s) + wg_row0 * 128;
+  const uint32_t k_addr = SmemAddr(k_s), v_addr = SmemAddr(v_s);
+  constexpr uint32_t kStageBytes = Tr::kKvStage * sizeof(bf16);
+  // Whether this warpgroup's rows see any key of tile kt (a prefix of the walk).
+  auto wg_needs = [&](int kt) { return wg_active && kt * N <= wg_i_last; };
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+
+  // The walk: tile kt (in stage it % kStages) and the two after it.
+  const int n_tiles = i_last / N + 1;
+  int first_key;
+  Run run = walk.Enter(0, &first_key);
+  int kt = walk.SkipAbsent(first_key / N);
+  Run run1 = run, run2 = run;
+  int kt1 = n_tiles, kt2 = n_tiles;
+  if (kt < n_tiles) {
+    load_tile(kt, run, 0);
+    kt1 = walk.Next(kt, run1);
+  }
+  CpAsyncCommit();
+  if (kt1 < n_tiles) {
+    load_tile(kt1, run1, 1);
+    run2 = run1;
+    kt2 = walk.Next(kt1, run2);
+  }
+  CpAsyncCommit();
+  for (int it = 0; kt < n_tiles; ++it) {
+    const int j0 = kt * N, run_end = run.end;
+    const int stage = it % Tr::kStages;
+    rotate_for(kt);
+    CpAsyncWait<1>();
+    // The tile (cp.async) and the rotated rows (stores) are read by wgmma
+    // through the async proxy. After the barrier every warpgroup is also done
+    // with the last tile, whose stage takes tile it + 2.
+    wgmma::FenceSharedForAsync();
+    __syncthreads();
+    if (kt2 < n_tiles) load_tile(kt2, run2, (it + 2) % Tr::kStages);
+    CpAsyncCommit();
+    if (wg_needs(kt)) {
+      float s[32];
+      IssueScores<D, M, N>(s, q_addr, k_addr + stage * kStageBytes);
+      wgmma::Wait<0>();
+      wgmma::PinRegisters(s);
+      // Causal mask (only tiles that reach past the warpgroup's first row),
+      // then the online softmax in log2 units. s[4 nt + e]: key nt * 8 + 2 t4 +
+      // (e & 1), row lo for e < 2, hi otherwise.
+      const bool need_mask =
+          j0 + N - 1 > wg_i_first || walk.InWindow(j0) || (kRuns && j0 + N > run_end);
+      float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = j0 + nt * 8 + 2 * t4 + e;
+          float lo = s[4 * nt + e] * scale_log2, hi = s[4 * nt + 2 + e] * scale_log2;
+          if (need_mask) {
+            const bool absent = walk.Absent(key, run_end);
+            if (key > row_lo || absent) lo = -INFINITY;
+            if (key > row_hi || absent) hi = -INFINITY;
+          }
+          s[4 * nt + e] = lo;
+          s[4 * nt + 2 + e] = hi;
+          mx_lo = fmaxf(mx_lo, lo);
+          mx_hi = fmaxf(mx_hi, hi);
+        }
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+      }
+      const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
+      const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
+      const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
+      const float corr_lo = FastExp2(m_lo - base_lo), corr_hi = FastExp2(m_hi - base_hi);
+      m_lo = new_lo;
+      m_hi = new_hi;
+      float sum_lo = 0.f, sum_hi = 0.f;
+      // The accumulator layout of two adjacent 8-key column groups is the
+      // register A-operand layout of one 16-key step: pack P right away.
+      uint32_t pf[N / 16][4];
+#pragma unroll
+      for (int nt = 0; nt < N / 8; ++nt) {
+        const float p0 = FastExp2(s[4 * nt] - base_lo), p1 = FastExp2(s[4 * nt + 1] - base_lo);
+        const float p2 = FastExp2(s[4 * nt + 2] - base_hi), p3 = FastExp2(s[4 * nt + 3] - base_hi);
+        sum_lo += p0 + p1;
+        sum_hi += p2 + p3;
+        pf[nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);
+        pf[nt / 2][(nt % 2) * 2 + 1] = PackBf16(p2, p3);
+      }
+      l_lo = l_lo * corr_lo + sum_lo;
+      l_hi = l_hi * corr_hi + sum_hi;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[4 * dn] *= corr_lo;
+        o[4 * dn + 1] *= corr_lo;
+        o[4 * dn + 2] *= corr_hi;
+        o[4 * dn + 3] *= corr_hi;
+      }
+      IssuePv<D, N>(o, pf, v_addr + stage * kStageBytes);
+      wgmma::Wait<0>();
+      wgmma::PinRegisters(o);
+    }
+    kt = kt1;
+    run = run1;
+    kt1 = kt2;
+    run1 = run2;
+    if (kt2 < n_tiles) kt2 = walk.Next(kt2, run2);
+  }
+
+  // Row sums across the 4 lanes of a row, then the normalised output.
+  float* out_base = p.out + (int64_t{seq.q_row} + row0) * row_stride + int64_t{h} * D;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = half == 0 ? l_lo : l_hi;
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int r = wg_row0 + w * 16 + g + 8 * half;
+    if (r < n_rows) {
+      // A row that saw no key (only with held runs) gets 0 and lse -inf.
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      if (kRuns && t4 == 0) {
+        p.lse[(int64_t{seq.q_row} + row0 + r) * p.H + h] =
+            LseFromLog2(half == 0 ? m_lo : m_hi, sum);
+      }
+      float* dst = out_base + r * row_stride + 2 * t4;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        const float a = o[4 * dn + 2 * half] * inv, b = o[4 * dn + 2 * half + 1] * inv;
+        if constexpr (kRuns) {
+          // A partial is a slice of a gathered buffer of [R, H * (D + 1)] rows
+          // per rank: it may start on any float, so no paired stores.
+          dst[dn * 8] = a;
+          dst[dn * 8 + 1] = b;
+        } else {
+          *reinterpret_cast<float2*>(dst + dn * 8) = make_float2(a, b);
+        }
+      }
+    }
+  }
+#else
+  __trap();
+#endif
+}
+
+template <class Tr, bool kRuns>
+cudaError_t LaunchWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                        cudaStream_t stream) {
+  const cudaError_t err = cudaFuncSetAttribute(
+      DcaWgmmaKernel<Tr, kRuns>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  DcaWgmmaKernel<Tr, kRuns>
+      <<<dim3(n_tiles * Tr::kBlocksPerTile, p.H), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
+  return cudaGetLastError();
+}
+
+template <class Tr>
+cudaError_t LaunchWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                        cudaStream_t stream) {
+  return p.runs != nullptr ? LaunchWgmma<Tr, true>(p, tiles, n_tiles, stream)
+                           : LaunchWgmma<Tr, false>(p, tiles, n_tiles, stream);
+}
+
+}  // namespace
+
+bool DcaWgmmaSupported(int D, int device) {
+  if (D != 64 && D != 128) return false;
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    return false;
+  }
+  // Machine code for sm_90a runs on 9.0 devices only, and only a build that
+  // targets it has the kernel's body.
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, DcaWgmmaKernel<WgmmaTraits<64, 2>, false>) != cudaSuccess) {
+    return false;
+  }
+  return attr.binaryVersion == 90;
+}
+
+cudaError_t DcaAttentionWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
+                              cudaStream_t stream) {
+  if (n_tiles == 0) return cudaSuccess;
+  // Warpgroups per block, the faster of 1 and 2 on an H200 (docs/cuda.md): at
+  // D = 128 one (two independent blocks per SM overlap each other's softmax and
+  // products), at D = 64 two (K/V tiles shared by 128 rows).
+  switch (p.D) {
+    case 64:
+      return LaunchWgmma<WgmmaTraits<64, 2>>(p, tiles, n_tiles, stream);
+    case 128:
+      return LaunchWgmma<WgmmaTraits<128, 1>>(p, tiles, n_tiles, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace longctx::cuda
