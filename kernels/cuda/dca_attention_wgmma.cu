@@ -193,34 +193,33 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
       wgmma::Wait<0>();
       wgmma::PinRegisters(s);
       // Causal mask (only tiles that reach past the warpgroup's first row),
-      // then the online softmax in log2 units. s[4 nt + e]: key nt * 8 + 2 t4 +
-      // (e & 1), row lo for e < 2, hi otherwise.
-      const bool need_mask =
-          j0 + N - 1 > wg_i_first || walk.InWindow(j0) || (kRuns && j0 + N > run_end);
+      // then the online softmax in log2 units: the maximum over the raw
+      // scores, each probability one FFMA and one exp2. s[4 nt + e]: key
+      // nt * 8 + 2 t4 + (e & 1), row lo for e < 2, hi otherwise.
+      if (j0 + N - 1 > wg_i_first || walk.InWindow(j0) || (kRuns && j0 + N > run_end)) {
+#pragma unroll
+        for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int key = j0 + nt * 8 + 2 * t4 + e;
+            const bool absent = walk.Absent(key, run_end);
+            if (key > row_lo || absent) s[4 * nt + e] = -INFINITY;
+            if (key > row_hi || absent) s[4 * nt + 2 + e] = -INFINITY;
+          }
+        }
+      }
       float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < N / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = j0 + nt * 8 + 2 * t4 + e;
-          float lo = s[4 * nt + e] * scale_log2, hi = s[4 * nt + 2 + e] * scale_log2;
-          if (need_mask) {
-            const bool absent = walk.Absent(key, run_end);
-            if (key > row_lo || absent) lo = -INFINITY;
-            if (key > row_hi || absent) hi = -INFINITY;
-          }
-          s[4 * nt + e] = lo;
-          s[4 * nt + 2 + e] = hi;
-          mx_lo = fmaxf(mx_lo, lo);
-          mx_hi = fmaxf(mx_hi, hi);
-        }
+        mx_lo = fmaxf(mx_lo, fmaxf(s[4 * nt], s[4 * nt + 1]));
+        mx_hi = fmaxf(mx_hi, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
       }
 #pragma unroll
       for (int off = 1; off <= 2; off <<= 1) {
         mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
         mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
       }
-      const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
+      const float new_lo = fmaxf(m_lo, mx_lo * scale_log2), new_hi = fmaxf(m_hi, mx_hi * scale_log2);
       const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
       const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
       const float corr_lo = FastExp2(m_lo - base_lo), corr_hi = FastExp2(m_hi - base_hi);
@@ -232,8 +231,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
       uint32_t pf[N / 16][4];
 #pragma unroll
       for (int nt = 0; nt < N / 8; ++nt) {
-        const float p0 = FastExp2(s[4 * nt] - base_lo), p1 = FastExp2(s[4 * nt + 1] - base_lo);
-        const float p2 = FastExp2(s[4 * nt + 2] - base_hi), p3 = FastExp2(s[4 * nt + 3] - base_hi);
+        const float p0 = FastExp2(fmaf(s[4 * nt], scale_log2, -base_lo));
+        const float p1 = FastExp2(fmaf(s[4 * nt + 1], scale_log2, -base_lo));
+        const float p2 = FastExp2(fmaf(s[4 * nt + 2], scale_log2, -base_hi));
+        const float p3 = FastExp2(fmaf(s[4 * nt + 3], scale_log2, -base_hi));
         sum_lo += p0 + p1;
         sum_hi += p2 + p3;
         pf[nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);
@@ -241,12 +242,16 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
       }
       l_lo = l_lo * corr_lo + sum_lo;
       l_hi = l_hi * corr_hi + sum_hi;
+      // Once the row maxima settle most tiles leave them as they are: the
+      // warp skips the rescale of O then.
+      if (__any_sync(0xffffffffu, corr_lo != 1.f || corr_hi != 1.f)) {
 #pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        o[4 * dn] *= corr_lo;
-        o[4 * dn + 1] *= corr_lo;
-        o[4 * dn + 2] *= corr_hi;
-        o[4 * dn + 3] *= corr_hi;
+        for (int dn = 0; dn < D / 8; ++dn) {
+          o[4 * dn] *= corr_lo;
+          o[4 * dn + 1] *= corr_lo;
+          o[4 * dn + 2] *= corr_hi;
+          o[4 * dn + 3] *= corr_hi;
+        }
       }
       IssuePv<D, N>(o, pf, v_addr + stage * kStageBytes);
       wgmma::Wait<0>();

@@ -59,11 +59,13 @@ struct KeyTileWalk {
   }
 
   // cp.async copy of key tile kt's K and V rows of kv head kvh into k_dst and
-  // v_dst (either may be null: not copied), laid out by `layout`. Keys past i_last (or past their run) are
-  // zero-filled: their slots may hold anything (even NaN), and a masked
-  // probability of 0 times NaN would still poison the output. Thread tid copies
-  // 16-byte chunk tid % (D / 8) of rows tid / (D / 8) + t * kRowStep; kRowStep is
-  // a multiple of 8, so every row of one thread shares its swizzle.
+  // v_dst, laid out by `layout`. Keys past i_last (or past their run, or in the
+  // window's gap) are zero-filled: their slots may hold anything (even NaN),
+  // and a masked probability of 0 times NaN would still poison the output; a
+  // tile with none of those (nearly all of them) copies without a check per
+  // row. Thread tid copies 16-byte chunk tid % (D / 8) of rows tid / (D / 8) +
+  // t * kRowStep; kRowStep is a multiple of 8, so every row of one thread shares
+  // its swizzle.
   template <int D, int kThreads, class Layout>
   __device__ void Load(int kt, const Run& run, int kvh, int i_last, bf16* k_dst, bf16* v_dst,
                        Layout layout) const {
@@ -82,14 +84,25 @@ struct KeyTileWalk {
     const bf16* src_v = p.kv.v + base + n0 * key_stride + c * 8;
     const int dst0 = layout(n0, c * 8);
     const uint32_t dst_k = SmemAddr(k_dst + dst0), dst_v = SmemAddr(v_dst + dst0);
+    const bool whole = j0 + N - 1 <= i_last && !InWindow(j0) && !(kRuns && j0 + N > run.end);
+    if (whole) {
+#pragma unroll
+      for (int t = 0; t < N / kRowStep; ++t) {
+        const int64_t step = int64_t{t} * kRowStep * key_stride;
+        const uint32_t dst_off = (layout(n0 + t * kRowStep, c * 8) - dst0) * sizeof(bf16);
+        CpAsync16(dst_k + dst_off, src_k + step, 16);
+        CpAsync16(dst_v + dst_off, src_v + step, 16);
+      }
+      return;
+    }
 #pragma unroll
     for (int t = 0; t < N / kRowStep; ++t) {
       const int j = j0 + n0 + t * kRowStep;
       const bool valid = j <= i_last && !Absent(j, run.end);
       const int64_t step = int64_t{t} * kRowStep * key_stride;
       const uint32_t dst_off = (layout(n0 + t * kRowStep, c * 8) - dst0) * sizeof(bf16);
-      if (k_dst != nullptr) CpAsync16(dst_k + dst_off, valid ? src_k + step : p.kv.k, valid ? 16 : 0);
-      if (v_dst != nullptr) CpAsync16(dst_v + dst_off, valid ? src_v + step : p.kv.v, valid ? 16 : 0);
+      CpAsync16(dst_k + dst_off, valid ? src_k + step : p.kv.k, valid ? 16 : 0);
+      CpAsync16(dst_v + dst_off, valid ? src_v + step : p.kv.v, valid ? 16 : 0);
     }
   }
 
