@@ -56,31 +56,31 @@ struct WgmmaLayout {
 };
 
 #if LONGCTX_WGMMA_DEVICE
-// s[64 x 64] = Q K^T of one warpgroup: Q's rows at q_addr (column block 0) in a
-// tile of M rows, K's N rows at k_addr. A K-major step of 16 columns moves 32
-// bytes inside a 128-byte row; a column block moves rows x 128 bytes.
+// s[64 x 64] = Q K^T of one warpgroup: Q's rows described by desc_q (column
+// block 0 of a tile of M rows), K's N rows by desc_k. A K-major step of 16
+// columns moves 32 bytes inside a 128-byte row; a column block moves rows x 128
+// bytes. Offsets are added to the descriptors' address field (16-byte units).
 template <int D, int M, int N>
-__device__ __forceinline__ void IssueScores(float (&s)[32], uint32_t q_addr, uint32_t k_addr) {
+__device__ __forceinline__ void IssueScores(float (&s)[32], uint64_t desc_q, uint64_t desc_k) {
   wgmma::Fence();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    const uint32_t q_at = q_addr + (kk / 4) * M * 128 + (kk % 4) * 32;
-    const uint32_t k_at = k_addr + (kk / 4) * N * 128 + (kk % 4) * 32;
-    wgmma::WgmmaSS64(s, wgmma::Descriptor(q_at, 16, 1024), wgmma::Descriptor(k_at, 16, 1024),
-                     kk > 0);
+    const uint64_t q_at = desc_q + ((kk / 4) * M * 128 + (kk % 4) * 32) / 16;
+    const uint64_t k_at = desc_k + ((kk / 4) * N * 128 + (kk % 4) * 32) / 16;
+    wgmma::WgmmaSS64(s, q_at, k_at, kk > 0);
   }
   wgmma::Commit();
 }
 
-// o += P V: V MN-major at v_addr, 64-column blocks N x 128 bytes apart, 8-key
-// groups 1024 bytes apart; a 16-key step moves 16 rows.
+// o += P V: V MN-major described by desc_v (64-column blocks N x 128 bytes
+// apart, 8-key groups 1024 bytes apart); a 16-key step moves 16 rows.
 template <int D, int N>
 __device__ __forceinline__ void IssuePv(float (&o)[D / 2], const uint32_t (&pf)[N / 16][4],
-                                        uint32_t v_addr) {
+                                        uint64_t desc_v) {
   wgmma::Fence();
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk) {
-    const uint64_t desc = wgmma::Descriptor(v_addr + kk * 16 * 128, N * 128, 1024);
+    const uint64_t desc = desc_v + kk * 16 * 128 / 16;
     if constexpr (D == 64) {
       wgmma::WgmmaRS64(o, pf[kk], desc);
     } else {
@@ -125,8 +125,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
   // chunks outside [n(first row) - 1, n(last row)] leave the query tile as is.
   const int n_first = i_first / L, n_last = (i_first + M - 1) / L;
   int cur_cj = -1;
+  int chunk_end = 0;  // first key past the chunk of the last tile seen
   auto rotate_for = [&](int kt) {
+    if (kt * N < chunk_end) return;  // same chunk as the last tile
     const int cj = kt * N / L;
+    chunk_end = (cj + 1) * L;
     if (cur_cj < 0 || (cj != cur_cj && cj >= n_first - 1 && cj <= n_last)) {
       // Every warpgroup is done with the rows of the last tile (the condition
       // is the same for the whole block).
@@ -146,9 +149,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
   const bool wg_active = wg_row0 < n_rows;
   const int row_lo = wg_i_first + w * 16 + g, row_hi = row_lo + 8;
   const float scale_log2 = seq.softmax_scale * 1.4426950408889634f;
-  const uint32_t q_addr = SmemAddr(q_s) + wg_row0 * 128;
-  const uint32_t k_addr = SmemAddr(k_s), v_addr = SmemAddr(v_s);
   constexpr uint32_t kStageBytes = Tr::kKvStage * sizeof(bf16);
+  const uint64_t desc_q = wgmma::Descriptor(SmemAddr(q_s) + wg_row0 * 128, 16, 1024);
+  const uint64_t desc_k0 = wgmma::Descriptor(SmemAddr(k_s), 16, 1024);
+  const uint64_t desc_v0 = wgmma::Descriptor(SmemAddr(v_s), N * 128, 1024);
   // Whether this warpgroup's rows see any key of tile kt (a prefix of the walk).
   auto wg_needs = [&](int kt) { return wg_active && kt * N <= wg_i_last; };
 
@@ -189,7 +193,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
     CpAsyncCommit();
     if (wg_needs(kt)) {
       float s[32];
-      IssueScores<D, M, N>(s, q_addr, k_addr + stage * kStageBytes);
+      IssueScores<D, M, N>(s, desc_q, desc_k0 + stage * (kStageBytes / 16));
       wgmma::Wait<0>();
       wgmma::PinRegisters(s);
       // Causal mask (only tiles that reach past the warpgroup's first row),
@@ -253,7 +257,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
           o[4 * dn + 3] *= corr_hi;
         }
       }
-      IssuePv<D, N>(o, pf, v_addr + stage * kStageBytes);
+      IssuePv<D, N>(o, pf, desc_v0 + stage * (kStageBytes / 16));
       wgmma::Wait<0>();
       wgmma::PinRegisters(o);
     }

@@ -76,8 +76,13 @@ struct KeyTileWalk {
     const int64_t key_stride = int64_t{p.kv.n_kv_heads} * D;
     const int j0 = kt * N;
     const int lj0 = j0 + run.shift;
-    const int64_t base = int64_t{table[lj0 / p.kv.block_size]} * p.kv.block_stride +
-                         int64_t{lj0 % p.kv.block_size} * key_stride + int64_t{kvh} * D;
+    // Block sizes are powers of two in practice: shifts instead of a division.
+    const int bs = p.kv.block_size;
+    const bool pow2 = (bs & (bs - 1)) == 0;
+    const int blk = pow2 ? lj0 >> (__ffs(bs) - 1) : lj0 / bs;
+    const int off = pow2 ? lj0 & (bs - 1) : lj0 % bs;
+    const int64_t base =
+        int64_t{table[blk]} * p.kv.block_stride + int64_t{off} * key_stride + int64_t{kvh} * D;
     const int tid = threadIdx.x;
     const int n0 = tid / kChunks, c = tid % kChunks;
     const bf16* src_k = p.kv.k + base + n0 * key_stride + c * 8;
