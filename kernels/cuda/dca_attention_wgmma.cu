@@ -56,31 +56,39 @@ struct WgmmaLayout {
 };
 
 #if LONGCTX_WGMMA_DEVICE
-// s[64 x 64] = Q K^T of one warpgroup: Q's rows described by desc_q (column
-// block 0 of a tile of M rows), K's N rows by desc_k. A K-major step of 16
+// A descriptor from its two halves. The start address sits in the low half
+// and offsets never carry out of it, so stepping one is a 32-bit add (a 64-bit
+// add costs the issue-bound loop a carry chain per instruction).
+__device__ __forceinline__ uint64_t Desc(uint32_t lo, uint32_t hi) {
+  return (uint64_t{hi} << 32) | lo;
+}
+
+// s[64 x 64] = Q K^T of one warpgroup: Q's rows described by (q_lo, hi) (column
+// block 0 of a tile of M rows), K's N rows by (k_lo, hi): both K-major. A K-major step of 16
 // columns moves 32 bytes inside a 128-byte row; a column block moves rows x 128
-// bytes. Offsets are added to the descriptors' address field (16-byte units).
+// bytes. Offsets are in 16-byte units.
 template <int D, int M, int N>
-__device__ __forceinline__ void IssueScores(float (&s)[32], uint64_t desc_q, uint64_t desc_k) {
+__device__ __forceinline__ void IssueScores(float (&s)[32], uint32_t q_lo, uint32_t k_lo,
+                                            uint32_t hi) {
   wgmma::Fence();
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
-    const uint64_t q_at = desc_q + ((kk / 4) * M * 128 + (kk % 4) * 32) / 16;
-    const uint64_t k_at = desc_k + ((kk / 4) * N * 128 + (kk % 4) * 32) / 16;
-    wgmma::WgmmaSS64(s, q_at, k_at, kk > 0);
+    const uint32_t q_at = q_lo + ((kk / 4) * M * 128 + (kk % 4) * 32) / 16;
+    const uint32_t k_at = k_lo + ((kk / 4) * N * 128 + (kk % 4) * 32) / 16;
+    wgmma::WgmmaSS64(s, Desc(q_at, hi), Desc(k_at, hi), kk > 0);
   }
   wgmma::Commit();
 }
 
-// o += P V: V MN-major described by desc_v (64-column blocks N x 128 bytes
+// o += P V: V MN-major described by (v_lo, hi) (64-column blocks N x 128 bytes
 // apart, 8-key groups 1024 bytes apart); a 16-key step moves 16 rows.
 template <int D, int N>
 __device__ __forceinline__ void IssuePv(float (&o)[D / 2], const uint32_t (&pf)[N / 16][4],
-                                        uint64_t desc_v) {
+                                        uint32_t v_lo, uint32_t hi) {
   wgmma::Fence();
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk) {
-    const uint64_t desc = desc_v + kk * 16 * 128 / 16;
+    const uint64_t desc = Desc(v_lo + kk * 16 * 128 / 16, hi);
     if constexpr (D == 64) {
       wgmma::WgmmaRS64(o, pf[kk], desc);
     } else {
@@ -142,7 +150,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
 
   // Warpgroup wg owns rows wg * 64 ..; its warp w the 16 from wg * 64 + w * 16;
   // a lane's accumulator rows are g and g + 8 of those.
-  const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, w = (tid % 128) / 32;
+  const int tid = threadIdx.x, lane = tid % 32, w = (tid % 128) / 32;
+  const int wg = Tr::kWarpgroups == 1 ? 0 : tid / 128;
   const int g = lane / 4, t4 = lane % 4;
   const int wg_row0 = wg * 64;
   const int wg_i_first = i_first + wg_row0, wg_i_last = wg_i_first + 63;
@@ -150,9 +159,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
   const int row_lo = wg_i_first + w * 16 + g, row_hi = row_lo + 8;
   const float scale_log2 = seq.softmax_scale * 1.4426950408889634f;
   constexpr uint32_t kStageBytes = Tr::kKvStage * sizeof(bf16);
+  // Descriptor halves: the address (low) and the strides and swizzle (high),
+  // one high half for the K-major reads of Q and K, one for V's MN-major reads.
   const uint64_t desc_q = wgmma::Descriptor(SmemAddr(q_s) + wg_row0 * 128, 16, 1024);
   const uint64_t desc_k0 = wgmma::Descriptor(SmemAddr(k_s), 16, 1024);
   const uint64_t desc_v0 = wgmma::Descriptor(SmemAddr(v_s), N * 128, 1024);
+  const uint32_t q_lo = static_cast<uint32_t>(desc_q), k_lo0 = static_cast<uint32_t>(desc_k0);
+  const uint32_t v_lo0 = static_cast<uint32_t>(desc_v0);
+  const uint32_t k_hi = static_cast<uint32_t>(desc_k0 >> 32);
+  const uint32_t v_hi = static_cast<uint32_t>(desc_v0 >> 32);
   // Whether this warpgroup's rows see any key of tile kt (a prefix of the walk).
   auto wg_needs = [&](int kt) { return wg_active && kt * N <= wg_i_last; };
 
@@ -161,7 +176,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
 
-  // The walk: tile kt (in stage it % kStages) and the two after it.
+  // The walk: tile kt (in `stage`) and the two after it (in the next stages).
   const int n_tiles = i_last / N + 1;
   int first_key;
   Run run = walk.Enter(0, &first_key);
@@ -179,21 +194,21 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
     kt2 = walk.Next(kt1, run2);
   }
   CpAsyncCommit();
-  for (int it = 0; kt < n_tiles; ++it) {
+  for (int stage = 0; kt < n_tiles; stage = stage + 1 == Tr::kStages ? 0 : stage + 1) {
     const int j0 = kt * N, run_end = run.end;
-    const int stage = it % Tr::kStages;
+    const uint32_t stage_off = stage * (kStageBytes / 16);
     rotate_for(kt);
     CpAsyncWait<1>();
     // The tile (cp.async) and the rotated rows (stores) are read by wgmma
     // through the async proxy. After the barrier every warpgroup is also done
-    // with the last tile, whose stage takes tile it + 2.
+    // with the last tile, whose stage takes the tile two ahead.
     wgmma::FenceSharedForAsync();
     __syncthreads();
-    if (kt2 < n_tiles) load_tile(kt2, run2, (it + 2) % Tr::kStages);
+    if (kt2 < n_tiles) load_tile(kt2, run2, stage == 0 ? Tr::kStages - 1 : stage - 1);
     CpAsyncCommit();
     if (wg_needs(kt)) {
       float s[32];
-      IssueScores<D, M, N>(s, desc_q, desc_k0 + stage * (kStageBytes / 16));
+      IssueScores<D, M, N>(s, q_lo, k_lo0 + stage_off, k_hi);
       wgmma::Wait<0>();
       wgmma::PinRegisters(s);
       // Causal mask (only tiles that reach past the warpgroup's first row),
@@ -257,7 +272,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
           o[4 * dn + 3] *= corr_hi;
         }
       }
-      IssuePv<D, N>(o, pf, desc_v0 + stage * (kStageBytes / 16));
+      IssuePv<D, N>(o, pf, v_lo0 + stage_off, v_hi);
       wgmma::Wait<0>();
       wgmma::PinRegisters(o);
     }
