@@ -364,6 +364,32 @@ cudaError_t LaunchSplit(const DcaAttentionParams& p, const DcaSplitItem* items, 
 
 bool DcaSplitSupported(int D) { return D == 64 || D == 128; }
 
+template <int D>
+int SplitBlocksPerSm() {
+  using Tr = SplitTraits<D>;
+  const auto kernel = DcaSplitKernel<Tr, false>;
+  int blocks = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes) !=
+          cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, Tr::kThreads,
+                                                    Tr::kSmemBytes) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  return blocks > 0 ? blocks : 1;
+}
+
+int DcaSplitBlocksPerSm(int D) {
+  switch (D) {
+    case 64:
+      return SplitBlocksPerSm<64>();
+    case 128:
+      return SplitBlocksPerSm<128>();
+    default:
+      return 1;
+  }
+}
+
 cudaError_t DcaAttentionSplit(const DcaAttentionParams& p, const DcaSplitItem* items, int n_items,
                               const DcaCombineItem* combine, int n_combine,
                               const DcaSplitScratch& scratch, cudaStream_t stream) {

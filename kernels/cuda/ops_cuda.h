@@ -234,6 +234,9 @@ struct DcaSplitScratch {
   float* ml = nullptr;  // [slots, n_kv_heads, kDcaSplitRows, 2]: max score (log2 units), sum
 };
 bool DcaSplitSupported(int D);
+// Split-KV blocks of head dim D that fit on one SM at once (shared memory and
+// registers); at least 1.
+int DcaSplitBlocksPerSm(int D);
 // grid: (n_items, n_kv_heads) then (n_combine, n_kv_heads).
 cudaError_t DcaAttentionSplit(const DcaAttentionParams& p, const DcaSplitItem* items, int n_items,
                               const DcaCombineItem* combine, int n_combine,

@@ -227,8 +227,9 @@ absl::StatusOr<AttentionPlan> Plan(std::span<const PlanSeq> seqs, const Attentio
     }
   }
   if (!groups.empty()) {
+    const int blocks_per_sm = std::clamp(shape.split_resident_blocks, 1, kSplitBlocksPerSm);
     const int64_t target_items =
-        std::max<int64_t>(1, int64_t{kSplitBlocksPerSm} * shape.num_sms / shape.n_kv_heads);
+        std::max<int64_t>(1, int64_t{blocks_per_sm} * shape.num_sms / shape.n_kv_heads);
     const int64_t per_split =
         std::max<int64_t>(kMinTilesPerSplit, (total_tiles + target_items - 1) / target_items);
     for (const RowGroup& g : groups) {

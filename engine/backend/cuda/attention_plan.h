@@ -22,6 +22,9 @@ struct AttentionPlanShape {
   int64_t n_blocks = 0;  // physical blocks in the arena
   int64_t q_rows = 0;    // rows of q and out
   int num_sms = 132;     // spreads split-KV work over the device
+  // Split-KV blocks one SM runs at once: the planner aims at up to 2 per SM,
+  // never more than fit (so that the work is one wave, not two).
+  int split_resident_blocks = 2;
   CudaAttentionKernels kernels = CudaAttentionKernels::kAuto;
 };
 

@@ -191,6 +191,7 @@ class CudaBackend final : public Backend {
   CudaBackendOptions options_;
   int num_sms_ = 0;
   bool wgmma_ = false;  // tiled attention on the Hopper kernel
+  int split_blocks_per_sm_[2] = {1, 1};  // resident split-KV blocks, D 64 and 128
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   ArgStaging staging_;
@@ -256,6 +257,8 @@ absl::Status CudaBackend::Init() {
   // Both head dims the tiled kernels take (64, 128) have the wgmma variant.
   wgmma_ = options_.attention != CudaAttentionKernels::kAutoMmaSync &&
            cuda::DcaWgmmaSupported(64, options_.device);
+  split_blocks_per_sm_[0] = cuda::DcaSplitBlocksPerSm(64);
+  split_blocks_per_sm_[1] = cuda::DcaSplitBlocksPerSm(128);
   // Keep freed pool memory for reuse instead of returning it at each sync.
   cudaMemPool_t pool;
   CUDA_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, options_.device));
@@ -609,6 +612,7 @@ absl::Status CudaBackend::CheckAttention(Tensor q, int layer, int n_heads,
   shape->n_blocks = g.n_blocks;
   shape->q_rows = q.rows;
   shape->num_sms = num_sms_;
+  shape->split_resident_blocks = D == 64 ? split_blocks_per_sm_[0] : split_blocks_per_sm_[1];
   shape->kernels = options_.attention;
   return absl::OkStatus();
 }
