@@ -25,9 +25,12 @@ using testing_cuda::ExpectBf16Close;
 using testing_cuda::ExpectF32Close;
 using testing_cuda::Fetch;
 using testing_cuda::kBf16Bound;
+using testing_cuda::kF32Bound;
 using testing_cuda::MakePoisoned;
 using testing_cuda::MakeTensor;
+using testing_cuda::OwnedTensor;
 using testing_cuda::RandomVec;
+using testing_cuda::RelErr;
 using testing_cuda::RoundBf16;
 
 class CudaOpsTest : public ::testing::Test {
@@ -279,6 +282,192 @@ TEST_F(CudaOpsTest, LinearRejectsShapeMismatch) {
   EXPECT_EQ(gpu_->Linear(out.t, x.t, w.t, nullptr).code(), absl::StatusCode::kInvalidArgument);
   auto xb = MakeTensor(gpu_.get(), DType::kBF16, 4, 65, {});
   EXPECT_EQ(gpu_->Linear(out.t, xb.t, w.t, nullptr).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --- fused products (Backend::LinearMany, LinearSwiGlu, LinearAddInPlace) ---
+// Up to kGemvMaxT rows against bf16 weights run one few-row launch each: against
+// an f64 reference from the same bf16 weights only f32 summation error remains
+// (bound as for Linear above), and they agree with the separate ops on the GPU.
+// Nine rows take the composition of cuBLAS GEMMs on bf16 activations.
+
+// g / (1 + e^-g) * u, cpu::SwiGlu in double.
+double SiluTimes(double g, double u) { return g / (1.0 + std::exp(-g)) * u; }
+
+std::vector<float> ToFloat(const std::vector<double>& v) { return {v.begin(), v.end()}; }
+
+TEST_F(CudaOpsTest, LinearManyMatchesF64ReferenceAndSeparateLinears) {
+  struct Case {
+    int K;
+    std::vector<int> Ns;
+  };
+  const Case cases[] = {
+      {72, {9, 33, 7}},          // few rows: one per warp
+      {1032, {2049, 257, 255}},  // 2561 rows in all: two per warp
+      {520, {1, 65, 3, 130}},    // cuda::kGemvMaxJobs jobs
+      {264, {17, 5, 9, 3, 11}},  // more jobs than one launch takes: separate launches
+  };
+  for (const Case& c : cases) {
+    const size_t J = c.Ns.size();
+    std::vector<std::vector<float>> w(J), bias(J);
+    std::vector<OwnedTensor> wt, bt;
+    for (size_t j = 0; j < J; ++j) {
+      const int N = c.Ns[j];
+      w[j] = RoundBf16(RandomVec(static_cast<size_t>(N) * c.K, rng_, 0.05f));
+      bias[j] = RoundBf16(RandomVec(N, rng_));
+      wt.push_back(MakeTensor(gpu_.get(), DType::kBF16, N, c.K, w[j]));
+      // Biases in bf16 (as the model's) and in f32; every third job has none.
+      bt.push_back(MakeTensor(gpu_.get(), j % 3 == 0 ? DType::kBF16 : DType::kF32, 1, N, bias[j]));
+    }
+    auto bias_of = [&](size_t j) { return j % 3 == 1 ? nullptr : &bt[j].t; };
+    const std::vector<float> x = RandomVec(static_cast<size_t>(9) * c.K, rng_);
+    auto xt = MakeTensor(gpu_.get(), DType::kF32, 9, c.K, x);
+    for (int T : {1, 2, 5, 8, 9}) {
+      std::vector<OwnedTensor> outs;
+      std::vector<LinearJob> jobs;
+      for (size_t j = 0; j < J; ++j) outs.push_back(MakePoisoned(gpu_.get(), T, c.Ns[j]));
+      for (size_t j = 0; j < J; ++j) jobs.push_back(LinearJob{outs[j].t, wt[j].t, bias_of(j)});
+      const Tensor xs = xt.t.Rows(0, T);
+      ASSERT_TRUE(gpu_->LinearMany(jobs, xs).ok());
+      for (size_t j = 0; j < J; ++j) {
+        const int N = c.Ns[j];
+        std::vector<double> ref = LinearF64(x, w[j], T, N, c.K);
+        if (bias_of(j) != nullptr) {
+          for (size_t i = 0; i < ref.size(); ++i) ref[i] += bias[j][i % N];
+        }
+        const std::vector<float> got = Fetch(gpu_.get(), outs[j].t);
+        const std::string what =
+            absl::StrCat("LinearMany T=", T, " K=", c.K, " job ", j, " of ", J, " N=", N);
+        EXPECT_LE(MaxErrRatio(got, ref, got.size()), T <= 8 ? 1e-3 : kBf16Bound) << what;
+        if (T > 8) continue;
+        auto one = MakePoisoned(gpu_.get(), T, N);
+        ASSERT_TRUE(gpu_->Linear(one.t, xs, wt[j].t, bias_of(j)).ok());
+        EXPECT_LE(RelErr(got, Fetch(gpu_.get(), one.t)), kF32Bound) << what << " vs Linear";
+      }
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, LinearSwiGluMatchesF64ReferenceAndSeparateOps) {
+  struct Shape {
+    int F, K;
+  };
+  const Shape shapes[] = {{1, 8}, {7, 72}, {577, 520}, {2051, 1032}, {5461, 4104}};
+  for (Shape s : shapes) {
+    const size_t n_w = static_cast<size_t>(s.F) * s.K;
+    const std::vector<float> wg = RoundBf16(RandomVec(n_w, rng_, 0.05f));
+    const std::vector<float> wu = RoundBf16(RandomVec(n_w, rng_, 0.05f));
+    auto wgt = MakeTensor(gpu_.get(), DType::kBF16, s.F, s.K, wg);
+    auto wut = MakeTensor(gpu_.get(), DType::kBF16, s.F, s.K, wu);
+    const std::vector<float> x = RandomVec(static_cast<size_t>(9) * s.K, rng_);
+    auto xt = MakeTensor(gpu_.get(), DType::kF32, 9, s.K, x);
+    const std::vector<double> g9 = LinearF64(x, wg, 9, s.F, s.K),
+                              u9 = LinearF64(x, wu, 9, s.F, s.K);
+    for (int T : {1, 2, 5, 8, 9}) {
+      const size_t n = static_cast<size_t>(T) * s.F;
+      std::vector<double> ref(n);
+      for (size_t i = 0; i < n; ++i) ref[i] = SiluTimes(g9[i], u9[i]);
+      auto out = MakePoisoned(gpu_.get(), T, s.F), scratch = MakePoisoned(gpu_.get(), T, s.F);
+      const Tensor xs = xt.t.Rows(0, T);
+      ASSERT_TRUE(gpu_->LinearSwiGlu(out.t, xs, wgt.t, wut.t, scratch.t).ok());
+      const std::vector<float> got = Fetch(gpu_.get(), out.t);
+      const std::string what = absl::StrCat("LinearSwiGlu T=", T, " F=", s.F, " K=", s.K);
+      if (T > 8) {
+        EXPECT_LE(RelErr(got, ToFloat(ref)), kBf16Bound) << what << " (GEMMs)";
+        continue;
+      }
+      EXPECT_LE(MaxErrRatio(got, ref, n), 1e-3) << what;
+      auto gate = MakePoisoned(gpu_.get(), T, s.F), up = MakePoisoned(gpu_.get(), T, s.F);
+      ASSERT_TRUE(gpu_->Linear(gate.t, xs, wgt.t, nullptr).ok());
+      ASSERT_TRUE(gpu_->Linear(up.t, xs, wut.t, nullptr).ok());
+      ASSERT_TRUE(gpu_->SwiGlu(gate.t, gate.t, up.t).ok());
+      EXPECT_LE(RelErr(got, Fetch(gpu_.get(), gate.t)), kF32Bound) << what << " vs separate ops";
+    }
+  }
+}
+
+// The destination holds the residual, so it cannot be poisoned; an element the
+// kernel skipped keeps x0 and misses the product.
+TEST_F(CudaOpsTest, LinearAddInPlaceMatchesF64ReferenceAndSeparateOps) {
+  struct Shape {
+    int N, K;
+  };
+  const Shape shapes[] = {{1, 8}, {7, 72}, {577, 520}, {2049, 1032}, {4097, 11000}};
+  for (Shape s : shapes) {
+    const std::vector<float> w = RoundBf16(RandomVec(static_cast<size_t>(s.N) * s.K, rng_, 0.05f));
+    auto wt = MakeTensor(gpu_.get(), DType::kBF16, s.N, s.K, w);
+    const std::vector<float> h = RandomVec(static_cast<size_t>(9) * s.K, rng_);
+    auto ht = MakeTensor(gpu_.get(), DType::kF32, 9, s.K, h);
+    const std::vector<float> x0 = RandomVec(static_cast<size_t>(9) * s.N, rng_);
+    const std::vector<double> p9 = LinearF64(h, w, 9, s.N, s.K);
+    for (int T : {1, 2, 5, 8, 9}) {
+      const size_t n = static_cast<size_t>(T) * s.N;
+      const std::vector<float> x0_rows(x0.begin(), x0.begin() + static_cast<int64_t>(n));
+      std::vector<double> ref(n);
+      for (size_t i = 0; i < n; ++i) ref[i] = x0[i] + p9[i];
+      auto xt = MakeTensor(gpu_.get(), DType::kF32, T, s.N, x0_rows);
+      auto scratch = MakePoisoned(gpu_.get(), T, s.N);
+      const Tensor hs = ht.t.Rows(0, T);
+      ASSERT_TRUE(gpu_->LinearAddInPlace(xt.t, hs, wt.t, scratch.t).ok());
+      const std::vector<float> got = Fetch(gpu_.get(), xt.t);
+      const std::string what = absl::StrCat("LinearAddInPlace T=", T, " N=", s.N, " K=", s.K);
+      EXPECT_LE(MaxErrRatio(got, ref, n), T <= 8 ? 1e-3 : kBf16Bound) << what;
+      if (T > 8) continue;
+      auto want = MakeTensor(gpu_.get(), DType::kF32, T, s.N, x0_rows);
+      auto product = MakePoisoned(gpu_.get(), T, s.N);
+      ASSERT_TRUE(gpu_->Linear(product.t, hs, wt.t, nullptr).ok());
+      ASSERT_TRUE(gpu_->AddInPlace(want.t, product.t).ok());
+      EXPECT_LE(RelErr(got, Fetch(gpu_.get(), want.t)), kF32Bound) << what << " vs separate ops";
+    }
+  }
+}
+
+// f32 weights (and a mix in one LinearMany) take the composition: cuBLAS in f32
+// for those, the few-row kernel for the bf16 ones.
+TEST_F(CudaOpsTest, FusedLinearsComposeOnF32Weights) {
+  const int T = 3, K = 72, N = 33;
+  const std::vector<float> x = RandomVec(static_cast<size_t>(T) * K, rng_);
+  const std::vector<float> w1 = RandomVec(static_cast<size_t>(N) * K, rng_, 0.05f);
+  const std::vector<float> w2 = RoundBf16(RandomVec(static_cast<size_t>(N) * K, rng_, 0.05f));
+  auto xt = MakeTensor(gpu_.get(), DType::kF32, T, K, x);
+  auto w1t = MakeTensor(gpu_.get(), DType::kF32, N, K, w1);
+  auto w2t = MakeTensor(gpu_.get(), DType::kBF16, N, K, w2);
+  const std::vector<double> p1 = LinearF64(x, w1, T, N, K), p2 = LinearF64(x, w2, T, N, K);
+
+  auto o1 = MakePoisoned(gpu_.get(), T, N), o2 = MakePoisoned(gpu_.get(), T, N);
+  const LinearJob jobs[] = {{o1.t, w1t.t, nullptr}, {o2.t, w2t.t, nullptr}};
+  ASSERT_TRUE(gpu_->LinearMany(jobs, xt.t).ok());
+  EXPECT_LE(RelErr(Fetch(gpu_.get(), o1.t), ToFloat(p1)), kF32Bound) << "LinearMany f32 job";
+  EXPECT_LE(RelErr(Fetch(gpu_.get(), o2.t), ToFloat(p2)), kF32Bound) << "LinearMany bf16 job";
+
+  auto out = MakePoisoned(gpu_.get(), T, N), scratch = MakePoisoned(gpu_.get(), T, N);
+  ASSERT_TRUE(gpu_->LinearSwiGlu(out.t, xt.t, w1t.t, w1t.t, scratch.t).ok());
+  std::vector<double> glu(p1.size());
+  for (size_t i = 0; i < glu.size(); ++i) glu[i] = SiluTimes(p1[i], p1[i]);
+  EXPECT_LE(RelErr(Fetch(gpu_.get(), out.t), ToFloat(glu)), kF32Bound) << "LinearSwiGlu f32";
+
+  const std::vector<float> x0 = RandomVec(static_cast<size_t>(T) * N, rng_);
+  auto res = MakeTensor(gpu_.get(), DType::kF32, T, N, x0);
+  ASSERT_TRUE(gpu_->LinearAddInPlace(res.t, xt.t, w1t.t, scratch.t).ok());
+  std::vector<double> sum(p1.size());
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] = x0[i] + p1[i];
+  EXPECT_LE(RelErr(Fetch(gpu_.get(), res.t), ToFloat(sum)), kF32Bound) << "LinearAddInPlace f32";
+}
+
+// The few-row kernel reads its input while other blocks write: an output over
+// the input is INVALID_ARGUMENT, rejected before anything runs.
+TEST_F(CudaOpsTest, FusedLinearsRejectOutputOverInput) {
+  const int T = 2, K = 64;
+  const std::vector<float> x0 = RandomVec(static_cast<size_t>(T) * K, rng_);
+  auto x = MakeTensor(gpu_.get(), DType::kF32, T, K, x0);
+  auto w = MakeTensor(gpu_.get(), DType::kBF16, K, K, RandomVec(static_cast<size_t>(K) * K, rng_));
+  auto scratch = MakePoisoned(gpu_.get(), T, K);
+  EXPECT_EQ(gpu_->LinearAddInPlace(x.t, x.t, w.t, scratch.t).code(),
+            absl::StatusCode::kInvalidArgument);
+  const LinearJob into_x[] = {{x.t, w.t, nullptr}};
+  EXPECT_EQ(gpu_->LinearMany(into_x, x.t).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->LinearSwiGlu(x.t, x.t, w.t, w.t, scratch.t).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Fetch(gpu_.get(), x.t), x0);
 }
 
 TEST_F(CudaOpsTest, SwiGluAndAddMatchCpu) {

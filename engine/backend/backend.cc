@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu_backend.h"
+#include "engine/util/status_macros.h"
 #ifdef LONGCTX_WITH_CUDA
 #include "engine/backend/cuda/cuda_backend.h"
 #endif
@@ -12,6 +13,26 @@
 namespace longctx {
 
 size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+namespace {
+
+// Whether the memory of two non-empty tensors intersects.
+bool Overlap(const Tensor& a, const Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data), b0 = reinterpret_cast<uintptr_t>(b.data);
+  return a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
+}
+
+absl::Status FusedShape(bool ok, const char* op) {
+  return ok ? absl::OkStatus() : absl::InvalidArgumentError(absl::StrCat(op, ": shape mismatch"));
+}
+
+absl::Status FusedDisjoint(const Tensor& out, const Tensor& in, const char* op, const char* what) {
+  return Overlap(out, in) ? absl::InvalidArgumentError(absl::StrCat(op, ": ", what, " overlap"))
+                          : absl::OkStatus();
+}
+
+}  // namespace
 
 DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept
     : backend_(std::exchange(o.backend_, nullptr)),
@@ -59,6 +80,62 @@ absl::Status Backend::InfiniFoldKv(float*, float*, int, std::span<const int32_t>
                                    cpu::InfiniUpdateRule, float) {
   return absl::UnimplementedError(
       absl::StrCat("the ", Name(), " backend has no Infini memory kernels"));
+}
+
+absl::Status Backend::CheckLinearMany(std::span<const LinearJob> jobs, Tensor x) {
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const LinearJob& j = jobs[i];
+    RETURN_IF_ERROR(FusedShape(j.out.rows == x.rows && j.out.cols == j.w.rows &&
+                                   j.w.cols == x.cols &&
+                                   (j.bias == nullptr || j.bias->numel() == j.w.rows),
+                               "LinearMany"));
+    RETURN_IF_ERROR(FusedDisjoint(j.out, x, "LinearMany", "an output and the input"));
+    for (size_t k = 0; k < i; ++k) {
+      RETURN_IF_ERROR(FusedDisjoint(j.out, jobs[k].out, "LinearMany", "two outputs"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Backend::CheckLinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
+                                        Tensor scratch) {
+  RETURN_IF_ERROR(FusedShape(out.rows == x.rows && out.cols == w_gate.rows &&
+                                 w_gate.cols == x.cols && w_up.rows == w_gate.rows &&
+                                 w_up.cols == w_gate.cols && scratch.rows == out.rows &&
+                                 scratch.cols == out.cols,
+                             "LinearSwiGlu"));
+  RETURN_IF_ERROR(FusedDisjoint(out, x, "LinearSwiGlu", "out and x"));
+  RETURN_IF_ERROR(FusedDisjoint(scratch, x, "LinearSwiGlu", "scratch and x"));
+  return FusedDisjoint(scratch, out, "LinearSwiGlu", "scratch and out");
+}
+
+absl::Status Backend::CheckLinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch) {
+  RETURN_IF_ERROR(FusedShape(x.rows == h.rows && x.cols == w.rows && w.cols == h.cols &&
+                                 scratch.rows == x.rows && scratch.cols == x.cols,
+                             "LinearAddInPlace"));
+  RETURN_IF_ERROR(FusedDisjoint(x, h, "LinearAddInPlace", "x and h"));
+  RETURN_IF_ERROR(FusedDisjoint(scratch, h, "LinearAddInPlace", "scratch and h"));
+  return FusedDisjoint(scratch, x, "LinearAddInPlace", "scratch and x");
+}
+
+absl::Status Backend::LinearMany(std::span<const LinearJob> jobs, Tensor x) {
+  RETURN_IF_ERROR(CheckLinearMany(jobs, x));
+  for (const LinearJob& j : jobs) RETURN_IF_ERROR(Linear(j.out, x, j.w, j.bias));
+  return absl::OkStatus();
+}
+
+absl::Status Backend::LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
+                                   Tensor scratch) {
+  RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
+  RETURN_IF_ERROR(Linear(out, x, w_gate, nullptr));
+  RETURN_IF_ERROR(Linear(scratch, x, w_up, nullptr));
+  return SwiGlu(out, out, scratch);
+}
+
+absl::Status Backend::LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch) {
+  RETURN_IF_ERROR(CheckLinearAddInPlace(x, h, w, scratch));
+  RETURN_IF_ERROR(Linear(scratch, h, w, nullptr));
+  return AddInPlace(x, scratch);
 }
 
 void DeviceBuffer::Release() {

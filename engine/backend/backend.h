@@ -95,6 +95,13 @@ struct PartialAttentionSeq {
   cpu::DcaParams dca;
 };
 
+// One product of a LinearMany call: out = x w^T (+ bias).
+struct LinearJob {
+  Tensor out;                    // [T, N]
+  Tensor w;                      // [N, K]
+  const Tensor* bias = nullptr;  // [N]; nullptr: none
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -149,6 +156,27 @@ class Backend {
   // where they live. The default generates on the host and uploads.
   virtual absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi);
 
+  // --- fused products (a decode step's launches: one kernel each where the
+  // backend has one) ---
+  // The defaults compose the ops above in the order given, so a backend without
+  // its own version computes exactly what the separate calls would. Outputs
+  // must not overlap the inputs or each other (INVALID_ARGUMENT, checked before
+  // anything runs, as are the shapes). A `scratch` tensor holds an
+  // intermediate product where a backend needs one; its contents are undefined
+  // afterwards.
+  //
+  // Linear(job.out, x, job.w, job.bias) for each job in order: products that
+  // share their input (q, k and v of a layer). x: [T, K].
+  virtual absl::Status LinearMany(std::span<const LinearJob> jobs, Tensor x);
+  // out = silu(x w_gate^T) * (x w_up^T): Linear(out, x, w_gate), Linear(scratch,
+  // x, w_up), SwiGlu(out, out, scratch). out, scratch: [T, F]; x: [T, K];
+  // w_gate, w_up: [F, K].
+  virtual absl::Status LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
+                                    Tensor scratch);
+  // x += h w^T (a residual update): Linear(scratch, h, w), AddInPlace(x, scratch).
+  // x, scratch: [T, N]; h: [T, K]; w: [N, K].
+  virtual absl::Status LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch);
+
   // --- step graphs (optional) ---
   // A forward step may be bracketed by BeginStep / EndStep(launch). Inside the
   // bracket a backend may defer the step's device work and run it at EndStep as
@@ -194,6 +222,14 @@ class Backend {
                                     std::span<const int32_t> back_pos,
                                     std::span<const float> inv_freq, cpu::InfiniUpdateRule rule,
                                     float eps);
+
+ protected:
+  // The argument checks of the fused products (shapes, overlaps), shared by
+  // the defaults and the backends' own versions.
+  static absl::Status CheckLinearMany(std::span<const LinearJob> jobs, Tensor x);
+  static absl::Status CheckLinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
+                                        Tensor scratch);
+  static absl::Status CheckLinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch);
 };
 
 enum class BackendKind { kAuto, kCpu, kCuda };

@@ -312,9 +312,10 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = layers_[static_cast<size_t>(l)];
     RETURN_IF_ERROR(b.RmsNorm(xn, x, L.attn_norm, c.rms_eps));
-    RETURN_IF_ERROR(b.Linear(q, xn, L.wq, L.has_bias ? &L.bq : nullptr));
-    RETURN_IF_ERROR(b.Linear(k, xn, L.wk, L.has_bias ? &L.bk : nullptr));
-    RETURN_IF_ERROR(b.Linear(v, xn, L.wv, L.has_bias ? &L.bv : nullptr));
+    const LinearJob qkv[] = {{q, L.wq, L.has_bias ? &L.bq : nullptr},
+                             {k, L.wk, L.has_bias ? &L.bk : nullptr},
+                             {v, L.wv, L.has_bias ? &L.bv : nullptr}};
+    RETURN_IF_ERROR(b.LinearMany(qkv, xn));
     RETURN_IF_ERROR(b.Rope(k, c.n_kv_heads, key_pos, inv_freq_));
     if (external != nullptr) {
       RETURN_IF_ERROR(external->Attend(l, attn, q, k, v));
@@ -329,14 +330,12 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
                                                q.Rows(s.q_row, s.n_q), c.n_heads,
                                                infini_beta(l)));
     }
-    RETURN_IF_ERROR(b.Linear(xn, attn, L.wo, nullptr));
-    RETURN_IF_ERROR(b.AddInPlace(x, xn));
+    // Residual updates and the gated FFN as fused products (xn and up are
+    // their scratch where a backend composes them from separate ops).
+    RETURN_IF_ERROR(b.LinearAddInPlace(x, attn, L.wo, xn));
     RETURN_IF_ERROR(b.RmsNorm(xn, x, L.ffn_norm, c.rms_eps));
-    RETURN_IF_ERROR(b.Linear(gate, xn, L.w_gate, nullptr));
-    RETURN_IF_ERROR(b.Linear(up, xn, L.w_up, nullptr));
-    RETURN_IF_ERROR(b.SwiGlu(gate, gate, up));
-    RETURN_IF_ERROR(b.Linear(xn, gate, L.w_down, nullptr));
-    RETURN_IF_ERROR(b.AddInPlace(x, xn));
+    RETURN_IF_ERROR(b.LinearSwiGlu(gate, xn, L.w_gate, L.w_up, up));
+    RETURN_IF_ERROR(b.LinearAddInPlace(x, gate, L.w_down, xn));
   }
   return absl::OkStatus();
 }

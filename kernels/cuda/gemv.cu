@@ -17,13 +17,23 @@ constexpr int kGemvLoadsInFlight = 8;
 // weight byte, and still several blocks per SM.
 constexpr int kGemvTwoRowsMinN = 2048;
 
-// Traits of one instantiation: T token rows, R weight rows per warp.
-template <int kT, int kR>
+// Traits of one instantiation: T token rows, R weight rows per warp, epilogue E.
+template <int kT, int kR, GemvEpilogue kE>
 struct GemvTraits {
   static constexpr int T = kT;
   static constexpr int R = kR;
+  static constexpr GemvEpilogue E = kE;
+  static constexpr bool kGlu = kE == GemvEpilogue::kSwiGlu;
+  static_assert(!kGlu || kR % 2 == 0, "a SwiGLU warp streams gate and up rows in pairs");
   static constexpr int kUnroll = kGemvLoadsInFlight / kR;  // loads per row per step
-  static constexpr int kRowsPerBlock = kGemvWarps * kR;
+  // Output rows per warp: with SwiGLU each takes a gate and an up row.
+  static constexpr int kOutRows = kGlu ? kR / 2 : kR;
+  static constexpr int kRowsPerBlock = kGemvWarps * kOutRows;
+};
+
+// First block of each job of a launch (prefix sums of the jobs' block counts).
+struct GemvBlockStarts {
+  int first[kGemvMaxJobs];
 };
 
 // A 16-byte weight load that bypasses L1 (each byte is read once; L1 keeps x).
@@ -91,21 +101,36 @@ __device__ __forceinline__ void GemvStep(float (&acc)[Tr::R][Tr::T],
   }
 }
 
-// grid: ceil(N / kRowsPerBlock) blocks of kGemvThreads; warp j of block b owns
-// rows (b * kGemvWarps + j) * R .. + R. Lanes stride over a row's 16-byte
-// vectors; each lane keeps kUnroll vectors of each row in flight.
+// grid: ceil(N_j / kRowsPerBlock) blocks per job j, the jobs' blocks one after
+// the other; warp i of a job's block b owns output rows (b * kGemvWarps + i) *
+// kOutRows .. + kOutRows. Lanes stride over a row's 16-byte vectors; each lane
+// keeps kUnroll vectors of each of its R weight rows in flight.
 template <typename Tr>
-__global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p) {
-  constexpr int R = Tr::R, T = Tr::T, U = Tr::kUnroll;
+__global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlockStarts starts) {
+  constexpr int R = Tr::R, T = Tr::T, U = Tr::kUnroll, O = Tr::kOutRows;
+  // This block's job: the last one that starts at or before it (a select per
+  // job, so the parameters stay in constant memory).
+  GemvJob job = p.jobs[0];
+  int first = 0;
+#pragma unroll
+  for (int i = 1; i < kGemvMaxJobs; ++i) {
+    if (i < p.n_jobs && static_cast<int>(blockIdx.x) >= starts.first[i]) {
+      job = p.jobs[i];
+      first = starts.first[i];
+    }
+  }
   const int lane = threadIdx.x % 32;
-  const int n0 = (blockIdx.x * kGemvWarps + threadIdx.x / 32) * R;
-  if (n0 >= p.N) return;  // the whole warp
+  const int n0 = ((static_cast<int>(blockIdx.x) - first) * kGemvWarps + threadIdx.x / 32) * O;
+  if (n0 >= job.N) return;  // the whole warp
   const int nv = p.K / 8;
   const uint4* rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
+    // SwiGLU: gate and up rows of one output row side by side.
+    const int o = Tr::kGlu ? r / 2 : r;
+    const bf16* w = Tr::kGlu && r % 2 == 1 ? job.w_up : job.w;
     // A row past N (odd N) re-reads the last row; its sum is not written.
-    rows[r] = reinterpret_cast<const uint4*>(p.w + int64_t{min(n0 + r, p.N - 1)} * p.K);
+    rows[r] = reinterpret_cast<const uint4*>(w + int64_t{min(n0 + o, job.N - 1)} * p.K);
   }
   float acc[R][T];
 #pragma unroll
@@ -124,31 +149,79 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p) {
     for (int t = 0; t < T; ++t) acc[r][t] = WarpSum(acc[r][t]);
   }
   if (lane != 0) return;
+  if constexpr (Tr::E == GemvEpilogue::kSwiGlu) {
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int n = n0 + r;
-    if (n >= p.N) break;
-    float b = 0.f;
-    if (p.bias != nullptr) {
-      b = p.bias_type == ElemType::kBF16 ? __bfloat162float(static_cast<const bf16*>(p.bias)[n])
-                                         : static_cast<const float*>(p.bias)[n];
+    for (int o = 0; o < O; ++o) {
+      const int n = n0 + o;
+      if (n >= job.N) break;
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        // The SwiGlu kernel's expression: silu(gate) * up.
+        const float g = acc[2 * o][t];
+        job.out[int64_t{t} * job.N + n] = g / (1.f + expf(-g)) * acc[2 * o + 1][t];
+      }
     }
+  } else {
 #pragma unroll
-    for (int t = 0; t < T; ++t) p.out[int64_t{t} * p.N + n] = acc[r][t] + b;
+    for (int r = 0; r < R; ++r) {
+      const int n = n0 + r;
+      if (n >= job.N) break;
+      float b = 0.f;
+      if (job.bias != nullptr) {
+        b = job.bias_type == ElemType::kBF16
+                ? __bfloat162float(static_cast<const bf16*>(job.bias)[n])
+                : static_cast<const float*>(job.bias)[n];
+      }
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        // The sum rounded first, as Linear then AddInPlace would.
+        const float s = acc[r][t] + b;
+        float* out = job.out + int64_t{t} * job.N + n;
+        if constexpr (Tr::E == GemvEpilogue::kAdd) {
+          *out += s;
+        } else {
+          *out = s;
+        }
+      }
+    }
   }
 }
 
-template <int T, int R>
+int64_t TotalRows(const GemvParams& p) {
+  int64_t n = 0;
+  for (int i = 0; i < p.n_jobs; ++i) n += p.jobs[i].N;
+  return n;
+}
+
+template <int T, int R, GemvEpilogue E>
 cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
-  using Tr = GemvTraits<T, R>;
-  const int blocks = (p.N + Tr::kRowsPerBlock - 1) / Tr::kRowsPerBlock;
-  GemvKernel<Tr><<<blocks, kGemvThreads, 0, stream>>>(p);
+  using Tr = GemvTraits<T, R, E>;
+  GemvBlockStarts starts;
+  int blocks = 0;
+  for (int i = 0; i < kGemvMaxJobs; ++i) {
+    starts.first[i] = blocks;
+    if (i < p.n_jobs) blocks += (p.jobs[i].N + Tr::kRowsPerBlock - 1) / Tr::kRowsPerBlock;
+  }
+  GemvKernel<Tr><<<blocks, kGemvThreads, 0, stream>>>(p, starts);
   return cudaGetLastError();
 }
 
+// SwiGLU warps stream a gate and an up row, as two-row warps do; the others
+// take two rows from kGemvTwoRowsMinN rows in all on.
 template <int T>
 cudaError_t LaunchGemvRows(const GemvParams& p, cudaStream_t stream) {
-  return p.N >= kGemvTwoRowsMinN ? LaunchGemv<T, 2>(p, stream) : LaunchGemv<T, 1>(p, stream);
+  const bool two = TotalRows(p) >= kGemvTwoRowsMinN;
+  switch (p.epilogue) {
+    case GemvEpilogue::kSwiGlu:
+      return LaunchGemv<T, 2, GemvEpilogue::kSwiGlu>(p, stream);
+    case GemvEpilogue::kAdd:
+      return two ? LaunchGemv<T, 2, GemvEpilogue::kAdd>(p, stream)
+                 : LaunchGemv<T, 1, GemvEpilogue::kAdd>(p, stream);
+    case GemvEpilogue::kStore:
+      break;
+  }
+  return two ? LaunchGemv<T, 2, GemvEpilogue::kStore>(p, stream)
+             : LaunchGemv<T, 1, GemvEpilogue::kStore>(p, stream);
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -156,8 +229,18 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 bool GemvSupported(const GemvParams& p) {
-  return p.T >= 1 && p.T <= kGemvMaxT && p.N >= 1 && p.K >= 0 && p.K % 8 == 0 && p.out != nullptr &&
-         p.x != nullptr && p.w != nullptr && Aligned16(p.x) && Aligned16(p.w);
+  if (p.T < 1 || p.T > kGemvMaxT || p.K < 0 || p.K % 8 != 0 || p.x == nullptr || !Aligned16(p.x) ||
+      p.n_jobs < 1 || p.n_jobs > kGemvMaxJobs) {
+    return false;
+  }
+  const bool glu = p.epilogue == GemvEpilogue::kSwiGlu;
+  for (int i = 0; i < p.n_jobs; ++i) {
+    const GemvJob& j = p.jobs[i];
+    if (j.N < 1 || j.out == nullptr || j.w == nullptr || !Aligned16(j.w)) return false;
+    if (glu && (j.w_up == nullptr || !Aligned16(j.w_up) || j.bias != nullptr)) return false;
+  }
+  // One block per output row at most: the grid stays within int.
+  return TotalRows(p) <= INT32_MAX;
 }
 
 cudaError_t GemvBf16(const GemvParams& p, cudaStream_t stream) {

@@ -52,16 +52,35 @@ cudaError_t AddBias(float* out,        // [T, N]
 // once for a handful of rows, so they are bound by the weight stream: each warp
 // streams one weight row (two for large N) in 16-byte loads while the
 // activations, a few KiB, stay in L1. No bf16 copy of x is made.
+//
+// One launch runs up to kGemvMaxJobs products of the same x (a layer's q, k
+// and v): the grid covers the rows of every job, each block working on one job.
+// The epilogue, fixed per launch, fuses the op that follows the product.
 inline constexpr int kGemvMaxT = 8;
-struct GemvParams {
-  float* out = nullptr;        // [T, N]; must not alias x
-  const float* x = nullptr;    // [T, K], 16-byte aligned
-  const bf16* w = nullptr;     // [N, K], 16-byte aligned
+inline constexpr int kGemvMaxJobs = 4;
+
+enum class GemvEpilogue {
+  kStore,   // out = s (+ bias), s = x w^T
+  kAdd,     // out += s (+ bias): a residual update (AddInPlace)
+  kSwiGlu,  // out = silu(x w^T) * (x w_up^T) as cpu::SwiGlu; no bias
+};
+
+struct GemvJob {
+  float* out = nullptr;        // [T, N]; must not overlap x or another job's out
+  const bf16* w = nullptr;     // [N, K], 16-byte aligned (kSwiGlu: the gate weights)
+  const bf16* w_up = nullptr;  // [N, K], 16-byte aligned; kSwiGlu only
   const void* bias = nullptr;  // [N], bias_type; nullptr: none
   ElemType bias_type = ElemType::kF32;
-  int T = 0;
   int N = 0;
+};
+
+struct GemvParams {
+  GemvJob jobs[kGemvMaxJobs];
+  int n_jobs = 0;            // 1 .. kGemvMaxJobs
+  const float* x = nullptr;  // [T, K], 16-byte aligned
+  int T = 0;
   int K = 0;  // multiple of 8 (whole 16-byte loads per row)
+  GemvEpilogue epilogue = GemvEpilogue::kStore;
 };
 // Whether GemvBf16 takes these shapes and addresses.
 bool GemvSupported(const GemvParams& p);

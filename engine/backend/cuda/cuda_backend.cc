@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -36,6 +38,9 @@ enum class OpId : uint64_t {
   kKvWrite,
   kAttention,
   kGather,
+  kLinearMany,
+  kLinearSwiGlu,
+  kLinearAdd,
 };
 
 uint64_t U(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
@@ -61,6 +66,39 @@ absl::Status RequireF32(const Tensor& t, const char* op, const char* what) {
 absl::Status RequireShape(bool ok, const char* op) {
   return ok ? absl::OkStatus()
             : absl::InvalidArgumentError(absl::StrCat("cuda backend: shape mismatch in ", op));
+}
+
+// The few-row kernel's launch for the products of `jobs` on x with `epilogue`
+// (kSwiGlu: one job, its up weights w_up), or nullopt where it does not apply:
+// more than kGemvMaxT rows or kGemvMaxJobs jobs, a weight not in bf16, shapes
+// or addresses the kernel does not take, or nothing to compute.
+std::optional<cuda::GemvParams> FewRowGemv(std::span<const LinearJob> jobs, Tensor x,
+                                           cuda::GemvEpilogue epilogue,
+                                           const Tensor* w_up = nullptr) {
+  if (x.rows < 1 || x.rows > cuda::kGemvMaxT || jobs.empty() ||
+      jobs.size() > static_cast<size_t>(cuda::kGemvMaxJobs) ||
+      (w_up != nullptr && w_up->dtype != DType::kBF16)) {
+    return std::nullopt;
+  }
+  cuda::GemvParams p;
+  p.n_jobs = static_cast<int>(jobs.size());
+  p.x = static_cast<const float*>(x.data);
+  p.T = static_cast<int>(x.rows);
+  p.K = static_cast<int>(x.cols);
+  p.epilogue = epilogue;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const LinearJob& j = jobs[i];
+    if (j.w.dtype != DType::kBF16) return std::nullopt;
+    cuda::GemvJob& g = p.jobs[i];
+    g.out = static_cast<float*>(j.out.data);
+    g.w = static_cast<const cuda::bf16*>(j.w.data);
+    g.w_up = w_up != nullptr ? static_cast<const cuda::bf16*>(w_up->data) : nullptr;
+    g.bias = j.bias != nullptr ? j.bias->data : nullptr;
+    g.bias_type = j.bias != nullptr ? ElemOf(j.bias->dtype) : cuda::ElemType::kF32;
+    g.N = static_cast<int>(j.w.rows);
+  }
+  if (!cuda::GemvSupported(p)) return std::nullopt;
+  return p;
 }
 
 // Appends `v` to a byte pack at a 16-byte boundary; returns its offset.
@@ -113,6 +151,11 @@ class CudaBackend final : public Backend {
                          std::span<const float> inv_freq) override;
   absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
   absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi) override;
+  // One launch of the few-row kernel where it applies, else the composition.
+  absl::Status LinearMany(std::span<const LinearJob> jobs, Tensor x) override;
+  absl::Status LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
+                            Tensor scratch) override;
+  absl::Status LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch) override;
 
   absl::Status BeginStep() override { return graph_.Begin(); }
   absl::Status EndStep(bool launch) override { return graph_.End(launch); }
@@ -506,16 +549,9 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
   // Few token rows against bf16 weights (decode): the weight-streaming kernel
   // on f32 activations, bias fused. Which path runs follows from the traced
   // key (T, K, dtype and the addresses), so a replay takes the recorded one.
-  cuda::GemvParams gemv;
-  gemv.out = static_cast<float*>(out.data);
-  gemv.x = static_cast<const float*>(x.data);
-  gemv.w = static_cast<const cuda::bf16*>(w.data);
-  gemv.bias = bias != nullptr ? bias->data : nullptr;
-  gemv.bias_type = bias != nullptr ? ElemOf(bias->dtype) : cuda::ElemType::kF32;
-  gemv.T = T;
-  gemv.N = N;
-  gemv.K = K;
-  const bool use_gemv = w.dtype == DType::kBF16 && cuda::GemvSupported(gemv);
+  const LinearJob job{out, w, bias};
+  const std::optional<cuda::GemvParams> gemv = FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kStore);
+  const bool use_gemv = gemv.has_value();
   if (w.dtype == DType::kBF16 && !use_gemv) {
     RETURN_IF_ERROR(ReserveScratch(x_bf16_, static_cast<size_t>(x.numel()) * sizeof(cuda::bf16)));
   }
@@ -524,7 +560,7 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
          U(use_gemv ? nullptr : x_bf16_.as<void>()), U(bias != nullptr ? bias->data : nullptr)});
   if (Replaying()) return absl::OkStatus();
   if (use_gemv) {
-    CUDA_RETURN_IF_ERROR(cuda::GemvBf16(gemv, stream_));
+    CUDA_RETURN_IF_ERROR(cuda::GemvBf16(*gemv, stream_));
     return absl::OkStatus();
   }
   const float one = 1.f, zero = 0.f;
@@ -545,6 +581,55 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
     CUDA_RETURN_IF_ERROR(cuda::AddBias(static_cast<float*>(out.data), bias->data,
                                        ElemOf(bias->dtype), T, N, stream_));
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::LinearMany(std::span<const LinearJob> jobs, Tensor x) {
+  RETURN_IF_ERROR(CheckLinearMany(jobs, x));
+  RETURN_IF_ERROR(RequireF32(x, "LinearMany", "x"));
+  for (const LinearJob& j : jobs) RETURN_IF_ERROR(RequireF32(j.out, "LinearMany", "out"));
+  const std::optional<cuda::GemvParams> gemv = FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore);
+  if (!gemv.has_value()) return Backend::LinearMany(jobs, x);
+  Trace({U(OpId::kLinearMany), U(x.data), static_cast<uint64_t>(gemv->T),
+         static_cast<uint64_t>(gemv->K), jobs.size()});
+  for (const LinearJob& j : jobs) {
+    Trace({U(j.out.data), U(j.w.data), static_cast<uint64_t>(j.w.rows),
+           U(j.bias != nullptr ? j.bias->data : nullptr),
+           static_cast<uint64_t>(j.bias != nullptr ? j.bias->dtype : DType::kF32)});
+  }
+  if (Replaying()) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cuda::GemvBf16(*gemv, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
+                                       Tensor scratch) {
+  RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
+  RETURN_IF_ERROR(RequireF32(out, "LinearSwiGlu", "out"));
+  RETURN_IF_ERROR(RequireF32(x, "LinearSwiGlu", "x"));
+  const LinearJob job{out, w_gate, nullptr};
+  const std::optional<cuda::GemvParams> gemv =
+      FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up);
+  if (!gemv.has_value()) return Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
+  Trace({U(OpId::kLinearSwiGlu), U(out.data), U(x.data), U(w_gate.data), U(w_up.data),
+         static_cast<uint64_t>(gemv->T), static_cast<uint64_t>(w_gate.rows),
+         static_cast<uint64_t>(gemv->K)});
+  if (Replaying()) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cuda::GemvBf16(*gemv, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch) {
+  RETURN_IF_ERROR(CheckLinearAddInPlace(x, h, w, scratch));
+  RETURN_IF_ERROR(RequireF32(x, "LinearAddInPlace", "x"));
+  RETURN_IF_ERROR(RequireF32(h, "LinearAddInPlace", "h"));
+  const LinearJob job{x, w, nullptr};
+  const std::optional<cuda::GemvParams> gemv = FewRowGemv({&job, 1}, h, cuda::GemvEpilogue::kAdd);
+  if (!gemv.has_value()) return Backend::LinearAddInPlace(x, h, w, scratch);
+  Trace({U(OpId::kLinearAdd), U(x.data), U(h.data), U(w.data), static_cast<uint64_t>(gemv->T),
+         static_cast<uint64_t>(w.rows), static_cast<uint64_t>(gemv->K)});
+  if (Replaying()) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cuda::GemvBf16(*gemv, stream_));
   return absl::OkStatus();
 }
 
