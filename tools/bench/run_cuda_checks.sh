@@ -6,7 +6,7 @@
 #   model     only the whole-model tests (needs LONGCTX_MODEL for the default model)
 #   sanitize  compute-sanitizer memcheck and racecheck on the attention kernels
 #   bench     longctx-attention-bench and PyTorch SDPA at 8k/32k/128k, D 64 and 128
-#   profile   Nsight Compute on one tiled prefill and one split-KV decode launch
+#   profile   Nsight Compute on one prefill (wgmma) and one split-KV decode launch
 #
 #   tools/bench/run_cuda_checks.sh OUTDIR unit sanitize bench
 set -u
@@ -50,6 +50,12 @@ for phase in "$@"; do
         longctx-attention-bench --backend=cuda --lengths=8192,32768,131072 --heads=9 \
           --kv_heads=3 --head_dim=64 --decode_batch=1,32 --reps=3
         echo
+        echo "## longctx-attention-bench --prefill_kernel=mma.sync (the portable tiled kernel)"
+        longctx-attention-bench --backend=cuda --prefill_kernel=mma.sync \
+          --lengths=8192,32768,131072 --heads=32 --kv_heads=8 --head_dim=128 --reps=3
+        longctx-attention-bench --backend=cuda --prefill_kernel=mma.sync \
+          --lengths=8192,32768,131072 --heads=9 --kv_heads=3 --head_dim=64 --reps=3
+        echo
         echo "## PyTorch SDPA, D 128 (32 q / 8 kv heads)"
         python3 "$here/attention_sdpa.py" --lengths 8192,32768,131072 --heads 32 --kv-heads 8 \
           --head-dim 128 --reps 3
@@ -59,9 +65,9 @@ for phase in "$@"; do
           --head-dim 64 --reps 3
       } > "$out/bench.md" 2>&1
       echo "bench: rc=$?"
-      grep -E '^\| (prefill|flash|cudnn)' "$out/bench.md" ;;
+      grep -E '^(\| (prefill|flash|cudnn)|backend=)' "$out/bench.md" ;;
     profile)
-      for k in DcaTiled DcaSplitKernel; do
+      for k in DcaWgmma DcaSplitKernel; do
         timeout 240 ncu --clock-control none --kernel-name "regex:$k" --launch-skip 1 --launch-count 1 \
           --section SpeedOfLight --section WarpStateStats --section Occupancy \
           --section LaunchStats --section MemoryWorkloadAnalysis \

@@ -53,10 +53,10 @@ LONGCTX_MODEL=$model phase graphs 60 longctx_unit_tests \
   --gtest_filter='CudaStepGraphTest.*:CudaFillUniformTest.*:CudaModelTest.RandomWeights*'
 
 phase default 100 longctx-bench --backend=cuda --model="$model" \
-  --lengths=8192,32768,131072 --batch=1,32 --decode=64 --chunk=4096 --graphs=both
+  --lengths=8192,32768,131072 --batch=1,32 --decode=64 --chunk=8192 --graphs=both
 
 phase 7b 170 longctx-bench --backend=cuda --model=synthetic:llama2-7b \
-  --lengths=4096,8192,32768,131072 --batch=1,32 --decode=32 --chunk=4096 --graphs=both \
+  --lengths=4096,8192,32768,131072 --batch=1,32 --decode=32 --chunk=8192 --graphs=both \
   --max_context
 
 phase hf 200 python3 "$bench_dir/hf_transformers_bench.py" --gguf "$model" \
