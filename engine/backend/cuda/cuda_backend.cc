@@ -41,6 +41,7 @@ enum class OpId : uint64_t {
   kLinearMany,
   kLinearSwiGlu,
   kLinearAdd,
+  kGemmMany,
 };
 
 uint64_t U(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
@@ -156,6 +157,13 @@ class CudaBackend final : public Backend {
   absl::Status LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
                             Tensor scratch) override;
   absl::Status LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch) override;
+  // Products of bf16 weights with more rows than the few-row kernel takes,
+  // through cuBLAS with x converted to bf16 once for all of them: out = x w^T
+  // (+ bias), or out += x w^T with `accumulate` (the GEMM's beta, so no
+  // separate add). False in *done for at most kGemvMaxT rows or a weight not
+  // in bf16: the caller composes the separate ops then.
+  absl::Status GemmBf16Many(std::span<const LinearJob> jobs, Tensor x, bool accumulate,
+                            bool* done);
 
   absl::Status BeginStep() override { return graph_.Begin(); }
   absl::Status EndStep(bool launch) override { return graph_.End(launch); }
@@ -589,7 +597,11 @@ absl::Status CudaBackend::LinearMany(std::span<const LinearJob> jobs, Tensor x) 
   RETURN_IF_ERROR(RequireF32(x, "LinearMany", "x"));
   for (const LinearJob& j : jobs) RETURN_IF_ERROR(RequireF32(j.out, "LinearMany", "out"));
   const std::optional<cuda::GemvParams> gemv = FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore);
-  if (!gemv.has_value()) return Backend::LinearMany(jobs, x);
+  if (!gemv.has_value()) {
+    bool done = false;
+    RETURN_IF_ERROR(GemmBf16Many(jobs, x, /*accumulate=*/false, &done));
+    return done ? absl::OkStatus() : Backend::LinearMany(jobs, x);
+  }
   Trace({U(OpId::kLinearMany), U(x.data), static_cast<uint64_t>(gemv->T),
          static_cast<uint64_t>(gemv->K), jobs.size()});
   for (const LinearJob& j : jobs) {
@@ -610,7 +622,12 @@ absl::Status CudaBackend::LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tens
   const LinearJob job{out, w_gate, nullptr};
   const std::optional<cuda::GemvParams> gemv =
       FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up);
-  if (!gemv.has_value()) return Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
+  if (!gemv.has_value()) {
+    const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
+    bool done = false;
+    RETURN_IF_ERROR(GemmBf16Many(both, x, /*accumulate=*/false, &done));
+    return done ? SwiGlu(out, out, scratch) : Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
+  }
   Trace({U(OpId::kLinearSwiGlu), U(out.data), U(x.data), U(w_gate.data), U(w_up.data),
          static_cast<uint64_t>(gemv->T), static_cast<uint64_t>(w_gate.rows),
          static_cast<uint64_t>(gemv->K)});
@@ -625,11 +642,54 @@ absl::Status CudaBackend::LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor 
   RETURN_IF_ERROR(RequireF32(h, "LinearAddInPlace", "h"));
   const LinearJob job{x, w, nullptr};
   const std::optional<cuda::GemvParams> gemv = FewRowGemv({&job, 1}, h, cuda::GemvEpilogue::kAdd);
-  if (!gemv.has_value()) return Backend::LinearAddInPlace(x, h, w, scratch);
+  if (!gemv.has_value()) {
+    bool done = false;
+    RETURN_IF_ERROR(GemmBf16Many({&job, 1}, h, /*accumulate=*/true, &done));
+    return done ? absl::OkStatus() : Backend::LinearAddInPlace(x, h, w, scratch);
+  }
   Trace({U(OpId::kLinearAdd), U(x.data), U(h.data), U(w.data), static_cast<uint64_t>(gemv->T),
          static_cast<uint64_t>(w.rows), static_cast<uint64_t>(gemv->K)});
   if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::GemvBf16(*gemv, stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::GemmBf16Many(std::span<const LinearJob> jobs, Tensor x, bool accumulate,
+                                       bool* done) {
+  *done = false;
+  // Up to kGemvMaxT rows the separate products keep to the few-row kernel
+  // (f32 activations) wherever it applies: no bf16 copy of x then.
+  if (x.rows <= cuda::kGemvMaxT) return absl::OkStatus();
+  for (const LinearJob& j : jobs) {
+    if (j.w.dtype != DType::kBF16) return absl::OkStatus();
+  }
+  *done = true;
+  const int T = static_cast<int>(x.rows), K = static_cast<int>(x.cols);
+  if (T == 0) return absl::OkStatus();
+  RETURN_IF_ERROR(ReserveScratch(x_bf16_, static_cast<size_t>(x.numel()) * sizeof(cuda::bf16)));
+  Trace({U(OpId::kGemmMany), U(x.data), U(x_bf16_.as<void>()), static_cast<uint64_t>(T),
+         static_cast<uint64_t>(K), jobs.size(), static_cast<uint64_t>(accumulate)});
+  for (const LinearJob& j : jobs) {
+    Trace({U(j.out.data), U(j.w.data), static_cast<uint64_t>(j.w.rows),
+           U(j.bias != nullptr ? j.bias->data : nullptr),
+           static_cast<uint64_t>(j.bias != nullptr ? j.bias->dtype : DType::kF32)});
+  }
+  if (Replaying()) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
+      x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
+  const float one = 1.f, beta = accumulate ? 1.f : 0.f;
+  for (const LinearJob& j : jobs) {
+    const int N = static_cast<int>(j.w.rows);
+    // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
+    CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one,
+                                        j.w.data, CUDA_R_16BF, K, x_bf16_.as<cuda::bf16>(),
+                                        CUDA_R_16BF, K, &beta, j.out.data, CUDA_R_32F, N,
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (j.bias != nullptr) {
+      CUDA_RETURN_IF_ERROR(cuda::AddBias(static_cast<float*>(j.out.data), j.bias->data,
+                                         ElemOf(j.bias->dtype), T, N, stream_));
+    }
+  }
   return absl::OkStatus();
 }
 
