@@ -154,6 +154,36 @@ TEST(CudaAttentionPlanTest, LongDecodeIsSplitToFillTheDeviceNotFiner) {
   EXPECT_EQ(plan->combine_items[0].n_slots, static_cast<int>(plan->split_items.size()));
 }
 
+TEST(CudaAttentionPlanTest, ManySessionsAreSplitToSpreadEvenlyOverTheSms) {
+  // 32 sessions decoding at 8192 tokens, 3 kv heads, 132 SMs that each fit 4
+  // split blocks: 2 blocks per SM would make 288 blocks (SMs with 3 beside SMs
+  // with 2); 3 per SM makes 384, 2.9 on every SM.
+  constexpr int kSessions = 32, kTokens = 8192;
+  std::vector<int32_t> table(kSessions * (kTokens / 64 + 1));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  std::vector<AttentionSeq> seqs(kSessions);
+  for (int i = 0; i < kSessions; ++i) {
+    seqs[i].q_row = i;
+    seqs[i].n_q = 1;
+    seqs[i].q_start = kTokens - 1;
+    seqs[i].block_table =
+        std::span<const int32_t>(table).subspan(i * (kTokens / 64 + 1), kTokens / 64 + 1);
+    seqs[i].dca = Dca(5120);
+  }
+  AttentionPlanShape shape = Shape(kSessions);
+  shape.n_blocks = static_cast<int64_t>(table.size());
+  shape.split_resident_blocks = 4;
+  auto plan = PlanAttention(seqs, shape);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const int64_t blocks = static_cast<int64_t>(plan->split_items.size()) * shape.n_kv_heads;
+  EXPECT_EQ(blocks, 384);
+  // Every session's key tiles are covered once, and each is combined.
+  int covered = 0;
+  for (const auto& item : plan->split_items) covered += item.tile_end - item.tile_begin;
+  EXPECT_EQ(covered, kSessions * kTokens / 64);
+  EXPECT_EQ(plan->combine_items.size(), static_cast<size_t>(kSessions));
+}
+
 TEST(CudaAttentionPlanTest, ARankWithoutKeysStillWritesItsRows) {
   const Runs none;
   const std::vector<int32_t> table;
