@@ -160,10 +160,11 @@ class CudaBackend final : public Backend {
   // Products of bf16 weights with more rows than the few-row kernel takes,
   // through cuBLAS with x converted to bf16 once for all of them: out = x w^T
   // (+ bias), or out += x w^T with `accumulate` (the GEMM's beta, so no
-  // separate add). False in *done for at most kGemvMaxT rows or a weight not
-  // in bf16: the caller composes the separate ops then.
-  absl::Status GemmBf16Many(std::span<const LinearJob> jobs, Tensor x, bool accumulate,
-                            bool* done);
+  // separate add). False for at most kGemvMaxT rows or a weight not in bf16:
+  // the caller composes the separate ops then.
+  absl::StatusOr<bool> GemmBf16Many(std::span<const LinearJob> jobs, Tensor x, bool accumulate);
+  // job.out (+)= x_bf16_[T, K] job.w^T (+ job.bias), bf16 weights, f32 out.
+  absl::Status GemmBf16(const LinearJob& job, int T, int K, float beta);
 
   absl::Status BeginStep() override { return graph_.Begin(); }
   absl::Status EndStep(bool launch) override { return graph_.End(launch); }
@@ -571,20 +572,16 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
     CUDA_RETURN_IF_ERROR(cuda::GemvBf16(*gemv, stream_));
     return absl::OkStatus();
   }
-  const float one = 1.f, zero = 0.f;
-  // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
   if (w.dtype == DType::kBF16) {
     CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
         x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
-    CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
-                                        CUDA_R_16BF, K, x_bf16_.as<cuda::bf16>(), CUDA_R_16BF, K,
-                                        &zero, out.data, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
-                                        CUBLAS_GEMM_DEFAULT));
-  } else {
-    CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
-                                        CUDA_R_32F, K, x.data, CUDA_R_32F, K, &zero, out.data,
-                                        CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return GemmBf16(job, T, K, 0.f);
   }
+  const float one = 1.f, zero = 0.f;
+  // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
+  CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, w.data,
+                                      CUDA_R_32F, K, x.data, CUDA_R_32F, K, &zero, out.data,
+                                      CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (bias != nullptr) {
     CUDA_RETURN_IF_ERROR(cuda::AddBias(static_cast<float*>(out.data), bias->data,
                                        ElemOf(bias->dtype), T, N, stream_));
@@ -598,8 +595,7 @@ absl::Status CudaBackend::LinearMany(std::span<const LinearJob> jobs, Tensor x) 
   for (const LinearJob& j : jobs) RETURN_IF_ERROR(RequireF32(j.out, "LinearMany", "out"));
   const std::optional<cuda::GemvParams> gemv = FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore);
   if (!gemv.has_value()) {
-    bool done = false;
-    RETURN_IF_ERROR(GemmBf16Many(jobs, x, /*accumulate=*/false, &done));
+    ASSIGN_OR_RETURN(const bool done, GemmBf16Many(jobs, x, /*accumulate=*/false));
     return done ? absl::OkStatus() : Backend::LinearMany(jobs, x);
   }
   Trace({U(OpId::kLinearMany), U(x.data), static_cast<uint64_t>(gemv->T),
@@ -624,8 +620,7 @@ absl::Status CudaBackend::LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tens
       FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up);
   if (!gemv.has_value()) {
     const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
-    bool done = false;
-    RETURN_IF_ERROR(GemmBf16Many(both, x, /*accumulate=*/false, &done));
+    ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false));
     return done ? SwiGlu(out, out, scratch) : Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
   }
   Trace({U(OpId::kLinearSwiGlu), U(out.data), U(x.data), U(w_gate.data), U(w_up.data),
@@ -643,8 +638,7 @@ absl::Status CudaBackend::LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor 
   const LinearJob job{x, w, nullptr};
   const std::optional<cuda::GemvParams> gemv = FewRowGemv({&job, 1}, h, cuda::GemvEpilogue::kAdd);
   if (!gemv.has_value()) {
-    bool done = false;
-    RETURN_IF_ERROR(GemmBf16Many({&job, 1}, h, /*accumulate=*/true, &done));
+    ASSIGN_OR_RETURN(const bool done, GemmBf16Many({&job, 1}, h, /*accumulate=*/true));
     return done ? absl::OkStatus() : Backend::LinearAddInPlace(x, h, w, scratch);
   }
   Trace({U(OpId::kLinearAdd), U(x.data), U(h.data), U(w.data), static_cast<uint64_t>(gemv->T),
@@ -654,18 +648,15 @@ absl::Status CudaBackend::LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor 
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::GemmBf16Many(std::span<const LinearJob> jobs, Tensor x, bool accumulate,
-                                       bool* done) {
-  *done = false;
+absl::StatusOr<bool> CudaBackend::GemmBf16Many(std::span<const LinearJob> jobs, Tensor x,
+                                               bool accumulate) {
   // Up to kGemvMaxT rows the separate products keep to the few-row kernel
   // (f32 activations) wherever it applies: no bf16 copy of x then.
-  if (x.rows <= cuda::kGemvMaxT) return absl::OkStatus();
+  if (x.rows <= cuda::kGemvMaxT) return false;
   for (const LinearJob& j : jobs) {
-    if (j.w.dtype != DType::kBF16) return absl::OkStatus();
+    if (j.w.dtype != DType::kBF16) return false;
   }
-  *done = true;
   const int T = static_cast<int>(x.rows), K = static_cast<int>(x.cols);
-  if (T == 0) return absl::OkStatus();
   RETURN_IF_ERROR(ReserveScratch(x_bf16_, static_cast<size_t>(x.numel()) * sizeof(cuda::bf16)));
   Trace({U(OpId::kGemmMany), U(x.data), U(x_bf16_.as<void>()), static_cast<uint64_t>(T),
          static_cast<uint64_t>(K), jobs.size(), static_cast<uint64_t>(accumulate)});
@@ -674,21 +665,24 @@ absl::Status CudaBackend::GemmBf16Many(std::span<const LinearJob> jobs, Tensor x
            U(j.bias != nullptr ? j.bias->data : nullptr),
            static_cast<uint64_t>(j.bias != nullptr ? j.bias->dtype : DType::kF32)});
   }
-  if (Replaying()) return absl::OkStatus();
+  if (Replaying()) return true;
   CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
       x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
-  const float one = 1.f, beta = accumulate ? 1.f : 0.f;
-  for (const LinearJob& j : jobs) {
-    const int N = static_cast<int>(j.w.rows);
-    // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
-    CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one,
-                                        j.w.data, CUDA_R_16BF, K, x_bf16_.as<cuda::bf16>(),
-                                        CUDA_R_16BF, K, &beta, j.out.data, CUDA_R_32F, N,
-                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (j.bias != nullptr) {
-      CUDA_RETURN_IF_ERROR(cuda::AddBias(static_cast<float*>(j.out.data), j.bias->data,
-                                         ElemOf(j.bias->dtype), T, N, stream_));
-    }
+  for (const LinearJob& j : jobs) RETURN_IF_ERROR(GemmBf16(j, T, K, accumulate ? 1.f : 0.f));
+  return true;
+}
+
+absl::Status CudaBackend::GemmBf16(const LinearJob& job, int T, int K, float beta) {
+  const int N = static_cast<int>(job.w.rows);
+  const float one = 1.f;
+  // Row-major out[T, N] = x[T, K] w[N, K]^T is column-major out^T = w^T-view * x.
+  CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, T, K, &one, job.w.data,
+                                      CUDA_R_16BF, K, x_bf16_.as<cuda::bf16>(), CUDA_R_16BF, K,
+                                      &beta, job.out.data, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT));
+  if (job.bias != nullptr) {
+    CUDA_RETURN_IF_ERROR(cuda::AddBias(static_cast<float*>(job.out.data), job.bias->data,
+                                       ElemOf(job.bias->dtype), T, N, stream_));
   }
   return absl::OkStatus();
 }
