@@ -39,6 +39,10 @@ void SwiGlu(float* out,               // [T, F] (may alias gate)
 // x += y
 void AddInPlace(float* x, const float* y, int64_t n);
 
+// The index of the largest of x[0 .. n), the lowest among equals (as
+// std::max_element on finite values); NaN never wins, a row of NaN gives 0.
+int32_t ArgMax(const float* x, int64_t n);
+
 // out[i] = lo + (hi − lo) · u(seed, i) with u uniform in [0, 1) from a
 // counter-based hash (kernels/uniform_fill.h): synthetic weights for benchmarks,
 // identical on every backend.

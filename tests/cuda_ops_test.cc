@@ -526,6 +526,37 @@ TEST_F(CudaOpsTest, GatherRowsMatchesCpuAndRejectsBadRow) {
   }
 }
 
+TEST_F(CudaOpsTest, ArgMaxRowsMatchesCpu) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int cols : {1, 63, 64, 65, 1000, 4097, 49152}) {
+    const int rows = 7;
+    std::vector<float> x = RandomVec(static_cast<size_t>(rows) * cols, rng_);
+    std::uniform_int_distribution<int> col(0, cols - 1);
+    // Row 1: the maximum twice (the first wins); row 2: NaN around its maximum;
+    // row 3: all NaN; row 4: all -inf; row 5: the maximum in the last column.
+    float* r1 = x.data() + cols;
+    const int a = col(rng_), b = col(rng_);
+    r1[a] = r1[b] = 9.f;
+    float* r2 = x.data() + 2 * cols;
+    for (int c = 0; c < cols; c += 3) r2[c] = nan;
+    std::fill(x.begin() + 3 * cols, x.begin() + 4 * cols, nan);
+    std::fill(x.begin() + 4 * cols, x.begin() + 5 * cols, -inf);
+    x[size_t{6} * cols - 1] = 9.f;
+    std::vector<int32_t> ref(rows);
+    for (int r = 0; r < rows; ++r) ref[r] = cpu::ArgMax(x.data() + int64_t{r} * cols, cols);
+    ASSERT_EQ(ref[1], std::min(a, b));
+    ASSERT_EQ(ref[3], 0);
+    auto xt = MakeTensor(gpu_.get(), DType::kF32, rows, cols, x);
+    std::vector<int32_t> got(rows, -7);
+    ASSERT_TRUE(gpu_->ArgMaxRows(xt.t, got).ok());
+    EXPECT_EQ(got, ref) << "cols " << cols;
+  }
+  auto xt = MakeTensor(gpu_.get(), DType::kF32, 2, 8, std::vector<float>(16, 1.f));
+  std::vector<int32_t> three(3);
+  EXPECT_EQ(gpu_->ArgMaxRows(xt.t, three).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(CudaOpsTest, KvWriteLandsInPagedLayout) {
   KvGeometry g{.n_layers = 3, .n_kv_heads = 3, .head_dim = 64, .block_size = 16, .n_blocks = 70};
   ASSERT_TRUE(gpu_->InitKv(g).ok());

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "engine/backend/cuda/cuda_backend.h"
@@ -81,7 +82,10 @@ Runner Make(bool graphs) {
 }
 
 // One decode step of the first `n` sessions; token ids from the step number.
-std::vector<float> Step(Runner& r, int n, int step) {
+// Items take `modes[i]` where given (kLast otherwise); greedy tokens go to
+// greedy[i].
+std::vector<float> Step(Runner& r, int n, int step, std::span<const LogitsMode> modes = {},
+                        int32_t* greedy = nullptr) {
   std::vector<int32_t> tokens(static_cast<size_t>(n));
   std::vector<StepItem> items(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
@@ -89,7 +93,9 @@ std::vector<float> Step(Runner& r, int n, int step) {
     cpu::DcaParams dca;
     dca.chunk_len = 128;  // DCA with chunks of two blocks
     dca.chunk_size = 192;
-    items[i] = StepItem{&r.seqs[i], {&tokens[i], 1}, LogitsMode::kLast, dca};
+    const LogitsMode mode = i < static_cast<int>(modes.size()) ? modes[i] : LogitsMode::kLast;
+    items[i] = StepItem{&r.seqs[i], {&tokens[i], 1}, mode, dca};
+    if (greedy != nullptr) items[i].greedy_token = greedy + i;
   }
   std::vector<float> logits;
   const absl::Status s = r.model->Forward(items, &logits);
@@ -97,22 +103,25 @@ std::vector<float> Step(Runner& r, int n, int step) {
   return logits;
 }
 
+// Sessions of different lengths, prefilled op by op (several tokens per item).
+void Prefill(Runner& r) {
+  const int lengths[] = {70, 129, 250, 3};
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> prompt(static_cast<size_t>(lengths[i]));
+    for (int j = 0; j < lengths[i]; ++j) prompt[j] = (j * 13 + i) % 1000;
+    StepItem item{&r.seqs[i], prompt, LogitsMode::kNone, {}};
+    item.dca.chunk_len = 128;
+    item.dca.chunk_size = 192;
+    ASSERT_TRUE(r.model->Forward({&item, 1}, nullptr).ok());
+  }
+}
+
 TEST(CudaStepGraphTest, ReplayedDecodeMatchesOpByOp) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   Runner on = Make(true), off = Make(false);
   ASSERT_TRUE(on.model && off.model);
-  // Sessions of different lengths, prefilled op by op (several tokens per item).
-  const int lengths[] = {70, 129, 250, 3};
-  for (Runner* r : {&on, &off}) {
-    for (int i = 0; i < 4; ++i) {
-      std::vector<int32_t> prompt(static_cast<size_t>(lengths[i]));
-      for (int j = 0; j < lengths[i]; ++j) prompt[j] = (j * 13 + i) % 1000;
-      StepItem item{&r->seqs[i], prompt, LogitsMode::kNone, {}};
-      item.dca.chunk_len = 128;
-      item.dca.chunk_size = 192;
-      ASSERT_TRUE(r->model->Forward({&item, 1}, nullptr).ok());
-    }
-  }
+  Prefill(on);
+  Prefill(off);
   double worst = 0;
   // 3 sessions for 70 steps (crossing block and chunk boundaries), then 4.
   for (int step = 0; step < 90; ++step) {
@@ -145,6 +154,36 @@ TEST(CudaStepGraphTest, ReplayedDecodeMatchesOpByOp) {
   ASSERT_TRUE(st_off.ok());
   EXPECT_EQ(st_off->captures, 0);
   EXPECT_EQ(st_off->replays, 0);
+}
+
+// Greedy items of replayed steps get the argmax (on the device) of the logits
+// the same step gives kLast items; items beside them still get their logits.
+TEST(CudaStepGraphTest, GreedyTokensOfReplayedStepsAreTheArgmaxOfTheLogits) {
+  if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
+  Runner ref = Make(true), mix = Make(true);
+  ASSERT_TRUE(ref.model && mix.model);
+  Prefill(ref);
+  Prefill(mix);
+  const LogitsMode modes[] = {LogitsMode::kGreedy, LogitsMode::kLast, LogitsMode::kGreedy,
+                              LogitsMode::kGreedy};
+  const int V = SmallConfig().vocab_size;
+  for (int step = 0; step < 20; ++step) {
+    const int n = step < 10 ? 3 : 4;
+    int32_t greedy[4] = {-1, -1, -1, -1};
+    const std::vector<float> a = Step(ref, n, step);
+    const std::vector<float> b = Step(mix, n, step, modes, greedy);
+    ASSERT_EQ(a.size(), size_t(n) * V);
+    ASSERT_EQ(b.size(), size_t{1} * V);
+    EXPECT_LE(RelErr(b, std::vector<float>(a.begin() + V, a.begin() + 2 * V)), 1e-6);
+    for (int i : {0, 2, 3}) {
+      if (i >= n) continue;
+      EXPECT_EQ(greedy[i], cpu::ArgMax(a.data() + int64_t{i} * V, V))
+          << "step " << step << ", item " << i;
+    }
+  }
+  auto st = GetCudaStepGraphStats(*mix.backend);
+  ASSERT_TRUE(st.ok());
+  EXPECT_GE(st->replays, 10);
 }
 
 TEST(CudaStepGraphTest, NotACudaBackend) {

@@ -13,6 +13,7 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 #include "gtest/gtest.h"
+#include "kernels/ops.h"
 #include "tests/model_test_util.h"
 
 namespace longctx {
@@ -124,6 +125,53 @@ TEST_F(ModelIncrementalTest, DecodeAfterPrefillEqualsPrefillOfExtendedText) {
               std::vector<float>(whole.begin() + static_cast<int64_t>(prompt - 1) * V,
                                  whole.begin() + static_cast<int64_t>(total - 1) * V),
               V, "decode");
+}
+
+// kGreedy items get the argmax of the logits a kLast item gets, in a decode
+// step (one token per item) and in a prefill step, mixed with items that
+// download their logits; only those come back as logit rows.
+TEST_F(ModelIncrementalTest, GreedyItemsGetTheArgmaxOfTheirLogits) {
+  const int V = model_->config().vocab_size;
+  const int lengths[] = {40, 7, 25};
+  const LogitsMode modes[] = {LogitsMode::kGreedy, LogitsMode::kAll, LogitsMode::kGreedy};
+  // Two copies of three sessions: a reference (kLast everywhere), and the mix.
+  KvSequence ref[3], mix[3];
+  for (int step = 0; step < 3; ++step) {
+    // Step 0 prefills several tokens per item; steps 1 and 2 decode one.
+    std::vector<StepItem> ref_items, mix_items;
+    int32_t greedy[3] = {-1, -1, -1};
+    for (int i = 0; i < 3; ++i) {
+      const int at = step == 0 ? 0 : lengths[i] + step - 1;
+      const size_t n = step == 0 ? static_cast<size_t>(lengths[i]) : 1;
+      const std::span<const int32_t> toks(tokens_.data() + 100 * i + at, n);
+      ref_items.push_back(StepItem{&ref[i], toks, LogitsMode::kLast, params_});
+      mix_items.push_back(StepItem{&mix[i], toks, modes[i], params_});
+      mix_items.back().greedy_token = &greedy[i];
+    }
+    std::vector<float> ref_logits, mix_logits;
+    ASSERT_TRUE(model_->Forward(ref_items, &ref_logits).ok());
+    ASSERT_TRUE(model_->Forward(mix_items, &mix_logits).ok());
+    ASSERT_EQ(ref_logits.size(), size_t{3} * V);
+    const size_t all_rows = step == 0 ? static_cast<size_t>(lengths[1]) : 1;
+    ASSERT_EQ(mix_logits.size(), all_rows * V) << "step " << step;
+    for (int i : {0, 2}) {
+      EXPECT_EQ(greedy[i], cpu::ArgMax(ref_logits.data() + size_t{1} * i * V, V))
+          << "step " << step << ", item " << i;
+    }
+    // The kAll item's last row is the reference's kLast row.
+    const std::vector<float> last(mix_logits.end() - V, mix_logits.end());
+    const std::vector<float> ref_last(ref_logits.begin() + V, ref_logits.begin() + 2 * V);
+    ExpectClose(last, ref_last, V, "kAll row beside greedy items");
+  }
+  // A greedy item without a place for its token is refused before anything runs.
+  StepItem bad{&mix[0], {tokens_.data(), 1}, LogitsMode::kGreedy, params_};
+  std::vector<float> logits;
+  EXPECT_EQ(model_->Forward({&bad, 1}, &logits).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mix[0].length(), lengths[0] + 2);
+  for (int i = 0; i < 3; ++i) {
+    model_->kv_cache().Release(ref[i]);
+    model_->kv_cache().Release(mix[i]);
+  }
 }
 
 }  // namespace

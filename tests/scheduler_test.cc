@@ -42,14 +42,17 @@ class FakeModel final : public StepModel {
   int vocab_size() const override { return kVocab; }
   int head_dim() const override { return 2; }
   KvCache& kv_cache() override { return *kv_; }
+  bool greedy_tokens() const override { return greedy_tokens_; }
 
   absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits) override {
     {
       // Recorded first, so a paused step is visible to the test.
       absl::MutexLock lock(&mu_);
       std::vector<std::pair<const KvSequence*, int>> step;
-      for (const StepItem& it : items)
+      for (const StepItem& it : items) {
         step.emplace_back(it.seq, static_cast<int>(it.tokens.size()));
+        modes_.push_back(it.logits);
+      }
       steps_.push_back(std::move(step));
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !paused_; };
       mu_.Await(absl::Condition(&ready));
@@ -77,6 +80,12 @@ class FakeModel final : public StepModel {
           const auto row = FakeLogits(hist);
           logits->insert(logits->end(), row.begin(), row.end());
         }
+        if (it.logits == LogitsMode::kGreedy && i + 1 == it.tokens.size()) {
+          EXPECT_TRUE(greedy_tokens_);
+          const auto row = FakeLogits(hist);
+          *it.greedy_token =
+              static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+        }
       }
     }
     return absl::OkStatus();
@@ -98,7 +107,13 @@ class FakeModel final : public StepModel {
     absl::MutexLock lock(&mu_);
     return steps_.size();
   }
+  // The logits mode of every item so far, in order.
+  std::vector<LogitsMode> Modes() {
+    absl::MutexLock lock(&mu_);
+    return modes_;
+  }
   std::atomic<bool> fail_next_{false};
+  bool greedy_tokens_ = false;  // set before the scheduler starts
 
  private:
   CpuBackend backend_;
@@ -107,6 +122,7 @@ class FakeModel final : public StepModel {
   absl::Mutex mu_;
   bool paused_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::vector<std::pair<const KvSequence*, int>>> steps_ ABSL_GUARDED_BY(mu_);
+  std::vector<LogitsMode> modes_ ABSL_GUARDED_BY(mu_);
 };
 
 // The log-probability the fake model gives `tokens[i]` after `tokens[0..i)`.
@@ -133,8 +149,9 @@ std::shared_ptr<Session> NewSession(const std::string& id, int64_t window = 1 <<
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  void Start(int64_t blocks = 4096, SchedulerOptions options = {}) {
+  void Start(int64_t blocks = 4096, SchedulerOptions options = {}, bool greedy_tokens = false) {
     model_ = std::make_unique<FakeModel>(blocks);
+    model_->greedy_tokens_ = greedy_tokens;
     scheduler_ = std::make_unique<Scheduler>(model_.get(), options, &stats_);
   }
   void TearDown() override {
@@ -279,6 +296,45 @@ TEST_F(SchedulerTest, GenerateRollsBackUnlessPersist) {
   want.push_back(62);
   EXPECT_EQ(Log(s), want);
   EXPECT_EQ(s->tokens(), 33);
+}
+
+// With a model that picks greedy tokens itself, greedy requests ask it for
+// them (no logits back) and get the same answer; sampling at a temperature
+// still takes the logits.
+TEST_F(SchedulerTest, GreedyRequestsTakeTheModelsGreedyTokens) {
+  std::vector<int32_t> with_logits;
+  for (bool greedy_tokens : {false, true}) {
+    Start(4096, {}, greedy_tokens);
+    auto s = NewSession("a");
+    ASSERT_TRUE(Ingest(s, Tokens(20)).ok());
+    GenerateJob job;
+    job.session = s;
+    job.prompt = Tokens(6, 9);
+    job.max_tokens = 8;
+    GenerateOutcome out = Generate(job);
+    ASSERT_TRUE(out.result.ok()) << out.result.status();
+    ASSERT_EQ(out.tokens.size(), 8u);
+    const std::vector<LogitsMode> modes = model_->Modes();
+    const auto count = [&](LogitsMode m) { return std::count(modes.begin(), modes.end(), m); };
+    if (!greedy_tokens) {
+      with_logits = out.tokens;
+      EXPECT_EQ(count(LogitsMode::kGreedy), 0);
+      EXPECT_EQ(count(LogitsMode::kLast), 8);
+    } else {
+      EXPECT_EQ(out.tokens, with_logits);
+      EXPECT_EQ(count(LogitsMode::kGreedy), 8);
+      EXPECT_EQ(count(LogitsMode::kLast), 0);
+      job.sampling.temperature = 0.8f;
+      job.sampling.seed = 5;
+      ASSERT_TRUE(Generate(job).result.ok());
+      const std::vector<LogitsMode> warm = model_->Modes();
+      EXPECT_EQ(
+          std::count(warm.begin() + static_cast<long>(modes.size()), warm.end(), LogitsMode::kLast),
+          8);
+    }
+    scheduler_->Stop();
+    scheduler_.reset();
+  }
 }
 
 TEST_F(SchedulerTest, StopTokenAndStopCallbackEndGeneration) {

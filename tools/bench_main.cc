@@ -35,6 +35,7 @@
 #include "engine/model/llama_model.h"
 #include "engine/model/synthetic_model.h"
 #include "engine/util/status_macros.h"
+#include "kernels/ops.h"
 #include "tools/tool_flags.h"
 #ifdef LONGCTX_WITH_CUDA
 #include "engine/backend/cuda/cuda_backend.h"
@@ -51,6 +52,9 @@ ABSL_FLAG(std::string, batch, "1", "sessions decoded together in one step, e.g. 
 ABSL_FLAG(std::string, attention, "dca", "dca (the model's default DCA settings) or rope");
 ABSL_FLAG(std::string, graphs, "both",
           "CUDA step graphs during decode: on, off, or both (each timed)");
+ABSL_FLAG(std::string, tokens, "device",
+          "decode: device (each session's greedy token picked on the device, as longctxd does "
+          "for greedy requests) or host (all logits downloaded, argmax on the host, not timed)");
 ABSL_FLAG(int, copy_mib, 1024,
           "CUDA: MiB per device-to-device copy measuring bandwidth (0: no floor columns)");
 ABSL_FLAG(bool, max_context, false,
@@ -82,6 +86,7 @@ struct Options {
   int chunk = 512;
   int repeats = 1;
   bool dca = true;
+  bool device_tokens = true;  // --tokens=device
 };
 
 absl::StatusOr<std::vector<int>> ParseList(const std::string& s, const char* flag) {
@@ -117,10 +122,6 @@ struct KvRow {
   int length = 0;
   double session_bytes_per_token = 0;
 };
-
-int32_t ArgMax(const float* row, int64_t n) {
-  return static_cast<int32_t>(std::max_element(row, row + n) - row);
-}
 
 class Bench {
  public:
@@ -199,12 +200,18 @@ absl::Status Bench::Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& 
     }
 #endif
     for (size_t i = 0; i < seqs.size(); ++i) {
-      items[i] = StepItem{seqs[i], {&next[i], 1}, LogitsMode::kLast, Dca(seqs[i]->length() + 1)};
+      items[i] = StepItem{seqs[i],
+                          {&next[i], 1},
+                          opt_.device_tokens ? LogitsMode::kGreedy : LogitsMode::kLast,
+                          Dca(seqs[i]->length() + 1)};
+      // Written after the step has read every item's input token.
+      items[i].greedy_token = &next[i];
     }
     const auto t0 = Clock::now();
     RETURN_IF_ERROR(model_->Forward(items, &logits));
     if (step >= kWarmupSteps) timed += Seconds(t0);
-    for (size_t i = 0; i < seqs.size(); ++i) next[i] = ArgMax(logits.data() + i * V, V);
+    if (opt_.device_tokens) continue;
+    for (size_t i = 0; i < seqs.size(); ++i) next[i] = cpu::ArgMax(logits.data() + i * V, V);
   }
   row->step_ms = timed * 1e3 / opt_.decode;
 #ifdef LONGCTX_WITH_CUDA
@@ -378,7 +385,7 @@ absl::Status Bench::Run() {
     }
     prefill_.push_back({n, best});
     std::fprintf(stderr, "prefill %d tokens: %.3f s, %.1f tok/s\n", n, best, n / best);
-    const int32_t first = ArgMax(logits.data(), c.vocab_size);
+    const int32_t first = cpu::ArgMax(logits.data(), c.vocab_size);
 
     for (int b : opt_.batches) {
       // Extra sessions: KV reserved to the same length, not computed.
@@ -452,9 +459,10 @@ void Bench::PrintTables() const {
     std::printf("| %d | %.3f | %.1f |\n", r.length, r.seconds, r.length / r.seconds);
   }
   std::printf(
-      "\n### Decode (%d timed steps after %d warm-up steps; step = one forward call, "
-      "host argmax excluded)\n\n",
-      opt_.decode, kWarmupSteps);
+      "\n### Decode (%d timed steps after %d warm-up steps; step = one forward call, %s)\n\n",
+      opt_.decode, kWarmupSteps,
+      opt_.device_tokens ? "greedy tokens picked on the device"
+                         : "logits downloaded, host argmax excluded");
   std::printf(
       "| context | sessions | graphs | step ms | tok/s | kernels/step | replayed | floor ms | "
       "achieved/floor | GB read/step | note |\n"
@@ -526,6 +534,11 @@ int Run() {
   } else {
     return std::fprintf(stderr, "bad --graphs (on, off or both)\n"), 2;
   }
+  const std::string tokens = absl::GetFlag(FLAGS_tokens);
+  if (tokens != "device" && tokens != "host") {
+    return std::fprintf(stderr, "bad --tokens (device or host)\n"), 2;
+  }
+  opt.device_tokens = tokens == "device";
   auto host = LoadHostModel(absl::GetFlag(FLAGS_model));
   if (!host.ok()) return std::fprintf(stderr, "%s\n", host.status().ToString().c_str()), 1;
   Bench bench(std::move(opt), std::move(*backend), std::move(*host));

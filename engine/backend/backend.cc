@@ -64,6 +64,17 @@ absl::Status Backend::FillUniform(Tensor dst, uint64_t seed, float lo, float hi)
   return Upload(dst, host.data());
 }
 
+absl::Status Backend::ArgMaxRows(Tensor x, std::span<int32_t> out) {
+  if (x.rows != static_cast<int64_t>(out.size()) || (x.rows > 0 && x.cols <= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ArgMaxRows: ", x.rows, " rows for ", out.size(), " results"));
+  }
+  std::vector<float> host(static_cast<size_t>(x.numel()));
+  RETURN_IF_ERROR(Download(host.data(), x));
+  for (size_t r = 0; r < out.size(); ++r) out[r] = cpu::ArgMax(host.data() + r * x.cols, x.cols);
+  return absl::OkStatus();
+}
+
 absl::Status Backend::MergeAttention(Tensor, Tensor, int, int) {
   return absl::UnimplementedError(
       absl::StrCat("the ", Name(), " backend has no context-parallel attention"));

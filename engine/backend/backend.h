@@ -152,6 +152,12 @@ class Backend {
                                  std::span<const float> inv_freq) = 0;
   // out[r] = src[rows[r]]
   virtual absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) = 0;
+  // out[r] = the column of row r of x ([out.size(), N]) holding its largest
+  // value, the lowest among equals (std::max_element's choice); NaN never wins
+  // (a row of NaN only gives 0). Results on the host: the greedy tokens of
+  // logit rows without their download. Reads results back, so not inside a
+  // step bracket. The default downloads the rows and searches on the host.
+  virtual absl::Status ArgMaxRows(Tensor x, std::span<int32_t> out);
   // dst = cpu::FillUniform(seed, lo, hi) in dst's dtype: synthetic weights made
   // where they live. The default generates on the host and uploads.
   virtual absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi);

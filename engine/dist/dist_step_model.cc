@@ -36,6 +36,8 @@ int64_t LogitRows(const GroupCommand& c) {
       return 1;
     case LogitsMode::kAll:
       return c.n_tokens;
+    case LogitsMode::kGreedy:  // refused before a command is sent
+      return 0;
   }
   return 0;
 }
@@ -301,6 +303,9 @@ absl::Status DistStepModel::Forward(std::span<const StepItem> items, std::vector
 }
 
 absl::Status DistStepModel::StepItemOnGroup(const StepItem& item, std::vector<float>* logits) {
+  if (item.logits == LogitsMode::kGreedy) {
+    return absl::UnimplementedError("group: greedy items are not supported (greedy_tokens())");
+  }
   KvSequence& seq = *item.seq;
   auto it = placed_.find(&seq);
   if (it == placed_.end()) {

@@ -15,6 +15,36 @@ struct LlamaModel::Layer {
   bool has_bias = false;
 };
 
+// The hidden-state rows whose logits a step computes: the downloaded ones
+// (kLast, kAll; only when the caller takes logits) first, in item order, then
+// the greedy ones with their items.
+struct LlamaModel::LogitRows {
+  // new_tokens[i]: rows of item i in the step's hidden states.
+  LogitRows(std::span<const StepItem> items, std::span<const int> new_tokens, bool want_logits) {
+    int64_t row = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const int n = new_tokens[i];
+      if (want_logits && items[i].logits == LogitsMode::kAll) {
+        for (int r = 0; r < n; ++r) rows.push_back(static_cast<int32_t>(row + r));
+      } else if (want_logits && items[i].logits == LogitsMode::kLast) {
+        rows.push_back(static_cast<int32_t>(row + n - 1));
+      }
+      row += n;
+    }
+    n_full = static_cast<int64_t>(rows.size());
+    row = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      row += new_tokens[i];
+      if (items[i].logits != LogitsMode::kGreedy) continue;
+      rows.push_back(static_cast<int32_t>(row - 1));
+      greedy_items.push_back(i);
+    }
+  }
+  std::vector<int32_t> rows;
+  int64_t n_full = 0;
+  std::vector<size_t> greedy_items;
+};
+
 namespace {
 
 // Rows of logits computed per pass, bounding scratch for long kAll requests.
@@ -175,6 +205,9 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
       return absl::InvalidArgumentError(
           "forward: every item needs tokens and either a sequence or external attention");
     }
+    if (it.logits == LogitsMode::kGreedy && it.greedy_token == nullptr) {
+      return absl::InvalidArgumentError("forward: a greedy item needs somewhere to put its token");
+    }
     if (it.external != nullptr && items.size() != 1) {
       return absl::InvalidArgumentError("forward: an item with external attention runs alone");
     }
@@ -248,16 +281,14 @@ bool LlamaModel::IsDecodeStep(std::span<const StepItem> items) {
 absl::Status LlamaModel::RunBracketedStep(std::span<const StepItem> items, int64_t total,
                                           std::vector<float>* logits) {
   // One token per item: item i's hidden state is row i.
-  std::vector<int32_t> rows;
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].logits != LogitsMode::kNone) rows.push_back(static_cast<int32_t>(i));
-  }
-  const int64_t n = static_cast<int64_t>(rows.size());
+  const std::vector<int> one(items.size(), 1);
+  const LogitRows plan(items, one, logits != nullptr);
+  const int64_t n = static_cast<int64_t>(plan.rows.size());
   RETURN_IF_ERROR(backend_->BeginStep());
   absl::Status status = RunLayers(items, total);
   Tensor h = logits_rows_.Rows(0, n), out = logits_.Rows(0, n);
-  if (status.ok() && logits != nullptr && n > 0) {
-    status = backend_->GatherRows(h, x_, rows);
+  if (status.ok() && n > 0) {
+    status = backend_->GatherRows(h, x_, plan.rows);
     if (status.ok()) status = backend_->RmsNorm(h, h, output_norm_, config_.rms_eps);
     if (status.ok()) status = backend_->Linear(out, h, output_, nullptr);
   }
@@ -267,10 +298,29 @@ absl::Status LlamaModel::RunBracketedStep(std::span<const StepItem> items, int64
   if (absl::IsAborted(ended)) return ended;
   RETURN_IF_ERROR(status);
   RETURN_IF_ERROR(ended);
-  if (logits == nullptr) return backend_->Synchronize();
-  logits->resize(static_cast<size_t>(n * config_.vocab_size));
-  if (n > 0) RETURN_IF_ERROR(backend_->Download(logits->data(), out));
+  if (logits != nullptr) logits->resize(static_cast<size_t>(plan.n_full * config_.vocab_size));
+  RETURN_IF_ERROR(EmitLogitRows(plan, 0, out, items, logits));
   return backend_->Synchronize();
+}
+
+absl::Status LlamaModel::EmitLogitRows(const LogitRows& plan, int64_t first, Tensor out,
+                                       std::span<const StepItem> items,
+                                       std::vector<float>* logits) {
+  const int64_t end = first + out.rows;
+  const int64_t full_end = std::min(end, plan.n_full);
+  if (first < full_end) {
+    RETURN_IF_ERROR(backend_->Download(logits->data() + first * config_.vocab_size,
+                                       out.Rows(0, full_end - first)));
+  }
+  const int64_t greedy_first = std::max(first, plan.n_full);
+  if (greedy_first >= end) return absl::OkStatus();
+  std::vector<int32_t> tokens(static_cast<size_t>(end - greedy_first));
+  RETURN_IF_ERROR(backend_->ArgMaxRows(out.Rows(greedy_first - first, end - greedy_first), tokens));
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const size_t item = plan.greedy_items[static_cast<size_t>(greedy_first - plan.n_full) + t];
+    *items[item].greedy_token = tokens[t];
+  }
+  return absl::OkStatus();
 }
 
 absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t total) {
@@ -343,28 +393,24 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
 absl::Status LlamaModel::ComputeLogits(std::span<const StepItem> items,
                                        std::span<const int> old_length,
                                        std::vector<float>* logits) {
-  std::vector<int32_t> rows;
-  int64_t row = 0;
+  std::vector<int> new_tokens;
+  new_tokens.reserve(items.size());
   for (size_t i = 0; i < items.size(); ++i) {
-    const int n = items[i].seq != nullptr ? items[i].seq->length() - old_length[i]
-                                          : static_cast<int>(items[i].tokens.size());
-    if (items[i].logits == LogitsMode::kAll) {
-      for (int r = 0; r < n; ++r) rows.push_back(static_cast<int32_t>(row + r));
-    } else if (items[i].logits == LogitsMode::kLast) {
-      rows.push_back(static_cast<int32_t>(row + n - 1));
-    }
-    row += n;
+    new_tokens.push_back(items[i].seq != nullptr ? items[i].seq->length() - old_length[i]
+                                                 : static_cast<int>(items[i].tokens.size()));
   }
-  const int64_t V = config_.vocab_size;
-  if (logits == nullptr) return absl::OkStatus();
-  logits->resize(rows.size() * static_cast<size_t>(V));
-  for (size_t first = 0; first < rows.size(); first += kLogitRowsPerPass) {
-    const int64_t n = std::min<int64_t>(kLogitRowsPerPass, static_cast<int64_t>(rows.size() - first));
+  const LogitRows plan(items, new_tokens, logits != nullptr);
+  if (logits != nullptr) logits->resize(static_cast<size_t>(plan.n_full * config_.vocab_size));
+  const int64_t n_rows = static_cast<int64_t>(plan.rows.size());
+  for (int64_t first = 0; first < n_rows; first += kLogitRowsPerPass) {
+    const int64_t n = std::min(kLogitRowsPerPass, n_rows - first);
     Tensor h = logits_rows_.Rows(0, n), out = logits_.Rows(0, n);
-    RETURN_IF_ERROR(backend_->GatherRows(h, x_, std::span<const int32_t>(rows).subspan(first, n)));
+    RETURN_IF_ERROR(backend_->GatherRows(h, x_,
+                                         std::span<const int32_t>(plan.rows).subspan(
+                                             static_cast<size_t>(first), static_cast<size_t>(n))));
     RETURN_IF_ERROR(backend_->RmsNorm(h, h, output_norm_, config_.rms_eps));
     RETURN_IF_ERROR(backend_->Linear(out, h, output_, nullptr));
-    RETURN_IF_ERROR(backend_->Download(logits->data() + first * V, out));
+    RETURN_IF_ERROR(EmitLogitRows(plan, first, out, items, logits));
   }
   return backend_->Synchronize();
 }

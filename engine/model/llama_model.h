@@ -18,7 +18,11 @@
 
 namespace longctx {
 
-enum class LogitsMode { kNone, kLast, kAll };
+// What Forward returns for an item: nothing, the logits of its last new token,
+// of every new token, or (kGreedy) only the greedy token of its last new
+// position, written to StepItem::greedy_token: the logits stay on the device
+// and the argmax runs there (Backend::ArgMaxRows).
+enum class LogitsMode { kNone, kLast, kAll, kGreedy };
 
 // Attention of a sequence whose KV lives outside the model's cache: a
 // context-parallel session spread over ranks (DESIGN §7, engine/dist). The model
@@ -46,6 +50,8 @@ struct StepItem {
   // Infini-attention memory mixed into this item's attention through the
   // model's gates (DESIGN §4); nullptr = no mixing. REQUIRES has_infini_gates().
   const InfiniMemory* infini = nullptr;
+  // With LogitsMode::kGreedy: where Forward writes the token (REQUIRED then).
+  int32_t* greedy_token = nullptr;
 };
 
 // The KV budget of KvCacheConfig::max_bytes = 0, given the backend's
@@ -78,7 +84,8 @@ class LlamaModel {
   std::span<const float> infini_beta(int layer) const;
 
   // Appends each item's tokens to its sequence and writes logits, f32 [rows,
-  // vocab], rows in item order: kLast gives one row, kAll one per new token.
+  // vocab], rows in item order: kLast gives one row, kAll one per new token,
+  // kGreedy none (its token goes to the item's greedy_token).
   // On error no sequence has grown. RESOURCE_EXHAUSTED when KV blocks run out.
   absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits);
 
@@ -97,8 +104,13 @@ class LlamaModel {
   // (the caller rolls the KV back and redoes the step op by op).
   absl::Status RunBracketedStep(std::span<const StepItem> items, int64_t total,
                                 std::vector<float>* logits);
+  struct LogitRows;
   absl::Status ComputeLogits(std::span<const StepItem> items, std::span<const int> old_length,
                              std::vector<float>* logits);
+  // Logits of hidden-state rows plan.rows[first, first + out.rows) in `out`:
+  // the downloaded ones go to *logits, the greedy ones to their items.
+  absl::Status EmitLogitRows(const LogitRows& plan, int64_t first, Tensor out,
+                             std::span<const StepItem> items, std::vector<float>* logits);
 
   ModelConfig config_;
   Backend* backend_ = nullptr;

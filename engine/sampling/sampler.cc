@@ -1,8 +1,9 @@
 #include "engine/sampling/sampler.h"
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cmath>
-#include <numeric>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -54,47 +55,81 @@ int32_t Sampler::Sample(std::span<const float> raw_logits) {
   if (params_.temperature <= 0.f) {
     return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   }
-  // Candidates sorted by logit; top-k then top-p (nucleus) truncation.
+  // The candidates are the tokens by descending logit (the lower id first among
+  // equals), cut to top_k, then to the shortest prefix holding top_p of the
+  // probability; the draw walks that order. Only as much of the order is sorted
+  // as the cut and the draw reach: a peaked distribution needs a few dozen
+  // tokens of a vocabulary of tens of thousands.
   const int k = params_.top_k > 0 ? std::min(params_.top_k, n) : n;
-  std::vector<int32_t> idx(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), 0);
-  auto by_logit = [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  };
-  if (k < n) {
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
-    idx.resize(static_cast<size_t>(k));
-  } else {
-    std::sort(idx.begin(), idx.end(), by_logit);
+  // Keys that sort as the order does: the logit's bits made monotone and
+  // inverted (descending), the id below them (ascending among equals).
+  order_.resize(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const uint32_t bits = std::bit_cast<uint32_t>(logits[static_cast<size_t>(i)]);
+    const uint32_t ascending = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+    order_[static_cast<size_t>(i)] = (uint64_t{~ascending} << 32) | static_cast<uint32_t>(i);
   }
+  auto id_at = [&](size_t i) { return static_cast<int32_t>(order_[i] & 0xffffffffu); };
+  prob_.clear();
   const float inv_t = 1.f / params_.temperature;
-  const float max_logit = logits[idx[0]];
-  std::vector<double> p(idx.size());
+  float max_logit = 0.f;
+  // Unnormalised probability: a float exp (the vocabulary-wide sum below is
+  // most of a draw's time), summed in double.
+  auto weight = [&](int32_t id) { return double{std::exp((logits[id] - max_logit) * inv_t)}; };
+  // Sorts order_ up to `want` (at most k) entries, extending prob_ with them.
+  auto sort_to = [&](size_t want) {
+    want = std::min(want, static_cast<size_t>(k));
+    const size_t have = prob_.size();
+    if (want <= have) return;
+    auto first = order_.begin() + static_cast<std::ptrdiff_t>(have);
+    auto mid = order_.begin() + static_cast<std::ptrdiff_t>(want);
+    // Everything past `have` ranks below the sorted prefix already.
+    // A short prefix through a heap; a long one by selection, then a sort.
+    if ((want - have) * 16 < order_.size() - have) {
+      std::partial_sort(first, mid, order_.end());
+    } else {
+      if (mid != order_.end()) std::nth_element(first, mid, order_.end());
+      std::sort(first, mid);
+    }
+    if (have == 0) max_logit = logits[static_cast<size_t>(id_at(0))];
+    for (size_t i = have; i < want; ++i) prob_.push_back(weight(id_at(i)));
+  };
+  sort_to(64);
+  // The mass of all k candidates (in id order when that is the whole vocabulary).
   double sum = 0;
-  for (size_t i = 0; i < idx.size(); ++i) {
-    p[i] = std::exp(double{(logits[idx[i]] - max_logit) * inv_t});
-    sum += p[i];
+  if (k == n) {
+    for (int i = 0; i < n; ++i) sum += weight(i);
+  } else {
+    sort_to(static_cast<size_t>(k));
+    for (double x : prob_) sum += x;
   }
-  size_t keep = idx.size();
-  if (params_.top_p < 1.f) {
+  // Walks the order from the start, sorting further as needed, to the first
+  // position where the running mass reaches `target` (k if it never does).
+  auto walk = [&](double target, double* mass) {
     double cum = 0;
-    for (size_t i = 0; i < idx.size(); ++i) {
-      cum += p[i] / sum;
-      if (cum >= params_.top_p) {
-        keep = i + 1;
-        break;
+    for (size_t i = 0; i < static_cast<size_t>(k); ++i) {
+      if (i == prob_.size()) sort_to(2 * prob_.size());
+      cum += prob_[i];
+      if (cum >= target) {
+        *mass = cum;
+        return i;
       }
     }
+    *mass = cum;
+    return static_cast<size_t>(k);
+  };
+  size_t keep = static_cast<size_t>(k);
+  double kept_sum = sum;
+  if (params_.top_p < 1.f) {
+    const size_t last = walk(params_.top_p * sum, &kept_sum);
+    keep = std::min(last + 1, static_cast<size_t>(k));
   }
-  double kept_sum = 0;
-  for (size_t i = 0; i < keep; ++i) kept_sum += p[i];
   const double u = std::uniform_real_distribution<double>(0.0, kept_sum)(rng_);
-  double cum = 0;
-  for (size_t i = 0; i < keep; ++i) {
-    cum += p[i];
-    if (u < cum) return idx[i];
-  }
-  return idx[keep - 1];
+  double mass = 0;
+  const size_t at = walk(std::nextafter(u, kept_sum), &mass);
+  if (at < keep) return id_at(at);
+  sort_to(keep);
+  return id_at(keep - 1);
 }
 
 }  // namespace longctx

@@ -35,6 +35,9 @@ class Sampler {
   void Observe(int32_t token);
   // REQUIRES: logits non-empty and finite.
   int32_t Sample(std::span<const float> logits);
+  // Whether Sample is the argmax of the raw logits (temperature 0, no
+  // repetition penalty): then the logits' device may pick the token itself.
+  bool greedy() const { return params_.temperature <= 0.f && params_.repetition_penalty == 1.f; }
 
  private:
   SamplingParams params_;
@@ -42,6 +45,10 @@ class Sampler {
   std::vector<bool> seen_;  // by token id, grown on demand
   std::vector<int32_t> seen_ids_;
   std::vector<float> penalized_;  // scratch: the logits after the penalty
+  // Scratch of a temperature draw: sort keys of the tokens (logit, id), a
+  // prefix of them sorted, and the unnormalised probabilities of that prefix.
+  std::vector<uint64_t> order_;
+  std::vector<double> prob_;
 };
 
 }  // namespace longctx

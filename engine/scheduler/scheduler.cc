@@ -438,6 +438,12 @@ void Scheduler::Step() {
     LogitsMode mode;
   };
   std::vector<Plan> plans;
+  // Logits of a Generate job's sampling step. Greedy sampling needs only the
+  // argmax: the device finds it and no logits come back.
+  auto sample_mode = [&](const Job& job) {
+    return model_->greedy_tokens() && job.sampler->greedy() ? LogitsMode::kGreedy
+                                                            : LogitsMode::kLast;
+  };
 
   // Returns how many of `want` tokens fit the free KV blocks, and takes them.
   auto fit = [&](const KvSequence& seq, int64_t want) -> int64_t {
@@ -484,7 +490,8 @@ void Scheduler::Step() {
       kv_full(q, 1);
       continue;
     }
-    plans.push_back({q, q->jobs.front().get(), seq.length(), 1, LogitsMode::kLast});
+    Job* job = q->jobs.front().get();
+    plans.push_back({q, job, seq.length(), 1, sample_mode(*job)});
   }
 
   // Prefill: Generate prompts first (oldest first), then the rest shortest
@@ -544,12 +551,14 @@ void Scheduler::Step() {
       mode = LogitsMode::kAll;
       logit_rows -= n;
     } else if (job.kind == Job::Kind::kGenerate && seq.length() + n == job.target) {
-      mode = LogitsMode::kLast;
+      mode = sample_mode(job);
     }
     plans.push_back({q, &job, seq.length(), static_cast<int>(n), mode});
   }
   std::vector<StepItem> items;
   items.reserve(plans.size());
+  // Greedy tokens of kGreedy items, by index in `ready` (the plans that run).
+  std::vector<int32_t> greedy(plans.size(), -1);
   std::vector<Plan> ready;
   ready.reserve(plans.size());
   int64_t batch_tokens = 0;
@@ -560,6 +569,7 @@ void Scheduler::Step() {
     item.seq = &st.kv;
     item.tokens = std::span<const int32_t>(st.log.data() + p.start, static_cast<size_t>(p.n));
     item.logits = p.mode;
+    item.greedy_token = &greedy[ready.size()];
     item.dca =
         session.settings().attention.ToParams(model_->head_dim(), static_cast<int>(p.start + p.n));
     if (st.window) {
@@ -600,12 +610,15 @@ void Scheduler::Step() {
   const int vocab = model_->vocab_size();
   const absl::Time now = absl::Now();
   size_t row = 0;
-  for (const Plan& p : plans) {
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const Plan& p = plans[i];
     SessionQueue& q = *p.q;
     Job& job = *p.job;
     Session& session = *q.session;
     SessionEngineState& st = session.engine_state();
-    const size_t rows = p.mode == LogitsMode::kNone ? 0 : p.mode == LogitsMode::kLast ? 1 : p.n;
+    const size_t rows = p.mode == LogitsMode::kAll    ? static_cast<size_t>(p.n)
+                        : p.mode == LogitsMode::kLast ? 1
+                                                      : 0;
     const float* first_row = logits_.data() + row * static_cast<size_t>(vocab);
     row += rows;
     if (job.kind == Job::Kind::kIngest) {
@@ -625,10 +638,12 @@ void Scheduler::Step() {
       continue;
     }
     // Generate: sample once the whole context is in.
-    if (rows == 0) continue;
+    if (p.mode != LogitsMode::kLast && p.mode != LogitsMode::kGreedy) continue;
     GenerateJob& g = job.generate;
     const int32_t token =
-        job.sampler->Sample(std::span<const float>(first_row, static_cast<size_t>(vocab)));
+        p.mode == LogitsMode::kGreedy
+            ? greedy[i]
+            : job.sampler->Sample(std::span<const float>(first_row, static_cast<size_t>(vocab)));
     if (job.generated == 0) {
       job.first_token = now;
       stats_->time_to_first_token.Observe(absl::ToDoubleSeconds(now - job.submitted));

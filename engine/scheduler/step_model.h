@@ -28,6 +28,9 @@ class StepModel {
   // As LlamaModel::Forward: appends each item's tokens to its sequence and
   // writes f32 logits [rows, vocab] in item order. On error no sequence grew.
   virtual absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits) = 0;
+  // Whether Forward takes LogitsMode::kGreedy items (the argmax on the device,
+  // no logits downloaded); the scheduler asks for kLast otherwise.
+  virtual bool greedy_tokens() const { return false; }
   // An Infini window (compress and slide sessions) over this model's KV cache.
   // UNIMPLEMENTED for models without one.
   virtual absl::StatusOr<std::unique_ptr<InfiniWindow>> CreateWindow(const InfiniConfig& config,
@@ -66,6 +69,7 @@ class LlamaStepModel final : public StepModel {
   absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits) override {
     return model_->Forward(items, logits);
   }
+  bool greedy_tokens() const override { return true; }
   absl::StatusOr<std::unique_ptr<InfiniWindow>> CreateWindow(const InfiniConfig& config,
                                                              const cpu::DcaParams& dca) override {
     return InfiniWindow::Create(model_.get(), config, dca);

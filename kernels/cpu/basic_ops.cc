@@ -83,6 +83,14 @@ void AddInPlace(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+int32_t ArgMax(const float* x, int64_t n) {
+  int64_t arg = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (arg < 0 ? !std::isnan(x[i]) : x[i] > x[arg]) arg = i;
+  }
+  return static_cast<int32_t>(arg < 0 ? 0 : arg);
+}
+
 void Rope(float* x, const int32_t* pos, const float* inv_freq, int T, int H, int D) {
   const int half = D / 2;
 #pragma omp parallel for schedule(static) if (T > 16)

@@ -203,6 +203,58 @@ __global__ void GatherRowsKernel(float* out, const float* src, const int32_t* ro
   for (int i = threadIdx.x; i < cols; i += blockDim.x) d[i] = s[i];
 }
 
+// One block per row: each thread scans a strided slice, then the block keeps
+// the largest value, the lowest column among equals; NaN never wins.
+__global__ void ArgMaxRowsKernel(int32_t* out, const float* x, int cols) {
+  const float* row = x + int64_t{blockIdx.x} * cols;
+  float best = -INFINITY;
+  int arg = -1;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = row[i];
+    if (v > best || (arg < 0 && v == best)) {  // ascending i: the first wins
+      best = v;
+      arg = i;
+    }
+  }
+  // (best, arg) pairs; arg -1 = nothing seen but NaN.
+  auto better = [](float v, int i, float bv, int bi) {
+    if (i < 0) return false;
+    if (bi < 0) return true;
+    return v > bv || (v == bv && i < bi);
+  };
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, off);
+    const int i = __shfl_xor_sync(0xffffffffu, arg, off);
+    if (better(v, i, best, arg)) {
+      best = v;
+      arg = i;
+    }
+  }
+  __shared__ float s_best[32];
+  __shared__ int s_arg[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    s_best[warp] = best;
+    s_arg[warp] = arg;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  const int n_warps = blockDim.x / 32;
+  best = lane < n_warps ? s_best[lane] : -INFINITY;
+  arg = lane < n_warps ? s_arg[lane] : -1;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, off);
+    const int i = __shfl_xor_sync(0xffffffffu, arg, off);
+    if (better(v, i, best, arg)) {
+      best = v;
+      arg = i;
+    }
+  }
+  if (lane == 0) out[blockIdx.x] = arg < 0 ? 0 : arg;
+}
+
 // One thread per kW values of a written row, K and V together: 4 (float4 in,
 // 8-byte bf16 stores) where the rows allow, else 1.
 template <int kW>
@@ -319,6 +371,12 @@ cudaError_t GatherRows(float* out, const float* src, const int32_t* rows, int n_
                        cudaStream_t stream) {
   if (n_rows == 0) return cudaSuccess;
   GatherRowsKernel<<<n_rows, RowThreads(cols), 0, stream>>>(out, src, rows, cols);
+  return cudaGetLastError();
+}
+
+cudaError_t ArgMaxRows(int32_t* out, const float* x, int n_rows, int cols, cudaStream_t stream) {
+  if (n_rows == 0) return cudaSuccess;
+  ArgMaxRowsKernel<<<n_rows, kThreads, 0, stream>>>(out, x, cols);
   return cudaGetLastError();
 }
 

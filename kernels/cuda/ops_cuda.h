@@ -51,7 +51,9 @@ cudaError_t AddBias(float* out,        // [T, N]
 // bf16 weights, f32 accumulation. A decode step's products read each weight
 // once for a handful of rows, so they are bound by the weight stream: each warp
 // streams one weight row (two for large N) in 16-byte loads while the
-// activations, a few KiB, stay in L1. No bf16 copy of x is made.
+// activations, a few KiB, stay in L1. No bf16 copy of x is made. (Taking
+// 32 rows, a small model's batched step, on the CUDA cores made that step 2.1
+// times slower than cuBLAS on an H200: docs/cuda.md.)
 //
 // One launch runs up to kGemvMaxJobs products of the same x (a layer's q, k
 // and v): the grid covers the rows of every job, each block working on one job.
@@ -104,6 +106,12 @@ cudaError_t Rope(float* x,               // [T, H, D]
 cudaError_t GatherRows(float* out,           // [n_rows, cols]
                        const float* src,     // [*, cols]
                        const int32_t* rows,  // [n_rows], in range (checked by the caller)
+                       int n_rows, int cols, cudaStream_t stream);
+
+// out[r] = the column of row r's largest value, the lowest among equals; NaN
+// never wins (a row of NaN only gives 0). The greedy token of logit rows.
+cudaError_t ArgMaxRows(int32_t* out,    // [n_rows], device
+                       const float* x,  // [n_rows, cols]
                        int n_rows, int cols, cudaStream_t stream);
 
 // --- paged KV cache ---

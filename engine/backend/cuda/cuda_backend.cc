@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -151,6 +152,7 @@ class CudaBackend final : public Backend {
                          std::span<const AttentionSeq> seqs,
                          std::span<const float> inv_freq) override;
   absl::Status GatherRows(Tensor out, Tensor src, std::span<const int32_t> rows) override;
+  absl::Status ArgMaxRows(Tensor x, std::span<int32_t> out) override;
   absl::Status FillUniform(Tensor dst, uint64_t seed, float lo, float hi) override;
   // One launch of the few-row kernel where it applies, else the composition.
   absl::Status LinearMany(std::span<const LinearJob> jobs, Tensor x) override;
@@ -249,6 +251,7 @@ class CudaBackend final : public Backend {
   ArgStaging staging_;
   ScratchBuffer convert_;  // f32 staging of Upload / Download / KV blocks
   ScratchBuffer x_bf16_;   // Linear's activations in bf16 for a cuBLAS GEMM
+  ScratchBuffer argmax_;   // ArgMaxRows results before their download
   ScratchBuffer split_o_;  // split-KV partial outputs
   ScratchBuffer split_ml_;
   ScratchBuffer infini_;  // Infini memory, its retrieval and the fold's K, V
@@ -281,6 +284,7 @@ CudaBackend::~CudaBackend() {
   graph_.Release();
   staging_.Release();
   convert_.Release();
+  argmax_.Release();
   x_bf16_.Release();
   split_o_.Release();
   split_ml_.Release();
@@ -989,6 +993,22 @@ absl::Status CudaBackend::GatherRows(Tensor out, Tensor src, std::span<const int
       cuda::GatherRows(static_cast<float*>(out.data), static_cast<const float*>(src.data), d_rows,
                        static_cast<int>(rows.size()), static_cast<int>(src.cols), stream_));
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ArgMaxRows(Tensor x, std::span<int32_t> out) {
+  RETURN_IF_ERROR(RequireNotDeferred("ArgMaxRows"));
+  RETURN_IF_ERROR(RequireF32(x, "ArgMaxRows", "x"));
+  RETURN_IF_ERROR(RequireShape(x.rows == static_cast<int64_t>(out.size()) && x.cols > 0 &&
+                                   x.cols <= std::numeric_limits<int32_t>::max(),
+                               "ArgMaxRows"));
+  if (out.empty()) return absl::OkStatus();
+  RETURN_IF_ERROR(ReserveScratch(argmax_, out.size_bytes()));
+  CUDA_RETURN_IF_ERROR(cuda::ArgMaxRows(argmax_.as<int32_t>(), static_cast<const float*>(x.data),
+                                        static_cast<int>(out.size()), static_cast<int>(x.cols),
+                                        stream_));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out.data(), argmax_.as<int32_t>(), out.size_bytes(),
+                                       cudaMemcpyDeviceToHost, stream_));
+  return Synchronize();
 }
 
 absl::Status CudaBackend::InfiniMix(Tensor attn, Tensor q, int n_heads, int n_kv_heads,
