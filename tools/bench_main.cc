@@ -55,6 +55,9 @@ ABSL_FLAG(std::string, graphs, "both",
 ABSL_FLAG(std::string, tokens, "device",
           "decode: device (each session's greedy token picked on the device, as longctxd does "
           "for greedy requests) or host (all logits downloaded, argmax on the host, not timed)");
+ABSL_FLAG(bool, dependent_launch, true,
+          "CUDA: launch the decode-path kernels as programmatic dependents (overlapping the "
+          "kernel ahead)");
 ABSL_FLAG(int, copy_mib, 1024,
           "CUDA: MiB per device-to-device copy measuring bandwidth (0: no floor columns)");
 ABSL_FLAG(bool, max_context, false,
@@ -122,6 +125,18 @@ struct KvRow {
   int length = 0;
   double session_bytes_per_token = 0;
 };
+
+// CreateBackend(kind), with the CUDA options of the flags.
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(BackendKind kind) {
+#ifdef LONGCTX_WITH_CUDA
+  if (kind == BackendKind::kCuda || (kind == BackendKind::kAuto && CudaDeviceAvailable())) {
+    CudaBackendOptions options;
+    options.dependent_launch = absl::GetFlag(FLAGS_dependent_launch);
+    return CreateCudaBackend(options);
+  }
+#endif
+  return CreateBackend(kind);
+}
 
 class Bench {
  public:
@@ -521,7 +536,7 @@ int Run() {
   opt.dca = attention == "dca";
   auto kind = ParseBackendKind(absl::GetFlag(FLAGS_backend));
   if (!kind.ok()) return std::fprintf(stderr, "%s\n", kind.status().ToString().c_str()), 2;
-  auto backend = CreateBackend(*kind);
+  auto backend = MakeBackend(*kind);
   if (!backend.ok()) return std::fprintf(stderr, "%s\n", backend.status().ToString().c_str()), 1;
   const std::string graphs = absl::GetFlag(FLAGS_graphs);
   const bool cuda = (*backend)->Name().rfind("cuda", 0) == 0;

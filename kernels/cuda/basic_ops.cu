@@ -1,5 +1,6 @@
 // CUDA elementwise ops, RMSNorm, RoPE, conversions, gathers and the KV write.
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "kernels/cuda/device_common.cuh"
@@ -27,6 +28,7 @@ __device__ __forceinline__ float ToF32<bf16>(bf16 v) {
 }
 
 __global__ void F32ToBf16Kernel(bf16* out, const float* in, int64_t n) {
+  BeginAfterPredecessor();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = __float2bfloat16_rn(in[i]);
@@ -57,6 +59,7 @@ __global__ void FillUniformKernel(T* out, int64_t n, uint64_t seed, float lo, fl
 // One block per token row.
 template <typename T>
 __global__ void EmbeddingKernel(float* out, const T* table, const int32_t* ids, int D) {
+  BeginAfterPredecessor();
   const int t = blockIdx.x;
   const T* src = table + int64_t{ids[t]} * D;
   float* dst = out + int64_t{t} * D;
@@ -68,6 +71,7 @@ __global__ void EmbeddingKernel(float* out, const T* table, const int32_t* ids, 
 // 16-byte aligned.
 template <typename T>
 __global__ void RmsNormKernel(float* out, const float* x, const T* w, int D, float eps) {
+  BeginAfterPredecessor();
   __shared__ float partial[kThreads / 32];
   const int t = blockIdx.x;
   const float* xr = x + int64_t{t} * D;
@@ -102,6 +106,7 @@ constexpr int kRmsMaxThreads = 1024;
 template <typename T, int kVec>
 __global__ void __launch_bounds__(kRmsMaxThreads)
     RmsNormVecKernel(float* out, const float* x, const T* w, int D, float eps) {
+  BeginAfterPredecessor();
   __shared__ float partial[kRmsMaxThreads / 32];
   const int n4 = D / 4;
   const float4* xr = reinterpret_cast<const float4*>(x + int64_t{blockIdx.x} * D);
@@ -141,19 +146,20 @@ cudaError_t LaunchRmsNorm(float* out, const float* x, const T* w, int T_rows, in
   const int threads = std::min(kRmsMaxThreads, (n4 + 31) / 32 * 32);
   const int vec = threads > 0 ? (n4 + threads - 1) / threads : 0;
   if (!aligned || vec > 4) {
-    RmsNormKernel<<<T_rows, kThreads, 0, stream>>>(out, x, w, D, eps);
+    LaunchAfter(RmsNormKernel<T>, T_rows, kThreads, 0, stream, out, x, w, D, eps);
   } else if (vec == 1) {
-    RmsNormVecKernel<T, 1><<<T_rows, threads, 0, stream>>>(out, x, w, D, eps);
+    LaunchAfter(RmsNormVecKernel<T, 1>, T_rows, threads, 0, stream, out, x, w, D, eps);
   } else if (vec == 2) {
-    RmsNormVecKernel<T, 2><<<T_rows, threads, 0, stream>>>(out, x, w, D, eps);
+    LaunchAfter(RmsNormVecKernel<T, 2>, T_rows, threads, 0, stream, out, x, w, D, eps);
   } else {
-    RmsNormVecKernel<T, 4><<<T_rows, threads, 0, stream>>>(out, x, w, D, eps);
+    LaunchAfter(RmsNormVecKernel<T, 4>, T_rows, threads, 0, stream, out, x, w, D, eps);
   }
   return cudaGetLastError();
 }
 
 template <typename T>
 __global__ void AddBiasKernel(float* out, const T* bias, int64_t n, int N) {
+  BeginAfterPredecessor();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     out[i] += ToF32(bias[i % N]);
@@ -161,6 +167,7 @@ __global__ void AddBiasKernel(float* out, const T* bias, int64_t n, int N) {
 }
 
 __global__ void SwiGluKernel(float* out, const float* gate, const float* up, int64_t n) {
+  BeginAfterPredecessor();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     const float g = gate[i];
@@ -169,6 +176,7 @@ __global__ void SwiGluKernel(float* out, const float* gate, const float* up, int
 }
 
 __global__ void AddInPlaceKernel(float* x, const float* y, int64_t n) {
+  BeginAfterPredecessor();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     x[i] += y[i];
@@ -180,6 +188,7 @@ __global__ void AddInPlaceKernel(float* x, const float* y, int64_t n) {
 // spread over the device instead of looping over its heads.
 __global__ void RopeKernel(float* x, const int32_t* pos, const float* inv_freq, int T, int H,
                            int D) {
+  BeginAfterPredecessor();
   const int half = D / 2;
   const int64_t n = int64_t{T} * H * half;
   for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n;
@@ -197,6 +206,7 @@ __global__ void RopeKernel(float* x, const int32_t* pos, const float* inv_freq, 
 }
 
 __global__ void GatherRowsKernel(float* out, const float* src, const int32_t* rows, int cols) {
+  BeginAfterPredecessor();
   const int r = blockIdx.x;
   const float* s = src + int64_t{rows[r]} * cols;
   float* d = out + int64_t{r} * cols;
@@ -206,6 +216,7 @@ __global__ void GatherRowsKernel(float* out, const float* src, const int32_t* ro
 // One block per row: each thread scans a strided slice, then the block keeps
 // the largest value, the lowest column among equals; NaN never wins.
 __global__ void ArgMaxRowsKernel(int32_t* out, const float* x, int cols) {
+  BeginAfterPredecessor();
   const float* row = x + int64_t{blockIdx.x} * cols;
   float best = -INFINITY;
   int arg = -1;
@@ -259,6 +270,7 @@ __global__ void ArgMaxRowsKernel(int32_t* out, const float* x, int cols) {
 // 8-byte bf16 stores) where the rows allow, else 1.
 template <int kW>
 __global__ void KvWriteKernel(KvWriteParams p) {
+  BeginAfterPredecessor();
   const int per_row = p.width / kW;
   const int64_t n = int64_t{p.T} * per_row;
   for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n;
@@ -288,9 +300,16 @@ int RowThreads(int cols) { return std::min(kThreads, std::max(32, (cols + 31) / 
 
 }  // namespace
 
+namespace {
+std::atomic<bool> dependent_launch{true};
+}  // namespace
+
+void SetDependentLaunch(bool enabled) { dependent_launch.store(enabled); }
+bool DependentLaunch() { return dependent_launch.load(std::memory_order_relaxed); }
+
 cudaError_t ConvertF32ToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  F32ToBf16Kernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, n);
+  LaunchAfter(F32ToBf16Kernel, GridFor(n), kThreads, 0, stream, out, in, n);
   return cudaGetLastError();
 }
 
@@ -317,9 +336,11 @@ cudaError_t Embedding(float* out, const void* table, ElemType table_type, const 
                       int D, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   if (table_type == ElemType::kBF16) {
-    EmbeddingKernel<<<T, RowThreads(D), 0, stream>>>(out, static_cast<const bf16*>(table), ids, D);
+    LaunchAfter(EmbeddingKernel<bf16>, T, RowThreads(D), 0, stream, out,
+                static_cast<const bf16*>(table), ids, D);
   } else {
-    EmbeddingKernel<<<T, RowThreads(D), 0, stream>>>(out, static_cast<const float*>(table), ids, D);
+    LaunchAfter(EmbeddingKernel<float>, T, RowThreads(D), 0, stream, out,
+                static_cast<const float*>(table), ids, D);
   }
   return cudaGetLastError();
 }
@@ -338,9 +359,11 @@ cudaError_t AddBias(float* out, const void* bias, ElemType bias_type, int T, int
   const int64_t n = int64_t{T} * N;
   if (n == 0) return cudaSuccess;
   if (bias_type == ElemType::kBF16) {
-    AddBiasKernel<<<GridFor(n), kThreads, 0, stream>>>(out, static_cast<const bf16*>(bias), n, N);
+    LaunchAfter(AddBiasKernel<bf16>, GridFor(n), kThreads, 0, stream, out,
+                static_cast<const bf16*>(bias), n, N);
   } else {
-    AddBiasKernel<<<GridFor(n), kThreads, 0, stream>>>(out, static_cast<const float*>(bias), n, N);
+    LaunchAfter(AddBiasKernel<float>, GridFor(n), kThreads, 0, stream, out,
+                static_cast<const float*>(bias), n, N);
   }
   return cudaGetLastError();
 }
@@ -349,34 +372,34 @@ cudaError_t SwiGlu(float* out, const float* gate, const float* up, int T, int F,
                    cudaStream_t stream) {
   const int64_t n = int64_t{T} * F;
   if (n == 0) return cudaSuccess;
-  SwiGluKernel<<<GridFor(n), kThreads, 0, stream>>>(out, gate, up, n);
+  LaunchAfter(SwiGluKernel, GridFor(n), kThreads, 0, stream, out, gate, up, n);
   return cudaGetLastError();
 }
 
 cudaError_t AddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  AddInPlaceKernel<<<GridFor(n), kThreads, 0, stream>>>(x, y, n);
+  LaunchAfter(AddInPlaceKernel, GridFor(n), kThreads, 0, stream, x, y, n);
   return cudaGetLastError();
 }
 
 cudaError_t Rope(float* x, const int32_t* pos, const float* inv_freq, int T, int H, int D,
                  cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
-  RopeKernel<<<GridFor(int64_t{T} * H * (D / 2)), kThreads, 0, stream>>>(x, pos, inv_freq, T, H,
-                                                                         D);
+  LaunchAfter(RopeKernel, GridFor(int64_t{T} * H * (D / 2)), kThreads, 0, stream, x, pos, inv_freq,
+              T, H, D);
   return cudaGetLastError();
 }
 
 cudaError_t GatherRows(float* out, const float* src, const int32_t* rows, int n_rows, int cols,
                        cudaStream_t stream) {
   if (n_rows == 0) return cudaSuccess;
-  GatherRowsKernel<<<n_rows, RowThreads(cols), 0, stream>>>(out, src, rows, cols);
+  LaunchAfter(GatherRowsKernel, n_rows, RowThreads(cols), 0, stream, out, src, rows, cols);
   return cudaGetLastError();
 }
 
 cudaError_t ArgMaxRows(int32_t* out, const float* x, int n_rows, int cols, cudaStream_t stream) {
   if (n_rows == 0) return cudaSuccess;
-  ArgMaxRowsKernel<<<n_rows, kThreads, 0, stream>>>(out, x, cols);
+  LaunchAfter(ArgMaxRowsKernel, n_rows, kThreads, 0, stream, out, x, cols);
   return cudaGetLastError();
 }
 
@@ -386,9 +409,9 @@ cudaError_t KvWrite(const KvWriteParams& p, cudaStream_t stream) {
                     reinterpret_cast<uintptr_t>(p.v) % 16 == 0 &&
                     reinterpret_cast<uintptr_t>(p.arena) % 8 == 0;
   if (vec4) {
-    KvWriteKernel<4><<<GridFor(int64_t{p.T} * (p.width / 4)), kThreads, 0, stream>>>(p);
+    LaunchAfter(KvWriteKernel<4>, GridFor(int64_t{p.T} * (p.width / 4)), kThreads, 0, stream, p);
   } else {
-    KvWriteKernel<1><<<GridFor(int64_t{p.T} * p.width), kThreads, 0, stream>>>(p);
+    LaunchAfter(KvWriteKernel<1>, GridFor(int64_t{p.T} * p.width), kThreads, 0, stream, p);
   }
   return cudaGetLastError();
 }

@@ -49,6 +49,7 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
 template <class Tr, bool kRuns>
 __global__ void __launch_bounds__(Tr::kThreads)
     DcaSplitKernel(DcaAttentionParams p, const DcaSplitItem* items, DcaSplitScratch scratch) {
+  BeginAfterPredecessor();
   constexpr int D = Tr::D, R = Tr::kRows, S = Tr::kSub;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);    // [3][R][D]
@@ -310,6 +311,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 template <int D>
 __global__ void DcaSplitCombineKernel(DcaAttentionParams p, const DcaCombineItem* combine,
                                       DcaSplitScratch scratch) {
+  BeginAfterPredecessor();
   constexpr int R = kDcaSplitRows;
   const DcaCombineItem item = combine[blockIdx.x];
   const DcaSeqDesc seq = p.seqs[item.seq];
@@ -351,13 +353,11 @@ cudaError_t LaunchSplit(const DcaAttentionParams& p, const DcaSplitItem* items, 
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, items,
-                                                                                   scratch);
-  err = cudaGetLastError();
+  err = LaunchAfter(kernel, dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream, p,
+                    items, scratch);
   if (err != cudaSuccess || n_combine == 0) return err;
-  DcaSplitCombineKernel<D>
-      <<<dim3(n_combine, p.kv.n_kv_heads), 128, 0, stream>>>(p, combine, scratch);
-  return cudaGetLastError();
+  return LaunchAfter(DcaSplitCombineKernel<D>, dim3(n_combine, p.kv.n_kv_heads), 128, 0, stream, p,
+                     combine, scratch);
 }
 
 }  // namespace

@@ -11,6 +11,37 @@
 
 namespace longctx::cuda {
 
+// --- programmatic dependent launch (sm_90) ---
+// A kernel launched by LaunchAfter may start while the kernel ahead of it in
+// the stream still runs (its launch and block scheduling hidden behind that
+// kernel's tail). It must call BeginAfterPredecessor before touching memory:
+// that waits until the kernel ahead has finished and its writes are visible,
+// then lets the kernel behind launch in turn. Without the launch attribute
+// (a normal launch, DependentLaunch off, or a kernel ahead that is not ours)
+// the wait returns at once.
+__device__ __forceinline__ void BeginAfterPredecessor() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+template <typename... Params, typename... Args>
+cudaError_t LaunchAfter(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                        cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = DependentLaunch() ? 1 : 0;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
 // A held key run as the kernels walk it: absolute keys [first, end), the key
 // `first` stored at local index `local`.
 struct KeyRunView {

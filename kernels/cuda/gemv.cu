@@ -107,6 +107,7 @@ __device__ __forceinline__ void GemvStep(float (&acc)[Tr::R][Tr::T],
 // keeps kUnroll vectors of each of its R weight rows in flight.
 template <typename Tr>
 __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlockStarts starts) {
+  BeginAfterPredecessor();
   constexpr int R = Tr::R, T = Tr::T, U = Tr::kUnroll, O = Tr::kOutRows;
   // This block's job: the last one that starts at or before it (a select per
   // job, so the parameters stay in constant memory).
@@ -202,7 +203,7 @@ cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
     starts.first[i] = blocks;
     if (i < p.n_jobs) blocks += (p.jobs[i].N + Tr::kRowsPerBlock - 1) / Tr::kRowsPerBlock;
   }
-  GemvKernel<Tr><<<blocks, kGemvThreads, 0, stream>>>(p, starts);
+  LaunchAfter(GemvKernel<Tr>, blocks, kGemvThreads, 0, stream, p, starts);
   return cudaGetLastError();
 }
 

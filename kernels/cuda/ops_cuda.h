@@ -46,6 +46,13 @@ cudaError_t AddBias(float* out,        // [T, N]
                     const void* bias,  // [N], bias_type
                     ElemType bias_type, int T, int N, cudaStream_t stream);
 
+// Whether the decode-path kernels (the row ops, the few-row products, the
+// split-KV attention and its combine) launch as programmatic dependents of the
+// kernel ahead of them, overlapping its tail (device_common.cuh, LaunchAfter).
+// Process-wide; on by default.
+void SetDependentLaunch(bool enabled);
+bool DependentLaunch();
+
 // --- Linear with few token rows (cpu::Linear is the reference) ---
 // out = x w^T (+ bias) for 1 <= T <= kGemvMaxT rows of f32 activations against
 // bf16 weights, f32 accumulation. A decode step's products read each weight

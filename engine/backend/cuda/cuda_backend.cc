@@ -327,6 +327,7 @@ absl::Status CudaBackend::Init() {
   CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
   CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
   graph_.Init(stream_, options_.step_graphs);
+  cuda::SetDependentLaunch(options_.dependent_launch);
   // Pure f32 products for f32 weights (no TF32); bf16 products accumulate in f32.
   CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
   return staging_.Init(size_t{1} << 20, stream_);

@@ -42,6 +42,11 @@ struct CudaBackendOptions {
   // device buffer before each replay). A step that no longer matches is redone
   // op by op and captured again.
   bool step_graphs = true;
+  // Launch the decode-path kernels as programmatic dependents of the kernel
+  // ahead of them, so each one's launch overlaps its predecessor's tail
+  // (kernels/cuda/ops_cuda.h, SetDependentLaunch: process-wide, the last
+  // backend created sets it).
+  bool dependent_launch = true;
 };
 
 // What the step graphs of a CUDA backend have done so far.
