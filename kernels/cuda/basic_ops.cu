@@ -227,21 +227,19 @@ __global__ void ArgMaxRowsKernel(int32_t* out, const float* x, int cols) {
       arg = i;
     }
   }
-  // (best, arg) pairs; arg -1 = nothing seen but NaN.
-  auto better = [](float v, int i, float bv, int bi) {
-    if (i < 0) return false;
-    if (bi < 0) return true;
-    return v > bv || (v == bv && i < bi);
-  };
+  // The warp's best (best, arg) pair in every lane; arg -1 = nothing seen but NaN.
+  auto warp_best = [&] {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float v = __shfl_xor_sync(0xffffffffu, best, off);
-    const int i = __shfl_xor_sync(0xffffffffu, arg, off);
-    if (better(v, i, best, arg)) {
-      best = v;
-      arg = i;
+    for (int off = 16; off > 0; off >>= 1) {
+      const float v = __shfl_xor_sync(0xffffffffu, best, off);
+      const int i = __shfl_xor_sync(0xffffffffu, arg, off);
+      if (i >= 0 && (arg < 0 || v > best || (v == best && i < arg))) {
+        best = v;
+        arg = i;
+      }
     }
-  }
+  };
+  warp_best();
   __shared__ float s_best[32];
   __shared__ int s_arg[32];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -254,15 +252,7 @@ __global__ void ArgMaxRowsKernel(int32_t* out, const float* x, int cols) {
   const int n_warps = blockDim.x / 32;
   best = lane < n_warps ? s_best[lane] : -INFINITY;
   arg = lane < n_warps ? s_arg[lane] : -1;
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float v = __shfl_xor_sync(0xffffffffu, best, off);
-    const int i = __shfl_xor_sync(0xffffffffu, arg, off);
-    if (better(v, i, best, arg)) {
-      best = v;
-      arg = i;
-    }
-  }
+  warp_best();
   if (lane == 0) out[blockIdx.x] = arg < 0 ? 0 : arg;
 }
 
