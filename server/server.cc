@@ -189,8 +189,10 @@ void Server::Drain() {
   const absl::Time t0 = absl::Now();
   if (!stop_monitor_.HasBeenNotified()) stop_monitor_.Notify();
   if (monitor_.joinable()) monitor_.join();
-  health_->SetServing(false);
+  // Refuse new calls before health says NOT_SERVING, so a client that reacts
+  // to the health change never gets a call in.
   service_->StartDraining();
+  health_->SetServing(false);
   if (metrics_) metrics_->SetServerState(2);
   Log(spdlog::level::info, "draining",
       {{"open_calls", absl::StrCat(service_->active_calls())},
