@@ -2,11 +2,12 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
 
 namespace longctx {
 
@@ -52,9 +53,9 @@ int32_t Sampler::Sample(std::span<const float> raw_logits) {
     logits = penalized_;
   }
   const int n = static_cast<int>(logits.size());
-  if (params_.temperature <= 0.f) {
-    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  }
+  // Greedy: the rule Backend::ArgMaxRows follows on the device, so the two
+  // pick the same token.
+  if (params_.temperature <= 0.f) return cpu::ArgMax(logits.data(), n);
   // The candidates are the tokens by descending logit (the lower id first among
   // equals), cut to top_k, then to the shortest prefix holding top_p of the
   // probability; the draw walks that order. Only as much of the order is sorted
