@@ -8,6 +8,7 @@
 #include <set>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/backend/cuda/attention_plan.h"
 #include "gtest/gtest.h"
 
@@ -154,34 +155,51 @@ TEST(CudaAttentionPlanTest, LongDecodeIsSplitToFillTheDeviceNotFiner) {
   EXPECT_EQ(plan->combine_items[0].n_slots, static_cast<int>(plan->split_items.size()));
 }
 
-TEST(CudaAttentionPlanTest, ManySessionsAreSplitToSpreadEvenlyOverTheSms) {
-  // 32 sessions decoding at 8192 tokens, 3 kv heads, 132 SMs that each fit 4
-  // split blocks: 2 blocks per SM would make 288 blocks (SMs with 3 beside SMs
-  // with 2); 3 per SM makes 384, 2.9 on every SM.
-  constexpr int kSessions = 32, kTokens = 8192;
-  std::vector<int32_t> table(kSessions * (kTokens / 64 + 1));
-  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
-  std::vector<AttentionSeq> seqs(kSessions);
-  for (int i = 0; i < kSessions; ++i) {
-    seqs[i].q_row = i;
-    seqs[i].n_q = 1;
-    seqs[i].q_start = kTokens - 1;
-    seqs[i].block_table =
-        std::span<const int32_t>(table).subspan(i * (kTokens / 64 + 1), kTokens / 64 + 1);
-    seqs[i].dca = Dca(5120);
+// 32 sessions decoding at about 8k tokens, 3 kv heads, 132 SMs that each hold
+// `resident` split blocks: the blocks fit one wave, each row group's splits
+// differ by at most one tile, and every key tile is covered once.
+TEST(CudaAttentionPlanTest, ManySessionsAreSplitIntoOneWaveOfEvenSplits) {
+  constexpr int kSessions = 32;
+  for (int resident : {3, 4}) {
+    // 8192 keys (128 tiles), and a few decode steps later 129 tiles: a split
+    // length fixed at 32 tiles once cut a one-tile fifth split from each.
+    for (int tokens : {8192, 8195}) {
+      const int n_tiles = (tokens + 63) / 64;
+      std::vector<int32_t> table(kSessions * n_tiles);
+      for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+      std::vector<AttentionSeq> seqs(kSessions);
+      for (int i = 0; i < kSessions; ++i) {
+        seqs[i].q_row = i;
+        seqs[i].n_q = 1;
+        seqs[i].q_start = tokens - 1;
+        seqs[i].block_table = std::span<const int32_t>(table).subspan(i * n_tiles, n_tiles);
+        seqs[i].dca = Dca(5120);
+      }
+      AttentionPlanShape shape = Shape(kSessions);
+      shape.n_blocks = static_cast<int64_t>(table.size());
+      shape.split_resident_blocks = resident;
+      auto plan = PlanAttention(seqs, shape);
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      const std::string what = absl::StrCat("resident ", resident, " tokens ", tokens);
+      const int64_t blocks = static_cast<int64_t>(plan->split_items.size()) * shape.n_kv_heads;
+      EXPECT_LE(blocks, int64_t{shape.num_sms} * resident) << what;
+      EXPECT_GE(blocks, int64_t{shape.num_sms} * resident * 2 / 3) << what;
+      int covered = 0, shortest = 1 << 30, longest = 0;
+      for (const auto& item : plan->split_items) {
+        const int n = item.tile_end - item.tile_begin;
+        covered += n;
+        shortest = std::min(shortest, n);
+        longest = std::max(longest, n);
+      }
+      EXPECT_EQ(covered, kSessions * n_tiles) << what;
+      EXPECT_LE(longest - shortest, 1) << what;
+      EXPECT_EQ(plan->combine_items.size(), static_cast<size_t>(kSessions)) << what;
+      for (const auto& item : plan->split_items) {
+        ASSERT_GE(item.combine, 0) << what;
+        EXPECT_EQ(plan->combine_items[item.combine].seq, item.seq) << what;
+      }
+    }
   }
-  AttentionPlanShape shape = Shape(kSessions);
-  shape.n_blocks = static_cast<int64_t>(table.size());
-  shape.split_resident_blocks = 4;
-  auto plan = PlanAttention(seqs, shape);
-  ASSERT_TRUE(plan.ok()) << plan.status();
-  const int64_t blocks = static_cast<int64_t>(plan->split_items.size()) * shape.n_kv_heads;
-  EXPECT_EQ(blocks, 384);
-  // Every session's key tiles are covered once, and each is combined.
-  int covered = 0;
-  for (const auto& item : plan->split_items) covered += item.tile_end - item.tile_begin;
-  EXPECT_EQ(covered, kSessions * kTokens / 64);
-  EXPECT_EQ(plan->combine_items.size(), static_cast<size_t>(kSessions));
 }
 
 TEST(CudaAttentionPlanTest, ARankWithoutKeysStillWritesItsRows) {

@@ -26,8 +26,10 @@ using testing_cuda::ExpectF32Close;
 using testing_cuda::Fetch;
 using testing_cuda::kBf16Bound;
 using testing_cuda::kF32Bound;
+using testing_cuda::LinearF64;
 using testing_cuda::MakePoisoned;
 using testing_cuda::MakeTensor;
+using testing_cuda::MaxErrRatio;
 using testing_cuda::OwnedTensor;
 using testing_cuda::RandomVec;
 using testing_cuda::RelErr;
@@ -174,33 +176,6 @@ TEST_F(CudaOpsTest, LinearMatchesCpu) {
       }
     }
   }
-}
-
-// out[t, n] = sum_k x[t, k] w[n, k] in double.
-std::vector<double> LinearF64(const std::vector<float>& x, const std::vector<float>& w, int T,
-                              int N, int K) {
-  std::vector<double> out(static_cast<size_t>(T) * N);
-  for (int t = 0; t < T; ++t) {
-    const float* xr = x.data() + static_cast<size_t>(t) * K;
-    for (int n = 0; n < N; ++n) {
-      const float* wr = w.data() + static_cast<size_t>(n) * K;
-      double s = 0;
-      for (int k = 0; k < K; ++k) s += double{xr[k]} * wr[k];
-      out[static_cast<size_t>(t) * N + n] = s;
-    }
-  }
-  return out;
-}
-
-// max |got - ref| / max |ref| over the first `n` elements; non-finite output: infinity.
-double MaxErrRatio(const std::vector<float>& got, const std::vector<double>& ref, size_t n) {
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
-    err = std::max(err, std::abs(got[i] - ref[i]));
-    scale = std::max(scale, std::abs(ref[i]));
-  }
-  return scale == 0 ? err : err / scale;
 }
 
 // Up to cuda::kGemvMaxT rows against bf16 weights take the weight-streaming
@@ -592,6 +567,48 @@ TEST_F(CudaOpsTest, KvWriteLandsInPagedLayout) {
   EXPECT_EQ(gpu_->KvWrite(0, k1.t, k1.t, bad).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(gpu_->KvReadBlock(g.n_blocks, got.data()).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(gpu_->InitKv(g).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// The keys rotated as they are written: the same cache contents as the CPU's
+// Rope then KvWrite (bf16 of the same f32 rotation), for D 64 and 128.
+TEST_F(CudaOpsTest, RopeKvWriteEqualsRopeThenKvWrite) {
+  for (int D : {64, 128}) {
+    auto gpu = CreateCudaBackend();
+    ASSERT_TRUE(gpu.ok());
+    KvGeometry g{.n_layers = 2, .n_kv_heads = 3, .head_dim = D, .block_size = 16, .n_blocks = 40};
+    ASSERT_TRUE((*gpu)->InitKv(g).ok());
+    CpuBackend cpu;
+    ASSERT_TRUE(cpu.InitKv(g).ok());
+    const int width = g.n_kv_heads * D, T = 67;
+    std::vector<int32_t> slots(g.n_blocks * g.block_size), pos(T);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), rng_);
+    slots.resize(T);
+    std::uniform_int_distribution<int> pick(0, 200000);
+    for (int32_t& q : pos) q = pick(rng_);
+    std::vector<float> inv_freq(D / 2);
+    for (int i = 0; i < D / 2; ++i) inv_freq[i] = std::pow(1e5f, -2.f * i / D);
+    std::vector<float> k = RandomVec(static_cast<size_t>(T) * width, rng_);
+    const std::vector<float> v = RandomVec(static_cast<size_t>(T) * width, rng_);
+    auto kt = MakeTensor(gpu->get(), DType::kF32, T, width, k);
+    auto vt = MakeTensor(gpu->get(), DType::kF32, T, width, v);
+    ASSERT_TRUE((*gpu)->RopeKvWrite(1, kt.t, vt.t, slots, pos, inv_freq).ok());
+    Tensor kc{k.data(), DType::kF32, T, width};
+    Tensor vc{const_cast<float*>(v.data()), DType::kF32, T, width};
+    ASSERT_TRUE(cpu.RopeKvWrite(1, kc, vc, slots, pos, inv_freq).ok());
+    std::vector<float> got(g.ElementsPerBlock()), want(g.ElementsPerBlock());
+    for (int64_t b = 0; b < g.n_blocks; ++b) {
+      ASSERT_TRUE((*gpu)->KvReadBlock(b, got.data()).ok());
+      ASSERT_TRUE(cpu.KvReadBlock(b, want.data()).ok());
+      // The angles agree to ~5e-7 (RopeSinCos), so a key may round to the
+      // neighbouring bf16: compare as bf16 values within one step.
+      const std::vector<float> w = RoundBf16(want);
+      for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_NEAR(got[i], w[i], std::abs(w[i]) * 0.0079f + 1e-6f)
+            << "D " << D << " block " << b << " element " << i;
+      }
+    }
+  }
 }
 
 // KvReadBlock / KvWriteBlock move one block of every layer between the host

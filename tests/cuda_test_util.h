@@ -9,6 +9,7 @@
 // sides passes below 1e-5.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -58,6 +59,33 @@ inline double RelErr(const std::vector<float>& got, const std::vector<float>& re
     den += double{ref[i]} * ref[i];
   }
   return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// out[t, n] = sum_k x[t, k] w[n, k] in double.
+inline std::vector<double> LinearF64(const std::vector<float>& x, const std::vector<float>& w,
+                                     int T, int N, int K) {
+  std::vector<double> out(static_cast<size_t>(T) * N);
+  for (int t = 0; t < T; ++t) {
+    const float* xr = x.data() + static_cast<size_t>(t) * K;
+    for (int n = 0; n < N; ++n) {
+      const float* wr = w.data() + static_cast<size_t>(n) * K;
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += double{xr[k]} * wr[k];
+      out[static_cast<size_t>(t) * N + n] = s;
+    }
+  }
+  return out;
+}
+
+// max |got - ref| / max |ref| over the first `n` elements; non-finite output: infinity.
+inline double MaxErrRatio(const std::vector<float>& got, const std::vector<double>& ref, size_t n) {
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(got[i])) return std::numeric_limits<double>::infinity();
+    err = std::max(err, std::abs(got[i] - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  return scale == 0 ? err : err / scale;
 }
 
 // The bf16 bound of the header comment.

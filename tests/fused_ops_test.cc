@@ -1,4 +1,5 @@
-// The fused products of Backend (LinearMany, LinearSwiGlu, LinearAddInPlace):
+// The fused products of Backend (LinearMany, LinearSwiGlu, LinearAddInPlace,
+// and the two with an RMSNorm before them):
 // their default compositions, which the CPU backend runs, give exactly what the
 // separate ops give, and their argument checks reject overlaps and mismatched
 // shapes before anything is written. The CUDA kernels are compared with an f64
@@ -157,6 +158,63 @@ TEST_F(FusedOpsTest, LinearAddInPlaceRejectsOverlapAndShape) {
   EXPECT_EQ(cpu_.LinearAddInPlace(x.t, h.t, w_bad.t, scratch.t).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Fetch(&cpu_, x.t), before);
+}
+
+// With the norm fused in front: exactly RmsNorm then the product, the
+// normalised rows left in the scratch.
+TEST_F(FusedOpsTest, RmsNormProductsEqualNormThenProduct) {
+  const int K = 64, N = 24, F = 40;
+  for (int T : {1, 4, 9}) {
+    auto x = Random(T, K, 3.f), norm_w = Random(1, K), xn = MakePoisoned(&cpu_, T, K);
+    auto w = Random(N, K, 0.1f), bias = Random(1, N), w_gate = Random(F, K, 0.1f),
+         w_up = Random(F, K, 0.1f);
+    auto ref_xn = MakePoisoned(&cpu_, T, K);
+    ASSERT_TRUE(cpu_.RmsNorm(ref_xn.t, x.t, norm_w.t, 1e-5f).ok());
+
+    auto fused = MakePoisoned(&cpu_, T, N), separate = MakePoisoned(&cpu_, T, N);
+    const LinearJob jobs[] = {{fused.t, w.t, &bias.t}};
+    ASSERT_TRUE(cpu_.RmsNormLinearMany(jobs, x.t, RowNorm{norm_w.t, 1e-5f, xn.t}).ok());
+    ASSERT_TRUE(cpu_.Linear(separate.t, ref_xn.t, w.t, &bias.t).ok());
+    EXPECT_EQ(Fetch(&cpu_, fused.t), Fetch(&cpu_, separate.t)) << "T=" << T;
+    EXPECT_EQ(Fetch(&cpu_, xn.t), Fetch(&cpu_, ref_xn.t)) << "T=" << T;
+
+    auto glu = MakePoisoned(&cpu_, T, F), scratch = MakePoisoned(&cpu_, T, F);
+    auto ref_glu = MakePoisoned(&cpu_, T, F), ref_scratch = MakePoisoned(&cpu_, T, F);
+    ASSERT_TRUE(cpu_.RmsNormLinearSwiGlu(glu.t, x.t, RowNorm{norm_w.t, 1e-5f, xn.t}, w_gate.t,
+                                         w_up.t, scratch.t)
+                    .ok());
+    ASSERT_TRUE(cpu_.LinearSwiGlu(ref_glu.t, ref_xn.t, w_gate.t, w_up.t, ref_scratch.t).ok());
+    EXPECT_EQ(Fetch(&cpu_, glu.t), Fetch(&cpu_, ref_glu.t)) << "T=" << T;
+  }
+}
+
+TEST_F(FusedOpsTest, RmsNormProductsRejectBadNormBeforeWriting) {
+  const int T = 3, K = 16, N = 8;
+  auto x = Random(T, K), w = Random(N, K), norm_w = Random(1, K), short_w = Random(1, K - 1);
+  auto out = Random(T, N), xn = Random(T, K), scratch = Random(T, N);
+  const std::vector<float> before = Fetch(&cpu_, out.t), x_before = Fetch(&cpu_, x.t);
+  const LinearJob jobs[] = {{out.t, w.t, nullptr}};
+  // Norm weights of the wrong length; a scratch of the wrong shape.
+  EXPECT_EQ(cpu_.RmsNormLinearMany(jobs, x.t, RowNorm{short_w.t, 1e-5f, xn.t}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cpu_.RmsNormLinearMany(jobs, x.t, RowNorm{norm_w.t, 1e-5f, xn.t.Rows(0, T - 1)}).code(),
+            absl::StatusCode::kInvalidArgument);
+  // The scratch is x, or is an output.
+  EXPECT_EQ(cpu_.RmsNormLinearMany(jobs, x.t, RowNorm{norm_w.t, 1e-5f, x.t}).code(),
+            absl::StatusCode::kInvalidArgument);
+  const Tensor out_as_xn{out.t.data, DType::kF32, T, N};
+  const LinearJob small[] = {{out.t, Tensor{w.t.data, DType::kF32, N, N}, nullptr}};
+  auto x_small = Random(T, N);
+  EXPECT_EQ(
+      cpu_.RmsNormLinearMany(small, x_small.t,
+                             RowNorm{Tensor{norm_w.t.data, DType::kF32, 1, N}, 1e-5f, out_as_xn})
+          .code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cpu_.RmsNormLinearSwiGlu(out.t, x.t, RowNorm{norm_w.t, 1e-5f, x.t}, w.t, w.t, scratch.t)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Fetch(&cpu_, out.t), before);
+  EXPECT_EQ(Fetch(&cpu_, x.t), x_before);
 }
 
 }  // namespace

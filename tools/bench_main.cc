@@ -58,6 +58,9 @@ ABSL_FLAG(std::string, tokens, "device",
 ABSL_FLAG(bool, dependent_launch, true,
           "CUDA: launch the decode-path kernels as programmatic dependents (overlapping the "
           "kernel ahead)");
+ABSL_FLAG(bool, profile_step, false,
+          "CUDA: open the profiler's capture range around the first timed decode step of each "
+          "series (for `ncu --profile-from-start off`)");
 ABSL_FLAG(int, copy_mib, 1024,
           "CUDA: MiB per device-to-device copy measuring bandwidth (0: no floor columns)");
 ABSL_FLAG(bool, max_context, false,
@@ -222,9 +225,16 @@ absl::Status Bench::Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& 
       // Written after the step has read every item's input token.
       items[i].greedy_token = &next[i];
     }
+#ifdef LONGCTX_WITH_CUDA
+    const bool profile = cuda_ && step == kWarmupSteps && absl::GetFlag(FLAGS_profile_step);
+    if (profile) RETURN_IF_ERROR(SetCudaProfilerCapture(*backend_, true));
+#endif
     const auto t0 = Clock::now();
     RETURN_IF_ERROR(model_->Forward(items, &logits));
     if (step >= kWarmupSteps) timed += Seconds(t0);
+#ifdef LONGCTX_WITH_CUDA
+    if (profile) RETURN_IF_ERROR(SetCudaProfilerCapture(*backend_, false));
+#endif
     if (opt_.device_tokens) continue;
     for (size_t i = 0; i < seqs.size(); ++i) next[i] = cpu::ArgMax(logits.data() + i * V, V);
   }

@@ -149,6 +149,47 @@ absl::Status Backend::LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scra
   return AddInPlace(x, scratch);
 }
 
+absl::Status Backend::RopeKvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots,
+                                  std::span<const int32_t> pos, std::span<const float> inv_freq) {
+  const int64_t D = static_cast<int64_t>(inv_freq.size()) * 2;
+  if (D == 0 || k.cols % D != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RopeKvWrite: ", k.cols, " key columns are not whole heads of ", D));
+  }
+  RETURN_IF_ERROR(Rope(k, static_cast<int>(k.cols / D), pos, inv_freq));
+  return KvWrite(layer, k, v, slots);
+}
+
+absl::Status Backend::CheckRowNorm(const RowNorm& norm, Tensor x, std::span<const Tensor> outs,
+                                   const char* op) {
+  RETURN_IF_ERROR(
+      FusedShape(norm.w.numel() == x.cols && norm.xn.rows == x.rows && norm.xn.cols == x.cols, op));
+  RETURN_IF_ERROR(FusedDisjoint(norm.xn, x, op, "the norm's scratch and x"));
+  for (const Tensor& o : outs) {
+    RETURN_IF_ERROR(FusedDisjoint(norm.xn, o, op, "the norm's scratch and an output"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Backend::RmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                        const RowNorm& norm) {
+  RETURN_IF_ERROR(CheckLinearMany(jobs, x));
+  std::vector<Tensor> outs;
+  for (const LinearJob& j : jobs) outs.push_back(j.out);
+  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearMany"));
+  RETURN_IF_ERROR(RmsNorm(norm.xn, x, norm.w, norm.eps));
+  return LinearMany(jobs, norm.xn);
+}
+
+absl::Status Backend::RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm, Tensor w_gate,
+                                          Tensor w_up, Tensor scratch) {
+  RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
+  const Tensor outs[] = {out, scratch};
+  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearSwiGlu"));
+  RETURN_IF_ERROR(RmsNorm(norm.xn, x, norm.w, norm.eps));
+  return LinearSwiGlu(out, norm.xn, w_gate, w_up, scratch);
+}
+
 void DeviceBuffer::Release() {
   if (backend_ != nullptr && data_ != nullptr) backend_->Free(data_);
   backend_ = nullptr;

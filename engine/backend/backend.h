@@ -75,9 +75,9 @@ struct KvGeometry {
 
 // One sequence's part of a batched attention call.
 struct AttentionSeq {
-  int q_row = 0;                        // first row of this sequence in q/out
-  int n_q = 0;                          // new tokens
-  int q_start = 0;                      // absolute index of the first new token
+  int q_row = 0;                         // first row of this sequence in q/out
+  int n_q = 0;                           // new tokens
+  int q_start = 0;                       // absolute index of the first new token
   std::span<const int32_t> block_table;  // host memory, ceil((q_start+n_q)/block_size)
   cpu::DcaParams dca;
 };
@@ -86,13 +86,22 @@ struct AttentionSeq {
 // queries attend only to the keys this rank holds, runs of absolute token indices
 // stored back to back in the sequence's local block table (cpu::KeyRuns).
 struct PartialAttentionSeq {
-  int q_row = 0;                          // first row of this sequence in q
-  int n_q = 0;                            // new tokens
-  int q_start = 0;                        // absolute index of the first new token
-  std::span<const int32_t> block_table;   // host memory, local indices
-  std::span<const int32_t> run_first;     // host memory, absolute first index per run
-  std::span<const int32_t> run_count;     // host memory, tokens per run
+  int q_row = 0;                         // first row of this sequence in q
+  int n_q = 0;                           // new tokens
+  int q_start = 0;                       // absolute index of the first new token
+  std::span<const int32_t> block_table;  // host memory, local indices
+  std::span<const int32_t> run_first;    // host memory, absolute first index per run
+  std::span<const int32_t> run_count;    // host memory, tokens per run
   cpu::DcaParams dca;
+};
+
+// An RMSNorm fused before a product (Backend::RmsNormLinearMany and
+// RmsNormLinearSwiGlu): the product's input is RmsNorm(x, w, eps).
+struct RowNorm {
+  Tensor w;  // [K]
+  float eps = 0.f;
+  Tensor xn;  // [T, K] scratch: the normalised rows where a backend runs the
+              // two ops apart; its contents are undefined afterwards
 };
 
 // One product of a LinearMany call: out = x w^T (+ bias).
@@ -132,6 +141,11 @@ class Backend {
   // Writes rows of k/v ([T, n_kv_heads * head_dim], k already rotated) of
   // `layer` to slots (physical block * block_size + offset), one per row.
   virtual absl::Status KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) = 0;
+  // Rope(k, n_kv_heads, pos, inv_freq) then KvWrite(layer, k, v, slots): the
+  // new keys rotated (at j mod L, pos [T]) as they are cached, in one pass
+  // where a backend has one. k's contents are undefined afterwards.
+  virtual absl::Status RopeKvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots,
+                                   std::span<const int32_t> pos, std::span<const float> inv_freq);
   // Copies one physical block's contents (all layers) to host f32 and back:
   // export/import and the Infini fold.
   virtual absl::Status KvReadBlock(int64_t block, float* host) = 0;
@@ -182,6 +196,15 @@ class Backend {
   // x += h w^T (a residual update): Linear(scratch, h, w), AddInPlace(x, scratch).
   // x, scratch: [T, N]; h: [T, K]; w: [N, K].
   virtual absl::Status LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch);
+  // LinearMany(jobs, RmsNorm(x, norm.w, norm.eps)) and LinearSwiGlu(out,
+  // RmsNorm(x, ...), w_gate, w_up, scratch): a layer's normalised input feeds
+  // only its products, so a backend may fold the norm into them. The defaults
+  // write RmsNorm(norm.xn, x, norm.w, norm.eps) then run the product on norm.xn;
+  // norm.xn must not overlap x or any output.
+  virtual absl::Status RmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                         const RowNorm& norm);
+  virtual absl::Status RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm, Tensor w_gate,
+                                           Tensor w_up, Tensor scratch);
 
   // --- step graphs (optional) ---
   // A forward step may be bracketed by BeginStep / EndStep(launch). Inside the
@@ -236,6 +259,9 @@ class Backend {
   static absl::Status CheckLinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
                                         Tensor scratch);
   static absl::Status CheckLinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch);
+  // norm.w [x.cols], norm.xn the shape of x and apart from x and from `outs`.
+  static absl::Status CheckRowNorm(const RowNorm& norm, Tensor x, std::span<const Tensor> outs,
+                                   const char* op);
 };
 
 enum class BackendKind { kAuto, kCpu, kCuda };

@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "engine/model/infini_memory.h"
 #include "engine/model/dca_config.h"
+#include "engine/model/infini_memory.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
@@ -62,8 +62,8 @@ int64_t KvBytesForTokens(const ModelConfig& c, const Backend& backend, int64_t t
 LlamaModel::~LlamaModel() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& host,
-                                                              Backend* backend,
-                                                              const KvCacheConfig& kv_config) {
+                                                               Backend* backend,
+                                                               const KvCacheConfig& kv_config) {
   RETURN_IF_ERROR(host.config.Validate());
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->config_ = host.config;
@@ -77,8 +77,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& 
     }
     if (it->second.numel() != rows * cols) {
       return absl::InvalidArgumentError(absl::StrCat("model: tensor ", name, " has ",
-                                                     it->second.numel(), " elements, want ",
-                                                     rows, "x", cols));
+                                                     it->second.numel(), " elements, want ", rows,
+                                                     "x", cols));
     }
     Tensor t{nullptr, backend->WeightType(), rows, cols};
     ASSIGN_OR_RETURN(DeviceBuffer buf, backend->Allocate(t.bytes()));
@@ -145,9 +145,9 @@ absl::Status LlamaModel::LoadInfiniGates(const HostModel& host) {
     auto it = host.tensors.find(name);
     if (it == host.tensors.end()) continue;
     if (it->second.numel() != c.n_heads) {
-      return absl::InvalidArgumentError(absl::StrCat("model: tensor ", name, " has ",
-                                                     it->second.numel(),
-                                                     " elements, want one per q head: ", c.n_heads));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model: tensor ", name, " has ", it->second.numel(),
+                       " elements, want one per q head: ", c.n_heads));
     }
     std::copy(it->second.data.begin(), it->second.data.end(),
               beta.begin() + int64_t{l} * c.n_heads);
@@ -213,7 +213,8 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
     }
     const cpu::DcaParams& d = it.dca;
     const bool rope = d.chunk_len == cpu::kDcaUnbounded && d.chunk_size == cpu::kDcaUnbounded;
-    if (!rope && (d.chunk_len <= 0 || d.chunk_size < d.chunk_len || d.chunk_len % block_size != 0)) {
+    if (!rope &&
+        (d.chunk_len <= 0 || d.chunk_size < d.chunk_len || d.chunk_len % block_size != 0)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "forward: DCA chunk length ", d.chunk_len, " must be positive, at most chunk_size ",
           d.chunk_size, " and a multiple of the KV block size ", block_size));
@@ -233,7 +234,8 @@ absl::Status LlamaModel::Forward(std::span<const StepItem> items, std::vector<fl
     static const std::vector<int32_t> kNoBlocks;
     const auto& table = it.seq != nullptr ? it.seq->block_table() : kNoBlocks;
     for (int b = 0; b * block_size < len; ++b) {
-      const bool skipped = b * block_size >= d.sink_tokens && (b + 1) * block_size <= d.window_start;
+      const bool skipped =
+          b * block_size >= d.sink_tokens && (b + 1) * block_size <= d.window_start;
       if (!skipped && table[static_cast<size_t>(b)] == kAbsentBlock) {
         return absl::InvalidArgumentError(absl::StrCat(
             "forward: KV block ", b, " was released but lies inside the attention window"));
@@ -361,30 +363,28 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
   RETURN_IF_ERROR(b.Embedding(x, token_embd_, ids));
   for (int l = 0; l < c.n_layers; ++l) {
     const Layer& L = layers_[static_cast<size_t>(l)];
-    RETURN_IF_ERROR(b.RmsNorm(xn, x, L.attn_norm, c.rms_eps));
     const LinearJob qkv[] = {{q, L.wq, L.has_bias ? &L.bq : nullptr},
                              {k, L.wk, L.has_bias ? &L.bk : nullptr},
                              {v, L.wv, L.has_bias ? &L.bv : nullptr}};
-    RETURN_IF_ERROR(b.LinearMany(qkv, xn));
-    RETURN_IF_ERROR(b.Rope(k, c.n_kv_heads, key_pos, inv_freq_));
+    RETURN_IF_ERROR(b.RmsNormLinearMany(qkv, x, RowNorm{L.attn_norm, c.rms_eps, xn}));
     if (external != nullptr) {
+      RETURN_IF_ERROR(b.Rope(k, c.n_kv_heads, key_pos, inv_freq_));
       RETURN_IF_ERROR(external->Attend(l, attn, q, k, v));
     } else {
-      RETURN_IF_ERROR(b.KvWrite(l, k, v, slots));
+      RETURN_IF_ERROR(b.RopeKvWrite(l, k, v, slots, key_pos, inv_freq_));
       RETURN_IF_ERROR(b.Attention(attn, q, l, c.n_heads, seqs, inv_freq_));
     }
     for (size_t i = 0; i < items.size(); ++i) {
       if (items[i].infini == nullptr) continue;
       const AttentionSeq& s = seqs[i];
       RETURN_IF_ERROR(items[i].infini->MixInto(b, l, attn.Rows(s.q_row, s.n_q),
-                                               q.Rows(s.q_row, s.n_q), c.n_heads,
-                                               infini_beta(l)));
+                                               q.Rows(s.q_row, s.n_q), c.n_heads, infini_beta(l)));
     }
     // Residual updates and the gated FFN as fused products (xn and up are
     // their scratch where a backend composes them from separate ops).
     RETURN_IF_ERROR(b.LinearAddInPlace(x, attn, L.wo, xn));
-    RETURN_IF_ERROR(b.RmsNorm(xn, x, L.ffn_norm, c.rms_eps));
-    RETURN_IF_ERROR(b.LinearSwiGlu(gate, xn, L.w_gate, L.w_up, up));
+    RETURN_IF_ERROR(
+        b.RmsNormLinearSwiGlu(gate, x, RowNorm{L.ffn_norm, c.rms_eps, xn}, L.w_gate, L.w_up, up));
     RETURN_IF_ERROR(b.LinearAddInPlace(x, gate, L.w_down, xn));
   }
   return absl::OkStatus();

@@ -214,18 +214,46 @@ __global__ void GatherRowsKernel(float* out, const float* src, const int32_t* ro
 }
 
 // One block per row: each thread scans a strided slice, then the block keeps
-// the largest value, the lowest column among equals; NaN never wins.
-__global__ void ArgMaxRowsKernel(int32_t* out, const float* x, int cols) {
+// the largest value, the lowest column among equals; NaN never wins. A logit
+// row (49152 floats) is a chain of loads for each thread, so rows of whole
+// float4 take kArgMaxThreads threads with kArgMaxUnroll loads in flight each.
+constexpr int kArgMaxThreads = 1024;
+constexpr int kArgMaxUnroll = 4;
+template <bool kVec4>
+__global__ void __launch_bounds__(kArgMaxThreads)
+    ArgMaxRowsKernel(int32_t* out, const float* x, int cols) {
   BeginAfterPredecessor();
   const float* row = x + int64_t{blockIdx.x} * cols;
   float best = -INFINITY;
   int arg = -1;
-  for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-    const float v = row[i];
-    if (v > best || (arg < 0 && v == best)) {  // ascending i: the first wins
+  auto take = [&](float v, int i) {
+    if (v > best || (arg < 0 && v == best)) {  // ascending i per thread: the first wins
       best = v;
       arg = i;
     }
+  };
+  if constexpr (kVec4) {
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    const int n4 = cols / 4;
+    constexpr int kStep = kArgMaxThreads * kArgMaxUnroll;
+    for (int i0 = threadIdx.x; i0 < n4; i0 += kStep) {
+      float4 v[kArgMaxUnroll];
+#pragma unroll
+      for (int u = 0; u < kArgMaxUnroll; ++u) {
+        const int i = i0 + u * kArgMaxThreads;
+        v[u] = i < n4 ? __ldg(row4 + i) : make_float4(NAN, NAN, NAN, NAN);
+      }
+#pragma unroll
+      for (int u = 0; u < kArgMaxUnroll; ++u) {
+        const int i = 4 * (i0 + u * kArgMaxThreads);
+        take(v[u].x, i);
+        take(v[u].y, i + 1);
+        take(v[u].z, i + 2);
+        take(v[u].w, i + 3);
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) take(row[i], i);
   }
   // The warp's best (best, arg) pair in every lane; arg -1 = nothing seen but NaN.
   auto warp_best = [&] {
@@ -283,6 +311,49 @@ __global__ void KvWriteKernel(KvWriteParams p) {
       k_dst[0] = __float2bfloat16_rn(k[0]);
       k_dst[p.plane] = __float2bfloat16_rn(v[0]);
     }
+  }
+}
+
+// Keys rotated as they are written: one thread per 4 rotated pairs (i, i +
+// D/2) of a key head, its K and V elements together.
+__global__ void RopeKvWriteKernel(KvWriteParams p) {
+  BeginAfterPredecessor();
+  const int half = p.head_dim / 2, heads = p.width / p.head_dim;
+  const int per_row = heads * (half / 4);
+  const int64_t n = int64_t{p.T} * per_row;
+  for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n;
+       idx += int64_t{gridDim.x} * blockDim.x) {
+    const int r = static_cast<int>(idx / per_row);
+    const int rem = static_cast<int>(idx % per_row);
+    const int h = rem / (half / 4), i = (rem % (half / 4)) * 4;
+    const int slot = p.slots[r];
+    const int64_t block = slot / p.block_size;
+    const int64_t offset = slot % p.block_size;
+    const int64_t col = int64_t{h} * p.head_dim + i;
+    bf16* k_dst = p.arena + p.layer_offset + block * p.block_stride + offset * p.width + col;
+    const float* k = p.k + int64_t{r} * p.width + col;
+    const float* v = p.v + int64_t{r} * p.width + col;
+    const float4 a = *reinterpret_cast<const float4*>(k);
+    const float4 b = *reinterpret_cast<const float4*>(k + half);
+    const float av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+    float lo[4], hi[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float sn, cs;
+      RopeSinCos(p.pos[r], p.inv_freq[i + e], &sn, &cs);
+      const float2 rot = RotatePair(av[e], bv[e], sn, cs);
+      lo[e] = rot.x;
+      hi[e] = rot.y;
+    }
+    *reinterpret_cast<uint2*>(k_dst) = make_uint2(PackBf16(lo[0], lo[1]), PackBf16(lo[2], lo[3]));
+    *reinterpret_cast<uint2*>(k_dst + half) =
+        make_uint2(PackBf16(hi[0], hi[1]), PackBf16(hi[2], hi[3]));
+    const float4 v0 = *reinterpret_cast<const float4*>(v);
+    const float4 v1 = *reinterpret_cast<const float4*>(v + half);
+    *reinterpret_cast<uint2*>(k_dst + p.plane) =
+        make_uint2(PackBf16(v0.x, v0.y), PackBf16(v0.z, v0.w));
+    *reinterpret_cast<uint2*>(k_dst + p.plane + half) =
+        make_uint2(PackBf16(v1.x, v1.y), PackBf16(v1.z, v1.w));
   }
 }
 
@@ -389,12 +460,25 @@ cudaError_t GatherRows(float* out, const float* src, const int32_t* rows, int n_
 
 cudaError_t ArgMaxRows(int32_t* out, const float* x, int n_rows, int cols, cudaStream_t stream) {
   if (n_rows == 0) return cudaSuccess;
-  LaunchAfter(ArgMaxRowsKernel, n_rows, kThreads, 0, stream, out, x, cols);
+  if (cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    LaunchAfter(ArgMaxRowsKernel<true>, n_rows, kArgMaxThreads, 0, stream, out, x, cols);
+  } else {
+    LaunchAfter(ArgMaxRowsKernel<false>, n_rows, kThreads, 0, stream, out, x, cols);
+  }
   return cudaGetLastError();
 }
 
 cudaError_t KvWrite(const KvWriteParams& p, cudaStream_t stream) {
   if (p.T == 0) return cudaSuccess;
+  if (p.pos != nullptr) {
+    const bool ok = p.head_dim > 0 && p.head_dim % 8 == 0 && p.width % p.head_dim == 0 &&
+                    reinterpret_cast<uintptr_t>(p.k) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(p.v) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(p.arena) % 8 == 0;
+    if (!ok) return cudaErrorInvalidValue;
+    LaunchAfter(RopeKvWriteKernel, GridFor(int64_t{p.T} * (p.width / 8)), kThreads, 0, stream, p);
+    return cudaGetLastError();
+  }
   const bool vec4 = p.width % 4 == 0 && reinterpret_cast<uintptr_t>(p.k) % 16 == 0 &&
                     reinterpret_cast<uintptr_t>(p.v) % 16 == 0 &&
                     reinterpret_cast<uintptr_t>(p.arena) % 8 == 0;

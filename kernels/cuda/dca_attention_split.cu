@@ -9,11 +9,16 @@
 // block each warp streams its own 32-key sub-tiles through a private two-stage
 // cp.async pipeline (many bytes in flight: decode is bound by reading K and V
 // once), runs S = QK^T and O += PV on bf16 tensor cores with an f32 online
-// softmax, and the four warps merge through shared memory at the end. The DCA
+// softmax, and the four warps merge through shared memory at the end. Of the
+// blocks that split one row group, the last to finish merges their partials by
+// log-sum-exp (a counter per row group and kv head), so the combine costs no
+// launch and starts the moment its inputs are there. The DCA
 // rotation is chosen per (row, sub-tile) by pointing each lane's ldmatrix at the
 // rotated copy its row needs; a sub-tile lies in one chunk. For a
 // context-parallel partial only the sub-tiles of the held key runs are read (at
 // their local indices) and each row's log-sum-exp is written too.
+#include <type_traits>
+
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -44,12 +49,64 @@ __device__ __forceinline__ int Swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
+// Merges the partials of the blocks that split one group of rows (run by the
+// last of them): a warp per row; lanes stride over the slots for the row's
+// maximum and total weight, then each lane sums its D / 32 consecutive
+// columns over the slots, many slots' loads in flight at once (the merge is a
+// chain of L2 latencies, not of bytes). Reads through L2: other SMs wrote the
+// partials.
+template <int D>
+__device__ void CombineSplits(const DcaAttentionParams& p, const DcaCombineItem& item, int kvh,
+                              const DcaSplitScratch& scratch) {
+  constexpr int R = kDcaSplitRows, kPerLane = D / 32;
+  static_assert(kPerLane == 2 || kPerLane == 4, "one vector load per slot and lane");
+  using Vec = std::conditional_t<kPerLane == 2, float2, float4>;
+  const DcaSeqDesc seq = p.seqs[item.seq];
+  const int group = p.H / p.kv.n_kv_heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float2* ml = reinterpret_cast<const float2*>(scratch.ml);
+  auto slot_at = [&](int s, int rr) {
+    return (int64_t{item.first_slot + s} * p.kv.n_kv_heads + kvh) * R + rr;
+  };
+  for (int rr = warp; rr < item.n_rows; rr += blockDim.x / 32) {
+    float mx = -INFINITY;
+    for (int s = lane; s < item.n_slots; s += 32) mx = fmaxf(mx, __ldcg(ml + slot_at(s, rr)).x);
+    mx = WarpMax(mx);
+    const float base = mx == -INFINITY ? 0.f : mx;
+    float sum = 0.f;
+    for (int s = lane; s < item.n_slots; s += 32) {
+      const float2 v = __ldcg(ml + slot_at(s, rr));
+      sum += v.y * exp2f(v.x - base);
+    }
+    sum = WarpSum(sum);
+    float o[kPerLane] = {};
+#pragma unroll 16
+    for (int s = 0; s < item.n_slots; ++s) {
+      const int64_t at = slot_at(s, rr);
+      const float2 v = __ldcg(ml + at);
+      const Vec part = __ldcg(reinterpret_cast<const Vec*>(scratch.o + at * D) + lane);
+      const float w = v.y * exp2f(v.x - base);
+      const float* pv = reinterpret_cast<const float*>(&part);
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) o[i] += w * pv[i];
+    }
+    const int row = item.rr0 + rr;
+    const int64_t q_row = int64_t{seq.q_row} + row / group;
+    const int head = kvh * group + row % group;
+    // Rows no split saw a key for (only with held runs) get 0 and lse -inf.
+    float* out = p.out + q_row * p.H * D + int64_t{head} * D + lane * kPerLane;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) out[i] = sum > 0.f ? o[i] / sum : 0.f;
+    if (p.lse != nullptr && lane == 0) p.lse[q_row * p.H + head] = LseFromLog2(mx, sum);
+  }
+}
+
 // kRuns: a context-parallel partial call (held key runs, lse written); without
 // it the run bookkeeping compiles away.
 template <class Tr, bool kRuns>
 __global__ void __launch_bounds__(Tr::kThreads)
-    DcaSplitKernel(DcaAttentionParams p, const DcaSplitItem* items, DcaSplitScratch scratch) {
-  BeginAfterPredecessor();
+    DcaSplitKernel(DcaAttentionParams p, const DcaSplitItem* items, const DcaCombineItem* combine,
+                   DcaSplitScratch scratch) {
   constexpr int D = Tr::D, R = Tr::kRows, S = Tr::kSub;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);    // [3][R][D]
@@ -67,30 +124,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
   auto row_token = [&](int rr) {
     return rr < item.n_rows ? seq.q_start + (item.rr0 + rr) / group : -1;
   };
-
-  // The three rotations of every row (rows past n_rows: zeros).
-  for (int idx = tid; idx < R * (D / 2); idx += Tr::kThreads) {
-    const int rr = idx / (D / 2), c = idx % (D / 2);
-    float a = 0.f, b = 0.f;
-    const int i = row_token(rr);
-    if (rr < item.n_rows) {
-      const int row = item.rr0 + rr;
-      const float* qh = p.q + (int64_t{seq.q_row} + row / group) * row_stride +
-                        int64_t{kvh * group + row % group} * D;
-      a = qh[c];
-      b = qh[c + D / 2];
-    }
-#pragma unroll
-    for (int part = 0; part < 3; ++part) {
-      float s = 0.f, co = 1.f;
-      if (i >= 0) RopeSinCos(DcaQueryPos(i, L, C, part), p.inv_freq[c], &s, &co);
-      const float2 r = RotatePair(a, b, s, co);
-      bf16* qp = q_s + part * R * D;
-      qp[Swz<D>(rr, c / 8) + c % 8] = __float2bfloat16_rn(r.x);
-      qp[Swz<D>(rr, (c + D / 2) / 8) + c % 8] = __float2bfloat16_rn(r.y);
-    }
-  }
-  __syncthreads();
 
   const int i_max = row_token(item.n_rows - 1);
   const int32_t* table = p.block_tables + seq.block_table_offset;
@@ -153,8 +186,41 @@ __global__ void __launch_bounds__(Tr::kThreads)
   seek(u, ri_load, run_load);
   KeyRunView run = run_load;
   ri = ri_load;
-  if (u < sub_end && present(u, run_load)) load_sub(u, run_load, 0);
+  // The work lists, block tables and the keys of earlier steps are not written
+  // by the kernel ahead (with a dependent launch: the KV write of this step's
+  // keys), so this warp's first sub-tile is on its way before waiting for it,
+  // unless it holds one of this step's keys.
+  const bool first = u < sub_end && present(u, run_load);
+  const bool early = first && (u + 1) * S <= seq.q_start;
+  if (early) load_sub(u, run_load, 0);
+  BeginAfterPredecessor();
+  if (first && !early) load_sub(u, run_load, 0);
   CpAsyncCommit();
+
+  // The three rotations of every row (rows past n_rows: zeros).
+  for (int idx = tid; idx < R * (D / 2); idx += Tr::kThreads) {
+    const int rr = idx / (D / 2), c = idx % (D / 2);
+    float a = 0.f, b = 0.f;
+    const int i = row_token(rr);
+    if (rr < item.n_rows) {
+      const int row = item.rr0 + rr;
+      const float* qh = p.q + (int64_t{seq.q_row} + row / group) * row_stride +
+                        int64_t{kvh * group + row % group} * D;
+      a = qh[c];
+      b = qh[c + D / 2];
+    }
+#pragma unroll
+    for (int part = 0; part < 3; ++part) {
+      float s = 0.f, co = 1.f;
+      if (i >= 0) RopeSinCos(DcaQueryPos(i, L, C, part), p.inv_freq[c], &s, &co);
+      const float2 r = RotatePair(a, b, s, co);
+      bf16* qp = q_s + part * R * D;
+      qp[Swz<D>(rr, c / 8) + c % 8] = __float2bfloat16_rn(r.x);
+      qp[Swz<D>(rr, (c + D / 2) / 8) + c % 8] = __float2bfloat16_rn(r.y);
+    }
+  }
+  __syncthreads();
+
   for (int it = 0; u < sub_end; ++it, u += Tr::kWarps) {
     if (u + Tr::kWarps < sub_end) {
       seek(u + Tr::kWarps, ri_load, run_load);
@@ -305,59 +371,35 @@ __global__ void __launch_bounds__(Tr::kThreads)
       }
     }
   }
-}
-
-// Merges the partial results of the blocks that split one group of rows.
-template <int D>
-__global__ void DcaSplitCombineKernel(DcaAttentionParams p, const DcaCombineItem* combine,
-                                      DcaSplitScratch scratch) {
-  BeginAfterPredecessor();
-  constexpr int R = kDcaSplitRows;
-  const DcaCombineItem item = combine[blockIdx.x];
-  const DcaSeqDesc seq = p.seqs[item.seq];
-  const int kvh = blockIdx.y;
-  const int group = p.H / p.kv.n_kv_heads;
-  const int64_t row_stride = int64_t{p.H} * D;
-  for (int idx = threadIdx.x; idx < item.n_rows * D; idx += blockDim.x) {
-    const int rr = idx / D, d = idx % D;
-    float mx = -INFINITY;
-    for (int s = 0; s < item.n_slots; ++s) {
-      const int64_t at = (int64_t{item.first_slot + s} * p.kv.n_kv_heads + kvh) * R + rr;
-      mx = fmaxf(mx, scratch.ml[at * 2]);
-    }
-    const float base = mx == -INFINITY ? 0.f : mx;
-    float sum = 0.f, o = 0.f;
-    for (int s = 0; s < item.n_slots; ++s) {
-      const int64_t at = (int64_t{item.first_slot + s} * p.kv.n_kv_heads + kvh) * R + rr;
-      const float w = scratch.ml[at * 2 + 1] * exp2f(scratch.ml[at * 2] - base);
-      sum += w;
-      o += w * scratch.o[at * D + d];
-    }
-    const int row = item.rr0 + rr;
-    // Rows no split saw a key for (only with held runs) get 0 and lse -inf.
-    p.out[(int64_t{seq.q_row} + row / group) * row_stride + int64_t{kvh * group + row % group} * D +
-          d] = sum > 0.f ? o / sum : 0.f;
-    if (p.lse != nullptr && d == 0) {
-      p.lse[(int64_t{seq.q_row} + row / group) * p.H + kvh * group + row % group] =
-          LseFromLog2(mx, sum);
-    }
+  if (item.out_slot < 0) return;
+  // The last block of the row group (for this kv head) merges the partials;
+  // it leaves the counter at 0 for the next launch.
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  const DcaCombineItem& c = combine[item.combine];
+  if (tid == 0) {
+    int* counter = scratch.counters + int64_t{item.combine} * p.kv.n_kv_heads + kvh;
+    last = atomicAdd(counter, 1) == c.n_slots - 1;
+    if (last) atomicExch(counter, 0);
   }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  CombineSplits<D>(p, c, kvh, scratch);
 }
 
 template <int D>
 cudaError_t LaunchSplit(const DcaAttentionParams& p, const DcaSplitItem* items, int n_items,
-                        const DcaCombineItem* combine, int n_combine,
-                        const DcaSplitScratch& scratch, cudaStream_t stream) {
+                        const DcaCombineItem* combine, const DcaSplitScratch& scratch,
+                        cudaStream_t stream) {
   using Tr = SplitTraits<D>;
   const auto kernel = p.runs != nullptr ? DcaSplitKernel<Tr, true> : DcaSplitKernel<Tr, false>;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  err = LaunchAfter(kernel, dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream, p,
-                    items, scratch);
-  if (err != cudaSuccess || n_combine == 0) return err;
-  return LaunchAfter(DcaSplitCombineKernel<D>, dim3(n_combine, p.kv.n_kv_heads), 128, 0, stream, p,
-                     combine, scratch);
+  return LaunchAfter(kernel, dim3(n_items, p.kv.n_kv_heads), Tr::kThreads, Tr::kSmemBytes, stream,
+                     p, items, combine, scratch);
 }
 
 }  // namespace
@@ -391,14 +433,14 @@ int DcaSplitBlocksPerSm(int D) {
 }
 
 cudaError_t DcaAttentionSplit(const DcaAttentionParams& p, const DcaSplitItem* items, int n_items,
-                              const DcaCombineItem* combine, int n_combine,
-                              const DcaSplitScratch& scratch, cudaStream_t stream) {
+                              const DcaCombineItem* combine, const DcaSplitScratch& scratch,
+                              cudaStream_t stream) {
   if (n_items == 0) return cudaSuccess;
   switch (p.D) {
     case 64:
-      return LaunchSplit<64>(p, items, n_items, combine, n_combine, scratch, stream);
+      return LaunchSplit<64>(p, items, n_items, combine, scratch, stream);
     case 128:
-      return LaunchSplit<128>(p, items, n_items, combine, n_combine, scratch, stream);
+      return LaunchSplit<128>(p, items, n_items, combine, scratch, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/gemv_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace longctx::cuda {
@@ -31,30 +32,17 @@ struct GemvTraits {
   static constexpr int kRowsPerBlock = kGemvWarps * kOutRows;
 };
 
-// First block of each job of a launch (prefix sums of the jobs' block counts).
-struct GemvBlockStarts {
-  int first[kGemvMaxJobs];
-};
-
-// A 16-byte weight load that bypasses L1 (each byte is read once; L1 keeps x).
-__device__ __forceinline__ uint4 LoadWeights(const uint4* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
-}
-
-// The two bf16 of a 32-bit word as floats, the lower address first.
-__device__ __forceinline__ float2 Bf16PairToF32(uint32_t u) {
-  return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
-}
-
 // acc[r][t] += w[r][8v .. 8v + 8) . x[t][8v .. 8v + 8) for one 16-byte vector
-// of each of the R rows.
+// of each of the R rows. With the fused RMSNorm the weights are scaled by the
+// norm's weights and ss[t] gathers x's squares (each lane reads every vector v
+// of x once per warp, so the warp's sum covers the row once).
 template <typename Tr>
-__device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], const uint4 (&wv)[Tr::R],
-                                               const float* __restrict__ x, int K, int v) {
+__device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], float (&ss)[Tr::T],
+                                               const uint4 (&wv)[Tr::R], const GemvParams& p,
+                                               int v) {
+  const bool norm = p.norm_w != nullptr;
+  float gn[8];
+  if (norm) LoadNorm8(p.norm_w, p.norm_type, 8 * v, gn);
   float wf[Tr::R][8];
 #pragma unroll
   for (int r = 0; r < Tr::R; ++r) {
@@ -65,12 +53,20 @@ __device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], const
       wf[r][2 * i] = f.x;
       wf[r][2 * i + 1] = f.y;
     }
+    if (norm) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) wf[r][i] *= gn[i];
+    }
   }
 #pragma unroll
   for (int t = 0; t < Tr::T; ++t) {
-    const float4* xp = reinterpret_cast<const float4*>(x + int64_t{t} * K) + 2 * v;
+    const float4* xp = reinterpret_cast<const float4*>(p.x + int64_t{t} * p.K) + 2 * v;
     const float4 a = __ldg(xp), b = __ldg(xp + 1);
     const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    if (norm) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) ss[t] = fmaf(xs[i], xs[i], ss[t]);
+    }
 #pragma unroll
     for (int r = 0; r < Tr::R; ++r) {
 #pragma unroll
@@ -79,25 +75,27 @@ __device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], const
   }
 }
 
-// U vectors of each row per lane, at v, v + 32, ..., all loads issued before
-// the first product; kGuarded: only those below nv.
-template <typename Tr, bool kGuarded>
-__device__ __forceinline__ void GemvStep(float (&acc)[Tr::R][Tr::T],
-                                         const uint4* const (&rows)[Tr::R],
-                                         const float* __restrict__ x, int K, int v, int nv) {
-  constexpr int U = Tr::kUnroll;
-  uint4 wv[U][Tr::R];
+// U vectors of each row per lane, at v, v + 32, ... (those below nv), all
+// loads issued before the first product.
+template <typename Tr>
+__device__ __forceinline__ void GemvLoad(uint4 (&wv)[Tr::kUnroll][Tr::R],
+                                         const uint4* const (&rows)[Tr::R], int v, int nv) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
+  for (int u = 0; u < Tr::kUnroll; ++u) {
 #pragma unroll
     for (int r = 0; r < Tr::R; ++r) {
-      wv[u][r] =
-          !kGuarded || v + 32 * u < nv ? LoadWeights(rows[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
+      wv[u][r] = v + 32 * u < nv ? LoadWeights(rows[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
     }
   }
+}
+
+template <typename Tr>
+__device__ __forceinline__ void GemvUse(float (&acc)[Tr::R][Tr::T], float (&ss)[Tr::T],
+                                        const uint4 (&wv)[Tr::kUnroll][Tr::R], const GemvParams& p,
+                                        int v, int nv) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    if (!kGuarded || v + 32 * u < nv) GemvAccumulate<Tr>(acc, wv[u], x, K, v + 32 * u);
+  for (int u = 0; u < Tr::kUnroll; ++u) {
+    if (v + 32 * u < nv) GemvAccumulate<Tr>(acc, ss, wv[u], p, v + 32 * u);
   }
 }
 
@@ -107,19 +105,8 @@ __device__ __forceinline__ void GemvStep(float (&acc)[Tr::R][Tr::T],
 // keeps kUnroll vectors of each of its R weight rows in flight.
 template <typename Tr>
 __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlockStarts starts) {
-  BeginAfterPredecessor();
   constexpr int R = Tr::R, T = Tr::T, U = Tr::kUnroll, O = Tr::kOutRows;
-  // This block's job: the last one that starts at or before it (a select per
-  // job, so the parameters stay in constant memory).
-  GemvJob job = p.jobs[0];
-  int first = 0;
-#pragma unroll
-  for (int i = 1; i < kGemvMaxJobs; ++i) {
-    if (i < p.n_jobs && static_cast<int>(blockIdx.x) >= starts.first[i]) {
-      job = p.jobs[i];
-      first = starts.first[i];
-    }
-  }
+  const auto [job, first] = JobOfBlock(p, starts);
   const int lane = threadIdx.x % 32;
   const int n0 = ((static_cast<int>(blockIdx.x) - first) * kGemvWarps + threadIdx.x / 32) * O;
   if (n0 >= job.N) return;  // the whole warp
@@ -133,21 +120,31 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlo
     // A row past N (odd N) re-reads the last row; its sum is not written.
     rows[r] = reinterpret_cast<const uint4*>(w + int64_t{min(n0 + o, job.N - 1)} * p.K);
   }
-  float acc[R][T];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-#pragma unroll
-    for (int t = 0; t < T; ++t) acc[r][t] = 0.f;
-  }
+  // The first step's weights are loaded before waiting on the kernel ahead: a
+  // step never writes weights.
   int v = lane;
-  for (; v + 32 * (U - 1) < nv; v += 32 * U) GemvStep<Tr, false>(acc, rows, p.x, p.K, v, nv);
-  // The rest of the row (fewer than U vectors per lane) in one more step, its
-  // loads in flight together.
-  if (v < nv) GemvStep<Tr, true>(acc, rows, p.x, p.K, v, nv);
+  uint4 wv[U][R];
+  GemvLoad<Tr>(wv, rows, v, nv);
+  BeginAfterPredecessor();
+  float acc[R][T], ss[T];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
+  for (int t = 0; t < T; ++t) {
+    ss[t] = 0.f;
 #pragma unroll
-    for (int t = 0; t < T; ++t) acc[r][t] = WarpSum(acc[r][t]);
+    for (int r = 0; r < R; ++r) acc[r][t] = 0.f;
+  }
+  while (true) {
+    GemvUse<Tr>(acc, ss, wv, p, v, nv);
+    v += 32 * U;
+    if (v >= nv) break;
+    GemvLoad<Tr>(wv, rows, v, nv);
+  }
+  const bool norm = p.norm_w != nullptr;
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float scale = norm ? rsqrtf(WarpSum(ss[t]) / p.K + p.norm_eps) : 1.f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r][t] = WarpSum(acc[r][t]) * scale;
   }
   if (lane != 0) return;
   if constexpr (Tr::E == GemvEpilogue::kSwiGlu) {
@@ -157,9 +154,7 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlo
       if (n >= job.N) break;
 #pragma unroll
       for (int t = 0; t < T; ++t) {
-        // The SwiGlu kernel's expression: silu(gate) * up.
-        const float g = acc[2 * o][t];
-        job.out[int64_t{t} * job.N + n] = g / (1.f + expf(-g)) * acc[2 * o + 1][t];
+        job.out[int64_t{t} * job.N + n] = SiluTimes(acc[2 * o][t], acc[2 * o + 1][t]);
       }
     }
   } else {
@@ -167,12 +162,7 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlo
     for (int r = 0; r < R; ++r) {
       const int n = n0 + r;
       if (n >= job.N) break;
-      float b = 0.f;
-      if (job.bias != nullptr) {
-        b = job.bias_type == ElemType::kBF16
-                ? __bfloat162float(static_cast<const bf16*>(job.bias)[n])
-                : static_cast<const float*>(job.bias)[n];
-      }
+      const float b = BiasOf(job, n);
 #pragma unroll
       for (int t = 0; t < T; ++t) {
         // The sum rounded first, as Linear then AddInPlace would.
@@ -197,12 +187,8 @@ int64_t TotalRows(const GemvParams& p) {
 template <int T, int R, GemvEpilogue E>
 cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
   using Tr = GemvTraits<T, R, E>;
-  GemvBlockStarts starts;
   int blocks = 0;
-  for (int i = 0; i < kGemvMaxJobs; ++i) {
-    starts.first[i] = blocks;
-    if (i < p.n_jobs) blocks += (p.jobs[i].N + Tr::kRowsPerBlock - 1) / Tr::kRowsPerBlock;
-  }
+  const GemvBlockStarts starts = BlockStarts(p, Tr::kRowsPerBlock, &blocks);
   LaunchAfter(GemvKernel<Tr>, blocks, kGemvThreads, 0, stream, p, starts);
   return cudaGetLastError();
 }
@@ -230,22 +216,27 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 bool GemvSupported(const GemvParams& p) {
-  if (p.T < 1 || p.T > kGemvMaxT || p.K < 0 || p.K % 8 != 0 || p.x == nullptr || !Aligned16(p.x) ||
-      p.n_jobs < 1 || p.n_jobs > kGemvMaxJobs) {
+  if (p.T < 1 || p.T > kGemvMmaMaxT || p.K < 1 || p.K % 8 != 0 || p.x == nullptr ||
+      !Aligned16(p.x) || p.n_jobs < 1 || p.n_jobs > kGemvMaxJobs ||
+      (p.norm_w != nullptr && !Aligned16(p.norm_w))) {
     return false;
   }
   const bool glu = p.epilogue == GemvEpilogue::kSwiGlu;
+  int64_t weights = 0;
   for (int i = 0; i < p.n_jobs; ++i) {
     const GemvJob& j = p.jobs[i];
     if (j.N < 1 || j.out == nullptr || j.w == nullptr || !Aligned16(j.w)) return false;
     if (glu && (j.w_up == nullptr || !Aligned16(j.w_up) || j.bias != nullptr)) return false;
+    weights += int64_t{j.N} * p.K * (glu ? 2 : 1);
   }
+  if (p.T > kGemvMaxT && (p.K % 32 != 0 || weights > kGemvMmaMaxWeights)) return false;
   // One block per output row at most: the grid stays within int.
   return TotalRows(p) <= INT32_MAX;
 }
 
 cudaError_t GemvBf16(const GemvParams& p, cudaStream_t stream) {
   if (!GemvSupported(p)) return cudaErrorInvalidValue;
+  if (p.T > kGemvMaxT) return GemvMmaBf16(p, stream);
   static_assert(kGemvMaxT == 8, "one case per row count");
   switch (p.T) {
     case 1:

@@ -54,18 +54,27 @@ void SetDependentLaunch(bool enabled);
 bool DependentLaunch();
 
 // --- Linear with few token rows (cpu::Linear is the reference) ---
-// out = x w^T (+ bias) for 1 <= T <= kGemvMaxT rows of f32 activations against
-// bf16 weights, f32 accumulation. A decode step's products read each weight
-// once for a handful of rows, so they are bound by the weight stream: each warp
-// streams one weight row (two for large N) in 16-byte loads while the
-// activations, a few KiB, stay in L1. No bf16 copy of x is made. (Taking
-// 32 rows, a small model's batched step, on the CUDA cores made that step 2.1
-// times slower than cuBLAS on an H200: docs/cuda.md.)
+// out = x w^T (+ bias) for 1 <= T <= kGemvMmaMaxT rows of f32 activations
+// against bf16 weights, f32 accumulation; no bf16 copy of x is made.
+//   T <= kGemvMaxT (decode of a few sessions): on the CUDA cores. The products
+//   are bound by the weight stream: each warp streams one weight row (two for
+//   large N) in 16-byte loads while the activations, a few KiB, stay in L1;
+//   x keeps f32.
+//   kGemvMaxT < T <= kGemvMmaMaxT (a small model's batched step): bf16 tensor
+//   cores (gemv_mma.cu), x rounded to bf16 as a GEMM would. Taken only for K a
+//   multiple of 32 and at most kGemvMmaMaxWeights weights per launch: such
+//   products are a few MB, bound by launches, and one kernel replaces the bf16
+//   copy of x, a cuBLAS GEMM per job and the op after them. Larger products
+//   are left to cuBLAS. (Taking 32 rows on the CUDA cores made the 135M
+//   model's batched step 2.1 times slower than cuBLAS on an H200: docs/cuda.md.)
 //
 // One launch runs up to kGemvMaxJobs products of the same x (a layer's q, k
 // and v): the grid covers the rows of every job, each block working on one job.
-// The epilogue, fixed per launch, fuses the op that follows the product.
+// The epilogue, fixed per launch, fuses the op that follows the product; an
+// optional RMSNorm of x (cpu::RmsNorm) is fused before it.
 inline constexpr int kGemvMaxT = 8;
+inline constexpr int kGemvMmaMaxT = 64;
+inline constexpr int64_t kGemvMmaMaxWeights = int64_t{16} << 20;
 inline constexpr int kGemvMaxJobs = 4;
 
 enum class GemvEpilogue {
@@ -88,8 +97,14 @@ struct GemvParams {
   int n_jobs = 0;            // 1 .. kGemvMaxJobs
   const float* x = nullptr;  // [T, K], 16-byte aligned
   int T = 0;
-  int K = 0;  // multiple of 8 (whole 16-byte loads per row)
+  int K = 0;  // multiple of 8 (whole 16-byte loads per row); of 32 above kGemvMaxT rows
   GemvEpilogue epilogue = GemvEpilogue::kStore;
+  // Set: the products take RmsNorm(x, norm_w, norm_eps) instead of x: each
+  // row's sum of squares is gathered while x is read and the scale applied to
+  // the sums (x · (s g) w = s · (x g) w).
+  const void* norm_w = nullptr;  // [K], norm_type, 16-byte aligned
+  ElemType norm_type = ElemType::kF32;
+  float norm_eps = 0.f;
 };
 // Whether GemvBf16 takes these shapes and addresses.
 bool GemvSupported(const GemvParams& p);
@@ -136,10 +151,15 @@ struct KvWriteParams {
   int64_t plane = 0;         // block_size * width: K to V distance inside a layer
   int block_size = 0;
   int width = 0;                   // n_kv_heads * head_dim
-  const float* k = nullptr;        // [T, width], rotated at j mod L
+  const float* k = nullptr;        // [T, width], rotated at j mod L (or see pos)
   const float* v = nullptr;        // [T, width]
   const int32_t* slots = nullptr;  // [T] physical slot = block * block_size + offset
   int T = 0;
+  // Set: k is un-rotated and each key is rotated (as Rope) at pos[t] while it
+  // is written; k itself is left as it is.
+  const int32_t* pos = nullptr;     // [T]
+  const float* inv_freq = nullptr;  // [head_dim / 2]
+  int head_dim = 0;                 // with pos: width = n_kv_heads * head_dim, head_dim % 8 == 0
 };
 cudaError_t KvWrite(const KvWriteParams& p, cudaStream_t stream);
 
@@ -242,11 +262,13 @@ cudaError_t DcaAttentionWgmma(const DcaAttentionParams& p, const DcaRowTile* til
                               cudaStream_t stream);
 
 // Split-KV (flash-decoding) kernel, bf16 mma.sync like the tiled kernel, D in
-// {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a sequence is query rr
-// / group, q head kv_head * group + rr % group. A work item covers rows rr0 .. rr0 + n_rows (≤
-// kDcaSplitRows) and key tiles [tile_begin, tile_end). Items with out_slot < 0 are the only split
-// of their rows and write `out` directly; the others write partial results to slot out_slot, which
-// DcaSplitCombine merges.
+// {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a
+// sequence is query rr / group, q head kv_head * group + rr % group. A work
+// item covers rows rr0 .. rr0 + n_rows (≤ kDcaSplitRows) and key tiles
+// [tile_begin, tile_end). Items with out_slot < 0 are the only split of their
+// rows and write `out` directly; the others write partial results to slot
+// out_slot, and the last of the combine item's splits to finish (per kv head)
+// merges them into `out`.
 struct DcaSplitItem {
   int seq = 0;
   int rr0 = 0;
@@ -254,6 +276,7 @@ struct DcaSplitItem {
   int tile_begin = 0;
   int tile_end = 0;
   int out_slot = -1;
+  int combine = -1;  // index of the rows' DcaCombineItem where out_slot >= 0
 };
 // Rows whose key range was split: partial slots first_slot .. first_slot + n_slots.
 struct DcaCombineItem {
@@ -266,15 +289,18 @@ struct DcaCombineItem {
 struct DcaSplitScratch {
   float* o = nullptr;   // [slots, n_kv_heads, kDcaSplitRows, D], normalised partial outputs
   float* ml = nullptr;  // [slots, n_kv_heads, kDcaSplitRows, 2]: max score (log2 units), sum
+  // [n_combine, n_kv_heads] arrival counts of the splits; all 0 before a launch,
+  // and the launch leaves them 0 (the last split resets its count).
+  int* counters = nullptr;
 };
 bool DcaSplitSupported(int D);
 // Split-KV blocks of head dim D that fit on one SM at once (shared memory and
 // registers); at least 1.
 int DcaSplitBlocksPerSm(int D);
-// grid: (n_items, n_kv_heads) then (n_combine, n_kv_heads).
+// grid: (n_items, n_kv_heads).
 cudaError_t DcaAttentionSplit(const DcaAttentionParams& p, const DcaSplitItem* items, int n_items,
-                              const DcaCombineItem* combine, int n_combine,
-                              const DcaSplitScratch& scratch, cudaStream_t stream);
+                              const DcaCombineItem* combine, const DcaSplitScratch& scratch,
+                              cudaStream_t stream);
 
 // --- context-parallel merge (cpu::MergeAttention is the reference) ---
 // out[n] = sum_r w_r o_r[n] / sum_r w_r, w_r = exp(lse_r[n] - max_r lse_r[n]), for

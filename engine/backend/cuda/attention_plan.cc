@@ -228,38 +228,21 @@ absl::StatusOr<AttentionPlan> Plan(std::span<const PlanSeq> seqs, const Attentio
     }
   }
   if (!groups.empty()) {
-    // Split length: aim at k blocks per SM, from 2 (bytes in flight; 1 where
-    // only one fits) up to the blocks that fit on one, and keep the k whose
-    // blocks spread most evenly over the SMs (the step lasts as long as the
-    // busiest SM; ties: fewer blocks, less combine). 32 sessions of 8k at D 64
-    // (3 kv heads): 288 blocks at k = 2 leave SMs with 3 blocks beside SMs
-    // with 2 (73% even); k = 3 makes 384 (97%).
-    const int max_k = std::clamp(shape.split_resident_blocks, 1, kSplitBlocksPerSm);
-    const int min_k = std::min(2, max_k);
-    auto blocks_for = [&](int64_t per) {
-      int64_t n = 0;
-      for (const RowGroup& g : groups) n += std::max<int64_t>(1, (g.present() + per - 1) / per);
-      return n * shape.n_kv_heads;
-    };
-    int64_t per_split = 0, best_blocks = 0;
-    double best_even = -1;
-    for (int k = min_k; k <= max_k; ++k) {
-      const int64_t target_items =
-          std::max<int64_t>(1, int64_t{k} * shape.num_sms / shape.n_kv_heads);
-      const int64_t per =
-          std::max<int64_t>(kMinTilesPerSplit, (total_tiles + target_items - 1) / target_items);
-      const int64_t blocks = blocks_for(per);
-      const double per_sm = static_cast<double>(blocks) / shape.num_sms;
-      const double even = per_sm / std::ceil(per_sm);
-      if (even > best_even + 1e-9 || (even > best_even - 1e-9 && blocks < best_blocks)) {
-        best_even = even;
-        best_blocks = blocks;
-        per_split = per;
-      }
-    }
+    // One wave: at most num_sms x resident blocks in all (the blocks that fit
+    // on an SM at once, at most kSplitBlocksPerSm), so no block waits for a
+    // slot while the rest of the device idles. The split length is the
+    // shortest that fits (at least kMinTilesPerSplit tiles); a row group gets
+    // floor(present / length) splits of near-equal size. (Cutting 129 tiles
+    // at a fixed length of 32 made a fifth, one-tile split per row group:
+    // 480 blocks for 396 slots, a second wave of full blocks.)
+    const int resident = std::clamp(shape.split_resident_blocks, 1, kSplitBlocksPerSm);
+    const int64_t slots_per_head =
+        std::max<int64_t>(1, int64_t{shape.num_sms} * resident / shape.n_kv_heads);
+    const int64_t per_split =
+        std::max<int64_t>(kMinTilesPerSplit, (total_tiles + slots_per_head - 1) / slots_per_head);
     for (const RowGroup& g : groups) {
-      const int present = g.present();
-      const int n_splits = std::max(1, static_cast<int>((present + per_split - 1) / per_split));
+      const int64_t present = g.present();
+      const int n_splits = static_cast<int>(std::max<int64_t>(1, present / per_split));
       const int first_slot = plan.split_slots;
       for (int k = 0; k < n_splits; ++k) {
         cuda::DcaSplitItem item;
@@ -268,9 +251,10 @@ absl::StatusOr<AttentionPlan> Plan(std::span<const PlanSeq> seqs, const Attentio
         item.n_rows = g.n_rows;
         // The split's first present tile up to the next split's (absent tiles
         // in between are skipped by the kernel).
-        item.tile_begin = k == 0 ? 0 : g.Tile(k * per_split);
-        item.tile_end = k + 1 == n_splits ? g.n_tiles : g.Tile((k + 1) * per_split);
+        item.tile_begin = k == 0 ? 0 : g.Tile(present * k / n_splits);
+        item.tile_end = k + 1 == n_splits ? g.n_tiles : g.Tile(present * (k + 1) / n_splits);
         item.out_slot = n_splits == 1 ? -1 : first_slot + k;
+        item.combine = n_splits == 1 ? -1 : static_cast<int>(plan.combine_items.size());
         plan.split_items.push_back(item);
       }
       if (n_splits > 1) {

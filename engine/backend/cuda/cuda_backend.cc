@@ -1,6 +1,7 @@
 #include "engine/backend/cuda/cuda_backend.h"
 
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -70,14 +71,16 @@ absl::Status RequireShape(bool ok, const char* op) {
             : absl::InvalidArgumentError(absl::StrCat("cuda backend: shape mismatch in ", op));
 }
 
-// The few-row kernel's launch for the products of `jobs` on x with `epilogue`
-// (kSwiGlu: one job, its up weights w_up), or nullopt where it does not apply:
-// more than kGemvMaxT rows or kGemvMaxJobs jobs, a weight not in bf16, shapes
-// or addresses the kernel does not take, or nothing to compute.
+// The few-row kernels' launch for the products of `jobs` on x with `epilogue`
+// (kSwiGlu: one job, its up weights w_up), the RMSNorm `norm` fused before them
+// when set, or nullopt where it does not apply: more than kGemvMmaMaxT rows or
+// kGemvMaxJobs jobs, a weight not in bf16, shapes or addresses the kernels do
+// not take, or nothing to compute.
 std::optional<cuda::GemvParams> FewRowGemv(std::span<const LinearJob> jobs, Tensor x,
                                            cuda::GemvEpilogue epilogue,
-                                           const Tensor* w_up = nullptr) {
-  if (x.rows < 1 || x.rows > cuda::kGemvMaxT || jobs.empty() ||
+                                           const Tensor* w_up = nullptr,
+                                           const RowNorm* norm = nullptr) {
+  if (x.rows < 1 || x.rows > cuda::kGemvMmaMaxT || jobs.empty() ||
       jobs.size() > static_cast<size_t>(cuda::kGemvMaxJobs) ||
       (w_up != nullptr && w_up->dtype != DType::kBF16)) {
     return std::nullopt;
@@ -88,6 +91,11 @@ std::optional<cuda::GemvParams> FewRowGemv(std::span<const LinearJob> jobs, Tens
   p.T = static_cast<int>(x.rows);
   p.K = static_cast<int>(x.cols);
   p.epilogue = epilogue;
+  if (norm != nullptr) {
+    p.norm_w = norm->w.data;
+    p.norm_type = ElemOf(norm->w.dtype);
+    p.norm_eps = norm->eps;
+  }
   for (size_t i = 0; i < jobs.size(); ++i) {
     const LinearJob& j = jobs[i];
     if (j.w.dtype != DType::kBF16) return std::nullopt;
@@ -138,6 +146,9 @@ class CudaBackend final : public Backend {
 
   absl::Status InitKv(const KvGeometry& geometry) override;
   absl::Status KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) override;
+  // One kernel: keys rotated as they are written.
+  absl::Status RopeKvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots,
+                           std::span<const int32_t> pos, std::span<const float> inv_freq) override;
   absl::Status KvReadBlock(int64_t block, float* host) override;
   absl::Status KvWriteBlock(int64_t block, const float* host) override;
 
@@ -159,6 +170,11 @@ class CudaBackend final : public Backend {
   absl::Status LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
                             Tensor scratch) override;
   absl::Status LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch) override;
+  // The norm folded into the few-row kernels' launch where it applies.
+  absl::Status RmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                 const RowNorm& norm) override;
+  absl::Status RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm, Tensor w_gate,
+                                   Tensor w_up, Tensor scratch) override;
   // Products of bf16 weights with more rows than the few-row kernel takes,
   // through cuBLAS with x converted to bf16 once for all of them: out = x w^T
   // (+ bias), or out += x w^T with `accumulate` (the GEMM's beta, so no
@@ -208,6 +224,19 @@ class CudaBackend final : public Backend {
   absl::Status SplitPrefillAttention(Tensor out, Tensor q, int layer, int n_heads,
                                      const AttentionSeq& s, int parts,
                                      std::span<const float> inv_freq, AttentionPlanShape shape);
+  // LinearMany / LinearSwiGlu with an optional fused norm (checked by the caller).
+  absl::Status FusedLinearMany(std::span<const LinearJob> jobs, Tensor x, const RowNorm* norm);
+  absl::Status FusedLinearSwiGlu(Tensor out, Tensor x, const RowNorm* norm, Tensor w_gate,
+                                 Tensor w_up, Tensor scratch);
+  // The trace key of a fused norm (zeros without one).
+  void TraceNorm(const RowNorm* norm) {
+    Trace({U(norm != nullptr ? norm->w.data : nullptr),
+           static_cast<uint64_t>(norm != nullptr ? norm->w.dtype : DType::kF32),
+           U(norm != nullptr ? norm->eps : 0.f)});
+  }
+  // KvWrite, and RopeKvWrite with pos and inv_freq set.
+  absl::Status WriteKv(int layer, Tensor k, Tensor v, std::span<const int32_t> slots,
+                       std::span<const int32_t> pos, std::span<const float> inv_freq);
   bool Replaying() const { return graph_.replaying(); }
   void Trace(std::initializer_list<uint64_t> key) { graph_.Trace(key); }
   absl::Status RequireNotDeferred(const char* op) const;
@@ -244,7 +273,7 @@ class CudaBackend final : public Backend {
 
   CudaBackendOptions options_;
   int num_sms_ = 0;
-  bool wgmma_ = false;  // tiled attention on the Hopper kernel
+  bool wgmma_ = false;                   // tiled attention on the Hopper kernel
   int split_blocks_per_sm_[2] = {1, 1};  // resident split-KV blocks, D 64 and 128
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
@@ -254,7 +283,8 @@ class CudaBackend final : public Backend {
   ScratchBuffer argmax_;   // ArgMaxRows results before their download
   ScratchBuffer split_o_;  // split-KV partial outputs
   ScratchBuffer split_ml_;
-  ScratchBuffer infini_;  // Infini memory, its retrieval and the fold's K, V
+  ScratchBuffer split_counts_;   // the splits' arrival counts (DcaSplitScratch::counters)
+  ScratchBuffer infini_;         // Infini memory, its retrieval and the fold's K, V
   ScratchBuffer prefill_split_;  // SplitPrefillAttention: copies of q, partials
   // The staged work lists of the last Attention call of a recorded step. The
   // layers of one step pass the same sequences, so later layers reuse them
@@ -288,6 +318,7 @@ CudaBackend::~CudaBackend() {
   x_bf16_.Release();
   split_o_.Release();
   split_ml_.Release();
+  split_counts_.Release();
   infini_.Release();
   prefill_split_.Release();
   if (kv_ != nullptr) cudaFree(kv_);
@@ -396,9 +427,8 @@ absl::Status CudaBackend::CopyKvBlock(int64_t block, float* out, const float* in
   const int per_pass = static_cast<int>(std::clamp<int64_t>(kConvertChunk / seg, 1, n_layers));
   // f32 [per_pass, seg], then the same in bf16, packed.
   const size_t f32_bytes = static_cast<size_t>(per_pass * seg) * sizeof(float);
-  RETURN_IF_ERROR(
-      convert_.Reserve(f32_bytes + static_cast<size_t>(per_pass * seg) * sizeof(cuda::bf16),
-                       stream_));
+  RETURN_IF_ERROR(convert_.Reserve(
+      f32_bytes + static_cast<size_t>(per_pass * seg) * sizeof(cuda::bf16), stream_));
   float* f32 = convert_.as<float>();
   auto* packed = reinterpret_cast<cuda::bf16*>(convert_.as<unsigned char>() + f32_bytes);
   const size_t seg_bytes = static_cast<size_t>(seg) * sizeof(cuda::bf16);
@@ -464,6 +494,25 @@ absl::Status CudaBackend::InitKv(const KvGeometry& g) {
 }
 
 absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots) {
+  return WriteKv(layer, k, v, slots, {}, {});
+}
+
+absl::Status CudaBackend::RopeKvWrite(int layer, Tensor k, Tensor v, std::span<const int32_t> slots,
+                                      std::span<const int32_t> pos,
+                                      std::span<const float> inv_freq) {
+  RETURN_IF_ERROR(RequireShape(
+      pos.size() == slots.size() && static_cast<int>(inv_freq.size()) * 2 == kv_geometry_.head_dim,
+      "RopeKvWrite"));
+  // The fused kernel takes whole float4 pairs of a head from 16-byte rows.
+  const bool fits = kv_geometry_.head_dim % 8 == 0 &&
+                    reinterpret_cast<uintptr_t>(k.data) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(v.data) % 16 == 0;
+  if (!fits) return Backend::RopeKvWrite(layer, k, v, slots, pos, inv_freq);
+  return WriteKv(layer, k, v, slots, pos, inv_freq);
+}
+
+absl::Status CudaBackend::WriteKv(int layer, Tensor k, Tensor v, std::span<const int32_t> slots,
+                                  std::span<const int32_t> pos, std::span<const float> inv_freq) {
   const KvGeometry& g = kv_geometry_;
   if (kv_ == nullptr)
     return absl::FailedPreconditionError("cuda backend: KV arena not initialised");
@@ -494,8 +543,13 @@ absl::Status CudaBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const
   p.v = static_cast<const float*>(v.data);
   p.slots = d_slots;
   p.T = static_cast<int>(slots.size());
+  if (!pos.empty()) {
+    ASSIGN_OR_RETURN(p.pos, StageSpan(pos));
+    ASSIGN_OR_RETURN(p.inv_freq, StageSpan(inv_freq));
+    p.head_dim = g.head_dim;
+  }
   Trace({U(OpId::kKvWrite), U(kv_), static_cast<uint64_t>(layer), U(k.data), U(v.data),
-         static_cast<uint64_t>(p.T), U(d_slots)});
+         static_cast<uint64_t>(p.T), U(d_slots), U(p.pos), U(p.inv_freq)});
   if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::KvWrite(p, stream_));
   return absl::OkStatus();
@@ -596,15 +650,35 @@ absl::Status CudaBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* b
 
 absl::Status CudaBackend::LinearMany(std::span<const LinearJob> jobs, Tensor x) {
   RETURN_IF_ERROR(CheckLinearMany(jobs, x));
+  return FusedLinearMany(jobs, x, nullptr);
+}
+
+absl::Status CudaBackend::RmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                            const RowNorm& norm) {
+  RETURN_IF_ERROR(CheckLinearMany(jobs, x));
+  std::vector<Tensor> outs;
+  for (const LinearJob& j : jobs) outs.push_back(j.out);
+  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearMany"));
+  return FusedLinearMany(jobs, x, &norm);
+}
+
+absl::Status CudaBackend::FusedLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                          const RowNorm* norm) {
   RETURN_IF_ERROR(RequireF32(x, "LinearMany", "x"));
   for (const LinearJob& j : jobs) RETURN_IF_ERROR(RequireF32(j.out, "LinearMany", "out"));
-  const std::optional<cuda::GemvParams> gemv = FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore);
+  const std::optional<cuda::GemvParams> gemv =
+      FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore, nullptr, norm);
   if (!gemv.has_value()) {
+    if (norm != nullptr) {
+      RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
+      x = norm->xn;
+    }
     ASSIGN_OR_RETURN(const bool done, GemmBf16Many(jobs, x, /*accumulate=*/false));
     return done ? absl::OkStatus() : Backend::LinearMany(jobs, x);
   }
   Trace({U(OpId::kLinearMany), U(x.data), static_cast<uint64_t>(gemv->T),
          static_cast<uint64_t>(gemv->K), jobs.size()});
+  TraceNorm(norm);
   for (const LinearJob& j : jobs) {
     Trace({U(j.out.data), U(j.w.data), static_cast<uint64_t>(j.w.rows),
            U(j.bias != nullptr ? j.bias->data : nullptr),
@@ -618,12 +692,29 @@ absl::Status CudaBackend::LinearMany(std::span<const LinearJob> jobs, Tensor x) 
 absl::Status CudaBackend::LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
                                        Tensor scratch) {
   RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
+  return FusedLinearSwiGlu(out, x, nullptr, w_gate, w_up, scratch);
+}
+
+absl::Status CudaBackend::RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm,
+                                              Tensor w_gate, Tensor w_up, Tensor scratch) {
+  RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
+  const Tensor outs[] = {out, scratch};
+  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearSwiGlu"));
+  return FusedLinearSwiGlu(out, x, &norm, w_gate, w_up, scratch);
+}
+
+absl::Status CudaBackend::FusedLinearSwiGlu(Tensor out, Tensor x, const RowNorm* norm,
+                                            Tensor w_gate, Tensor w_up, Tensor scratch) {
   RETURN_IF_ERROR(RequireF32(out, "LinearSwiGlu", "out"));
   RETURN_IF_ERROR(RequireF32(x, "LinearSwiGlu", "x"));
   const LinearJob job{out, w_gate, nullptr};
   const std::optional<cuda::GemvParams> gemv =
-      FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up);
+      FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up, norm);
   if (!gemv.has_value()) {
+    if (norm != nullptr) {
+      RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
+      x = norm->xn;
+    }
     const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
     ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false));
     return done ? SwiGlu(out, out, scratch) : Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
@@ -631,6 +722,7 @@ absl::Status CudaBackend::LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tens
   Trace({U(OpId::kLinearSwiGlu), U(out.data), U(x.data), U(w_gate.data), U(w_up.data),
          static_cast<uint64_t>(gemv->T), static_cast<uint64_t>(w_gate.rows),
          static_cast<uint64_t>(gemv->K)});
+  TraceNorm(norm);
   if (Replaying()) return absl::OkStatus();
   CUDA_RETURN_IF_ERROR(cuda::GemvBf16(*gemv, stream_));
   return absl::OkStatus();
@@ -761,8 +853,8 @@ absl::Status CudaBackend::CheckAttention(Tensor q, int layer, int n_heads,
   return absl::OkStatus();
 }
 
-absl::Status CudaBackend::StageAttention(const AttentionPlan& plan,
-                                         std::span<const float> inv_freq, StagedAttention* w) {
+absl::Status CudaBackend::StageAttention(const AttentionPlan& plan, std::span<const float> inv_freq,
+                                         StagedAttention* w) {
   // One staged upload carries every table of the call. The block tables, the
   // only part that grows while a batch decodes, go last, so a recorded step
   // keeps its layout and has room to grow at the end.
@@ -832,8 +924,7 @@ int CudaBackend::PrefillKeySplits(std::span<const AttentionSeq> seqs, int n_head
   if (s.n_q < cuda::kDcaTiledRows || s.dca.window_start > s.dca.sink_tokens) return 1;
   constexpr int kMinKeysPerPart = 4096;
   constexpr int kMaxParts = 8;
-  const int64_t blocks =
-      int64_t{(s.n_q + cuda::kDcaTiledRows - 1) / cuda::kDcaTiledRows} * n_heads;
+  const int64_t blocks = int64_t{(s.n_q + cuda::kDcaTiledRows - 1) / cuda::kDcaTiledRows} * n_heads;
   const int64_t keys = int64_t{s.q_start} + s.n_q;
   // Aim at 6 query tiles per SM: the tiled kernel keeps 1-2 blocks per SM
   // resident, and a few waves even out the tail (the prefill of a 135M model
@@ -887,10 +978,10 @@ absl::Status CudaBackend::SplitPrefillAttention(Tensor out, Tensor q, int layer,
   RETURN_IF_ERROR(StageAttention(plan, inv_freq, &w));
   const Tensor q_all{q_rep, DType::kF32, parts * n, q.cols};
   RETURN_IF_ERROR(LaunchAttention(w, o, lse, q_all, layer, n_heads));
-  CUDA_RETURN_IF_ERROR(cuda::MergeAttentionStrided(
-      static_cast<float*>(out.data), o, static_cast<int64_t>(o_floats), lse,
-      static_cast<int64_t>(lse_floats), parts, static_cast<int>(n), n_heads, static_cast<int>(D),
-      stream_));
+  CUDA_RETURN_IF_ERROR(
+      cuda::MergeAttentionStrided(static_cast<float*>(out.data), o, static_cast<int64_t>(o_floats),
+                                  lse, static_cast<int64_t>(lse_floats), parts, static_cast<int>(n),
+                                  n_heads, static_cast<int>(D), stream_));
   return absl::OkStatus();
 }
 
@@ -937,13 +1028,25 @@ absl::Status CudaBackend::LaunchAttention(const StagedAttention& w, float* out, 
         static_cast<size_t>(std::max(w.split_slots, 1)) * g.n_kv_heads * cuda::kDcaSplitRows;
     RETURN_IF_ERROR(ReserveScratch(split_o_, slot_rows * D * sizeof(float)));
     RETURN_IF_ERROR(ReserveScratch(split_ml_, slot_rows * 2 * sizeof(float)));
+    // The splits' arrival counts start at 0 and every launch leaves them so;
+    // only a fresh allocation needs clearing (outside recorded steps: inside
+    // one, growth breaks the step and the op-by-op redo clears it).
+    const size_t counts_bytes =
+        static_cast<size_t>(std::max(w.n_combine, 1)) * g.n_kv_heads * sizeof(int);
+    const size_t had = split_counts_.bytes();
+    RETURN_IF_ERROR(ReserveScratch(split_counts_, counts_bytes));
+    if (split_counts_.bytes() != had) {
+      CUDA_RETURN_IF_ERROR(
+          cudaMemsetAsync(split_counts_.as<void>(), 0, split_counts_.bytes(), stream_));
+    }
   }
   Trace({U(OpId::kAttention), U(out), U(q.data), U(kv_), static_cast<uint64_t>(layer),
          static_cast<uint64_t>(n_heads), static_cast<uint64_t>(q.rows),
-         static_cast<uint64_t>(w.n_descs), static_cast<uint64_t>(w.n_simple), static_cast<uint64_t>(w.n_tiled),
-         static_cast<uint64_t>(w.n_split), static_cast<uint64_t>(w.n_combine),
-         static_cast<uint64_t>(w.split_slots), U(base), w.at_tables, U(split_o_.as<void>()),
-         U(split_ml_.as<void>())});
+         static_cast<uint64_t>(w.n_descs), static_cast<uint64_t>(w.n_simple),
+         static_cast<uint64_t>(w.n_tiled), static_cast<uint64_t>(w.n_split),
+         static_cast<uint64_t>(w.n_combine), static_cast<uint64_t>(w.split_slots), U(base),
+         w.at_tables, U(split_o_.as<void>()), U(split_ml_.as<void>()),
+         U(split_counts_.as<void>())});
   if (Replaying()) return absl::OkStatus();
 
   cuda::DcaAttentionParams p;
@@ -968,11 +1071,11 @@ absl::Status CudaBackend::LaunchAttention(const StagedAttention& w, float* out, 
   CUDA_RETURN_IF_ERROR(wgmma_ ? cuda::DcaAttentionWgmma(p, tiled, w.n_tiled, stream_)
                               : cuda::DcaAttentionTiled(p, tiled, w.n_tiled, stream_));
   if (w.n_split > 0) {
-    cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>()};
+    cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>(),
+                                  split_counts_.as<int>()};
     CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSplit(
         p, reinterpret_cast<const cuda::DcaSplitItem*>(base + w.at_split), w.n_split,
-        reinterpret_cast<const cuda::DcaCombineItem*>(base + w.at_combine), w.n_combine, scratch,
-        stream_));
+        reinterpret_cast<const cuda::DcaCombineItem*>(base + w.at_combine), scratch, stream_));
   }
   return absl::OkStatus();
 }
@@ -1220,6 +1323,13 @@ absl::StatusOr<CudaMemoryInfo> GetCudaMemoryInfo(Backend& backend) {
 absl::StatusOr<double> MeasureCudaCopyBandwidth(Backend& backend, size_t bytes, int reps) {
   ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
   return cuda->CopyBandwidth(bytes, reps);
+}
+
+absl::Status SetCudaProfilerCapture(Backend& backend, bool on) {
+  ASSIGN_OR_RETURN(CudaBackend * cuda, AsCuda(backend));
+  RETURN_IF_ERROR(cuda->Synchronize());
+  CUDA_RETURN_IF_ERROR(on ? cudaProfilerStart() : cudaProfilerStop());
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {

@@ -84,6 +84,10 @@ absl::StatusOr<CudaMemoryInfo> GetCudaMemoryInfo(Backend& backend);
 // (read and write), from `reps` cudaMemcpyAsync copies of `bytes` between two
 // fresh buffers on the backend's stream after one warm-up copy.
 absl::StatusOr<double> MeasureCudaCopyBandwidth(Backend& backend, size_t bytes, int reps);
+// Opens or closes the profiler's capture range (cudaProfilerStart/Stop) after
+// the backend's stream has drained, so a profiler started with capture off
+// (`ncu --profile-from-start off`) sees exactly the work in between.
+absl::Status SetCudaProfilerCapture(Backend& backend, bool on);
 
 // REQUIRES: options.device names a present device (else FAILED_PRECONDITION).
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options = {});
