@@ -183,7 +183,7 @@ TEST(CudaAttentionPlanTest, ManySessionsAreSplitIntoOneWaveOfEvenSplits) {
       const std::string what = absl::StrCat("resident ", resident, " tokens ", tokens);
       const int64_t blocks = static_cast<int64_t>(plan->split_items.size()) * shape.n_kv_heads;
       EXPECT_LE(blocks, int64_t{shape.num_sms} * resident) << what;
-      EXPECT_GE(blocks, int64_t{shape.num_sms} * resident * 2 / 3) << what;
+      EXPECT_GE(blocks, int64_t{shape.num_sms} * resident - shape.n_kv_heads) << what;
       int covered = 0, shortest = 1 << 30, longest = 0;
       for (const auto& item : plan->split_items) {
         const int n = item.tile_end - item.tile_begin;
@@ -192,7 +192,9 @@ TEST(CudaAttentionPlanTest, ManySessionsAreSplitIntoOneWaveOfEvenSplits) {
         longest = std::max(longest, n);
       }
       EXPECT_EQ(covered, kSessions * n_tiles) << what;
-      EXPECT_LE(longest - shortest, 1) << what;
+      // Splits of one length, give or take one tile, but for the few groups
+      // that take one split more to fill the wave.
+      EXPECT_LE(longest - shortest, n_tiles / 4 - n_tiles / 5 + 1) << what;
       EXPECT_EQ(plan->combine_items.size(), static_cast<size_t>(kSessions)) << what;
       for (const auto& item : plan->split_items) {
         ASSERT_GE(item.combine, 0) << what;

@@ -159,6 +159,17 @@ TEST_F(CudaGemvTest, TensorCoreKernelDomainAndFallback) {
   p.T = 64;
   p.jobs[0].N = static_cast<int>(cuda::kGemvMmaMaxWeights / p.K) + 1;
   EXPECT_FALSE(cuda::GemvSupported(p));
+  // A folded norm: any epilogue on the tensor cores; on the CUDA cores with
+  // kStore and kSwiGlu only.
+  alignas(16) float norm_w[576] = {};
+  p.jobs[0].N = 1024;
+  p.norm_w = norm_w;
+  p.epilogue = cuda::GemvEpilogue::kAdd;
+  EXPECT_TRUE(cuda::GemvSupported(p));
+  p.T = 8;
+  EXPECT_FALSE(cuda::GemvSupported(p));
+  p.epilogue = cuda::GemvEpilogue::kStore;
+  EXPECT_TRUE(cuda::GemvSupported(p));
 
   const int T = 40, N = 33, K = 520;
   const std::vector<float> w = RoundBf16(RandomVec(static_cast<size_t>(N) * K, rng_, 0.05f));
@@ -176,11 +187,21 @@ TEST_F(CudaGemvTest, TensorCoreKernelDomainAndFallback) {
 // normalised, then rounded to bf16, in a different order than RmsNorm then
 // rounding (x g rounded, the row scale after the product), which the bf16
 // bound covers. K = 520 takes the composition (RmsNorm, then cuBLAS) above 8
-// rows. The norm weights come in bf16 (the model's) and f32.
+// rows, and products of more than 4M weights the composition at 8 rows or
+// fewer. The norm weights come in bf16 (the model's) and f32.
 TEST_F(CudaGemvTest, RmsNormFusedProductsMatchNormThenProduct) {
   const float eps = 1e-5f;
-  for (int K : {576, 520}) {
-    const int N = 192, F = 1536;
+  struct Case {
+    int K, N, F;
+    std::vector<int> rows;
+  };
+  // The default model's shapes; K = 520 (not a multiple of 32); products too
+  // large for the fold at 8 rows or fewer (the norm then runs apart).
+  const Case cases[] = {{576, 192, 1536, {1, 3, 8, 9, 32, 64}},
+                        {520, 192, 1536, {1, 9, 32}},
+                        {4096, 1100, 1536, {1, 8}}};
+  for (const Case& cs : cases) {
+    const int K = cs.K, N = cs.N, F = cs.F;
     const std::vector<float> w = RoundBf16(RandomVec(static_cast<size_t>(N) * K, rng_, 0.05f));
     const std::vector<float> wg = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
     const std::vector<float> wu = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
@@ -190,7 +211,7 @@ TEST_F(CudaGemvTest, RmsNormFusedProductsMatchNormThenProduct) {
     auto wut = MakeTensor(gpu_.get(), DType::kBF16, F, K, wu);
     for (DType norm_type : {DType::kBF16, DType::kF32}) {
       auto gt = MakeTensor(gpu_.get(), norm_type, 1, K, g);
-      for (int T : {1, 3, 8, 9, 32, 64}) {
+      for (int T : cs.rows) {
         const std::vector<float> x = RandomVec(static_cast<size_t>(T) * K, rng_, 4.f);
         std::vector<float> xn(x.size());
         cpu::RmsNorm(xn.data(), x.data(), g.data(), T, K, eps);

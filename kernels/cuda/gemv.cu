@@ -18,12 +18,15 @@ constexpr int kGemvLoadsInFlight = 8;
 // weight byte, and still several blocks per SM.
 constexpr int kGemvTwoRowsMinN = 2048;
 
-// Traits of one instantiation: T token rows, R weight rows per warp, epilogue E.
-template <int kT, int kR, GemvEpilogue kE>
+// Traits of one instantiation: T token rows, R weight rows per warp, epilogue
+// E, the RMSNorm folded in (kN; a compile-time choice, so the kernels without
+// it keep their instruction count: at 7B scale they are close to bound by it).
+template <int kT, int kR, GemvEpilogue kE, bool kN>
 struct GemvTraits {
   static constexpr int T = kT;
   static constexpr int R = kR;
   static constexpr GemvEpilogue E = kE;
+  static constexpr bool kNorm = kN;
   static constexpr bool kGlu = kE == GemvEpilogue::kSwiGlu;
   static_assert(!kGlu || kR % 2 == 0, "a SwiGLU warp streams gate and up rows in pairs");
   static constexpr int kUnroll = kGemvLoadsInFlight / kR;  // loads per row per step
@@ -40,9 +43,8 @@ template <typename Tr>
 __device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], float (&ss)[Tr::T],
                                                const uint4 (&wv)[Tr::R], const GemvParams& p,
                                                int v) {
-  const bool norm = p.norm_w != nullptr;
   float gn[8];
-  if (norm) LoadNorm8(p.norm_w, p.norm_type, 8 * v, gn);
+  if constexpr (Tr::kNorm) LoadNorm8(p.norm_w, p.norm_type, 8 * v, gn);
   float wf[Tr::R][8];
 #pragma unroll
   for (int r = 0; r < Tr::R; ++r) {
@@ -53,7 +55,7 @@ __device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], float
       wf[r][2 * i] = f.x;
       wf[r][2 * i + 1] = f.y;
     }
-    if (norm) {
+    if constexpr (Tr::kNorm) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) wf[r][i] *= gn[i];
     }
@@ -63,7 +65,7 @@ __device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], float
     const float4* xp = reinterpret_cast<const float4*>(p.x + int64_t{t} * p.K) + 2 * v;
     const float4 a = __ldg(xp), b = __ldg(xp + 1);
     const float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-    if (norm) {
+    if constexpr (Tr::kNorm) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) ss[t] = fmaf(xs[i], xs[i], ss[t]);
     }
@@ -75,27 +77,28 @@ __device__ __forceinline__ void GemvAccumulate(float (&acc)[Tr::R][Tr::T], float
   }
 }
 
-// U vectors of each row per lane, at v, v + 32, ... (those below nv), all
-// loads issued before the first product.
-template <typename Tr>
+// U vectors of each row per lane, at v, v + 32, ... (kGuarded: only those
+// below nv), all loads issued before the first product.
+template <typename Tr, bool kGuarded>
 __device__ __forceinline__ void GemvLoad(uint4 (&wv)[Tr::kUnroll][Tr::R],
                                          const uint4* const (&rows)[Tr::R], int v, int nv) {
 #pragma unroll
   for (int u = 0; u < Tr::kUnroll; ++u) {
 #pragma unroll
     for (int r = 0; r < Tr::R; ++r) {
-      wv[u][r] = v + 32 * u < nv ? LoadWeights(rows[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
+      wv[u][r] =
+          !kGuarded || v + 32 * u < nv ? LoadWeights(rows[r] + v + 32 * u) : make_uint4(0, 0, 0, 0);
     }
   }
 }
 
-template <typename Tr>
+template <typename Tr, bool kGuarded>
 __device__ __forceinline__ void GemvUse(float (&acc)[Tr::R][Tr::T], float (&ss)[Tr::T],
                                         const uint4 (&wv)[Tr::kUnroll][Tr::R], const GemvParams& p,
                                         int v, int nv) {
 #pragma unroll
   for (int u = 0; u < Tr::kUnroll; ++u) {
-    if (v + 32 * u < nv) GemvAccumulate<Tr>(acc, ss, wv[u], p, v + 32 * u);
+    if (!kGuarded || v + 32 * u < nv) GemvAccumulate<Tr>(acc, ss, wv[u], p, v + 32 * u);
   }
 }
 
@@ -124,7 +127,7 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlo
   // step never writes weights.
   int v = lane;
   uint4 wv[U][R];
-  GemvLoad<Tr>(wv, rows, v, nv);
+  GemvLoad<Tr, true>(wv, rows, v, nv);
   BeginAfterPredecessor();
   float acc[R][T], ss[T];
 #pragma unroll
@@ -133,16 +136,19 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p, GemvBlo
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r][t] = 0.f;
   }
-  while (true) {
-    GemvUse<Tr>(acc, ss, wv, p, v, nv);
-    v += 32 * U;
-    if (v >= nv) break;
-    GemvLoad<Tr>(wv, rows, v, nv);
+  GemvUse<Tr, true>(acc, ss, wv, p, v, nv);
+  for (v += 32 * U; v + 32 * (U - 1) < nv; v += 32 * U) {
+    GemvLoad<Tr, false>(wv, rows, v, nv);
+    GemvUse<Tr, false>(acc, ss, wv, p, v, nv);
   }
-  const bool norm = p.norm_w != nullptr;
+  // The rest of the row (fewer than U vectors per lane), its loads in flight together.
+  if (v < nv) {
+    GemvLoad<Tr, true>(wv, rows, v, nv);
+    GemvUse<Tr, true>(acc, ss, wv, p, v, nv);
+  }
 #pragma unroll
   for (int t = 0; t < T; ++t) {
-    const float scale = norm ? rsqrtf(WarpSum(ss[t]) / p.K + p.norm_eps) : 1.f;
+    const float scale = Tr::kNorm ? rsqrtf(WarpSum(ss[t]) / p.K + p.norm_eps) : 1.f;
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r][t] = WarpSum(acc[r][t]) * scale;
   }
@@ -184,9 +190,9 @@ int64_t TotalRows(const GemvParams& p) {
   return n;
 }
 
-template <int T, int R, GemvEpilogue E>
+template <int T, int R, GemvEpilogue E, bool kNorm = false>
 cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
-  using Tr = GemvTraits<T, R, E>;
+  using Tr = GemvTraits<T, R, E, kNorm>;
   int blocks = 0;
   const GemvBlockStarts starts = BlockStarts(p, Tr::kRowsPerBlock, &blocks);
   LaunchAfter(GemvKernel<Tr>, blocks, kGemvThreads, 0, stream, p, starts);
@@ -194,18 +200,25 @@ cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
 }
 
 // SwiGLU warps stream a gate and an up row, as two-row warps do; the others
-// take two rows from kGemvTwoRowsMinN rows in all on.
+// take two rows from kGemvTwoRowsMinN rows in all on. A folded norm comes with
+// kStore and kSwiGlu (a layer's q/k/v and gate/up products).
 template <int T>
 cudaError_t LaunchGemvRows(const GemvParams& p, cudaStream_t stream) {
   const bool two = TotalRows(p) >= kGemvTwoRowsMinN;
+  const bool norm = p.norm_w != nullptr;
   switch (p.epilogue) {
     case GemvEpilogue::kSwiGlu:
-      return LaunchGemv<T, 2, GemvEpilogue::kSwiGlu>(p, stream);
+      return norm ? LaunchGemv<T, 2, GemvEpilogue::kSwiGlu, true>(p, stream)
+                  : LaunchGemv<T, 2, GemvEpilogue::kSwiGlu>(p, stream);
     case GemvEpilogue::kAdd:
       return two ? LaunchGemv<T, 2, GemvEpilogue::kAdd>(p, stream)
                  : LaunchGemv<T, 1, GemvEpilogue::kAdd>(p, stream);
     case GemvEpilogue::kStore:
       break;
+  }
+  if (norm) {
+    return two ? LaunchGemv<T, 2, GemvEpilogue::kStore, true>(p, stream)
+               : LaunchGemv<T, 1, GemvEpilogue::kStore, true>(p, stream);
   }
   return two ? LaunchGemv<T, 2, GemvEpilogue::kStore>(p, stream)
              : LaunchGemv<T, 1, GemvEpilogue::kStore>(p, stream);
@@ -230,6 +243,7 @@ bool GemvSupported(const GemvParams& p) {
     weights += int64_t{j.N} * p.K * (glu ? 2 : 1);
   }
   if (p.T > kGemvMaxT && (p.K % 32 != 0 || weights > kGemvMmaMaxWeights)) return false;
+  if (p.T <= kGemvMaxT && p.norm_w != nullptr && p.epilogue == GemvEpilogue::kAdd) return false;
   // One block per output row at most: the grid stays within int.
   return TotalRows(p) <= INT32_MAX;
 }

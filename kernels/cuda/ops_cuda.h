@@ -101,7 +101,8 @@ struct GemvParams {
   GemvEpilogue epilogue = GemvEpilogue::kStore;
   // Set: the products take RmsNorm(x, norm_w, norm_eps) instead of x: each
   // row's sum of squares is gathered while x is read and the scale applied to
-  // the sums (x · (s g) w = s · (x g) w).
+  // the sums (x · (s g) w = s · (x g) w). Up to kGemvMaxT rows with kStore and
+  // kSwiGlu only.
   const void* norm_w = nullptr;  // [K], norm_type, 16-byte aligned
   ElemType norm_type = ElemType::kF32;
   float norm_eps = 0.f;

@@ -111,6 +111,22 @@ std::optional<cuda::GemvParams> FewRowGemv(std::span<const LinearJob> jobs, Tens
   return p;
 }
 
+// Whether a fused RMSNorm stays folded into the few-row launch `p`. Above
+// kGemvMaxT rows (tensor cores) the fold costs a multiply per activation. At
+// up to kGemvMaxT rows the CUDA-core kernel scales every weight vector: free
+// for small products, which are bound by launches, but a quarter more
+// instructions per weight for large ones, which are bound by the weight stream
+// (the Llama-2-7B shape's batch-1 step on an H200 went from 4.93 to 5.62 ms),
+// so there the norm runs apart.
+constexpr int64_t kFoldNormMaxWeights = int64_t{4} << 20;
+bool FoldNorm(const cuda::GemvParams& p) {
+  if (p.T > cuda::kGemvMaxT) return true;
+  int64_t weights = 0;
+  for (int i = 0; i < p.n_jobs; ++i) weights += int64_t{p.jobs[i].N} * p.K;
+  if (p.epilogue == cuda::GemvEpilogue::kSwiGlu) weights *= 2;
+  return weights <= kFoldNormMaxWeights;
+}
+
 // Appends `v` to a byte pack at a 16-byte boundary; returns its offset.
 template <typename T>
 size_t PackAppend(std::vector<unsigned char>& pack, const std::vector<T>& v) {
@@ -668,11 +684,11 @@ absl::Status CudaBackend::FusedLinearMany(std::span<const LinearJob> jobs, Tenso
   for (const LinearJob& j : jobs) RETURN_IF_ERROR(RequireF32(j.out, "LinearMany", "out"));
   const std::optional<cuda::GemvParams> gemv =
       FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore, nullptr, norm);
+  if (norm != nullptr && (!gemv.has_value() || !FoldNorm(*gemv))) {
+    RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
+    return FusedLinearMany(jobs, norm->xn, nullptr);
+  }
   if (!gemv.has_value()) {
-    if (norm != nullptr) {
-      RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
-      x = norm->xn;
-    }
     ASSIGN_OR_RETURN(const bool done, GemmBf16Many(jobs, x, /*accumulate=*/false));
     return done ? absl::OkStatus() : Backend::LinearMany(jobs, x);
   }
@@ -710,11 +726,11 @@ absl::Status CudaBackend::FusedLinearSwiGlu(Tensor out, Tensor x, const RowNorm*
   const LinearJob job{out, w_gate, nullptr};
   const std::optional<cuda::GemvParams> gemv =
       FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up, norm);
+  if (norm != nullptr && (!gemv.has_value() || !FoldNorm(*gemv))) {
+    RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
+    return FusedLinearSwiGlu(out, norm->xn, nullptr, w_gate, w_up, scratch);
+  }
   if (!gemv.has_value()) {
-    if (norm != nullptr) {
-      RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
-      x = norm->xn;
-    }
     const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
     ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false));
     return done ? SwiGlu(out, out, scratch) : Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
