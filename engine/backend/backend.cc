@@ -160,8 +160,11 @@ absl::Status Backend::RopeKvWrite(int layer, Tensor k, Tensor v, std::span<const
   return KvWrite(layer, k, v, slots);
 }
 
-absl::Status Backend::CheckRowNorm(const RowNorm& norm, Tensor x, std::span<const Tensor> outs,
-                                   const char* op) {
+namespace {
+
+// norm.w [x.cols], norm.xn the shape of x and apart from x and from `outs`.
+absl::Status CheckRowNorm(const RowNorm& norm, Tensor x, std::span<const Tensor> outs,
+                          const char* op) {
   RETURN_IF_ERROR(
       FusedShape(norm.w.numel() == x.cols && norm.xn.rows == x.rows && norm.xn.cols == x.cols, op));
   RETURN_IF_ERROR(FusedDisjoint(norm.xn, x, op, "the norm's scratch and x"));
@@ -171,21 +174,33 @@ absl::Status Backend::CheckRowNorm(const RowNorm& norm, Tensor x, std::span<cons
   return absl::OkStatus();
 }
 
-absl::Status Backend::RmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
-                                        const RowNorm& norm) {
+}  // namespace
+
+absl::Status Backend::CheckRmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                             const RowNorm& norm) {
   RETURN_IF_ERROR(CheckLinearMany(jobs, x));
   std::vector<Tensor> outs;
   for (const LinearJob& j : jobs) outs.push_back(j.out);
-  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearMany"));
+  return CheckRowNorm(norm, x, outs, "RmsNormLinearMany");
+}
+
+absl::Status Backend::CheckRmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm,
+                                               Tensor w_gate, Tensor w_up, Tensor scratch) {
+  RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
+  const Tensor outs[] = {out, scratch};
+  return CheckRowNorm(norm, x, outs, "RmsNormLinearSwiGlu");
+}
+
+absl::Status Backend::RmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                        const RowNorm& norm) {
+  RETURN_IF_ERROR(CheckRmsNormLinearMany(jobs, x, norm));
   RETURN_IF_ERROR(RmsNorm(norm.xn, x, norm.w, norm.eps));
   return LinearMany(jobs, norm.xn);
 }
 
 absl::Status Backend::RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm, Tensor w_gate,
                                           Tensor w_up, Tensor scratch) {
-  RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
-  const Tensor outs[] = {out, scratch};
-  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearSwiGlu"));
+  RETURN_IF_ERROR(CheckRmsNormLinearSwiGlu(out, x, norm, w_gate, w_up, scratch));
   RETURN_IF_ERROR(RmsNorm(norm.xn, x, norm.w, norm.eps));
   return LinearSwiGlu(out, norm.xn, w_gate, w_up, scratch);
 }

@@ -259,9 +259,12 @@ class Backend {
   static absl::Status CheckLinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tensor w_up,
                                         Tensor scratch);
   static absl::Status CheckLinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor scratch);
-  // norm.w [x.cols], norm.xn the shape of x and apart from x and from `outs`.
-  static absl::Status CheckRowNorm(const RowNorm& norm, Tensor x, std::span<const Tensor> outs,
-                                   const char* op);
+  // Those of LinearMany / LinearSwiGlu, and norm.w [x.cols], norm.xn the shape
+  // of x and apart from x and from every output.
+  static absl::Status CheckRmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
+                                             const RowNorm& norm);
+  static absl::Status CheckRmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm,
+                                               Tensor w_gate, Tensor w_up, Tensor scratch);
 };
 
 enum class BackendKind { kAuto, kCpu, kCuda };

@@ -671,10 +671,7 @@ absl::Status CudaBackend::LinearMany(std::span<const LinearJob> jobs, Tensor x) 
 
 absl::Status CudaBackend::RmsNormLinearMany(std::span<const LinearJob> jobs, Tensor x,
                                             const RowNorm& norm) {
-  RETURN_IF_ERROR(CheckLinearMany(jobs, x));
-  std::vector<Tensor> outs;
-  for (const LinearJob& j : jobs) outs.push_back(j.out);
-  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearMany"));
+  RETURN_IF_ERROR(CheckRmsNormLinearMany(jobs, x, norm));
   return FusedLinearMany(jobs, x, &norm);
 }
 
@@ -713,9 +710,7 @@ absl::Status CudaBackend::LinearSwiGlu(Tensor out, Tensor x, Tensor w_gate, Tens
 
 absl::Status CudaBackend::RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm,
                                               Tensor w_gate, Tensor w_up, Tensor scratch) {
-  RETURN_IF_ERROR(CheckLinearSwiGlu(out, x, w_gate, w_up, scratch));
-  const Tensor outs[] = {out, scratch};
-  RETURN_IF_ERROR(CheckRowNorm(norm, x, outs, "RmsNormLinearSwiGlu"));
+  RETURN_IF_ERROR(CheckRmsNormLinearSwiGlu(out, x, norm, w_gate, w_up, scratch));
   return FusedLinearSwiGlu(out, x, &norm, w_gate, w_up, scratch);
 }
 
