@@ -4,9 +4,8 @@
 // A thread block owns up to kDcaSplitRows = 16 rows that share one kv head:
 // (query, q head in the group) pairs, so the GQA group is one 16-row MMA tile
 // and every key is read once for all of its heads. The block takes a range of
-// 64-key tiles of the sequence; several blocks split one long context and
-// DcaSplitCombineKernel merges their partial results by log-sum-exp. Inside the
-// block each warp streams its own 32-key sub-tiles through a private two-stage
+// 64-key tiles of the sequence; several blocks split one long context. Inside
+// the block each warp streams its own 32-key sub-tiles through a private two-stage
 // cp.async pipeline (many bytes in flight: decode is bound by reading K and V
 // once), runs S = QK^T and O += PV on bf16 tensor cores with an f32 online
 // softmax, and the four warps merge through shared memory at the end. Of the
