@@ -284,6 +284,15 @@ __global__ void __launch_bounds__(kArgMaxThreads)
   if (lane == 0) out[blockIdx.x] = arg < 0 ? 0 : arg;
 }
 
+// The cache row of written row r (its K; V is p.plane further): slot -> block,
+// offset in the layer-major arena.
+__device__ __forceinline__ bf16* KvRowOf(const KvWriteParams& p, int r) {
+  const int slot = p.slots[r];
+  const int64_t block = slot / p.block_size;
+  const int64_t offset = slot % p.block_size;
+  return p.arena + p.layer_offset + block * p.block_stride + offset * p.width;
+}
+
 // One thread per kW values of a written row, K and V together: 4 (float4 in,
 // 8-byte bf16 stores) where the rows allow, else 1.
 template <int kW>
@@ -295,10 +304,7 @@ __global__ void KvWriteKernel(KvWriteParams p) {
        idx += int64_t{gridDim.x} * blockDim.x) {
     const int r = static_cast<int>(idx / per_row);
     const int i = static_cast<int>(idx % per_row) * kW;
-    const int slot = p.slots[r];
-    const int64_t block = slot / p.block_size;
-    const int64_t offset = slot % p.block_size;
-    bf16* k_dst = p.arena + p.layer_offset + block * p.block_stride + offset * p.width + i;
+    bf16* k_dst = KvRowOf(p, r) + i;
     const float* k = p.k + int64_t{r} * p.width + i;
     const float* v = p.v + int64_t{r} * p.width + i;
     if constexpr (kW == 4) {
@@ -326,11 +332,8 @@ __global__ void RopeKvWriteKernel(KvWriteParams p) {
     const int r = static_cast<int>(idx / per_row);
     const int rem = static_cast<int>(idx % per_row);
     const int h = rem / (half / 4), i = (rem % (half / 4)) * 4;
-    const int slot = p.slots[r];
-    const int64_t block = slot / p.block_size;
-    const int64_t offset = slot % p.block_size;
     const int64_t col = int64_t{h} * p.head_dim + i;
-    bf16* k_dst = p.arena + p.layer_offset + block * p.block_stride + offset * p.width + col;
+    bf16* k_dst = KvRowOf(p, r) + col;
     const float* k = p.k + int64_t{r} * p.width + col;
     const float* v = p.v + int64_t{r} * p.width + col;
     const float4 a = *reinterpret_cast<const float4*>(k);

@@ -228,6 +228,12 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 }  // namespace
 
+int64_t GemvWeights(const GemvParams& p) {
+  int64_t weights = 0;
+  for (int i = 0; i < p.n_jobs; ++i) weights += int64_t{p.jobs[i].N} * p.K;
+  return p.epilogue == GemvEpilogue::kSwiGlu ? 2 * weights : weights;
+}
+
 bool GemvSupported(const GemvParams& p) {
   if (p.T < 1 || p.T > kGemvMmaMaxT || p.K < 1 || p.K % 8 != 0 || p.x == nullptr ||
       !Aligned16(p.x) || p.n_jobs < 1 || p.n_jobs > kGemvMaxJobs ||
@@ -235,14 +241,12 @@ bool GemvSupported(const GemvParams& p) {
     return false;
   }
   const bool glu = p.epilogue == GemvEpilogue::kSwiGlu;
-  int64_t weights = 0;
   for (int i = 0; i < p.n_jobs; ++i) {
     const GemvJob& j = p.jobs[i];
     if (j.N < 1 || j.out == nullptr || j.w == nullptr || !Aligned16(j.w)) return false;
     if (glu && (j.w_up == nullptr || !Aligned16(j.w_up) || j.bias != nullptr)) return false;
-    weights += int64_t{j.N} * p.K * (glu ? 2 : 1);
   }
-  if (p.T > kGemvMaxT && (p.K % 32 != 0 || weights > kGemvMmaMaxWeights)) return false;
+  if (p.T > kGemvMaxT && (p.K % 32 != 0 || GemvWeights(p) > kGemvMmaMaxWeights)) return false;
   if (p.T <= kGemvMaxT && p.norm_w != nullptr && p.epilogue == GemvEpilogue::kAdd) return false;
   // One block per output row at most: the grid stays within int.
   return TotalRows(p) <= INT32_MAX;

@@ -107,6 +107,8 @@ struct GemvParams {
   ElemType norm_type = ElemType::kF32;
   float norm_eps = 0.f;
 };
+// Weights one launch reads: N x K per job, twice that with kSwiGlu.
+int64_t GemvWeights(const GemvParams& p);
 // Whether GemvBf16 takes these shapes and addresses.
 bool GemvSupported(const GemvParams& p);
 // REQUIRES: GemvSupported(p) (else cudaErrorInvalidValue, nothing launched).

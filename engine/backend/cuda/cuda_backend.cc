@@ -120,11 +120,7 @@ std::optional<cuda::GemvParams> FewRowGemv(std::span<const LinearJob> jobs, Tens
 // so there the norm runs apart.
 constexpr int64_t kFoldNormMaxWeights = int64_t{4} << 20;
 bool FoldNorm(const cuda::GemvParams& p) {
-  if (p.T > cuda::kGemvMaxT) return true;
-  int64_t weights = 0;
-  for (int i = 0; i < p.n_jobs; ++i) weights += int64_t{p.jobs[i].N} * p.K;
-  if (p.epilogue == cuda::GemvEpilogue::kSwiGlu) weights *= 2;
-  return weights <= kFoldNormMaxWeights;
+  return p.T > cuda::kGemvMaxT || cuda::GemvWeights(p) <= kFoldNormMaxWeights;
 }
 
 // Appends `v` to a byte pack at a 16-byte boundary; returns its offset.
