@@ -1,5 +1,8 @@
 #include "server/config.h"
 
+#include <unistd.h>
+
+#include <cctype>
 #include <cstdlib>
 #include <functional>
 #include <optional>
@@ -353,6 +356,35 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
   }
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   return config;
+}
+
+absl::StatusOr<int> ResolveRank(const ServerConfig& config) {
+  if (config.rank >= 0) return config.rank;
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) {
+    return absl::FailedPreconditionError("rank -1: cannot read the host name");
+  }
+  const std::string name(host);
+  size_t digits = name.size();
+  while (digits > 0 && std::isdigit(static_cast<unsigned char>(name[digits - 1]))) --digits;
+  int rank = -1;
+  if (digits == 0 || digits == name.size() || name[digits - 1] != '-' ||
+      !absl::SimpleAtoi(name.substr(digits), &rank) || rank >= config.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank -1: the host name '", name,
+                                                   "' does not end in -N with N below world_size ",
+                                                   config.world_size));
+  }
+  return rank;
+}
+
+DistOptions DistOptionsFrom(const ServerConfig& c, int rank) {
+  DistOptions o;
+  o.world_size = c.world_size;
+  o.rank = rank;
+  o.rendezvous = c.rendezvous;
+  o.rendezvous_timeout = c.rendezvous_timeout;
+  o.collective_timeout = c.collective_timeout;
+  return o;
 }
 
 }  // namespace longctx::server

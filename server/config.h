@@ -10,31 +10,32 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/dist/rendezvous.h"
 
 namespace longctx::server {
 
 struct ServerConfig {
   // --- model and engine ---
-  std::string model;                          // GGUF file or Hugging Face directory (required)
-  std::string backend = "auto";               // auto | cpu | cuda
-  int64_t kv_cache_bytes = 0;                 // KV arena budget; 0: on a GPU 90 % of its free
-                                              // memory less 4 GiB, else 2 GiB
-  int kv_block_size = 64;                     // tokens per KV block
+  std::string model;                // GGUF file or Hugging Face directory (required)
+  std::string backend = "auto";     // auto | cpu | cuda
+  int64_t kv_cache_bytes = 0;       // KV arena budget; 0: on a GPU 90 % of its free
+                                    // memory less 4 GiB, else 2 GiB
+  int kv_block_size = 64;           // tokens per KV block
   int prefill_budget = 0;           // prefill tokens per engine step; 0: 512 on CPU, 8192 on GPU
   int prefill_budget_decoding = 0;  // ... while a Generate is under way (its latency);
                                     // 0: 128 on CPU, 1024 on GPU
-  int max_decode_batch = 256;                 // generating requests per engine step
-  std::string attention = "dca";              // default for sessions: dca | rope
-  int dca_pretrain_length = 0;                // c; 0 = the model's context length
-  int dca_chunk_size = 0;                     // C; 0 = 3c/4
-  int dca_local_window = 0;                   // w; 0 = c/8
+  int max_decode_batch = 256;       // generating requests per engine step
+  std::string attention = "dca";    // default for sessions: dca | rope
+  int dca_pretrain_length = 0;      // c; 0 = the model's context length
+  int dca_chunk_size = 0;           // C; 0 = 3c/4
+  int dca_local_window = 0;         // w; 0 = c/8
 
   // --- several GPUs (DESIGN §7): one process per GPU, rank 0 serves gRPC ---
-  int world_size = 1;                // ranks of the group; 1: no communication
-  int rank = 0;                      // this process; -1: the ordinal ending the host name
-                                     // (a StatefulSet pod "longctx-2" is rank 2)
-  std::string rendezvous;            // tcp://HOST:PORT | file://PATH | inproc (CPU: all
-                                     // ranks as threads of this process)
+  int world_size = 1;      // ranks of the group; 1: no communication
+  int rank = 0;            // this process; -1: the ordinal ending the host name
+                           // (a StatefulSet pod "longctx-2" is rank 2)
+  std::string rendezvous;  // tcp://HOST:PORT | file://PATH | inproc (CPU: all
+                           // ranks as threads of this process)
   absl::Duration collective_timeout = absl::Seconds(60);  // a silent rank is lost after this
   absl::Duration rendezvous_timeout = absl::Minutes(5);   // the group must form within this
 
@@ -78,5 +79,11 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv);
 
 // Parses sizes such as "512", "64KiB", "8MiB", "2GiB".
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
+
+// config.rank, or for -1 the ordinal that ends the host name ("longctx-2": 2).
+absl::StatusOr<int> ResolveRank(const ServerConfig& config);
+
+// The group settings of `config` for this process's `rank`.
+DistOptions DistOptionsFrom(const ServerConfig& config, int rank);
 
 }  // namespace longctx::server

@@ -12,13 +12,13 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "engine/backend/cpu_process.h"
-#include "server/config.h"
+#include "engine/dist/rank_group.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "server/group.h"
+#include "server/config.h"
 #include "server/health.h"
-#include "server/metrics.h"
 #include "server/logging.h"
+#include "server/metrics.h"
 #include "server/server.h"
 
 namespace {
@@ -37,7 +37,7 @@ longctx::server::BuildInfo Build() {
   return {LONGCTX_VERSION, LONGCTX_GIT_COMMIT, LONGCTX_BUILD_TYPE};
 }
 
-// A rank other than 0 (server/group.h): its gRPC endpoint serves only
+// A rank other than 0 (engine/dist/rank_group.h): its gRPC endpoint serves only
 // grpc.health.v1 (SERVING once it has joined the group, for the same probes as
 // rank 0); it serves the group until rank 0 ends it. SIGTERM does not stop it
 // at once, since rank 0 drains its calls first and then ends the group; past
@@ -82,15 +82,26 @@ int RunWorker(const longctx::server::ServerConfig& config, int rank,
     std::_Exit(0);
   });
   waiter.detach();
-  const absl::Status s =
-      longctx::server::RunWorkerRank(config, rank, [&health, &metrics] {
+  longctx::GroupConfig group = longctx::server::EngineConfigFrom(config).group;
+  group.dist.rank = rank;
+  const absl::Status s = longctx::ServeWorkerRank(
+      group, config.model, config.backend, longctx::server::EngineConfigFrom(config).options.kv,
+      [&health, &metrics, rank, &config](const longctx::WorkerRankInfo& info) {
+        Log(spdlog::level::info, "rank loaded",
+            {{"rank", absl::StrCat(rank)},
+             {"backend", info.backend},
+             {"kv_blocks", absl::StrCat(info.kv_blocks)},
+             {"load_s", absl::StrCat(absl::ToDoubleSeconds(info.load_time))}});
+        Log(spdlog::level::info, "rank joined the group",
+            {{"rank", absl::StrCat(rank)}, {"world_size", absl::StrCat(config.world_size)}});
         health.SetServing(true);
         if (metrics) metrics->SetServerState(1);
       });
   health.Shutdown();
   grpc_server->Shutdown(std::chrono::system_clock::now());
   if (!s.ok()) {
-    Log(spdlog::level::err, "rank stopped", {{"rank", absl::StrCat(rank)}, {"error", s.ToString()}});
+    Log(spdlog::level::err, "rank stopped",
+        {{"rank", absl::StrCat(rank)}, {"error", s.ToString()}});
     return 1;
   }
   Log(spdlog::level::info, "rank stopped: rank 0 ended the group", {{"rank", absl::StrCat(rank)}});

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "engine/session/session_service.h"
+#include "engine/engine.h"
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 
@@ -53,7 +53,7 @@ MetricFamily HistogramFamily(const std::string& name, const std::string& help, c
 // Reads the engine's stats at scrape time.
 class EngineCollector final : public prometheus::Collectable {
  public:
-  void Attach(const SessionService* service, std::string model, std::string backend) {
+  void Attach(const Engine* service, std::string model, std::string backend) {
     absl::MutexLock lock(&mu_);
     service_ = service;
     model_ = std::move(model);
@@ -200,7 +200,7 @@ class EngineCollector final : public prometheus::Collectable {
 
  private:
   mutable absl::Mutex mu_;
-  const SessionService* service_ = nullptr;
+  const Engine* service_ = nullptr;
   std::string model_, backend_;
 };
 
@@ -243,7 +243,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& addre
 
 Metrics::~Metrics() = default;
 
-void Metrics::AttachEngine(const SessionService* service, const std::string& model,
+void Metrics::AttachEngine(const Engine* service, const std::string& model,
                            const std::string& backend) {
   engine_->Attach(service, model, backend);
 }

@@ -20,7 +20,7 @@
 #include "prometheus/registry.h"
 
 namespace longctx {
-class SessionService;
+class Engine;
 }
 
 namespace longctx::server {
@@ -38,7 +38,7 @@ class Metrics {
 
   // From now on the engine's stats are exported. REQUIRES: `service` outlives
   // this object or Detach() is called first.
-  void AttachEngine(const SessionService* service, const std::string& model,
+  void AttachEngine(const Engine* service, const std::string& model,
                     const std::string& backend);
   void DetachEngine();
 

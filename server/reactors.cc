@@ -98,7 +98,7 @@ void IngestReactor::OnReadDone(bool ok) {
 }
 
 void IngestReactor::Submit() {
-  SessionService* engine = call_.engine;
+  Engine* engine = call_.engine;
   if (session_ == nullptr) {
     if (req_.session_id().empty()) {
       absl::MutexLock lock(&mu_);

@@ -51,13 +51,14 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
 
 }  // namespace
 
-EngineOptions EngineOptionsFrom(const ServerConfig& c, bool gpu) {
-  EngineOptions o;
-  // A GPU step costs little more for thousands of prefill tokens than for
-  // hundreds; a CPU step grows with them.
-  o.scheduler.prefill_budget = c.prefill_budget > 0 ? c.prefill_budget : gpu ? 8192 : 512;
-  o.scheduler.prefill_budget_decoding =
-      c.prefill_budget_decoding > 0 ? c.prefill_budget_decoding : gpu ? 1024 : 128;
+EngineConfig EngineConfigFrom(const ServerConfig& c) {
+  EngineConfig e;
+  e.model = c.model;
+  e.backend = c.backend;
+  EngineOptions& o = e.options;
+  // 0: the engine picks by backend (a GPU's budgets are larger).
+  o.scheduler.prefill_budget = c.prefill_budget;
+  o.scheduler.prefill_budget_decoding = c.prefill_budget_decoding;
   o.scheduler.max_decode_batch = c.max_decode_batch;
   o.sessions.max_sessions = c.max_sessions;
   o.sessions.max_sessions_per_tenant = c.max_sessions_per_tenant;
@@ -74,7 +75,12 @@ EngineOptions EngineOptionsFrom(const ServerConfig& c, bool gpu) {
   if (c.dca_pretrain_length > 0) o.dca_defaults.pretrain_len = c.dca_pretrain_length;
   if (c.dca_chunk_size > 0) o.dca_defaults.chunk_size = c.dca_chunk_size;
   if (c.dca_local_window > 0) o.dca_defaults.local_window = c.dca_local_window;
-  return o;
+  e.group.dist = DistOptionsFrom(c, 0);
+  e.group.on_rank_stopped = [](int rank, const absl::Status& s) {
+    Log(s.ok() ? spdlog::level::info : spdlog::level::err, "rank stopped",
+        {{"rank", absl::StrCat(rank)}, {"status", s.ToString()}});
+  };
+  return e;
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, BuildInfo build) {
@@ -129,34 +135,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
 
 absl::Status Server::LoadEngine() {
   const absl::Time t0 = absl::Now();
-  auto kind = ParseBackendKind(config_.backend);
-  if (!kind.ok()) return kind.status();
-  auto backend = CreateBackend(*kind);
-  if (!backend.ok()) return backend.status();
-  backend_ = std::move(*backend);
-  auto host = LoadHostModel(config_.model);
-  if (!host.ok()) return host.status();
-  const bool gpu = backend_->Name() != "cpu";
-  absl::StatusOr<std::unique_ptr<SessionService>> engine;
-  if (config_.world_size == 1) {
-    engine = SessionService::Create(*host, backend_.get(), EngineOptionsFrom(config_, gpu));
-  } else {
-    auto model = LlamaModel::Create(*host, backend_.get(), EngineOptionsFrom(config_).kv);
-    if (!model.ok()) return model.status();
-    leader_model_ = std::move(*model);
+  const EngineConfig engine_config = EngineConfigFrom(config_);
+  if (config_.world_size > 1) {
     Log(spdlog::level::info, "forming the group",
         {{"world_size", absl::StrCat(config_.world_size)}, {"rendezvous", config_.rendezvous}});
-    auto group = LeaderGroup::Form(config_, *host, leader_model_.get());
-    if (!group.ok()) return group.status();
-    group_ = std::move(*group);
-    engine = SessionService::CreateWithModel(
-        *host, group_->MakeStepModel(),
-        absl::StrCat(backend_->Name(), " x", config_.world_size, " ranks"),
-        EngineOptionsFrom(config_, gpu));
   }
+  auto engine = Engine::Create(engine_config);
   if (!engine.ok()) return engine.status();
   engine_ = std::move(*engine);
-  if (group_) monitor_ = std::thread([this] { Monitor(); });
+  if (config_.world_size > 1) monitor_ = std::thread([this] { Monitor(); });
   const EngineInfo& info = engine_->info();
   if (metrics_) metrics_->AttachEngine(engine_.get(), info.model.name, info.backend);
   service_->SetEngine(engine_.get());

@@ -5,7 +5,7 @@
 // refused as "starting"; LoadEngine() loads the model and turns SERVING;
 // Drain() turns NOT_SERVING, refuses new calls, gives open calls the grace
 // period, then cancels what is left and stops the engine. With world_size > 1
-// this process is rank 0 of a context-parallel group (server/group.h): health
+// this process is rank 0 of a context-parallel group (engine/dist/rank_group.h): health
 // turns NOT_SERVING for good when a rank is lost.
 #pragma once
 
@@ -14,11 +14,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
-#include "engine/backend/backend.h"
-#include "engine/session/session_service.h"
+#include "engine/engine.h"
 #include "grpcpp/server.h"
 #include "server/config.h"
-#include "server/group.h"
 #include "server/health.h"
 #include "server/metrics.h"
 #include "server/service.h"
@@ -51,18 +49,14 @@ class Server {
   // it breaks.
   void Monitor();
 
-  std::unique_ptr<Backend> backend_;
-  // A group (world_size > 1): rank 0's model and the group outlive engine_.
-  std::unique_ptr<LlamaModel> leader_model_;
-  std::unique_ptr<LeaderGroup> group_;
-  std::unique_ptr<SessionService> engine_;
+  std::unique_ptr<Engine> engine_;
   absl::Notification stop_monitor_;
   std::thread monitor_;
   int grpc_port_ = 0;
 };
 
-// EngineOptions from the server configuration; `gpu` picks the automatic
-// prefill budgets of a GPU backend.
-EngineOptions EngineOptionsFrom(const ServerConfig& config, bool gpu = false);
+// The engine's configuration from the server's: model, backend, limits and,
+// with world_size > 1, the group this process leads.
+EngineConfig EngineConfigFrom(const ServerConfig& config);
 
 }  // namespace longctx::server

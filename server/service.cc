@@ -48,7 +48,7 @@ LongContextService::LongContextService(const ServerConfig& config, Authenticator
       build_(std::move(build)),
       start_time_(absl::Now()) {}
 
-void LongContextService::SetEngine(SessionService* engine) {
+void LongContextService::SetEngine(Engine* engine) {
   absl::MutexLock lock(&mu_);
   engine_ = engine;
   if (state_ == State::kStarting) state_ = State::kServing;
@@ -163,7 +163,7 @@ grpc::ServerUnaryReactor* LongContextService::CreateSession(grpc::CallbackServer
   auto request = FromProto(*req);
   if (!request.ok()) return FinishNow(this, ctx, &*call, request.status());
   auto* reactor = new UnaryCall(this, std::move(*call));
-  SessionService* engine = reactor->call().engine;
+  Engine* engine = reactor->call().engine;
   engine->CreateSession(reactor->call().caller.tenant, *request,
                         [reactor, resp](absl::StatusOr<SessionInfo> info) {
                           if (info.ok()) {

@@ -1,6 +1,6 @@
 // The longctx.v1.LongContext service on the gRPC callback API (DESIGN §6):
 // parses and admits calls (state, auth, stream limits, request ids), hands
-// work to the engine's SessionService and streams results back with one write
+// work to the engine (engine/engine.h) and streams results back with one write
 // in flight per stream. No math here.
 //
 // Thread safety: gRPC calls the handlers from its threads; engine callbacks
@@ -15,7 +15,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/session/session_service.h"
+#include "engine/engine.h"
 #include "longctx/v1/longctx.grpc.pb.h"
 #include "server/auth.h"
 #include "server/config.h"
@@ -38,7 +38,7 @@ struct CallContext {
   bool stream = false;
   absl::Time start;
   absl::Time deadline = absl::InfiniteFuture();
-  SessionService* engine = nullptr;
+  Engine* engine = nullptr;
   LogFields fields;  // added to the call's log line (session id, counts)
 };
 
@@ -50,7 +50,7 @@ class LongContextService final : public v1::LongContext::CallbackService {
                      BuildInfo build);
 
   // The engine is up: calls are served. REQUIRES: `engine` outlives the calls.
-  void SetEngine(SessionService* engine);
+  void SetEngine(Engine* engine);
   // New calls get UNAVAILABLE from now on; calls already admitted go on.
   void StartDraining();
   State state() const;
@@ -101,7 +101,7 @@ class LongContextService final : public v1::LongContext::CallbackService {
 
   mutable absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kStarting;
-  SessionService* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
+  Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
   int64_t calls_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t streams_ ABSL_GUARDED_BY(mu_) = 0;
 };

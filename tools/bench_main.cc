@@ -33,6 +33,7 @@
 #include "engine/model/dca_config.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/load_model.h"
 #include "engine/model/synthetic_model.h"
 #include "engine/util/status_macros.h"
 #include "kernels/ops.h"
@@ -143,20 +144,19 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(BackendKind kind) {
 
 class Bench {
  public:
-  Bench(Options opt, std::unique_ptr<Backend> backend, HostModel host)
-      : opt_(std::move(opt)), backend_(std::move(backend)), host_(std::move(host)) {}
+  Bench(Options opt, LoadedModel loaded) : opt_(std::move(opt)), loaded_(std::move(loaded)) {}
 
   absl::Status Run();
 
  private:
   cpu::DcaParams Dca(int total_len) const {
-    return dca_.ToParams(host_.config.head_dim, total_len);
+    return dca_.ToParams(loaded_.host.config.head_dim, total_len);
   }
   int StepsPerSession() const {
     return static_cast<int>(opt_.graph_settings.size()) * (opt_.decode + kWarmupSteps);
   }
   int64_t BlocksFor(int64_t tokens) const {
-    const int bs = model_->kv_cache().geometry().block_size;
+    const int bs = loaded_.model->kv_cache().geometry().block_size;
     return (tokens + bs - 1) / bs;
   }
   absl::Status Prefill(KvSequence& seq, int n, std::mt19937& rng, std::vector<float>* logits,
@@ -168,10 +168,8 @@ class Bench {
   void PrintTables() const;
 
   Options opt_;
-  std::unique_ptr<Backend> backend_;
-  HostModel host_;
+  LoadedModel loaded_;  // the backend, the host weights and (built in Run) the model
   DcaConfig dca_;
-  std::unique_ptr<LlamaModel> model_;
   bool cuda_ = false;
   double copy_bw_ = 0;  // bytes/s, read + write
   int64_t weight_bytes_ = 0;
@@ -185,7 +183,7 @@ class Bench {
 
 absl::Status Bench::Prefill(KvSequence& seq, int n, std::mt19937& rng, std::vector<float>* logits,
                             double* seconds) {
-  std::uniform_int_distribution<int32_t> tok(100, host_.config.vocab_size - 1);
+  std::uniform_int_distribution<int32_t> tok(100, loaded_.host.config.vocab_size - 1);
   std::vector<int32_t> prompt(static_cast<size_t>(n));
   for (auto& t : prompt) t = tok(rng);
   const auto t0 = Clock::now();
@@ -195,7 +193,7 @@ absl::Status Bench::Prefill(KvSequence& seq, int n, std::mt19937& rng, std::vect
                   {prompt.data() + first, static_cast<size_t>(len)},
                   first + len == n ? LogitsMode::kLast : LogitsMode::kNone,
                   Dca(first + len)};
-    RETURN_IF_ERROR(model_->Forward({&item, 1}, logits));
+    RETURN_IF_ERROR(loaded_.model->Forward({&item, 1}, logits));
   }
   *seconds = Seconds(t0);
   return absl::OkStatus();
@@ -203,7 +201,7 @@ absl::Status Bench::Prefill(KvSequence& seq, int n, std::mt19937& rng, std::vect
 
 absl::Status Bench::Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& next,
                            DecodeRow* row) {
-  const int64_t V = host_.config.vocab_size;
+  const int64_t V = loaded_.host.config.vocab_size;
   std::vector<StepItem> items(seqs.size());
   std::vector<float> logits;
   double timed = 0;
@@ -213,7 +211,7 @@ absl::Status Bench::Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& 
   for (int step = 0; step < kWarmupSteps + opt_.decode; ++step) {
 #ifdef LONGCTX_WITH_CUDA
     if (cuda_ && step == kWarmupSteps) {
-      ASSIGN_OR_RETURN(CudaStepGraphStats st, GetCudaStepGraphStats(*backend_));
+      ASSIGN_OR_RETURN(CudaStepGraphStats st, GetCudaStepGraphStats(*loaded_.backend));
       replays_before = st.replays;
     }
 #endif
@@ -227,13 +225,13 @@ absl::Status Bench::Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& 
     }
 #ifdef LONGCTX_WITH_CUDA
     const bool profile = cuda_ && step == kWarmupSteps && absl::GetFlag(FLAGS_profile_step);
-    if (profile) RETURN_IF_ERROR(SetCudaProfilerCapture(*backend_, true));
+    if (profile) RETURN_IF_ERROR(SetCudaProfilerCapture(*loaded_.backend, true));
 #endif
     const auto t0 = Clock::now();
-    RETURN_IF_ERROR(model_->Forward(items, &logits));
+    RETURN_IF_ERROR(loaded_.model->Forward(items, &logits));
     if (step >= kWarmupSteps) timed += Seconds(t0);
 #ifdef LONGCTX_WITH_CUDA
-    if (profile) RETURN_IF_ERROR(SetCudaProfilerCapture(*backend_, false));
+    if (profile) RETURN_IF_ERROR(SetCudaProfilerCapture(*loaded_.backend, false));
 #endif
     if (opt_.device_tokens) continue;
     for (size_t i = 0; i < seqs.size(); ++i) next[i] = cpu::ArgMax(logits.data() + i * V, V);
@@ -241,7 +239,7 @@ absl::Status Bench::Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& 
   row->step_ms = timed * 1e3 / opt_.decode;
 #ifdef LONGCTX_WITH_CUDA
   if (cuda_ && row->graphs == "on") {
-    ASSIGN_OR_RETURN(CudaStepGraphStats st, GetCudaStepGraphStats(*backend_));
+    ASSIGN_OR_RETURN(CudaStepGraphStats st, GetCudaStepGraphStats(*loaded_.backend));
     row->kernels = st.graph_kernels;
     row->replayed = st.replays - replays_before;
     if (row->graphs == "on" && !st.disabled_reason.empty()) {
@@ -256,8 +254,8 @@ absl::Status Bench::Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& 
 
 double Bench::FloorMs(int sessions, double mean_len) const {
   if (copy_bw_ <= 0) return 0;
-  const ModelConfig& c = host_.config;
-  const int64_t elt = static_cast<int64_t>(DTypeSize(backend_->WeightType()));
+  const ModelConfig& c = loaded_.host.config;
+  const int64_t elt = static_cast<int64_t>(DTypeSize(loaded_.backend->WeightType()));
   // Every weight is read once per step, except the embedding table, of which
   // only the rows of the step's tokens are (unless it is also the lm head).
   int64_t weights = weight_bytes_;
@@ -268,7 +266,7 @@ double Bench::FloorMs(int sessions, double mean_len) const {
 }
 
 absl::Status Bench::MaxContext() {
-  KvCache& kv = model_->kv_cache();
+  KvCache& kv = loaded_.model->kv_cache();
   const int bs = kv.geometry().block_size;
   // All of the arena to one session, the last slot left for the decode steps.
   const int64_t tokens = kv.free_blocks() * bs - 4;
@@ -283,7 +281,7 @@ absl::Status Bench::MaxContext() {
   for (int s = 0; s < steps; ++s) {
     StepItem item{&seq, {next.data(), 1}, LogitsMode::kLast, Dca(seq.length() + 1)};
     const auto t0 = Clock::now();
-    absl::Status st = model_->Forward({&item, 1}, &logits);
+    absl::Status st = loaded_.model->Forward({&item, 1}, &logits);
     if (!st.ok()) {
       kv.Release(seq);
       return st;
@@ -304,13 +302,13 @@ absl::Status Bench::MaxContext() {
 }
 
 absl::Status Bench::Run() {
-  const ModelConfig& c = host_.config;
+  const ModelConfig& c = loaded_.host.config;
   ASSIGN_OR_RETURN(dca_, DcaConfig::Resolve(c, {}));
   if (!opt_.dca) dca_.mode = DcaMode::kRope;
-  cuda_ = backend_->Name().rfind("cuda", 0) == 0;
-  weight_bytes_ = WeightBytes(c, static_cast<int>(DTypeSize(backend_->WeightType())));
+  cuda_ = loaded_.backend->Name().rfind("cuda", 0) == 0;
+  weight_bytes_ = WeightBytes(c, static_cast<int>(DTypeSize(loaded_.backend->WeightType())));
   kv_theory_ = int64_t{2} * c.n_layers * c.n_kv_heads * c.head_dim *
-               static_cast<int64_t>(DTypeSize(backend_->KvType()));
+               static_cast<int64_t>(DTypeSize(loaded_.backend->KvType()));
   const int block_size = KvCacheConfig{}.block_size;
   int max_len = 0, max_batch = 0;
   for (int n : opt_.lengths) max_len = std::max(max_len, n);
@@ -330,9 +328,10 @@ absl::Status Bench::Run() {
   if (cuda_) {
     const int copy_mib = absl::GetFlag(FLAGS_copy_mib);
     if (copy_mib > 0) {
-      ASSIGN_OR_RETURN(copy_bw_, MeasureCudaCopyBandwidth(*backend_, size_t(copy_mib) << 20, 20));
+      ASSIGN_OR_RETURN(copy_bw_,
+                       MeasureCudaCopyBandwidth(*loaded_.backend, size_t(copy_mib) << 20, 20));
     }
-    ASSIGN_OR_RETURN(CudaMemoryInfo mem, GetCudaMemoryInfo(*backend_));
+    ASSIGN_OR_RETURN(CudaMemoryInfo mem, GetCudaMemoryInfo(*loaded_.backend));
     free_before_ = mem.free_bytes;
     const int64_t available = mem.free_bytes - weight_bytes_ -
                               static_cast<int64_t>(absl::GetFlag(FLAGS_reserve_gib) * kGiB);
@@ -349,22 +348,21 @@ absl::Status Bench::Run() {
 #endif
   KvCacheConfig kv;
   kv.max_bytes = kv_bytes;
-  ASSIGN_OR_RETURN(model_, LlamaModel::Create(host_, backend_.get(), kv));
-  host_.tensors.clear();
-  RETURN_IF_ERROR(backend_->Synchronize());
-  KvCache& cache = model_->kv_cache();
+  RETURN_IF_ERROR(BuildModel(loaded_, kv));
+  RETURN_IF_ERROR(loaded_.backend->Synchronize());
+  KvCache& cache = loaded_.model->kv_cache();
 
   std::printf(
       "backend=%s model=%s layers=%d d_model=%d heads=%d kv_heads=%d head_dim=%d "
       "d_ff=%d vocab=%d\n",
-      backend_->Name().c_str(), c.name.c_str(), c.n_layers, c.d_model, c.n_heads, c.n_kv_heads,
-      c.head_dim, c.d_ff, c.vocab_size);
+      loaded_.backend->Name().c_str(), c.name.c_str(), c.n_layers, c.d_model, c.n_heads,
+      c.n_kv_heads, c.head_dim, c.d_ff, c.vocab_size);
   if (c.name.find("synthetic") != std::string::npos) {
     std::printf("NOTE: synthetic model, random weights: timings only, outputs meaningless.\n");
   }
   std::printf("attention: %s; weights %.2f GiB (%s); KV arena %.2f GiB (%lld blocks of %d)%s\n",
               dca_.DebugString().c_str(), weight_bytes_ / kGiB,
-              backend_->WeightType() == DType::kBF16 ? "bf16" : "f32",
+              loaded_.backend->WeightType() == DType::kBF16 ? "bf16" : "f32",
               static_cast<double>(cache.total_blocks() * cache.BytesPerBlock()) / kGiB,
               static_cast<long long>(cache.total_blocks()), cache.geometry().block_size,
               whole_device ? ", all free device memory" : "");
@@ -436,7 +434,7 @@ absl::Status Bench::Run() {
           continue;
         }
 #ifdef LONGCTX_WITH_CUDA
-        if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*backend_, opt_.graph_settings[gi]));
+        if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*loaded_.backend, opt_.graph_settings[gi]));
 #endif
         std::vector<KvSequence*> seqs = {&seq};
         for (KvSequence& e : extra) seqs.push_back(&e);
@@ -464,7 +462,7 @@ absl::Status Bench::Run() {
     cache.Release(seq);
   }
 #ifdef LONGCTX_WITH_CUDA
-  if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*backend_, true));
+  if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*loaded_.backend, true));
 #endif
   if (absl::GetFlag(FLAGS_max_context) && !cuda_) {
     max_context_line_ = "Longest single-session context: measured on the CUDA backend only.";
@@ -509,13 +507,13 @@ void Bench::PrintTables() const {
                 kernels.c_str(), replayed.c_str(), floor.c_str(), ratio.c_str(), gb.c_str(),
                 r.note.c_str());
   }
-  const KvCache& cache = model_->kv_cache();
+  const KvCache& cache = loaded_.model->kv_cache();
   const double pool = static_cast<double>(cache.BytesPerBlock()) / cache.geometry().block_size;
   std::printf("\n### KV cache per token\n\n");
   std::printf(
       "Theory 2 x layers x kv_heads x head_dim x %zu B = %lld B; the pool's blocks hold "
       "%.0f B per token slot.\n\n",
-      DTypeSize(backend_->KvType()), static_cast<long long>(kv_theory_), pool);
+      DTypeSize(loaded_.backend->KvType()), static_cast<long long>(kv_theory_), pool);
   std::printf("| session tokens | bytes/token held | paging overhead |\n|---:|---:|---:|\n");
   for (const KvRow& r : kv_rows_) {
     std::printf("| %d | %.0f | %.2f%% |\n", r.length, r.session_bytes_per_token,
@@ -564,9 +562,9 @@ int Run() {
     return std::fprintf(stderr, "bad --tokens (device or host)\n"), 2;
   }
   opt.device_tokens = tokens == "device";
-  auto host = LoadHostModel(absl::GetFlag(FLAGS_model));
-  if (!host.ok()) return std::fprintf(stderr, "%s\n", host.status().ToString().c_str()), 1;
-  Bench bench(std::move(opt), std::move(*backend), std::move(*host));
+  auto loaded = OpenModel(absl::GetFlag(FLAGS_model), std::move(*backend));
+  if (!loaded.ok()) return std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str()), 1;
+  Bench bench(std::move(opt), std::move(*loaded));
   absl::Status s = bench.Run();
   if (!s.ok()) return std::fprintf(stderr, "%s\n", s.ToString().c_str()), 1;
   return 0;

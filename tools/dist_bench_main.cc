@@ -56,6 +56,7 @@
 #include "engine/model/dca_config.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/load_model.h"
 #include "engine/model/synthetic_model.h"
 #endif
 
@@ -283,9 +284,10 @@ int RunModel() {
       path == kSynthetic ? absl::StrCat(kSyntheticModelPrefix, "llama2-7b") : path;
   const bool synthetic = model_path.rfind(kSyntheticModelPrefix, 0) == 0;
   const absl::Time t_load = absl::Now();
-  absl::StatusOr<HostModel> host = LoadHostModel(model_path);
-  if (!host.ok()) return fail("loading the model", host.status());
-  const ModelConfig c = host->config;
+  absl::StatusOr<LoadedModel> loaded = OpenModel(model_path, std::move(*backend));
+  if (!loaded.ok()) return fail("loading the model", loaded.status());
+  Backend* const device_backend = loaded->backend.get();
+  const ModelConfig c = loaded->host.config;
   auto dca_config = DcaConfig::Resolve(c, DcaOverrides());
   if (!dca_config.ok()) return fail("DCA defaults", dca_config.status());
 
@@ -305,17 +307,16 @@ int RunModel() {
   std::unique_ptr<KvCache> worker_kv;
   KvCache* kv = nullptr;
   if (rank == 0) {
-    auto m = LlamaModel::Create(*host, backend->get(), kv_config);
-    if (!m.ok()) return fail("model upload", m.status());
-    model = std::move(m).value();
+    if (absl::Status m = BuildModel(*loaded, kv_config); !m.ok()) return fail("model upload", m);
+    model = std::move(loaded->model);
     kv = &model->kv_cache();
   } else {
-    auto k = KvCache::Create(backend->get(), c.n_layers, c.n_kv_heads, c.head_dim, kv_config);
+    auto k = KvCache::Create(device_backend, c.n_layers, c.n_kv_heads, c.head_dim, kv_config);
     if (!k.ok()) return fail("KV arena", k.status());
     worker_kv = std::move(k).value();
     kv = worker_kv.get();
   }
-  host = HostModel();  // the host copy of the weights is no longer needed
+  loaded->host = HostModel();  // the host copy of the weights is no longer needed
   const int64_t capacity = kv->total_blocks() * kv_config.block_size;
   if (rank == 0) {
     std::printf(
@@ -340,7 +341,7 @@ int RunModel() {
     const auto inv = rank == 0
                          ? std::vector<float>(model->inv_freq().begin(), model->inv_freq().end())
                          : RopeInverseFrequencies(c, dca_config->compose_rope_scaling);
-    ContextParallelAttention cp(comm->get(), backend->get(), kv, c.n_heads, inv);
+    ContextParallelAttention cp(comm->get(), device_backend, kv, c.n_heads, inv);
     for (size_t i = 0; i < contexts.size(); ++i) {
       spread[i] = RunSpread(cp, model.get(), c, *dca_config, contexts[i], step);
       const SessionResult& r = spread[i];

@@ -20,11 +20,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/eval/eval.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/infini_gates.h"
+#include "engine/model/load_model.h"
 #include "engine/util/status_macros.h"
 #include "tools/tool_flags.h"
 
@@ -62,7 +63,8 @@ absl::StatusOr<std::vector<int>> ParseInts(const std::string& s, const char* fla
   for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipEmpty())) {
     int v = 0;
     if (!absl::SimpleAtoi(part, &v) || v < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": bad value '", std::string(part), "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": bad value '", std::string(part), "'"));
     }
     out.push_back(v);
   }
@@ -78,10 +80,8 @@ struct Column {
 };
 
 struct Setup {
-  std::unique_ptr<Backend> backend;
-  HostModel host;
+  LoadedModel loaded;
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<LlamaModel> model;
   std::vector<Column> columns;
 };
 
@@ -117,21 +117,19 @@ absl::StatusOr<Setup> Load(int max_len) {
   Setup s;
   std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty() && std::getenv("LONGCTX_MODEL") != nullptr) path = std::getenv("LONGCTX_MODEL");
-  ASSIGN_OR_RETURN(BackendKind kind, ParseBackendKind(absl::GetFlag(FLAGS_backend)));
-  ASSIGN_OR_RETURN(s.backend, CreateBackend(kind));
-  ASSIGN_OR_RETURN(s.host, LoadHostModel(path));
+  ASSIGN_OR_RETURN(s.loaded, OpenModel(path, absl::GetFlag(FLAGS_backend)));
   if (!absl::GetFlag(FLAGS_infini_gates).empty()) {
-    RETURN_IF_ERROR(LoadInfiniGateSidecar(absl::GetFlag(FLAGS_infini_gates), &s.host));
+    RETURN_IF_ERROR(LoadInfiniGateSidecar(absl::GetFlag(FLAGS_infini_gates), &s.loaded.host));
   }
-  ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Create(s.host.vocab));
+  ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Create(s.loaded.host.vocab));
   s.tokenizer = std::make_unique<Tokenizer>(std::move(tok));
   KvCacheConfig kv;
-  const ModelConfig& c = s.host.config;
-  kv.max_bytes = KvBytesForTokens(c, *s.backend, max_len + 64);
-  ASSIGN_OR_RETURN(s.model, LlamaModel::Create(s.host, s.backend.get(), kv));
+  const ModelConfig& c = s.loaded.host.config;
+  kv.max_bytes = KvBytesForTokens(c, *s.loaded.backend, max_len + 64);
+  RETURN_IF_ERROR(BuildModel(s.loaded, kv));
   ASSIGN_OR_RETURN(const auto variants, InfiniVariants());
-  s.host.tensors.clear();
-  for (absl::string_view name : absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
+  for (absl::string_view name :
+       absl::StrSplit(absl::GetFlag(FLAGS_modes), ',', absl::SkipEmpty())) {
     DcaOverrides o;
     ASSIGN_OR_RETURN(o.mode, ParseDcaMode(name));
     if (absl::GetFlag(FLAGS_pretrain_len) > 0) o.pretrain_len = absl::GetFlag(FLAGS_pretrain_len);
@@ -142,9 +140,9 @@ absl::StatusOr<Setup> Load(int max_len) {
     RETURN_IF_ERROR(d.Validate(kv.block_size));
     for (const auto& [name, infini] : variants) {
       RETURN_IF_ERROR(infini.Validate(d.ToParams(c.head_dim, max_len), kv.block_size));
-      s.columns.push_back({d, infini,
-                           name == "none" ? DcaModeName(d.mode)
-                                          : absl::StrCat(DcaModeName(d.mode), "+", name)});
+      s.columns.push_back(
+          {d, infini,
+           name == "none" ? DcaModeName(d.mode) : absl::StrCat(DcaModeName(d.mode), "+", name)});
     }
   }
   return s;
@@ -153,7 +151,8 @@ absl::StatusOr<Setup> Load(int max_len) {
 absl::Status RunPpl() {
   ASSIGN_OR_RETURN(std::vector<int> lengths, ParseInts(absl::GetFlag(FLAGS_lengths), "lengths"));
   std::ifstream in(absl::GetFlag(FLAGS_text), std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read --text=", absl::GetFlag(FLAGS_text)));
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot read --text=", absl::GetFlag(FLAGS_text)));
   std::stringstream buf;
   buf << in.rdbuf();
   ASSIGN_OR_RETURN(Setup s, Load(*std::max_element(lengths.begin(), lengths.end())));
@@ -161,14 +160,16 @@ absl::Status RunPpl() {
   const bool json = absl::GetFlag(FLAGS_json);
   if (!json) {
     if (absl::GetFlag(FLAGS_score_last) > 0) {
-      std::printf("text: %s (%zu tokens); backend %s; protocol: aligned windows ending every %d "
-                  "tokens, loss over the same last %d tokens of each window at every length\n",
-                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str(),
-                  *std::max_element(lengths.begin(), lengths.end()), absl::GetFlag(FLAGS_score_last));
+      std::printf(
+          "text: %s (%zu tokens); backend %s; protocol: aligned windows ending every %d "
+          "tokens, loss over the same last %d tokens of each window at every length\n",
+          absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.loaded.backend->Name().c_str(),
+          *std::max_element(lengths.begin(), lengths.end()), absl::GetFlag(FLAGS_score_last));
     } else {
-      std::printf("text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
-                  "start, loss over the second half of each window\n",
-                  absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.backend->Name().c_str());
+      std::printf(
+          "text: %s (%zu tokens); backend %s; protocol: non-overlapping windows from the "
+          "start, loss over the second half of each window\n",
+          absl::GetFlag(FLAGS_text).c_str(), tokens.size(), s.loaded.backend->Name().c_str());
     }
     for (const Column& col : s.columns) {
       std::printf("%s: %s; %s\n", col.name.c_str(), col.dca.DebugString().c_str(),
@@ -189,14 +190,15 @@ absl::Status RunPpl() {
         protocol.aligned_span = *std::max_element(lengths.begin(), lengths.end());
         protocol.score_last = absl::GetFlag(FLAGS_score_last);
       }
-      ASSIGN_OR_RETURN(PplResult r, EvalPerplexity(*s.model, tokens, len, absl::GetFlag(FLAGS_windows),
-                                                   d, absl::GetFlag(FLAGS_piece), protocol,
-                                                   col.infini));
+      ASSIGN_OR_RETURN(PplResult r,
+                       EvalPerplexity(*s.loaded.model, tokens, len, absl::GetFlag(FLAGS_windows), d,
+                                      absl::GetFlag(FLAGS_piece), protocol, col.infini));
       if (json) {
-        std::printf("{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
-                    "\"scored_tokens\":%lld,\"nll\":%.6f,\"ppl\":%.4f,\"seconds\":%.2f}\n",
-                    col.name.c_str(), len, r.windows, static_cast<long long>(r.scored_tokens),
-                    r.nll, r.ppl, r.seconds);
+        std::printf(
+            "{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
+            "\"scored_tokens\":%lld,\"nll\":%.6f,\"ppl\":%.4f,\"seconds\":%.2f}\n",
+            col.name.c_str(), len, r.windows, static_cast<long long>(r.scored_tokens), r.nll, r.ppl,
+            r.seconds);
         std::fflush(stdout);
       }
       row.push_back(r);
@@ -221,7 +223,7 @@ absl::Status RunPasskey() {
   ASSIGN_OR_RETURN(Setup s, Load(*std::max_element(lengths.begin(), lengths.end()) + 16));
   std::unique_ptr<ChatTemplate> chat;
   if (absl::GetFlag(FLAGS_chat)) {
-    ASSIGN_OR_RETURN(ChatTemplate t, ChatTemplateFromJinja(s.host.vocab.chat_template));
+    ASSIGN_OR_RETURN(ChatTemplate t, ChatTemplateFromJinja(s.loaded.host.vocab.chat_template));
     chat = std::make_unique<ChatTemplate>(t);
   }
   const bool json = absl::GetFlag(FLAGS_json);
@@ -244,18 +246,19 @@ absl::Status RunPasskey() {
         int hits = 0;
         for (int k = 0; k < keys; ++k) {
           const uint64_t seed = static_cast<uint64_t>(len) * 1000003u + depth * 101u + k;
-          ASSIGN_OR_RETURN(PasskeyPrompt p, BuildPasskeyPrompt(*s.tokenizer, chat.get(), len,
-                                                               depth / 100.0, seed));
+          ASSIGN_OR_RETURN(PasskeyPrompt p,
+                           BuildPasskeyPrompt(*s.tokenizer, chat.get(), len, depth / 100.0, seed));
           ASSIGN_OR_RETURN(std::string answer,
-                           GreedyAnswer(*s.model, *s.tokenizer, p.tokens, d,
+                           GreedyAnswer(*s.loaded.model, *s.tokenizer, p.tokens, d,
                                         absl::GetFlag(FLAGS_piece), 8, col.infini));
           const bool hit = answer.find(p.key) != std::string::npos;
           hits += hit;
           if (json) {
-            std::printf("{\"eval\":\"passkey\",\"mode\":\"%s\",\"length\":%d,\"prompt_tokens\":%zu,"
-                        "\"depth\":%d,\"key\":\"%s\",\"hit\":%s}\n",
-                        col.name.c_str(), len, p.tokens.size(), depth, p.key.c_str(),
-                        hit ? "true" : "false");
+            std::printf(
+                "{\"eval\":\"passkey\",\"mode\":\"%s\",\"length\":%d,\"prompt_tokens\":%zu,"
+                "\"depth\":%d,\"key\":\"%s\",\"hit\":%s}\n",
+                col.name.c_str(), len, p.tokens.size(), depth, p.key.c_str(),
+                hit ? "true" : "false");
             std::fflush(stdout);
           }
         }
@@ -277,8 +280,10 @@ absl::Status RunPasskey() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  std::vector<char*> rest = longctx::ParseToolFlags(argc, argv,
-      "Long-context evaluation, RoPE vs DCA.\n  longctx-eval ppl --text=FILE --lengths=N,... [flags]\n  longctx-eval passkey --lengths=N,... [flags]");
+  std::vector<char*> rest = longctx::ParseToolFlags(
+      argc, argv,
+      "Long-context evaluation, RoPE vs DCA.\n  longctx-eval ppl --text=FILE --lengths=N,... "
+      "[flags]\n  longctx-eval passkey --lengths=N,... [flags]");
   const std::string cmd = rest.size() > 1 ? rest[1] : "";
   absl::Status s;
   if (cmd == "ppl") {

@@ -10,18 +10,20 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "engine/backend/cpu_process.h"
-#include "engine/util/status_macros.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_process.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
+#include "engine/model/load_model.h"
 #include "engine/sampling/sampler.h"
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/stream_decoder.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "engine/util/status_macros.h"
 #include "tools/tool_flags.h"
 
-ABSL_FLAG(std::string, model, "", "model file (GGUF) or Hugging Face directory; default $LONGCTX_MODEL");
+ABSL_FLAG(std::string, model, "",
+          "model file (GGUF) or Hugging Face directory; default $LONGCTX_MODEL");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
 ABSL_FLAG(bool, chat, true, "wrap the prompt as a user turn of the model's chat template");
@@ -51,9 +53,8 @@ absl::Status Run() {
   const int max_tokens = absl::GetFlag(FLAGS_max_tokens);
   if (max_tokens < 0) return absl::InvalidArgumentError("--max_tokens must be >= 0");
 
-  ASSIGN_OR_RETURN(BackendKind kind, ParseBackendKind(absl::GetFlag(FLAGS_backend)));
-  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateBackend(kind));
-  ASSIGN_OR_RETURN(HostModel host, LoadHostModel(path));
+  ASSIGN_OR_RETURN(LoadedModel loaded, OpenModel(path, absl::GetFlag(FLAGS_backend)));
+  const HostModel& host = loaded.host;
   ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::Create(host.vocab));
   std::vector<int32_t> prompt;
   if (absl::GetFlag(FLAGS_chat)) {
@@ -68,9 +69,10 @@ absl::Status Run() {
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
 
   KvCacheConfig kv;
-  kv.max_bytes = KvBytesForTokens(host.config, *backend, static_cast<int64_t>(prompt.size()) + max_tokens);
-  ASSIGN_OR_RETURN(std::unique_ptr<LlamaModel> model, LlamaModel::Create(host, backend.get(), kv));
-  host.tensors.clear();
+  kv.max_bytes = KvBytesForTokens(host.config, *loaded.backend,
+                                  static_cast<int64_t>(prompt.size()) + max_tokens);
+  RETURN_IF_ERROR(BuildModel(loaded, kv));
+  LlamaModel* model = loaded.model.get();
 
   KvSequence seq;
   std::vector<float> logits;
@@ -96,7 +98,7 @@ absl::Status Run() {
   std::fputs(decoder.Flush().c_str(), stdout);
   const double decode_s = Since(t0);
   std::fprintf(stderr, "\n[%s] prompt %zu tokens, %.1f tok/s | generated %d tokens, %.1f tok/s\n",
-               backend->Name().c_str(), prompt.size(), prompt.size() / prefill_s, generated,
+               loaded.backend->Name().c_str(), prompt.size(), prompt.size() / prefill_s, generated,
                generated / decode_s);
   return absl::OkStatus();
 }
@@ -107,7 +109,8 @@ absl::Status Run() {
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
   longctx::ParseToolFlags(argc, argv,
-      "Generates text from a prompt, streaming it.\n  longctx-generate --model=FILE --prompt=TEXT [flags]");
+                          "Generates text from a prompt, streaming it.\n  longctx-generate "
+                          "--model=FILE --prompt=TEXT [flags]");
   const absl::Status s = longctx::Run();
   if (!s.ok()) {
     std::fprintf(stderr, "longctx-generate: %s\n", s.ToString().c_str());

@@ -11,19 +11,25 @@
 
 namespace longctx {
 
-absl::Status SamplingParams::Validate() const {
-  if (!(temperature >= 0.f) || !std::isfinite(temperature)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("temperature must be a finite number >= 0, got ", temperature));
+absl::Status SamplingParams::Validate(int32_t vocab_size) const {
+  if (!std::isfinite(temperature) || temperature < 0 || temperature > kMaxTemperature) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.temperature must be in [0, ",
+                                                   kMaxTemperature, "] (got ", temperature, ")"));
   }
-  if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
+  if (top_k < 0 || (vocab_size > 0 && top_k > vocab_size)) {
+    return absl::InvalidArgumentError(
+        vocab_size > 0
+            ? absl::StrCat("sampling.top_k must be in [0, ", vocab_size, "] (got ", top_k, ")")
+            : absl::StrCat("sampling.top_k must be >= 0 (got ", top_k, ")"));
+  }
   if (!(top_p > 0.f && top_p <= 1.f)) {
-    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_p must be in (0, 1] (got ", top_p, ")"));
   }
   if (!(repetition_penalty > 0.f && repetition_penalty <= kMaxRepetitionPenalty)) {
-    return absl::InvalidArgumentError(absl::StrCat("repetition_penalty must be in (0, ",
-                                                   kMaxRepetitionPenalty, "], got ",
-                                                   repetition_penalty));
+    return absl::InvalidArgumentError(absl::StrCat("sampling.repetition_penalty must be in (0, ",
+                                                   kMaxRepetitionPenalty, "] (got ",
+                                                   repetition_penalty, ")"));
   }
   return absl::OkStatus();
 }

@@ -12,6 +12,7 @@
 namespace longctx {
 
 inline constexpr float kMaxRepetitionPenalty = 10.f;
+inline constexpr float kMaxTemperature = 100.f;
 
 struct SamplingParams {
   float temperature = 0.f;  // 0 = greedy (argmax)
@@ -23,9 +24,11 @@ struct SamplingParams {
   // when negative, before everything else (the rule of CTRL, Keskar et al.
   // 2019, as Hugging Face and vLLM apply it).
   float repetition_penalty = 1.f;
-  // Rejects negative temperature, negative top_k, top_p outside (0, 1], a
-  // repetition penalty outside (0, kMaxRepetitionPenalty].
-  absl::Status Validate() const;
+  // The one check of a request's sampling: temperature in [0,
+  // kMaxTemperature], top_k in [0, vocab_size] (no upper bound for a
+  // vocab_size of 0), top_p in (0, 1], repetition penalty in (0,
+  // kMaxRepetitionPenalty]. Errors name the API field ("sampling.top_p").
+  absl::Status Validate(int32_t vocab_size = 0) const;
 };
 
 class Sampler {

@@ -1,4 +1,4 @@
-// longctxd as rank 0 of a context-parallel group (server/group.h): two ranks as
+// longctxd as rank 0 of a context-parallel group (engine/dist/rank_group.h): two ranks as
 // threads of one process (--rendezvous=inproc, CPU backend), against a
 // single-rank server with the same settings. Small DCA chunks (c = 1024, chunk
 // length 640) spread a 1.4k-token chapter over both ranks; the second session

@@ -1,4 +1,4 @@
-#include "engine/session/stop_matcher.h"
+#include "engine/conversation/stop_matcher.h"
 #include "gtest/gtest.h"
 
 namespace longctx {

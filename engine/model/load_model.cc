@@ -1,0 +1,33 @@
+#include "engine/model/load_model.h"
+
+#include "engine/util/status_macros.h"
+
+namespace longctx {
+
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend) {
+  ASSIGN_OR_RETURN(BackendKind kind, ParseBackendKind(backend));
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, CreateBackend(kind));
+  return OpenModel(path, std::move(b));
+}
+
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend) {
+  LoadedModel m;
+  m.backend = std::move(backend);
+  ASSIGN_OR_RETURN(m.host, LoadHostModel(path));
+  return m;
+}
+
+absl::Status BuildModel(LoadedModel& m, const KvCacheConfig& kv, bool keep_host) {
+  ASSIGN_OR_RETURN(m.model, LlamaModel::Create(m.host, m.backend.get(), kv));
+  if (!keep_host) m.host.tensors.clear();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend,
+                                      const KvCacheConfig& kv, bool keep_host) {
+  ASSIGN_OR_RETURN(LoadedModel m, OpenModel(path, backend));
+  RETURN_IF_ERROR(BuildModel(m, kv, keep_host));
+  return m;
+}
+
+}  // namespace longctx

@@ -1,0 +1,39 @@
+// A model on its backend: the one place that makes a backend, reads the
+// weights and builds the model, for Engine::Create, a group's ranks and the
+// tools that drive the model directly.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/backend.h"
+#include "engine/kv/kv_cache.h"
+#include "engine/model/host_weights.h"
+#include "engine/model/llama_model.h"
+
+namespace longctx {
+
+struct LoadedModel {
+  std::unique_ptr<Backend> backend;
+  HostModel host;  // the host copy of the weights (tensors dropped unless kept)
+  std::unique_ptr<LlamaModel> model;
+};
+
+// In two steps, for callers that size the KV cache from the model's
+// configuration (or adjust the host weights) before building it:
+// OpenModel creates `backend` (a ParseBackendKind name: auto, cpu or cuda)
+// and reads the weights at `path` (a GGUF file or a Hugging Face directory)
+// into LoadedModel::host; BuildModel builds LoadedModel::model with a KV
+// cache of `kv`, then drops the host weights' tensors unless `keep_host`
+// (the vocabulary and configuration stay).
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend);
+// As above, on a backend the caller made (e.g. with CUDA options).
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend);
+absl::Status BuildModel(LoadedModel& model, const KvCacheConfig& kv, bool keep_host = false);
+
+// OpenModel then BuildModel.
+absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend,
+                                      const KvCacheConfig& kv, bool keep_host = false);
+
+}  // namespace longctx
