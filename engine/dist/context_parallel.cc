@@ -144,25 +144,7 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
   const Tensor qp{packed, q_.dtype, n, q_cols};
   const Tensor kp{packed + qp.bytes(), k_.dtype, n, kv_cols};
   const Tensor vp{packed + qp.bytes() + kp.bytes(), v_.dtype, n, kv_cols};
-  if (rank == home) {
-    if (q.rows != n || q.cols != q_cols || out.rows != n || out.cols != q_cols || k.rows != n ||
-        k.cols != kv_cols || v.rows != n || v.cols != kv_cols) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat("context parallel: layer ", layer,
-                                                          " needs q/out [", n, ", ", q_cols,
-                                                          "] and k/v [", n, ", ", kv_cols, "]")));
-    }
-    if (static_cast<int>(identity_.size()) < n) {
-      identity_.resize(static_cast<size_t>(n));
-      for (int r = 0; r < n; ++r) identity_[static_cast<size_t>(r)] = r;
-    }
-    const std::span<const int32_t> all_rows(identity_.data(), static_cast<size_t>(n));
-    absl::Status s = backend_->GatherRows(qp, q, all_rows);
-    if (s.ok()) s = backend_->GatherRows(kp, k, all_rows);
-    if (s.ok()) s = backend_->GatherRows(vp, v, all_rows);
-    // The broadcast reads the packed tensors straight from the device.
-    if (s.ok()) s = backend_->Synchronize();
-    if (!s.ok()) return Fail(std::move(s));
-  }
+  if (rank == home) RETURN_IF_ERROR(PackForBroadcast(layer, n, out, q, k, v, qp, kp, vp));
   q = qp;
   k = kp;
   v = vp;
@@ -172,17 +154,7 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
   absl::Time t1 = absl::Now();
   stats_.broadcast_s += absl::ToDoubleSeconds(t1 - t0);
 
-  // Store the new keys and values of the spans this rank holds.
-  absl::Status s;
-  if (static_cast<int>(step.rows.size()) == n) {
-    s = backend_->KvWrite(layer, k, v, step.slots);
-  } else if (!step.rows.empty()) {
-    const int64_t m = static_cast<int64_t>(step.rows.size());
-    Tensor km = k_mine_.Rows(0, m), vm = v_mine_.Rows(0, m);
-    s = backend_->GatherRows(km, k, step.rows);
-    if (s.ok()) s = backend_->GatherRows(vm, v, step.rows);
-    if (s.ok()) s = backend_->KvWrite(layer, km, vm, step.slots);
-  }
+  absl::Status s = WriteHeldKv(seq, layer, k, v);
 
   // This rank's partial goes straight into its block of the gather buffer.
   const int64_t part_rows = n;
@@ -210,6 +182,46 @@ absl::Status ContextParallelAttention::Attend(ShardedSequence& seq, int layer,
   if (rank != home) return absl::OkStatus();
   if (s = backend_->MergeAttention(out, all, world, n_heads_); !s.ok()) return Fail(std::move(s));
   return absl::OkStatus();
+}
+
+absl::Status ContextParallelAttention::PackForBroadcast(int layer, int n, const Tensor& out,
+                                                        const Tensor& q, const Tensor& k,
+                                                        const Tensor& v, const Tensor& qp,
+                                                        const Tensor& kp, const Tensor& vp) {
+  const int64_t q_cols = qp.cols, kv_cols = kp.cols;
+  if (q.rows != n || q.cols != q_cols || out.rows != n || out.cols != q_cols || k.rows != n ||
+      k.cols != kv_cols || v.rows != n || v.cols != kv_cols) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("context parallel: layer ", layer,
+                                                        " needs q/out [", n, ", ", q_cols,
+                                                        "] and k/v [", n, ", ", kv_cols, "]")));
+  }
+  if (static_cast<int>(identity_.size()) < n) {
+    identity_.resize(static_cast<size_t>(n));
+    for (int r = 0; r < n; ++r) identity_[static_cast<size_t>(r)] = r;
+  }
+  const std::span<const int32_t> all_rows(identity_.data(), static_cast<size_t>(n));
+  absl::Status s = backend_->GatherRows(qp, q, all_rows);
+  if (s.ok()) s = backend_->GatherRows(kp, k, all_rows);
+  if (s.ok()) s = backend_->GatherRows(vp, v, all_rows);
+  // The broadcast reads the packed tensors straight from the device.
+  if (s.ok()) s = backend_->Synchronize();
+  if (!s.ok()) return Fail(std::move(s));
+  return absl::OkStatus();
+}
+
+absl::Status ContextParallelAttention::WriteHeldKv(const ShardedSequence& seq, int layer,
+                                                   const Tensor& k, const Tensor& v) {
+  const ShardedSequence::Step& step = seq.step_;
+  if (static_cast<int>(step.rows.size()) == step.n_new) {
+    return backend_->KvWrite(layer, k, v, step.slots);
+  }
+  if (step.rows.empty()) return absl::OkStatus();
+  const int64_t m = static_cast<int64_t>(step.rows.size());
+  Tensor km = k_mine_.Rows(0, m), vm = v_mine_.Rows(0, m);
+  absl::Status s = backend_->GatherRows(km, k, step.rows);
+  if (s.ok()) s = backend_->GatherRows(vm, v, step.rows);
+  if (s.ok()) s = backend_->KvWrite(layer, km, vm, step.slots);
+  return s;
 }
 
 void ContextParallelAttention::EndStep(ShardedSequence& seq, bool commit) {

@@ -1,8 +1,8 @@
 // Context-parallel attention (DESIGN §7): one session's KV spread over the ranks
 // by ChunkPlacement; for each layer the session's home rank broadcasts the new
 // tokens' queries (and keys and values, which the rank holding their span
-// stores; the three packed into one message), every rank computes the partial attention (o, lse) over the keys it
-// holds with DCA positions by absolute chunk index, and the home merges the
+// stores; the three packed into one message), every rank computes the partial attention (o, lse)
+// over the keys it holds with DCA positions by absolute chunk index, and the home merges the
 // partials by log-sum-exp. The result equals single-rank attention up to f32
 // rounding.
 //
@@ -116,6 +116,13 @@ class ContextParallelAttention {
   absl::Status EnsureScratch(int tokens);
   // Aborts the communicator (peers would wait for this rank) and returns `why`.
   absl::Status Fail(absl::Status why);
+  // The home rank's part of Attend before the broadcast: checks the shapes
+  // and packs q, k and v into `qp`, `kp`, `vp` (back to back in q_).
+  absl::Status PackForBroadcast(int layer, int n, const Tensor& out, const Tensor& q,
+                                const Tensor& k, const Tensor& v, const Tensor& qp,
+                                const Tensor& kp, const Tensor& vp);
+  // Stores the new keys and values of the spans this rank holds.
+  absl::Status WriteHeldKv(const ShardedSequence& seq, int layer, const Tensor& k, const Tensor& v);
 
   Communicator* comm_;
   Backend* backend_;
@@ -127,11 +134,11 @@ class ContextParallelAttention {
 
   int scratch_tokens_ = 0;
   DeviceBuffer scratch_;
-  Tensor q_, k_, v_;         // regions of the scratch the step's q, k, v are packed into
+  Tensor q_, k_, v_;               // regions of the scratch the step's q, k, v are packed into
   std::vector<int32_t> identity_;  // 0, 1, 2, ...: rows of a whole-tensor copy
-  Tensor k_mine_, v_mine_;   // rows of k/v this rank stores
-  Tensor gathered_;          // f32 partials of all ranks; this rank's part is its own
-  DeviceBuffer status_buf_;  // f32 [world_size]: BeginStep's agreement
+  Tensor k_mine_, v_mine_;         // rows of k/v this rank stores
+  Tensor gathered_;                // f32 partials of all ranks; this rank's part is its own
+  DeviceBuffer status_buf_;        // f32 [world_size]: BeginStep's agreement
   ContextParallelStats stats_;
 };
 

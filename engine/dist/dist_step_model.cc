@@ -146,43 +146,50 @@ absl::Status RankExecutor::Execute(const GroupCommand& cmd, std::span<const int3
   return bad;
 }
 
-absl::Status RankExecutor::Step(const GroupCommand& cmd, std::span<const int32_t> tokens,
-                                std::vector<float>* logits) {
-  const int rank = comm_->rank(), home = static_cast<int>(cmd.home);
+absl::StatusOr<ShardedSequence*> RankExecutor::SequenceFor(const GroupCommand& cmd) {
   auto it = sessions_.find(cmd.session);
   if (it == sessions_.end()) {
-    auto placement =
-        ChunkPlacement::Create(comm_->world_size(), home, static_cast<int>(cmd.span));
+    auto placement = ChunkPlacement::Create(comm_->world_size(), static_cast<int>(cmd.home),
+                                            static_cast<int>(cmd.span));
     if (!placement.ok()) {
       comm_->Abort(placement.status().message());
       return placement.status();
     }
     it = sessions_.emplace(cmd.session, std::make_unique<ShardedSequence>(*placement)).first;
   }
-  ShardedSequence& seq = *it->second;
+  return it->second.get();
+}
+
+absl::Status RankExecutor::RunStep(const GroupCommand& cmd, ShardedSequence& seq,
+                                   std::span<const int32_t> tokens) {
   const cpu::DcaParams dca = DcaOf(cmd);
   const int n = static_cast<int>(cmd.n_tokens);
   const int n_layers = model_->config().n_layers;
+  if (comm_->rank() != static_cast<int>(cmd.home)) return cp_.ServeStep(seq, n, n_layers, dca);
+  RETURN_IF_ERROR(cp_.BeginStep(seq, n));
+  ContextParallelStep step(&cp_, &seq, dca, n_layers);
+  StepItem item;
+  item.tokens = tokens;
+  item.logits = static_cast<LogitsMode>(cmd.logits);
+  item.dca = dca;
+  item.external = &step;
+  return step.Finish(model_->Forward({&item, 1}, &local_logits_));
+}
 
-  absl::Status status;
-  if (rank == home) {
-    status = cp_.BeginStep(seq, n);
-    if (status.ok()) {
-      ContextParallelStep step(&cp_, &seq, dca, n_layers);
-      StepItem item;
-      item.tokens = tokens;
-      item.logits = static_cast<LogitsMode>(cmd.logits);
-      item.dca = dca;
-      item.external = &step;
-      status = step.Finish(model_->Forward({&item, 1}, &local_logits_));
-    }
-  } else {
-    status = cp_.ServeStep(seq, n, n_layers, dca);
-  }
-  if (home == 0) {
-    if (rank == 0 && status.ok()) logits->swap(local_logits_);
+absl::Status RankExecutor::Step(const GroupCommand& cmd, std::span<const int32_t> tokens,
+                                std::vector<float>* logits) {
+  ASSIGN_OR_RETURN(ShardedSequence * seq, SequenceFor(cmd));
+  absl::Status status = RunStep(cmd, *seq, tokens);
+  if (cmd.home == 0) {
+    if (comm_->rank() == 0 && status.ok()) logits->swap(local_logits_);
     return status;
   }
+  return SendToLeader(cmd, std::move(status), logits);
+}
+
+absl::Status RankExecutor::SendToLeader(const GroupCommand& cmd, absl::Status status,
+                                        std::vector<float>* logits) {
+  const int rank = comm_->rank(), home = static_cast<int>(cmd.home);
   // The home sends its outcome and logits to the leader: [status code, rows].
   if (!comm_->health().ok()) return status.ok() ? comm_->health() : status;
   const int vocab = model_->config().vocab_size;

@@ -49,12 +49,12 @@ namespace longctx {
 struct GroupCommand {
   enum Op : int64_t { kHeartbeat = 0, kStep = 1, kTruncate = 2, kRelease = 3, kShutdown = 4 };
   int64_t op = kHeartbeat;
-  int64_t session = 0;   // the session's group-wide id
-  int64_t home = 0;      // kStep: the session's placement
+  int64_t session = 0;  // the session's group-wide id
+  int64_t home = 0;     // kStep: the session's placement
   int64_t span = 0;
-  int64_t n_tokens = 0;  // kStep: new tokens (broadcast right after the command)
-  int64_t logits = 0;    // kStep: LogitsMode
-  int64_t length = 0;    // kTruncate: the length to keep
+  int64_t n_tokens = 0;   // kStep: new tokens (broadcast right after the command)
+  int64_t logits = 0;     // kStep: LogitsMode
+  int64_t length = 0;     // kTruncate: the length to keep
   int64_t chunk_len = 0;  // kStep: the step's DcaParams
   int64_t chunk_size = 0;
   int64_t softmax_scale_bits = 0;  // the f32 scale's bits
@@ -85,6 +85,15 @@ class RankExecutor {
  private:
   absl::Status Step(const GroupCommand& cmd, std::span<const int32_t> tokens,
                     std::vector<float>* logits);
+  // The session's share on this rank, made at its first step.
+  absl::StatusOr<ShardedSequence*> SequenceFor(const GroupCommand& cmd);
+  // This rank's part of a step: the model's forward on the home rank, the
+  // served attention layers elsewhere.
+  absl::Status RunStep(const GroupCommand& cmd, ShardedSequence& seq,
+                       std::span<const int32_t> tokens);
+  // A home other than the leader sends it the step's outcome and logits.
+  absl::Status SendToLeader(const GroupCommand& cmd, absl::Status status,
+                            std::vector<float>* logits);
   // Device scratch of at least `bytes`, kept across calls.
   absl::StatusOr<void*> Scratch(DeviceBuffer* buf, size_t* have, size_t bytes);
 

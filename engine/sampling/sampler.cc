@@ -46,46 +46,46 @@ void Sampler::Observe(int32_t token) {
   }
 }
 
-int32_t Sampler::Sample(std::span<const float> raw_logits) {
-  std::span<const float> logits = raw_logits;
-  if (params_.repetition_penalty != 1.f && !seen_ids_.empty()) {
-    penalized_.assign(raw_logits.begin(), raw_logits.end());
-    const float r = params_.repetition_penalty;
-    for (int32_t t : seen_ids_) {
-      if (static_cast<size_t>(t) >= penalized_.size()) continue;
-      float& x = penalized_[static_cast<size_t>(t)];
-      x = x > 0.f ? x / r : x * r;
+namespace {
+
+// The candidates of a draw: the tokens by descending logit (the lower id first
+// among equals), cut to top_k, then to the shortest prefix holding top_p of
+// the probability; the draw walks that order. Only as much of the order is
+// sorted as the cut and the draw reach: a peaked distribution needs a few
+// dozen tokens of a vocabulary of tens of thousands.
+class Candidates {
+ public:
+  // `order` and `prob` are the sampler's scratch.
+  Candidates(std::span<const float> logits, int k, float temperature, std::vector<uint64_t>& order,
+             std::vector<double>& prob)
+      : logits_(logits),
+        k_(static_cast<size_t>(k)),
+        inv_t_(1.f / temperature),
+        order_(order),
+        prob_(prob) {
+    // Keys that sort as the order does: the logit's bits made monotone and
+    // inverted (descending), the id below them (ascending among equals).
+    const size_t n = logits.size();
+    order_.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t bits = std::bit_cast<uint32_t>(logits[i]);
+      const uint32_t ascending = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+      order_[i] = (uint64_t{~ascending} << 32) | static_cast<uint32_t>(i);
     }
-    logits = penalized_;
+    prob_.clear();
   }
-  const int n = static_cast<int>(logits.size());
-  // Greedy: the rule Backend::ArgMaxRows follows on the device, so the two
-  // pick the same token.
-  if (params_.temperature <= 0.f) return cpu::ArgMax(logits.data(), n);
-  // The candidates are the tokens by descending logit (the lower id first among
-  // equals), cut to top_k, then to the shortest prefix holding top_p of the
-  // probability; the draw walks that order. Only as much of the order is sorted
-  // as the cut and the draw reach: a peaked distribution needs a few dozen
-  // tokens of a vocabulary of tens of thousands.
-  const int k = params_.top_k > 0 ? std::min(params_.top_k, n) : n;
-  // Keys that sort as the order does: the logit's bits made monotone and
-  // inverted (descending), the id below them (ascending among equals).
-  order_.resize(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    const uint32_t bits = std::bit_cast<uint32_t>(logits[static_cast<size_t>(i)]);
-    const uint32_t ascending = (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
-    order_[static_cast<size_t>(i)] = (uint64_t{~ascending} << 32) | static_cast<uint32_t>(i);
+
+  int32_t IdAt(size_t i) const { return static_cast<int32_t>(order_[i] & 0xffffffffu); }
+
+  // Unnormalised probability: a float exp (the vocabulary-wide sum is most of
+  // a draw's time), summed in double.
+  double Weight(int32_t id) const {
+    return double{std::exp((logits_[static_cast<size_t>(id)] - max_logit_) * inv_t_)};
   }
-  auto id_at = [&](size_t i) { return static_cast<int32_t>(order_[i] & 0xffffffffu); };
-  prob_.clear();
-  const float inv_t = 1.f / params_.temperature;
-  float max_logit = 0.f;
-  // Unnormalised probability: a float exp (the vocabulary-wide sum below is
-  // most of a draw's time), summed in double.
-  auto weight = [&](int32_t id) { return double{std::exp((logits[id] - max_logit) * inv_t)}; };
-  // Sorts order_ up to `want` (at most k) entries, extending prob_ with them.
-  auto sort_to = [&](size_t want) {
-    want = std::min(want, static_cast<size_t>(k));
+
+  // Sorts the order up to `want` (at most k) entries, extending prob_ with them.
+  void SortTo(size_t want) {
+    want = std::min(want, k_);
     const size_t have = prob_.size();
     if (want <= have) return;
     auto first = order_.begin() + static_cast<std::ptrdiff_t>(have);
@@ -98,24 +98,29 @@ int32_t Sampler::Sample(std::span<const float> raw_logits) {
       if (mid != order_.end()) std::nth_element(first, mid, order_.end());
       std::sort(first, mid);
     }
-    if (have == 0) max_logit = logits[static_cast<size_t>(id_at(0))];
-    for (size_t i = have; i < want; ++i) prob_.push_back(weight(id_at(i)));
-  };
-  sort_to(64);
-  // The mass of all k candidates (in id order when that is the whole vocabulary).
-  double sum = 0;
-  if (k == n) {
-    for (int i = 0; i < n; ++i) sum += weight(i);
-  } else {
-    sort_to(static_cast<size_t>(k));
-    for (double x : prob_) sum += x;
+    if (have == 0) max_logit_ = logits_[static_cast<size_t>(IdAt(0))];
+    for (size_t i = have; i < want; ++i) prob_.push_back(Weight(IdAt(i)));
   }
+
+  // The mass of all k candidates (in id order when that is the whole
+  // vocabulary). REQUIRES: SortTo called.
+  double Mass() {
+    double sum = 0;
+    if (k_ == logits_.size()) {
+      for (size_t i = 0; i < k_; ++i) sum += Weight(static_cast<int32_t>(i));
+    } else {
+      SortTo(k_);
+      for (double x : prob_) sum += x;
+    }
+    return sum;
+  }
+
   // Walks the order from the start, sorting further as needed, to the first
   // position where the running mass reaches `target` (k if it never does).
-  auto walk = [&](double target, double* mass) {
+  size_t Walk(double target, double* mass) {
     double cum = 0;
-    for (size_t i = 0; i < static_cast<size_t>(k); ++i) {
-      if (i == prob_.size()) sort_to(2 * prob_.size());
+    for (size_t i = 0; i < k_; ++i) {
+      if (i == prob_.size()) SortTo(2 * prob_.size());
       cum += prob_[i];
       if (cum >= target) {
         *mass = cum;
@@ -123,20 +128,59 @@ int32_t Sampler::Sample(std::span<const float> raw_logits) {
       }
     }
     *mass = cum;
-    return static_cast<size_t>(k);
-  };
+    return k_;
+  }
+
+ private:
+  std::span<const float> logits_;
+  size_t k_;
+  float inv_t_;
+  float max_logit_ = 0.f;
+  std::vector<uint64_t>& order_;
+  std::vector<double>& prob_;
+};
+
+}  // namespace
+
+std::span<const float> Sampler::Penalized(std::span<const float> raw) {
+  if (params_.repetition_penalty == 1.f || seen_ids_.empty()) return raw;
+  penalized_.assign(raw.begin(), raw.end());
+  const float r = params_.repetition_penalty;
+  for (int32_t t : seen_ids_) {
+    if (static_cast<size_t>(t) >= penalized_.size()) continue;
+    float& x = penalized_[static_cast<size_t>(t)];
+    x = x > 0.f ? x / r : x * r;
+  }
+  return penalized_;
+}
+
+int32_t Sampler::Sample(std::span<const float> raw_logits) {
+  std::span<const float> logits = Penalized(raw_logits);
+  // Greedy: the rule Backend::ArgMaxRows follows on the device, so the two
+  // pick the same token.
+  if (params_.temperature <= 0.f)
+    return cpu::ArgMax(logits.data(), static_cast<int>(logits.size()));
+  return Draw(logits);
+}
+
+int32_t Sampler::Draw(std::span<const float> logits) {
+  const int n = static_cast<int>(logits.size());
+  const int k = params_.top_k > 0 ? std::min(params_.top_k, n) : n;
+  Candidates c(logits, k, params_.temperature, order_, prob_);
+  c.SortTo(64);
+  const double sum = c.Mass();
   size_t keep = static_cast<size_t>(k);
   double kept_sum = sum;
   if (params_.top_p < 1.f) {
-    const size_t last = walk(params_.top_p * sum, &kept_sum);
+    const size_t last = c.Walk(params_.top_p * sum, &kept_sum);
     keep = std::min(last + 1, static_cast<size_t>(k));
   }
   const double u = std::uniform_real_distribution<double>(0.0, kept_sum)(rng_);
   double mass = 0;
-  const size_t at = walk(std::nextafter(u, kept_sum), &mass);
-  if (at < keep) return id_at(at);
-  sort_to(keep);
-  return id_at(keep - 1);
+  const size_t at = c.Walk(std::nextafter(u, kept_sum), &mass);
+  if (at < keep) return c.IdAt(at);
+  c.SortTo(keep);
+  return c.IdAt(keep - 1);
 }
 
 }  // namespace longctx

@@ -43,6 +43,11 @@ class Sampler {
   bool greedy() const { return params_.temperature <= 0.f && params_.repetition_penalty == 1.f; }
 
  private:
+  // The logits after the repetition penalty (`raw` itself without one).
+  std::span<const float> Penalized(std::span<const float> raw);
+  // A draw at a temperature, from top_k then top_p of `logits`.
+  int32_t Draw(std::span<const float> logits);
+
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<bool> seen_;  // by token id, grown on demand
