@@ -6,6 +6,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/backend/backend_factory.h"
 #include "engine/dist/inproc_communicator.h"
 #include "engine/dist/rendezvous.h"
 #include "engine/util/status_macros.h"

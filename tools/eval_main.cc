@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/backend_factory.h"
 #include "engine/eval/eval.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/infini_gates.h"

@@ -13,6 +13,7 @@
 #include "engine/backend/cpu_process.h"
 #include "engine/util/status_macros.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/backend_factory.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 #include "engine/sampling/sampler.h"
