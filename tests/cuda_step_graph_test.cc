@@ -11,6 +11,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/backend/backend_factory.h"
 #include "engine/backend/cuda/cuda_backend.h"
 #include "engine/model/llama_model.h"
 #include "engine/model/synthetic_model.h"

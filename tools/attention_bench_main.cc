@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/backend_factory.h"
 #include "tools/tool_flags.h"
 #ifdef LONGCTX_WITH_CUDA
 #include "engine/backend/cuda/cuda_backend.h"

@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/backend_factory.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/model/dca_config.h"
 #include "engine/model/host_weights.h"

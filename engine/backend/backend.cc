@@ -4,11 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/backend/cpu_backend.h"
 #include "engine/util/status_macros.h"
-#ifdef LONGCTX_WITH_CUDA
-#include "engine/backend/cuda/cuda_backend.h"
-#endif
 
 namespace longctx {
 
@@ -217,27 +213,6 @@ Tensor Tensor::Rows(int64_t first, int64_t count) const {
   t.data = static_cast<char*>(data) + static_cast<size_t>(first * cols) * DTypeSize(dtype);
   t.rows = count;
   return t;
-}
-
-absl::StatusOr<BackendKind> ParseBackendKind(std::string_view s) {
-  if (s == "auto") return BackendKind::kAuto;
-  if (s == "cpu") return BackendKind::kCpu;
-  if (s == "cuda") return BackendKind::kCuda;
-  return absl::InvalidArgumentError(
-      absl::StrCat("backend: unknown kind '", std::string(s), "' (want auto, cpu or cuda)"));
-}
-
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind) {
-#ifdef LONGCTX_WITH_CUDA
-  if (kind == BackendKind::kCuda || (kind == BackendKind::kAuto && CudaDeviceAvailable())) {
-    return CreateCudaBackend();
-  }
-#else
-  if (kind == BackendKind::kCuda) {
-    return absl::FailedPreconditionError("backend: this build has no CUDA backend");
-  }
-#endif
-  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
 }
 
 }  // namespace longctx

@@ -1,5 +1,6 @@
 // The compute backend the model is written against (DESIGN §1). Chosen once at
-// start-up: CpuBackend is always built, CudaBackend when LONGCTX_CUDA is on.
+// start-up (backend_factory.h): CpuBackend is always built, CudaBackend when
+// LONGCTX_CUDA is on.
 //
 // Memory handed out by a backend ("device memory") is only touched through the
 // backend. Ops are enqueued in order on the backend's one stream; errors of an op
@@ -266,10 +267,5 @@ class Backend {
   static absl::Status CheckRmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm,
                                                Tensor w_gate, Tensor w_up, Tensor scratch);
 };
-
-enum class BackendKind { kAuto, kCpu, kCuda };
-absl::StatusOr<BackendKind> ParseBackendKind(std::string_view s);
-// kAuto picks CUDA when built with it and a GPU is present.
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind);
 
 }  // namespace longctx

@@ -1,6 +1,7 @@
 #include "engine/dist/rank_group.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/backend/backend_factory.h"
 #include "engine/dist/inproc_communicator.h"
 #include "engine/util/status_macros.h"
 #ifdef LONGCTX_WITH_NCCL

@@ -1,5 +1,6 @@
 #include "engine/model/load_model.h"
 
+#include "engine/backend/backend_factory.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {

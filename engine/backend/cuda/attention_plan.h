@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
-#include "engine/backend/cuda/cuda_backend.h"
+#include "engine/backend/cuda/cuda_options.h"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace longctx {

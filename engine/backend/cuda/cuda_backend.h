@@ -8,61 +8,15 @@
 // Thread safety: as every Backend, owned by one engine thread.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <string>
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cuda/cuda_options.h"
 
 namespace longctx {
-
-// Which attention kernels the backend runs (kernels/cuda/ops_cuda.h).
-enum class CudaAttentionKernels {
-  kAuto,    // split-KV for decode-sized sequences, tiled for the rest, simple
-            // where the tiling does not apply (chunk length or block size not a
-            // multiple of 64, head dim not 64 or 128)
-  kSimple,  // the warp-per-row kernel for every sequence
-  kTiled,   // the tiled kernel wherever it applies, else simple
-  kSplit,   // the split-KV kernel wherever it applies, else simple
-  // As kAuto, but the tiled work on the mma.sync kernel even where the Hopper
-  // (wgmma) kernel could run it: the baseline the wgmma kernel is measured and
-  // tested against.
-  kAutoMmaSync,
-};
-
-struct CudaBackendOptions {
-  int device = 0;  // CUDA device ordinal
-  CudaAttentionKernels attention = CudaAttentionKernels::kAuto;
-  // Record bracketed steps (Backend::BeginStep) as CUDA graphs and replay them.
-  // A step's first occurrence runs op by op (warming cuBLAS and the scratch
-  // buffers), the next is captured, later ones replay while their launches stay
-  // the same (same tensors, shapes and work-list sizes; host arguments such as
-  // token ids, positions, slots and block tables are rewritten in a fixed
-  // device buffer before each replay). A step that no longer matches is redone
-  // op by op and captured again.
-  bool step_graphs = true;
-  // Launch the decode-path kernels as programmatic dependents of the kernel
-  // ahead of them, so each one's launch overlaps its predecessor's tail
-  // (kernels/cuda/ops_cuda.h, SetDependentLaunch: process-wide, the last
-  // backend created sets it).
-  bool dependent_launch = true;
-};
-
-// What the step graphs of a CUDA backend have done so far.
-struct CudaStepGraphStats {
-  bool enabled = false;
-  int64_t eager_steps = 0;      // bracketed steps run op by op (warm-up)
-  int64_t captures = 0;         // graphs recorded
-  int64_t replays = 0;          // steps run by replaying a recorded graph
-  int64_t aborted = 0;          // steps that had to be redone op by op
-  int64_t backoffs = 0;         // pauses of recording after graphs that did not last
-  int64_t graph_kernels = 0;    // kernel nodes of the last recorded graph
-  int64_t graph_nodes = 0;      // all nodes of the last recorded graph
-  int64_t args_bytes = 0;       // host arguments copied up per replay (last graph)
-  std::string last_abort;       // why the last step was aborted
-  std::string disabled_reason;  // set when the backend gave up on graphs
-};
 
 // Device memory as the CUDA runtime reports it.
 struct CudaMemoryInfo {

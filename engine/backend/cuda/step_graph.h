@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "engine/backend/cuda/cuda_backend.h"
+#include "engine/backend/cuda/cuda_options.h"
 #include "engine/backend/cuda/device_memory.h"
 
 namespace longctx {
