@@ -98,27 +98,18 @@ class Planner {
       plan_.refused.push_back({i, PlanRefusal::kUnready, 0});
       return;
     }
-    int64_t length = job.length;
-    bool resume_pending = job.window && job.window->resume_to.has_value();
-    if (resume_pending && length == job.window->sink_tokens) {
-      plan_.resumes.push_back(i);
-      length = *job.window->resume_to;
-      resume_pending = false;
-    }
+    const int64_t length = LengthAfterResume(i);
     int64_t want = std::min(job.target - length, budget_);
     if (job.work == PlanWork::kScore) {
       if (logit_rows_ <= 0) return;
       want = std::min(want, logit_rows_);
     }
     if (job.window) {
-      const PlanWindow& w = *job.window;
-      // An import prefills its sinks alone, then resumes past the evicted tokens.
-      if (resume_pending && length < w.sink_tokens) want = std::min(want, w.sink_tokens - length);
+      want = WindowPiece(*job.window, length, want);
       if (want < 1) {
         plan_.refused.push_back({i, PlanRefusal::kEmpty, want});
         return;
       }
-      if (w.chunk_len > 0) want = std::min(want, w.chunk_len - length % w.chunk_len);
     }
     const int64_t n = kv_.Take(job, want);
     if (n < 1) {
@@ -134,6 +125,25 @@ class Planner {
       logits = PieceLogits::kSample;
     }
     AddPiece({i, length, n, logits, /*decode=*/false});
+  }
+
+  // The sequence length once the job's restore point applies, if it does now.
+  int64_t LengthAfterResume(size_t i) {
+    const PlanJob& job = jobs_[i];
+    if (!job.window || !job.window->resume_to || job.length != job.window->sink_tokens) {
+      return job.length;
+    }
+    plan_.resumes.push_back(i);
+    return *job.window->resume_to;
+  }
+
+  // How much of `want` a windowed session's piece may take: an import
+  // prefills its sinks alone before it resumes past the evicted tokens, and no
+  // piece crosses a chunk boundary. Below 1 when there is nothing to take.
+  static int64_t WindowPiece(const PlanWindow& w, int64_t length, int64_t want) {
+    if (w.resume_to && length < w.sink_tokens) want = std::min(want, w.sink_tokens - length);
+    if (want < 1 || w.chunk_len <= 0) return want;
+    return std::min(want, w.chunk_len - length % w.chunk_len);
   }
 
   void AddPiece(const PlanPiece& piece) {

@@ -51,6 +51,7 @@ struct BatchPlan;
 struct JobContext;
 class JobHandler;
 struct PlanJob;
+struct PlanLimits;
 struct PlanRefused;
 enum class PieceLogits;
 
@@ -115,15 +116,17 @@ class Scheduler {
   absl::Status CheckKvRoom(Session& session, const Job& job);
   absl::Status RewindForLogits(SessionEngineState& st, const Job& job);
 
-  // One step over the head jobs of all queues: plan, prepare, forward,
-  // dispatch, stats.
+  // One step over the head jobs of all queues (scheduler_step.cc): plan,
+  // prepare, forward, dispatch, stats.
   void Step();
   StepBatch Plan();
   // Applies the restore points that `plan` meets, in order; the index of the
   // first that fails (its status in `unready`), if any.
   std::optional<size_t> ApplyResumes(const BatchPlan& plan, const std::vector<SessionQueue*>& heads,
-                                     std::vector<bool>& resumed,
-                                     std::vector<absl::Status>& unready);
+                                     std::vector<bool>* resumed,
+                                     std::vector<absl::Status>* unready);
+  // The planner's view of the step's budgets and of `q`'s head job.
+  PlanLimits Limits() const;
   PlanJob Describe(const SessionQueue& q) const;
   absl::Status RefusalStatus(const SessionQueue& q, const PlanRefused& refused,
                              const absl::Status& unready);
