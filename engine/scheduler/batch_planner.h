@@ -104,8 +104,8 @@ struct BatchPlan {
   int64_t tokens = 0;        // total tokens of the pieces
 };
 
-// Plans one step over `jobs` (one head job per session, none finished: a
-// non-decoding job has length < target).
+// Plans one step over `jobs`, the head job of each busy session. Jobs the plan
+// neither runs nor refuses wait for a later step.
 BatchPlan PlanBatch(std::span<const PlanJob> jobs, const PlanLimits& limits);
 
 }  // namespace longctx
