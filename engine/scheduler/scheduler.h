@@ -8,7 +8,8 @@
 //   - up to prefill_budget tokens of prefill: Generate prompts first, then
 //     Score and Ingest work, shortest remaining first.
 // So a long ingest is cut into budget-sized pieces and delays a short Generate
-// on another session by at most one step.
+// on another session by at most one step. batch_planner.h holds the policy;
+// jobs.h what each kind of job does.
 //
 // Work on one session runs in submission order, one job at a time (a Generate
 // appends its prompt and answer to the session and removes them afterwards, so
@@ -26,11 +27,10 @@
 // Thread safety: Submit*, Release and Stop are safe from any thread.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <deque>
-#include <functional>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -39,12 +39,21 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/sampling/sampler.h"
 #include "engine/scheduler/engine_stats.h"
+#include "engine/scheduler/job_requests.h"
 #include "engine/scheduler/step_model.h"
 #include "engine/session/session.h"
 
 namespace longctx {
+
+// Internals of the engine thread (batch_planner.h, jobs.h).
+struct BatchPlan;
+struct JobContext;
+class JobHandler;
+struct PlanJob;
+struct PlanLimits;
+struct PlanRefused;
+enum class PieceLogits;
 
 struct SchedulerOptions {
   int prefill_budget = 512;  // prefill tokens per step, all sessions together
@@ -55,79 +64,6 @@ struct SchedulerOptions {
   int prefill_budget_decoding = 512;
   int max_decode_batch = 256;  // generating requests per step
   int max_logit_rows = 128;    // Score rows per step (bounds the logits buffer)
-};
-
-// Lets the submitter stop a job. The job ends at the engine's next step with
-// CANCELLED and is rolled back.
-class WorkHandle {
- public:
-  void Cancel() { cancelled_.store(true, std::memory_order_release); }
-  bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
-
- private:
-  std::atomic<bool> cancelled_{false};
-};
-
-struct IngestJob {
-  std::shared_ptr<Session> session;
-  // The client sequence number, for ordering failures: when a segment fails,
-  // later queued segments of the session fail with ABORTED. 0 for internal
-  // appends (the chat template's prefix, an import).
-  int64_t seq = 0;
-  std::vector<int32_t> tokens;  // REQUIRES: non-empty
-  absl::Time deadline = absl::InfiniteFuture();
-  // The session position after the segment, or why it failed.
-  std::function<void(absl::StatusOr<int64_t>)> done;
-};
-
-struct GenerateResult {
-  FinishReason finish_reason = FinishReason::kStop;
-  int64_t prompt_tokens = 0;
-  int64_t generated_tokens = 0;
-  int64_t session_tokens = 0;  // after rollback or persist
-  absl::Duration time_to_first_token;
-  absl::Duration total_time;
-};
-
-struct GenerateJob {
-  std::shared_ptr<Session> session;
-  std::vector<int32_t> prompt;  // appended after the session's context
-  SamplingParams sampling;      // REQUIRES: valid
-  int max_tokens = 1;           // REQUIRES: >= 1
-  // Sampling one of these ends generation with kStop. The token counts as
-  // generated and (with persist) stays in the session, but is not passed to
-  // on_token.
-  std::vector<int32_t> stop_tokens;
-  bool persist = false;
-  absl::Time deadline = absl::InfiniteFuture();
-  // Each sampled token except stop tokens. Returning false ends generation
-  // with kStopString (the token is part of the answer).
-  std::function<bool(int32_t)> on_token;
-  // With persist: tokens appended after the answer (e.g. to close the chat
-  // turn), given how generation ended. May be null.
-  std::function<std::vector<int32_t>(FinishReason)> persist_suffix;
-  std::function<void(absl::StatusOr<GenerateResult>)> done;
-};
-
-struct ScoreResult {
-  // Natural-log probability of each continuation token given everything
-  // before it; NaN for a first token with no context (empty session).
-  std::vector<float> logprobs;
-  int64_t session_tokens = 0;
-};
-
-struct ScoreJob {
-  std::shared_ptr<Session> session;
-  std::vector<int32_t> tokens;  // REQUIRES: non-empty
-  absl::Time deadline = absl::InfiniteFuture();
-  std::function<void(absl::StatusOr<ScoreResult>)> done;
-};
-
-// Runs on the engine thread when the job reaches the head of its session's
-// queue, with the session's committed state (no request in progress).
-struct ReadJob {
-  std::shared_ptr<Session> session;
-  std::function<void(absl::Status, const SessionEngineState*)> fn;
 };
 
 class Scheduler {
@@ -160,25 +96,61 @@ class Scheduler {
  private:
   struct Job;
   struct SessionQueue;
+  struct StepBatch;
 
+  // The body of every Submit*.
+  template <typename Request>
+  std::shared_ptr<WorkHandle> Submit(Request request);
   void Enqueue(std::unique_ptr<Job> job);
   void Loop();
   // One iteration of the engine thread; false once stopped and drained.
   bool RunOnce();
   void Admit(std::deque<std::unique_ptr<Job>>* incoming,
              std::vector<std::shared_ptr<Session>>* releases);
+  void ReleaseSession(Session& session);
   void StartHeads();
+  // Ends the queued (not head) jobs of `q` that were cancelled or timed out.
+  void DropAbandoned(SessionQueue& q, absl::Time now);
+  // Starts the head job of `q`; false when it ended instead.
   bool StartJob(SessionQueue& q, Job& job);
+  absl::Status CheckKvRoom(Session& session, const Job& job);
+  absl::Status RewindForLogits(SessionEngineState& st, const Job& job);
+
+  // One step over the head jobs of all queues (scheduler_step.cc): plan,
+  // prepare, forward, dispatch, stats.
   void Step();
+  StepBatch Plan();
+  // Applies the restore points that `plan` meets, in order; the index of the
+  // first that fails (its status in `unready`), if any.
+  std::optional<size_t> ApplyResumes(const BatchPlan& plan, const std::vector<SessionQueue*>& heads,
+                                     std::vector<bool>* resumed,
+                                     std::vector<absl::Status>* unready);
+  // The planner's view of the step's budgets and of `q`'s head job.
+  PlanLimits Limits() const;
+  PlanJob Describe(const SessionQueue& q) const;
+  absl::Status RefusalStatus(const SessionQueue& q, const PlanRefused& refused,
+                             const absl::Status& unready);
+  LogitsMode Mode(const Job& job, PieceLogits logits) const;
+  void Prepare(StepBatch& batch);
+  absl::Status AdvanceWindow(SessionEngineState& st, int n, StepItem* item);
+  // False when the forward failed (its jobs then failed).
+  bool Forward(StepBatch& batch);
+  void Dispatch(const StepBatch& batch);
+  void RecordStep(const StepBatch& batch, absl::Time step_start);
+
+  JobContext Context(const Job& job);
   // Pops the head job of `q` and completes it.
   void Finish(SessionQueue& q, absl::Status status);
   // Rolls back (unless kept), updates stats and calls the job's callback.
   void Complete(SessionQueue& q, std::unique_ptr<Job> job, absl::Status status);
+  // A failed segment `seq`: later queued segments of `q` fail with ABORTED.
+  void AbortLaterSegments(SessionQueue& q, int64_t seq);
   void Rollback(SessionQueue& q, Job& job);
   void FailQueue(SessionQueue& q, const absl::Status& status);
   void PublishSession(Session& session);
   // Windowed sessions: creates the session's InfiniWindow, frees it, and
   // applies a pending import restore point once the sinks are in.
+  absl::Status OpenWindow(Session& session, Job& job);
   absl::Status MakeWindow(Session& session);
   void DropWindow(SessionEngineState& st);
   absl::Status PrepareWindow(Session& session);
