@@ -11,7 +11,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcivetweb-dev
   libopenblas-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev
-  clang libclang-rt-14-dev curl python3-yaml
+  nlohmann-json3-dev libxxhash-dev clang libclang-rt-14-dev curl python3-yaml
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -3,7 +3,7 @@
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
 #include "spdlog/sinks/stdout_sinks.h"
 
 namespace longctx::server {
@@ -11,34 +11,21 @@ namespace {
 
 std::atomic<bool> g_json{false};
 
-void AppendJsonString(std::string* out, const std::string& s) {
-  out->push_back('"');
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        *out += "\\\"";
-        break;
-      case '\\':
-        *out += "\\\\";
-        break;
-      case '\n':
-        *out += "\\n";
-        break;
-      case '\r':
-        *out += "\\r";
-        break;
-      case '\t':
-        *out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          absl::StrAppendFormat(out, "\\u%04x", c);
-        } else {
-          out->push_back(static_cast<char>(c));
-        }
-    }
-  }
-  out->push_back('"');
+// A JSON string literal of `s`; invalid UTF-8 becomes U+FFFD, so a line
+// stays valid JSON whatever bytes a field carries.
+std::string JsonString(const std::string& s) {
+  return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// The members of the line's object after "ts" and "level" (which the spdlog
+// pattern writes, with the braces): "msg", then the fields in order (a
+// repeated key keeps its first place and takes the last value).
+std::string JsonMembers(const std::string& message, const LogFields& fields) {
+  nlohmann::ordered_json line;
+  line["msg"] = message;
+  for (const auto& [k, v] : fields) line[k] = v;
+  const std::string object = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return object.substr(1, object.size() - 2);
 }
 
 bool NeedsQuotes(const std::string& v) {
@@ -73,23 +60,11 @@ void Log(spdlog::level::level_enum level, const std::string& message, const LogF
   if (!spdlog::should_log(level)) return;
   std::string line;
   if (g_json) {
-    line = "\"msg\":";
-    AppendJsonString(&line, message);
-    for (const auto& [k, v] : fields) {
-      line.push_back(',');
-      AppendJsonString(&line, k);
-      line.push_back(':');
-      AppendJsonString(&line, v);
-    }
+    line = JsonMembers(message, fields);
   } else {
     line = message;
     for (const auto& [k, v] : fields) {
-      absl::StrAppend(&line, " ", k, "=");
-      if (NeedsQuotes(v)) {
-        AppendJsonString(&line, v);
-      } else {
-        line += v;
-      }
+      absl::StrAppend(&line, " ", k, "=", NeedsQuotes(v) ? JsonString(v) : v);
     }
   }
   spdlog::log(level, "{}", line);

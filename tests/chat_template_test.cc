@@ -17,7 +17,7 @@
 namespace longctx {
 namespace {
 
-using ::longctx::testing::Json;
+using nlohmann::json;
 using ::testing::HasSubstr;
 
 ChatTemplate SmolLm() { return {ChatStyle::kChatMl, std::string(kSmolLmSystemPrompt)}; }
@@ -100,17 +100,20 @@ TEST_F(ModelChatTest, MatchesJinjaRenderingAndGoldenIds) {
   auto t = ChatTemplateFromJinja(testing::ModelVocab()->chat_template);
   ASSERT_TRUE(t.ok()) << t.status();
   int checked = 0;
-  for (const Json& c : (*golden)["cases"].items) {
-    if (!c.Has("messages")) continue;
+  for (const json& c : golden->at("cases")) {
+    const std::string name = c.at("name").get<std::string>();
+    if (!c.contains("messages")) continue;
     std::vector<ChatMessage> messages;
-    for (const Json& m : c["messages"].items) messages.push_back({m["role"].str, m["content"].str});
-    const bool gen = c["add_generation_prompt"].boolean;
-    const std::vector<int32_t> want = c["ids"].Ints();
-    EXPECT_EQ(FormatChat(messages, gen, *t), c["text"].str) << c["name"].str;
-    EXPECT_EQ(tok_->Encode(FormatChat(messages, gen, *t), true), want) << c["name"].str;
+    for (const json& m : c.at("messages")) {
+      messages.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
+    }
+    const bool gen = c.at("add_generation_prompt").get<bool>();
+    const std::vector<int32_t> want = c.at("ids").get<std::vector<int32_t>>();
+    EXPECT_EQ(FormatChat(messages, gen, *t), c.at("text").get<std::string>()) << name;
+    EXPECT_EQ(tok_->Encode(FormatChat(messages, gen, *t), true), want) << name;
     auto ids = EncodeChat(*tok_, messages, gen, *t);
     ASSERT_TRUE(ids.ok()) << ids.status();
-    EXPECT_EQ(*ids, want) << c["name"].str;
+    EXPECT_EQ(*ids, want) << name;
     ++checked;
   }
   EXPECT_EQ(checked, 2);

@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/model/hf_model.h"
 #include "engine/model/host_weights.h"
+#include "engine/util/json_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -233,6 +234,36 @@ TEST(SafetensorsTest, HostileFiles) {
   }
 }
 
+TEST(SafetensorsTest, HostileHeaders) {
+  const std::string entry = "{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}";
+  EXPECT_ERROR(ParseBytes(SafetensorsBytes({}, "{\"a\":" + entry + ",\"a\":" + entry + "}") +
+                          std::string(4, '\0')),
+               kInvalidArgument, "safetensors: header: JSON: duplicate key \"a\"");
+  // Nesting is bounded at 16 levels (a tensor entry needs 3).
+  std::string deep = "{\"__metadata__\":";
+  for (int i = 0; i < 16; ++i) deep += "[";
+  deep += std::string(16, ']') + "}";
+  EXPECT_ERROR(ParseBytes(SafetensorsBytes({}, deep)), kInvalidArgument, "nesting deeper than 16");
+  // At most 2^21 values: a header of ~2.1M zeros in 4.2 MB is refused.
+  std::string many = "{\"__metadata__\":[";
+  for (int i = 0; i < (1 << 21) + 1; ++i) many += "0,";
+  many += "0]}";
+  EXPECT_ERROR(ParseBytes(SafetensorsBytes({}, many)), kInvalidArgument,
+               "more than 2097152 values");
+}
+
+TEST(SafetensorsTest, TensorsInHeaderOrder) {
+  const std::string b = SafetensorsBytes({{"z", "F32", {1}, F32Bytes({1})},
+                                          {"a", "F32", {1}, F32Bytes({2})},
+                                          {"m", "F32", {1}, F32Bytes({3})}});
+  auto f = SafetensorsFile::Parse(std::span(reinterpret_cast<const uint8_t*>(b.data()), b.size()));
+  ASSERT_TRUE(f.ok()) << f.status();
+  std::vector<std::string> names;
+  for (const SafetensorsTensorInfo& t : (*f)->tensors()) names.push_back(t.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"z", "a", "m"}));
+  EXPECT_EQ((*f)->Find("a")->begin, 4u);
+}
+
 // A directory model built by hand, edited per test.
 class HfDirTest : public ::testing::Test {
  protected:
@@ -346,10 +377,10 @@ TEST_F(HfDirTest, MissingFilesAndBadConfig) {
   EXPECT_ERROR(Load().status(), kNotFound, "tokenizer.json");
 }
 
-JsonValue Json(const std::string& text) {
+nlohmann::json Json(const std::string& text) {
   auto v = ParseJson(text);
   EXPECT_TRUE(v.ok()) << v.status();
-  return v.ok() ? *std::move(v) : JsonValue();
+  return v.ok() ? *std::move(v) : nlohmann::json();
 }
 
 TEST(SafetensorsTest, HfConfigRopeScalingAndDefaults) {
@@ -383,11 +414,11 @@ TEST(SafetensorsTest, HfConfigRopeScalingAndDefaults) {
 
 TEST(SafetensorsTest, TokenizerJsonVariants) {
   // Pair-form merges, a non-byte-level llama vocabulary, unk token.
-  const JsonValue tok = Json(
+  const nlohmann::json tok = Json(
       "{\"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", \"vocab\": "
       "{\"<unk>\": 0, \"a\": 1, \"b\": 2, \"ab\": 3}, \"merges\": [[\"a\", \"b\"]]}, "
       "\"added_tokens\": [{\"id\": 4, \"content\": \"<x>\", \"special\": false}]}");
-  auto v = VocabFromTokenizerJson(tok, JsonValue(), Json("{\"model_type\": \"llama\"}"));
+  auto v = VocabFromTokenizerJson(tok, nlohmann::json(), Json("{\"model_type\": \"llama\"}"));
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(v->pre, "default");
   EXPECT_EQ(v->merges, (std::vector<std::string>{"a b"}));
@@ -395,15 +426,15 @@ TEST(SafetensorsTest, TokenizerJsonVariants) {
   EXPECT_EQ(v->types[4], TokenType::kUserDefined);
   EXPECT_EQ(v->bos_id, -1);
   EXPECT_ERROR(VocabFromTokenizerJson(Json("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}"),
-                                      JsonValue(), JsonValue())
+                                      nlohmann::json(), nlohmann::json())
                    .status(),
                kUnimplemented, "Unigram");
   EXPECT_ERROR(VocabFromTokenizerJson(Json("{\"model\": {\"vocab\": {\"a\": 0, \"b\": 2}}}"),
-                                      JsonValue(), JsonValue())
+                                      nlohmann::json(), nlohmann::json())
                    .status(),
                kInvalidArgument, "token id 1 has no entry");
-  EXPECT_ERROR(VocabFromTokenizerJson(Json("{\"model\": {\"vocab\": {\"a\": 0}}}"), JsonValue(),
-                                      Json("{\"eos_token_id\": 7}"))
+  EXPECT_ERROR(VocabFromTokenizerJson(Json("{\"model\": {\"vocab\": {\"a\": 0}}}"),
+                                      nlohmann::json(), Json("{\"eos_token_id\": 7}"))
                    .status(),
                kInvalidArgument, "'eos_token_id' = 7");
 }

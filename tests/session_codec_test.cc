@@ -1,5 +1,6 @@
 #include "engine/session/session_codec.h"
 
+#include <cstring>
 #include <random>
 
 #include "engine/model/infini_memory.h"
@@ -88,6 +89,47 @@ TEST(SessionCodecTest, CarriesTheInfiniMemoryBitIdentical) {
   s.evicted_end = static_cast<int64_t>(s.tokens.size()) + 64;
   EXPECT_EQ(DecodeSessionSnapshot(EncodeSessionSnapshot(s)).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Rewrites the version of encoded session data (or, with `offset` 4, of a
+// serialized Infini memory) and seals it with the FNV-1a checksum those
+// earlier versions used.
+std::string AsFnvVersion(std::string bytes, size_t offset, uint32_t version) {
+  std::memcpy(bytes.data() + offset, &version, sizeof(version));
+  const size_t body = bytes.size() - sizeof(uint64_t);
+  const uint64_t sum = Fnv1a64(absl::string_view(bytes).substr(0, body));
+  std::memcpy(bytes.data() + body, &sum, sizeof(sum));
+  return bytes;
+}
+
+TEST(SessionCodecTest, ReadsEarlierVersionsWithTheFnvChecksum) {
+  SessionSnapshot s = Sample();
+  s.settings.overflow = OverflowPolicy::kCompress;
+  InfiniMemory memory(1, 2, 4, cpu::InfiniUpdateRule::kLinear, 1e-6f);
+  std::vector<float> k(3 * 2 * 4, 0.5f), v(k.size(), -0.25f);
+  memory.Fold(0, k.data(), v.data(), 3);
+  memory.CountFolded(3);
+  s.evicted_end = 10;
+  s.memory = AsFnvVersion(memory.Serialize(), 4, 1);  // Infini memory version 1
+  const std::string v3 = EncodeSessionSnapshot(s);
+  const std::string v2 = AsFnvVersion(v3, 8, 2);
+  auto back = DecodeSessionSnapshot(v2);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->tokens, s.tokens);
+  EXPECT_EQ(back->evicted_end, 10);
+  auto restored = InfiniMemory::Deserialize(back->memory);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_TRUE(*restored == memory);
+  // The current versions end with XXH3; under the old checksum they are corrupt.
+  EXPECT_EQ(Checksum64(absl::string_view(v3).substr(0, v3.size() - 8)),
+            *reinterpret_cast<const uint64_t*>(v3.data() + v3.size() - 8));
+  EXPECT_THAT(DecodeSessionSnapshot(AsFnvVersion(v3, 8, 3)).status().message(),
+              ::testing::HasSubstr("checksum mismatch"));
+  EXPECT_EQ(InfiniMemory::Deserialize(AsFnvVersion(memory.Serialize(), 4, 2)).status().code(),
+            absl::StatusCode::kDataLoss);
+  // A version this build does not know is named as such.
+  EXPECT_THAT(DecodeSessionSnapshot(AsFnvVersion(v3, 8, 4)).status().message(),
+              ::testing::HasSubstr("version 4 is not supported"));
 }
 
 TEST(SessionCodecTest, RejectsDamage) {

@@ -23,7 +23,7 @@
 namespace longctx {
 namespace {
 
-using ::longctx::testing::Json;
+using nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -65,15 +65,17 @@ TEST_F(ModelTokenizerTest, MatchesHuggingFaceGoldens) {
   auto golden = testing::ReadFixture("smollm_golden.json");
   ASSERT_TRUE(golden.ok()) << golden.status();
   int checked = 0;
-  for (const Json& c : (*golden)["cases"].items) {
-    const Tokenizer& tok = Get(c["pre"].str);
-    const std::string& text = c["text"].str;
-    const std::vector<int32_t> want = c["ids"].Ints();
+  for (const json& c : golden->at("cases")) {
+    const std::string pre = c.at("pre").get<std::string>();
+    const std::string name = c.at("name").get<std::string>();
+    const Tokenizer& tok = Get(pre);
+    const std::string text = c.at("text").get<std::string>();
+    const std::vector<int32_t> want = c.at("ids").get<std::vector<int32_t>>();
     EXPECT_EQ(tok.Encode(text, /*parse_special=*/true), want)
-        << c["pre"].str << "/" << c["name"].str << ": " << Printable(text);
+        << pre << "/" << name << ": " << Printable(text);
     // Text with bytes the vocabulary lacks does not come back whole.
-    if (!c["lossy"].boolean) {
-      EXPECT_EQ(tok.Decode(want), text) << c["pre"].str << "/" << c["name"].str;
+    if (!c.value("lossy", false)) {
+      EXPECT_EQ(tok.Decode(want), text) << pre << "/" << name;
     }
     ++checked;
   }
@@ -201,10 +203,11 @@ TEST_F(ModelTokenizerTest, StreamingEqualsWholeDecode) {
   const Tokenizer& tok = Get();
   auto golden = testing::ReadFixture("smollm_golden.json");
   ASSERT_TRUE(golden.ok()) << golden.status();
-  for (const Json& c : (*golden)["cases"].items) {
-    const std::vector<int32_t> ids = c["ids"].Ints();
-    EXPECT_EQ(Stream(tok, ids, false), tok.Decode(ids)) << c["name"].str;
-    EXPECT_EQ(Stream(tok, ids, true), tok.Decode(ids, true)) << c["name"].str;
+  for (const json& c : golden->at("cases")) {
+    const std::string name = c.at("name").get<std::string>();
+    const std::vector<int32_t> ids = c.at("ids").get<std::vector<int32_t>>();
+    EXPECT_EQ(Stream(tok, ids, false), tok.Decode(ids)) << name;
+    EXPECT_EQ(Stream(tok, ids, true), tok.Decode(ids, true)) << name;
   }
 }
 
@@ -312,16 +315,16 @@ TEST(UnicodeTest, CodepointClasses) {
 
 // --- SentencePiece BPE ----------------------------------------------------------
 
-VocabData SpmVocab(const Json& fixture) {
+VocabData SpmVocab(const json& fixture) {
   VocabData v;
   v.model = "llama";
   v.pre = "default";
-  v.tokens = fixture["tokens"].Strings();
-  for (const Json& s : fixture["scores"].items) v.scores.push_back(static_cast<float>(s.number));
-  for (const Json& t : fixture["types"].items) v.types.push_back(static_cast<TokenType>(t.number));
-  v.bos_id = static_cast<int32_t>(fixture["bos"].number);
-  v.eos_id = static_cast<int32_t>(fixture["eos"].number);
-  v.unk_id = static_cast<int32_t>(fixture["unk"].number);
+  v.tokens = fixture.at("tokens").get<std::vector<std::string>>();
+  for (const json& s : fixture.at("scores")) v.scores.push_back(s.get<float>());
+  for (const json& t : fixture.at("types")) v.types.push_back(static_cast<TokenType>(t.get<int>()));
+  v.bos_id = fixture.at("bos").get<int32_t>();
+  v.eos_id = fixture.at("eos").get<int32_t>();
+  v.unk_id = fixture.at("unk").get<int32_t>();
   v.add_bos = true;
   v.add_space_prefix = true;
   return v;
@@ -335,12 +338,13 @@ TEST(SentencePieceTest, MatchesSentencePieceGoldens) {
   EXPECT_EQ(tok->kind(), Tokenizer::Kind::kSentencePieceBpe);
   EXPECT_TRUE(tok->add_bos());
   int checked = 0;
-  for (const Json& c : (*fixture)["cases"].items) {
-    const std::string& text = c["text"].str;
-    const std::vector<int32_t> want = c["ids"].Ints();
-    EXPECT_EQ(tok->Encode(text, /*parse_special=*/false), want) << c["name"].str;
-    EXPECT_EQ(tok->Decode(want), text) << c["name"].str;
-    EXPECT_EQ(Stream(*tok, want, false), text) << c["name"].str;
+  for (const json& c : fixture->at("cases")) {
+    const std::string name = c.at("name").get<std::string>();
+    const std::string text = c.at("text").get<std::string>();
+    const std::vector<int32_t> want = c.at("ids").get<std::vector<int32_t>>();
+    EXPECT_EQ(tok->Encode(text, /*parse_special=*/false), want) << name;
+    EXPECT_EQ(tok->Decode(want), text) << name;
+    EXPECT_EQ(Stream(*tok, want, false), text) << name;
     ++checked;
   }
   EXPECT_GE(checked, 9);

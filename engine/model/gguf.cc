@@ -235,6 +235,136 @@ absl::Status ReadValue(Reader& r, GgufType type, int depth, GgufValue* out) {
   return absl::OkStatus();
 }
 
+// Magic, version and the two counts, each count bounded by what the bytes
+// left could hold.
+struct HeaderCounts {
+  uint64_t n_tensors = 0;
+  uint64_t n_kv = 0;
+};
+
+absl::StatusOr<HeaderCounts> ReadHeader(Reader& r, uint32_t* version) {
+  ASSIGN_OR_RETURN(const uint32_t magic, r.Read<uint32_t>("magic"));
+  if (magic != kMagic) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GGUF: bad magic 0x", absl::Hex(magic, absl::kZeroPad8), " (not a GGUF file)"));
+  }
+  ASSIGN_OR_RETURN(*version, r.Read<uint32_t>("version"));
+  if (*version != 2 && *version != 3) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "GGUF: unsupported version ", *version,
+        *version == 1 ? " (v1 files are obsolete)" : " (only versions 2 and 3 are read)"));
+  }
+  HeaderCounts c;
+  ASSIGN_OR_RETURN(c.n_tensors, r.Read<uint64_t>("tensor count"));
+  ASSIGN_OR_RETURN(c.n_kv, r.Read<uint64_t>("metadata count"));
+  if (c.n_kv > r.remaining() / kMinKvBytes) {
+    return r.Error(absl::StrCat("metadata count ", c.n_kv, " exceeds what the ", r.remaining(),
+                                " bytes left can hold"));
+  }
+  if (c.n_tensors > r.remaining() / kMinTensorInfoBytes) {
+    return r.Error(absl::StrCat("tensor count ", c.n_tensors, " exceeds what the ", r.remaining(),
+                                " bytes left can hold"));
+  }
+  return c;
+}
+
+// The value of general.alignment: an integer power of two <= 2^30.
+absl::StatusOr<uint64_t> CheckedAlignment(Reader& r, const GgufValue& a) {
+  r.set_context("general.alignment");
+  if (!IsInteger(a.type)) return r.Error("general.alignment is not an integer");
+  if (a.bits == 0 || (a.bits & (a.bits - 1)) != 0 || a.bits > (1u << 30)) {
+    return r.Error(absl::StrCat("general.alignment ", a.bits, " is not a power of two <= 2^30"));
+  }
+  return a.bits;
+}
+
+// A tensor's dimensions (1 to kMaxDims, each >= 1) into t->ne, and their
+// product, which must fit int64, into t->n_elements.
+absl::Status ReadDims(Reader& r, GgufTensorInfo* t) {
+  ASSIGN_OR_RETURN(const uint32_t n_dims, r.Read<uint32_t>("dimension count"));
+  if (n_dims == 0 || n_dims > kMaxDims) {
+    return r.Error(absl::StrCat("dimension count ", n_dims, " not in [1, ", kMaxDims, "]"));
+  }
+  t->ne.resize(n_dims);
+  int64_t n = 1;
+  for (uint32_t d = 0; d < n_dims; ++d) {
+    ASSIGN_OR_RETURN(const uint64_t dim, r.Read<uint64_t>("dimension"));
+    if (dim == 0 || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return r.Error(
+          absl::StrCat("dimension ", d, " has invalid size ", static_cast<int64_t>(dim)));
+    }
+    t->ne[d] = static_cast<int64_t>(dim);
+    if (n > std::numeric_limits<int64_t>::max() / t->ne[d]) {
+      return r.Error("element count overflows");
+    }
+    n *= t->ne[d];
+  }
+  t->n_elements = n;
+  return absl::OkStatus();
+}
+
+// Tensor info `i`: name, dimensions, ggml type (whole blocks per row, a byte
+// size that fits int64) and a data offset that is a multiple of `alignment`.
+absl::Status ReadTensorInfo(Reader& r, uint64_t i, uint64_t alignment, GgufTensorInfo* t) {
+  r.set_context(absl::StrCat("tensor info ", i));
+  ASSIGN_OR_RETURN(const std::string_view name, r.String("name", kMaxTensorNameLength));
+  if (name.empty()) return r.Error("empty tensor name");
+  t->name = std::string(name);
+  r.set_context(absl::StrCat("tensor info ", i, " '", t->name, "'"));
+  RETURN_IF_ERROR(ReadDims(r, t));
+  ASSIGN_OR_RETURN(t->type, r.Read<uint32_t>("type"));
+  const GgmlTypeTraits* traits = GgmlTypeInfo(t->type);
+  if (traits == nullptr) return r.Error(absl::StrCat("unknown ggml type ", t->type));
+  if (t->ne[0] % traits->block_size != 0) {
+    return r.Error(absl::StrCat("row length ", t->ne[0], " is not a multiple of the ", traits->name,
+                                " block size ", traits->block_size));
+  }
+  const int64_t blocks_per_row = t->ne[0] / traits->block_size;
+  const int64_t rows = t->n_elements / t->ne[0];
+  if (blocks_per_row > std::numeric_limits<int64_t>::max() / traits->type_size ||
+      rows > std::numeric_limits<int64_t>::max() / (blocks_per_row * traits->type_size)) {
+    return r.Error("byte size overflows");
+  }
+  t->n_bytes = rows * blocks_per_row * traits->type_size;
+  ASSIGN_OR_RETURN(t->offset, r.Read<uint64_t>("data offset"));
+  if (t->offset % alignment != 0) {
+    return r.Error(
+        absl::StrCat("data offset ", t->offset, " is not a multiple of the alignment ", alignment));
+  }
+  return absl::OkStatus();
+}
+
+// Every tensor's bytes lie inside the data section (at `data_offset` of a
+// file of `size` bytes) and no two tensors overlap: overlapping tensors would
+// let a small file claim many times its size in tensor data (and so in
+// dequantized buffers); ggml never writes them.
+absl::Status CheckTensorData(const std::vector<GgufTensorInfo>& tensors, uint64_t data_offset,
+                             uint64_t size) {
+  const uint64_t data_size = data_offset <= size ? size - data_offset : 0;
+  for (const GgufTensorInfo& t : tensors) {
+    if (data_offset > size || t.offset > data_size ||
+        static_cast<uint64_t>(t.n_bytes) > data_size - t.offset) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("GGUF: tensor '", t.name, "' data [", t.offset, ", +", t.n_bytes,
+                       ") lies past the end of the file (data section of ", data_size,
+                       " bytes at offset ", data_offset, ")"));
+    }
+  }
+  std::vector<size_t> order(tensors.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return tensors[a].offset < tensors[b].offset; });
+  for (size_t i = 1; i < order.size(); ++i) {
+    const GgufTensorInfo& prev = tensors[order[i - 1]];
+    const GgufTensorInfo& cur = tensors[order[i]];
+    if (prev.offset + static_cast<uint64_t>(prev.n_bytes) > cur.offset) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "GGUF: tensor '", cur.name, "' overlaps the data of tensor '", prev.name, "'"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 const char* GgufTypeName(GgufType t) {
@@ -292,32 +422,11 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(std::span<const uint8_
 
 absl::Status GgufFile::ParseAll() {
   Reader r(bytes_);
-  ASSIGN_OR_RETURN(const uint32_t magic, r.Read<uint32_t>("magic"));
-  if (magic != kMagic) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "GGUF: bad magic 0x", absl::Hex(magic, absl::kZeroPad8), " (not a GGUF file)"));
-  }
-  ASSIGN_OR_RETURN(version_, r.Read<uint32_t>("version"));
-  if (version_ != 2 && version_ != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "GGUF: unsupported version ", version_,
-        version_ == 1 ? " (v1 files are obsolete)" : " (only versions 2 and 3 are read)"));
-  }
-  ASSIGN_OR_RETURN(const uint64_t n_tensors, r.Read<uint64_t>("tensor count"));
-  ASSIGN_OR_RETURN(const uint64_t n_kv, r.Read<uint64_t>("metadata count"));
-  if (n_kv > r.remaining() / kMinKvBytes) {
-    return r.Error(absl::StrCat("metadata count ", n_kv, " exceeds what the ", r.remaining(),
-                                " bytes left can hold"));
-  }
-  if (n_tensors > r.remaining() / kMinTensorInfoBytes) {
-    return r.Error(absl::StrCat("tensor count ", n_tensors, " exceeds what the ", r.remaining(),
-                                " bytes left can hold"));
-  }
-
+  ASSIGN_OR_RETURN(const HeaderCounts counts, ReadHeader(r, &version_));
   // Entries, tensor infos and nested arrays are larger in memory than their
   // smallest encoding, so containers grow as entries parse instead of being
   // reserved from the (already bounded) counts in the header.
-  for (uint64_t i = 0; i < n_kv; ++i) {
+  for (uint64_t i = 0; i < counts.n_kv; ++i) {
     r.set_context(absl::StrCat("metadata ", i));
     ASSIGN_OR_RETURN(const std::string_view key, r.String("key", kMaxKeyLength));
     if (key.empty()) return r.Error("empty metadata key");
@@ -328,92 +437,16 @@ absl::Status GgufFile::ParseAll() {
     if (!kv_index_.emplace(key, kv_.size()).second) return r.Error("duplicate metadata key");
     kv_.emplace_back(key, std::move(v));
   }
-
   if (const GgufValue* a = Find("general.alignment")) {
-    r.set_context("general.alignment");
-    if (!IsInteger(a->type)) return r.Error("general.alignment is not an integer");
-    if (a->bits == 0 || (a->bits & (a->bits - 1)) != 0 || a->bits > (1u << 30)) {
-      return r.Error(absl::StrCat("general.alignment ", a->bits, " is not a power of two <= 2^30"));
-    }
-    alignment_ = a->bits;
+    ASSIGN_OR_RETURN(alignment_, CheckedAlignment(r, *a));
   }
-
-  for (uint64_t i = 0; i < n_tensors; ++i) {
-    GgufTensorInfo& t = tensors_.emplace_back();
-    r.set_context(absl::StrCat("tensor info ", i));
-    ASSIGN_OR_RETURN(const std::string_view name, r.String("name", kMaxTensorNameLength));
-    if (name.empty()) return r.Error("empty tensor name");
-    t.name = std::string(name);
-    r.set_context(absl::StrCat("tensor info ", i, " '", t.name, "'"));
-    ASSIGN_OR_RETURN(const uint32_t n_dims, r.Read<uint32_t>("dimension count"));
-    if (n_dims == 0 || n_dims > kMaxDims) {
-      return r.Error(absl::StrCat("dimension count ", n_dims, " not in [1, ", kMaxDims, "]"));
-    }
-    t.ne.resize(n_dims);
-    int64_t n = 1;
-    for (uint32_t d = 0; d < n_dims; ++d) {
-      ASSIGN_OR_RETURN(const uint64_t dim, r.Read<uint64_t>("dimension"));
-      if (dim == 0 || dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return r.Error(
-            absl::StrCat("dimension ", d, " has invalid size ", static_cast<int64_t>(dim)));
-      }
-      t.ne[d] = static_cast<int64_t>(dim);
-      if (n > std::numeric_limits<int64_t>::max() / t.ne[d]) {
-        return r.Error("element count overflows");
-      }
-      n *= t.ne[d];
-    }
-    t.n_elements = n;
-    ASSIGN_OR_RETURN(t.type, r.Read<uint32_t>("type"));
-    const GgmlTypeTraits* traits = GgmlTypeInfo(t.type);
-    if (traits == nullptr) return r.Error(absl::StrCat("unknown ggml type ", t.type));
-    if (t.ne[0] % traits->block_size != 0) {
-      return r.Error(absl::StrCat("row length ", t.ne[0], " is not a multiple of the ",
-                                  traits->name, " block size ", traits->block_size));
-    }
-    const int64_t blocks_per_row = t.ne[0] / traits->block_size;
-    const int64_t rows = n / t.ne[0];
-    if (blocks_per_row > std::numeric_limits<int64_t>::max() / traits->type_size ||
-        rows > std::numeric_limits<int64_t>::max() / (blocks_per_row * traits->type_size)) {
-      return r.Error("byte size overflows");
-    }
-    t.n_bytes = rows * blocks_per_row * traits->type_size;
-    ASSIGN_OR_RETURN(t.offset, r.Read<uint64_t>("data offset"));
-    if (t.offset % alignment_ != 0) {
-      return r.Error(absl::StrCat("data offset ", t.offset, " is not a multiple of the alignment ",
-                                  alignment_));
-    }
+  for (uint64_t i = 0; i < counts.n_tensors; ++i) {
+    RETURN_IF_ERROR(ReadTensorInfo(r, i, alignment_, &tensors_.emplace_back()));
   }
-
   // The data section starts at the next multiple of the alignment.
   const uint64_t end_of_infos = r.pos();
-  const uint64_t pad = (alignment_ - end_of_infos % alignment_) % alignment_;
-  data_offset_ = end_of_infos + pad;
-  const uint64_t size = bytes_.size();
-  const uint64_t data_size = data_offset_ <= size ? size - data_offset_ : 0;
-  for (GgufTensorInfo& t : tensors_) {
-    if (data_offset_ > size || t.offset > data_size ||
-        static_cast<uint64_t>(t.n_bytes) > data_size - t.offset) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("GGUF: tensor '", t.name, "' data [", t.offset, ", +", t.n_bytes,
-                       ") lies past the end of the file (data section of ", data_size,
-                       " bytes at offset ", data_offset_, ")"));
-    }
-  }
-  // Overlapping tensors would let a small file claim many times its size in
-  // tensor data (and so in dequantized buffers); ggml never writes them.
-  std::vector<size_t> order(tensors_.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return tensors_[a].offset < tensors_[b].offset; });
-  for (size_t i = 1; i < order.size(); ++i) {
-    const GgufTensorInfo& prev = tensors_[order[i - 1]];
-    const GgufTensorInfo& cur = tensors_[order[i]];
-    if (prev.offset + static_cast<uint64_t>(prev.n_bytes) > cur.offset) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "GGUF: tensor '", cur.name, "' overlaps the data of tensor '", prev.name, "'"));
-    }
-  }
+  data_offset_ = end_of_infos + (alignment_ - end_of_infos % alignment_) % alignment_;
+  RETURN_IF_ERROR(CheckTensorData(tensors_, data_offset_, bytes_.size()));
   tensor_index_.reserve(tensors_.size());
   for (size_t i = 0; i < tensors_.size(); ++i) {
     if (!tensor_index_.emplace(tensors_[i].name, i).second) {

@@ -10,19 +10,19 @@
 #include "engine/model/host_weights.h"
 #include "engine/model/model_config.h"
 #include "engine/tokenizer/vocab.h"
-#include "engine/util/json.h"
+#include "nlohmann/json_fwd.hpp"
 
 namespace longctx {
 
 // ModelConfig from a parsed config.json (model_type llama, mistral or qwen2).
-absl::StatusOr<ModelConfig> ConfigFromHfJson(const JsonValue& config);
+absl::StatusOr<ModelConfig> ConfigFromHfJson(const nlohmann::json& config);
 
 // VocabData from a parsed tokenizer.json (BPE model) and optional
 // tokenizer_config.json (null when absent); `config` supplies model_type and
 // the special token ids.
-absl::StatusOr<VocabData> VocabFromTokenizerJson(const JsonValue& tokenizer,
-                                                 const JsonValue& tokenizer_config,
-                                                 const JsonValue& config);
+absl::StatusOr<VocabData> VocabFromTokenizerJson(const nlohmann::json& tokenizer,
+                                                 const nlohmann::json& tokenizer_config,
+                                                 const nlohmann::json& config);
 
 // Loads a Hugging Face model directory: config.json, tokenizer.json
 // (+ tokenizer_config.json), and model.safetensors or the shards named by

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/util/checksum.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
@@ -13,7 +14,9 @@ static_assert(std::endian::native == std::endian::little,
               "the Infini memory byte format is little-endian; add byte swaps for this host");
 
 constexpr char kMagic[4] = {'L', 'C', 'I', 'M'};
-constexpr uint32_t kVersion = 1;
+// Version 2 changed the checksum from FNV-1a to XXH3; version 1 is still read
+// (sessions exported before carry it).
+constexpr uint32_t kVersion = 2;
 // Limits that keep a hostile header from asking for absurd allocations.
 constexpr uint32_t kMaxLayers = 1024, kMaxKvHeads = 1024, kMaxHeadDim = 1024;
 
@@ -30,13 +33,10 @@ struct Header {
 };
 static_assert(sizeof(Header) == 40);
 
-uint64_t Fnv1a(const char* p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= static_cast<unsigned char>(p[i]);
-    h *= 1099511628211ull;
-  }
-  return h;
+// The checksum a memory of `version` ends with.
+uint64_t ChecksumOf(uint32_t version, const char* p, size_t n) {
+  const absl::string_view bytes(p, n);
+  return version >= 2 ? Checksum64(bytes) : Fnv1a64(bytes);
 }
 
 }  // namespace
@@ -106,7 +106,7 @@ std::string InfiniMemory::Serialize() const {
   out.reserve(sizeof(Header) + payload + sizeof(uint64_t));
   out.append(reinterpret_cast<const char*>(&h), sizeof(Header));
   out.append(reinterpret_cast<const char*>(state_.data()), payload);
-  const uint64_t sum = Fnv1a(out.data(), out.size());
+  const uint64_t sum = ChecksumOf(kVersion, out.data(), out.size());
   out.append(reinterpret_cast<const char*>(&sum), sizeof(sum));
   return out;
 }
@@ -121,7 +121,7 @@ absl::StatusOr<InfiniMemory> InfiniMemory::Deserialize(std::string_view bytes) {
   if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0) {
     return absl::InvalidArgumentError("infini memory: bad magic");
   }
-  if (h.version != kVersion) {
+  if (h.version != kVersion && h.version != 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("infini memory: unsupported version ", h.version));
   }
@@ -146,7 +146,7 @@ absl::StatusOr<InfiniMemory> InfiniMemory::Deserialize(std::string_view bytes) {
   m.folded_tokens_ = h.folded_tokens;
   uint64_t sum;
   std::memcpy(&sum, bytes.data() + sizeof(Header) + payload, sizeof(sum));
-  if (sum != Fnv1a(bytes.data(), sizeof(Header) + payload)) {
+  if (sum != ChecksumOf(h.version, bytes.data(), sizeof(Header) + payload)) {
     return absl::DataLossError("infini memory: checksum mismatch");
   }
   std::memcpy(m.state_.data(), bytes.data() + sizeof(Header), payload);

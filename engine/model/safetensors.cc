@@ -12,11 +12,14 @@
 #include "engine/model/dequant.h"
 #include "engine/model/mapped_file.h"
 #include "engine/model/weight_layout.h"
-#include "engine/util/json.h"
+#include "engine/util/json_util.h"
 #include "engine/util/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace longctx {
 namespace {
+
+using nlohmann::json;
 
 // The Hugging Face reference reader refuses headers over 100 MB too.
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
@@ -32,12 +35,112 @@ int DtypeSize(const std::string& d) {
   return it == kSizes.end() ? 0 : it->second;
 }
 
-absl::StatusOr<uint64_t> NonNegativeInt(const JsonValue& v, const std::string& what) {
-  if (!v.is_int() || v.int_value() < 0) {
+absl::StatusOr<uint64_t> NonNegativeInt(const json& v, const std::string& what) {
+  const std::optional<int64_t> i = JsonInt(v);
+  if (!i.has_value() || *i < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("safetensors: ", what, " is not a non-negative integer"));
   }
-  return static_cast<uint64_t>(v.int_value());
+  return static_cast<uint64_t>(*i);
+}
+
+// The JSON header after the u64 length, checked against the file and the cap.
+absl::StatusOr<std::string_view> HeaderText(std::span<const uint8_t> bytes) {
+  if (bytes.size() < 8) {
+    return absl::InvalidArgumentError("safetensors: truncated file: no header length");
+  }
+  uint64_t n;
+  std::memcpy(&n, bytes.data(), 8);
+  if (n > bytes.size() - 8) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "safetensors: header length ", n, " exceeds the ", bytes.size() - 8, " bytes after it"));
+  }
+  if (n > kMaxHeaderBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("safetensors: header length ", n, " exceeds the limit of ", kMaxHeaderBytes));
+  }
+  return std::string_view(reinterpret_cast<const char*>(bytes.data() + 8), n);
+}
+
+// The dims of a tensor's "shape" (at most kMaxDims non-negative integers);
+// *numel gets their product, which must fit int64.
+absl::StatusOr<std::vector<int64_t>> ReadShape(const json* shape, const std::string& what,
+                                               uint64_t* numel) {
+  if (shape == nullptr || !shape->is_array() || shape->size() > kMaxDims) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("safetensors: ", what, " has no shape of at most ", kMaxDims, " dims"));
+  }
+  std::vector<int64_t> dims;
+  *numel = 1;
+  for (const json& d : *shape) {
+    ASSIGN_OR_RETURN(const uint64_t dim, NonNegativeInt(d, what + " shape"));
+    if (dim != 0 && *numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("safetensors: ", what, " element count overflows"));
+    }
+    *numel *= dim;
+    dims.push_back(static_cast<int64_t>(dim));
+  }
+  return dims;
+}
+
+// One tensor entry of the header, its byte range checked against the data
+// section of `data_size` bytes and against its dtype and shape.
+absl::StatusOr<SafetensorsTensorInfo> ReadTensorEntry(const std::string& name, const json& entry,
+                                                      uint64_t data_size) {
+  const std::string what = absl::StrCat("tensor '", name, "'");
+  if (!entry.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what, " is not an object"));
+  }
+  SafetensorsTensorInfo t;
+  t.name = name;
+  const json* dtype = JsonFind(entry, "dtype");
+  if (dtype == nullptr || !dtype->is_string()) {
+    return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what, " has no dtype"));
+  }
+  t.dtype = dtype->get<std::string>();
+  const int esize = DtypeSize(t.dtype);
+  if (esize == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("safetensors: ", what, " has unknown dtype '", t.dtype, "'"));
+  }
+  uint64_t numel = 1;
+  ASSIGN_OR_RETURN(t.shape, ReadShape(JsonFind(entry, "shape"), what, &numel));
+  const json* offsets = JsonFind(entry, "data_offsets");
+  if (offsets == nullptr || !offsets->is_array() || offsets->size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("safetensors: ", what, " has no data_offsets [begin, end]"));
+  }
+  ASSIGN_OR_RETURN(t.begin, NonNegativeInt((*offsets)[0], what + " data_offsets"));
+  ASSIGN_OR_RETURN(t.end, NonNegativeInt((*offsets)[1], what + " data_offsets"));
+  if (t.end < t.begin || t.end > data_size) {
+    return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what, " data [", t.begin, ", ",
+                                                   t.end, ") lies outside the data section of ",
+                                                   data_size, " bytes (past the end of the file)"));
+  }
+  if (numel > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(esize) ||
+      numel * static_cast<uint64_t>(esize) != t.end - t.begin) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "safetensors: ", what, " of shape ", ShapeString(t.shape), " and dtype ", t.dtype,
+        " needs ", numel, " x ", esize, " bytes, its data_offsets give ", t.end - t.begin));
+  }
+  return t;
+}
+
+// No two tensors share bytes of the data section.
+absl::Status CheckNoOverlap(const std::vector<SafetensorsTensorInfo>& tensors) {
+  std::vector<size_t> order(tensors.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return tensors[a].begin < tensors[b].begin; });
+  for (size_t i = 1; i < order.size(); ++i) {
+    if (tensors[order[i - 1]].end > tensors[order[i]].begin) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("safetensors: tensor '", tensors[order[i]].name,
+                       "' overlaps the data of tensor '", tensors[order[i - 1]].name, "'"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -73,22 +176,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(
 }
 
 absl::Status SafetensorsFile::ParseAll() {
-  if (bytes_.size() < 8) {
-    return absl::InvalidArgumentError("safetensors: truncated file: no header length");
-  }
-  uint64_t n;
-  std::memcpy(&n, bytes_.data(), 8);
-  if (n > bytes_.size() - 8) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "safetensors: header length ", n, " exceeds the ", bytes_.size() - 8, " bytes after it"));
-  }
-  if (n > kMaxHeaderBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("safetensors: header length ", n, " exceeds the limit of ", kMaxHeaderBytes));
-  }
-  const std::string_view text(reinterpret_cast<const char*>(bytes_.data() + 8), n);
+  ASSIGN_OR_RETURN(const std::string_view text, HeaderText(bytes_));
+  // Tensors are listed in the header's order (the parsed object is sorted).
+  std::vector<std::string> names;
   // About 8 values per tensor entry; 2^21 values allow 250k tensors.
-  absl::StatusOr<JsonValue> header = ParseJson(text, 16, int64_t{1} << 21);
+  absl::StatusOr<json> header =
+      ParseJson(text, {.max_depth = 16, .max_values = int64_t{1} << 21, .top_level_keys = &names});
   if (!header.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("safetensors: header: ", header.status().message()));
@@ -96,73 +189,15 @@ absl::Status SafetensorsFile::ParseAll() {
   if (!header->is_object()) {
     return absl::InvalidArgumentError("safetensors: header is not a JSON object");
   }
-  data_ = bytes_.subspan(8 + n);
-  tensors_.reserve(header->members().size());
-  for (const auto& [name, entry] : header->members()) {
+  data_ = bytes_.subspan(8 + text.size());
+  tensors_.reserve(names.size());
+  for (const std::string& name : names) {
     if (name == "__metadata__") continue;
-    const std::string what = absl::StrCat("tensor '", name, "'");
-    if (!entry.is_object()) {
-      return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what, " is not an object"));
-    }
-    SafetensorsTensorInfo t;
-    t.name = name;
-    const JsonValue* dtype = entry.Find("dtype");
-    const JsonValue* shape = entry.Find("shape");
-    const JsonValue* offsets = entry.Find("data_offsets");
-    if (dtype == nullptr || !dtype->is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what, " has no dtype"));
-    }
-    t.dtype = dtype->str();
-    const int esize = DtypeSize(t.dtype);
-    if (esize == 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("safetensors: ", what, " has unknown dtype '", t.dtype, "'"));
-    }
-    if (shape == nullptr || !shape->is_array() || shape->items().size() > kMaxDims) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("safetensors: ", what, " has no shape of at most ", kMaxDims, " dims"));
-    }
-    uint64_t numel = 1;
-    for (const JsonValue& d : shape->items()) {
-      ASSIGN_OR_RETURN(const uint64_t dim, NonNegativeInt(d, what + " shape"));
-      if (dim != 0 && numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / dim) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("safetensors: ", what, " element count overflows"));
-      }
-      numel *= dim;
-      t.shape.push_back(static_cast<int64_t>(dim));
-    }
-    if (offsets == nullptr || !offsets->is_array() || offsets->items().size() != 2) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("safetensors: ", what, " has no data_offsets [begin, end]"));
-    }
-    ASSIGN_OR_RETURN(t.begin, NonNegativeInt(offsets->items()[0], what + " data_offsets"));
-    ASSIGN_OR_RETURN(t.end, NonNegativeInt(offsets->items()[1], what + " data_offsets"));
-    if (t.end < t.begin || t.end > data_.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("safetensors: ", what, " data [", t.begin, ", ", t.end,
-                       ") lies outside the data section of ", data_.size(),
-                       " bytes (past the end of the file)"));
-    }
-    if (numel > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(esize) ||
-        numel * static_cast<uint64_t>(esize) != t.end - t.begin) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "safetensors: ", what, " of shape ", ShapeString(t.shape), " and dtype ", t.dtype,
-          " needs ", numel, " x ", esize, " bytes, its data_offsets give ", t.end - t.begin));
-    }
+    ASSIGN_OR_RETURN(SafetensorsTensorInfo t,
+                     ReadTensorEntry(name, *JsonFind(*header, name), data_.size()));
     tensors_.push_back(std::move(t));
   }
-  std::vector<size_t> order(tensors_.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::sort(order.begin(), order.end(),
-            [&](size_t a, size_t b) { return tensors_[a].begin < tensors_[b].begin; });
-  for (size_t i = 1; i < order.size(); ++i) {
-    if (tensors_[order[i - 1]].end > tensors_[order[i]].begin) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("safetensors: tensor '", tensors_[order[i]].name,
-                       "' overlaps the data of tensor '", tensors_[order[i - 1]].name, "'"));
-    }
-  }
+  RETURN_IF_ERROR(CheckNoOverlap(tensors_));
   for (size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
   return absl::OkStatus();
 }

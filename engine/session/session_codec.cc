@@ -8,8 +8,9 @@ namespace longctx {
 namespace {
 
 constexpr char kMagic[8] = {'L', 'C', 'T', 'X', 'S', 'E', 'S', 'S'};
-// Version 2 added the Infini window's restore point and memory.
-constexpr uint32_t kVersion = 2;
+// Version 2 added the Infini window's restore point and memory; version 3
+// changed the checksum from FNV-1a to XXH3.
+constexpr uint32_t kVersion = 3;
 constexpr uint32_t kMaxString = 1 << 20;
 // An Infini memory: n_layers × n_kv_heads × (D² + D) × 4 bytes.
 constexpr uint32_t kMaxMemory = 1u << 30;
@@ -71,13 +72,90 @@ class Reader {
     if (absl::Status _s = (expr); !_s.ok()) return _s; \
   } while (0)
 
-}  // namespace
-
-uint64_t Fnv1a64(absl::string_view bytes, uint64_t seed) {
-  uint64_t h = seed;
-  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
-  return h;
+// The checksum a blob of `version` ends with.
+uint64_t ChecksumOf(uint32_t version, absl::string_view body) {
+  return version >= 3 ? Checksum64(body) : Fnv1a64(body);
 }
+
+absl::Status ReadFingerprint(Reader& r, ModelFingerprint* m) {
+  CODEC_TRY(r.GetString("model name", &m->name));
+  CODEC_TRY(r.Get("model", &m->vocab_size));
+  CODEC_TRY(r.Get("model", &m->n_layers));
+  CODEC_TRY(r.Get("model", &m->d_model));
+  CODEC_TRY(r.Get("model", &m->vocab_hash));
+  return absl::OkStatus();
+}
+
+absl::Status ReadSettings(Reader& r, SessionSettings* st) {
+  uint32_t n_labels = 0;
+  CODEC_TRY(r.Get("labels", &n_labels));
+  if (n_labels > kMaxLabels) {
+    return absl::InvalidArgumentError(absl::StrCat("session data: ", n_labels, " labels"));
+  }
+  for (uint32_t i = 0; i < n_labels; ++i) {
+    std::string k, v;
+    CODEC_TRY(r.GetString("label", &k));
+    CODEC_TRY(r.GetString("label", &v));
+    st->labels[k] = v;
+  }
+  int64_t ttl_ms = 0;
+  CODEC_TRY(r.Get("ttl", &ttl_ms));
+  st->ttl = absl::Milliseconds(ttl_ms);
+  uint8_t flag = 0;
+  CODEC_TRY(r.Get("attention", &flag));
+  st->attention.mode = flag != 0 ? DcaMode::kDca : DcaMode::kRope;
+  CODEC_TRY(r.Get("attention", &st->attention.pretrain_len));
+  CODEC_TRY(r.Get("attention", &st->attention.chunk_size));
+  CODEC_TRY(r.Get("attention", &st->attention.local_window));
+  CODEC_TRY(r.Get("attention", &flag));
+  st->attention.length_temperature = flag != 0;
+  CODEC_TRY(r.Get("attention", &flag));
+  st->attention.compose_rope_scaling = flag != 0;
+  CODEC_TRY(r.Get("prompt format", &flag));
+  if (flag > static_cast<uint8_t>(PromptFormat::kRaw)) {
+    return absl::InvalidArgumentError("session data: unknown prompt format");
+  }
+  st->prompt_format = static_cast<PromptFormat>(flag);
+  CODEC_TRY(r.GetString("system prompt", &st->system_prompt));
+  CODEC_TRY(r.Get("window", &st->window_tokens));
+  CODEC_TRY(r.Get("sinks", &st->sink_tokens));
+  CODEC_TRY(r.Get("overflow", &flag));
+  if (flag > static_cast<uint8_t>(OverflowPolicy::kSlide)) {
+    return absl::InvalidArgumentError("session data: unknown overflow policy");
+  }
+  st->overflow = static_cast<OverflowPolicy>(flag);
+  return absl::OkStatus();
+}
+
+// The counters, the Infini restore point (version 2 on) and the token log,
+// which must fill the rest of the body exactly.
+absl::Status ReadProgress(Reader& r, uint32_t version, SessionSnapshot* s) {
+  CODEC_TRY(r.Get("counters", &s->applied_seq));
+  CODEC_TRY(r.Get("counters", &s->segments));
+  CODEC_TRY(r.Get("counters", &s->ingested_tokens));
+  CODEC_TRY(r.Get("counters", &s->user_turn_start));
+  if (version >= 2) {
+    CODEC_TRY(r.Get("evicted end", &s->evicted_end));
+    CODEC_TRY(r.GetString("infini memory", &s->memory, kMaxMemory));
+  }
+  uint64_t n_tokens = 0;
+  CODEC_TRY(r.Get("token count", &n_tokens));
+  if (n_tokens != r.left() / sizeof(int32_t) || r.left() % sizeof(int32_t) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("session data: token count ", n_tokens,
+                                                   " does not match the ", r.left(),
+                                                   " bytes that follow"));
+  }
+  s->tokens.resize(n_tokens);
+  for (auto& t : s->tokens) CODEC_TRY(r.Get("tokens", &t));
+  if (s->applied_seq < 0 || s->segments < 0 || s->ingested_tokens < 0 || s->user_turn_start < 0 ||
+      s->user_turn_start > static_cast<int64_t>(n_tokens) || s->evicted_end < 0 ||
+      s->evicted_end > static_cast<int64_t>(n_tokens)) {
+    return absl::InvalidArgumentError("session data: negative or inconsistent counters");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 std::string EncodeSessionSnapshot(const SessionSnapshot& s) {
   Writer w;
@@ -116,7 +194,7 @@ std::string EncodeSessionSnapshot(const SessionSnapshot& s) {
   w.PutString(s.memory);
   w.Put<uint64_t>(s.tokens.size());
   for (int32_t t : s.tokens) w.Put<int32_t>(t);
-  w.Put<uint64_t>(Fnv1a64(w.out()));
+  w.Put<uint64_t>(Checksum64(w.out()));
   return std::move(w.out());
 }
 
@@ -126,86 +204,23 @@ absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data) {
     return absl::InvalidArgumentError("session data does not start with a longctx session header");
   }
   const absl::string_view body = data.substr(0, data.size() - sizeof(uint64_t));
-  uint64_t want = 0;
-  std::memcpy(&want, data.data() + body.size(), sizeof(want));
-  if (Fnv1a64(body) != want) {
-    return absl::InvalidArgumentError("session data is corrupt (checksum mismatch)");
-  }
   Reader r(body.substr(sizeof(kMagic)));
-  SessionSnapshot s;
+  // The version picks the checksum, so it is read first.
   uint32_t version = 0;
   CODEC_TRY(r.Get("version", &version));
-  if (version != kVersion && version != 1) {
+  if (version < 1 || version > kVersion) {
     return absl::InvalidArgumentError(absl::StrCat(
         "session data version ", version, " is not supported (this server reads ", kVersion, ")"));
   }
-  CODEC_TRY(r.GetString("model name", &s.model.name));
-  CODEC_TRY(r.Get("model", &s.model.vocab_size));
-  CODEC_TRY(r.Get("model", &s.model.n_layers));
-  CODEC_TRY(r.Get("model", &s.model.d_model));
-  CODEC_TRY(r.Get("model", &s.model.vocab_hash));
-
-  SessionSettings& st = s.settings;
-  uint32_t n_labels = 0;
-  CODEC_TRY(r.Get("labels", &n_labels));
-  if (n_labels > kMaxLabels) {
-    return absl::InvalidArgumentError(absl::StrCat("session data: ", n_labels, " labels"));
+  uint64_t want = 0;
+  std::memcpy(&want, data.data() + body.size(), sizeof(want));
+  if (ChecksumOf(version, body) != want) {
+    return absl::InvalidArgumentError("session data is corrupt (checksum mismatch)");
   }
-  for (uint32_t i = 0; i < n_labels; ++i) {
-    std::string k, v;
-    CODEC_TRY(r.GetString("label", &k));
-    CODEC_TRY(r.GetString("label", &v));
-    st.labels[k] = v;
-  }
-  int64_t ttl_ms = 0;
-  CODEC_TRY(r.Get("ttl", &ttl_ms));
-  st.ttl = absl::Milliseconds(ttl_ms);
-  uint8_t flag = 0;
-  CODEC_TRY(r.Get("attention", &flag));
-  st.attention.mode = flag != 0 ? DcaMode::kDca : DcaMode::kRope;
-  CODEC_TRY(r.Get("attention", &st.attention.pretrain_len));
-  CODEC_TRY(r.Get("attention", &st.attention.chunk_size));
-  CODEC_TRY(r.Get("attention", &st.attention.local_window));
-  CODEC_TRY(r.Get("attention", &flag));
-  st.attention.length_temperature = flag != 0;
-  CODEC_TRY(r.Get("attention", &flag));
-  st.attention.compose_rope_scaling = flag != 0;
-  CODEC_TRY(r.Get("prompt format", &flag));
-  if (flag > static_cast<uint8_t>(PromptFormat::kRaw)) {
-    return absl::InvalidArgumentError("session data: unknown prompt format");
-  }
-  st.prompt_format = static_cast<PromptFormat>(flag);
-  CODEC_TRY(r.GetString("system prompt", &st.system_prompt));
-  CODEC_TRY(r.Get("window", &st.window_tokens));
-  CODEC_TRY(r.Get("sinks", &st.sink_tokens));
-  CODEC_TRY(r.Get("overflow", &flag));
-  if (flag > static_cast<uint8_t>(OverflowPolicy::kSlide)) {
-    return absl::InvalidArgumentError("session data: unknown overflow policy");
-  }
-  st.overflow = static_cast<OverflowPolicy>(flag);
-
-  CODEC_TRY(r.Get("counters", &s.applied_seq));
-  CODEC_TRY(r.Get("counters", &s.segments));
-  CODEC_TRY(r.Get("counters", &s.ingested_tokens));
-  CODEC_TRY(r.Get("counters", &s.user_turn_start));
-  if (version >= 2) {
-    CODEC_TRY(r.Get("evicted end", &s.evicted_end));
-    CODEC_TRY(r.GetString("infini memory", &s.memory, kMaxMemory));
-  }
-  uint64_t n_tokens = 0;
-  CODEC_TRY(r.Get("token count", &n_tokens));
-  if (n_tokens != r.left() / sizeof(int32_t) || r.left() % sizeof(int32_t) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("session data: token count ", n_tokens,
-                                                   " does not match the ", r.left(),
-                                                   " bytes that follow"));
-  }
-  s.tokens.resize(n_tokens);
-  for (auto& t : s.tokens) CODEC_TRY(r.Get("tokens", &t));
-  if (s.applied_seq < 0 || s.segments < 0 || s.ingested_tokens < 0 || s.user_turn_start < 0 ||
-      s.user_turn_start > static_cast<int64_t>(n_tokens) || s.evicted_end < 0 ||
-      s.evicted_end > static_cast<int64_t>(n_tokens)) {
-    return absl::InvalidArgumentError("session data: negative or inconsistent counters");
-  }
+  SessionSnapshot s;
+  CODEC_TRY(ReadFingerprint(r, &s.model));
+  CODEC_TRY(ReadSettings(r, &s.settings));
+  CODEC_TRY(ReadProgress(r, version, &s));
   return s;
 }
 

@@ -3,9 +3,10 @@
 //
 // Layout (little-endian): magic "LCTXSESS", u32 version, the model
 // fingerprint, the settings, the ingest counters, the Infini window's restore
-// point and memory (version 2), the token log, and a 64-bit
-// FNV-1a checksum of everything before it. Decoding is bounded by the input
-// size and never trusts a count it has not checked.
+// point and memory (version 2), the token log, and a 64-bit checksum of
+// everything before it: XXH3 from version 3, FNV-1a before (versions 1 and 2
+// are still read). Decoding is bounded by the input size and never trusts a
+// count it has not checked.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/session/session_settings.h"
+#include "engine/util/checksum.h"  // Fnv1a64, the vocabulary hash
 
 namespace longctx {
 
@@ -46,7 +48,5 @@ std::string EncodeSessionSnapshot(const SessionSnapshot& snapshot);
 // INVALID_ARGUMENT naming what is wrong: bad magic, unknown version, a
 // truncated or oversized field, a checksum mismatch.
 absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data);
-
-uint64_t Fnv1a64(absl::string_view bytes, uint64_t seed = 1469598103934665603ull);
 
 }  // namespace longctx

@@ -9,7 +9,7 @@
 
 #include "engine/model/hf_model.h"
 #include "engine/model/safetensors.h"
-#include "engine/util/json.h"
+#include "engine/util/json_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto st = longctx::SafetensorsFile::Parse(std::span<const uint8_t>(data, size));
