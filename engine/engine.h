@@ -29,7 +29,7 @@
 #include "engine/model/llama_model.h"
 #include "engine/model/load_model.h"
 #include "engine/requests.h"
-#include "engine/scheduler/engine_stats.h"
+#include "engine/stats.h"
 #include "engine/scheduler/scheduler.h"
 #include "engine/session/session_manager.h"
 #include "engine/tokenizer/tokenizer.h"

@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/scheduler/engine_stats.h"
+#include "engine/stats.h"
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/tokenizer.h"
 

@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/sampling/sampler.h"
-#include "engine/scheduler/engine_stats.h"
+#include "engine/stats.h"
 #include "engine/session/session.h"
 
 namespace longctx {

@@ -18,7 +18,7 @@
 #include "absl/time/time.h"
 #include "engine/model/llama_model.h"
 #include "engine/scheduler/batch_planner.h"
-#include "engine/scheduler/engine_stats.h"
+#include "engine/stats.h"
 #include "engine/scheduler/job_requests.h"
 #include "engine/session/session.h"
 

@@ -39,7 +39,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/scheduler/engine_stats.h"
+#include "engine/stats.h"
 #include "engine/scheduler/job_requests.h"
 #include "engine/scheduler/step_model.h"
 #include "engine/session/session.h"

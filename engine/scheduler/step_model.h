@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/kv/kv_cache.h"
-#include "engine/scheduler/engine_stats.h"
+#include "engine/stats.h"
 #include "engine/model/infini_window.h"
 #include "engine/model/llama_model.h"
 

@@ -1,4 +1,4 @@
-#include "engine/scheduler/engine_stats.h"
+#include "engine/stats.h"
 
 #include <algorithm>
 #include <utility>
