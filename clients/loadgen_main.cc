@@ -30,7 +30,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "server/client.h"
+#include "clients/client.h"
 
 namespace longctx::client {
 namespace {

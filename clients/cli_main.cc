@@ -21,8 +21,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "clients/client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "server/client.h"
 
 namespace longctx::client {
 namespace {
