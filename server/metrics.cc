@@ -1,6 +1,9 @@
 #include "server/metrics.h"
 
+#include <atomic>
 #include <exception>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -15,9 +18,8 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
-MetricFamily Scalar(const std::string& name, const std::string& help, MetricType type, double value,
-                    std::vector<ClientMetric::Label> labels = {}) {
-  MetricFamily f{name, help, type, {}};
+// One sample: a counter's or a gauge's value.
+ClientMetric Sample(MetricType type, double value, std::vector<ClientMetric::Label> labels) {
   ClientMetric m;
   m.label = std::move(labels);
   if (type == MetricType::Counter) {
@@ -25,7 +27,13 @@ MetricFamily Scalar(const std::string& name, const std::string& help, MetricType
   } else {
     m.gauge.value = value;
   }
-  f.metric.push_back(std::move(m));
+  return m;
+}
+
+MetricFamily Scalar(const std::string& name, const std::string& help, MetricType type, double value,
+                    std::vector<ClientMetric::Label> labels = {}) {
+  MetricFamily f{name, help, type, {}};
+  f.metric.push_back(Sample(type, value, std::move(labels)));
   return f;
 }
 
@@ -46,6 +54,143 @@ MetricFamily HistogramFamily(const std::string& name, const std::string& help, c
   }
   f.metric.push_back(std::move(m));
   return f;
+}
+
+// One family of `type` with a sample per (label value, value) pair, all under
+// the label `label`.
+MetricFamily LabeledFamily(const std::string& name, const std::string& help, MetricType type,
+                           const std::string& label,
+                           const std::vector<std::pair<std::string, double>>& samples) {
+  MetricFamily f{name, help, type, {}};
+  for (const auto& [value_of_label, value] : samples) {
+    f.metric.push_back(Sample(type, value, {{label, value_of_label}}));
+  }
+  return f;
+}
+
+constexpr auto kCounter = MetricType::Counter;
+constexpr auto kGauge = MetricType::Gauge;
+
+double Value(const std::atomic<int64_t>& v) { return static_cast<double>(v.load()); }
+
+// Requests, tokens and outcomes of the engine, vLLM's names.
+void CollectRequests(const EngineStats& st, std::vector<MetricFamily>* out) {
+  out->push_back(Scalar("longctx_num_requests_running",
+                        "Requests (generate, score, ingest segments) being stepped by the engine.",
+                        kGauge, Value(st.requests_running)));
+  out->push_back(Scalar("longctx_num_requests_waiting",
+                        "Requests queued behind other work on their session or for a step.", kGauge,
+                        Value(st.requests_waiting)));
+  out->push_back(HistogramFamily("longctx_time_to_first_token_seconds",
+                                 "Generate: time from arrival to the first token.",
+                                 st.time_to_first_token));
+  out->push_back(HistogramFamily("longctx_inter_token_latency_seconds",
+                                 "Generate: time between consecutive output tokens "
+                                 "(time per output token).",
+                                 st.inter_token_latency));
+  out->push_back(HistogramFamily("longctx_e2e_request_latency_seconds",
+                                 "Generate: time from arrival to the last token.",
+                                 st.e2e_request_latency));
+  out->push_back(Scalar("longctx_prompt_tokens_total", "Generate prompt tokens prefilled.",
+                        kCounter, Value(st.prompt_tokens_total)));
+  out->push_back(Scalar("longctx_generation_tokens_total", "Tokens generated.", kCounter,
+                        Value(st.generation_tokens_total)));
+  std::vector<std::pair<std::string, double>> success;
+  for (int r = 0; r < kNumFinishReasons; ++r) {
+    success.emplace_back(FinishReasonName(static_cast<FinishReason>(r)),
+                         Value(st.request_success_total[r]));
+  }
+  out->push_back(LabeledFamily("longctx_request_success_total",
+                               "Generate requests finished, by finish reason.", kCounter,
+                               "finished_reason", success));
+  out->push_back(Scalar("longctx_request_failure_total",
+                        "Requests that ended in an error, a cancellation or a deadline.", kCounter,
+                        Value(st.request_failure_total)));
+  const int64_t total = st.kv_blocks_total.load();
+  out->push_back(Scalar("longctx_kv_cache_usage_perc",
+                        "Fraction of KV cache blocks in use (1 = full).", kGauge,
+                        total > 0 ? static_cast<double>(st.kv_blocks_used.load()) / total : 0));
+}
+
+// Per rank of a context-parallel group this server leads; none without one.
+void CollectGroup(const EngineStats& st, std::vector<MetricFamily>* out) {
+  const int ranks = st.group_ranks.load();
+  if (ranks <= 0) return;
+  out->push_back(Scalar("longctx_group_ranks",
+                        "Ranks of the context-parallel group this server leads.", kGauge, ranks));
+  std::vector<std::pair<std::string, double>> homed, held;
+  for (int r = 0; r < ranks; ++r) {
+    homed.emplace_back(absl::StrCat(r), Value(st.rank_sessions[static_cast<size_t>(r)]));
+    held.emplace_back(absl::StrCat(r), Value(st.rank_kv_tokens[static_cast<size_t>(r)]));
+  }
+  out->push_back(LabeledFamily("longctx_group_rank_sessions",
+                               "Sessions homed on each rank of the group (it runs their layers).",
+                               kGauge, "rank", homed));
+  out->push_back(LabeledFamily("longctx_group_rank_kv_tokens",
+                               "KV tokens each rank of the group holds, all sessions.", kGauge,
+                               "rank", held));
+}
+
+// Sessions: how many, what they ingested and scored, what they hold.
+void CollectSessions(const EngineStats& st, const SessionManager& sessions,
+                     std::vector<MetricFamily>* out) {
+  out->push_back(Scalar("longctx_sessions_active", "Live sessions.", kGauge,
+                        static_cast<double>(sessions.size())));
+  out->push_back(Scalar("longctx_ingested_tokens_total", "Tokens ingested into sessions.", kCounter,
+                        Value(st.ingested_tokens_total)));
+  out->push_back(Scalar("longctx_ingested_segments_total", "Segments ingested into sessions.",
+                        kCounter, Value(st.ingested_segments_total)));
+  out->push_back(Scalar("longctx_scored_tokens_total", "Tokens scored.", kCounter,
+                        Value(st.scored_tokens_total)));
+  const SessionManager::StateBytes bytes = sessions.TotalStateBytes();
+  out->push_back(LabeledFamily(
+      "longctx_session_state_bytes",
+      "Bytes of session state held, by tier (device: KV cache, host: token logs).", kGauge, "tier",
+      {{"device", static_cast<double>(bytes.device)}, {"host", static_cast<double>(bytes.host)}}));
+  out->push_back(Scalar("longctx_session_evictions_total",
+                        "Sessions removed by the server (TTL expiry).", kCounter,
+                        static_cast<double>(sessions.evictions()), {{"reason", "ttl"}}));
+}
+
+// Infini-attention memories of windowed sessions.
+void CollectInfini(const EngineStats& st, std::vector<MetricFamily>* out) {
+  out->push_back(Scalar("longctx_infini_memory_bytes",
+                        "Bytes of Infini-attention compressive memory held by all sessions.",
+                        kGauge, Value(st.infini_memory_bytes)));
+  out->push_back(Scalar("longctx_infini_folded_tokens_total",
+                        "Tokens folded into Infini memories as their chunks left the window.",
+                        kCounter, Value(st.infini_folded_tokens_total)));
+  out->push_back(LabeledFamily("longctx_infini_evictions_total",
+                               "Chunks that left a session's Infini window, by overflow policy "
+                               "(compress: folded into the memory, slide: dropped).",
+                               kCounter, "policy",
+                               {{"compress", Value(st.infini_evictions_compress_total)},
+                                {"slide", Value(st.infini_evictions_slide_total)}}));
+  out->push_back(Scalar("longctx_infini_rejections_total",
+                        "Ingest segments refused because a REJECT session's window was full.",
+                        kCounter, Value(st.infini_rejections_total)));
+}
+
+// Session export and import, and the engine's steps.
+void CollectSteps(const EngineStats& st, std::vector<MetricFamily>* out) {
+  out->push_back(HistogramFamily("longctx_session_export_duration_seconds",
+                                 "Time to export a session.", st.export_seconds));
+  out->push_back(HistogramFamily("longctx_session_import_duration_seconds",
+                                 "Time to import a session (including its prefill).",
+                                 st.import_seconds));
+  out->push_back(Scalar("longctx_engine_steps_total", "Engine steps (batched forward passes).",
+                        kCounter, Value(st.steps_total)));
+  out->push_back(HistogramFamily("longctx_engine_step_duration_seconds",
+                                 "One engine step: scheduling, forward pass and sampling.",
+                                 st.step_seconds));
+  out->push_back(HistogramFamily("longctx_engine_forward_duration_seconds",
+                                 "The forward pass of one engine step.", st.forward_seconds));
+  out->push_back(HistogramFamily("longctx_engine_decode_forward_duration_seconds",
+                                 "The forward pass of engine steps that only decode.",
+                                 st.decode_forward_seconds));
+  out->push_back(HistogramFamily("longctx_engine_step_tokens",
+                                 "Tokens (decode and prefill) in one engine step.",
+                                 st.step_batch_tokens));
 }
 
 }  // namespace
@@ -69,132 +214,13 @@ class EngineCollector final : public prometheus::Collectable {
     std::vector<MetricFamily> out;
     if (service_ == nullptr) return out;
     const EngineStats& st = service_->stats();
-    const auto c = MetricType::Counter;
-    const auto g = MetricType::Gauge;
-    out.push_back(Scalar("longctx_model_info", "The served model (value 1).", g, 1,
+    out.push_back(Scalar("longctx_model_info", "The served model (value 1).", kGauge, 1,
                          {{"model", model_}, {"backend", backend_}}));
-    out.push_back(Scalar("longctx_num_requests_running",
-                         "Requests (generate, score, ingest segments) being stepped by the engine.",
-                         g, static_cast<double>(st.requests_running.load())));
-    out.push_back(Scalar("longctx_num_requests_waiting",
-                         "Requests queued behind other work on their session or for a step.", g,
-                         static_cast<double>(st.requests_waiting.load())));
-    out.push_back(HistogramFamily("longctx_time_to_first_token_seconds",
-                                  "Generate: time from arrival to the first token.",
-                                  st.time_to_first_token));
-    out.push_back(HistogramFamily("longctx_inter_token_latency_seconds",
-                                  "Generate: time between consecutive output tokens "
-                                  "(time per output token).",
-                                  st.inter_token_latency));
-    out.push_back(HistogramFamily("longctx_e2e_request_latency_seconds",
-                                  "Generate: time from arrival to the last token.",
-                                  st.e2e_request_latency));
-    out.push_back(Scalar("longctx_prompt_tokens_total", "Generate prompt tokens prefilled.", c,
-                         static_cast<double>(st.prompt_tokens_total.load())));
-    out.push_back(Scalar("longctx_generation_tokens_total", "Tokens generated.", c,
-                         static_cast<double>(st.generation_tokens_total.load())));
-    MetricFamily success{
-        "longctx_request_success_total", "Generate requests finished, by finish reason.", c, {}};
-    for (int r = 0; r < kNumFinishReasons; ++r) {
-      ClientMetric m;
-      m.label = {{"finished_reason", FinishReasonName(static_cast<FinishReason>(r))}};
-      m.counter.value = static_cast<double>(st.request_success_total[r].load());
-      success.metric.push_back(std::move(m));
-    }
-    out.push_back(std::move(success));
-    out.push_back(Scalar("longctx_request_failure_total",
-                         "Requests that ended in an error, a cancellation or a deadline.", c,
-                         static_cast<double>(st.request_failure_total.load())));
-    const int64_t total = st.kv_blocks_total.load();
-    out.push_back(Scalar("longctx_kv_cache_usage_perc",
-                         "Fraction of KV cache blocks in use (1 = full).", g,
-                         total > 0 ? static_cast<double>(st.kv_blocks_used.load()) / total : 0));
-    if (const int ranks = st.group_ranks.load(); ranks > 0) {
-      out.push_back(Scalar("longctx_group_ranks",
-                           "Ranks of the context-parallel group this server leads.", g, ranks));
-      MetricFamily homed{"longctx_group_rank_sessions",
-                         "Sessions homed on each rank of the group (it runs their layers).",
-                         g,
-                         {}};
-      MetricFamily held{"longctx_group_rank_kv_tokens",
-                        "KV tokens each rank of the group holds, all sessions.", g, {}};
-      for (int r = 0; r < ranks; ++r) {
-        ClientMetric m;
-        m.label = {{"rank", absl::StrCat(r)}};
-        m.gauge.value = static_cast<double>(st.rank_sessions[static_cast<size_t>(r)].load());
-        homed.metric.push_back(m);
-        m.gauge.value = static_cast<double>(st.rank_kv_tokens[static_cast<size_t>(r)].load());
-        held.metric.push_back(std::move(m));
-      }
-      out.push_back(std::move(homed));
-      out.push_back(std::move(held));
-    }
-    const SessionManager& sessions = service_->sessions();
-    out.push_back(Scalar("longctx_sessions_active", "Live sessions.", g,
-                         static_cast<double>(sessions.size())));
-    out.push_back(Scalar("longctx_ingested_tokens_total", "Tokens ingested into sessions.", c,
-                         static_cast<double>(st.ingested_tokens_total.load())));
-    out.push_back(Scalar("longctx_ingested_segments_total", "Segments ingested into sessions.", c,
-                         static_cast<double>(st.ingested_segments_total.load())));
-    out.push_back(Scalar("longctx_scored_tokens_total", "Tokens scored.", c,
-                         static_cast<double>(st.scored_tokens_total.load())));
-    const SessionManager::StateBytes bytes = sessions.TotalStateBytes();
-    MetricFamily state{"longctx_session_state_bytes",
-                       "Bytes of session state held, by tier (device: KV cache, host: token logs).",
-                       g,
-                       {}};
-    for (const auto& [tier, v] :
-         {std::pair<const char*, int64_t>{"device", bytes.device}, {"host", bytes.host}}) {
-      ClientMetric m;
-      m.label = {{"tier", tier}};
-      m.gauge.value = static_cast<double>(v);
-      state.metric.push_back(std::move(m));
-    }
-    out.push_back(std::move(state));
-    out.push_back(Scalar("longctx_session_evictions_total",
-                         "Sessions removed by the server (TTL expiry).", c,
-                         static_cast<double>(sessions.evictions()), {{"reason", "ttl"}}));
-    out.push_back(Scalar("longctx_infini_memory_bytes",
-                         "Bytes of Infini-attention compressive memory held by all sessions.", g,
-                         static_cast<double>(st.infini_memory_bytes.load())));
-    out.push_back(Scalar("longctx_infini_folded_tokens_total",
-                         "Tokens folded into Infini memories as their chunks left the window.", c,
-                         static_cast<double>(st.infini_folded_tokens_total.load())));
-    MetricFamily evictions{"longctx_infini_evictions_total",
-                           "Chunks that left a session's Infini window, by overflow policy "
-                           "(compress: folded into the memory, slide: dropped).",
-                           c,
-                           {}};
-    for (const auto& [policy, v] :
-         {std::pair<const char*, int64_t>{"compress", st.infini_evictions_compress_total.load()},
-          {"slide", st.infini_evictions_slide_total.load()}}) {
-      ClientMetric m;
-      m.label = {{"policy", policy}};
-      m.counter.value = static_cast<double>(v);
-      evictions.metric.push_back(std::move(m));
-    }
-    out.push_back(std::move(evictions));
-    out.push_back(Scalar("longctx_infini_rejections_total",
-                         "Ingest segments refused because a REJECT session's window was full.", c,
-                         static_cast<double>(st.infini_rejections_total.load())));
-    out.push_back(HistogramFamily("longctx_session_export_duration_seconds",
-                                  "Time to export a session.", st.export_seconds));
-    out.push_back(HistogramFamily("longctx_session_import_duration_seconds",
-                                  "Time to import a session (including its prefill).",
-                                  st.import_seconds));
-    out.push_back(Scalar("longctx_engine_steps_total", "Engine steps (batched forward passes).", c,
-                         static_cast<double>(st.steps_total.load())));
-    out.push_back(HistogramFamily("longctx_engine_step_duration_seconds",
-                                  "One engine step: scheduling, forward pass and sampling.",
-                                  st.step_seconds));
-    out.push_back(HistogramFamily("longctx_engine_forward_duration_seconds",
-                                  "The forward pass of one engine step.", st.forward_seconds));
-    out.push_back(HistogramFamily("longctx_engine_decode_forward_duration_seconds",
-                                  "The forward pass of engine steps that only decode.",
-                                  st.decode_forward_seconds));
-    out.push_back(HistogramFamily("longctx_engine_step_tokens",
-                                  "Tokens (decode and prefill) in one engine step.",
-                                  st.step_batch_tokens));
+    CollectRequests(st, &out);
+    CollectGroup(st, &out);
+    CollectSessions(st, service_->sessions(), &out);
+    CollectInfini(st, &out);
+    CollectSteps(st, &out);
     return out;
   }
 
@@ -218,11 +244,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& addre
                           .Help("Open streaming calls.")
                           .Register(*m->registry_)
                           .Add({});
-  m->server_state_ = &prometheus::BuildGauge()
-                          .Name("longctx_server_state")
-                          .Help("0 starting, 1 serving, 2 draining, 3 broken (a rank of the group is lost).")
-                          .Register(*m->registry_)
-                          .Add({});
+  m->server_state_ =
+      &prometheus::BuildGauge()
+           .Name("longctx_server_state")
+           .Help("0 starting, 1 serving, 2 draining, 3 broken (a rank of the group is lost).")
+           .Register(*m->registry_)
+           .Add({});
   prometheus::BuildGauge()
       .Name("longctx_build_info")
       .Help("Build of the server (value 1).")

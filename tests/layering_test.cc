@@ -78,4 +78,13 @@ TEST(LayeringTest, CudaBackendInternalHeaderStaysInTheBackend) {
   }
 }
 
+// Reactors see the server through the narrow CallRegistry (server/call_registry.h),
+// never the whole service; the service includes the reactors, not the reverse.
+TEST(LayeringTest, ReactorsDoNotIncludeTheService) {
+  const auto hits = IncludesMatching(
+      fs::path(LONGCTX_SOURCE_DIR) / "server", std::regex(R"(#include\s+"server/service\.h")"),
+      [](const fs::path& p) { return p.filename().string().find("reactor") == std::string::npos; });
+  EXPECT_TRUE(hits.empty()) << hits.front();
+}
+
 }  // namespace

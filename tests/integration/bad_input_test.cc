@@ -4,9 +4,9 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "clients/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/client.h"
 #include "tests/integration/daemon.h"
 #include "tests/integration/helpers.h"
 

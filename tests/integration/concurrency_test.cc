@@ -4,8 +4,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "clients/client.h"
 #include "gtest/gtest.h"
-#include "server/client.h"
 #include "tests/integration/daemon.h"
 #include "tests/integration/helpers.h"
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "clients/client.h"
 #include "engine/backend/cpu_backend.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
@@ -13,7 +14,6 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/client.h"
 #include "tests/integration/daemon.h"
 #include "tests/integration/helpers.h"
 

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "clients/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/client.h"
 #include "tests/integration/daemon.h"
 #include "tests/integration/helpers.h"
 

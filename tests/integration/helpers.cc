@@ -1,8 +1,8 @@
 #include "tests/integration/helpers.h"
 
 #include "absl/strings/str_cat.h"
+#include "clients/client.h"
 #include "gtest/gtest.h"
-#include "server/client.h"
 
 namespace longctx::testing {
 

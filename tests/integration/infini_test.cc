@@ -6,11 +6,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "clients/client.h"
 #include "engine/model/infini_memory.h"
 #include "engine/session/session_codec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/client.h"
 #include "tests/integration/daemon.h"
 #include "tests/integration/helpers.h"
 

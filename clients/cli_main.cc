@@ -21,8 +21,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "clients/client.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "server/client.h"
 
 namespace longctx::client {
 namespace {
@@ -294,13 +294,20 @@ class Cli {
                 labels.c_str());
   }
 
-  absl::Status Get(const std::string& id) {
+  absl::StatusOr<v1::Session> FetchSession(const std::string& id) {
     grpc::ClientContext ctx;
     Prepare(&ctx, id);
     v1::GetSessionRequest req;
     req.set_session_id(id);
     v1::Session s;
     if (auto st = FromGrpc(stub_->GetSession(&ctx, req, &s)); !st.ok()) return st;
+    return s;
+  }
+
+  absl::Status Get(const std::string& id) {
+    auto got = FetchSession(id);
+    if (!got.ok()) return got.status();
+    const v1::Session& s = *got;
     PrintSession(s);
     std::printf("  next seq %lld, ingested %lld tokens, state %lld bytes on device, %lld on host\n",
                 static_cast<long long>(s.next_seq()), static_cast<long long>(s.ingested_tokens()),
@@ -372,12 +379,8 @@ class Cli {
       return absl::InvalidArgumentError("bad --segment-bytes");
     }
     // Resume where the session is: its next expected sequence number.
-    grpc::ClientContext ctx;
-    Prepare(&ctx, id);
-    v1::GetSessionRequest get;
-    get.set_session_id(id);
-    v1::Session s;
-    if (auto st = FromGrpc(stub_->GetSession(&ctx, get, &s)); !st.ok()) return st;
+    auto s = FetchSession(id);
+    if (!s.ok()) return s.status();
 
     const auto segments = SplitSegments(text, static_cast<size_t>(seg_bytes));
     const bool tty = isatty(2);
@@ -404,7 +407,7 @@ class Cli {
                    static_cast<long long>(p.tokens), rate, eta.c_str());
       std::fflush(stderr);
     };
-    auto r = IngestSegments(stub_.get(), options_, id, segments, s.next_seq(),
+    auto r = IngestSegments(stub_.get(), options_, id, segments, s->next_seq(),
                             [&](const IngestProgress& p) { draw(p, false); });
     if (!r.ok()) {
       if (tty) std::fprintf(stderr, "\n");

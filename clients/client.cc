@@ -1,4 +1,4 @@
-#include "server/client.h"
+#include "clients/client.h"
 
 #include <cstdint>
 #include <fstream>

@@ -1,0 +1,87 @@
+// Admission and accounting of the service's calls: the serving state
+// (starting, serving, draining), authentication and permissions, the stream
+// limit and request ids on the way in; the log line, the RPC metrics and the
+// count that a drain waits on at the end. This is all a reactor sees of the
+// server: the engine and the caller arrive in its CallContext.
+//
+// Thread safety: all methods are safe from any thread; mu_ guards the state
+// and the counts.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/status.h"
+#include "server/auth.h"
+#include "server/config.h"
+#include "server/logging.h"
+#include "server/metrics.h"
+
+namespace longctx::server {
+
+// What every call carries from admission to its end.
+struct CallContext {
+  std::string method;
+  std::string request_id;
+  Caller caller;
+  bool stream = false;
+  absl::Time start;
+  absl::Time deadline = absl::InfiniteFuture();
+  Engine* engine = nullptr;
+  LogFields fields;  // added to the call's log line (session id, counts)
+};
+
+class CallRegistry {
+ public:
+  enum class State { kStarting, kServing, kDraining };
+
+  // `metrics` may be null; otherwise it must outlive this object.
+  CallRegistry(const ServerConfig& config, Authenticator auth, Metrics* metrics);
+
+  // The engine is up: calls are admitted. REQUIRES: `engine` outlives the calls.
+  void SetEngine(Engine* engine);
+  // New calls are refused (UNAVAILABLE) from now on; admitted calls go on.
+  void StartDraining();
+  State state() const;
+  // Waits until no admitted call is left or `deadline` passes; true if none left.
+  bool WaitForCalls(absl::Time deadline);
+  int64_t active_calls() const;
+
+  // Admission: state, authentication, permissions, stream limits, request id
+  // (also sent back as initial metadata). A refused call is logged and
+  // counted here; an admitted one must be ended with EndCall exactly once.
+  absl::StatusOr<CallContext> BeginCall(grpc::CallbackServerContext* ctx, const char* method,
+                                        bool stream, bool mutates);
+  // Logs the call, counts it and releases its admission.
+  void EndCall(const CallContext& call, const grpc::Status& status);
+
+  const ServerConfig& config() const { return config_; }
+  bool auth_required() const { return auth_.enabled(); }
+
+ private:
+  // The caller, or why it may not make this call.
+  absl::StatusOr<Caller> Authorize(const grpc::CallbackServerContext& ctx, const char* method,
+                                   bool mutates) const;
+  // Counts the call in, or says why the server takes no more.
+  absl::Status Admit(CallContext* call);
+  // Logs and counts a refused call.
+  void Refused(const CallContext& call, const absl::Status& status);
+
+  const ServerConfig config_;
+  const Authenticator auth_;
+  Metrics* const metrics_;  // may be null
+
+  mutable absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kStarting;
+  Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
+  int64_t calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t streams_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace longctx::server
