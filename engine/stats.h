@@ -1,4 +1,4 @@
-// Plain counters and histograms the engine keeps about its work (DESIGN §8).
+// Plain counters and histograms the engine keeps about its work (docs/design.md §8).
 // The engine only counts; server/metrics turns these into Prometheus metrics
 // at scrape time, so nothing here knows about any metrics library.
 //
@@ -80,7 +80,7 @@ struct EngineStats {
   std::atomic<int64_t> kv_blocks_used{0};
   std::atomic<int64_t> kv_blocks_total{0};
 
-  // Infini window (DESIGN §4). Memory bytes held by all sessions' compressive
+  // Infini window (docs/design.md §4). Memory bytes held by all sessions' compressive
   // memories; tokens folded into them; chunk evictions by overflow policy.
   std::atomic<int64_t> infini_memory_bytes{0};
   std::atomic<int64_t> infini_folded_tokens_total{0};

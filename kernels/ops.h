@@ -57,14 +57,14 @@ void Rope(float* x,                   // [T, H, D]
           const float* inv_freq,      // [D/2]
           int T, int H, int D);
 
-// Dual Chunk Attention parameters (DESIGN §3). Plain RoPE attention is the
+// Dual Chunk Attention parameters (docs/design.md §3). Plain RoPE attention is the
 // special case chunk_len = chunk_size = kDcaUnbounded.
 inline constexpr int kDcaUnbounded = 1 << 30;
 struct DcaParams {
   int chunk_len = kDcaUnbounded;   // L = C − w; keys cached at position j mod L
   int chunk_size = kDcaUnbounded;  // C; successive parts clamp at C, inter parts sit at C
   float softmax_scale = 0.f;       // 1/sqrt(D), times sf² when the length temperature is on
-  // Infini window (DESIGN §4): keys j with sink_tokens ≤ j < window_start are
+  // Infini window (docs/design.md §4): keys j with sink_tokens ≤ j < window_start are
   // absent (folded or dropped, their blocks freed) and never read. Positions stay
   // absolute. The defaults (window_start ≤ sink_tokens) mean every key is present.
   int sink_tokens = 0;
@@ -98,7 +98,7 @@ void DcaAttention(float* out,               // [n_q, H, D]
                   const DcaParams& p,
                   int n_q, int q_start, int H, int D);
 
-// --- Context-parallel attention (DESIGN §7) ---------------------------------
+// --- Context-parallel attention (docs/design.md §7) ---------------------------------
 // A long sequence's keys are spread over ranks. Each rank attends the queries to
 // the keys it holds (DcaPartialAttention) and the partials are combined by
 // log-sum-exp (MergeAttention); the result equals DcaAttention over all keys.
@@ -141,7 +141,7 @@ void MergeAttention(float* out,              // [N, D]
                     int R, int64_t N, int D);
 
 // ===========================================================================
-// Infini-attention compressive memory (DESIGN §4)
+// Infini-attention compressive memory (docs/design.md §4)
 // ===========================================================================
 // One layer's memory is M [n_kv_heads, D, D] (row: key dim, column: value dim)
 // and z [n_kv_heads, D], both fp32. σ(x) = ELU(x) + 1 (x + 1 for x > 0, e^x

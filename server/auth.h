@@ -1,4 +1,4 @@
-// Bearer-token authentication (DESIGN §8): each token maps to a tenant, who
+// Bearer-token authentication (docs/design.md §8): each token maps to a tenant, who
 // sees only their own sessions. Without a tokens file every caller is the
 // tenant "default".
 //

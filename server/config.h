@@ -30,7 +30,7 @@ struct ServerConfig {
   int dca_chunk_size = 0;           // C; 0 = 3c/4
   int dca_local_window = 0;         // w; 0 = c/8
 
-  // --- several GPUs (DESIGN §7): one process per GPU, rank 0 serves gRPC ---
+  // --- several GPUs (docs/design.md §7): one process per GPU, rank 0 serves gRPC ---
   int world_size = 1;      // ranks of the group; 1: no communication
   int rank = 0;            // this process; -1: the ordinal ending the host name
                            // (a StatefulSet pod "longctx-2" is rank 2)

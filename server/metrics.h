@@ -1,4 +1,4 @@
-// Prometheus metrics of longctxd (DESIGN §8), served by prometheus-cpp's pull
+// Prometheus metrics of longctxd (docs/design.md §8), served by prometheus-cpp's pull
 // exposer on their own port. Names follow vLLM's (longctx_ instead of vllm:)
 // so existing dashboards and autoscalers read them; the engine's plain stats
 // are turned into metric families at scrape time. No tenant ids or tokens in

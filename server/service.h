@@ -1,4 +1,4 @@
-// The longctx.v1.LongContext service on the gRPC callback API (DESIGN §6):
+// The longctx.v1.LongContext service on the gRPC callback API (docs/design.md §6):
 // parses and admits calls (state, auth, stream limits, request ids), hands
 // work to the engine's Engine and streams results back with one write
 // in flight per stream. No math here.

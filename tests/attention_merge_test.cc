@@ -1,4 +1,4 @@
-// Context-parallel attention ops (kernels/ops.h, DESIGN §7): keys split over R
+// Context-parallel attention ops (kernels/ops.h, docs/design.md §7): keys split over R
 // "ranks" by chunk, partial (o, lse) per rank, log-sum-exp merge — must equal
 // DcaAttention over all keys.
 //
@@ -84,7 +84,7 @@ struct Reference {
   std::vector<double> out, lse;
 };
 
-// DCA attention in double precision from the definition (DESIGN §3).
+// DCA attention in double precision from the definition (docs/design.md §3).
 Reference DoubleDca(const Case& c, const std::vector<float>& q, const std::vector<float>& k,
                     const std::vector<float>& v, const std::vector<float>& inv_freq, float scale) {
   const int D = c.D, half = D / 2, L = c.chunk_len, C = c.chunk_size;

@@ -1,4 +1,4 @@
-// CUDA context-parallel attention (DESIGN §7): Backend::PartialAttention of every
+// CUDA context-parallel attention (docs/design.md §7): Backend::PartialAttention of every
 // kernel (simple, tiled, split-KV, auto) against cpu::DcaPartialAttention through
 // the CPU backend, and Backend::MergeAttention of the GPU partials against
 // single-pass attention over all keys. A sequence's keys are dealt to R ranks

@@ -1,4 +1,4 @@
-// cpu::DcaAttention against a naive reference written here from DESIGN §3: the
+// cpu::DcaAttention against a naive reference written here from docs/design.md §3: the
 // full relative-position matrix (query position per part, key position j mod L),
 // rotate-half RoPE of q and k at those positions, dense softmax in double.
 //
@@ -83,7 +83,7 @@ class RopeTable {
   std::vector<double> cs_, sn_;
 };
 
-// Positions DCA gives to query i and key j (DESIGN §3). L, C may be
+// Positions DCA gives to query i and key j (docs/design.md §3). L, C may be
 // kDcaUnbounded (plain RoPE: query at i, key at j).
 struct DcaPositions {
   int64_t query;

@@ -137,7 +137,7 @@ void CheckWindowedDca(const WindowCase& c, uint32_t seed) {
   std::vector<float> out(n_q * H * D, std::numeric_limits<float>::quiet_NaN());
   cpu::DcaAttention(out.data(), q.data(), view, inv_freq.data(), p, n_q, q_start, H, D);
 
-  // Reference: DESIGN §3 positions over the visible keys only, in double.
+  // Reference: docs/design.md §3 positions over the visible keys only, in double.
   for (int r = 0; r < n_q; ++r) {
     const int i = q_start + r;
     for (int h = 0; h < H; ++h) {

@@ -1,4 +1,4 @@
-// DESIGN §1: engine/ never includes gRPC, protobuf or prometheus headers, and
+// docs/design.md §1: engine/ never includes gRPC, protobuf or prometheus headers, and
 // kernels/ includes nothing of the project beyond itself. Within
 // engine/backend/, includes point down only: the Backend interface and the
 // backends' parts never include a concrete backend's headers.

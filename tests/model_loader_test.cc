@@ -125,7 +125,7 @@ TEST_F(ModelLoaderTest, ConfigMatchesMetadata) {
   EXPECT_FALSE(c.qkv_bias);
   EXPECT_EQ(c.rope_scaling, RopeScalingType::kNone);
   EXPECT_TRUE(c.Validate().ok());
-  // The documented default model (DESIGN §2).
+  // The documented default model (docs/design.md §2).
   EXPECT_EQ(c.n_layers, 30);
   EXPECT_EQ(c.n_heads, 9);
   EXPECT_EQ(c.n_kv_heads, 3);

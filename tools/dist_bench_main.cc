@@ -1,4 +1,4 @@
-// Context-parallel sessions (DESIGN §7), two modes.
+// Context-parallel sessions (docs/design.md §7), two modes.
 //
 // --mode=comm: communication cost. Times the collectives of one layer — the
 // home's broadcasts of the new tokens' q, k, v and the gather of every rank's

@@ -5,7 +5,7 @@
 //   longctx-eval passkey --lengths=1024,4096 [--depths=0,25,50,75,100] [--keys=5] [--chat]
 // Common: --model, --backend, --pretrain_len (DCA c), --chunk_size, --local_window,
 //         --length_temperature, --piece (prefill piece), --json.
-// Infini window (DESIGN §4): --infini=none,slide,compress compares full DCA with
+// Infini window (docs/design.md §4): --infini=none,slide,compress compares full DCA with
 // windowed sessions of --infini_window tokens (+ --infini_sinks), the memory
 // updated by --infini_update and mixed only with --infini_mix (needs gates in the
 // model or --infini_gates=sidecar.safetensors).

@@ -1,4 +1,4 @@
-// The compute backend the model is written against (DESIGN §1). Chosen once at
+// The compute backend the model is written against (docs/design.md §1). Chosen once at
 // start-up (backend_factory.h): CpuBackend is always built, CudaBackend when
 // LONGCTX_CUDA is on.
 //
@@ -83,7 +83,7 @@ struct AttentionSeq {
   cpu::DcaParams dca;
 };
 
-// One sequence's part of a context-parallel attention call (DESIGN §7): its
+// One sequence's part of a context-parallel attention call (docs/design.md §7): its
 // queries attend only to the keys this rank holds, runs of absolute token indices
 // stored back to back in the sequence's local block table (cpu::KeyRuns).
 struct PartialAttentionSeq {
@@ -219,7 +219,7 @@ class Backend {
   virtual absl::Status BeginStep() { return absl::OkStatus(); }
   virtual absl::Status EndStep(bool /*launch*/) { return absl::OkStatus(); }
 
-  // --- context-parallel attention (DESIGN §7; CPU reference in kernels/ops.h) ---
+  // --- context-parallel attention (docs/design.md §7; CPU reference in kernels/ops.h) ---
   // A partial of R rows is f32 [R, n_heads * (head_dim + 1)] holding o
   // [R, n_heads, head_dim] followed by lse [R, n_heads]: ready to gather as is.
   // Backends without these ops return UNIMPLEMENTED.
@@ -232,7 +232,7 @@ class Backend {
   // partials of R rows back to back (f32 [n_parts * R, n_heads * (head_dim + 1)]).
   virtual absl::Status MergeAttention(Tensor out, Tensor partials, int n_parts, int n_heads);
 
-  // --- Infini-attention memory (DESIGN §4; CPU reference in kernels/ops.h) ---
+  // --- Infini-attention memory (docs/design.md §4; CPU reference in kernels/ops.h) ---
   // A layer's memory, M [n_kv_heads, D, D] and z [n_kv_heads, D] fp32, is
   // session state on the host; backends with kernels stage it per call.
   // Without them (HasInfiniKernels() false) callers run the cpu:: ops on host

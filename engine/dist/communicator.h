@@ -1,4 +1,4 @@
-// Collective communication among the ranks of one serving group (DESIGN §7):
+// Collective communication among the ranks of one serving group (docs/design.md §7):
 // one process (rank) per GPU, or threads as ranks in tests (InProcessCommunicator).
 //
 // Buffers are memory of the rank's backend: host memory for the CPU backend,

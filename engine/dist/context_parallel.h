@@ -1,4 +1,4 @@
-// Context-parallel attention (DESIGN §7): one session's KV spread over the ranks
+// Context-parallel attention (docs/design.md §7): one session's KV spread over the ranks
 // by ChunkPlacement; for each layer the session's home rank broadcasts the new
 // tokens' queries (and keys and values, which the rank holding their span
 // stores; the three packed into one message), every rank computes the partial attention (o, lse)

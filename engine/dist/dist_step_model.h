@@ -1,4 +1,4 @@
-// Serving one model over a group of ranks (DESIGN §7): every session is a
+// Serving one model over a group of ranks (docs/design.md §7): every session is a
 // context-parallel session whose KV is spread over the ranks by ChunkPlacement.
 //
 // Rank 0 (the leader) runs the scheduler; its StepModel is DistStepModel,

@@ -1,6 +1,6 @@
 // Threads as ranks: a Communicator whose ranks are threads of one process,
 // sharing host memory. It runs the context-parallel code path on the CPU backend
-// in CI (DESIGN §7) and models a dead or hung rank: a rank that never arrives
+// in CI (docs/design.md §7) and models a dead or hung rank: a rank that never arrives
 // makes its peers' collectives fail with UNAVAILABLE after the timeout.
 //
 // Thread safety: each rank's communicator is used by its own thread; the group

@@ -1,5 +1,5 @@
 // Communicator over NCCL: one process (rank) per GPU, buffers in device memory
-// (DESIGN §7). Built only with CUDA and NCCL (LONGCTX_WITH_NCCL).
+// (docs/design.md §7). Built only with CUDA and NCCL (LONGCTX_WITH_NCCL).
 //
 // The NCCL communicator is non-blocking: initialisation and every collective are
 // polled (ncclCommGetAsyncError, stream completion) against a deadline, so a

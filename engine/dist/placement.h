@@ -1,4 +1,4 @@
-// Where a context-parallel session's state lives (DESIGN §7). Each session has a
+// Where a context-parallel session's state lives (docs/design.md §7). Each session has a
 // home rank, which runs its non-attention layers and merges its attention; its
 // KV is cut into spans of `span` tokens (the DCA chunk length, so a chunk is
 // never split) dealt round-robin over the ranks starting at the home: span c

@@ -1,4 +1,4 @@
-// How the ranks of one serving group find each other (DESIGN §7). Rank 0
+// How the ranks of one serving group find each other (docs/design.md §7). Rank 0
 // publishes a small payload (the NCCL unique id) and every other rank receives
 // it, through rank 0's TCP endpoint or a file on shared storage, so the same
 // binary spans pods on several nodes (a StatefulSet: rank = pod ordinal,

@@ -29,7 +29,7 @@ namespace longctx {
 // for every length, and only its last `score_last` tokens are scored, so every
 // length scores the very same tokens and differs only in how much context precedes
 // them. `infini` (default: no window) runs each window as an Infini session
-// (DESIGN §4): exact KV for sinks + W tokens, older chunks folded or dropped.
+// (docs/design.md §4): exact KV for sinks + W tokens, older chunks folded or dropped.
 struct PplProtocol {
   int aligned_span = 0;  // 0: default protocol; else ≥ every length evaluated
   int score_last = 0;    // aligned protocol: tokens scored at the end of each window

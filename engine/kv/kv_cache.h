@@ -1,4 +1,4 @@
-// Paged KV cache bookkeeping (DESIGN §5): a pool of fixed-size blocks in the
+// Paged KV cache bookkeeping (docs/design.md §5): a pool of fixed-size blocks in the
 // backend's KV arena, and per-sequence block tables. The data itself lives in
 // the backend; this class only hands out block ids.
 //

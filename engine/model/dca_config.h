@@ -1,4 +1,4 @@
-// Dual Chunk Attention settings (DESIGN §3): per-model defaults, per-session and
+// Dual Chunk Attention settings (docs/design.md §3): per-model defaults, per-session and
 // per-request overrides, validation, and the kernel parameters they give.
 //
 // With pretraining length c, chunk_size C and local_window w, chunks are

@@ -1,5 +1,5 @@
 // Per-session configuration of the Infini-attention window and compressive
-// memory (DESIGN §4). Plain data, validated in one place.
+// memory (docs/design.md §4). Plain data, validated in one place.
 //
 // Window semantics. With DCA chunk length L and window W (a multiple of L),
 // query i sees the keys of the attention sinks (j < sink_tokens) and of the W/L
@@ -40,7 +40,7 @@ struct InfiniConfig {
   cpu::InfiniUpdateRule update = cpu::InfiniUpdateRule::kLinear;
   // Mix the memory into the attention output through the model's gates β.
   // Default off: without trained gates the memory is kept and exported, not
-  // mixed (DESIGN §4). Turning it on for a model without gates is an error.
+  // mixed (docs/design.md §4). Turning it on for a model without gates is an error.
   bool mix = false;
   // Floor of the retrieval and delta-rule denominators σ(·)·z. Default 1e-6.
   float eps = 1e-6f;

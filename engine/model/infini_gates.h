@@ -1,4 +1,4 @@
-// Infini-attention gates from a sidecar file (DESIGN §4): a safetensors file of
+// Infini-attention gates from a sidecar file (docs/design.md §4): a safetensors file of
 // named tensors `blk.N.infini_beta`, one value per q head, e.g. the output of a
 // gate-training run for a model whose own file has none. GGUF models may carry
 // the same tensors directly; LlamaModel reads them from HostModel::tensors.

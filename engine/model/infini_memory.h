@@ -1,4 +1,4 @@
-// Per-session Infini-attention compressive memory (DESIGN §4): for every layer
+// Per-session Infini-attention compressive memory (docs/design.md §4): for every layer
 // and kv head M (head_dim × head_dim) and z (head_dim), fp32, on the host. It
 // sees un-rotated keys and queries only. InfiniWindow folds chunks into it; the
 // forward reads it when mixing is on; sessions export it through Serialize.

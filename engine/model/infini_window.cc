@@ -103,7 +103,7 @@ absl::Status InfiniWindow::Fold(int begin, int end) {
   std::vector<float> block(static_cast<size_t>(g.ElementsPerBlock()));
   std::vector<float> staged(static_cast<size_t>(group) * 2 * T * width);
   // Cached keys sit rotated at j mod L; rotating back at −(j mod L) restores
-  // the un-rotated keys the memory works on (DESIGN §4).
+  // the un-rotated keys the memory works on (docs/design.md §4).
   std::vector<int32_t> back(static_cast<size_t>(T));
   for (int j = begin; j < end; ++j) back[static_cast<size_t>(j - begin)] = -(j % L);
   if (backend.HasInfiniKernels()) {

@@ -1,4 +1,4 @@
-// One session's token sequence under the Infini window policy (DESIGN §4): it
+// One session's token sequence under the Infini window policy (docs/design.md §4): it
 // owns the sequence's KV (a KvSequence in the model's cache), the compressive
 // memory and the counters. With a window, KV is kept for the sinks and the
 // W/L most recent chunks (see infini_config.h); a chunk leaving the window is
@@ -29,7 +29,7 @@
 
 namespace longctx {
 
-// Per-session counters for metrics (DESIGN §8: folded tokens, evictions by policy).
+// Per-session counters for metrics (docs/design.md §8: folded tokens, evictions by policy).
 struct InfiniCounters {
   int64_t folded_tokens = 0;   // tokens folded into the memory (compress)
   int64_t dropped_tokens = 0;  // tokens dropped without a trace (slide)

@@ -340,7 +340,7 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
     const int start = it.external ? it.external->length() : it.seq->length();
     const int n = static_cast<int>(it.tokens.size());
     ids.insert(ids.end(), it.tokens.begin(), it.tokens.end());
-    // Keys are rotated once, at j mod L (DESIGN §3), and cached that way.
+    // Keys are rotated once, at j mod L (docs/design.md §3), and cached that way.
     for (int j = start; j < start + n; ++j) key_pos.push_back(j % it.dca.chunk_len);
     if (it.external != nullptr) continue;
     RETURN_IF_ERROR(kv_->Append(*it.seq, n, &item_slots));

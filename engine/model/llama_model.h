@@ -1,4 +1,4 @@
-// The Llama-family forward pass (llama, qwen2; DESIGN §2), written once against
+// The Llama-family forward pass (llama, qwen2; docs/design.md §2), written once against
 // the Backend interface. One call runs one batched step over several sequences:
 // their new tokens go through the linear layers as one matrix; attention runs
 // per sequence over its paged KV with its own DCA settings.
@@ -25,7 +25,7 @@ namespace longctx {
 enum class LogitsMode { kNone, kLast, kAll, kGreedy };
 
 // Attention of a sequence whose KV lives outside the model's cache: a
-// context-parallel session spread over ranks (DESIGN §7, engine/dist). The model
+// context-parallel session spread over ranks (docs/design.md §7, engine/dist). The model
 // calls Attend once per layer, in order; the implementation stores k and v where
 // they belong and writes the attention to out.
 class ExternalAttention {
@@ -48,7 +48,7 @@ struct StepItem {
   // item is the only one of its step.
   ExternalAttention* external = nullptr;
   // Infini-attention memory mixed into this item's attention through the
-  // model's gates (DESIGN §4); nullptr = no mixing. REQUIRES has_infini_gates().
+  // model's gates (docs/design.md §4); nullptr = no mixing. REQUIRES has_infini_gates().
   const InfiniMemory* infini = nullptr;
   // With LogitsMode::kGreedy: where Forward writes the token (REQUIRED then).
   int32_t* greedy_token = nullptr;

@@ -1,4 +1,4 @@
-// The engine thread (DESIGN §5): one thread owns the model, the backend and
+// The engine thread (docs/design.md §5): one thread owns the model, the backend and
 // every session's KV state; RPC threads submit jobs and get their results
 // through callbacks.
 //

@@ -1,4 +1,4 @@
-// A session (DESIGN §5): a document streamed in segment by segment, its token
+// A session (docs/design.md §5): a document streamed in segment by segment, its token
 // log and KV pages, settings, counters and ownership.
 //
 // Thread safety: a Session is shared (std::shared_ptr) between RPC threads and

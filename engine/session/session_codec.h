@@ -1,4 +1,4 @@
-// The byte format of an exported session (DESIGN §5 Export/Import): what a
+// The byte format of an exported session (docs/design.md §5 Export/Import): what a
 // replica needs to rebuild the session exactly, for the same model.
 //
 // Layout (little-endian): magic "LCTXSESS", u32 version, the model

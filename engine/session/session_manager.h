@@ -1,4 +1,4 @@
-// The table of live sessions (DESIGN §5): creation with quotas, lookup with
+// The table of live sessions (docs/design.md §5): creation with quotas, lookup with
 // tenant ownership, paged listing, deletion and TTL expiry.
 //
 // The manager only tracks sessions; freeing their engine state is the

@@ -31,7 +31,7 @@ struct SessionSettings {
   std::string system_prompt;  // chat sessions; empty = the template's default
   // Exact-attention window. Under kReject: the most tokens the session's
   // context may hold. Under kCompress and kSlide: W of the Infini window
-  // (DESIGN §4), exact KV for the sinks and the W most recent tokens (a
+  // (docs/design.md §4), exact KV for the sinks and the W most recent tokens (a
   // multiple of the DCA chunk length); older chunks are folded or dropped.
   int64_t window_tokens = 0;
   int32_t sink_tokens = 0;  // kept for the session's life (compress, slide)

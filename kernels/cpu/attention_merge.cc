@@ -1,4 +1,4 @@
-// CPU context-parallel attention (DESIGN §7): DCA attention over the key runs a
+// CPU context-parallel attention (docs/design.md §7): DCA attention over the key runs a
 // rank holds, returning (o, lse), and the log-sum-exp merge of such partials.
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-// CPU Dual Chunk Attention over a paged KV cache (DESIGN §3).
+// CPU Dual Chunk Attention over a paged KV cache (docs/design.md §3).
 //
 // Blocked, streaming (flash-style) attention. A work item is one kv head's group
 // of q heads over a tile of consecutive queries, optionally restricted to a

@@ -1,4 +1,4 @@
-// CPU Infini-attention compressive memory (DESIGN §4): σ = ELU + 1, retrieval,
+// CPU Infini-attention compressive memory (docs/design.md §4): σ = ELU + 1, retrieval,
 // linear and delta folds, and the gated mix with the local attention.
 #include <cblas.h>
 

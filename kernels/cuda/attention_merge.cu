@@ -1,4 +1,4 @@
-// Log-sum-exp merge of context-parallel partial attentions (DESIGN §7): one
+// Log-sum-exp merge of context-parallel partial attentions (docs/design.md §7): one
 // pass over the R partials of each (query, head) row. A warp owns a row: lane 0
 // .. R-1 read the partials' lse, the warp agrees on their maximum and the
 // weights' sum, then every lane accumulates its dims over the partials. The

@@ -83,7 +83,7 @@ __device__ __forceinline__ float2 RotatePair(float a, float b, float s, float c)
   return make_float2(a * c - b * s, b * c + a * s);
 }
 
-// DCA query positions (DESIGN §3) of token i for the three key-chunk distances:
+// DCA query positions (docs/design.md §3) of token i for the three key-chunk distances:
 // 0 intra t(i), 1 successive min(t(i) + L, C), 2 inter C.
 __device__ __forceinline__ int DcaQueryPos(int i, int L, int C, int part) {
   const int t = i % L;

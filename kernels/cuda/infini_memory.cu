@@ -1,4 +1,4 @@
-// CUDA Infini-attention compressive memory (DESIGN §4): retrieval, the linear
+// CUDA Infini-attention compressive memory (docs/design.md §4): retrieval, the linear
 // and delta folds, and the gated mix. References: kernels/cpu/infini_memory.cc.
 //
 // The memory of one layer is small (n_kv_heads × D² floats), so the kernels

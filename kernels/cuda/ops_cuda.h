@@ -166,7 +166,7 @@ struct KvWriteParams {
 };
 cudaError_t KvWrite(const KvWriteParams& p, cudaStream_t stream);
 
-// --- Dual Chunk Attention (DESIGN §3; cpu::DcaAttention is the reference) ---
+// --- Dual Chunk Attention (docs/design.md §3; cpu::DcaAttention is the reference) ---
 
 // One layer of the bf16 paged cache; same addressing as cpu::PagedKvView, with
 // each sequence's block table found through DcaSeqDesc::block_table_offset.
@@ -320,7 +320,7 @@ cudaError_t MergeAttentionStrided(float* out, const float* o, int64_t o_stride, 
                                   int64_t lse_stride, int n_parts, int rows, int H, int D,
                                   cudaStream_t stream);
 
-// --- Infini-attention compressive memory (DESIGN §4; cpu::InfiniRetrieve,
+// --- Infini-attention compressive memory (docs/design.md §4; cpu::InfiniRetrieve,
 // cpu::InfiniFold and cpu::InfiniMix are the references) ---
 // One layer's memory: M [n_kv_heads, D, D] (row: key dim, column: value dim)
 // and z [n_kv_heads, D], fp32. σ = ELU + 1 on UN-rotated q and k. GQA: q head h

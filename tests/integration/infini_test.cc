@@ -1,4 +1,4 @@
-// Infini window sessions through longctxd (DESIGN §4): SLIDE and COMPRESS keep
+// Infini window sessions through longctxd (docs/design.md §4): SLIDE and COMPRESS keep
 // a session's KV bounded however much it ingests, REJECT refuses what does not
 // fit and stays usable, generation works after folds, Export/Import carries the
 // compressive memory, and the metrics and server info say what happened.

@@ -7,8 +7,8 @@
 #   tools/bench/run_perf_h200.sh BUNDLE OUTDIR [MODEL]
 #
 # BUNDLE: binaries made here with
-#   ../shared/tools/device-bundle .dev/bundle build-cuda/bin/longctx-bench \
-#       build-cuda/bin/longctx_unit_tests
+#   BUILD_DIR=build-cuda tools/dist/pack_bundle.sh .dev/bundle longctx-bench \
+#       longctx_unit_tests
 # MODEL: the default model (GGUF), /tmp/model.gguf unless given.
 #
 # Phases:

@@ -7,16 +7,24 @@
 # host whose CPU lacks an instruction set of this one, build there instead.
 #   cmake -S . -B build -G Ninja -DLONGCTX_SERVER=OFF
 #   ninja -C build longctx_unit_tests longctx-dist-bench
-#   tools/dist/pack_bundle.sh [BUNDLE]
+#   tools/dist/pack_bundle.sh [BUNDLE [BINARY...]]
+# BINARY: names under $BUILD_DIR/bin (default build); default
+# longctx_unit_tests and longctx-dist-bench.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bundle=${1:-$root/.devbundle}
+shift || true
+binaries=("$@")
+((${#binaries[@]})) || binaries=(longctx_unit_tests longctx-dist-bench)
+build=${BUILD_DIR:-$root/build}
 mkdir -p "$bundle/bin" "$bundle/lib"
-for b in longctx_unit_tests longctx-dist-bench; do
-  cp "$root/build/bin/$b" "$bundle/bin/"
+paths=()
+for b in "${binaries[@]}"; do
+  cp "$build/bin/$b" "$bundle/bin/"
   strip "$bundle/bin/$b"
+  paths+=("$build/bin/$b")
 done
-ldd "$root"/build/bin/longctx_unit_tests "$root"/build/bin/longctx-dist-bench |
+ldd "${paths[@]}" |
   awk '/=> \// {print $3}' | sort -u |
   grep -v '/cuda' |
   grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s)\.so' |

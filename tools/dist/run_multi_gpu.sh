@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-GPU checks of context-parallel sessions (DESIGN §7) on a machine with two
+# Multi-GPU checks of context-parallel sessions (docs/design.md §7) on a machine with two
 # or more GPUs, from a bundle made by tools/dist/pack_bundle.sh. Every phase logs
 # to OUTDIR, a failing phase does not stop the others, and a summary closes the
 # run (also in OUTDIR/summary.txt). Each phase has a time cap; a phase whose cap

@@ -1,4 +1,4 @@
-// The CUDA backend (DESIGN §1): bf16 weights and paged bf16 KV on one GPU, f32
+// The CUDA backend (docs/design.md §1): bf16 weights and paged bf16 KV on one GPU, f32
 // activations (the residual stream keeps full precision), cuBLAS GEMMs with f32
 // accumulation and the kernels of kernels/cuda. All work runs in order on one
 // stream owned by the backend; memory comes from the device's stream-ordered
