@@ -12,8 +12,8 @@
 namespace longctx::ref {
 namespace {
 
-// A key a row attends to: its absolute token index (for positions and the causal
-// mask) and its index in the paged cache (for the address).
+// A key a row attends to: its absolute token index (for its DCA position) and
+// its index in the paged cache (for its address).
 struct KeyRef {
   int64_t token;
   int64_t slot;

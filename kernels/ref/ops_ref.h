@@ -1,8 +1,8 @@
 // The readable oracle of the op surface (STYLE rule 1): plain loops over the
 // math, one per op of kernels/ops.h that computes anything, with the same
-// parameters (destination first, shapes outermost first), so a test calls the fast op and its
-// reference the same way. The fast CPU ops (kernels/cpu/) and the CUDA kernels (kernels/cuda/) are
-// tested against these.
+// parameters (destination first, shapes outermost first), so a test calls the
+// fast op and its reference the same way. The fast CPU ops (kernels/cpu/) and
+// the CUDA kernels (kernels/cuda/) are tested against these.
 //
 // Precision. Every op accumulates in double and rounds once when it stores a
 // float: next to a float32 kernel it is exact for testing purposes. The
@@ -14,8 +14,8 @@
 //
 // No SIMD, no threads, no blocking, no online softmax: each function is meant
 // to be checked against its formula by eye. They are O(naive) and meant for
-// test shapes. Ops that only move data (Embedding, AddInPlace, ArgMax,
-// FillUniform) are their own reference and have none here.
+// test shapes. Ops that move data or round once per element (Embedding,
+// AddInPlace, ArgMax, FillUniform) are their own reference and have none here.
 //
 // Thread safety: reentrant; no state.
 #pragma once
@@ -89,9 +89,9 @@ PagedKvView DenseKvView(const float* k, const float* v, int T, int n_kv_heads);
 //   out[r, h] = Σ_j softmax(s)_j v[j, g]
 // One dense softmax per row (max subtracted).
 template <typename Acc = double>
-void DcaAttention(float* out,      // [n_q, H, D]
-                  const float* q,  // [n_q, H, D], un-rotated
-                  const PagedKvView& kv,
+void DcaAttention(float* out,             // [n_q, H, D]
+                  const float* q,         // [n_q, H, D], un-rotated
+                  const PagedKvView& kv,  // keys rotated at j mod L
                   const float* inv_freq,  // [D/2]
                   const DcaParams& p, int n_q, int q_start, int H, int D);
 
@@ -105,15 +105,17 @@ template <typename Acc = double>
 void DcaPartialAttention(float* out,             // [n_q, H, D]
                          float* lse,             // [n_q, H]
                          const float* q,         // [n_q, H, D], un-rotated
-                         const PagedKvView& kv,  // local indices
+                         const PagedKvView& kv,  // local indices, keys rotated at j mod L
                          const KeyRuns& runs,
                          const float* inv_freq,  // [D/2]
                          const DcaParams& p, int n_q, int q_start, int H, int D);
 
 // cpu::MergeAttention's contract: per row n,
-//   out[n] = Σ_r exp(lse_r[n]) o_r[n] / Σ_r exp(lse_r[n]),  lse[n] = log Σ_r exp(lse_r[n])
-// (evaluated relative to max_r lse_r[n]). Partial r is at o_parts + r · part_stride
-// and lse_parts + r · part_stride. Rows with every lse_r = −inf get out 0, lse −inf.
+//   out[n] = Σ_r exp(lse_r[n]) o_r[n] / Σ_r exp(lse_r[n])
+//   lse[n] = log Σ_r exp(lse_r[n])
+// (evaluated relative to max_r lse_r[n]). Partial r is at o_parts + r ·
+// part_stride and lse_parts + r · part_stride. Rows with every lse_r = −inf get
+// out 0 and lse −inf.
 void MergeAttention(float* out,              // [N, D]
                     float* lse,              // [N], or nullptr
                     const float* o_parts,    // R × [N, D]
@@ -143,7 +145,8 @@ void InfiniRetrieve(float* out,      // [T, H, D]
 
 // One segment of T tokens, per kv head g, with M and z as they were before it:
 //   linear: M[g] += Σ_t σ(k[t, g])ᵀ v[t, g]
-//   delta:  M[g] += Σ_t σ(k[t, g])ᵀ (v[t, g] − σ(k[t, g]) M[g] / max(σ(k[t, g]) · z[g], eps))
+//   delta:  M[g] += Σ_t σ(k[t, g])ᵀ (v[t, g] − r_t),
+//           r_t = σ(k[t, g]) M[g] / max(σ(k[t, g]) · z[g], eps)
 //   both:   z[g] += Σ_t σ(k[t, g])
 template <typename Mem>
 void InfiniFold(Mem* mem,        // [n_kv_heads, D, D], updated in place
