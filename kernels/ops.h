@@ -1,6 +1,7 @@
-// The one op surface of longctx. Every op is a plain CPU reference here (the CPU
-// backend's kernels); CUDA kernels in kernels/cuda/ have the same parameters and
-// are tested against these. Destination first; shapes in comments, outermost first.
+// The one op surface of longctx: the CPU backend's kernels. CUDA kernels in
+// kernels/cuda/ have the same parameters; both are tested against the plain
+// references of kernels/ref/ops_ref.h. Destination first; shapes in comments,
+// outermost first.
 // Nothing of the rest of the project is included here.
 //
 // Thread safety: ops are reentrant; they parallelise internally with OpenMP and

@@ -1,22 +1,22 @@
 // CUDA context-parallel attention (docs/design.md §7): Backend::PartialAttention of every
-// kernel (simple, tiled, split-KV, auto) against cpu::DcaPartialAttention through
-// the CPU backend, and Backend::MergeAttention of the GPU partials against
-// single-pass attention over all keys. A sequence's keys are dealt to R ranks
-// round-robin by span, as ChunkPlacement does; each rank's keys lie back to back
-// in its own randomly paged block table. The GPU arena and every output start
-// as NaN, so a kernel that reads an unheld slot or leaves an element unwritten
-// fails.
+// kernel (simple, tiled, split-KV, auto) against ref::DcaPartialAttention
+// (kernels/ref/ops_ref.h, double), and Backend::MergeAttention of the GPU
+// partials against single-pass attention over all keys (ref::DcaAttention). A
+// sequence's keys are dealt to R ranks round-robin by span, as ChunkPlacement
+// does; each rank's keys lie back to back in its own randomly paged block
+// table. The GPU arena and every output start as NaN, so a kernel that reads an
+// unheld slot or leaves an element unwritten fails.
 //
-// Bounds (STYLE rule 2). K and V are bf16 values on both backends (the GPU
-// cache's precision), so the CPU reference is exact f32 attention over the
-// same keys. Partial o: relative L2 error ≤ 1e-2. Partial lse: the kernels
-// round the rotated query to bf16 (relative 2^-9 per element) and, for the
-// scores, nothing else, so |Δs| ≤ 2^-9 · scale · |q| · max|k| per key and the
-// log-sum-exp moves by no more than the largest |Δs|; the test allows twice
-// that plus 1e-5. Rows that see no held key must be exactly lse = -inf, o = 0
-// on both. Merged output: relative error ≤ 1e-2 and ≤ 2× the error of the same
-// kernel's single-pass attention over all keys (+1e-5). The merge alone, on
-// f32 partials, is an f32 op: ≤ 1e-5 against cpu::MergeAttention.
+// Bounds (STYLE rule 2). K and V are bf16 values on the GPU (its cache's
+// precision) and given to the reference as the same bf16 values, so the
+// reference is exact attention over the same keys. Partial o: relative L2 error
+// ≤ 1e-2. Partial lse: the kernels round the rotated query to bf16 (relative
+// 2^-9 per element) and, for the scores, nothing else, so |Δs| ≤ 2^-9 · scale ·
+// |q| · max|k| per key and the log-sum-exp moves by no more than the largest
+// |Δs|; the test allows twice that plus 1e-5. Rows that see no held key must be exactly lse = -inf,
+// o = 0 on both. Merged output: relative error ≤ 1e-2 and ≤ 2× the error of the same kernel's
+// single-pass attention over all keys (+1e-5). The merge alone, on f32 partials, is an f32 op: ≤
+// 1e-5 against ref::MergeAttention.
 #ifdef LONGCTX_WITH_CUDA
 
 #include <algorithm>
@@ -29,10 +29,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/backend/cpu_backend.h"
 #include "engine/backend/cuda/cuda_backend.h"
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
+#include "kernels/ref/ops_ref.h"
 #include "tests/cuda_test_util.h"
 
 namespace longctx {
@@ -140,8 +140,6 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   const std::vector<CudaAttentionKernels> modes = {
       CudaAttentionKernels::kSimple, CudaAttentionKernels::kTiled, CudaAttentionKernels::kSplit,
       CudaAttentionKernels::kAuto, CudaAttentionKernels::kAutoMmaSync};
-  CpuBackend cpu;
-  ASSERT_TRUE(cpu.InitKv(g).ok());
   std::vector<std::unique_ptr<Backend>> gpus;
   const std::vector<float> nan_block(g.ElementsPerBlock(), std::numeric_limits<float>::quiet_NaN());
   for (CudaAttentionKernels m : modes) {
@@ -158,12 +156,15 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   std::vector<float> inv_freq(c.D / 2);
   for (int i = 0; i < c.D / 2; ++i) inv_freq[i] = std::pow(1e4f, -2.f * i / c.D);
 
-  // Keys and values of layer 1 (bf16 values), stored in every table.
+  // Keys and values of layer 1 (bf16 values), stored in every table; kept per
+  // rank (held keys back to back) for the reference.
   const std::vector<float> k = RoundBf16(RandomVec(static_cast<size_t>(c.ctx) * width, rng));
   const std::vector<float> v = RoundBf16(RandomVec(static_cast<size_t>(c.ctx) * width, rng));
+  std::vector<std::vector<float>> held_k(c.world + 1), held_v(c.world + 1);
   for (int r = 0; r <= c.world; ++r) {
     if (held[r] == 0) continue;
-    std::vector<float> kr, vr;
+    std::vector<float>& kr = held_k[r];
+    std::vector<float>& vr = held_v[r];
     std::vector<int32_t> slots;
     auto add = [&](int j) {
       const int lj = static_cast<int>(slots.size());
@@ -179,9 +180,6 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
       }
     }
     const int n = held[r];
-    ASSERT_TRUE(cpu.KvWrite(1, Tensor{kr.data(), DType::kF32, n, width},
-                            Tensor{vr.data(), DType::kF32, n, width}, slots)
-                    .ok());
     for (auto& gpu : gpus) {
       OwnedTensor kt = MakeTensor(gpu.get(), DType::kF32, n, width, kr);
       OwnedTensor vt = MakeTensor(gpu.get(), DType::kF32, n, width, vr);
@@ -190,7 +188,6 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   }
 
   std::vector<float> q = RandomVec(static_cast<size_t>(c.n_q) * cols, rng, 2.f);
-  Tensor q_host{q.data(), DType::kF32, c.n_q, cols};
   auto partial_seq = [&](int r) {
     PartialAttentionSeq s;
     s.n_q = c.n_q;
@@ -207,17 +204,30 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   full.block_table = tables[c.world];
   full.dca = dca;
 
-  // CPU: the partials, their merge and single-pass attention.
-  std::vector<float> cpu_parts(static_cast<size_t>(c.world) * c.n_q * part_cols, 0.f);
-  for (int r = 0; r < c.world; ++r) {
-    const PartialAttentionSeq s = partial_seq(r);
-    Tensor part{cpu_parts.data() + int64_t{r} * c.n_q * part_cols, DType::kF32, c.n_q, part_cols};
-    ASSERT_TRUE(cpu.PartialAttention(part, q_host, 1, c.H, {&s, 1}, inv_freq).ok());
-  }
+  // Reference: the partials (packed [o | lse] per rank, as the backends write
+  // them) and single-pass attention. Query rows in parallel: the reference is
+  // single-threaded and the 4097-token prefills are seconds of it.
+  auto view = [&](int r) {
+    return ref::DenseKvView(held_k[r].data(), held_v[r].data(), held[r], c.n_kv);
+  };
+  std::vector<float> ref_parts(static_cast<size_t>(c.world) * c.n_q * part_cols, std::nanf(""));
   std::vector<float> ref(static_cast<size_t>(c.n_q) * cols, std::nanf(""));
-  ASSERT_TRUE(cpu.Attention(Tensor{ref.data(), DType::kF32, c.n_q, cols}, q_host, 1, c.H,
-                            {&full, 1}, inv_freq)
-                  .ok());
+  for (int r = 0; r < c.world; ++r) {
+    float* o = ref_parts.data() + int64_t{r} * c.n_q * part_cols;
+    const cpu::KeyRuns runs{run_first[r].data(), run_count[r].data(),
+                            static_cast<int>(run_first[r].size())};
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int row = 0; row < c.n_q; ++row) {
+      ref::DcaPartialAttention(o + row * cols, o + int64_t{c.n_q} * cols + int64_t{row} * c.H,
+                               q.data() + row * cols, view(r), runs, inv_freq.data(), dca, 1,
+                               q_start + row, c.H, c.D);
+    }
+  }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int row = 0; row < c.n_q; ++row) {
+    ref::DcaAttention(ref.data() + row * cols, q.data() + row * cols, view(c.world),
+                      inv_freq.data(), dca, 1, q_start + row, c.H, c.D);
+  }
 
   // The lse bound of the header, per (query, head) row.
   float k_max = 0.f;
@@ -253,7 +263,7 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
       ASSERT_TRUE(st.ok()) << st;
       ASSERT_TRUE(gpu->Synchronize().ok());
       const std::vector<float> got = Fetch(gpu, part.t);
-      const float* want = cpu_parts.data() + int64_t{r} * c.n_q * part_cols;
+      const float* want = ref_parts.data() + int64_t{r} * c.n_q * part_cols;
       const int64_t n_o = int64_t{c.n_q} * cols;
       const std::vector<float> got_o(got.begin(), got.begin() + n_o), want_o(want, want + n_o);
       EXPECT_LE(RelErr(got_o, want_o), testing_cuda::kBf16Bound) << "rank " << r << " o";
@@ -271,7 +281,7 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
       gathered.insert(gathered.end(), got.begin(), got.end());
     }
 
-    // Merge of the GPU partials vs single-pass attention (CPU f32 and this GPU).
+    // Merge of the GPU partials vs single-pass attention (reference and this GPU).
     OwnedTensor parts = MakeTensor(gpu, DType::kF32, int64_t{c.world} * c.n_q, part_cols, gathered);
     OwnedTensor merged = MakePoisoned(gpu, c.n_q, cols);
     ASSERT_TRUE(gpu->MergeAttention(merged.t, parts.t, c.world, c.H).ok());
@@ -323,7 +333,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionPartialTest, ::testing::ValuesIn(Ca
                            return info.param.name;
                          });
 
-// The merge alone on f32 partials with empty ranks and empty rows, vs cpu::MergeAttention.
+// The merge alone on f32 partials with empty ranks and empty rows, vs ref::MergeAttention.
 TEST(CudaAttentionMergeTest, MatchesCpuMergeWithEmptyPartials) {
   if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   auto b = CreateCudaBackend();
@@ -348,7 +358,7 @@ TEST(CudaAttentionMergeTest, MatchesCpuMergeWithEmptyPartials) {
         }
       }
       std::vector<float> want(static_cast<size_t>(N * D), std::nanf(""));
-      cpu::MergeAttention(want.data(), nullptr, parts.data(), parts.data() + N * D,
+      ref::MergeAttention(want.data(), nullptr, parts.data(), parts.data() + N * D,
                           int64_t{rows} * part_cols, R, N, D);
       OwnedTensor pt = MakeTensor(gpu, DType::kF32, int64_t{R} * rows, part_cols, parts);
       OwnedTensor out = MakePoisoned(gpu, rows, int64_t{H} * D);

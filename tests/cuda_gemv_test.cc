@@ -16,7 +16,7 @@
 #include "engine/backend/cuda/cuda_backend.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/ops_cuda.h"
-#include "kernels/ops.h"
+#include "kernels/ref/ops_ref.h"
 #include "tests/cuda_test_util.h"
 
 namespace longctx {
@@ -182,7 +182,7 @@ TEST_F(CudaGemvTest, TensorCoreKernelDomainAndFallback) {
             kBf16Bound);
 }
 
-// The norm folded into the products: against cpu::RmsNorm followed by a double
+// The norm folded into the products: against ref::RmsNorm followed by a double
 // product. Up to 8 rows x stays f32 (f32 summation error only); above, x is
 // normalised, then rounded to bf16, in a different order than RmsNorm then
 // rounding (x g rounded, the row scale after the product), which the bf16
@@ -214,7 +214,7 @@ TEST_F(CudaGemvTest, RmsNormFusedProductsMatchNormThenProduct) {
       for (int T : cs.rows) {
         const std::vector<float> x = RandomVec(static_cast<size_t>(T) * K, rng_, 4.f);
         std::vector<float> xn(x.size());
-        cpu::RmsNorm(xn.data(), x.data(), g.data(), T, K, eps);
+        ref::RmsNorm(xn.data(), x.data(), g.data(), T, K, eps);
         const std::vector<float> xnb = RoundBf16(xn);
         auto xt = MakeTensor(gpu_.get(), DType::kF32, T, K, x);
         auto scratch_xn = MakePoisoned(gpu_.get(), T, K);

@@ -1,14 +1,15 @@
 // CUDA Infini-attention memory kernels (kernels/cuda/infini_memory.cu) against
-// the CPU reference ops (kernels/ops.h) on random inputs with GQA, outputs
+// the reference ops (kernels/ref/ops_ref.h) on random inputs with GQA, outputs
 // poisoned with NaN first. Built only with the CUDA backend; skipped without a GPU.
 //
-// Tolerance (relative L2 over the whole output, tests/cuda_test_util.h): both
-// sides compute in fp32 and differ only in summation order (BLAS blocking on
-// the CPU, one fixed sequential sum per element on the GPU, FMA contracted), so
-// every op, the delta fold's read-before-update correction included, must
-// agree within kF32Bound = 1e-5. The sums are short (D ≤ 128 terms for
-// retrieval, T ≤ 131 tokens plus the prior memory for a fold) and of
-// same-signed weights, so there is no cancellation to amplify the difference.
+// Tolerance (relative L2 over the whole output, tests/cuda_test_util.h): the
+// reference sums in double and rounds once to the fp32 memory and outputs, so
+// the difference is the GPU's fp32 summation error alone (one fixed sequential
+// sum per element, FMA contracted): every op, the delta fold's
+// read-before-update correction included, must agree within kF32Bound = 1e-5.
+// The sums are short (D ≤ 128 terms for retrieval, T ≤ 131 tokens plus the
+// prior memory for a fold) and of same-signed weights, so there is no
+// cancellation to amplify the error.
 #ifdef LONGCTX_WITH_CUDA
 
 #include <cuda_runtime.h>
@@ -25,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/ref/ops_ref.h"
 #include "tests/cuda_test_util.h"
 
 namespace longctx {
@@ -79,7 +81,7 @@ class CudaInfiniTest : public ::testing::Test {
     if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device";
   }
 
-  // A memory that has seen `T` random tokens (CPU fold from empty): M
+  // A memory that has seen `T` random tokens (reference fold from empty): M
   // [n_kv, D, D], z [n_kv, D].
   void FilledMemory(const Shape& s, int T, cpu::InfiniUpdateRule rule, std::vector<float>* mem,
                     std::vector<float>* z) {
@@ -87,7 +89,7 @@ class CudaInfiniTest : public ::testing::Test {
     z->assign(static_cast<size_t>(s.n_kv) * s.D, 0.f);
     const size_t n = static_cast<size_t>(T) * s.n_kv * s.D;
     const std::vector<float> k = RandomVec(n, rng_), v = RandomVec(n, rng_);
-    cpu::InfiniFold(mem->data(), z->data(), k.data(), v.data(), T, s.n_kv, s.D, rule, kEps);
+    ref::InfiniFold(mem->data(), z->data(), k.data(), v.data(), T, s.n_kv, s.D, rule, kEps);
   }
 
   static constexpr float kEps = 1e-6f;
@@ -102,7 +104,7 @@ TEST_F(CudaInfiniTest, RetrieveMatchesCpu) {
       const size_t n = static_cast<size_t>(T) * s.H * s.D;
       const std::vector<float> q = RandomVec(n, rng_);
       std::vector<float> ref(n);
-      cpu::InfiniRetrieve(ref.data(), q.data(), mem.data(), z.data(), T, s.H, s.n_kv, s.D, kEps);
+      ref::InfiniRetrieve(ref.data(), q.data(), mem.data(), z.data(), T, s.H, s.n_kv, s.D, kEps);
       DeviceVec dq(q), dmem(mem), dz(z);
       DeviceVec out = DeviceVec::Poisoned(n);
       ASSERT_EQ(cuda::InfiniRetrieve(out.get(), dq.get(), dmem.get(), dz.get(), T, s.H, s.n_kv, s.D,
@@ -142,7 +144,7 @@ TEST_F(CudaInfiniTest, FoldMatchesCpuForBothRules) {
         DeviceVec dmem(mem), dz(z), dk(k), dv(v);
         DeviceVec scratch = DeviceVec::Poisoned(n);
         std::vector<float> ref_mem = mem, ref_z = z;
-        cpu::InfiniFold(ref_mem.data(), ref_z.data(), k.data(), v.data(), T, s.n_kv, s.D, rule,
+        ref::InfiniFold(ref_mem.data(), ref_z.data(), k.data(), v.data(), T, s.n_kv, s.D, rule,
                         kEps);
         cuda::InfiniFoldParams p;
         p.mem = dmem.get();
@@ -173,7 +175,7 @@ TEST_F(CudaInfiniTest, MixMatchesCpu) {
     const std::vector<float> a_mem = RandomVec(n, rng_), a_dca = RandomVec(n, rng_);
     const std::vector<float> beta = RandomVec(static_cast<size_t>(s.H), rng_, 3.f);
     std::vector<float> ref(n);
-    cpu::InfiniMix(ref.data(), a_mem.data(), a_dca.data(), beta.data(), T, s.H, s.D);
+    ref::InfiniMix(ref.data(), a_mem.data(), a_dca.data(), beta.data(), T, s.H, s.D);
     DeviceVec dm(a_mem), dd(a_dca), db(beta);
     DeviceVec out = DeviceVec::Poisoned(n);
     ASSERT_EQ(cuda::InfiniMix(out.get(), dm.get(), dd.get(), db.get(), T, s.H, s.D, nullptr),
@@ -184,10 +186,10 @@ TEST_F(CudaInfiniTest, MixMatchesCpu) {
 
 // The CUDA backend's fold straight from the bf16 paged cache: the keys of the
 // leaving blocks, rotated back to un-rotated, folded into a host memory. The
-// reference reads the same blocks back (bf16 values), rotates on the CPU and
-// folds with cpu::InfiniFold. The GPU RoPE uses single-precision sincos after a
-// double range reduction (absolute error about 5e-7, docs/cuda.md), so keys
-// differ slightly before the fold: bound 1e-4.
+// reference reads the same blocks back (bf16 values), rotates with ref::Rope
+// and folds with ref::InfiniFold. The GPU RoPE uses single-precision sincos
+// after a double range reduction (absolute error about 5e-7, docs/cuda.md), so
+// keys differ slightly before the fold: bound 1e-4.
 TEST_F(CudaInfiniTest, BackendFoldKvMatchesHostFold) {
   auto b = CreateCudaBackend();
   ASSERT_TRUE(b.ok()) << b.status();
@@ -220,11 +222,11 @@ TEST_F(CudaInfiniTest, BackendFoldKvMatchesHostFold) {
         std::copy(src, src + plane, k.begin() + static_cast<int64_t>(i) * plane);
         std::copy(src + plane, src + 2 * plane, v.begin() + static_cast<int64_t>(i) * plane);
       }
-      cpu::Rope(k.data(), back.data(), inv_freq.data(), T, g.n_kv_heads, g.head_dim);
+      ref::Rope(k.data(), back.data(), inv_freq.data(), T, g.n_kv_heads, g.head_dim);
       std::vector<float> mem, z;
       FilledMemory(s, 30, rule, &mem, &z);
       std::vector<float> ref_mem = mem, ref_z = z;
-      cpu::InfiniFold(ref_mem.data(), ref_z.data(), k.data(), v.data(), T, g.n_kv_heads, g.head_dim,
+      ref::InfiniFold(ref_mem.data(), ref_z.data(), k.data(), v.data(), T, g.n_kv_heads, g.head_dim,
                       rule, kEps);
       ASSERT_TRUE(
           gpu.InfiniFoldKv(mem.data(), z.data(), layer, blocks, back, inv_freq, rule, kEps).ok());
@@ -257,8 +259,8 @@ TEST_F(CudaInfiniTest, BackendMixMatchesHost) {
     const std::vector<float> q = RandomVec(static_cast<size_t>(T * cols), rng_);
     const std::vector<float> attn = RandomVec(q.size(), rng_);
     std::vector<float> a_mem(q.size()), ref(q.size());
-    cpu::InfiniRetrieve(a_mem.data(), q.data(), mem.data(), z.data(), T, s.H, s.n_kv, s.D, kEps);
-    cpu::InfiniMix(ref.data(), a_mem.data(), attn.data(), beta.data(), T, s.H, s.D);
+    ref::InfiniRetrieve(a_mem.data(), q.data(), mem.data(), z.data(), T, s.H, s.n_kv, s.D, kEps);
+    ref::InfiniMix(ref.data(), a_mem.data(), attn.data(), beta.data(), T, s.H, s.D);
     auto dq = testing_cuda::MakeTensor(&gpu, DType::kF32, T, cols, q);
     auto da = testing_cuda::MakeTensor(&gpu, DType::kF32, T, cols, attn);
     ASSERT_TRUE(gpu.InfiniMix(da.t, dq.t, s.H, s.n_kv, mem.data(), z.data(), beta, kEps).ok());

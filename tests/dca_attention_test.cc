@@ -1,14 +1,15 @@
-// cpu::DcaAttention against a naive reference written here from docs/design.md §3: the
-// full relative-position matrix (query position per part, key position j mod L),
-// rotate-half RoPE of q and k at those positions, dense softmax in double.
+// cpu::DcaAttention against ref::DcaAttention (kernels/ref/ops_ref.h): the query
+// rotated at its DCA position per key, a dense softmax in double, over the same
+// paged cache (keys rotated at j mod L and stored in float).
 //
 // Tolerance. Outputs are convex combinations of values in [-1, 1], so absolute
 // error is the measure. The kernel works in float32 (rotations, dot products over
-// D, exponentials, sums over up to a few thousand keys); the same dense algorithm
-// evaluated in float32 against the double reference shows what float32 costs on
-// each case. The kernel may be at most 2x that, plus 2e-6 absolute (about 16 ulp
-// at 1.0) so that cases where the float32 reference happens to be nearly exact do
-// not demand bit-exactness from a differently ordered computation.
+// D, exponentials, sums over up to a few thousand keys); the same naive loop in
+// float32 (ref::DcaAttention<float>) against the double one shows what float32
+// costs on each case. The kernel may be at most 2x that, plus 2e-6 absolute
+// (about 16 ulp at 1.0) so that cases where the float32 reference happens to be
+// nearly exact do not demand bit-exactness from a differently ordered
+// computation.
 #include <omp.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
+#include "kernels/ref/ops_ref.h"
 
 namespace longctx {
 namespace {
@@ -40,10 +42,13 @@ struct Case {
   int D = 0;      // head dim
   float theta = 10000.f;
   float temperature = 1.f;  // multiplies the softmax scale (length temperature sf²)
+  // Infini window: keys sink ≤ j < window are absent (window ≤ T − n_q).
+  int sink = 0;
+  int window = 0;
   int L() const { return C == cpu::kDcaUnbounded ? cpu::kDcaUnbounded : C - w; }
   std::string Name() const {
     return absl::StrCat("C=", C, " w=", w, " block=", block, " T=", T, " n_q=", n_q, " H=", H,
-                        " Hkv=", Hkv, " D=", D);
+                        " Hkv=", Hkv, " D=", D, " sink=", sink, " window=", window);
   }
 };
 
@@ -55,110 +60,9 @@ std::vector<float> InvFreq(int D, float theta) {
   return f;
 }
 
-// cos and sin of pos · inv_freq[i] in double, for positions 0 .. max_pos.
-class RopeTable {
- public:
-  RopeTable(const std::vector<float>& inv_freq, int64_t max_pos)
-      : half_(static_cast<int>(inv_freq.size())), cs_((max_pos + 1) * half_), sn_(cs_.size()) {
-    for (int64_t p = 0; p <= max_pos; ++p) {
-      for (int i = 0; i < half_; ++i) {
-        const double a = static_cast<double>(p) * inv_freq[i];
-        cs_[p * half_ + i] = std::cos(a);
-        sn_[p * half_ + i] = std::sin(a);
-      }
-    }
-  }
-  // Rotate-half RoPE of x (2·half values) at position pos into y.
-  void Rotate(double* y, const float* x, int64_t pos) const {
-    const double* c = cs_.data() + pos * half_;
-    const double* s = sn_.data() + pos * half_;
-    for (int i = 0; i < half_; ++i) {
-      y[i] = x[i] * c[i] - x[i + half_] * s[i];
-      y[i + half_] = x[i + half_] * c[i] + x[i] * s[i];
-    }
-  }
-
- private:
-  int half_;
-  std::vector<double> cs_, sn_;
-};
-
-// Positions DCA gives to query i and key j (docs/design.md §3). L, C may be
-// kDcaUnbounded (plain RoPE: query at i, key at j).
-struct DcaPositions {
-  int64_t query;
-  int64_t key;
-};
-DcaPositions Positions(int64_t i, int64_t j, int64_t L, int64_t C) {
-  const int64_t t = i % L;
-  const int64_t delta = i / L - j / L;
-  const int64_t qp = delta == 0 ? t : delta == 1 ? std::min(t + L, C) : C;
-  return {qp, j % L};
-}
-
-// The naive reference in precision Real: the [n_q, T] matrix of query and key
-// positions, scores of q and k rotated at them, dense softmax per row.
-// q: [n_q, H, D] un-rotated; k, v: [T, Hkv, D], k un-rotated.
-template <typename Real>
-std::vector<double> NaiveAttention(const Case& c, const std::vector<float>& q,
-                                   const std::vector<float>& k, const std::vector<float>& v,
-                                   const std::vector<float>& inv_freq, float scale) {
-  const int L = c.L(), C = c.C, D = c.D, H = c.H, Hkv = c.Hkv, G = H / Hkv;
-  const int q_start = c.T - c.n_q;
-  std::vector<int64_t> qpos(int64_t{c.n_q} * c.T, -1), kpos(c.T);
-  for (int r = 0; r < c.n_q; ++r) {
-    for (int j = 0; j <= q_start + r; ++j) {
-      const DcaPositions p = Positions(q_start + r, j, L, C);
-      qpos[int64_t{r} * c.T + j] = p.query;
-      kpos[j] = p.key;
-    }
-  }
-  int64_t max_pos = 0;
-  for (int64_t p : qpos) max_pos = std::max(max_pos, p);
-  for (int64_t p : kpos) max_pos = std::max(max_pos, p);
-  const RopeTable rope(inv_freq, max_pos);
-  // Keys rotated at their position (it depends on j only).
-  std::vector<double> krot(static_cast<size_t>(c.T) * Hkv * D);
-  for (int j = 0; j < c.T; ++j) {
-    for (int h = 0; h < Hkv; ++h) {
-      const int64_t at = (int64_t{j} * Hkv + h) * D;
-      rope.Rotate(krot.data() + at, k.data() + at, kpos[j]);
-    }
-  }
-  std::vector<double> out(static_cast<size_t>(c.n_q) * H * D);
-  std::vector<Real> scores(c.T);
-  std::vector<double> qd(D);
-  for (int r = 0; r < c.n_q; ++r) {
-    const int i = q_start + r;
-    for (int h = 0; h < H; ++h) {
-      const float* qh = q.data() + (int64_t{r} * H + h) * D;
-      Real mx = -std::numeric_limits<Real>::infinity();
-      for (int j = 0; j <= i; ++j) {
-        rope.Rotate(qd.data(), qh, qpos[int64_t{r} * c.T + j]);
-        const double* kd = krot.data() + (int64_t{j} * Hkv + h / G) * D;
-        Real s = 0;
-        for (int d = 0; d < D; ++d) s += static_cast<Real>(qd[d]) * static_cast<Real>(kd[d]);
-        scores[j] = s * static_cast<Real>(scale);
-        mx = std::max(mx, scores[j]);
-      }
-      Real sum = 0;
-      for (int j = 0; j <= i; ++j) {
-        scores[j] = std::exp(scores[j] - mx);
-        sum += scores[j];
-      }
-      for (int d = 0; d < D; ++d) {
-        Real acc = 0;
-        for (int j = 0; j <= i; ++j) acc += scores[j] * v[(int64_t{j} * Hkv + h / G) * D + d];
-        out[(int64_t{r} * H + h) * D + d] = static_cast<double>(acc / sum);
-      }
-    }
-  }
-  return out;
-}
-
 // A paged KV arena laid out like the backend's (blocks further apart than one
 // layer's K and V, a shuffled block table, NaN in every slot the sequence does
-// not own) holding keys rotated at j mod L.
+// not own and in the slots of absent keys) holding keys rotated at j mod L.
 struct PagedKv {
   std::vector<float> arena;
   std::vector<int32_t> table;
@@ -178,16 +82,16 @@ PagedKv MakePagedKv(const Case& c, const std::vector<float>& k, const std::vecto
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), rng);
   kv.table.assign(perm.begin(), perm.begin() + n_logical);
-  const RopeTable rope(inv_freq, std::min(c.T, c.L()));
-  std::vector<double> rot(D);
+  std::vector<float> rotated = k;
+  std::vector<int32_t> pos(c.T);
+  for (int j = 0; j < c.T; ++j) pos[j] = j % c.L();
+  ref::Rope(rotated.data(), pos.data(), inv_freq.data(), c.T, Hkv, D);
   for (int j = 0; j < c.T; ++j) {
+    if (j >= c.sink && j < c.window) continue;
     const int64_t base = kv.table[j / c.block] * stride + int64_t{j % c.block} * Hkv * D;
-    for (int h = 0; h < Hkv; ++h) {
-      rope.Rotate(rot.data(), k.data() + (int64_t{j} * Hkv + h) * D, j % c.L());
-      for (int d = 0; d < D; ++d) {
-        kv.arena[base + h * D + d] = static_cast<float>(rot[d]);
-        kv.arena[base + plane + h * D + d] = v[(int64_t{j} * Hkv + h) * D + d];
-      }
+    for (int hd = 0; hd < Hkv * D; ++hd) {
+      kv.arena[base + hd] = rotated[int64_t{j} * Hkv * D + hd];
+      kv.arena[base + plane + hd] = v[int64_t{j} * Hkv * D + hd];
     }
   }
   kv.view.k = kv.arena.data();
@@ -220,14 +124,29 @@ Inputs MakeInputs(const Case& c, std::mt19937& rng) {
   return in;
 }
 
-std::vector<float> RunKernel(const Case& c, const Inputs& in, const PagedKv& kv, int L, int C) {
+cpu::DcaParams ParamsOf(const Case& c, const Inputs& in, int L, int C) {
   cpu::DcaParams p;
   p.chunk_len = L;
   p.chunk_size = C;
   p.softmax_scale = in.scale;
+  p.sink_tokens = c.sink;
+  p.window_start = c.window;
+  return p;
+}
+
+std::vector<float> RunKernel(const Case& c, const Inputs& in, const PagedKv& kv, int L, int C) {
   std::vector<float> out(in.q.size(), kNaN);
-  cpu::DcaAttention(out.data(), in.q.data(), kv.view, in.inv_freq.data(), p, c.n_q, c.T - c.n_q,
-                    c.H, c.D);
+  cpu::DcaAttention(out.data(), in.q.data(), kv.view, in.inv_freq.data(), ParamsOf(c, in, L, C),
+                    c.n_q, c.T - c.n_q, c.H, c.D);
+  return out;
+}
+
+// The reference, accumulating in Acc: double is the oracle, float the yardstick.
+template <typename Acc>
+std::vector<float> RunRef(const Case& c, const Inputs& in, const PagedKv& kv, int L, int C) {
+  std::vector<float> out(in.q.size(), kNaN);
+  ref::DcaAttention<Acc>(out.data(), in.q.data(), kv.view, in.inv_freq.data(),
+                         ParamsOf(c, in, L, C), c.n_q, c.T - c.n_q, c.H, c.D);
   return out;
 }
 
@@ -242,16 +161,14 @@ double MaxAbsDiff(const std::vector<A>& a, const std::vector<B>& b) {
   return m;
 }
 
-void CheckAgainstNaive(const Case& c, uint32_t seed) {
+void CheckAgainstRef(const Case& c, uint32_t seed) {
   SCOPED_TRACE(c.Name());
   std::mt19937 rng(seed);
   const Inputs in = MakeInputs(c, rng);
   const PagedKv kv = MakePagedKv(c, in.k, in.v, in.inv_freq, rng);
   const std::vector<float> got = RunKernel(c, in, kv, c.L(), c.C);
-  const std::vector<double> ref =
-      NaiveAttention<double>(c, in.q, in.k, in.v, in.inv_freq, in.scale);
-  const std::vector<double> ref32 =
-      NaiveAttention<float>(c, in.q, in.k, in.v, in.inv_freq, in.scale);
+  const std::vector<float> ref = RunRef<double>(c, in, kv, c.L(), c.C);
+  const std::vector<float> ref32 = RunRef<float>(c, in, kv, c.L(), c.C);
   const double err = MaxAbsDiff(got, ref);
   const double err32 = MaxAbsDiff(ref32, ref);
   EXPECT_LE(err, 2 * err32 + 2e-6) << "float32 naive error " << err32;
@@ -260,7 +177,7 @@ void CheckAgainstNaive(const Case& c, uint32_t seed) {
 // Hand-picked cases: chunk edges (T = L − 1, L, L + 1), lengths not a multiple of
 // L, decode (n_q = 1), appends crossing one or more chunk boundaries, GQA groups
 // 1, 3, 4, head dims 64 and 128 (and 72, whose tail is not a multiple of 16).
-TEST(DcaAttentionTest, MatchesNaiveReferenceOnChosenCases) {
+TEST(DcaAttentionTest, MatchesReferenceOnChosenCases) {
   const std::vector<Case> cases = {
       // C=16, w=4: L=12.
       {16, 4, 4, 11, 11, 2, 2, 64},
@@ -292,7 +209,19 @@ TEST(DcaAttentionTest, MatchesNaiveReferenceOnChosenCases) {
       {16, 4, 4, 900, 3, 6, 2, 64},
       {96, 32, 32, 1000, 70, 9, 3, 64},
   };
-  for (size_t n = 0; n < cases.size(); ++n) CheckAgainstNaive(cases[n], 1000 + n);
+  for (size_t n = 0; n < cases.size(); ++n) CheckAgainstRef(cases[n], 1000 + n);
+}
+
+// The Infini window: keys sink ≤ j < window are absent (NaN in the cache, so
+// reading one fails) and the others keep their absolute positions.
+TEST(DcaAttentionTest, MatchesReferenceWithAbsentKeys) {
+  const Case cases[] = {
+      {48, 8, 8, 300, 40, 9, 3, 64, 10000.f, 1.f, 16, 200},
+      {48, 8, 8, 300, 1, 4, 1, 128, 10000.f, 1.f, 0, 120},
+      {96, 32, 16, 1000, 70, 9, 3, 64, 10000.f, 1.f, 64, 640},
+      {cpu::kDcaUnbounded, 0, 16, 500, 3, 6, 2, 64, 10000.f, 1.f, 32, 400},
+  };
+  for (size_t n = 0; n < std::size(cases); ++n) CheckAgainstRef(cases[n], 9000 + n);
 }
 
 // The result does not depend on how many threads share the work (the kernel
@@ -308,10 +237,8 @@ TEST(DcaAttentionTest, ThreadCountDoesNotChangeResult) {
     SCOPED_TRACE(c.Name());
     const Inputs in = MakeInputs(c, rng);
     const PagedKv kv = MakePagedKv(c, in.k, in.v, in.inv_freq, rng);
-    const std::vector<double> ref =
-        NaiveAttention<double>(c, in.q, in.k, in.v, in.inv_freq, in.scale);
-    const std::vector<double> ref32 =
-        NaiveAttention<float>(c, in.q, in.k, in.v, in.inv_freq, in.scale);
+    const std::vector<float> ref = RunRef<double>(c, in, kv, c.L(), c.C);
+    const std::vector<float> ref32 = RunRef<float>(c, in, kv, c.L(), c.C);
     for (int threads : {1, 2, 3, 5, 8}) {
       omp_set_num_threads(threads);
       const std::vector<float> got = RunKernel(c, in, kv, c.L(), c.C);
@@ -322,7 +249,7 @@ TEST(DcaAttentionTest, ThreadCountDoesNotChangeResult) {
 }
 
 // A seeded sweep over the same axes, for combinations nobody thought of.
-TEST(DcaAttentionTest, MatchesNaiveReferenceOnRandomCases) {
+TEST(DcaAttentionTest, MatchesReferenceOnRandomCases) {
   struct Cw {
     int C, w;
   };
@@ -357,7 +284,7 @@ TEST(DcaAttentionTest, MatchesNaiveReferenceOnRandomCases) {
     c.Hkv = g[1];
     c.D = rng() % 2 == 0 ? 64 : 128;
     c.theta = rng() % 2 == 0 ? 10000.f : 100000.f;
-    CheckAgainstNaive(c, 5000 + n);
+    CheckAgainstRef(c, 5000 + n);
   }
 }
 
@@ -380,10 +307,8 @@ TEST(DcaAttentionTest, ShortSequenceEqualsStandardRope) {
     const std::vector<float> dca = RunKernel(c, in, kv, c.L(), c.C);
     const std::vector<float> rope = RunKernel(c, in, kv, cpu::kDcaUnbounded, cpu::kDcaUnbounded);
     EXPECT_LE(MaxAbsDiff(dca, rope), 4 * std::numeric_limits<float>::epsilon());
-    Case plain = c;
-    plain.C = plain.w = cpu::kDcaUnbounded;
-    const std::vector<double> ref =
-        NaiveAttention<double>(plain, in.q, in.k, in.v, in.inv_freq, in.scale);
+    const std::vector<float> ref =
+        RunRef<double>(c, in, kv, cpu::kDcaUnbounded, cpu::kDcaUnbounded);
     EXPECT_LE(MaxAbsDiff(rope, ref), 2e-6);
   }
 }
@@ -402,10 +327,8 @@ TEST(DcaAttentionTest, PlainRopeModeEqualsStandardAttention) {
     const Inputs in = MakeInputs(c, rng);
     const PagedKv kv = MakePagedKv(c, in.k, in.v, in.inv_freq, rng);
     const std::vector<float> got = RunKernel(c, in, kv, cpu::kDcaUnbounded, cpu::kDcaUnbounded);
-    const std::vector<double> ref =
-        NaiveAttention<double>(c, in.q, in.k, in.v, in.inv_freq, in.scale);
-    const std::vector<double> ref32 =
-        NaiveAttention<float>(c, in.q, in.k, in.v, in.inv_freq, in.scale);
+    const std::vector<float> ref = RunRef<double>(c, in, kv, c.L(), c.C);
+    const std::vector<float> ref32 = RunRef<float>(c, in, kv, c.L(), c.C);
     EXPECT_LE(MaxAbsDiff(got, ref), 2 * MaxAbsDiff(ref32, ref) + 2e-6);
   }
 }
@@ -442,8 +365,7 @@ TEST(DcaAttentionTest, RelativePositionsStayWithinChunkSize) {
   const int C = 48, w = 8, L = C - w;
   for (int i = 0; i < 5 * L; ++i) {
     for (int j = 0; j <= i; ++j) {
-      const DcaPositions p = Positions(i, j, L, C);
-      const int64_t rel = p.query - p.key;
+      const int64_t rel = ref::DcaQueryPosition(i, j, L, C) - j % L;
       ASSERT_GE(rel, 0) << i << " " << j;
       ASSERT_LE(rel, C) << i << " " << j;
       if (i / L == j / L) {

@@ -1,8 +1,8 @@
-// Infini-attention memory ops (kernels/cpu/infini_memory.cc) against a naive
-// double-precision reference of the paper's equations (Munkhdalai et al. 2024,
-// "Leave No Context Behind", eqs. for retrieval, linear and delta updates),
-// written here as a plain segment loop: each segment first reads the memory left
-// by the previous segments, then is folded in.
+// Infini-attention memory ops (kernels/cpu/infini_memory.cc) against the
+// reference of the paper's equations (kernels/ref/ops_ref.h; Munkhdalai et al.
+// 2024, "Leave No Context Behind": retrieval, linear and delta updates) keeping
+// its memory in double, run segment by segment: each segment first reads the
+// memory left by the previous segments, then is folded in.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/ops.h"
+#include "kernels/ref/ops_ref.h"
 
 namespace longctx {
 namespace {
@@ -19,8 +20,6 @@ using cpu::InfiniUpdateRule;
 
 constexpr float kEps = 1e-6f;
 
-double SigmaRef(double x) { return x > 0 ? x + 1 : std::exp(x); }
-
 std::vector<float> RandomVector(size_t n, std::mt19937& rng, float scale = 1.f) {
   std::normal_distribution<float> dist(0.f, scale);
   std::vector<float> v(n);
@@ -28,69 +27,10 @@ std::vector<float> RandomVector(size_t n, std::mt19937& rng, float scale = 1.f) 
   return v;
 }
 
-// The paper's memory for every kv head, in double.
-struct RefMemory {
-  RefMemory(int n_kv, int D)
-      : n_kv(n_kv),
-        D(D),
-        M(static_cast<size_t>(n_kv) * D * D, 0.0),
-        z(static_cast<size_t>(n_kv) * D, 0.0) {}
-  int n_kv, D;
-  std::vector<double> M, z;
-
-  // A_mem = σ(q) M / (σ(q) z), 0 while z = 0.
-  void Retrieve(double* out, const float* q_row, int g) const {
-    double den = 0;
-    std::vector<double> s(static_cast<size_t>(D));
-    for (int i = 0; i < D; ++i) {
-      s[i] = SigmaRef(q_row[i]);
-      den += s[i] * z[g * D + i];
-    }
-    for (int j = 0; j < D; ++j) {
-      double num = 0;
-      for (int i = 0; i < D; ++i) num += s[i] * M[(static_cast<size_t>(g) * D + i) * D + j];
-      out[j] = den == 0 ? 0.0 : num / std::max(den, double{kEps});
-    }
-  }
-
-  // One segment of T tokens, k/v [T, n_kv, D].
-  void Update(const float* k, const float* v, int T, InfiniUpdateRule rule) {
-    for (int g = 0; g < n_kv; ++g) {
-      std::vector<double> dM(static_cast<size_t>(D) * D, 0.0), dz(static_cast<size_t>(D), 0.0);
-      for (int t = 0; t < T; ++t) {
-        const float* kt = k + (static_cast<size_t>(t) * n_kv + g) * D;
-        const float* vt = v + (static_cast<size_t>(t) * n_kv + g) * D;
-        std::vector<double> s(static_cast<size_t>(D)), u(static_cast<size_t>(D));
-        for (int i = 0; i < D; ++i) s[i] = SigmaRef(kt[i]);
-        for (int j = 0; j < D; ++j) u[j] = vt[j];
-        if (rule == InfiniUpdateRule::kDelta) {
-          // V − σ(K) M_{s−1} / (σ(K) z_{s−1}), from the memory before this segment.
-          double den = 0;
-          for (int i = 0; i < D; ++i) den += s[i] * z[g * D + i];
-          for (int j = 0; j < D; ++j) {
-            double num = 0;
-            for (int i = 0; i < D; ++i) num += s[i] * M[(static_cast<size_t>(g) * D + i) * D + j];
-            u[j] -= num / std::max(den, double{kEps});
-          }
-        }
-        for (int i = 0; i < D; ++i) {
-          dz[i] += s[i];
-          for (int j = 0; j < D; ++j) dM[static_cast<size_t>(i) * D + j] += s[i] * u[j];
-        }
-      }
-      for (int i = 0; i < D; ++i) {
-        z[g * D + i] += dz[i];
-        for (int j = 0; j < D; ++j) {
-          M[(static_cast<size_t>(g) * D + i) * D + j] += dM[static_cast<size_t>(i) * D + j];
-        }
-      }
-    }
-  }
-};
-
-double MaxAbs(const std::vector<double>& x) {
+template <typename Real>
+double MaxAbs(const Real* x, size_t n) {
   double m = 0;
-  for (double v : x) m = std::max(m, std::abs(v));
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::abs(double{x[i]}));
   return m;
 }
 
@@ -113,35 +53,34 @@ void RunCase(const Case& c, uint32_t seed) {
   const std::vector<float> q = RandomVector(c.T * qw, rng), k = RandomVector(c.T * kw, rng),
                            v = RandomVector(c.T * kw, rng);
   std::vector<float> mem(kw * c.D, 0.f), z(kw, 0.f);
-  RefMemory ref(c.n_kv, c.D);
-  const int group = c.H / c.n_kv;
-  std::vector<double> want(qw);
+  std::vector<double> ref_mem(mem.size(), 0.0), ref_z(z.size(), 0.0);
   for (int t0 = 0; t0 < c.T; t0 += c.segment) {
     const int n = std::min(c.segment, c.T - t0);
-    std::vector<float> got(n * qw, std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> got(n * qw, std::numeric_limits<float>::quiet_NaN()), want(got.size());
     cpu::InfiniRetrieve(got.data(), q.data() + t0 * qw, mem.data(), z.data(), n, c.H, c.n_kv, c.D,
                         kEps);
+    ref::InfiniRetrieve(want.data(), q.data() + t0 * qw, ref_mem.data(), ref_z.data(), n, c.H,
+                        c.n_kv, c.D, kEps);
     for (int t = 0; t < n; ++t) {
-      for (int h = 0; h < c.H; ++h) {
-        ref.Retrieve(want.data() + h * c.D, q.data() + (t0 + t) * qw + h * c.D, h / group);
-      }
-      const double tol = 1e-5 * std::max(1.0, MaxAbs(want));
+      const double tol = 1e-5 * std::max(1.0, MaxAbs(want.data() + t * qw, qw));
       for (size_t i = 0; i < qw; ++i) {
         if (t0 == 0) {
           ASSERT_EQ(got[t * qw + i], 0.f) << "retrieval from an empty memory must be exactly 0";
         } else {
-          ASSERT_NEAR(got[t * qw + i], want[i], tol)
+          ASSERT_NEAR(got[t * qw + i], want[t * qw + i], tol)
               << "segment at " << t0 << " row " << t << " i " << i;
         }
       }
     }
     cpu::InfiniFold(mem.data(), z.data(), k.data() + t0 * kw, v.data() + t0 * kw, n, c.n_kv, c.D,
                     c.rule, kEps);
-    ref.Update(k.data() + t0 * kw, v.data() + t0 * kw, n, c.rule);
+    ref::InfiniFold(ref_mem.data(), ref_z.data(), k.data() + t0 * kw, v.data() + t0 * kw, n, c.n_kv,
+                    c.D, c.rule, kEps);
   }
-  const double mtol = 1e-5 * MaxAbs(ref.M), ztol = c.T * std::ldexp(1.0, -24) * MaxAbs(ref.z);
-  for (size_t i = 0; i < mem.size(); ++i) ASSERT_NEAR(mem[i], ref.M[i], mtol) << "M[" << i << "]";
-  for (size_t i = 0; i < z.size(); ++i) ASSERT_NEAR(z[i], ref.z[i], ztol) << "z[" << i << "]";
+  const double mtol = 1e-5 * MaxAbs(ref_mem.data(), ref_mem.size()),
+               ztol = c.T * std::ldexp(1.0, -24) * MaxAbs(ref_z.data(), ref_z.size());
+  for (size_t i = 0; i < mem.size(); ++i) ASSERT_NEAR(mem[i], ref_mem[i], mtol) << "M[" << i << "]";
+  for (size_t i = 0; i < z.size(); ++i) ASSERT_NEAR(z[i], ref_z[i], ztol) << "z[" << i << "]";
 }
 
 TEST(InfiniMemoryTest, MatchesPaperEquationsLinear) {
@@ -196,6 +135,19 @@ TEST(InfiniMemoryTest, EluPlusOneIsPositiveAndContinuous) {
   EXPECT_EQ(out[3], 1.f);
   EXPECT_NEAR(out[4], 1.f, 1e-6f);
   EXPECT_EQ(out[5], 3.5f);
+}
+
+// Against the reference on random values: x + 1 is one float rounding and e^x
+// within an ulp, the reference one rounding of the double value: two ulps.
+TEST(InfiniMemoryTest, EluPlusOneMatchesReference) {
+  std::mt19937 rng(21);
+  const std::vector<float> x = RandomVector(1000, rng, 4.f);
+  std::vector<float> got(x.size()), want(x.size());
+  cpu::EluPlusOne(got.data(), x.data(), static_cast<int64_t>(x.size()));
+  ref::EluPlusOne(want.data(), x.data(), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], 2 * std::ldexp(std::abs(want[i]), -23)) << "x=" << x[i];
+  }
 }
 
 TEST(InfiniMemoryTest, RetrievalOfEmptyMemoryIsExactlyZero) {
@@ -290,6 +242,13 @@ TEST(InfiniMemoryTest, MixFollowsTheGate) {
       EXPECT_NEAR(out[i2], 0.5f * (a_mem[i2] + a_dca[i2]), 1e-6f);
       EXPECT_EQ(out[i3], a_dca[i3]);
     }
+  }
+  // Against the reference: a float sigmoid, 1 − s, two products and a sum, each
+  // within a few float roundings of |a_mem| + |a_dca|; allowed 8.
+  std::vector<float> want(out.size());
+  ref::InfiniMix(want.data(), a_mem.data(), a_dca.data(), beta.data(), T, H, D);
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_NEAR(out[i], want[i], 8 * std::ldexp(std::abs(a_mem[i]) + std::abs(a_dca[i]), -24));
   }
   // In place over a_dca, as the forward uses it.
   std::vector<float> inplace = a_dca;
