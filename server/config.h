@@ -75,8 +75,10 @@ struct ServerConfig {
   absl::Duration auth_reload_interval = absl::Seconds(10);  // poll the tokens and tenants
                                                             // files; 0: only on SIGHUP
   bool reflection = true;                  // gRPC server reflection (the API schema)
-  int64_t max_streams_per_tenant = 64;     // open streams of one tenant
-  int64_t max_inflight_per_tenant = 64;    // engine calls of one tenant at once (Score,
+  // A tenant may hold at most half the streams, so others always find some;
+  // without authentication the one tenant "default" is every caller.
+  int64_t max_streams_per_tenant = 128;    // open streams of one tenant
+  int64_t max_inflight_per_tenant = 256;   // engine calls of one tenant at once (Score,
                                            // CreateSession and every stream)
   absl::Duration stream_idle_timeout = absl::Minutes(5);  // a stream whose client sends
                                                           // nothing this long is ended
