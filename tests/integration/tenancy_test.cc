@@ -229,6 +229,14 @@ TEST_F(TenancyTest, AMisbehavingTenantCannotStarveAnother) {
     EXPECT_THAT(st.error_message(), HasSubstr("stream_idle_timeout"));
   }
   EXPECT_TRUE(IngestTexts(stub_.get(), "m0", {" Again."}, 2).ok());
+  // An Import whose client sends nothing ends the same way.
+  grpc::ClientContext import_ctx;
+  PrepareContext(&import_ctx);
+  v1::Session none_imported;
+  auto import = stub_->ImportSession(&import_ctx, &none_imported);
+  const grpc::Status silent = import->Finish();
+  EXPECT_EQ(silent.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(silent.error_message(), HasSubstr("stream_idle_timeout"));
 }
 
 }  // namespace
