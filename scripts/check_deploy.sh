@@ -109,7 +109,7 @@ if not config_cc.exists():
     print(f"check_deploy: skipped the settings check: {config_cc.relative_to(root)} "
           "is not in this checkout")
 else:
-    settings = set(re.findall(r'\b(?:String|Int|Bytes|Duration)Field\(\s*"([a-z0-9_]+)"',
+    settings = set(re.findall(r'\b(?:String|Int|Bytes|Duration|Bool)Field\(\s*"([a-z0-9_]+)"',
                               config_cc.read_text()))
     if not settings:
         fail("server/config.cc: no settings found (has the Field table changed?)")

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/session/session_manager.h"
 #include "server/status.h"
 
 namespace longctx::server {
@@ -31,10 +32,11 @@ std::string CodeName(const grpc::Status& status) {
 
 // The call's name, start, deadline and request id (the client's, if usable,
 // else a fresh one; sent back either way).
-CallContext NewCall(grpc::CallbackServerContext* ctx, const char* method, bool stream) {
+CallContext NewCall(grpc::CallbackServerContext* ctx, const char* method, CallKind kind) {
   CallContext call;
   call.method = method;
-  call.stream = stream;
+  call.stream = kind.stream;
+  call.engine_work = kind.stream || kind.engine_work;
   call.start = absl::Now();
   const auto& md = ctx->client_metadata();
   auto rid = md.find("x-request-id");
@@ -81,19 +83,26 @@ int64_t CallRegistry::active_calls() const {
 }
 
 absl::StatusOr<CallContext> CallRegistry::BeginCall(grpc::CallbackServerContext* ctx,
-                                                    const char* method, bool stream, bool mutates) {
-  CallContext call = NewCall(ctx, method, stream);
-  absl::StatusOr<Caller> caller = Authorize(*ctx, method, mutates);
+                                                    const char* method, CallKind kind,
+                                                    const std::string* session_id) {
+  CallContext call = NewCall(ctx, method, kind);
+  absl::StatusOr<Caller> caller = Authorize(*ctx, method, kind.mutates);
   absl::Status refused = caller.status();
   if (caller.ok()) {
     call.caller = *std::move(caller);
-    refused = Admit(&call);
+    // The id is checked before it reaches a log line or an error message.
+    if (session_id != nullptr) refused = ValidateSessionId(*session_id);
+    if (refused.ok()) refused = Admit(&call);
   }
   if (!refused.ok()) {
+    if (refused.code() == absl::StatusCode::kResourceExhausted) {
+      ctx->AddTrailingMetadata(kRetryAfterMetadata, "1000");
+    }
     Refused(call, refused);
     return refused;
   }
-  if (stream && metrics_) metrics_->StreamOpened();
+  if (session_id != nullptr) call.fields.emplace_back("session_id", *session_id);
+  if (kind.stream && metrics_) metrics_->StreamOpened();
   return call;
 }
 
@@ -115,13 +124,35 @@ absl::Status CallRegistry::Admit(CallContext* call) {
   if (state_ == State::kDraining) {
     return absl::UnavailableError("the server is draining; retry on another replica");
   }
-  if (call->stream && streams_ >= config_.max_concurrent_streams) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the server has ", streams_, " open streams, its max_concurrent_streams"));
-  }
+  if (absl::Status over = OverLimitLocked(*call); !over.ok()) return over;
   ++calls_;
-  if (call->stream) ++streams_;
+  TenantCalls& mine = tenants_[call->caller.tenant];
+  if (call->stream) {
+    ++streams_;
+    ++mine.streams;
+  }
+  if (call->engine_work) ++mine.in_flight;
   call->engine = engine_;
+  return absl::OkStatus();
+}
+
+absl::Status CallRegistry::OverLimitLocked(const CallContext& call) const {
+  auto it = tenants_.find(call.caller.tenant);
+  const TenantCalls mine = it == tenants_.end() ? TenantCalls{} : it->second;
+  if (call.stream && streams_ >= config_.max_concurrent_streams) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server has ", streams_, " open streams, its max_concurrent_streams; retry later"));
+  }
+  if (call.stream && mine.streams >= config_.max_streams_per_tenant) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the tenant has ", mine.streams,
+                     " open streams, its max_streams_per_tenant; close some or retry later"));
+  }
+  if (call.engine_work && mine.in_flight >= config_.max_inflight_per_tenant) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the tenant has ", mine.in_flight,
+        " engine calls in flight, its max_inflight_per_tenant; wait for some or retry later"));
+  }
   return absl::OkStatus();
 }
 
@@ -133,6 +164,10 @@ void CallRegistry::Refused(const CallContext& call, const absl::Status& status) 
        {"request_id", call.request_id},
        {"code", CodeName(g)},
        {"error", g.error_message()}});
+}
+
+void CallRegistry::CountUnparsable(const std::string& method) {
+  if (metrics_) metrics_->RequestUnparsable(method);
 }
 
 void CallRegistry::EndCall(const CallContext& call, const grpc::Status& status) {
@@ -154,6 +189,11 @@ void CallRegistry::EndCall(const CallContext& call, const grpc::Status& status) 
   absl::MutexLock lock(&mu_);
   --calls_;
   if (call.stream) --streams_;
+  if (!call.stream && !call.engine_work) return;
+  auto it = tenants_.find(call.caller.tenant);
+  if (call.stream) --it->second.streams;
+  if (call.engine_work) --it->second.in_flight;
+  if (it->second.streams == 0 && it->second.in_flight == 0) tenants_.erase(it);
 }
 
 }  // namespace longctx::server

@@ -1,8 +1,9 @@
 // Admission and accounting of the service's calls: the serving state
-// (starting, serving, draining), authentication and permissions, the stream
-// limit and request ids on the way in; the log line, the RPC metrics and the
-// count that a drain waits on at the end. This is all a reactor sees of the
-// server: the engine and the caller arrive in its CallContext.
+// (starting, serving, draining), authentication and permissions, the syntax
+// of the session id, the stream limits (all tenants and per tenant), the
+// per-tenant limit of engine calls in flight and request ids on the way in; the log line, the RPC
+// metrics and the count that a drain waits on at the end. This is all a reactor sees of the server:
+// the engine and the caller arrive in its CallContext.
 //
 // Thread safety: all methods are safe from any thread; mu_ guards the state
 // and the counts.
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -31,11 +33,23 @@ struct CallContext {
   std::string request_id;
   Caller caller;
   bool stream = false;
+  bool engine_work = false;  // counted in the tenant's calls in flight
   absl::Time start;
   absl::Time deadline = absl::InfiniteFuture();
   Engine* engine = nullptr;
   LogFields fields;  // added to the call's log line (session id, counts)
 };
+
+// What admission needs to know of a method.
+struct CallKind {
+  bool stream = false;       // counts against the stream limits
+  bool mutates = false;      // refused to read-only callers
+  bool engine_work = false;  // counts against max_inflight_per_tenant (streams always do)
+};
+
+// Trailing metadata of a RESOURCE_EXHAUSTED refusal: milliseconds after which
+// a retry may succeed.
+inline constexpr char kRetryAfterMetadata[] = "retry-after-ms";
 
 class CallRegistry {
  public:
@@ -53,13 +67,17 @@ class CallRegistry {
   bool WaitForCalls(absl::Time deadline);
   int64_t active_calls() const;
 
-  // Admission: state, authentication, permissions, stream limits, request id
-  // (also sent back as initial metadata). A refused call is logged and
-  // counted here; an admitted one must be ended with EndCall exactly once.
+  // Admission: state, authentication, permissions, the syntax of
+  // `session_id` (if not null; it then joins the call's log fields), limits,
+  // request id (also sent back as initial metadata). A refused call is logged
+  // and counted here; an admitted one must be ended with EndCall exactly once.
+  // A call over a limit gets RESOURCE_EXHAUSTED and kRetryAfterMetadata.
   absl::StatusOr<CallContext> BeginCall(grpc::CallbackServerContext* ctx, const char* method,
-                                        bool stream, bool mutates);
+                                        CallKind kind, const std::string* session_id = nullptr);
   // Logs the call, counts it and releases its admission.
   void EndCall(const CallContext& call, const grpc::Status& status);
+  // Counts a request of `method` that failed to parse (server/wire.h).
+  void CountUnparsable(const std::string& method);
 
   const ServerConfig& config() const { return config_; }
   bool auth_required() const { return auth_.enabled(); }
@@ -70,6 +88,8 @@ class CallRegistry {
                                    bool mutates) const;
   // Counts the call in, or says why the server takes no more.
   absl::Status Admit(CallContext* call);
+  // Why the call would pass a limit, or OK.
+  absl::Status OverLimitLocked(const CallContext& call) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Logs and counts a refused call.
   void Refused(const CallContext& call, const absl::Status& status);
 
@@ -82,6 +102,11 @@ class CallRegistry {
   Engine* engine_ ABSL_GUARDED_BY(mu_) = nullptr;
   int64_t calls_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t streams_ ABSL_GUARDED_BY(mu_) = 0;
+  struct TenantCalls {
+    int64_t streams = 0;
+    int64_t in_flight = 0;  // engine_work calls
+  };
+  absl::flat_hash_map<std::string, TenantCalls> tenants_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace longctx::server

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -67,6 +68,15 @@ Field StringField(const char* name, const char* help, std::string ServerConfig::
           [member](const ServerConfig& c) { return c.*member; }, secret};
 }
 
+Field BoolField(const char* name, const char* help, bool ServerConfig::*member) {
+  return {name, help,
+          [name, member](ServerConfig& c, const std::string& v) -> absl::Status {
+            if (!absl::SimpleAtob(v, &(c.*member))) return BadValue(name, v, "true or false");
+            return absl::OkStatus();
+          },
+          [member](const ServerConfig& c) { return std::string(c.*member ? "true" : "false"); }};
+}
+
 Field DurationField(const char* name, const char* help, absl::Duration ServerConfig::*member) {
   return {name, help,
           [name, member](ServerConfig& c, const std::string& v) -> absl::Status {
@@ -79,8 +89,53 @@ Field DurationField(const char* name, const char* help, absl::Duration ServerCon
           [member](const ServerConfig& c) { return absl::FormatDuration(c.*member); }};
 }
 
+// Appends the security and fairness settings (docs/service.md "Security")
+// to `fields`, which it returns.
+std::vector<Field>* WithSecurityFields(std::vector<Field>* fields) {
+  fields->insert(
+      fields->end(),
+      {
+          BoolField("allow_unauthenticated_remote",
+                    "allow listening beyond loopback without tokens or client certificates",
+                    &ServerConfig::allow_unauthenticated_remote),
+          BoolField("allow_insecure_tokens", "allow bearer tokens without TLS",
+                    &ServerConfig::allow_insecure_tokens),
+          StringField("tls_client_tenants_file",
+                      "client certificate identities (CN or SAN): '<identity> <tenant> [readonly]'",
+                      &ServerConfig::tls_client_tenants_file),
+          DurationField(
+              "auth_reload_interval",
+              "how often the tokens and tenants files are re-read if changed (0: SIGHUP only)",
+              &ServerConfig::auth_reload_interval),
+          BoolField("reflection", "serve gRPC reflection (the API schema)",
+                    &ServerConfig::reflection),
+          IntField("max_streams_per_tenant", "most open streaming calls of one tenant",
+                   &ServerConfig::max_streams_per_tenant),
+          IntField("max_inflight_per_tenant",
+                   "most engine calls (Score, CreateSession, streams) of one tenant at once",
+                   &ServerConfig::max_inflight_per_tenant),
+          DurationField("stream_idle_timeout", "a stream whose client sends nothing this long ends",
+                        &ServerConfig::stream_idle_timeout),
+          DurationField("keepalive_time", "ping a connection idle this long",
+                        &ServerConfig::keepalive_time),
+          DurationField("keepalive_timeout", "drop a connection whose ping is unanswered this long",
+                        &ServerConfig::keepalive_timeout),
+          DurationField("keepalive_min_ping_interval",
+                        "clients pinging more often than this are disconnected",
+                        &ServerConfig::keepalive_min_ping_interval),
+          DurationField("max_connection_idle",
+                        "close a connection without calls this long (0: never)",
+                        &ServerConfig::max_connection_idle),
+          DurationField("max_connection_age", "send GOAWAY to a connection this old (0: never)",
+                        &ServerConfig::max_connection_age),
+          DurationField("max_connection_age_grace", "time the calls of an aged connection get",
+                        &ServerConfig::max_connection_age_grace),
+      });
+  return fields;
+}
+
 const std::vector<Field>& Fields() {
-  static const std::vector<Field>* fields = new std::vector<Field>{
+  static const std::vector<Field>* fields = WithSecurityFields(new std::vector<Field>{
       StringField("model", "model file (GGUF) or Hugging Face directory (required)",
                   &ServerConfig::model),
       StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
@@ -113,9 +168,13 @@ const std::vector<Field>& Fields() {
                     &ServerConfig::collective_timeout),
       DurationField("rendezvous_timeout", "time for the group to form at start-up",
                     &ServerConfig::rendezvous_timeout),
-      StringField("listen", "gRPC listen address host:port (port 0 picks a free one)",
+      StringField("listen",
+                  "gRPC listen address host:port (port 0 picks a free one); auto: "
+                  "0.0.0.0:50051 when callers authenticate, else 127.0.0.1:50051",
                   &ServerConfig::listen),
-      StringField("metrics_listen", "Prometheus metrics address host:port (empty: off)",
+      StringField("metrics_listen",
+                  "Prometheus metrics address host:port (empty: off; auto: the gRPC host, "
+                  "port 9090)",
                   &ServerConfig::metrics_listen),
       StringField("port_file", "file to write the bound ports to", &ServerConfig::port_file),
       StringField("tls_cert", "PEM certificate chain (enables TLS)", &ServerConfig::tls_cert),
@@ -148,7 +207,7 @@ const std::vector<Field>& Fields() {
                     &ServerConfig::drain_grace),
       StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
       StringField("log_level", "trace, debug, info, warn or error", &ServerConfig::log_level),
-  };
+  });
   return *fields;
 }
 
@@ -211,6 +270,13 @@ bool ValidHostPort(const std::string& addr) {
   return absl::SimpleAtoi(addr.substr(colon + 1), &port) && port >= 0 && port <= 65535;
 }
 
+// Whether `addr` (host:port) is reachable only from this host.
+bool IsLoopback(const std::string& addr) {
+  const std::string host = addr.substr(0, addr.rfind(':'));
+  return host == "localhost" || host == "[::1]" || absl::StartsWith(host, "127.") ||
+         absl::StartsWith(addr, "unix:");
+}
+
 }  // namespace
 
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
@@ -263,8 +329,8 @@ absl::Status ServerConfig::Validate() const {
   if (collective_timeout < absl::Seconds(1) || rendezvous_timeout < absl::Seconds(1)) {
     return bad("collective_timeout and rendezvous_timeout: must be at least 1s");
   }
-  if (!ValidHostPort(listen)) return bad("listen: expected host:port");
-  if (!metrics_listen.empty() && !ValidHostPort(metrics_listen)) {
+  if (!ValidHostPort(ResolvedListen())) return bad("listen: expected host:port or auto");
+  if (!metrics_listen.empty() && !ValidHostPort(ResolvedMetricsListen())) {
     return bad("metrics_listen: expected host:port (or empty to disable)");
   }
   if (tls_cert.empty() != tls_key.empty()) return bad("tls_cert and tls_key go together");
@@ -286,11 +352,61 @@ absl::Status ServerConfig::Validate() const {
   if (session_ttl <= absl::ZeroDuration() || session_ttl > max_session_ttl) {
     return bad("session_ttl: must be positive and at most max_session_ttl");
   }
+  if (absl::Status s = ValidateSecurity(); !s.ok()) return s;
   if (drain_grace < absl::ZeroDuration()) return bad("drain_grace: must not be negative");
   if (log_format != "text" && log_format != "json") return bad("log_format: must be text or json");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
   if (std::find(std::begin(kLevels), std::end(kLevels), log_level) == std::end(kLevels)) {
     return bad("log_level: must be trace, debug, info, warn or error");
+  }
+  return absl::OkStatus();
+}
+
+bool ServerConfig::loopback_only() const { return IsLoopback(ResolvedListen()); }
+
+std::string ServerConfig::ResolvedListen() const {
+  if (listen != "auto") return listen;
+  return authenticates() || allow_unauthenticated_remote ? "0.0.0.0:50051" : "127.0.0.1:50051";
+}
+
+std::string ServerConfig::ResolvedMetricsListen() const {
+  if (metrics_listen != "auto") return metrics_listen;
+  const std::string grpc = ResolvedListen();
+  return absl::StrCat(grpc.substr(0, grpc.rfind(':')), ":9090");
+}
+
+absl::Status ServerConfig::ValidateSecurity() const {
+  auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("config " + msg); };
+  if (!authenticates() && !allow_unauthenticated_remote && !loopback_only()) {
+    return bad(absl::StrCat("listen: ", ResolvedListen(),
+                            " is reachable from other hosts but callers do not authenticate "
+                            "(no auth_tokens_file, no tls_client_ca); set one, listen on "
+                            "127.0.0.1, or set allow_unauthenticated_remote=true"));
+  }
+  if (!auth_tokens_file.empty() && tls_cert.empty() && !allow_insecure_tokens) {
+    return bad(
+        "auth_tokens_file: bearer tokens would travel in plaintext; set tls_cert and tls_key, "
+        "or allow_insecure_tokens=true when TLS ends at a proxy beside the server");
+  }
+  if (!tls_client_tenants_file.empty() && tls_client_ca.empty()) {
+    return bad("tls_client_tenants_file needs tls_client_ca (client certificates)");
+  }
+  if (auth_reload_interval < absl::ZeroDuration()) {
+    return bad("auth_reload_interval: must not be negative");
+  }
+  if (max_streams_per_tenant < 1 || max_inflight_per_tenant < 1) {
+    return bad("max_streams_per_tenant and max_inflight_per_tenant: must be at least 1");
+  }
+  if (stream_idle_timeout < absl::Milliseconds(100)) {
+    return bad("stream_idle_timeout: must be at least 100ms");
+  }
+  if (keepalive_time < absl::Seconds(1) || keepalive_timeout < absl::Seconds(1) ||
+      keepalive_min_ping_interval < absl::Seconds(1)) {
+    return bad("keepalive_time, keepalive_timeout, keepalive_min_ping_interval: at least 1s");
+  }
+  if (max_connection_idle < absl::ZeroDuration() || max_connection_age < absl::ZeroDuration() ||
+      max_connection_age_grace < absl::ZeroDuration()) {
+    return bad("max_connection_idle, max_connection_age and its grace: must not be negative");
   }
   return absl::OkStatus();
 }
@@ -355,6 +471,8 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
     if (absl::Status s = f->set(config, value); !s.ok()) return s;
   }
   if (absl::Status s = config.Validate(); !s.ok()) return s;
+  config.listen = config.ResolvedListen();
+  config.metrics_listen = config.ResolvedMetricsListen();
   return config;
 }
 

@@ -40,8 +40,10 @@ struct ServerConfig {
   absl::Duration rendezvous_timeout = absl::Minutes(5);   // the group must form within this
 
   // --- network ---
-  std::string listen = "0.0.0.0:50051";         // gRPC address (port 0 picks one)
-  std::string metrics_listen = "0.0.0.0:9090";  // Prometheus /metrics; empty disables
+  std::string listen = "auto";          // gRPC address host:port (port 0 picks one);
+                                        // auto: see ResolvedListen()
+  std::string metrics_listen = "auto";  // Prometheus /metrics; empty disables;
+                                        // auto: the gRPC host, port 9090
   std::string port_file;         // if set, "grpc=<port>\nmetrics=<port>\n" is written here
   std::string tls_cert;          // PEM certificate chain: enables TLS
   std::string tls_key;           // PEM private key (with tls_cert)
@@ -61,6 +63,33 @@ struct ServerConfig {
   absl::Duration session_ttl = absl::Hours(1);  // default idle time to expiry
   absl::Duration max_session_ttl = absl::Hours(24);
 
+  // --- security and fairness (docs/service.md "Security") ---
+  // Open access: listening beyond loopback without authentication (no tokens
+  // file, no client certificates) is refused at start unless this is set.
+  bool allow_unauthenticated_remote = false;
+  // Bearer tokens without TLS are refused at start unless this is set (TLS
+  // terminated by a proxy beside the server, or a trusted network).
+  bool allow_insecure_tokens = false;
+  std::string tls_client_tenants_file;  // "<identity> <tenant> [readonly]": a client
+                                        // certificate's CN or SAN to a tenant (mTLS)
+  absl::Duration auth_reload_interval = absl::Seconds(10);  // poll the tokens and tenants
+                                                            // files; 0: only on SIGHUP
+  bool reflection = true;                  // gRPC server reflection (the API schema)
+  // A tenant may hold at most half the streams, so others always find some;
+  // without authentication the one tenant "default" is every caller.
+  int64_t max_streams_per_tenant = 128;    // open streams of one tenant
+  int64_t max_inflight_per_tenant = 256;   // engine calls of one tenant at once (Score,
+                                           // CreateSession and every stream)
+  absl::Duration stream_idle_timeout = absl::Minutes(5);  // a stream whose client sends
+                                                          // nothing this long is ended
+  absl::Duration keepalive_time = absl::Minutes(1);       // server pings an idle connection
+  absl::Duration keepalive_timeout = absl::Seconds(20);   // ... and drops it without an answer
+  absl::Duration keepalive_min_ping_interval = absl::Seconds(10);  // clients pinging more
+                                                                   // often are disconnected
+  absl::Duration max_connection_idle = absl::Hours(1);  // no calls this long: closed; 0: never
+  absl::Duration max_connection_age = absl::Hours(2);   // then GOAWAY; 0: never
+  absl::Duration max_connection_age_grace = absl::Minutes(10);  // calls' time to finish
+
   // --- operations ---
   absl::Duration drain_grace = absl::Seconds(30);  // SIGTERM: time for streams to finish
   std::string log_format = "text";                 // text | json
@@ -68,8 +97,19 @@ struct ServerConfig {
 
   // Checks every field and the relations between them.
   absl::Status Validate() const;
+  // The security and fairness block of Validate.
+  absl::Status ValidateSecurity() const;
   // "name=value" lines for the start-up log (no secrets in it).
   std::vector<std::string> Describe() const;
+  // Whether callers must authenticate (a tokens file or client certificates).
+  bool authenticates() const { return !auth_tokens_file.empty() || !tls_client_ca.empty(); }
+  // Whether the resolved `listen` is reachable only from this host.
+  bool loopback_only() const;
+  // `listen` with "auto" resolved: 0.0.0.0:50051 when callers authenticate or
+  // allow_unauthenticated_remote is set, else 127.0.0.1:50051.
+  std::string ResolvedListen() const;
+  // `metrics_listen` with "auto" resolved: the gRPC host, port 9090.
+  std::string ResolvedMetricsListen() const;
 };
 
 // Builds the configuration from `argv` (flags; --config=FILE names the YAML

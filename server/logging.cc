@@ -3,6 +3,8 @@
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/stubs/logging.h"
+#include "grpc/support/log.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/sinks/stdout_sinks.h"
 
@@ -36,6 +38,26 @@ bool NeedsQuotes(const std::string& v) {
   return false;
 }
 
+// libprotobuf's and gRPC's own messages (a request that failed to parse,
+// transport trouble) in the configured format rather than raw on stderr.
+void ProtobufLog(google::protobuf::LogLevel level, const char* file, int line,
+                 const std::string& message) {
+  using google::protobuf::LogLevel;
+  const spdlog::level::level_enum l = level == LogLevel::LOGLEVEL_INFO      ? spdlog::level::debug
+                                      : level == LogLevel::LOGLEVEL_WARNING ? spdlog::level::warn
+                                                                            : spdlog::level::err;
+  Log(l, "libprotobuf", {{"source", absl::StrCat(file, ":", line)}, {"detail", message}});
+}
+
+void GrpcLog(gpr_log_func_args* args) {
+  const spdlog::level::level_enum l = args->severity == GPR_LOG_SEVERITY_ERROR ? spdlog::level::err
+                                      : args->severity == GPR_LOG_SEVERITY_INFO
+                                          ? spdlog::level::info
+                                          : spdlog::level::debug;
+  Log(l, "grpc",
+      {{"source", absl::StrCat(args->file, ":", args->line)}, {"detail", args->message}});
+}
+
 }  // namespace
 
 absl::Status InitLogging(const std::string& format, const std::string& level) {
@@ -53,6 +75,8 @@ absl::Status InitLogging(const std::string& format, const std::string& level) {
     spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%L%$ %v");
   }
   spdlog::set_level(spdlog::level::from_str(level));
+  google::protobuf::SetLogHandler(&ProtobufLog);
+  gpr_set_log_function(&GrpcLog);
   return absl::OkStatus();
 }
 

@@ -23,7 +23,7 @@
 
 namespace {
 
-// SIGTERM/SIGINT write their number here; a thread reads it. (Libraries start
+// SIGTERM/SIGINT/SIGHUP write their number here; a thread reads it. (Libraries start
 // threads before main, e.g. OpenBLAS, so blocking the signals and sigwait()
 // cannot catch every delivery; a handler can.)
 int g_signal_pipe[2] = {-1, -1};
@@ -70,8 +70,8 @@ int RunWorker(const longctx::server::ServerConfig& config, int rank,
       {{"rank", absl::StrCat(rank)}, {"grpc_port", absl::StrCat(port)}});
   std::thread waiter([&config, rank] {
     char sig = 0;
-    while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
-    }
+    // SIGHUP reloads rank 0's auth files; a worker has none.
+    while ((read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) || sig == SIGHUP) sig = 0;
     const absl::Duration grace = config.drain_grace + config.collective_timeout;
     Log(spdlog::level::info, "signal received: serving until rank 0 ends the group",
         {{"rank", absl::StrCat(rank)}, {"exit_in", absl::FormatDuration(grace)}});
@@ -123,6 +123,7 @@ int main(int argc, char** argv) {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);  // reloads the auth files (rank 0)
 
   auto config = longctx::server::LoadServerConfig(argc, argv);
   if (!config.ok()) {
@@ -160,7 +161,9 @@ int main(int argc, char** argv) {
   absl::Notification stop;
   std::thread waiter([&] {
     char sig = 0;
-    while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    while ((read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) || sig == SIGHUP) {
+      if (sig == SIGHUP) (*server)->ReloadAuth(true);
+      sig = 0;
     }
     if (!stop.HasBeenNotified()) {
       Log(spdlog::level::info, "signal received",

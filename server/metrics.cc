@@ -239,6 +239,10 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& addre
                   .Name("longctx_grpc_requests_total")
                   .Help("Finished gRPC calls by method and status code.")
                   .Register(*m->registry_);
+  m->unparsable_ = &prometheus::BuildCounter()
+                        .Name("longctx_grpc_unparsable_requests_total")
+                        .Help("Requests and stream messages that failed to parse, by method.")
+                        .Register(*m->registry_);
   m->streams_open_ = &prometheus::BuildGauge()
                           .Name("longctx_grpc_streams_open")
                           .Help("Open streaming calls.")
@@ -276,6 +280,10 @@ void Metrics::AttachEngine(const Engine* service, const std::string& model,
 }
 
 void Metrics::DetachEngine() { engine_->Detach(); }
+
+void Metrics::RequestUnparsable(const std::string& method) {
+  unparsable_->Add({{"method", method}}).Increment();
+}
 
 void Metrics::RecordRpc(const std::string& method, grpc::StatusCode code) {
   static const char* kNames[] = {"OK",

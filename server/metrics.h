@@ -38,12 +38,13 @@ class Metrics {
 
   // From now on the engine's stats are exported. REQUIRES: `service` outlives
   // this object or Detach() is called first.
-  void AttachEngine(const Engine* service, const std::string& model,
-                    const std::string& backend);
+  void AttachEngine(const Engine* service, const std::string& model, const std::string& backend);
   void DetachEngine();
 
   // One finished RPC (unary or stream) and its status.
   void RecordRpc(const std::string& method, grpc::StatusCode code);
+  // A request (or stream message) of `method` that failed to parse.
+  void RequestUnparsable(const std::string& method);
   void StreamOpened() { streams_open_->Increment(); }
   void StreamClosed() { streams_open_->Decrement(); }
   // 0 starting, 1 serving, 2 draining.
@@ -56,6 +57,7 @@ class Metrics {
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<EngineCollector> engine_;
   prometheus::Family<prometheus::Counter>* rpcs_ = nullptr;
+  prometheus::Family<prometheus::Counter>* unparsable_ = nullptr;
   prometheus::Gauge* streams_open_ = nullptr;
   prometheus::Gauge* server_state_ = nullptr;
   std::unique_ptr<prometheus::Exposer> exposer_;

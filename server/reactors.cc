@@ -4,7 +4,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/session/session_manager.h"
 #include "server/convert.h"
+#include "server/wire.h"
 
 namespace longctx::server {
 
@@ -41,9 +43,10 @@ std::optional<absl::Status> UnaryCall::FinishableLocked() {
 IngestReactor::IngestReactor(CallRegistry* calls, absl::StatusOr<CallContext> admission)
     : CallReactor(calls, std::move(admission)) {
   if (!admitted()) return;
+  WatchIdle(config().stream_idle_timeout);
   absl::MutexLock lock(&mu_);
   reading_ = true;
-  StartRead(&req_);
+  StartRead(&in_);
 }
 
 void IngestReactor::OnReadDone(bool ok) {
@@ -72,6 +75,10 @@ void IngestReactor::Submit() {
     absl::MutexLock lock(&mu_);
     FailLocked(std::move(status), /*cancel=*/false);
   };
+  if (absl::Status parsed = ParseRequest(in_, &req_); !parsed.ok()) {
+    CountUnparsable();
+    return fail(std::move(parsed));
+  }
   if (absl::Status bound = BindSession(); !bound.ok()) return fail(std::move(bound));
   absl::StatusOr<SegmentInput> input = TakeSegment(&req_);
   if (!input.ok()) return fail(input.status());
@@ -92,6 +99,10 @@ void IngestReactor::Submit() {
 }
 
 absl::Status IngestReactor::BindSession() {
+  // Checked before the id can reach a log line or an error message.
+  if (!req_.session_id().empty()) {
+    if (absl::Status s = ValidateSessionId(req_.session_id()); !s.ok()) return s;
+  }
   if (session_ == nullptr) {
     if (req_.session_id().empty()) {
       return absl::InvalidArgumentError("session_id is required on the first message of a stream");
@@ -135,7 +146,7 @@ void IngestReactor::FailLocked(absl::Status status, bool cancel) {
 
 void IngestReactor::MaybeWriteLocked() {
   if (writing_ || FinishedLocked() || acks_.empty()) return;
-  writing_msg_ = std::move(acks_.front());
+  Serialize(acks_.front(), &writing_msg_);
   acks_.pop_front();
   writing_ = true;
   StartWrite(&writing_msg_);
@@ -145,7 +156,8 @@ void IngestReactor::MaybeReadLocked() {
   if (reading_ || reads_done_ || submitting_ || error_ || FinishedLocked()) return;
   if (in_flight_ >= kMaxInFlight) return;
   reading_ = true;
-  StartRead(&req_);
+  ClientActiveLocked();  // the idle clock starts when the server waits
+  StartRead(&in_);
 }
 
 void IngestReactor::OnWriteDone(bool ok) {
@@ -182,7 +194,6 @@ GenerateReactor::GenerateReactor(CallRegistry* calls, absl::StatusOr<CallContext
                                  const v1::GenerateRequest* req)
     : CallReactor(calls, std::move(admission)) {
   if (!admitted()) return;
-  AddField("session_id", req->session_id());
   GenerateInput input = FromProto(*req);
   input.deadline = call().deadline;
   GenerateCallbacks callbacks;
@@ -227,11 +238,11 @@ void GenerateReactor::OnEngineDone(absl::StatusOr<GenerateSummary> summary) {
 void GenerateReactor::MaybeWriteLocked() {
   if (writing_ || FinishedLocked() || client_gone_) return;
   if (has_pending_chunk_) {
-    writing_msg_ = std::move(pending_chunk_);
+    Serialize(pending_chunk_, &writing_msg_);
     pending_chunk_.Clear();
     has_pending_chunk_ = false;
   } else if (complete_ && !complete_written_) {
-    writing_msg_ = std::move(*complete_);
+    Serialize(*complete_, &writing_msg_);
     complete_written_ = true;
   } else {
     return;
@@ -275,7 +286,6 @@ ExportReactor::ExportReactor(CallRegistry* calls, absl::StatusOr<CallContext> ad
                              const std::string& session_id)
     : CallReactor(calls, std::move(admission)) {
   if (!admitted()) return;
-  AddField("session_id", session_id);
   call().engine->Export(call().caller.tenant, session_id,
                         [this](absl::StatusOr<std::string> bytes) { OnBytes(std::move(bytes)); });
 }
@@ -301,9 +311,10 @@ void ExportReactor::WriteNextLocked() {
   const size_t piece =
       std::min(kChunkBytes, static_cast<size_t>(config().max_message_bytes) - kFramingBytes);
   const size_t n = std::min(piece, data_.size() - offset_);
-  msg_.set_data(data_.substr(offset_, n));
+  v1::SessionData piece_msg;
+  piece_msg.set_data(data_.substr(offset_, n));
   offset_ += n;
-  StartWrite(&msg_);
+  StartWrite(Serialize(piece_msg, &msg_));
 }
 
 void ExportReactor::OnWriteDone(bool ok) {
@@ -321,11 +332,12 @@ std::optional<absl::Status> ExportReactor::FinishableLocked() { return result_; 
 // ---------------------------------------------------------------- Import
 
 ImportReactor::ImportReactor(CallRegistry* calls, absl::StatusOr<CallContext> admission,
-                             v1::Session* resp)
+                             grpc::ByteBuffer* resp)
     : CallReactor(calls, std::move(admission)), resp_(resp) {
   if (!admitted()) return;
   max_bytes_ = MaxBytes();
-  StartRead(&req_);
+  WatchIdle(config().stream_idle_timeout);
+  StartRead(&in_);
 }
 
 int64_t ImportReactor::MaxBytes() const {
@@ -341,7 +353,18 @@ int64_t ImportReactor::MaxBytes() const {
 }
 
 void ImportReactor::OnReadDone(bool ok) {
+  {
+    absl::MutexLock lock(&mu_);
+    // Ended while a read was outstanding (idle): gRPC completes it now.
+    if (FinishedLocked()) return;
+    ClientActiveLocked();
+    reads_done_ = !ok;
+  }
   if (ok) {
+    if (absl::Status parsed = ParseRequest(in_, &req_); !parsed.ok()) {
+      CountUnparsable();
+      return Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { result_ = parsed; });
+    }
     if (first_) {
       input_ = FromProto(req_);
       first_ = false;
@@ -354,7 +377,7 @@ void ImportReactor::OnReadDone(bool ok) {
       });
     }
     input_.data += req_.data();
-    StartRead(&req_);
+    StartRead(&in_);
     return;
   }
   // The client half-closed: all bytes are in.
@@ -363,7 +386,9 @@ void ImportReactor::OnReadDone(bool ok) {
                         [this](absl::StatusOr<SessionInfo> info) {
                           Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
                             if (info.ok()) {
-                              ToProto(*info, resp_);
+                              v1::Session session;
+                              ToProto(*info, &session);
+                              Serialize(session, resp_);
                               AddFieldLocked("session_id", info->id);
                             }
                             result_ = info.status();

@@ -47,7 +47,7 @@ class UnaryCall final : public CallReactor<grpc::ServerUnaryReactor> {
 // Ingest: segments in, acks out. Up to kMaxInFlight segments are read ahead
 // and queued on the engine; reading pauses until acks come back.
 class IngestReactor final
-    : public CallReactor<grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>> {
+    : public CallReactor<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>> {
  public:
   static constexpr int kMaxInFlight = 8;
 
@@ -58,6 +58,12 @@ class IngestReactor final
   void OnCancel() override;
 
  private:
+  bool WaitingForClientLocked() const override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return reading_;
+  }
+  void OnIdleLocked(absl::Status status) override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    FailLocked(std::move(status), /*cancel=*/true);
+  }
   // Validates the request in req_ and submits its segment.
   void Submit();
   // The stream's session, found by the first message's session_id; later
@@ -71,7 +77,8 @@ class IngestReactor final
   void MaybeReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
-  v1::IngestRequest req_;
+  grpc::ByteBuffer in_;               // the message being read
+  v1::IngestRequest req_;             // ... parsed by Submit
   std::shared_ptr<Session> session_;  // set by the first message
 
   bool reading_ ABSL_GUARDED_BY(mu_) = false;     // a read is outstanding
@@ -80,7 +87,7 @@ class IngestReactor final
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;        // segments awaiting their ack
   std::deque<std::shared_ptr<WorkHandle>> handles_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::IngestResponse> acks_ ABSL_GUARDED_BY(mu_);
-  v1::IngestResponse writing_msg_;
+  grpc::ByteBuffer writing_msg_;  // the message being written
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> error_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -90,8 +97,9 @@ class IngestReactor final
 
 // Generate: the answer streamed as chunks, then one `complete`. Chunks that
 // arrive while a write is in flight are merged into the next message.
-class GenerateReactor final : public CallReactor<grpc::ServerWriteReactor<v1::GenerateResponse>> {
+class GenerateReactor final : public CallReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>> {
  public:
+  // `req` is read in the constructor only.
   GenerateReactor(CallRegistry* calls, absl::StatusOr<CallContext> call,
                   const v1::GenerateRequest* req);
 
@@ -114,13 +122,13 @@ class GenerateReactor final : public CallReactor<grpc::ServerWriteReactor<v1::Ge
   bool complete_written_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> error_ ABSL_GUARDED_BY(mu_);
   bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
-  v1::GenerateResponse writing_msg_;
+  grpc::ByteBuffer writing_msg_;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // ExportSession: the session's bytes in pieces of at most kChunkBytes, and
 // small enough that a message stays within max_message_bytes.
-class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<v1::SessionData>> {
+class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>> {
  public:
   static constexpr size_t kChunkBytes = 1 << 20;
   // Room left in a message for the SessionData framing (tag and length).
@@ -138,26 +146,35 @@ class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<v1::Sess
 
   std::string data_ ABSL_GUARDED_BY(mu_);
   size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
-  v1::SessionData msg_;
+  grpc::ByteBuffer msg_;
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 
 // ImportSession: the bytes of an exported session in, a new session out.
-class ImportReactor final : public CallReactor<grpc::ServerReadReactor<v1::ImportSessionRequest>> {
+class ImportReactor final : public CallReactor<grpc::ServerReadReactor<grpc::ByteBuffer>> {
  public:
-  ImportReactor(CallRegistry* calls, absl::StatusOr<CallContext> call, v1::Session* resp);
+  // `resp` gets the serialized v1::Session.
+  ImportReactor(CallRegistry* calls, absl::StatusOr<CallContext> call, grpc::ByteBuffer* resp);
   void OnReadDone(bool ok) override;
 
  private:
+  bool WaitingForClientLocked() const override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !reads_done_;
+  }
+  void OnIdleLocked(absl::Status status) override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    result_ = std::move(status);
+  }
   // The most bytes an export of the longest session may have.
   int64_t MaxBytes() const;
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
-  v1::Session* const resp_;
-  v1::ImportSessionRequest req_;
-  ImportInput input_;  // read by one read at a time, then handed to the engine
+  grpc::ByteBuffer* const resp_;
+  grpc::ByteBuffer in_;           // the message being read
+  v1::ImportSessionRequest req_;  // ... parsed
+  ImportInput input_;             // read by one read at a time, then handed to the engine
   bool first_ = true;
   int64_t max_bytes_ = 0;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -36,6 +36,51 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(opts);
 }
 
+// Keepalive and connection limits: dead peers are found, abusive pings
+// refused (GOAWAY after too many), and no connection lives for ever.
+void SetConnectionLimits(const ServerConfig& c, grpc::ServerBuilder* builder) {
+  auto ms = [](absl::Duration d) {
+    return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d), INT32_MAX));
+  };
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, ms(c.keepalive_time));
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, ms(c.keepalive_timeout));
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                              ms(c.keepalive_min_ping_interval));
+  builder->AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  // Clients may ping an idle connection (no calls), no more often than above.
+  builder->AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  if (c.max_connection_idle > absl::ZeroDuration()) {
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, ms(c.max_connection_idle));
+  }
+  if (c.max_connection_age > absl::ZeroDuration()) {
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, ms(c.max_connection_age));
+    builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                ms(c.max_connection_age_grace));
+  }
+}
+
+// Who may call, said once at start (the security defaults depend on it).
+void LogAccess(const ServerConfig& c, int grpc_port, int metrics_port) {
+  const bool loopback = c.loopback_only();
+  std::string access = loopback ? "loopback only" : "open to the network";
+  if (!c.authenticates()) absl::StrAppend(&access, ", unauthenticated (tenant default)");
+  Log(spdlog::level::info, "listening",
+      {{"grpc_port", absl::StrCat(grpc_port)},
+       {"metrics_port", absl::StrCat(metrics_port)},
+       {"tls", c.tls_cert.empty()        ? "off"
+               : c.tls_client_ca.empty() ? "on"
+                                         : "mutual"},
+       {"auth",
+        c.auth_tokens_file.empty() ? (c.tls_client_ca.empty() ? "off" : "certificate") : "bearer"},
+       {"access", access},
+       {"reflection", c.reflection ? "on" : "off"}});
+  if (!loopback && !c.authenticates()) {
+    Log(spdlog::level::warn,
+        "anyone who reaches this port may list, export and delete every session "
+        "(allow_unauthenticated_remote=true)");
+  }
+}
+
 absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
   const std::string tmp = path + ".tmp";
   {
@@ -86,11 +131,10 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, BuildInfo build) {
   std::unique_ptr<Server> s(new Server(config));
   s->build_ = build;
-  Authenticator auth;
-  if (!config.auth_tokens_file.empty()) {
-    auto a = Authenticator::Load(config.auth_tokens_file);
+  if (!config.auth_tokens_file.empty() || !config.tls_client_tenants_file.empty()) {
+    auto a = Authenticator::Load(config.auth_tokens_file, config.tls_client_tenants_file);
     if (!a.ok()) return a.status();
-    auth = std::move(*a);
+    s->auth_ = std::move(*a);
   }
   if (!config.metrics_listen.empty()) {
     auto m = Metrics::Start(config.metrics_listen, build.version);
@@ -102,10 +146,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   if (!creds.ok()) return creds.status();
 
   s->health_ = std::make_unique<HealthService>();
-  s->service_ =
-      std::make_unique<LongContextService>(config, std::move(auth), s->metrics_.get(), build);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  s->service_ = std::make_unique<LongContextService>(config, s->auth_, s->metrics_.get(), build);
+  if (config.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  SetConnectionLimits(config, &builder);
   builder.AddListeningPort(config.listen, *creds, &s->grpc_port_);
   builder.SetMaxReceiveMessageSize(
       static_cast<int>(std::min<int64_t>(config.max_message_bytes, INT32_MAX)));
@@ -123,14 +167,28 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
       return st;
     }
   }
-  Log(spdlog::level::info, "listening",
-      {{"grpc_port", absl::StrCat(s->grpc_port_)},
-       {"metrics_port", absl::StrCat(s->metrics_port())},
-       {"tls", config.tls_cert.empty()        ? "off"
-               : config.tls_client_ca.empty() ? "on"
-                                              : "mutual"},
-       {"auth", config.auth_tokens_file.empty() ? "off" : "bearer"}});
+  LogAccess(config, s->grpc_port_, s->metrics_port());
+  if (config.auth_reload_interval > absl::ZeroDuration() && s->auth_.enabled()) {
+    Server* self = s.get();
+    s->auth_reloader_ = std::thread([self] {
+      while (
+          !self->stop_monitor_.WaitForNotificationWithTimeout(self->config_.auth_reload_interval)) {
+        self->ReloadAuth(false);
+      }
+    });
+  }
   return s;
+}
+
+void Server::ReloadAuth(bool force) {
+  if (config_.auth_tokens_file.empty() && config_.tls_client_tenants_file.empty()) return;
+  absl::StatusOr<bool> reloaded = auth_.Reload(force);
+  if (!reloaded.ok()) {
+    Log(spdlog::level::err, "auth files not reloaded: the previous ones stay in force",
+        {{"error", reloaded.status().ToString()}});
+  } else if (*reloaded) {
+    Log(spdlog::level::info, "auth files reloaded");
+  }
 }
 
 absl::Status Server::LoadEngine() {
@@ -176,6 +234,7 @@ void Server::Drain() {
   const absl::Time t0 = absl::Now();
   if (!stop_monitor_.HasBeenNotified()) stop_monitor_.Notify();
   if (monitor_.joinable()) monitor_.join();
+  if (auth_reloader_.joinable()) auth_reloader_.join();
   // Refuse new calls before health says NOT_SERVING, so a client that reacts
   // to the health change never gets a call in.
   service_->StartDraining();
@@ -202,6 +261,7 @@ void Server::Drain() {
 Server::~Server() {
   if (!stop_monitor_.HasBeenNotified()) stop_monitor_.Notify();
   if (monitor_.joinable()) monitor_.join();
+  if (auth_reloader_.joinable()) auth_reloader_.join();
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
   if (engine_) engine_->Shutdown();
 }

@@ -16,6 +16,7 @@
 #include "absl/synchronization/notification.h"
 #include "engine/engine.h"
 #include "grpcpp/server.h"
+#include "server/auth.h"
 #include "server/config.h"
 #include "server/health.h"
 #include "server/metrics.h"
@@ -32,6 +33,11 @@ class Server {
   // Returns once the server has stopped; the number of calls cut off at the
   // end of the grace period is logged.
   void Drain();
+
+  // Re-reads the tokens and certificate-tenants files (SIGHUP; also polled
+  // every auth_reload_interval, then only if they changed). A file that fails
+  // to parse is logged and the previous tables stay in force.
+  void ReloadAuth(bool force);
 
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
@@ -50,8 +56,10 @@ class Server {
   void Monitor();
 
   std::unique_ptr<Engine> engine_;
-  absl::Notification stop_monitor_;
+  Authenticator auth_;               // shares its tables with the service's
+  absl::Notification stop_monitor_;  // also stops auth_reloader_
   std::thread monitor_;
+  std::thread auth_reloader_;
   int grpc_port_ = 0;
 };
 

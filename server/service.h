@@ -1,7 +1,11 @@
 // The longctx.v1.LongContext service on the gRPC callback API (docs/design.md §6):
-// parses and admits calls (state, auth, stream limits, request ids), hands
-// work to the engine's Engine and streams results back with one write
-// in flight per stream. No math here.
+// parses and admits calls (state, auth, limits, request ids), hands work to
+// the engine's Engine and streams results back with one write in flight per
+// stream. No math here.
+//
+// Every method is registered raw (ByteBuffer in and out) so that the service
+// parses requests itself: bytes that are not a valid request are answered
+// INVALID_ARGUMENT, logged and counted (server/wire.h says why).
 //
 // Thread safety: gRPC calls the handlers from its threads; engine callbacks
 // arrive on the engine thread. Call state lives in one reactor per call
@@ -22,7 +26,21 @@
 
 namespace longctx::server {
 
-class LongContextService final : public v1::LongContext::CallbackService {
+namespace raw {
+using v1::LongContext;
+// Every method of longctx.v1.LongContext with ByteBuffer requests and responses.
+using Service = LongContext::WithRawCallbackMethod_CreateSession<
+    LongContext::WithRawCallbackMethod_GetSession<LongContext::WithRawCallbackMethod_ListSessions<
+        LongContext::WithRawCallbackMethod_DeleteSession<LongContext::WithRawCallbackMethod_Ingest<
+            LongContext::WithRawCallbackMethod_Generate<LongContext::WithRawCallbackMethod_Score<
+                LongContext::WithRawCallbackMethod_ExportSession<
+                    LongContext::WithRawCallbackMethod_ImportSession<
+                        LongContext::WithRawCallbackMethod_GetServerInfo<
+                            LongContext::Service>>>>>>>>>>;
+using Bytes = grpc::ByteBuffer;
+}  // namespace raw
+
+class LongContextService final : public raw::Service {
  public:
   using State = CallRegistry::State;
 
@@ -40,31 +58,28 @@ class LongContextService final : public v1::LongContext::CallbackService {
 
   const ServerConfig& config() const { return calls_.config(); }
 
-  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx,
-                                          const v1::CreateSessionRequest* req,
-                                          v1::Session* resp) override;
-  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
-                                       const v1::GetSessionRequest* req,
-                                       v1::Session* resp) override;
-  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* ctx,
-                                         const v1::ListSessionsRequest* req,
-                                         v1::ListSessionsResponse* resp) override;
-  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* ctx,
-                                          const v1::DeleteSessionRequest* req,
-                                          google::protobuf::Empty* resp) override;
-  grpc::ServerBidiReactor<v1::IngestRequest, v1::IngestResponse>* Ingest(
+  // Each parses its request (raw::Bytes) as the message the method's name
+  // says; responses are serialized into `resp`.
+  grpc::ServerUnaryReactor* CreateSession(grpc::CallbackServerContext* ctx, const raw::Bytes* req,
+                                          raw::Bytes* resp) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx, const raw::Bytes* req,
+                                       raw::Bytes* resp) override;
+  grpc::ServerUnaryReactor* ListSessions(grpc::CallbackServerContext* ctx, const raw::Bytes* req,
+                                         raw::Bytes* resp) override;
+  grpc::ServerUnaryReactor* DeleteSession(grpc::CallbackServerContext* ctx, const raw::Bytes* req,
+                                          raw::Bytes* resp) override;
+  grpc::ServerBidiReactor<raw::Bytes, raw::Bytes>* Ingest(
       grpc::CallbackServerContext* ctx) override;
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* ctx,
-                                                           const v1::GenerateRequest* req) override;
-  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const v1::ScoreRequest* req,
-                                  v1::ScoreResponse* resp) override;
-  grpc::ServerWriteReactor<v1::SessionData>* ExportSession(
-      grpc::CallbackServerContext* ctx, const v1::ExportSessionRequest* req) override;
-  grpc::ServerReadReactor<v1::ImportSessionRequest>* ImportSession(grpc::CallbackServerContext* ctx,
-                                                                   v1::Session* resp) override;
-  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
-                                          const v1::GetServerInfoRequest* req,
-                                          v1::ServerInfo* resp) override;
+  grpc::ServerWriteReactor<raw::Bytes>* Generate(grpc::CallbackServerContext* ctx,
+                                                 const raw::Bytes* req) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const raw::Bytes* req,
+                                  raw::Bytes* resp) override;
+  grpc::ServerWriteReactor<raw::Bytes>* ExportSession(grpc::CallbackServerContext* ctx,
+                                                      const raw::Bytes* req) override;
+  grpc::ServerReadReactor<raw::Bytes>* ImportSession(grpc::CallbackServerContext* ctx,
+                                                     raw::Bytes* resp) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx, const raw::Bytes* req,
+                                          raw::Bytes* resp) override;
 
  private:
   CallRegistry calls_;

@@ -140,6 +140,25 @@ TEST_F(SessionManagerTest, TenantsSeeOnlyTheirOwnSessions) {
   EXPECT_EQ(manager_.Delete("bob", "shared-name").status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(manager_.List("bob", 10, "", {}).sessions.empty());
   EXPECT_FALSE((*s)->closed());
+  // Ids are scoped per tenant: bob may hold his own "shared-name", and
+  // creating it says nothing about alice's.
+  auto b = manager_.Create("bob", "shared-name", Settings());
+  ASSERT_TRUE(b.ok());
+  EXPECT_NE(*b, *s);
+  EXPECT_EQ(*manager_.Get("alice", "shared-name"), *s);
+  EXPECT_EQ(*manager_.Get("bob", "shared-name"), *b);
+  ASSERT_TRUE(manager_.Delete("bob", "shared-name").ok());
+  EXPECT_FALSE((*s)->closed());
+  EXPECT_EQ(manager_.List("alice", 10, "", {}).sessions.size(), 1u);
+}
+
+TEST_F(SessionManagerTest, GeneratedIdsCarry128RandomBits) {
+  auto a = manager_.Create("alice", "", Settings());
+  auto b = manager_.Create("alice", "", Settings());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ((*a)->id().size(), 2u + 32u);
+  EXPECT_NE((*a)->id(), (*b)->id());
+  EXPECT_TRUE(ValidateSessionId((*a)->id()).ok());
 }
 
 TEST_F(SessionManagerTest, QuotasGiveResourceExhausted) {

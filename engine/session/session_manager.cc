@@ -1,23 +1,27 @@
 #include "engine/session/session_manager.h"
 
-#include <random>
+#include <sys/random.h>
+
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace longctx {
 namespace {
 
+// 128 bits from getrandom(2), which blocks only until the kernel's pool is
+// first seeded at boot.
 std::string RandomSessionId() {
-  static absl::Mutex mu(absl::kConstInit);
-  static std::mt19937_64* rng = nullptr;
-  absl::MutexLock lock(&mu);
-  if (rng == nullptr) {
-    std::random_device rd;
-    rng = new std::mt19937_64((static_cast<uint64_t>(rd()) << 32) ^ rd());
+  unsigned char bytes[16];
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    const ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
   }
-  return absl::StrFormat("s-%016x%08x", (*rng)(), static_cast<uint32_t>((*rng)()));
+  return absl::StrCat(
+      "s-", absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(bytes), 16)));
 }
 
 bool LabelsMatch(const std::map<std::string, std::string>& labels,
@@ -69,16 +73,16 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(const std::strin
                                                      limits_.max_sessions_per_tenant,
                                                      " sessions (max_sessions_per_tenant)"));
   }
-  std::string sid = id;
-  if (sid.empty()) {
-    do sid = RandomSessionId();
-    while (sessions_.contains(sid));
-  } else if (sessions_.contains(sid)) {
-    return absl::AlreadyExistsError(absl::StrCat("session_id ", sid, " is taken"));
+  Key key{tenant, id};
+  if (id.empty()) {
+    do key.second = RandomSessionId();
+    while (sessions_.contains(key));
+  } else if (sessions_.contains(key)) {
+    return absl::AlreadyExistsError(absl::StrCat("session_id ", id, " is taken"));
   }
-  expired_.erase(sid);
-  auto session = std::make_shared<Session>(sid, tenant, std::move(settings), now);
-  sessions_.emplace(sid, session);
+  expired_.erase(key);
+  auto session = std::make_shared<Session>(key.second, tenant, std::move(settings), now);
+  sessions_.emplace(std::move(key), session);
   ++count;
   return session;
 }
@@ -86,20 +90,22 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(const std::strin
 absl::StatusOr<std::shared_ptr<Session>> SessionManager::Get(const std::string& tenant,
                                                              const std::string& id) const {
   if (id.empty()) return absl::InvalidArgumentError("session_id is required");
+  if (absl::Status s = ValidateSessionId(id); !s.ok()) return s;
+  const Key key{tenant, id};
   absl::MutexLock lock(&mu_);
-  auto it = sessions_.find(id);
-  if (it != sessions_.end() && it->second->tenant() == tenant) return it->second;
-  auto tomb = expired_.find(id);
-  if (tomb != expired_.end() && tomb->second.tenant == tenant) {
+  auto it = sessions_.find(key);
+  if (it != sessions_.end()) return it->second;
+  auto tomb = expired_.find(key);
+  if (tomb != expired_.end()) {
     return absl::FailedPreconditionError(absl::StrCat("session ", id, " expired at ",
-                                                      absl::FormatTime(tomb->second.when),
+                                                      absl::FormatTime(tomb->second),
                                                       " after being idle for its TTL"));
   }
   return absl::NotFoundError(absl::StrCat("session ", id, " not found"));
 }
 
-std::shared_ptr<Session> SessionManager::RemoveLocked(const std::string& id, std::string reason) {
-  auto it = sessions_.find(id);
+std::shared_ptr<Session> SessionManager::RemoveLocked(const Key& key, std::string reason) {
+  auto it = sessions_.find(key);
   std::shared_ptr<Session> session = std::move(it->second);
   sessions_.erase(it);
   auto t = per_tenant_.find(session->tenant());
@@ -112,10 +118,8 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Delete(const std::strin
                                                                 const std::string& id) {
   {
     absl::MutexLock lock(&mu_);
-    auto it = sessions_.find(id);
-    if (it != sessions_.end() && it->second->tenant() == tenant) {
-      return RemoveLocked(id, "deleted");
-    }
+    const Key key{tenant, id};
+    if (sessions_.contains(key)) return RemoveLocked(key, "deleted");
   }
   // Not live: Get gives the right error (expired or not found).
   auto s = Get(tenant, id);
@@ -128,10 +132,12 @@ SessionManager::Page SessionManager::List(
     const std::map<std::string, std::string>& label_selector) const {
   Page page;
   absl::MutexLock lock(&mu_);
-  auto it = page_token.empty() ? sessions_.begin() : sessions_.upper_bound(page_token);
-  for (; it != sessions_.end(); ++it) {
+  // The tenant's sessions are one contiguous range of the (tenant, id) order.
+  auto it = page_token.empty() ? sessions_.lower_bound(Key{tenant, ""})
+                               : sessions_.upper_bound(Key{tenant, page_token});
+  for (; it != sessions_.end() && it->first.first == tenant; ++it) {
     const Session& s = *it->second;
-    if (s.tenant() != tenant || !LabelsMatch(s.settings().labels, label_selector)) continue;
+    if (!LabelsMatch(s.settings().labels, label_selector)) continue;
     if (static_cast<int>(page.sessions.size()) == page_size) {
       page.next_page_token = page.sessions.back()->id();
       break;
@@ -145,14 +151,14 @@ std::vector<std::shared_ptr<Session>> SessionManager::ExpireIdle() {
   const absl::Time now = clock_();
   std::vector<std::shared_ptr<Session>> out;
   absl::MutexLock lock(&mu_);
-  std::vector<std::string> ids;
-  for (const auto& [id, s] : sessions_) {
-    if (s->IdleExpired(now)) ids.push_back(id);
+  std::vector<Key> keys;
+  for (const auto& [key, s] : sessions_) {
+    if (s->IdleExpired(now)) keys.push_back(key);
   }
-  for (const std::string& id : ids) {
-    std::shared_ptr<Session> s = RemoveLocked(id, "expired");
-    expired_[id] = Tombstone{s->tenant(), now};
-    expired_order_.push_back(id);
+  for (const Key& key : keys) {
+    std::shared_ptr<Session> s = RemoveLocked(key, "expired");
+    expired_[key] = now;
+    expired_order_.push_back(key);
     if (expired_order_.size() > kExpiredHistory) {
       expired_.erase(expired_order_.front());
       expired_order_.pop_front();

@@ -1,6 +1,10 @@
 // The table of live sessions (docs/design.md §5): creation with quotas, lookup with
 // tenant ownership, paged listing, deletion and TTL expiry.
 //
+// Session ids are scoped per tenant: two tenants may each hold "s-1", and
+// nothing a tenant is told depends on another tenant's ids. Generated ids
+// carry 128 bits from the kernel's cryptographic generator (getrandom(2)).
+//
 // The manager only tracks sessions; freeing their engine state is the
 // scheduler's job: Delete and ExpireIdle hand the removed sessions back so the
 // caller can pass them on.
@@ -14,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -39,14 +44,15 @@ class SessionManager {
   absl::Time Now() const { return clock_(); }
 
   // Creates a session for `tenant`. `id` empty: a fresh random id. Errors:
-  // INVALID_ARGUMENT for a malformed id, ALREADY_EXISTS for a taken one,
+  // INVALID_ARGUMENT for a malformed id, ALREADY_EXISTS for one the same
+  // tenant holds,
   // RESOURCE_EXHAUSTED over max_sessions or max_sessions_per_tenant.
   absl::StatusOr<std::shared_ptr<Session>> Create(const std::string& tenant, const std::string& id,
                                                   SessionSettings settings);
 
-  // The session `id` if it exists and belongs to `tenant`. NOT_FOUND when it
-  // does not (or belongs to another tenant: existence is not disclosed);
-  // FAILED_PRECONDITION when it expired recently.
+  // The session `id` of `tenant`. INVALID_ARGUMENT for a malformed id;
+  // NOT_FOUND when the tenant has none of that id; FAILED_PRECONDITION when
+  // it expired recently.
   absl::StatusOr<std::shared_ptr<Session>> Get(const std::string& tenant,
                                                const std::string& id) const;
 
@@ -82,25 +88,25 @@ class SessionManager {
   static constexpr size_t kExpiredHistory = 16384;
 
  private:
-  std::shared_ptr<Session> RemoveLocked(const std::string& id, std::string reason)
+  // Sessions and tombstones are keyed by (tenant, id).
+  using Key = std::pair<std::string, std::string>;
+
+  std::shared_ptr<Session> RemoveLocked(const Key& key, std::string reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SessionLimits limits_;
   const Clock clock_;
 
   mutable absl::Mutex mu_;
-  std::map<std::string, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
+  std::map<Key, std::shared_ptr<Session>> sessions_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, int64_t> per_tenant_ ABSL_GUARDED_BY(mu_);
-  struct Tombstone {
-    std::string tenant;
-    absl::Time when;
-  };
-  absl::flat_hash_map<std::string, Tombstone> expired_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> expired_order_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<Key, absl::Time> expired_ ABSL_GUARDED_BY(mu_);  // when
+  std::deque<Key> expired_order_ ABSL_GUARDED_BY(mu_);
   int64_t evictions_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Validates a client-chosen session id: 1..64 of [A-Za-z0-9._-].
+// Validates a session id: 1..64 of [A-Za-z0-9._-]. The message never quotes
+// the id (it may be anything a client sent).
 absl::Status ValidateSessionId(const std::string& id);
 
 }  // namespace longctx

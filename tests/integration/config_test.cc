@@ -48,7 +48,9 @@ TEST_F(ConfigTest, DefaultsNeedOnlyAModel) {
   EXPECT_THAT(Load({}).status().message(), HasSubstr("model: required"));
   auto c = Load({"--model=/m.gguf"});
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->listen, "0.0.0.0:50051");
+  // Nobody authenticates: loopback only.
+  EXPECT_EQ(c->listen, "127.0.0.1:50051");
+  EXPECT_EQ(c->metrics_listen, "127.0.0.1:9090");
   EXPECT_EQ(c->prefill_budget, 0);  // automatic: 512 on CPU, 8192 on GPU
   EXPECT_EQ(c->session_ttl, absl::Hours(1));
 }
@@ -92,19 +94,58 @@ TEST_F(ConfigTest, ErrorsNameTheSetting) {
   EXPECT_THAT(Load({"--model=m"}).status().message(), HasSubstr("log_format"));
 }
 
+TEST_F(ConfigTest, SecurityDefaultsRefuseOpenAccessAndPlaintextTokens) {
+  // Beyond loopback without authentication: refused unless allowed.
+  auto open = Load({"--model=m", "--listen=0.0.0.0:50051"});
+  EXPECT_THAT(open.status().message(), HasSubstr("allow_unauthenticated_remote"));
+  auto allowed =
+      Load({"--model=m", "--listen=0.0.0.0:50051", "--allow_unauthenticated_remote=true"});
+  ASSERT_TRUE(allowed.ok()) << allowed.status();
+  EXPECT_EQ(allowed->metrics_listen, "0.0.0.0:9090");
+  auto auto_open = Load({"--model=m", "--allow_unauthenticated_remote=true"});
+  ASSERT_TRUE(auto_open.ok());
+  EXPECT_EQ(auto_open->listen, "0.0.0.0:50051");
+  // Bearer tokens in plaintext: refused unless allowed; with them "auto"
+  // listens on every interface.
+  EXPECT_THAT(Load({"--model=m", "--auth_tokens_file=/t"}).status().message(),
+              HasSubstr("allow_insecure_tokens"));
+  auto tokens = Load({"--model=m", "--auth_tokens_file=/t", "--allow_insecure_tokens=true"});
+  ASSERT_TRUE(tokens.ok());
+  EXPECT_EQ(tokens->listen, "0.0.0.0:50051");
+  auto tls = Load({"--model=m", "--auth_tokens_file=/t", "--tls_cert=/c", "--tls_key=/k"});
+  EXPECT_TRUE(tls.ok()) << tls.status();
+  EXPECT_THAT(Load({"--model=m", "--tls_client_tenants_file=/f"}).status().message(),
+              HasSubstr("tls_client_ca"));
+  EXPECT_THAT(Load({"--model=m", "--stream_idle_timeout=1ms"}).status().message(),
+              HasSubstr("stream_idle_timeout"));
+  EXPECT_THAT(Load({"--model=m", "--max_streams_per_tenant=0"}).status().message(),
+              HasSubstr("max_streams_per_tenant"));
+  EXPECT_THAT(Load({"--model=m", "--reflection=maybe"}).status().message(),
+              HasSubstr("reflection"));
+  // Keepalive and connection limits have defaults.
+  ServerConfig d;
+  EXPECT_EQ(d.keepalive_time, absl::Minutes(1));
+  EXPECT_EQ(d.keepalive_min_ping_interval, absl::Seconds(10));
+  EXPECT_EQ(d.max_connection_age, absl::Hours(2));
+  EXPECT_EQ(d.stream_idle_timeout, absl::Minutes(5));
+}
+
 TEST_F(ConfigTest, HelpListsEverySetting) {
   auto help = Load({"--help"});
   ASSERT_EQ(help.status().code(), absl::StatusCode::kCancelled);
   for (const char* name :
        {"--model", "--kv_cache_bytes", "--max_concurrent_streams", "--drain_grace",
-        "--auth_tokens_file", "--tls_client_ca", "--metrics_listen"}) {
+        "--auth_tokens_file", "--tls_client_ca", "--metrics_listen", "--max_streams_per_tenant",
+        "--max_inflight_per_tenant", "--stream_idle_timeout", "--keepalive_time",
+        "--max_connection_age", "--allow_insecure_tokens", "--allow_unauthenticated_remote",
+        "--tls_client_tenants_file", "--reflection"}) {
     EXPECT_THAT(help.status().message(), HasSubstr(name));
   }
 }
 
 TEST_F(ConfigTest, DescribeHidesNothingButSecretsAndParsesSizes) {
-  auto c = Load({"--model=m", "--auth_tokens_file=/etc/tokens"});
-  ASSERT_TRUE(c.ok());
+  auto c = Load({"--model=m", "--auth_tokens_file=/etc/tokens", "--allow_insecure_tokens=true"});
+  ASSERT_TRUE(c.ok()) << c.status();
   const auto lines = c->Describe();
   EXPECT_THAT(lines, ::testing::Contains("auth_tokens_file=/etc/tokens"));
   EXPECT_THAT(lines, ::testing::Contains("max_session_tokens=131072"));

@@ -1,16 +1,34 @@
 #include "tests/integration/helpers.h"
 
+#include <cstdlib>
+#include <fstream>
+
 #include "absl/strings/str_cat.h"
 #include "clients/client.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "gtest/gtest.h"
 
 namespace longctx::testing {
+
+namespace {
+thread_local std::string g_bearer_token;
+}  // namespace
+
+AsTenant::AsTenant(std::string token) : previous_(std::move(g_bearer_token)) {
+  g_bearer_token = std::move(token);
+}
+AsTenant::~AsTenant() { g_bearer_token = std::move(previous_); }
+
+void PrepareContext(grpc::ClientContext* ctx) {
+  if (!g_bearer_token.empty()) ctx->AddMetadata("authorization", "Bearer " + g_bearer_token);
+}
 
 using client::FromGrpc;
 
 absl::StatusOr<v1::Session> CreateSession(v1::LongContext::Stub* stub,
                                           v1::CreateSessionRequest req) {
   grpc::ClientContext ctx;
+  PrepareContext(&ctx);
   v1::Session s;
   if (auto st = FromGrpc(stub->CreateSession(&ctx, req, &s)); !st.ok()) return st;
   return s;
@@ -18,6 +36,7 @@ absl::StatusOr<v1::Session> CreateSession(v1::LongContext::Stub* stub,
 
 absl::StatusOr<v1::Session> GetSession(v1::LongContext::Stub* stub, const std::string& id) {
   grpc::ClientContext ctx;
+  PrepareContext(&ctx);
   v1::GetSessionRequest req;
   req.set_session_id(id);
   v1::Session s;
@@ -27,6 +46,7 @@ absl::StatusOr<v1::Session> GetSession(v1::LongContext::Stub* stub, const std::s
 
 absl::Status DeleteSession(v1::LongContext::Stub* stub, const std::string& id) {
   grpc::ClientContext ctx;
+  PrepareContext(&ctx);
   v1::DeleteSessionRequest req;
   req.set_session_id(id);
   google::protobuf::Empty e;
@@ -43,6 +63,7 @@ v1::IngestRequest Segment(int64_t seq, std::string text, const std::string& sess
 
 IngestOutcome Ingest(v1::LongContext::Stub* stub, const std::vector<v1::IngestRequest>& requests) {
   grpc::ClientContext ctx;
+  PrepareContext(&ctx);
   auto stream = stub->Ingest(&ctx);
   for (const auto& r : requests) {
     if (!stream->Write(r)) break;
@@ -75,6 +96,7 @@ GenerateOutcome Generate(v1::LongContext::Stub* stub, const v1::GenerateRequest&
                          absl::Duration timeout,
                          const std::function<void(grpc::ClientContext*)>& after_first_chunk) {
   grpc::ClientContext ctx;
+  PrepareContext(&ctx);
   if (timeout > absl::ZeroDuration()) ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   auto reader = stub->Generate(&ctx, req);
   GenerateOutcome out;
@@ -95,6 +117,7 @@ GenerateOutcome Generate(v1::LongContext::Stub* stub, const v1::GenerateRequest&
 absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::string& id,
                                         const std::string& text, bool per_token) {
   grpc::ClientContext ctx;
+  PrepareContext(&ctx);
   v1::ScoreRequest req;
   req.set_session_id(id);
   req.set_text(text);
@@ -106,6 +129,7 @@ absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::
 
 absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id) {
   grpc::ClientContext ctx;
+  PrepareContext(&ctx);
   v1::ExportSessionRequest req;
   req.set_session_id(id);
   auto reader = stub->ExportSession(&ctx, req);
@@ -114,6 +138,105 @@ absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::strin
   while (reader->Read(&piece)) data += piece.data();
   if (auto st = FromGrpc(reader->Finish()); !st.ok()) return st;
   return data;
+}
+
+absl::StatusOr<v1::Session> ImportAs(v1::LongContext::Stub* stub, const std::string& id,
+                                     const std::string& data) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::Session imported;
+  auto writer = stub->ImportSession(&ctx, &imported);
+  v1::ImportSessionRequest first;
+  first.set_session_id(id);
+  first.set_data(data.substr(0, data.size() / 2));
+  v1::ImportSessionRequest rest;
+  rest.set_data(data.substr(data.size() / 2));
+  if (writer->Write(first)) writer->Write(rest);
+  writer->WritesDone();
+  if (auto st = FromGrpc(writer->Finish()); !st.ok()) return st;
+  return imported;
+}
+
+std::vector<std::string> ListSessionsOf(v1::LongContext::Stub* stub) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  v1::ListSessionsRequest req;
+  req.set_page_size(1000);
+  v1::ListSessionsResponse resp;
+  std::vector<std::string> ids;
+  if (!stub->ListSessions(&ctx, req, &resp).ok()) return {"(ListSessions failed)"};
+  for (const auto& s : resp.sessions()) ids.push_back(s.id());
+  return ids;
+}
+
+bool Sh(const std::string& dir, const std::string& command) {
+  return std::system(("cd '" + dir + "' && " + command + " > /dev/null 2>&1").c_str()) == 0;
+}
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+absl::Status MakeCertificates(const std::string& dir, const std::vector<std::string>& names) {
+  if (!Sh(dir, "command -v openssl")) {
+    return absl::FailedPreconditionError("openssl is not installed");
+  }
+  if (!Sh(dir,
+          "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem "
+          "-days 1 -subj /CN=longctx-test-ca")) {
+    return absl::InternalError("openssl: cannot make the CA");
+  }
+  for (const std::string& w : names) {
+    const bool made =
+        Sh(dir, "openssl req -newkey rsa:2048 -nodes -keyout " + w + ".key -out " + w +
+                    ".csr -subj /CN=" + w) &&
+        Sh(dir, "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > " + w + ".ext && " +
+                    "openssl x509 -req -in " + w + ".csr -CA ca.pem -CAkey ca.key " +
+                    "-CAcreateserial -days 1 -out " + w + ".pem -extfile " + w + ".ext");
+    if (!made) return absl::InternalError("openssl: cannot make the certificate of " + w);
+  }
+  return absl::OkStatus();
+}
+
+RawOutcome RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                   const std::vector<std::string>& requests) {
+  grpc::GenericStub generic(channel);
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx);
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  grpc::CompletionQueue cq;
+  auto call = generic.PrepareCall(&ctx, method, &cq);
+  RawOutcome out;
+  void* tag = nullptr;
+  bool ok = false;
+  auto wait = [&] { return cq.Next(&tag, &ok) && ok; };
+  call->StartCall(nullptr);
+  bool open = wait();
+  for (size_t i = 0; open && i < requests.size(); ++i) {
+    grpc::Slice slice(requests[i]);
+    grpc::ByteBuffer msg(&slice, 1);
+    call->Write(msg, nullptr);
+    open = wait();
+  }
+  if (open) {
+    call->WritesDone(nullptr);
+    wait();
+  }
+  for (grpc::ByteBuffer reply;;) {
+    call->Read(&reply, nullptr);
+    if (!wait()) break;
+    std::vector<grpc::Slice> slices;
+    std::string bytes;
+    if (reply.Dump(&slices).ok()) {
+      for (const auto& sl : slices)
+        bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+    }
+    out.replies.push_back(std::move(bytes));
+  }
+  call->Finish(&out.status, nullptr);
+  wait();
+  return out;
 }
 
 void ExpectStillServing(Daemon* daemon) {

@@ -13,6 +13,21 @@
 
 namespace longctx::testing {
 
+// While alive, the helpers below (on this thread) send `token` as the bearer
+// token of their calls.
+class AsTenant {
+ public:
+  explicit AsTenant(std::string token);
+  ~AsTenant();
+  AsTenant(const AsTenant&) = delete;
+  AsTenant& operator=(const AsTenant&) = delete;
+
+ private:
+  std::string previous_;
+};
+// Adds this thread's AsTenant token (if any) to `ctx`.
+void PrepareContext(grpc::ClientContext* ctx);
+
 absl::StatusOr<v1::Session> CreateSession(v1::LongContext::Stub* stub,
                                           v1::CreateSessionRequest req = {});
 absl::StatusOr<v1::Session> GetSession(v1::LongContext::Stub* stub, const std::string& id);
@@ -49,6 +64,29 @@ absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::
                                         const std::string& text, bool per_token = false);
 
 absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id);
+// Imports `data` (an export) as session `id`, in two messages.
+absl::StatusOr<v1::Session> ImportAs(v1::LongContext::Stub* stub, const std::string& id,
+                                     const std::string& data);
+// The ids of the caller's sessions (first page of 1000).
+std::vector<std::string> ListSessionsOf(v1::LongContext::Stub* stub);
+
+// Runs `command` in `dir` with sh; true on exit status 0.
+bool Sh(const std::string& dir, const std::string& command);
+std::string ReadText(const std::string& path);
+// A throw-away CA in `dir` (ca.pem, ca.key) and, for each of `names`, a
+// certificate it signs for 127.0.0.1 and localhost: NAME.pem and NAME.key,
+// subject CN=NAME. FAILED_PRECONDITION when the openssl CLI is missing.
+absl::Status MakeCertificates(const std::string& dir, const std::vector<std::string>& names);
+
+// One call of `method` ("/pkg.Service/Method") with raw request bytes (each
+// of `requests` one message, then half-close), as a client whose bytes need
+// not be a valid message: the replies and the status.
+struct RawOutcome {
+  std::vector<std::string> replies;
+  grpc::Status status;
+};
+RawOutcome RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                   const std::vector<std::string>& requests);
 
 // Proves the engine still works: a fresh session ingests, generates and is
 // scored. Adds a gtest failure otherwise.
