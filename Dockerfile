@@ -49,7 +49,7 @@ RUN apt-get update \
       ca-certificates gcc-12 g++-12 cmake ninja-build pkg-config \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
       libabsl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcivetweb-dev \
-      libopenblas-dev libyaml-cpp-dev librocksdb-dev nlohmann-json3-dev libxxhash-dev libcurl4-openssl-dev \
+      libopenblas-dev libyaml-cpp-dev librocksdb-dev nlohmann-json3-dev libxxhash-dev libcurl4-openssl-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

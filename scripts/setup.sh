@@ -10,7 +10,7 @@ packages=(
   build-essential cmake ninja-build pkg-config python3-pip
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcivetweb-dev
-  libopenblas-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev libcurl4-openssl-dev
+  libopenblas-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev libcurl4-openssl-dev libssl-dev
   nlohmann-json3-dev libxxhash-dev clang libclang-rt-14-dev curl python3-yaml
 )
 missing=()

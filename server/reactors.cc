@@ -276,14 +276,36 @@ ExportReactor::ExportReactor(CallRegistry* calls, absl::StatusOr<CallContext> ad
     : CallReactor(calls, std::move(admission)) {
   if (!admitted()) return;
   AddField("session_id", session_id);
-  call().engine->Export(call().caller.tenant, session_id,
-                        [this](absl::StatusOr<std::string> bytes) { OnBytes(std::move(bytes)); });
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { submitting_ = true; });
+  std::shared_ptr<WorkHandle> handle = call().engine->Export(
+      call().caller.tenant, session_id, call().deadline,
+      [this](absl::StatusOr<std::string> bytes) { OnBytes(std::move(bytes)); });
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { SubmittedLocked(handle); });
+}
+
+void ExportReactor::SubmittedLocked(std::shared_ptr<WorkHandle> handle) {
+  submitting_ = false;
+  if (handle != nullptr && !result_) handle_ = std::move(handle);
+  if (cancelled_ && handle_) handle_->Cancel();
+}
+
+void ExportReactor::OnCancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  if (handle_) handle_->Cancel();
 }
 
 void ExportReactor::OnBytes(absl::StatusOr<std::string> bytes) {
   Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    handle_.reset();
     if (!bytes.ok()) {
       result_ = bytes.status();
+      return;
+    }
+    held_ = HostMemoryCharge(&call().engine->stats().host_memory, HostMemoryKind::kExport);
+    if (absl::Status s = held_.TryGrow(static_cast<int64_t>(bytes->size()), "the export");
+        !s.ok()) {
+      result_ = s;
       return;
     }
     data_ = std::move(*bytes);
@@ -316,7 +338,10 @@ void ExportReactor::OnWriteDone(bool ok) {
   });
 }
 
-std::optional<absl::Status> ExportReactor::FinishableLocked() { return result_; }
+std::optional<absl::Status> ExportReactor::FinishableLocked() {
+  if (submitting_) return std::nullopt;
+  return result_;
+}
 
 // ---------------------------------------------------------------- Import
 
@@ -340,37 +365,89 @@ int64_t ImportReactor::MaxBytes() const {
          (1 << 20);
 }
 
+absl::Status ImportReactor::Receive() {
+  const int64_t have = static_cast<int64_t>(input_.data.size() + req_.data().size());
+  if (have > max_bytes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session data is over ", max_bytes_,
+                     " bytes (the token log of the longest session, its memory and settings)"));
+  }
+  input_.data += req_.data();
+  if (!declared_) {
+    auto size = SessionSnapshotSize(input_.data);
+    if (!size.ok()) return size.status();
+    declared_ = *size;
+    if (declared_ && *declared_ > static_cast<uint64_t>(max_bytes_)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "session data declares ", *declared_, " bytes, over the ", max_bytes_,
+          " bytes of the longest session this server holds"));
+    }
+  }
+  if (declared_ && static_cast<uint64_t>(have) > *declared_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session data runs past the ", *declared_, " bytes its header declares"));
+  }
+  // The whole declared blob, or what came so far.
+  const int64_t want = declared_ ? static_cast<int64_t>(*declared_) : have;
+  return held_.TryGrow(want - held_.bytes(), "the imported session data");
+}
+
 void ImportReactor::OnReadDone(bool ok) {
   if (ok) {
     if (first_) {
       input_ = FromProto(req_);
+      input_.data.clear();
       first_ = false;
     }
-    if (static_cast<int64_t>(input_.data.size() + req_.data().size()) > max_bytes_) {
-      return Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        result_ = absl::ResourceExhaustedError(
-            absl::StrCat("session data is over ", max_bytes_,
-                         " bytes (the token log of the longest session, its memory and settings)"));
-      });
+    if (absl::Status s = Receive(); !s.ok()) {
+      return Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { result_ = s; });
     }
-    input_.data += req_.data();
     StartRead(&req_);
     return;
   }
-  // The client half-closed: all bytes are in.
-  AddField("bytes", absl::StrCat(input_.data.size()));
-  call().engine->Import(call().caller.tenant, std::move(input_),
-                        [this](absl::StatusOr<SessionInfo> info) {
-                          Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                            if (info.ok()) {
-                              ToProto(*info, resp_);
-                              AddFieldLocked("session_id", info->id);
-                            }
-                            result_ = info.status();
-                          });
-                        });
+  // The client half-closed (all bytes are in) or cancelled.
+  StartImport();
 }
 
-std::optional<absl::Status> ImportReactor::FinishableLocked() { return result_; }
+void ImportReactor::StartImport() {
+  bool cancelled = false;
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    cancelled = cancelled_;
+    if (cancelled) {
+      result_ = absl::CancelledError("cancelled by the client");
+    } else {
+      submitting_ = true;
+    }
+  });
+  if (cancelled) return;  // finished: `this` may be gone
+  AddField("bytes", absl::StrCat(input_.data.size()));
+  std::shared_ptr<WorkHandle> handle = call().engine->Import(
+      call().caller.tenant, std::move(input_), [this](absl::StatusOr<SessionInfo> info) {
+        Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          handle_.reset();
+          if (info.ok()) {
+            ToProto(*info, resp_);
+            AddFieldLocked("session_id", info->id);
+          }
+          result_ = info.status();
+        });
+      });
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    submitting_ = false;
+    if (handle != nullptr && !result_) handle_ = std::move(handle);
+    if (cancelled_ && handle_) handle_->Cancel();
+  });
+}
+
+void ImportReactor::OnCancel() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+  if (handle_) handle_->Cancel();
+}
+
+std::optional<absl::Status> ImportReactor::FinishableLocked() {
+  if (submitting_) return std::nullopt;
+  return result_;
+}
 
 }  // namespace longctx::server

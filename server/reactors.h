@@ -129,6 +129,8 @@ class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<v1::Sess
   ExportReactor(CallRegistry* calls, absl::StatusOr<CallContext> call,
                 const std::string& session_id);
   void OnWriteDone(bool ok) override;
+  // Stops the engine's export (it ends with CANCELLED).
+  void OnCancel() override;
 
  private:
   void OnBytes(absl::StatusOr<std::string> bytes);
@@ -136,21 +138,37 @@ class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<v1::Sess
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
+  // The engine's export was submitted: keep its handle for OnCancel.
+  void SubmittedLocked(std::shared_ptr<WorkHandle> handle) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // While the constructor submits, the call may not finish (it still uses `this`).
+  bool submitting_ ABSL_GUARDED_BY(mu_) = false;
+  std::shared_ptr<WorkHandle> handle_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  HostMemoryCharge held_ ABSL_GUARDED_BY(mu_);  // data_ against the host-memory budget
   std::string data_ ABSL_GUARDED_BY(mu_);
   size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
   v1::SessionData msg_;
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 
-// ImportSession: the bytes of an exported session in, a new session out.
+// ImportSession: the bytes of an exported session in, a new session out. The
+// bytes count against the host-memory budget as they arrive; once the blob's
+// header is in, its declared size is checked and charged whole, so an
+// oversized import is refused before the rest is sent. A cancelled import
+// leaves no session behind.
 class ImportReactor final : public CallReactor<grpc::ServerReadReactor<v1::ImportSessionRequest>> {
  public:
   ImportReactor(CallRegistry* calls, absl::StatusOr<CallContext> call, v1::Session* resp);
   void OnReadDone(bool ok) override;
+  void OnCancel() override;
 
  private:
   // The most bytes an export of the longest session may have.
   int64_t MaxBytes() const;
+  // Appends the bytes of req_ to the blob; why not, when they cannot be held.
+  absl::Status Receive();
+  void StartImport();
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
   v1::Session* const resp_;
@@ -158,6 +176,11 @@ class ImportReactor final : public CallReactor<grpc::ServerReadReactor<v1::Impor
   ImportInput input_;  // read by one read at a time, then handed to the engine
   bool first_ = true;
   int64_t max_bytes_ = 0;
+  std::optional<uint64_t> declared_;  // the blob's size, once its header is in
+  HostMemoryCharge held_;             // the blob against the host-memory budget
+  bool submitting_ ABSL_GUARDED_BY(mu_) = false;  // in Engine::Import: may not finish
+  std::shared_ptr<WorkHandle> handle_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 
