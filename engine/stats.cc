@@ -8,17 +8,9 @@
 namespace longctx {
 
 const char* HostMemoryKindName(HostMemoryKind kind) {
-  switch (kind) {
-    case HostMemoryKind::kTokenLog:
-      return "token_log";
-    case HostMemoryKind::kQueued:
-      return "queued";
-    case HostMemoryKind::kImport:
-      return "import";
-    case HostMemoryKind::kExport:
-      return "export";
-  }
-  return "unknown";
+  static constexpr const char* kNames[kNumHostMemoryKinds] = {"token_log", "queued", "import",
+                                                              "export"};
+  return kNames[static_cast<int>(kind)];
 }
 
 absl::Status HostMemoryBudget::TryCharge(HostMemoryKind kind, int64_t bytes,

@@ -276,28 +276,23 @@ ExportReactor::ExportReactor(CallRegistry* calls, absl::StatusOr<CallContext> ad
     : CallReactor(calls, std::move(admission)) {
   if (!admitted()) return;
   AddField("session_id", session_id);
-  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { submitting_ = true; });
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { link_.submitting = true; });
   std::shared_ptr<WorkHandle> handle = call().engine->Export(
       call().caller.tenant, session_id, call().deadline,
       [this](absl::StatusOr<std::string> bytes) { OnBytes(std::move(bytes)); });
-  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { SubmittedLocked(handle); });
-}
-
-void ExportReactor::SubmittedLocked(std::shared_ptr<WorkHandle> handle) {
-  submitting_ = false;
-  if (handle != nullptr && !result_) handle_ = std::move(handle);
-  if (cancelled_ && handle_) handle_->Cancel();
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    link_.Submitted(std::move(handle), result_.has_value() || !data_.empty());
+  });
 }
 
 void ExportReactor::OnCancel() {
   absl::MutexLock lock(&mu_);
-  cancelled_ = true;
-  if (handle_) handle_->Cancel();
+  link_.Cancel();
 }
 
 void ExportReactor::OnBytes(absl::StatusOr<std::string> bytes) {
   Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    handle_.reset();
+    link_.handle.reset();
     if (!bytes.ok()) {
       result_ = bytes.status();
       return;
@@ -339,7 +334,7 @@ void ExportReactor::OnWriteDone(bool ok) {
 }
 
 std::optional<absl::Status> ExportReactor::FinishableLocked() {
-  if (submitting_) return std::nullopt;
+  if (link_.submitting) return std::nullopt;
   return result_;
 }
 
@@ -350,6 +345,7 @@ ImportReactor::ImportReactor(CallRegistry* calls, absl::StatusOr<CallContext> ad
     : CallReactor(calls, std::move(admission)), resp_(resp) {
   if (!admitted()) return;
   max_bytes_ = MaxBytes();
+  held_ = HostMemoryCharge(&call().engine->stats().host_memory, HostMemoryKind::kImport);
   StartRead(&req_);
 }
 
@@ -412,11 +408,11 @@ void ImportReactor::OnReadDone(bool ok) {
 void ImportReactor::StartImport() {
   bool cancelled = false;
   Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    cancelled = cancelled_;
+    cancelled = link_.cancelled;
     if (cancelled) {
       result_ = absl::CancelledError("cancelled by the client");
     } else {
-      submitting_ = true;
+      link_.submitting = true;
     }
   });
   if (cancelled) return;  // finished: `this` may be gone
@@ -424,7 +420,7 @@ void ImportReactor::StartImport() {
   std::shared_ptr<WorkHandle> handle = call().engine->Import(
       call().caller.tenant, std::move(input_), [this](absl::StatusOr<SessionInfo> info) {
         Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          handle_.reset();
+          link_.handle.reset();
           if (info.ok()) {
             ToProto(*info, resp_);
             AddFieldLocked("session_id", info->id);
@@ -433,20 +429,17 @@ void ImportReactor::StartImport() {
         });
       });
   Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    submitting_ = false;
-    if (handle != nullptr && !result_) handle_ = std::move(handle);
-    if (cancelled_ && handle_) handle_->Cancel();
+    link_.Submitted(std::move(handle), result_.has_value());
   });
 }
 
 void ImportReactor::OnCancel() {
   absl::MutexLock lock(&mu_);
-  cancelled_ = true;
-  if (handle_) handle_->Cancel();
+  link_.Cancel();
 }
 
 std::optional<absl::Status> ImportReactor::FinishableLocked() {
-  if (submitting_) return std::nullopt;
+  if (link_.submitting) return std::nullopt;
   return result_;
 }
 

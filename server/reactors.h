@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -19,6 +20,26 @@
 #include "server/call_registry.h"
 
 namespace longctx::server {
+
+// The engine work of a streaming reactor that a client's cancel must reach:
+// the handle comes back after the submit returns, the cancel at any time.
+// Guarded by the owning reactor's mu_.
+struct CancelLink {
+  bool submitting = false;  // in the engine call: the reactor may not finish yet
+  bool cancelled = false;
+  std::shared_ptr<WorkHandle> handle;
+
+  // The submit returned `h` (null: done already; `done`: the result is in).
+  void Submitted(std::shared_ptr<WorkHandle> h, bool done) {
+    submitting = false;
+    if (h != nullptr && !done) handle = std::move(h);
+    if (cancelled && handle) handle->Cancel();
+  }
+  void Cancel() {
+    cancelled = true;
+    if (handle) handle->Cancel();
+  }
+};
 
 // A unary call answered asynchronously (from the engine thread). The handler
 // submits the work, then calls Started; the engine's callback calls Done.
@@ -138,13 +159,7 @@ class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<v1::Sess
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
-  // The engine's export was submitted: keep its handle for OnCancel.
-  void SubmittedLocked(std::shared_ptr<WorkHandle> handle) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-
-  // While the constructor submits, the call may not finish (it still uses `this`).
-  bool submitting_ ABSL_GUARDED_BY(mu_) = false;
-  std::shared_ptr<WorkHandle> handle_ ABSL_GUARDED_BY(mu_);
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  CancelLink link_ ABSL_GUARDED_BY(mu_);  // the engine's export
   HostMemoryCharge held_ ABSL_GUARDED_BY(mu_);  // data_ against the host-memory budget
   std::string data_ ABSL_GUARDED_BY(mu_);
   size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
@@ -178,9 +193,7 @@ class ImportReactor final : public CallReactor<grpc::ServerReadReactor<v1::Impor
   int64_t max_bytes_ = 0;
   std::optional<uint64_t> declared_;  // the blob's size, once its header is in
   HostMemoryCharge held_;             // the blob against the host-memory budget
-  bool submitting_ ABSL_GUARDED_BY(mu_) = false;  // in Engine::Import: may not finish
-  std::shared_ptr<WorkHandle> handle_ ABSL_GUARDED_BY(mu_);
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  CancelLink link_ ABSL_GUARDED_BY(mu_);  // the engine's import
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -675,6 +675,21 @@ std::future<absl::StatusOr<int64_t>> SubmitIngestAsync(Scheduler& scheduler,
   return p->get_future();
 }
 
+// `count` ingests of `n` tokens on new sessions of `tenant`, submitted with
+// the model paused (the caller resumes it).
+std::vector<std::future<absl::StatusOr<int64_t>>> PausedBacklog(FakeModel& model,
+                                                                Scheduler& scheduler,
+                                                                const std::string& tenant,
+                                                                int count, int n) {
+  model.Pause();
+  std::vector<std::future<absl::StatusOr<int64_t>>> out;
+  for (int i = 0; i < count; ++i) {
+    out.push_back(
+        SubmitIngestAsync(scheduler, NewSession(absl::StrCat(tenant, i), 1 << 20, tenant), n));
+  }
+  return out;
+}
+
 TEST_F(SchedulerTest, QueueBoundRefusesWithARetryHint) {
   SchedulerOptions options;
   options.max_queued_requests = 3;
@@ -702,12 +717,7 @@ TEST_F(SchedulerTest, OneTenantsFloodLeavesRoomForAnother) {
   SchedulerOptions options;
   options.max_queued_requests_per_tenant = 2;
   Start(4096, options);
-  model_->Pause();
-  std::vector<std::future<absl::StatusOr<int64_t>>> flood;
-  for (int i = 0; i < 5; ++i) {
-    flood.push_back(
-        SubmitIngestAsync(*scheduler_, NewSession(absl::StrCat("a", i), 1 << 20, "a"), 8));
-  }
+  auto flood = PausedBacklog(*model_, *scheduler_, "a", 5, 8);
   auto other = SubmitIngestAsync(*scheduler_, NewSession("b", 1 << 20, "b"), 8);
   model_->Resume();
   int refused = 0;
@@ -747,12 +757,7 @@ TEST_F(SchedulerTest, ABackloggedTenantDoesNotDelayAnotherTenantsPrefill) {
   SchedulerOptions options;
   options.prefill_budget = 64;
   Start(4096, options);
-  model_->Pause();
-  std::vector<std::future<absl::StatusOr<int64_t>>> backlog;
-  for (int i = 0; i < 20; ++i) {
-    backlog.push_back(
-        SubmitIngestAsync(*scheduler_, NewSession(absl::StrCat("a", i), 1 << 20, "a"), 32));
-  }
+  auto backlog = PausedBacklog(*model_, *scheduler_, "a", 20, 32);
   auto b = NewSession("b", 1 << 20, "b");
   auto late = SubmitIngestAsync(*scheduler_, b, 32);
   const size_t steps_before = model_->StepCount();  // the step paused meanwhile

@@ -5,8 +5,12 @@
 // Continuous batching. Each step is one Forward over:
 //   - one decode token of every generating request (up to max_decode_batch,
 //     round-robin beyond that), and
-//   - up to prefill_budget tokens of prefill: Generate prompts first, then
-//     Score and Ingest work, shortest remaining first.
+//   - up to prefill_budget tokens of prefill, first shared fairly among
+//     tenants, then within each: Generate prompts first, then Score and
+//     Ingest work, shortest remaining first.
+// Admission bounds the requests accepted and not finished (in all and per
+// tenant) and charges their token vectors to the host-memory budget
+// (EngineStats::host_memory), which also counts every session's token log.
 // So a long ingest is cut into budget-sized pieces and delays a short Generate
 // on another session by at most one step. batch_planner.h holds the policy;
 // jobs.h what each kind of job does.

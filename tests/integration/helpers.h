@@ -48,7 +48,9 @@ GenerateOutcome Generate(
 absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::string& id,
                                         const std::string& text, bool per_token = false);
 
-absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id);
+// `token`: the bearer token to call with (none when empty).
+absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id,
+                                   const std::string& token = "");
 
 // Proves the engine still works: a fresh session ingests, generates and is
 // scored. Adds a gtest failure otherwise.
