@@ -62,8 +62,8 @@ struct ServerConfig {
   absl::Duration max_session_ttl = absl::Hours(24);
 
   // --- engine admission, host memory, session exports (docs/service.md) ---
-  int64_t max_queued_requests = 1024;            // engine requests queued or running; 0: no limit
-  int64_t max_queued_requests_per_tenant = 256;  // ... of one tenant; 0: no limit
+  int64_t max_queued_requests = 2048;            // engine requests queued or running; 0: no limit
+  int64_t max_queued_requests_per_tenant = 512;  // ... of one tenant; 0: no limit
   int64_t host_memory_budget = 0;  // token logs, queued work, transfers; 0: counted, not limited
   std::string session_export_key;       // HMAC key signing exports (secret); empty: unsigned
   std::string session_export_key_file;  // file holding that key (read at start-up)

@@ -76,9 +76,11 @@ struct SchedulerOptions {
   // Admission bounds (0: none). Requests (Ingest segments, Generate, Score,
   // the appends of Create and Import) accepted and not yet finished, in all
   // and per tenant: past either, a submit fails at once with
-  // RESOURCE_EXHAUSTED and a retry hint (RetryAfter).
-  int max_queued_requests = 1024;
-  int max_queued_requests_per_tenant = 256;
+  // RESOURCE_EXHAUSTED and a retry hint (RetryAfter). The default total is
+  // what the server's stream limits admit anyway (256 Ingest streams, 8
+  // segments in flight each), so only unary floods (Score, Create) meet it.
+  int max_queued_requests = 2048;
+  int max_queued_requests_per_tenant = 512;
   // Host memory (bytes) that token logs, queued work and session transfers
   // may hold together (HostMemoryBudget); 0: counted, not limited.
   int64_t host_memory_budget = 0;
