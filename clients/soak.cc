@@ -134,10 +134,11 @@ void Soak::SessionLife(size_t* pos) {
       if (*pos + static_cast<size_t>(s_.segment_bytes) >= doc_.size()) *pos = 0;
       auto r = IngestSegments(stub_.get(), o_, id, {std::string(text)}, seq);
       if (Record(kIngest, r.status(), absl::ToDoubleSeconds(absl::Now() - t0))) ++seq;
-    } else if (op % 3 == 1) {
-      Record(kGenerate, Generate(id), absl::ToDoubleSeconds(absl::Now() - t0));
     } else {
-      Record(kScore, Score(id, *pos), absl::ToDoubleSeconds(absl::Now() - t0));
+      // The call first: argument evaluation order is unspecified.
+      const Op kind = op % 3 == 1 ? kGenerate : kScore;
+      const absl::Status s = kind == kGenerate ? Generate(id) : Score(id, *pos);
+      Record(kind, s, absl::ToDoubleSeconds(absl::Now() - t0));
     }
   }
   grpc::ClientContext ctx;

@@ -2,6 +2,7 @@
 // fairness, the KV ledger and its refusals, windowed sessions.
 #include "engine/scheduler/batch_planner.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -79,6 +80,21 @@ TEST(BatchPlannerTest, PromptsFirstOldestFirstThenShortestRemaining) {
   const BatchPlan plan = PlanBatch(jobs, limits);
   EXPECT_THAT(Jobs(plan), ElementsAre(4, 2, 1, 3, 0));
   EXPECT_THAT(Sizes(plan), ElementsAre(30, 300, 20, 20, 100));
+}
+
+TEST(BatchPlannerTest, NewerShorterJobsPassAnOlderOneForABoundedTime) {
+  // An ingest with 100 tokens left, then 200 newer 50-token Scores: only the
+  // Scores that came within 50 arrivals of it go first (aging).
+  std::vector<PlanJob> jobs = {Prefill(PlanWork::kIngest, 0, 0, 100)};
+  for (uint64_t k = 1; k <= 200; ++k) jobs.push_back(Prefill(PlanWork::kScore, k, 0, 50));
+  PlanLimits limits = Limits();
+  limits.prefill_budget = limits.prefill_budget_decoding = 100000;
+  limits.max_logit_rows = 100000;
+  const std::vector<size_t> order = Jobs(PlanBatch(jobs, limits));
+  const auto ingest = std::find(order.begin(), order.end(), 0u);
+  ASSERT_NE(ingest, order.end());
+  EXPECT_EQ(ingest - order.begin(), 49);  // Scores 1..49 passed it
+  for (auto it = order.begin(); it != ingest; ++it) EXPECT_LT(jobs[*it].order, 50u);
 }
 
 TEST(BatchPlannerTest, BudgetRunsOutBeforeLaterJobsAreMet) {

@@ -164,12 +164,17 @@ class Planner {
     AddPiece({i, job.length, 1, PieceLogits::kSample, /*decode=*/true});
   }
 
-  // Generate prompts first, oldest first; then shortest remaining first.
+  // Generate prompts first, oldest first; then shortest remaining first,
+  // each job's remaining count lowered by one for every job that arrived
+  // after it (aging: newer short jobs cannot pass an older one forever).
   void SortPrefills(std::vector<size_t>& prefills) const {
+    uint64_t newest = 0;
+    for (size_t i : prefills) newest = std::max(newest, jobs_[i].order);
     auto rank = [&](size_t i) {
       const PlanJob& j = jobs_[i];
       const bool generate = j.work == PlanWork::kGenerate;
-      return std::make_tuple(generate ? 0 : 1, generate ? 0 : j.target - j.length, j.order);
+      const int64_t aged = j.target - j.length - static_cast<int64_t>(newest - j.order);
+      return std::make_tuple(generate ? 0 : 1, generate ? 0 : aged, j.order);
     };
     std::sort(prefills.begin(), prefills.end(),
               [&](size_t a, size_t b) { return rank(a) < rank(b); });

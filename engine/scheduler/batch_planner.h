@@ -12,8 +12,11 @@
 //   - Prefill: the budget is first shared among tenants (max-min fair: each
 //     tenant gets its demand or an equal share of what is left, whichever is
 //     smaller); within that share, Generate prompts first (oldest first), then
-//     Score and Ingest, shortest remaining first (ties: oldest). Score rows
-//     (max_logit_rows) are shared among tenants the same way. A step with a Generate under way (a decode row, or a prompt first
+//     Score and Ingest, shortest remaining first (ties: oldest), where a job's
+//     remaining count is lowered by one for each job that arrived after it
+//     (aging: a job with R tokens left is passed by newer Score and Ingest
+//     jobs for at most R later arrivals). Score rows (max_logit_rows) are
+//     shared among tenants the same way. A step with a Generate under way (a decode row, or a prompt first
 //     in line) takes min(prefill_budget, prefill_budget_decoding) so that its
 //     tokens come quickly. Score pieces also share max_logit_rows (one logits
 //     row per token).
