@@ -122,17 +122,19 @@ std::shared_ptr<WorkHandle> Engine::Export(const std::string& tenant, const std:
                absl::Status st, const SessionEngineState* state) {
     session->EndUse(manager_.Now());
     if (!st.ok()) return done(st);
-    // The copy and the bytes encoded from it: twice the log, and the memory.
+    SessionSnapshot snap = Snapshot(*session, *state);
+    // The copy and the bytes encoded from it: twice the log and the memory.
     // (shared: std::function needs a copyable task)
     auto charge = std::make_shared<HostMemoryCharge>(&stats_.host_memory, HostMemoryKind::kExport);
-    const int64_t log_bytes = static_cast<int64_t>(state->log.size() * sizeof(int32_t));
-    if (absl::Status s = charge->TryGrow(2 * log_bytes, "exporting the session"); !s.ok()) {
+    const int64_t bytes =
+        static_cast<int64_t>(snap.tokens.size() * sizeof(int32_t) + snap.memory.size());
+    if (absl::Status s = charge->TryGrow(2 * bytes, "exporting the session"); !s.ok()) {
       return done(s);
     }
-    SessionSnapshot snap = Snapshot(*session, *state);
-    snap.model = Fingerprint(info_.model, tokenizer_);
     scheduler_->PostBackground([this, snap = std::move(snap), charge, handle, deadline, start,
                                 done]() mutable {
+      // Here, off the engine thread: the fingerprint hashes the whole vocabulary.
+      snap.model = Fingerprint(info_.model, tokenizer_);
       EncodeOffThread(std::move(snap), options_.session_export_key, *charge, handle,
                       deadline, [&](absl::StatusOr<std::string> bytes) {
                         if (bytes.ok()) {
