@@ -1,5 +1,6 @@
 #include "clients/client.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <random>
@@ -60,6 +61,27 @@ absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+namespace {
+
+bool IsContinuationByte(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+// Where to end a piece of at most `max_bytes` taken from the start of `text`
+// (longer than that): after a paragraph break, a line break or a space in its
+// last three quarters, else at the start of a UTF-8 character.
+size_t CutPoint(absl::string_view text, size_t max_bytes) {
+  const absl::string_view window = text.substr(0, max_bytes);
+  for (absl::string_view sep : {"\n\n", "\n", " "}) {
+    const size_t at = window.rfind(sep);
+    if (at != absl::string_view::npos && at >= max_bytes / 4) return at + sep.size();
+  }
+  size_t cut = max_bytes;
+  // Back up to the start of a UTF-8 character.
+  while (cut > 0 && IsContinuationByte(text[cut])) --cut;
+  return cut == 0 ? max_bytes : cut;
+}
+
+}  // namespace
+
 std::vector<std::string> SplitSegments(absl::string_view text, size_t max_bytes) {
   std::vector<std::string> out;
   if (max_bytes < 8) max_bytes = 8;
@@ -68,25 +90,19 @@ std::vector<std::string> SplitSegments(absl::string_view text, size_t max_bytes)
       out.emplace_back(text);
       break;
     }
-    const absl::string_view window = text.substr(0, max_bytes);
-    size_t cut = absl::string_view::npos;
-    for (absl::string_view sep : {"\n\n", "\n", " "}) {
-      const size_t at = window.rfind(sep);
-      if (at != absl::string_view::npos && at >= max_bytes / 4) {
-        cut = at + sep.size();
-        break;
-      }
-    }
-    if (cut == absl::string_view::npos) {
-      cut = max_bytes;
-      // Back up to the start of a UTF-8 character.
-      while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-      if (cut == 0) cut = max_bytes;
-    }
+    const size_t cut = CutPoint(text, max_bytes);
     out.emplace_back(text.substr(0, cut));
     text.remove_prefix(cut);
   }
   return out;
+}
+
+absl::string_view TextStretch(absl::string_view text, size_t begin, size_t max_bytes) {
+  begin = std::min(begin, text.size());
+  while (begin < text.size() && IsContinuationByte(text[begin])) ++begin;
+  text.remove_prefix(begin);
+  if (text.size() <= max_bytes || max_bytes < 8) return text.substr(0, max_bytes);
+  return text.substr(0, CutPoint(text, max_bytes));
 }
 
 absl::StatusOr<IngestProgress> IngestSegments(

@@ -46,6 +46,12 @@ absl::Status FromGrpc(const grpc::Status& status);
 // character. Each cut keeps its whitespace at the end of the earlier segment.
 std::vector<std::string> SplitSegments(absl::string_view text, size_t max_bytes);
 
+// The stretch of `text` of at most `max_bytes` from about `begin`: it starts
+// at the first UTF-8 character at or after `begin` and ends after a
+// whitespace break (as SplitSegments cuts), else at a character boundary; so
+// it is valid UTF-8 whenever `text` is.
+absl::string_view TextStretch(absl::string_view text, size_t begin, size_t max_bytes);
+
 struct IngestProgress {
   int64_t segments = 0;        // acknowledged
   int64_t bytes = 0;           // of acknowledged segments

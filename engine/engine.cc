@@ -126,7 +126,8 @@ SessionContext Engine::session_context() const {
 void Engine::StartSession(const std::string& tenant, const std::string& id,
                           SessionSettings settings, std::vector<int32_t> initial,
                           const std::function<void(Session&)>& prepare,
-                          std::function<void(absl::StatusOr<SessionInfo>)> done) {
+                          std::function<void(absl::StatusOr<SessionInfo>)> done,
+                          std::shared_ptr<WorkHandle> handle) {
   auto created = manager_.Create(tenant, id, std::move(settings));
   if (!created.ok()) return done(created.status());
   std::shared_ptr<Session> session = *created;
@@ -141,6 +142,7 @@ void Engine::StartSession(const std::string& tenant, const std::string& id,
   IngestJob job;
   job.session = session;
   job.tokens = std::move(initial);
+  job.handle = std::move(handle);
   job.done = [this, session, n, tenant, done = std::move(done)](absl::StatusOr<int64_t> r) {
     session->EndUse(manager_.Now());
     if (!r.ok()) {

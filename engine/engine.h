@@ -31,6 +31,7 @@
 #include "engine/requests.h"
 #include "engine/stats.h"
 #include "engine/scheduler/scheduler.h"
+#include "engine/session/session_codec.h"
 #include "engine/session/session_manager.h"
 #include "engine/tokenizer/tokenizer.h"
 
@@ -110,12 +111,21 @@ class Engine {
                                     ScoreInput input,
                                     std::function<void(absl::StatusOr<ScoreOutput>)> done);
 
-  // A self-describing byte string of the session (settings and token log).
-  void Export(const std::string& tenant, const std::string& id,
-              std::function<void(absl::StatusOr<std::string>)> done);
-  // Recreates an exported session and prefills its token log.
-  void Import(const std::string& tenant, ImportInput input,
-              std::function<void(absl::StatusOr<SessionInfo>)> done);
+  // A self-describing byte string of the session (settings and token log),
+  // signed under options().session_export_key if set. The engine thread only
+  // copies the session's state; encoding runs on the scheduler's background
+  // thread. The handle cancels it (CANCELLED); past `deadline` it ends with
+  // DEADLINE_EXCEEDED. The copy and the bytes count against the host-memory
+  // budget (RESOURCE_EXHAUSTED past it). Null handle: `done` was called.
+  std::shared_ptr<WorkHandle> Export(const std::string& tenant, const std::string& id,
+                                     absl::Time deadline,
+                                     std::function<void(absl::StatusOr<std::string>)> done);
+  // Recreates an exported session and prefills its token log. The blob is
+  // checked as strictly as a live session's state (session_codec.h) and, with
+  // a session_export_key, must be signed with it. Cancelled (the handle) before
+  // `done`, it leaves no session behind and ends with CANCELLED.
+  std::shared_ptr<WorkHandle> Import(const std::string& tenant, ImportInput input,
+                                     std::function<void(absl::StatusOr<SessionInfo>)> done);
 
   const EngineInfo& info() const { return info_; }
   // OK while the engine can run steps; otherwise why not (e.g. a lost rank).
@@ -132,12 +142,19 @@ class Engine {
          ModelConfig config, std::string backend_name, EngineOptions options);
 
   SessionContext session_context() const;
+  // An imported blob checked against this server (engine_transfer.cc): its
+  // model, its settings under this server's limits (labels from `input`),
+  // its token ids. The settings to create it with.
+  absl::StatusOr<SessionSettings> CheckImport(const SessionSnapshot& snap,
+                                              const ImportInput& input) const;
   // Registers a new session and queues `initial` (the template prefix or an
   // imported log) before anything else can reach it.
   // `prepare` runs on the new session before any work is queued on it.
+  // `handle` (may be null) cancels the queued `initial` append.
   void StartSession(const std::string& tenant, const std::string& id, SessionSettings settings,
                     std::vector<int32_t> initial, const std::function<void(Session&)>& prepare,
-                    std::function<void(absl::StatusOr<SessionInfo>)> done);
+                    std::function<void(absl::StatusOr<SessionInfo>)> done,
+                    std::shared_ptr<WorkHandle> handle = nullptr);
   // A segment whose seq is already queued: acknowledged once that copy is.
   void AckResend(const std::shared_ptr<Session>& session, int64_t seq,
                  std::function<void(absl::StatusOr<IngestAck>)> done);

@@ -4,6 +4,8 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <optional>
 
@@ -203,6 +205,19 @@ const std::vector<Field>& Fields() {
                     &ServerConfig::session_ttl),
       DurationField("max_session_ttl", "longest TTL a session may ask for",
                     &ServerConfig::max_session_ttl),
+      IntField("max_queued_requests",
+               "most engine requests queued or running, all tenants (0: no limit)",
+               &ServerConfig::max_queued_requests),
+      IntField("max_queued_requests_per_tenant",
+               "most engine requests queued or running of one tenant (0: no limit)",
+               &ServerConfig::max_queued_requests_per_tenant),
+      BytesField("host_memory_budget",
+                 "host memory of token logs, queued work and session transfers (0: no limit)",
+                 &ServerConfig::host_memory_budget),
+      StringField("session_export_key", "HMAC key that signs exports; imports must be signed",
+                  &ServerConfig::session_export_key, /*secret=*/true),
+      StringField("session_export_key_file", "file holding session_export_key",
+                  &ServerConfig::session_export_key_file),
       DurationField("drain_grace", "on SIGTERM, time given to open calls to finish",
                     &ServerConfig::drain_grace),
       StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
@@ -353,6 +368,17 @@ absl::Status ServerConfig::Validate() const {
     return bad("session_ttl: must be positive and at most max_session_ttl");
   }
   if (absl::Status s = ValidateSecurity(); !s.ok()) return s;
+  if (max_queued_requests < 0 || max_queued_requests_per_tenant < 0 ||
+      max_queued_requests > (1 << 30) || max_queued_requests_per_tenant > (1 << 30)) {
+    return bad("max_queued_requests, max_queued_requests_per_tenant: must be in [0, 2^30]");
+  }
+  if (host_memory_budget < 0) return bad("host_memory_budget: must not be negative");
+  if (!session_export_key.empty() && !session_export_key_file.empty()) {
+    return bad("session_export_key and session_export_key_file: set one, not both");
+  }
+  if (!session_export_key.empty() && session_export_key.size() < 16) {
+    return bad("session_export_key: must be at least 16 bytes");
+  }
   if (drain_grace < absl::ZeroDuration()) return bad("drain_grace: must not be negative");
   if (log_format != "text" && log_format != "json") return bad("log_format: must be text or json");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
@@ -469,6 +495,17 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
   }
   for (const auto& [f, value] : flags) {
     if (absl::Status s = f->set(config, value); !s.ok()) return s;
+  }
+  if (!config.session_export_key_file.empty()) {
+    std::ifstream in(config.session_export_key_file, std::ios::binary);
+    std::string key((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    key = std::string(absl::StripTrailingAsciiWhitespace(key));
+    if (!in.is_open() || key.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("session_export_key_file: cannot read a key from ",
+                                                     config.session_export_key_file));
+    }
+    config.session_export_key = std::move(key);
+    config.session_export_key_file.clear();  // the key stands in for it from here
   }
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   config.listen = config.ResolvedListen();

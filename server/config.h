@@ -90,6 +90,13 @@ struct ServerConfig {
   absl::Duration max_connection_age = absl::Hours(2);   // then GOAWAY; 0: never
   absl::Duration max_connection_age_grace = absl::Minutes(10);  // calls' time to finish
 
+  // --- engine admission, host memory, session exports (docs/service.md) ---
+  int64_t max_queued_requests = 2048;            // engine requests queued or running; 0: no limit
+  int64_t max_queued_requests_per_tenant = 512;  // ... of one tenant; 0: no limit
+  int64_t host_memory_budget = 0;  // token logs, queued work, transfers; 0: counted, not limited
+  std::string session_export_key;       // HMAC key signing exports (secret); empty: unsigned
+  std::string session_export_key_file;  // file holding that key (read at start-up)
+
   // --- operations ---
   absl::Duration drain_grace = absl::Seconds(30);  // SIGTERM: time for streams to finish
   std::string log_format = "text";                 // text | json

@@ -152,8 +152,23 @@ void CollectSessions(const EngineStats& st, const SessionManager& sessions,
                         static_cast<double>(sessions.evictions()), {{"reason", "ttl"}}));
 }
 
-// Infini-attention memories of windowed sessions.
+// Infini-attention memories of windowed sessions; the host-memory budget and
+// admission refusals.
 void CollectInfini(const EngineStats& st, std::vector<MetricFamily>* out) {
+  std::vector<std::pair<std::string, double>> host;
+  for (int k = 0; k < kNumHostMemoryKinds; ++k) {
+    const auto kind = static_cast<HostMemoryKind>(k);
+    host.emplace_back(HostMemoryKindName(kind), static_cast<double>(st.host_memory.used(kind)));
+  }
+  out->push_back(LabeledFamily("longctx_host_memory_bytes",
+                               "Host memory counted against host_memory_budget, by kind.", kGauge,
+                               "kind", host));
+  out->push_back(Scalar("longctx_host_memory_budget_bytes",
+                        "The host_memory_budget (0: not limited).", kGauge,
+                        static_cast<double>(st.host_memory.limit())));
+  out->push_back(Scalar("longctx_admission_rejections_total",
+                        "Engine requests refused at admission (queue bounds, host memory).",
+                        kCounter, Value(st.admission_rejections_total)));
   out->push_back(Scalar("longctx_infini_memory_bytes",
                         "Bytes of Infini-attention compressive memory held by all sessions.",
                         kGauge, Value(st.infini_memory_bytes)));

@@ -105,6 +105,10 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   o.scheduler.prefill_budget = c.prefill_budget;
   o.scheduler.prefill_budget_decoding = c.prefill_budget_decoding;
   o.scheduler.max_decode_batch = c.max_decode_batch;
+  o.scheduler.max_queued_requests = static_cast<int>(c.max_queued_requests);
+  o.scheduler.max_queued_requests_per_tenant = static_cast<int>(c.max_queued_requests_per_tenant);
+  o.scheduler.host_memory_budget = c.host_memory_budget;
+  o.session_export_key = c.session_export_key;
   o.sessions.max_sessions = c.max_sessions;
   o.sessions.max_sessions_per_tenant = c.max_sessions_per_tenant;
   o.kv.block_size = c.kv_block_size;

@@ -127,9 +127,14 @@ absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::
   return resp;
 }
 
-absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id) {
+absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id,
+                                   const std::string& token) {
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  if (token.empty()) {
+    PrepareContext(&ctx);
+  } else {
+    ctx.AddMetadata("authorization", "Bearer " + token);
+  }
   v1::ExportSessionRequest req;
   req.set_session_id(id);
   auto reader = stub->ExportSession(&ctx, req);

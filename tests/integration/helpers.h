@@ -63,7 +63,9 @@ GenerateOutcome Generate(
 absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::string& id,
                                         const std::string& text, bool per_token = false);
 
-absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id);
+// `token`: the bearer token to call with (none when empty).
+absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id,
+                                   const std::string& token = "");
 // Imports `data` (an export) as session `id`, in two messages.
 absl::StatusOr<v1::Session> ImportAs(v1::LongContext::Stub* stub, const std::string& id,
                                      const std::string& data);
