@@ -149,8 +149,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   if (!creds.ok()) return creds.status();
 
   if (!config.http_listen.empty()) {
-    auto door =
-        openai::HttpDoor::Start(config, s->auth_, s->metrics_.get(), absl::ToUnixSeconds(absl::Now()));
+    auto door = openai::HttpDoor::Start(config, s->auth_, s->metrics_.get(),
+                                        absl::ToUnixSeconds(absl::Now()));
     if (!door.ok()) return door.status();
     s->http_ = std::move(*door);
   }

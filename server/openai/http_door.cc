@@ -186,8 +186,7 @@ void HttpDoor::Route() {
   });
 }
 
-HttpDoor::HttpDoor(const ServerConfig& config, Authenticator auth, Metrics* metrics,
-                   int64_t start)
+HttpDoor::HttpDoor(const ServerConfig& config, Authenticator auth, Metrics* metrics, int64_t start)
     : config_(config), auth_(std::move(auth)), metrics_(metrics), start_unix_(start) {}
 
 HttpDoor::~HttpDoor() { Stop(); }

@@ -4,9 +4,11 @@
 #include "server/openai/openai_api.h"
 
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/config.h"
 
 namespace longctx::server::openai {
 namespace {
@@ -148,6 +150,26 @@ TEST(OpenAiApiTest, AnswerShapes) {
   EXPECT_EQ(RenderChunk(meta, "x", true, std::nullopt)["choices"][0]["text"], "x");
   EXPECT_EQ(RenderCompletion(meta, "x", FinishReason::kLength, {})["object"], "text_completion");
   EXPECT_EQ(RenderModels("m", 5)["data"][0]["id"], "m");
+}
+
+absl::StatusOr<ServerConfig> LoadConfig(std::vector<std::string> args) {
+  args.insert(args.begin(), {"longctxd", "--model=/m.gguf"});
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  return LoadServerConfig(static_cast<int>(argv.size()), argv.data());
+}
+
+// The door follows the server's safe defaults: reachable from other hosts
+// only with authentication (or the explicit opt-out).
+TEST(OpenAiConfigTest, HttpListenOpenToTheNetworkNeedsAuthentication) {
+  EXPECT_TRUE(LoadConfig({}).value().http_listen.empty());  // off by default
+  auto open = LoadConfig({"--http_listen=0.0.0.0:8080"});
+  EXPECT_THAT(open.status().message(), HasSubstr("http_listen: 0.0.0.0:8080"));
+  EXPECT_TRUE(LoadConfig({"--http_listen=127.0.0.1:8080"}).ok());
+  EXPECT_TRUE(
+      LoadConfig({"--http_listen=0.0.0.0:8080", "--allow_unauthenticated_remote=true"}).ok());
+  EXPECT_THAT(LoadConfig({"--http_listen=nowhere"}).status().message(), HasSubstr("http_listen"));
+  EXPECT_THAT(LoadConfig({"--http_threads=0"}).status().message(), HasSubstr("http_threads"));
 }
 
 }  // namespace

@@ -148,9 +148,10 @@ class OpenAiHttpTest : public ::testing::Test {
                           << kBob << " bob\n"
                           << kReader << " alice readonly\n";
     port_ = FreePort();
-    auto d = Daemon::Start(
-        {"--auth_tokens_file=" + tokens, absl::StrCat("--http_listen=127.0.0.1:", port_),
-         "--max_generate_tokens=64", "--default_max_tokens=32", "--kv_cache_bytes=128MiB"});
+    auto d =
+        Daemon::Start({"--auth_tokens_file=" + tokens, "--allow_insecure_tokens=true",
+                       absl::StrCat("--http_listen=127.0.0.1:", port_), "--max_generate_tokens=64",
+                       "--default_max_tokens=32", "--kv_cache_bytes=128MiB"});
     ASSERT_TRUE(d.ok()) << d.status();
     daemon_ = d->release();
     ASSERT_TRUE(daemon_->WaitServing(absl::Minutes(5)).ok()) << daemon_->LogTail();

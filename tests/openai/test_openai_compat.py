@@ -54,7 +54,8 @@ def server():
         log = tmp / "longctxd.log"
         args = [daemon, f"--model={model}", "--backend=cpu", "--listen=127.0.0.1:0",
                 "--metrics_listen=", "--http_listen=127.0.0.1:0", f"--port_file={tmp}/ports",
-                f"--auth_tokens_file={tmp}/tokens", "--kv_cache_bytes=128MiB"]
+                f"--auth_tokens_file={tmp}/tokens", "--allow_insecure_tokens=true",
+                "--kv_cache_bytes=128MiB"]
         with log.open("w") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
