@@ -136,6 +136,9 @@ class Engine {
   const EngineStats& stats() const { return stats_; }
   const SessionManager& sessions() const { return manager_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
+  // The model's chat template, for formatting a whole conversation at once
+  // (FormatChat/EncodeChat); null when sessions can only be RAW.
+  const ChatTemplate* chat_template() const { return chat_ ? &chat_->chat_template() : nullptr; }
 
  private:
   Engine(std::unique_ptr<StepModel> model, Tokenizer tokenizer, std::optional<ChatTemplate> chat,

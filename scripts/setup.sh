@@ -12,6 +12,8 @@ packages=(
   libabsl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcivetweb-dev
   libopenblas-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev libcurl4-openssl-dev libssl-dev
   nlohmann-json3-dev libxxhash-dev clang libclang-rt-14-dev curl python3-yaml
+  libcpp-httplib-dev python3-venv
+  prometheus  # promtool, for scripts/check_deploy.sh
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -16,6 +16,14 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON -D
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2
 
+# ---- OpenAI compatibility (tests/openai): the official openai package, in its
+# own venv, against the real longctxd's HTTP door ----
+openai_venv="$build/openai-venv"
+[[ -x $openai_venv/bin/python ]] || python3 -m venv "$openai_venv"
+"$openai_venv/bin/pip" install --quiet --disable-pip-version-check openai pytest
+LONGCTX_DAEMON="$build/bin/longctxd" "$openai_venv/bin/python" -m pytest -q tests/openai
+# ---- end OpenAI compatibility ----
+
 # The CUDA code compiles and links wherever nvcc is; its GPU tests skip without a GPU.
 if command -v nvcc > /dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
   cmake -S . -B "$build-cuda" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON \

@@ -185,6 +185,10 @@ const std::vector<Field>& Fields() {
                   &ServerConfig::tls_client_ca),
       StringField("auth_tokens_file", "bearer tokens: '<token> <tenant> [readonly]' per line",
                   &ServerConfig::auth_tokens_file),
+      StringField("http_listen",
+                  "OpenAI-compatible HTTP address host:port (port 0 picks one; empty: off)",
+                  &ServerConfig::http_listen),
+      IntField("http_threads", "HTTP requests served at once", &ServerConfig::http_threads),
       BytesField("max_message_bytes", "largest gRPC message", &ServerConfig::max_message_bytes),
       BytesField("max_segment_bytes", "largest segment text, prompt or Score text",
                  &ServerConfig::max_segment_bytes),
@@ -348,6 +352,10 @@ absl::Status ServerConfig::Validate() const {
   if (!metrics_listen.empty() && !ValidHostPort(ResolvedMetricsListen())) {
     return bad("metrics_listen: expected host:port (or empty to disable)");
   }
+  if (!http_listen.empty() && !ValidHostPort(http_listen)) {
+    return bad("http_listen: expected host:port (or empty to disable)");
+  }
+  if (http_threads < 1 || http_threads > 4096) return bad("http_threads: must be in [1, 4096]");
   if (tls_cert.empty() != tls_key.empty()) return bad("tls_cert and tls_key go together");
   if (!tls_client_ca.empty() && tls_cert.empty()) return bad("tls_client_ca needs tls_cert");
   if (max_message_bytes < 1024) return bad("max_message_bytes: must be at least 1KiB");
@@ -408,6 +416,13 @@ absl::Status ServerConfig::ValidateSecurity() const {
                             " is reachable from other hosts but callers do not authenticate "
                             "(no auth_tokens_file, no tls_client_ca); set one, listen on "
                             "127.0.0.1, or set allow_unauthenticated_remote=true"));
+  }
+  if (!http_listen.empty() && !authenticates() && !allow_unauthenticated_remote &&
+      !IsLoopback(http_listen)) {
+    return bad(absl::StrCat("http_listen: ", http_listen,
+                            " is reachable from other hosts but callers do not authenticate; set "
+                            "auth_tokens_file, listen on 127.0.0.1, or set "
+                            "allow_unauthenticated_remote=true"));
   }
   if (!auth_tokens_file.empty() && tls_cert.empty() && !allow_insecure_tokens) {
     return bad(

@@ -45,10 +45,17 @@ struct ServerConfig {
   std::string metrics_listen = "auto";  // Prometheus /metrics; empty disables;
                                         // auto: the gRPC host, port 9090
   std::string port_file;         // if set, "grpc=<port>\nmetrics=<port>\n" is written here
+                                 // (and "http=<port>\n" with http_listen)
   std::string tls_cert;          // PEM certificate chain: enables TLS
   std::string tls_key;           // PEM private key (with tls_cert)
   std::string tls_client_ca;     // PEM CA bundle: require client certificates (mTLS)
   std::string auth_tokens_file;  // "<token> <tenant> [readonly]" per line; empty: no auth
+
+  // --- OpenAI-compatible HTTP door (server/openai/http_door.h) ---
+  // host:port of /v1/models, /v1/chat/completions and /v1/completions; empty:
+  // off. Same TLS files, tokens and limits as the gRPC port.
+  std::string http_listen;
+  int http_threads = 64;  // requests served at once (each open stream holds one)
 
   // --- limits ---
   int64_t max_message_bytes = 8 << 20;  // any one gRPC message

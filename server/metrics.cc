@@ -258,6 +258,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& addre
                         .Name("longctx_grpc_unparsable_requests_total")
                         .Help("Requests and stream messages that failed to parse, by method.")
                         .Register(*m->registry_);
+  m->http_ = &prometheus::BuildCounter()
+                  .Name("longctx_http_requests_total")
+                  .Help(
+                      "Finished requests of the OpenAI-compatible HTTP door by route and HTTP "
+                      "status (499: the client went away).")
+                  .Register(*m->registry_);
   m->streams_open_ = &prometheus::BuildGauge()
                           .Name("longctx_grpc_streams_open")
                           .Help("Open streaming calls.")
@@ -320,6 +326,10 @@ void Metrics::RecordRpc(const std::string& method, grpc::StatusCode code) {
                                  "UNAUTHENTICATED"};
   const int c = static_cast<int>(code);
   rpcs_->Add({{"method", method}, {"code", c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN"}}).Increment();
+}
+
+void Metrics::RecordHttp(const std::string& route, int status) {
+  http_->Add({{"route", route}, {"code", absl::StrCat(status)}}).Increment();
 }
 
 }  // namespace longctx::server

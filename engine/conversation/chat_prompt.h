@@ -41,6 +41,8 @@ class ChatPrompt {
   // answer ended with that end token itself) and the opening of the next
   // user turn.
   std::vector<int32_t> AfterAnswer(FinishReason reason) const;
+  // The template the pieces were cut from (to format a whole conversation).
+  const ChatTemplate& chat_template() const { return template_; }
 
  private:
   ChatPrompt(const Tokenizer* tokenizer, ChatTemplate chat_template)
