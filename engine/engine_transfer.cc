@@ -8,7 +8,7 @@
 namespace longctx {
 namespace {
 
-ModelFingerprint Fingerprint(const ModelConfig& config, const Tokenizer& tok) {
+ModelFingerprint FingerprintOf(const ModelConfig& config, const Tokenizer& tok) {
   ModelFingerprint f;
   f.name = config.name;
   f.vocab_size = tok.vocab_size();
@@ -74,9 +74,11 @@ absl::StatusOr<std::optional<SessionEngineState::Resume>> ResumePoint(
 
 }  // namespace
 
+ModelFingerprint Engine::Fingerprint() const { return FingerprintOf(info_.model, tokenizer_); }
+
 void Engine::Export(const std::string& tenant, const std::string& id,
                     std::function<void(absl::StatusOr<std::string>)> done) {
-  auto found = manager_.Get(tenant, id);
+  auto found = Lookup(tenant, id);
   if (!found.ok()) return done(found.status());
   std::shared_ptr<Session> session = *found;
   const absl::Time start = absl::Now();
@@ -88,7 +90,7 @@ void Engine::Export(const std::string& tenant, const std::string& id,
     session->EndUse(manager_.Now());
     if (!st.ok()) return done(st);
     SessionSnapshot snap = Snapshot(*session, *state);
-    snap.model = Fingerprint(info_.model, tokenizer_);
+    snap.model = Fingerprint();
     std::string bytes = EncodeSessionSnapshot(snap);
     stats_.export_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
     done(std::move(bytes));
@@ -101,13 +103,27 @@ void Engine::Import(const std::string& tenant, ImportInput input,
   const absl::Time start = absl::Now();
   auto snap = DecodeSessionSnapshot(input.data);
   if (!snap.ok()) return done(snap.status());
-  if (!(snap->model == Fingerprint(info_.model, tokenizer_))) {
+  RestoreSnapshot(tenant, input.id, *std::move(snap), input.labels, /*recovered=*/false,
+                  [this, start, done = std::move(done)](absl::StatusOr<SessionInfo> info) {
+                    if (info.ok()) {
+                      stats_.import_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+                    }
+                    done(std::move(info));
+                  });
+}
+
+void Engine::RestoreSnapshot(const std::string& tenant, const std::string& id,
+                             SessionSnapshot snapshot,
+                             const std::map<std::string, std::string>& labels, bool recovered,
+                             std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  auto snap = &snapshot;
+  if (!(snap->model == Fingerprint())) {
     return done(absl::FailedPreconditionError(
         absl::StrCat("the session was exported from model '", snap->model.name,
                      "', which is not the model this server serves ('", info_.model.name, "')")));
   }
   SessionSettings settings = snap->settings;
-  if (!input.labels.empty()) settings.labels = input.labels;
+  if (!labels.empty()) settings.labels = labels;
   // The exported settings must be valid here too (limits may differ).
   auto resolved =
       ResolveSession(SessionRequest::FromSettings(settings, options_.max_ttl), session_context());
@@ -117,7 +133,10 @@ void Engine::Import(const std::string& tenant, ImportInput input,
                                                           " tokens, over this server's ",
                                                           "limit of ", resolved->max_tokens)));
   }
-  auto resume = ResumePoint(*snap, *resolved);
+  // A recovered session without a restore point replays its whole log.
+  auto resume = recovered && snap->evicted_end == 0 && snap->memory.empty()
+                    ? absl::StatusOr<std::optional<SessionEngineState::Resume>>(std::nullopt)
+                    : ResumePoint(*snap, *resolved);
   if (!resume.ok()) return done(resume.status());
   for (int32_t t : snap->tokens) {
     if (t < 0 || t >= tokenizer_.vocab_size()) {
@@ -132,13 +151,15 @@ void Engine::Import(const std::string& tenant, ImportInput input,
     // first one publishes this to the engine thread.
     if (*resume) s.engine_state().resume = std::move(*resume);
   };
-  StartSession(tenant, input.id, std::move(*resolved), std::move(snap->tokens), prepare,
-               [this, start, done = std::move(done)](absl::StatusOr<SessionInfo> info) {
-                 if (info.ok()) {
-                   stats_.import_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
-                 }
-                 done(std::move(info));
-               });
+  StartOptions options;
+  options.recovered = recovered;
+  if (store_) {
+    // The session's durable base: what it starts from here.
+    snap->settings = *resolved;
+    options.base = EncodeSessionSnapshot(*snap);
+  }
+  StartSession(tenant, id, std::move(*resolved), std::move(snap->tokens), prepare,
+               std::move(options), std::move(done));
 }
 
 }  // namespace longctx

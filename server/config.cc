@@ -144,6 +144,12 @@ const std::vector<Field>& Fields() {
                     &ServerConfig::session_ttl),
       DurationField("max_session_ttl", "longest TTL a session may ask for",
                     &ServerConfig::max_session_ttl),
+      StringField("durability",
+                  "what an ack promises: none, ack (survives a process crash), sync (a machine "
+                  "crash)",
+                  &ServerConfig::durability),
+      StringField("state_dir", "session store directory (\"\": $XDG_STATE_HOME/longctx)",
+                  &ServerConfig::state_dir),
       DurationField("drain_grace", "on SIGTERM, time given to open calls to finish",
                     &ServerConfig::drain_grace),
       StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
@@ -285,6 +291,9 @@ absl::Status ServerConfig::Validate() const {
   }
   if (session_ttl <= absl::ZeroDuration() || session_ttl > max_session_ttl) {
     return bad("session_ttl: must be positive and at most max_session_ttl");
+  }
+  if (durability != "none" && durability != "ack" && durability != "sync") {
+    return bad("durability: must be none, ack or sync");
   }
   if (drain_grace < absl::ZeroDuration()) return bad("drain_grace: must not be negative");
   if (log_format != "text" && log_format != "json") return bad("log_format: must be text or json");

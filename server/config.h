@@ -61,6 +61,11 @@ struct ServerConfig {
   absl::Duration session_ttl = absl::Hours(1);  // default idle time to expiry
   absl::Duration max_session_ttl = absl::Hours(24);
 
+  // --- durability (docs/service.md "Durability") ---
+  std::string durability = "ack";  // none | ack | sync: what an Ingest ack promises
+  std::string state_dir;           // the session store; empty: $XDG_STATE_HOME/longctx,
+                                   // else ~/.local/state/longctx (unused under none)
+
   // --- operations ---
   absl::Duration drain_grace = absl::Seconds(30);  // SIGTERM: time for streams to finish
   std::string log_format = "text";                 // text | json

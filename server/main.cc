@@ -123,6 +123,9 @@ int main(int argc, char** argv) {
   sa.sa_flags = SA_RESTART;
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
+  // A file size limit (RLIMIT_FSIZE) must fail the write (the session store
+  // answers it), not kill the process.
+  signal(SIGXFSZ, SIG_IGN);
 
   auto config = longctx::server::LoadServerConfig(argc, argv);
   if (!config.ok()) {

@@ -193,6 +193,43 @@ void CollectSteps(const EngineStats& st, std::vector<MetricFamily>* out) {
                                  st.step_batch_tokens));
 }
 
+// The durable session store and what recovery did at start.
+void CollectStore(const Engine& engine, std::vector<MetricFamily>* out) {
+  const SessionStore* store = engine.store();
+  if (store == nullptr) return;
+  const StoreStats& st = store->stats();
+  const RecoveryStats& r = engine.recovery();
+  out->push_back(Scalar("longctx_store_bytes",
+                        "Bytes of the session store on disk (table files and unflushed log).",
+                        kGauge, static_cast<double>(store->DiskBytes())));
+  out->push_back(HistogramFamily("longctx_store_commit_duration_seconds",
+                                 "One group commit of the session store (with fsync under sync).",
+                                 st.commit_seconds));
+  out->push_back(Scalar("longctx_store_commits_total",
+                        "Group commits written to the session store.", kCounter,
+                        Value(st.commits_total)));
+  out->push_back(Scalar("longctx_store_write_errors_total",
+                        "Session store writes that failed (their segments were not acknowledged).",
+                        kCounter, Value(st.write_errors_total)));
+  out->push_back(Scalar("longctx_recovery_sessions",
+                        "Sessions found in the session store at start.", kGauge,
+                        Value(r.sessions)));
+  out->push_back(Scalar("longctx_recovery_sessions_rebuilt",
+                        "Recovered sessions whose KV is rebuilt.", kGauge,
+                        Value(r.rebuilt_sessions)));
+  out->push_back(Scalar("longctx_recovery_sessions_pending",
+                        "Recovered sessions whose KV is still being rebuilt.", kGauge,
+                        Value(r.pending_sessions)));
+  out->push_back(Scalar("longctx_recovery_tokens", "Tokens in the recovered sessions' logs.",
+                        kGauge, Value(r.tokens)));
+  out->push_back(Scalar("longctx_recovery_tokens_rebuilt",
+                        "Tokens of recovered sessions prefilled again so far.", kGauge,
+                        Value(r.rebuilt_tokens)));
+  out->push_back(Scalar("longctx_sessions_lost_total",
+                        "Sessions lost to store damage or that could not be rebuilt.", kCounter,
+                        Value(r.lost_sessions)));
+}
+
 }  // namespace
 
 // Reads the engine's stats at scrape time.
@@ -221,6 +258,7 @@ class EngineCollector final : public prometheus::Collectable {
     CollectSessions(st, service_->sessions(), &out);
     CollectInfini(st, &out);
     CollectSteps(st, &out);
+    CollectStore(*service_, &out);
     return out;
   }
 

@@ -37,13 +37,13 @@ void Scheduler::Stop() {
 }
 
 template <typename Request>
-std::shared_ptr<WorkHandle> Scheduler::Submit(Request request) {
+std::shared_ptr<WorkHandle> Scheduler::Submit(Request request, std::shared_ptr<WorkHandle> handle) {
   auto job = std::make_unique<Job>();
   job->session = request.session;
   if constexpr (requires { request.deadline; }) job->deadline = request.deadline;
   job->handler = MakeJobHandler(std::move(request));
-  job->handle = std::make_shared<WorkHandle>();
-  std::shared_ptr<WorkHandle> handle = job->handle;
+  if (handle == nullptr) handle = std::make_shared<WorkHandle>();
+  job->handle = handle;
   Enqueue(std::move(job));
   return handle;
 }
@@ -59,6 +59,16 @@ std::shared_ptr<WorkHandle> Scheduler::SubmitGenerate(GenerateJob job) {
 std::shared_ptr<WorkHandle> Scheduler::SubmitScore(ScoreJob job) { return Submit(std::move(job)); }
 
 void Scheduler::SubmitRead(ReadJob job) { Submit(std::move(job)); }
+
+std::shared_ptr<WorkHandle> Scheduler::SubmitIngest(IngestJob job,
+                                                    std::shared_ptr<WorkHandle> handle) {
+  return Submit(std::move(job), std::move(handle));
+}
+
+std::shared_ptr<WorkHandle> Scheduler::SubmitGenerate(GenerateJob job,
+                                                      std::shared_ptr<WorkHandle> handle) {
+  return Submit(std::move(job), std::move(handle));
+}
 
 void Scheduler::Enqueue(std::unique_ptr<Job> job) {
   job->submitted = absl::Now();

@@ -39,10 +39,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/stats.h"
 #include "engine/scheduler/job_requests.h"
 #include "engine/scheduler/step_model.h"
 #include "engine/session/session.h"
+#include "engine/stats.h"
 
 namespace longctx {
 
@@ -80,6 +80,10 @@ class Scheduler {
   std::shared_ptr<WorkHandle> SubmitGenerate(GenerateJob job);
   std::shared_ptr<WorkHandle> SubmitScore(ScoreJob job);
   void SubmitRead(ReadJob job);
+  // As above with a handle made beforehand, for work submitted once a durable
+  // write is done (the caller could cancel it meanwhile).
+  std::shared_ptr<WorkHandle> SubmitIngest(IngestJob job, std::shared_ptr<WorkHandle> handle);
+  std::shared_ptr<WorkHandle> SubmitGenerate(GenerateJob job, std::shared_ptr<WorkHandle> handle);
 
   // Frees a closed session's engine state; its queued and running jobs fail
   // with the session's closing reason (FAILED_PRECONDITION).
@@ -100,7 +104,7 @@ class Scheduler {
 
   // The body of every Submit*.
   template <typename Request>
-  std::shared_ptr<WorkHandle> Submit(Request request);
+  std::shared_ptr<WorkHandle> Submit(Request request, std::shared_ptr<WorkHandle> handle = nullptr);
   void Enqueue(std::unique_ptr<Job> job);
   void Loop();
   // One iteration of the engine thread; false once stopped and drained.
