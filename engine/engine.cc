@@ -188,12 +188,15 @@ void Engine::PrefillSession(const std::shared_ptr<Session>& session, std::vector
   IngestJob job;
   job.session = session;
   job.tokens = std::move(initial);
-  job.done = [this, session, n, drop, done = std::move(done)](absl::StatusOr<int64_t> r) {
+  job.done = [this, session, n, drop, recovered,
+              done = std::move(done)](absl::StatusOr<int64_t> r) {
     session->EndUse(manager_.Now());
     if (!r.ok()) {
       session->Unreserve(n);
+      // Deleted (or expired) while being rebuilt: not a loss.
+      const bool deleted = recovered && session->closed();
       drop(r.status());
-      return done(r.status());
+      return done(deleted ? absl::CancelledError("deleted while being rebuilt") : r.status());
     }
     session->engine_state().stored_end = *r;
     session->CompleteAppend(n, *r);

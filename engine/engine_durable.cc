@@ -74,7 +74,7 @@ void Engine::RecoverSession(StoredSession stored) {
     if (st.ok()) {
       recovery_.rebuilt_sessions.fetch_add(1);
       recovery_.rebuilt_tokens.fetch_add(tokens);
-    } else {
+    } else if (!absl::IsCancelled(st)) {
       MarkLost(s.id, s.tenant, absl::StrCat("could not be rebuilt: ", st.message()));
     }
     if (recovery_.pending_sessions.fetch_sub(1) == 1) RecoveryDone();

@@ -211,20 +211,24 @@ void CollectStore(const Engine& engine, std::vector<MetricFamily>* out) {
   out->push_back(Scalar("longctx_store_write_errors_total",
                         "Session store writes that failed (their segments were not acknowledged).",
                         kCounter, Value(st.write_errors_total)));
-  out->push_back(Scalar("longctx_recovery_sessions",
-                        "Sessions found in the session store at start.", kGauge,
-                        Value(r.sessions)));
-  out->push_back(Scalar("longctx_recovery_sessions_rebuilt",
-                        "Recovered sessions whose KV is rebuilt.", kGauge,
-                        Value(r.rebuilt_sessions)));
-  out->push_back(Scalar("longctx_recovery_sessions_pending",
-                        "Recovered sessions whose KV is still being rebuilt.", kGauge,
-                        Value(r.pending_sessions)));
-  out->push_back(Scalar("longctx_recovery_tokens", "Tokens in the recovered sessions' logs.",
-                        kGauge, Value(r.tokens)));
-  out->push_back(Scalar("longctx_recovery_tokens_rebuilt",
-                        "Tokens of recovered sessions prefilled again so far.", kGauge,
-                        Value(r.rebuilt_tokens)));
+  struct Gauge {
+    const char* name;
+    const char* help;
+    const std::atomic<int64_t>& value;
+  };
+  for (const Gauge& g : {
+           Gauge{"longctx_recovery_sessions", "Sessions found in the session store at start.",
+                 r.sessions},
+           Gauge{"longctx_recovery_sessions_rebuilt", "Recovered sessions whose KV is rebuilt.",
+                 r.rebuilt_sessions},
+           Gauge{"longctx_recovery_sessions_pending",
+                 "Recovered sessions whose KV is still being rebuilt.", r.pending_sessions},
+           Gauge{"longctx_recovery_tokens", "Tokens in the recovered sessions' logs.", r.tokens},
+           Gauge{"longctx_recovery_tokens_rebuilt",
+                 "Tokens of recovered sessions prefilled again so far.", r.rebuilt_tokens},
+       }) {
+    out->push_back(Scalar(g.name, g.help, kGauge, Value(g.value)));
+  }
   out->push_back(Scalar("longctx_sessions_lost_total",
                         "Sessions lost to store damage or that could not be rebuilt.", kCounter,
                         Value(r.lost_sessions)));

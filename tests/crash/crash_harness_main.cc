@@ -221,16 +221,9 @@ absl::Status Create(const std::string& address, const std::string& id) {
 
 absl::StatusOr<SessionSnapshot> Export(const std::string& address, const std::string& id) {
   auto stub = Connect(address);
-  grpc::ClientContext ctx;
-  client::PrepareContext(&ctx, Options(address), id);
-  v1::ExportSessionRequest req;
-  req.set_session_id(id);
-  auto reader = stub->ExportSession(&ctx, req);
-  std::string data;
-  v1::SessionData piece;
-  while (reader->Read(&piece)) data += piece.data();
-  if (auto st = client::FromGrpc(reader->Finish()); !st.ok()) return st;
-  return DecodeSessionSnapshot(data);
+  auto data = client::ExportSession(stub.get(), Options(address), id);
+  if (!data.ok()) return data.status();
+  return DecodeSessionSnapshot(*data);
 }
 
 absl::StatusOr<double> Score(const std::string& address, const std::string& id) {

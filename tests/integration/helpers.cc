@@ -105,15 +105,7 @@ absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::
 }
 
 absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id) {
-  grpc::ClientContext ctx;
-  v1::ExportSessionRequest req;
-  req.set_session_id(id);
-  auto reader = stub->ExportSession(&ctx, req);
-  std::string data;
-  v1::SessionData piece;
-  while (reader->Read(&piece)) data += piece.data();
-  if (auto st = FromGrpc(reader->Finish()); !st.ok()) return st;
-  return data;
+  return client::ExportSession(stub, client::ClientOptions(), id);
 }
 
 v1::CreateSessionRequest WindowedSession(v1::OverflowPolicy policy, int64_t window, int sinks,
