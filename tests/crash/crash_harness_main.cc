@@ -141,6 +141,8 @@ class Server {
   std::string address_;
 };
 
+bool IsContinuation(char c) { return (static_cast<uint8_t>(c) & 0xC0) == 0x80; }
+
 // Cuts `text` into segments of random sizes, never inside a UTF-8 character.
 std::vector<std::string> RandomSegments(const std::string& text, std::mt19937_64& rng) {
   std::uniform_int_distribution<size_t> size(absl::GetFlag(FLAGS_min_segment),
@@ -148,9 +150,7 @@ std::vector<std::string> RandomSegments(const std::string& text, std::mt19937_64
   std::vector<std::string> out;
   for (size_t at = 0; at < text.size();) {
     size_t end = std::min(text.size(), at + size(rng));
-    while (end < text.size() && end > at + 1 && (static_cast<uint8_t>(text[end]) & 0xC0) == 0x80) {
-      --end;
-    }
+    while (end < text.size() && end > at + 1 && IsContinuation(text[end])) --end;
     out.push_back(text.substr(at, end - at));
     at = end;
   }
@@ -297,9 +297,14 @@ void Compare(const std::string& address, Stream* s, Totals* t) {
   if (a->tokens != b->tokens || a->applied_seq != b->applied_seq || a->segments != b->segments ||
       a->ingested_tokens != b->ingested_tokens ||
       a->applied_seq != static_cast<int64_t>(s->segments.size())) {
-    std::fprintf(stderr, "session %s differs from its twin: %zu vs %zu tokens, seq %lld vs %lld\n",
+    std::fprintf(stderr,
+                 "session %s differs from its twin: %zu vs %zu tokens (%s), seq %lld vs %lld of "
+                 "%zu, segments %lld vs %lld\n",
                  s->id.c_str(), a->tokens.size(), b->tokens.size(),
-                 static_cast<long long>(a->applied_seq), static_cast<long long>(b->applied_seq));
+                 a->tokens == b->tokens ? "same" : "different",
+                 static_cast<long long>(a->applied_seq), static_cast<long long>(b->applied_seq),
+                 s->segments.size(), static_cast<long long>(a->segments),
+                 static_cast<long long>(b->segments));
     ++t->mismatches;
   }
   auto sa = Score(address, s->id);
@@ -324,9 +329,12 @@ bool Trial(int trial, const std::string& text, std::mt19937_64& rng, Totals* t) 
   for (int c = 0; c < k; ++c) {
     auto s = std::make_unique<Stream>();
     s->id = absl::StrCat("t", trial, "-c", c);
+    // The document starts and ends on character boundaries.
     size_t start = std::uniform_int_distribution<size_t>(0, text.size() - doc - 1)(rng);
-    while (start > 0 && (static_cast<uint8_t>(text[start]) & 0xC0) == 0x80) --start;
-    s->segments = RandomSegments(text.substr(start, doc), rng);
+    size_t end = start + doc;
+    while (start > 0 && IsContinuation(text[start])) --start;
+    while (end > start + 1 && IsContinuation(text[end])) --end;
+    s->segments = RandomSegments(text.substr(start, end - start), rng);
     streams.push_back(std::move(s));
   }
   std::vector<std::thread> threads;
