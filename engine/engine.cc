@@ -328,7 +328,8 @@ bool Engine::AnswerClaim(const std::shared_ptr<Session>& session, int64_t seq,
 
 IngestJob Engine::SegmentJob(const std::shared_ptr<Session>& session, int64_t seq,
                              std::vector<int32_t> tokens, absl::Time deadline, int64_t rec,
-                             std::function<void(absl::StatusOr<IngestAck>)> done) {
+                             std::function<void(absl::StatusOr<IngestAck>)> done,
+                             std::shared_ptr<std::atomic<bool>> stale) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   session->BeginUse();
   IngestJob job;
@@ -336,15 +337,14 @@ IngestJob Engine::SegmentJob(const std::shared_ptr<Session>& session, int64_t se
   job.seq = seq;
   job.tokens = std::move(tokens);
   job.deadline = deadline;
-  job.done = [this, session, seq, n, rec, done = std::move(done)](absl::StatusOr<int64_t> r) {
+  job.done = [this, session, seq, n, rec, stale,
+              done = std::move(done)](absl::StatusOr<int64_t> r) {
     session->EndUse(manager_.Now());
     if (!r.ok()) {
-      session->FailSegment(seq, n);
-      if (rec >= 0) {
-        // Written ahead but not applied: roll the record back.
-        SessionStore::Batch undo;
-        undo.DeleteRecord(session->id(), rec);
-        store_->Commit(std::move(undo), [](absl::Status) {});
+      if (rec < 0) {
+        session->FailSegment(seq, n);
+      } else {
+        DurableSegmentFailed(session, seq, n, rec, stale != nullptr && stale->load());
       }
       return done(r.status());
     }

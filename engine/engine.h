@@ -188,8 +188,9 @@ class Engine {
   void RecoverSession(StoredSession stored);
   void RecoveryDone();
   // A segment's record was written (or not, `written`): submits its job.
+  // `epoch`: the session's StoreCursor epoch when the segment was claimed.
   void WrittenAhead(const std::shared_ptr<Session>& session, int64_t seq, int64_t n, int64_t rec,
-                    std::vector<int32_t> tokens, absl::Time deadline,
+                    int64_t epoch, std::vector<int32_t> tokens, absl::Time deadline,
                     const std::shared_ptr<WorkHandle>& handle, absl::Status written,
                     std::function<void(absl::StatusOr<IngestAck>)> done);
   // manager_.Get, but a session lost to store damage answers DATA_LOSS.
@@ -215,9 +216,17 @@ class Engine {
                    std::function<void(absl::StatusOr<IngestAck>)>& done);
   // The job applying a claimed segment; `rec` >= 0: its record in the store,
   // deleted again if the segment fails.
+  // `stale` (durable segments): set when the segment was cancelled because an
+  // earlier one failed after its claim.
   IngestJob SegmentJob(const std::shared_ptr<Session>& session, int64_t seq,
                        std::vector<int32_t> tokens, absl::Time deadline, int64_t rec,
-                       std::function<void(absl::StatusOr<IngestAck>)> done);
+                       std::function<void(absl::StatusOr<IngestAck>)> done,
+                       std::shared_ptr<std::atomic<bool>> stale = nullptr);
+  // A durable segment that failed in the engine: its record is rolled back and
+  // the segments claimed after it are refused. `stale`: it failed because an
+  // earlier one did, which already rewound the session's next_seq.
+  void DurableSegmentFailed(const std::shared_ptr<Session>& session, int64_t seq, int64_t n,
+                            int64_t rec, bool stale);
   // A segment whose seq is already queued: acknowledged once that copy is.
   void AckResend(const std::shared_ptr<Session>& session, int64_t seq,
                  std::function<void(absl::StatusOr<IngestAck>)> done);

@@ -166,18 +166,19 @@ std::shared_ptr<WorkHandle> Engine::IngestDurable(
     absl::MutexLock lock(&cursor.mu);
     claim = session->ClaimSegment(seq, n, &ack);
     if (claim.ok() && *claim == Session::SegmentClaim::kApply) {
-      if (cursor.failed_seq == seq) cursor.failed_seq = 0;  // resent: start again
       StoredRecord record;
       record.rec = cursor.next_rec++;
+      const int64_t epoch = cursor.epoch;
       record.seq = seq;
       record.tokens = tokens;
       SessionStore::Batch batch;
       batch.PutRecord(session->id(), record);
-      store_->Commit(std::move(batch), [this, session, seq, n, rec = record.rec,
-                                        tokens = std::move(tokens), deadline, handle,
-                                        done = std::move(done)](absl::Status s) mutable {
-        WrittenAhead(session, seq, n, rec, std::move(tokens), deadline, handle, s, std::move(done));
-      });
+      store_->Commit(std::move(batch),
+                     [this, session, seq, n, rec = record.rec, epoch, tokens = std::move(tokens),
+                      deadline, handle, done = std::move(done)](absl::Status s) mutable {
+                       WrittenAhead(session, seq, n, rec, epoch, std::move(tokens), deadline,
+                                    handle, s, std::move(done));
+                     });
       return handle;
     }
   }
@@ -186,29 +187,70 @@ std::shared_ptr<WorkHandle> Engine::IngestDurable(
 }
 
 void Engine::WrittenAhead(const std::shared_ptr<Session>& session, int64_t seq, int64_t n,
-                          int64_t rec, std::vector<int32_t> tokens, absl::Time deadline,
-                          const std::shared_ptr<WorkHandle>& handle, absl::Status written,
+                          int64_t rec, int64_t epoch, std::vector<int32_t> tokens,
+                          absl::Time deadline, const std::shared_ptr<WorkHandle>& handle,
+                          absl::Status written,
                           std::function<void(absl::StatusOr<IngestAck>)> done) {
   Session::StoreCursor& cursor = session->store_cursor();
+  bool stale = false;
   {
     absl::MutexLock lock(&cursor.mu);
-    if (!written.ok() && (cursor.failed_seq == 0 || seq < cursor.failed_seq)) {
-      cursor.failed_seq = seq;
-    } else if (written.ok() && cursor.failed_seq != 0 && seq > cursor.failed_seq) {
-      // Written, but after a segment that was not: it must not apply alone.
-      written = absl::AbortedError(absl::StrCat("segment ", cursor.failed_seq,
-                                                " could not be made durable; resend from it"));
-      SessionStore::Batch undo;
-      undo.DeleteRecord(session->id(), rec);
-      store_->Commit(std::move(undo), [](absl::Status) {});
-    }
+    stale = epoch != cursor.epoch;
+    if (!written.ok() && !stale) ++cursor.epoch;
+  }
+  if (written.ok() && stale) {
+    // Written, but an earlier segment failed since its claim: it must not
+    // apply after the gap.
+    written = absl::AbortedError(absl::StrCat(
+        "segment ", seq, " not applied: an earlier segment failed; resend from next_seq"));
+    SessionStore::Batch undo;
+    undo.DeleteRecord(session->id(), rec);
+    store_->Commit(std::move(undo), [](absl::Status) {});
   }
   if (!written.ok()) {
-    session->FailSegment(seq, n);
+    // A stale claim's failure does not rewind next_seq: the earlier failure
+    // did, and the client may be resending already.
+    if (stale) {
+      session->Unreserve(n);
+    } else {
+      session->FailSegment(seq, n);
+    }
     return done(written);
   }
+  // Checked again on the engine thread in order with the session's work: an
+  // earlier segment that fails there from now on cancels this one before it
+  // runs.
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  ReadJob check;
+  check.session = session;
+  check.fn = [session, epoch, handle, cancelled](absl::Status, const SessionEngineState*) {
+    Session::StoreCursor& c = session->store_cursor();
+    absl::MutexLock lock(&c.mu);
+    if (c.epoch != epoch) {
+      cancelled->store(true);
+      handle->Cancel();
+    }
+  };
+  scheduler_->SubmitRead(std::move(check));
   scheduler_->SubmitIngest(
-      SegmentJob(session, seq, std::move(tokens), deadline, rec, std::move(done)), handle);
+      SegmentJob(session, seq, std::move(tokens), deadline, rec, std::move(done), cancelled),
+      handle);
+}
+
+void Engine::DurableSegmentFailed(const std::shared_ptr<Session>& session, int64_t seq, int64_t n,
+                                  int64_t rec, bool stale) {
+  if (stale) {
+    session->Unreserve(n);
+  } else {
+    session->FailSegment(seq, n);
+    Session::StoreCursor& cursor = session->store_cursor();
+    absl::MutexLock lock(&cursor.mu);
+    ++cursor.epoch;
+  }
+  // Written ahead but not applied: roll the record back.
+  SessionStore::Batch undo;
+  undo.DeleteRecord(session->id(), rec);
+  store_->Commit(std::move(undo), [](absl::Status) {});
 }
 
 // ---------------------------------------------------------------- generate

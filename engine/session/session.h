@@ -159,9 +159,10 @@ class Session {
   struct StoreCursor {
     absl::Mutex mu;
     int64_t next_rec ABSL_GUARDED_BY(mu) = 0;
-    // A segment whose record could not be written: later segments, written
-    // or not, are refused until the client resends from it. 0: none.
-    int64_t failed_seq ABSL_GUARDED_BY(mu) = 0;
+    // Bumped when a segment fails after its claim (its record not written,
+    // or not applied): segments claimed before that are refused when their
+    // records are written, so none applies after a gap.
+    int64_t epoch ABSL_GUARDED_BY(mu) = 0;
   };
   StoreCursor& store_cursor() { return store_cursor_; }
   void set_recovering(bool r) { recovering_.store(r, std::memory_order_release); }
