@@ -140,6 +140,20 @@ absl::StatusOr<IngestProgress> IngestSegments(
   return p;
 }
 
+absl::StatusOr<std::string> ExportSession(v1::LongContext::Stub* stub, const ClientOptions& options,
+                                          const std::string& session_id) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options, session_id);
+  v1::ExportSessionRequest req;
+  req.set_session_id(session_id);
+  auto reader = stub->ExportSession(&ctx, req);
+  std::string data;
+  v1::SessionData piece;
+  while (reader->Read(&piece)) data += piece.data();
+  if (absl::Status st = FromGrpc(reader->Finish()); !st.ok()) return st;
+  return data;
+}
+
 absl::StatusOr<v1::GenerateComplete> GenerateStream(
     v1::LongContext::Stub* stub, const ClientOptions& options, const v1::GenerateRequest& request,
     const std::function<void(const v1::GenerateChunk&)>& on_chunk) {

@@ -66,6 +66,10 @@ absl::StatusOr<IngestProgress> IngestSegments(
     const std::vector<std::string>& segments, int64_t first_seq,
     const std::function<void(const IngestProgress&)>& progress = nullptr);
 
+// The bytes of an exported session (ExportSession's stream, joined).
+absl::StatusOr<std::string> ExportSession(v1::LongContext::Stub* stub, const ClientOptions& options,
+                                          const std::string& session_id);
+
 // Runs Generate, calling `on_chunk` for each chunk; returns the final message.
 absl::StatusOr<v1::GenerateComplete> GenerateStream(
     v1::LongContext::Stub* stub, const ClientOptions& options, const v1::GenerateRequest& request,

@@ -11,7 +11,7 @@
 namespace longctx {
 namespace {
 
-ModelFingerprint Fingerprint(const ModelConfig& config, const Tokenizer& tok) {
+ModelFingerprint FingerprintOf(const ModelConfig& config, const Tokenizer& tok) {
   ModelFingerprint f;
   f.name = config.name;
   f.vocab_size = tok.vocab_size();
@@ -102,10 +102,12 @@ void EncodeOffThread(SessionSnapshot snap, const std::string& key, HostMemoryCha
 
 }  // namespace
 
+ModelFingerprint Engine::Fingerprint() const { return FingerprintOf(info_.model, tokenizer_); }
+
 std::shared_ptr<WorkHandle> Engine::Export(const std::string& tenant, const std::string& id,
                                            absl::Time deadline,
                                            std::function<void(absl::StatusOr<std::string>)> done) {
-  auto found = manager_.Get(tenant, id);
+  auto found = Lookup(tenant, id);
   if (!found.ok()) {
     done(found.status());
     return nullptr;
@@ -134,9 +136,9 @@ std::shared_ptr<WorkHandle> Engine::Export(const std::string& tenant, const std:
     scheduler_->PostBackground([this, snap = std::move(snap), charge, handle, deadline, start,
                                 done]() mutable {
       // Here, off the engine thread: the fingerprint hashes the whole vocabulary.
-      snap.model = Fingerprint(info_.model, tokenizer_);
-      EncodeOffThread(std::move(snap), options_.session_export_key, *charge, handle,
-                      deadline, [&](absl::StatusOr<std::string> bytes) {
+      snap.model = Fingerprint();
+      EncodeOffThread(std::move(snap), options_.session_export_key, *charge, handle, deadline,
+                      [&](absl::StatusOr<std::string> bytes) {
                         if (bytes.ok()) {
                           stats_.export_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
                         }
@@ -150,15 +152,15 @@ std::shared_ptr<WorkHandle> Engine::Export(const std::string& tenant, const std:
 
 // The decoded blob checked against this server: its model, its settings
 // under this server's limits, its token ids.
-absl::StatusOr<SessionSettings> Engine::CheckImport(const SessionSnapshot& snap,
-                                                    const ImportInput& input) const {
-  if (!(snap.model == Fingerprint(info_.model, tokenizer_))) {
+absl::StatusOr<SessionSettings> Engine::CheckImport(
+    const SessionSnapshot& snap, const std::map<std::string, std::string>& labels) const {
+  if (!(snap.model == Fingerprint())) {
     return absl::FailedPreconditionError(
         absl::StrCat("the session was exported from model '", snap.model.name,
                      "', which is not the model this server serves ('", info_.model.name, "')"));
   }
   SessionSettings settings = snap.settings;
-  if (!input.labels.empty()) settings.labels = input.labels;
+  if (!labels.empty()) settings.labels = labels;
   // The exported settings must be valid here too (limits may differ).
   ASSIGN_OR_RETURN(SessionSettings resolved,
                    ResolveSession(SessionRequest::FromSettings(settings, options_.max_ttl),
@@ -179,19 +181,43 @@ absl::StatusOr<SessionSettings> Engine::CheckImport(const SessionSnapshot& snap,
 std::shared_ptr<WorkHandle> Engine::Import(const std::string& tenant, ImportInput input,
                                            std::function<void(absl::StatusOr<SessionInfo>)> done) {
   const absl::Time start = absl::Now();
-  auto fail = [&](absl::Status s) -> std::shared_ptr<WorkHandle> {
-    done(std::move(s));
-    return nullptr;
-  };
   auto snap = DecodeSessionSnapshot(input.data, options_.session_export_key);
-  if (!snap.ok()) return fail(snap.status());
+  if (!snap.ok()) {
+    done(snap.status());
+    return nullptr;
+  }
   input.data.clear();
   input.data.shrink_to_fit();
-  auto resolved = CheckImport(*snap, input);
-  if (!resolved.ok()) return fail(resolved.status());
-  auto resume = ResumePoint(*snap, *resolved);
-  if (!resume.ok()) return fail(resume.status());
-  const SessionSnapshot& restore = *snap;
+  auto handle = std::make_shared<WorkHandle>();
+  RestoreSnapshot(
+      tenant, input.id, *std::move(snap), input.labels, /*recovered=*/false, handle,
+      [this, start, tenant, handle, done = std::move(done)](absl::StatusOr<SessionInfo> info) {
+        // A cancel that came too late to stop the prefill: undo the import.
+        if (info.ok() && handle->cancelled()) {
+          if (auto gone = manager_.Delete(tenant, info->id); gone.ok()) {
+            scheduler_->Release(*std::move(gone));
+            ForgetStored(info->id, /*wait=*/false).IgnoreError();
+          }
+          info = absl::CancelledError("cancelled by the client");
+        }
+        if (info.ok()) stats_.import_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+        done(std::move(info));
+      });
+  return handle;
+}
+
+void Engine::RestoreSnapshot(const std::string& tenant, const std::string& id,
+                             SessionSnapshot snap, const std::map<std::string, std::string>& labels,
+                             bool recovered, std::shared_ptr<WorkHandle> handle,
+                             std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  auto resolved = CheckImport(snap, labels);
+  if (!resolved.ok()) return done(resolved.status());
+  // A recovered session without a restore point replays its whole log.
+  auto resume = recovered && snap.evicted_end == 0 && snap.memory.empty()
+                    ? absl::StatusOr<std::optional<SessionEngineState::Resume>>(std::nullopt)
+                    : ResumePoint(snap, *resolved);
+  if (!resume.ok()) return done(resume.status());
+  const SessionSnapshot& restore = snap;
   auto prepare = [&restore, &resume](Session& s) {
     s.RestoreIngestState(restore.applied_seq, restore.segments, restore.ingested_tokens);
     s.set_user_turn_start(restore.user_turn_start);
@@ -199,22 +225,16 @@ std::shared_ptr<WorkHandle> Engine::Import(const std::string& tenant, ImportInpu
     // first one publishes this to the engine thread.
     if (*resume) s.engine_state().resume = std::move(*resume);
   };
-  auto handle = std::make_shared<WorkHandle>();
-  StartSession(
-      tenant, input.id, std::move(*resolved), std::move(snap->tokens), prepare,
-      [this, start, tenant, handle, done = std::move(done)](absl::StatusOr<SessionInfo> info) {
-        // A cancel that came too late to stop the prefill: undo the import.
-        if (info.ok() && handle->cancelled()) {
-          if (auto gone = manager_.Delete(tenant, info->id); gone.ok()) {
-            scheduler_->Release(*std::move(gone));
-          }
-          info = absl::CancelledError("cancelled by the client");
-        }
-        if (info.ok()) stats_.import_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
-        done(std::move(info));
-      },
-      handle);
-  return handle;
+  StartOptions options;
+  options.recovered = recovered;
+  options.handle = std::move(handle);
+  if (store_) {
+    // The session's durable base: what it starts from here.
+    snap.settings = *resolved;
+    options.base = EncodeSessionSnapshot(snap);
+  }
+  StartSession(tenant, id, *resolved, std::move(snap.tokens), prepare, std::move(options),
+               std::move(done));
 }
 
 }  // namespace longctx

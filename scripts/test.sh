@@ -24,6 +24,14 @@ openai_venv="$build/openai-venv"
 LONGCTX_DAEMON="$build/bin/longctxd" "$openai_venv/bin/python" -m pytest -q tests/openai
 # ---- end OpenAI compatibility ----
 
+# The crash harness (docs/service.md "Durability"): a few trials of SIGKILL and
+# of SIGTERM at random moments under streaming clients; nothing acknowledged
+# may be lost and every session must equal its uninterrupted twin.
+for mode in kill term; do
+  "$build/bin/longctx-crash-harness" --server="$build/bin/longctxd" --mode=$mode --trials=3 \
+    --clients=3 --work_dir="$(mktemp -d)" | tail -n 1
+done
+
 # The CUDA code compiles and links wherever nvcc is; its GPU tests skip without a GPU.
 if command -v nvcc > /dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
   cmake -S . -B "$build-cuda" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON \

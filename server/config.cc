@@ -222,6 +222,12 @@ const std::vector<Field>& Fields() {
                   &ServerConfig::session_export_key, /*secret=*/true),
       StringField("session_export_key_file", "file holding session_export_key",
                   &ServerConfig::session_export_key_file),
+      StringField("durability",
+                  "what an ack promises: none, ack (survives a process crash), sync (a machine "
+                  "crash)",
+                  &ServerConfig::durability),
+      StringField("state_dir", "session store directory (\"\": $XDG_STATE_HOME/longctx)",
+                  &ServerConfig::state_dir),
       DurationField("drain_grace", "on SIGTERM, time given to open calls to finish",
                     &ServerConfig::drain_grace),
       StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
@@ -386,6 +392,9 @@ absl::Status ServerConfig::Validate() const {
   }
   if (!session_export_key.empty() && session_export_key.size() < 16) {
     return bad("session_export_key: must be at least 16 bytes");
+  }
+  if (durability != "none" && durability != "ack" && durability != "sync") {
+    return bad("durability: must be none, ack or sync");
   }
   if (drain_grace < absl::ZeroDuration()) return bad("drain_grace: must not be negative");
   if (log_format != "text" && log_format != "json") return bad("log_format: must be text or json");

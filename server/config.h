@@ -104,6 +104,11 @@ struct ServerConfig {
   std::string session_export_key;       // HMAC key signing exports (secret); empty: unsigned
   std::string session_export_key_file;  // file holding that key (read at start-up)
 
+  // --- durability (docs/service.md "Durability") ---
+  std::string durability = "ack";  // none | ack | sync: what an Ingest ack promises
+  std::string state_dir;           // the session store; empty: $XDG_STATE_HOME/longctx,
+                                   // else ~/.local/state/longctx (unused under none)
+
   // --- operations ---
   absl::Duration drain_grace = absl::Seconds(30);  // SIGTERM: time for streams to finish
   std::string log_format = "text";                 // text | json

@@ -208,6 +208,47 @@ void CollectSteps(const EngineStats& st, std::vector<MetricFamily>* out) {
                                  st.step_batch_tokens));
 }
 
+// The durable session store and what recovery did at start.
+void CollectStore(const Engine& engine, std::vector<MetricFamily>* out) {
+  const SessionStore* store = engine.store();
+  if (store == nullptr) return;
+  const StoreStats& st = store->stats();
+  const RecoveryStats& r = engine.recovery();
+  out->push_back(Scalar("longctx_store_bytes",
+                        "Bytes of the session store on disk (table files and unflushed log).",
+                        kGauge, static_cast<double>(store->DiskBytes())));
+  out->push_back(HistogramFamily("longctx_store_commit_duration_seconds",
+                                 "One group commit of the session store (with fsync under sync).",
+                                 st.commit_seconds));
+  out->push_back(Scalar("longctx_store_commits_total",
+                        "Group commits written to the session store.", kCounter,
+                        Value(st.commits_total)));
+  out->push_back(Scalar("longctx_store_write_errors_total",
+                        "Session store writes that failed (their segments were not acknowledged).",
+                        kCounter, Value(st.write_errors_total)));
+  struct Gauge {
+    const char* name;
+    const char* help;
+    const std::atomic<int64_t>& value;
+  };
+  for (const Gauge& g : {
+           Gauge{"longctx_recovery_sessions", "Sessions found in the session store at start.",
+                 r.sessions},
+           Gauge{"longctx_recovery_sessions_rebuilt", "Recovered sessions whose KV is rebuilt.",
+                 r.rebuilt_sessions},
+           Gauge{"longctx_recovery_sessions_pending",
+                 "Recovered sessions whose KV is still being rebuilt.", r.pending_sessions},
+           Gauge{"longctx_recovery_tokens", "Tokens in the recovered sessions' logs.", r.tokens},
+           Gauge{"longctx_recovery_tokens_rebuilt",
+                 "Tokens of recovered sessions prefilled again so far.", r.rebuilt_tokens},
+       }) {
+    out->push_back(Scalar(g.name, g.help, kGauge, Value(g.value)));
+  }
+  out->push_back(Scalar("longctx_sessions_lost_total",
+                        "Sessions lost to store damage or that could not be rebuilt.", kCounter,
+                        Value(r.lost_sessions)));
+}
+
 }  // namespace
 
 // Reads the engine's stats at scrape time.
@@ -236,6 +277,7 @@ class EngineCollector final : public prometheus::Collectable {
     CollectSessions(st, service_->sessions(), &out);
     CollectInfini(st, &out);
     CollectSteps(st, &out);
+    CollectStore(*service_, &out);
     return out;
   }
 

@@ -127,6 +127,13 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   if (c.dca_pretrain_length > 0) o.dca_defaults.pretrain_len = c.dca_pretrain_length;
   if (c.dca_chunk_size > 0) o.dca_defaults.chunk_size = c.dca_chunk_size;
   if (c.dca_local_window > 0) o.dca_defaults.local_window = c.dca_local_window;
+  e.store.durability = *ParseDurability(c.durability);  // validated
+  e.store.dir = c.state_dir.empty() ? DefaultStateDir() : c.state_dir;
+  e.on_store_event = [](const std::string& event, const std::string& id,
+                        const std::string& detail) {
+    Log(event == "sessions rebuilt" ? spdlog::level::info : spdlog::level::err, event,
+        {{"session", id}, {"detail", detail}});
+  };
   e.group.dist = DistOptionsFrom(c, 0);
   e.group.on_rank_stopped = [](int rank, const absl::Status& s) {
     Log(s.ok() ? spdlog::level::info : spdlog::level::err, "rank stopped",
@@ -221,6 +228,17 @@ absl::Status Server::LoadEngine() {
   service_->SetEngine(engine_.get());
   if (http_) http_->SetEngine(engine_.get());
   health_->SetServing(true);
+  if (const SessionStore* store = engine_->store()) {
+    const RecoveryStats& r = engine_->recovery();
+    Log(spdlog::level::info, "session store open",
+        {{"durability", DurabilityName(store->durability())},
+         {"state_dir", store->dir()},
+         {"sessions", absl::StrCat(r.sessions.load())},
+         {"tokens", absl::StrCat(r.tokens.load())},
+         {"lost", absl::StrCat(r.lost_sessions.load())},
+         {"store_open_s", absl::StrCat(r.store_open_seconds.load())},
+         {"time_to_serving_s", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - t0))}});
+  }
   if (metrics_) metrics_->SetServerState(1);
   Log(spdlog::level::info, "serving",
       {{"model", info.model.name},

@@ -59,7 +59,7 @@ void Scheduler::Stop() {
 }
 
 template <typename Request>
-std::shared_ptr<WorkHandle> Scheduler::Submit(Request request) {
+std::shared_ptr<WorkHandle> Scheduler::Submit(Request request, std::shared_ptr<WorkHandle> handle) {
   auto job = std::make_unique<Job>();
   job->session = request.session;
   if constexpr (requires { request.deadline; }) job->deadline = request.deadline;
@@ -67,8 +67,9 @@ std::shared_ptr<WorkHandle> Scheduler::Submit(Request request) {
   if constexpr (requires { request.handle; }) given = request.handle;
   job->queued_bytes = QueuedBytes(request);
   job->handler = MakeJobHandler(std::move(request));
-  job->handle = given ? std::move(given) : std::make_shared<WorkHandle>();
-  std::shared_ptr<WorkHandle> handle = job->handle;
+  if (handle == nullptr) handle = std::move(given);
+  if (handle == nullptr) handle = std::make_shared<WorkHandle>();
+  job->handle = handle;
   Enqueue(std::move(job));
   return handle;
 }
@@ -84,6 +85,16 @@ std::shared_ptr<WorkHandle> Scheduler::SubmitGenerate(GenerateJob job) {
 std::shared_ptr<WorkHandle> Scheduler::SubmitScore(ScoreJob job) { return Submit(std::move(job)); }
 
 std::shared_ptr<WorkHandle> Scheduler::SubmitRead(ReadJob job) { return Submit(std::move(job)); }
+
+std::shared_ptr<WorkHandle> Scheduler::SubmitIngest(IngestJob job,
+                                                    std::shared_ptr<WorkHandle> handle) {
+  return Submit(std::move(job), std::move(handle));
+}
+
+std::shared_ptr<WorkHandle> Scheduler::SubmitGenerate(GenerateJob job,
+                                                      std::shared_ptr<WorkHandle> handle) {
+  return Submit(std::move(job), std::move(handle));
+}
 
 void Scheduler::Enqueue(std::unique_ptr<Job> job) {
   job->submitted = absl::Now();

@@ -47,11 +47,11 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/stats.h"
 #include "engine/scheduler/job_requests.h"
 #include "engine/scheduler/step_model.h"
 #include "engine/scheduler/task_thread.h"
 #include "engine/session/session.h"
+#include "engine/stats.h"
 
 namespace longctx {
 
@@ -112,6 +112,10 @@ class Scheduler {
   // posted tasks: for work on copies of session state that must not hold up
   // the engine's steps. Stop runs the tasks posted before it.
   void PostBackground(std::function<void()> task) { background_.Post(std::move(task)); }
+  // As above with a handle made beforehand, for work submitted once a durable
+  // write is done (the caller could cancel it meanwhile).
+  std::shared_ptr<WorkHandle> SubmitIngest(IngestJob job, std::shared_ptr<WorkHandle> handle);
+  std::shared_ptr<WorkHandle> SubmitGenerate(GenerateJob job, std::shared_ptr<WorkHandle> handle);
 
   // Frees a closed session's engine state; its queued and running jobs fail
   // with the session's closing reason (FAILED_PRECONDITION).
@@ -132,7 +136,7 @@ class Scheduler {
 
   // The body of every Submit*.
   template <typename Request>
-  std::shared_ptr<WorkHandle> Submit(Request request);
+  std::shared_ptr<WorkHandle> Submit(Request request, std::shared_ptr<WorkHandle> handle = nullptr);
   void Enqueue(std::unique_ptr<Job> job);
   // Counts `job` against the queue bounds and the host-memory budget, or
   // says why not (RESOURCE_EXHAUSTED with a retry hint).

@@ -90,6 +90,14 @@ struct RawOutcome {
 RawOutcome RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
                    const std::vector<std::string>& requests);
 
+// A RAW SLIDE or COMPRESS session request with DCA chunks of `chunk_len`
+// tokens (C = 2 chunk_len, w = chunk_len), so that small windows overflow
+// after a few hundred tokens.
+v1::CreateSessionRequest WindowedSession(v1::OverflowPolicy policy, int64_t window, int sinks,
+                                         int chunk_len = 64);
+// `n` paragraphs of about 60 tokens of plain prose, numbered so that no two repeat.
+std::vector<std::string> Paragraphs(int n);
+
 // Proves the engine still works: a fresh session ingests, generates and is
 // scored. Adds a gtest failure otherwise.
 void ExpectStillServing(Daemon* daemon);
