@@ -13,12 +13,29 @@ import threading
 import time
 from typing import Iterator, List, Optional
 
+import grpc
 import pytest
 
 import longctx
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "scripts" / "sample_chapter.txt"
+
+
+def book_excerpt(size: int) -> str:
+    """The first `size` characters of Anna Karenina from the shared books
+    ($LONGCTX_BOOKS or ../shared/data/books beside the checkout), cut at a
+    paragraph; the sample chapter repeated when the books are absent."""
+    dirs = [os.environ.get("LONGCTX_BOOKS"), REPO.parent / "shared" / "data" / "books",
+            REPO.parent.parent / "shared" / "data" / "books"]
+    for d in dirs:
+        if d and (pathlib.Path(d) / "anna_karenina.txt").is_file():
+            text = (pathlib.Path(d) / "anna_karenina.txt").read_text(encoding="utf-8")
+            break
+    else:
+        text = SAMPLE.read_text() * (size // SAMPLE.stat().st_size + 1)
+    cut = text.rfind("\n\n", 0, size)
+    return text[:cut + 2 if cut > 0 else size]
 
 
 def daemon_path() -> pathlib.Path:
@@ -67,6 +84,14 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise RuntimeError("no port file after 60 s")
             time.sleep(0.05)
+        # Then until the model is loaded (a token-protected server answers
+        # UNAUTHENTICATED once it serves).
+        with longctx.Client(self.target) as c:
+            try:
+                c.wait_until_serving(max(1.0, deadline - time.monotonic()))
+            except longctx.LongctxError as e:
+                if e.code != grpc.StatusCode.UNAUTHENTICATED:
+                    raise
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

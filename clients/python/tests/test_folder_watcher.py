@@ -10,8 +10,9 @@ import sys
 import threading
 import time
 
-from conftest import REPO, SAMPLE
+from conftest import REPO, SAMPLE, book_excerpt, daemon_flags
 
+import longctx
 from longctx._segments import segments
 
 WATCHER = REPO / "examples" / "folder_watcher.py"
@@ -31,15 +32,20 @@ def next_event(events: "queue.Queue[dict]", kind: str, timeout: float = 90) -> d
             return e
 
 
+def start_watcher(target: str, inbox, *flags: str):
+    proc = subprocess.Popen(
+        [sys.executable, str(WATCHER), f"--server={target}", f"--dir={inbox}", "--interval=0.2",
+         *flags], stdout=subprocess.PIPE, text=True)
+    events: "queue.Queue[dict]" = queue.Queue()
+    threading.Thread(target=read_events, args=(proc, events), daemon=True).start()
+    return proc, events
+
+
 def test_dropped_file_is_ingested(client, daemon, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, str(WATCHER), f"--server={daemon.target}", f"--dir={inbox}",
-         "--interval=0.2", "--segment-bytes=2048", "--question=Who is the chapter about?"],
-        stdout=subprocess.PIPE, text=True)
-    events: "queue.Queue[dict]" = queue.Queue()
-    threading.Thread(target=read_events, args=(proc, events), daemon=True).start()
+    proc, events = start_watcher(daemon.target, inbox, "--segment-bytes=2048",
+                                 "--question=Who is the chapter about?")
     try:
         # Written under a hidden name, then renamed: the watcher sees it whole.
         (inbox / ".part").write_text(SAMPLE.read_text())
@@ -88,3 +94,41 @@ def test_watcher_restarted_mid_file_continues_the_session(client, daemon, tmp_pa
     assert info.tokens == want.session_tokens
     whole.delete()
     session.delete()
+
+
+def test_server_killed_and_restarted_mid_document(daemon_factory, tmp_path):
+    """The acceptance run: a book streams in while the server is killed and
+    restarted once. With a durable store (when this longctxd has --state_dir)
+    the same session completes; without, the watcher reports the lost
+    session clearly and ingests the book again into a new one."""
+    durable = "--state_dir" in daemon_flags()
+    d = daemon_factory([f"--state_dir={tmp_path / 'state'}"] if durable else [])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    book = book_excerpt(12 << 10)
+    proc, events = start_watcher(d.target, inbox, "--segment-bytes=1024")
+    try:
+        (inbox / ".part").write_text(book)
+        os.replace(inbox / ".part", inbox / "anna_karenina.txt")
+        with longctx.Client(d.target) as c:
+            deadline = time.monotonic() + 60
+            while not any(s.info.next_seq > 3 for s in c.list_sessions()):
+                assert time.monotonic() < deadline, "ingest did not start"
+                time.sleep(0.05)
+        d.kill()
+        d.start()
+        if not durable:
+            lost = next_event(events, "session_lost")
+            assert "restarted without a durable store" in lost["error"]
+        done = next_event(events, "ingested", timeout=120)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    want = len(list(segments([book], 1024)))
+    with longctx.Client(d.target) as c:
+        info = c.session(done["session"]).info
+        assert info.next_seq == want + 1
+        if durable:
+            assert done["reconnects"] >= 1
+        else:
+            assert done["session"] != lost["session"]

@@ -30,3 +30,9 @@ def test_binary_files_must_be_utf8():
 def test_rejects_tiny_segments():
     with pytest.raises(ValueError):
         list(segments(["abc"], 4))
+
+
+def test_a_str_is_a_path_and_text_goes_in_a_list():
+    with pytest.raises(TypeError, match=r"\[text\]"):
+        list(segments("line one\nline two", 64))
+    assert list(segments(["line one\nline two"], 64)) == ["line one\nline two"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from typing import (BinaryIO, Callable, Iterable, Iterator, List, Mapping, Optional,
                     Sequence, Tuple, Union)
 
 import grpc
 
 from longctx import _segments
-from longctx._ingest import IngestProgress, IngestRun, RetryPolicy
+from longctx._ingest import TRANSIENT_CODES, IngestProgress, IngestRun, RetryPolicy
 from longctx.errors import LongctxError, SessionLostError
 from longctx.v1 import longctx_pb2 as pb
 from longctx.v1 import longctx_pb2_grpc as pb_grpc
@@ -119,16 +120,17 @@ class Client:
 
     def wait_until_serving(self, timeout: float = 60.0) -> pb.ServerInfo:
         """GetServerInfo until the server answers (it is UNAVAILABLE while it
-        starts); LongctxError after `timeout` seconds."""
-        import time
-
+        starts); LongctxError after `timeout` seconds, or at once for another
+        error (e.g. UNAUTHENTICATED)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return self._stub.GetServerInfo(pb.GetServerInfoRequest(),
                                                 metadata=self._metadata(), timeout=5)
             except grpc.RpcError as e:
-                if time.monotonic() > deadline:
+                waiting = e.code() in (grpc.StatusCode.UNAVAILABLE,
+                                       grpc.StatusCode.DEADLINE_EXCEEDED)
+                if not waiting or time.monotonic() > deadline:
                     raise LongctxError.from_rpc(e, f"{self.target} is not serving") from None
                 time.sleep(0.2)
 
@@ -191,10 +193,10 @@ class Client:
             chunks: Iterable[bytes] = (data[i:i + _EXPORT_CHUNK]
                                        for i in range(0, max(len(data), 1), _EXPORT_CHUNK))
         elif hasattr(data, "read"):
-            reader = data.read  # type: ignore[union-attr]
+            reader = data.read
             chunks = iter(lambda: reader(_EXPORT_CHUNK), b"")
         else:
-            chunks = data  # type: ignore[assignment]
+            chunks = data
 
         def requests() -> Iterator[pb.ImportSessionRequest]:
             first = True
@@ -325,10 +327,6 @@ class Session:
 
     def _get_with_retry(self) -> pb.Session:
         """GetSession, waiting out a server that is restarting."""
-        import time
-
-        from longctx._ingest import TRANSIENT_CODES
-
         c = self._client
         delays = c.retry.delays()
         deadline = time.monotonic() + c.retry.max_elapsed

@@ -11,6 +11,7 @@ a new stream: no acknowledged segment is ever sent twice.
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 import time
 from collections import deque
@@ -43,8 +44,6 @@ class RetryPolicy:
     max_elapsed: float = 120.0
 
     def delays(self) -> Iterator[float]:
-        import random
-
         delay = self.initial_backoff
         while True:
             yield delay * (1 + self.jitter * (2 * random.random() - 1))
@@ -160,8 +159,9 @@ class IngestRun:
                 self._live = attempt
             acked_before = self.progress.acked_seq
             error: Optional[grpc.RpcError] = None
+            call = self._open_stream(self._requests(attempt))
             try:
-                for ack in self._open_stream(self._requests(attempt)):
+                for ack in call:
                     self._on_ack(ack)
             except grpc.RpcError as e:
                 error = e
@@ -169,6 +169,11 @@ class IngestRun:
                 with self._cv:
                     self._live = 0
                     self._cv.notify_all()
+                # Ends the stream if we leave early (an exception in the
+                # progress callback); a finished call ignores it.
+                cancel = getattr(call, "cancel", None)
+                if cancel is not None:
+                    cancel()
             if self._source_error is not None:
                 raise self._source_error
             if self.progress.acked_seq > acked_before:

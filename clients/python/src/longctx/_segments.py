@@ -12,8 +12,9 @@ import io
 import os
 from typing import BinaryIO, Iterable, Iterator, TextIO, Union
 
-#: What Session.ingest reads: a path, an open file (text or binary), or an
-#: iterable of str pieces of one text (concatenated, then cut).
+#: What Session.ingest reads: a path (str or PathLike), an open file (text, or
+#: binary UTF-8), or an iterable of str pieces of one text (concatenated, then
+#: cut; a text in one piece is [text]).
 Source = Union[str, "os.PathLike[str]", TextIO, BinaryIO, Iterable[str]]
 
 _READ_CHARS = 1 << 16
@@ -35,6 +36,9 @@ def _cut(text: str, max_bytes: int) -> int:
 
 def _pieces(source: Source) -> Iterator[str]:
     """The text of `source` as str pieces, read lazily."""
+    if isinstance(source, str) and ("\n" in source or len(source) > 4096):
+        # A str is a path; text itself goes in a list.
+        raise TypeError("ingest(str) reads the file of that name: pass text as [text]")
     if isinstance(source, (str, os.PathLike)):
         with open(source, "r", encoding="utf-8", newline="") as f:
             yield from _pieces(f)
