@@ -52,8 +52,9 @@ class Daemon:
     """A longctxd process. start() again after kill() restarts it on the same
     port, so a client's channel reconnects to it."""
 
-    def __init__(self, flags: List[str], workdir: pathlib.Path) -> None:
+    def __init__(self, flags: List[str], workdir: pathlib.Path, **client_options: object) -> None:
         self.flags = flags
+        self.client_options = client_options  # how to reach it (TLS)
         self.dir = workdir
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
@@ -86,7 +87,7 @@ class Daemon:
             time.sleep(0.05)
         # Then until the model is loaded (a token-protected server answers
         # UNAUTHENTICATED once it serves).
-        with longctx.Client(self.target) as c:
+        with longctx.Client(self.target, **self.client_options) as c:  # type: ignore[arg-type]
             try:
                 c.wait_until_serving(max(1.0, deadline - time.monotonic()))
             except longctx.LongctxError as e:
@@ -115,8 +116,9 @@ def daemon_factory() -> Iterator:
         pytest.skip(f"{daemon_path()} not built")
     started: List[Daemon] = []
     with tempfile.TemporaryDirectory(prefix="longctx-pytest-") as tmp:
-        def make(flags: Optional[List[str]] = None) -> Daemon:
-            d = Daemon(list(flags or []), pathlib.Path(tempfile.mkdtemp(dir=tmp)))
+        def make(flags: Optional[List[str]] = None, **client_options: object) -> Daemon:
+            d = Daemon(list(flags or []), pathlib.Path(tempfile.mkdtemp(dir=tmp)),
+                       **client_options)
             started.append(d)
             d.start()
             return d

@@ -2,6 +2,8 @@
 export/import, listing, auth, and resume across a server restart."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 
 import grpc
@@ -91,6 +93,40 @@ def test_auth_token(daemon_factory, tmp_path):
         with pytest.raises(longctx.LongctxError) as err:
             c.session(s.id)
         assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def make_certificates(d):
+    """A throw-away CA and, signed by it, a server certificate for 127.0.0.1
+    and a client certificate (as tests/integration/operations_test.cc)."""
+    def sh(cmd):
+        subprocess.run(cmd, shell=True, cwd=d, check=True, capture_output=True)
+
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+       "-subj /CN=longctx-test-ca")
+    for who in ("server", "client"):
+        sh(f"openssl req -newkey rsa:2048 -nodes -keyout {who}.key -out {who}.csr -subj /CN={who}")
+        sh(f"printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > {who}.ext && openssl x509 -req "
+           f"-in {who}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out {who}.pem "
+           f"-extfile {who}.ext")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_mutual_tls(daemon_factory, tmp_path):
+    make_certificates(tmp_path)
+    trusted = {"root_certificates": tmp_path / "ca.pem",
+               "certificate_chain": tmp_path / "client.pem",
+               "private_key": (tmp_path / "client.key").read_bytes()}
+    d = daemon_factory([f"--tls_cert={tmp_path / 'server.pem'}",
+                        f"--tls_key={tmp_path / 'server.key'}",
+                        f"--tls_client_ca={tmp_path / 'ca.pem'}"], **trusted)
+    with longctx.Client(d.target, **trusted) as c:
+        s = c.create_session()
+        assert s.ingest(["over TLS"]).segments == 1
+        s.delete()
+    # The server's certificate checks out, but the client presents none.
+    with longctx.Client(d.target, root_certificates=tmp_path / "ca.pem", timeout=5) as c:
+        with pytest.raises(longctx.LongctxError):
+            c.server_info()
 
 
 def kill_and_restart_after(daemon, acks: int):
