@@ -217,7 +217,7 @@ TEST(ChatTemplateFamiliesTest, RecognisesEachFamilyAndMatchesItsTemplate) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 7 * 9);
+  EXPECT_EQ(checked, 7 * 10);
 }
 
 TEST(ChatTemplateFamiliesTest, EncodeChatKeepsContentsPlainText) {

@@ -49,6 +49,7 @@ CASES = [
     ("closed_turns", [USER, ANSWER], False),
     ("system_user_closed", [SYSTEM, USER], False),
     ("padded_content", [{"role": "user", "content": "  spaced out \n"}], True),
+    ("padded_system", [{"role": "system", "content": " Be brief.\n"}, USER], True),
     ("session_system", [SYSTEM, {"role": "user", "content": DOCUMENT + "\n\n" + QUESTION}], True),
     ("session_default", [{"role": "user", "content": DOCUMENT + "\n\n" + QUESTION}], True),
 ]

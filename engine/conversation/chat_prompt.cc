@@ -58,7 +58,8 @@ std::vector<int32_t> ChatPrompt::SessionPrefix(const std::string& system_prompt)
       system_prompt.empty() ? template_.default_system_prompt : system_prompt;
   if (system.empty()) return no_system_open_;
   std::vector<int32_t> out = system_open_;
-  const auto sys = tokenizer_->Encode(system, /*parse_special=*/false);
+  const auto sys =
+      tokenizer_->Encode(RenderedContent(template_, "system", system), /*parse_special=*/false);
   out.insert(out.end(), sys.begin(), sys.end());
   out.insert(out.end(), user_open_.begin(), user_open_.end());
   return out;

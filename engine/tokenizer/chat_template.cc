@@ -95,8 +95,6 @@ SplitSystem TakeSystem(absl::Span<const ChatMessage> messages) {
   return {nullptr, messages};
 }
 
-std::string Trim(absl::string_view s) { return std::string(absl::StripAsciiWhitespace(s)); }
-
 std::string FormatChatMl(absl::Span<const ChatMessage> messages, bool gen, const ChatTemplate& t) {
   std::string out;
   for (const ChatMessage& m : WithSystemPrompt(messages, t)) {
@@ -115,13 +113,13 @@ std::string FormatLlama3(absl::Span<const ChatMessage> messages, bool gen, const
     // Llama 3.1: BOS and the system turn whatever the conversation.
     const SplitSystem s = TakeSystem(messages);
     absl::StrAppend(&out, kLlamaBos, header("system"), t.system_preamble,
-                    s.system ? Trim(*s.system) : "", kEotId);
+                    s.system ? RenderedContent(t, "system", *s.system) : "", kEotId);
     messages = s.rest;
   } else if (!messages.empty()) {
     out = std::string(kLlamaBos);
   }
   for (const ChatMessage& m : messages) {
-    absl::StrAppend(&out, header(m.role), Trim(m.content), kEotId);
+    absl::StrAppend(&out, header(m.role), RenderedContent(t, m.role, m.content), kEotId);
   }
   if (gen) absl::StrAppend(&out, header("assistant"));
   return out;
@@ -143,14 +141,14 @@ std::string FormatMistral(absl::Span<const ChatMessage> messages) {
   return out;
 }
 
-std::string FormatGemma(absl::Span<const ChatMessage> messages, bool gen) {
+std::string FormatGemma(absl::Span<const ChatMessage> messages, bool gen, const ChatTemplate& t) {
   const SplitSystem s = TakeSystem(messages);
   std::string out(kGemmaBos);
   bool first = true;
   for (const ChatMessage& m : s.rest) {
     const std::string system = first && s.system ? absl::StrCat(*s.system, "\n\n") : "";
     absl::StrAppend(&out, kTurnStart, m.role == "assistant" ? "model" : m.role, "\n", system,
-                    Trim(m.content), kTurnEnd, "\n");
+                    RenderedContent(t, m.role, m.content), kTurnEnd, "\n");
     first = false;
   }
   if (gen) absl::StrAppend(&out, kTurnStart, "model\n");
@@ -205,6 +203,16 @@ absl::string_view ChatStyleName(ChatStyle style) {
   return "none";
 }
 
+std::string RenderedContent(const ChatTemplate& chat_template, absl::string_view role,
+                            absl::string_view content) {
+  const ChatStyle style = chat_template.style;
+  // Gemma writes the system message it folds into the first user turn as is.
+  if (style == ChatStyle::kLlama3 || (style == ChatStyle::kGemma && role != "system")) {
+    return std::string(absl::StripAsciiWhitespace(content));
+  }
+  return std::string(content);
+}
+
 absl::StatusOr<ChatTemplate> ChatTemplateFromJinja(absl::string_view jinja) {
   if (jinja.empty()) return absl::InvalidArgumentError("model has no chat template");
   const auto has = [&](absl::string_view a, absl::string_view b) {
@@ -241,7 +249,7 @@ std::string FormatChat(absl::Span<const ChatMessage> messages, bool add_generati
       // The model answers after [/INST]: no generation prompt of its own.
       return FormatMistral(messages);
     case ChatStyle::kGemma:
-      return FormatGemma(messages, add_generation_prompt);
+      return FormatGemma(messages, add_generation_prompt, chat_template);
     case ChatStyle::kPhi3:
       return FormatPhi3(messages, add_generation_prompt);
   }
@@ -261,8 +269,6 @@ absl::StatusOr<std::vector<int32_t>> EncodeChat(const Tokenizer& tokenizer,
   }
   // Format with a mark in place of each content, then encode the template's
   // text around the marks with special tokens and each content as plain text.
-  const bool trims =
-      chat_template.style == ChatStyle::kLlama3 || chat_template.style == ChatStyle::kGemma;
   std::vector<ChatMessage> marked;
   for (size_t i = 0; i < messages.size(); ++i) {
     marked.push_back({messages[i].role, messages[i].content.empty() ? "" : ContentMark(i)});
@@ -279,7 +285,7 @@ absl::StatusOr<std::vector<int32_t>> EncodeChat(const Tokenizer& tokenizer,
     const size_t at = text.find(mark, from);
     if (at == std::string::npos) continue;  // left out by the template
     append(absl::string_view(text).substr(from, at - from), true);
-    append(trims ? Trim(messages[i].content) : messages[i].content, false);
+    append(RenderedContent(chat_template, messages[i].role, messages[i].content), false);
     from = at + mark.size();
   }
   append(absl::string_view(text).substr(from), true);

@@ -8,8 +8,10 @@
 //   kLlama3   <|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n
 //             content<|eot_id|> (Llama 3; Llama 3.1 adds a system turn with
 //             its knowledge and today dates to every conversation)
-//   kMistral  <s> [INST] user [/INST] answer</s> (Mistral 7B Instruct); no
-//             system role: the system message opens the first user turn
+//   kMistral  <s> [INST] user [/INST] answer</s> (Mistral 7B Instruct v0.2);
+//             no system role: the system message opens the first user turn.
+//             Any [INST] template without Llama 2's <<SYS>> is taken for this
+//             one (other Mistral revisions differ in spaces around [INST])
 //   kGemma    <bos><start_of_turn>user\ncontent<end_of_turn>\n, the assistant
 //             is "model" (Gemma 3); no system role: as Mistral
 //   kPhi3     <|user|>\ncontent<|end|>\n (Phi-3, Phi-3.5); an empty system
@@ -60,6 +62,12 @@ inline constexpr absl::string_view kSmolLmSystemPrompt =
 // (ChatML) or system preamble (Llama 3.1). InvalidArgument for an empty
 // template, Unimplemented for other families.
 absl::StatusOr<ChatTemplate> ChatTemplateFromJinja(absl::string_view jinja);
+
+// A message's content as the family's template writes it: Llama 3 trims
+// every content (Jinja's trim), Gemma every one but the system message it
+// folds into the first user turn; the others write it as is.
+std::string RenderedContent(const ChatTemplate& chat_template, absl::string_view role,
+                            absl::string_view content);
 
 // The prompt text for `messages`; with add_generation_prompt it ends with the
 // header of an assistant turn for the model to complete.
