@@ -1,8 +1,9 @@
 // Command ingest streams a text file into a new longctx session, one
 // acknowledged segment at a time, then asks a question and prints the answer
 // as it streams. After a transient failure (the server unreachable or
-// restarting) it waits, reads the session's next_seq and resends only the
-// segments from there (docs/service.md "Ingest").
+// restarting) it waits until GetSession answers and resends the segments from
+// the first unacknowledged one; the server acknowledges any it applied anyway
+// as duplicates (docs/service.md "Ingest").
 //
 //	longctx-go-ingest --server=localhost:50051 --file=book.txt --question="Who is it about?"
 package main
@@ -71,8 +72,9 @@ func transient(err error) bool {
 }
 
 // stream sends segs[from-1:] (segment i has seq i+1) on one Ingest stream and
-// reads their acknowledgements.
-func stream(ctx context.Context, c pb.LongContextClient, id string, segs []string, from int64) error {
+// reads their acknowledgements, recording the last in *acked.
+func stream(ctx context.Context, c pb.LongContextClient, id string, segs []string, from int64,
+	acked *int64) error {
 	s, err := c.Ingest(ctx)
 	if err != nil {
 		return err
@@ -94,15 +96,16 @@ func stream(ctx context.Context, c pb.LongContextClient, id string, segs []strin
 		if err != nil {
 			return err
 		}
+		*acked = ack.Seq
 		fmt.Fprintf(os.Stderr, "\rsegment %d/%d acknowledged, session tokens %d", ack.Seq, len(segs),
 			ack.SessionTokens)
 	}
 }
 
 func ingest(ctx context.Context, c pb.LongContextClient, id string, segs []string) error {
-	from, backoff := int64(1), 200*time.Millisecond
+	acked, backoff := int64(0), 200*time.Millisecond
 	for {
-		err := stream(ctx, c, id, segs, from)
+		err := stream(ctx, c, id, segs, acked+1, &acked)
 		if err == nil {
 			fmt.Fprintln(os.Stderr)
 			return nil
@@ -119,15 +122,17 @@ func ingest(ctx context.Context, c pb.LongContextClient, id string, segs []strin
 			if status.Code(gerr) == codes.NotFound {
 				return fmt.Errorf("session %s is gone (server restarted without a durable store?)", id)
 			}
+			if gerr == nil && info.NextSeq <= acked {
+				return fmt.Errorf("session %s lost acknowledged segments", id)
+			}
 			if gerr == nil {
-				from = info.NextSeq
 				break
 			}
 			if !transient(gerr) {
 				return gerr
 			}
 		}
-		log.Printf("reconnected: resuming at segment %d", from)
+		log.Printf("reconnected: resending from segment %d", acked+1)
 	}
 }
 

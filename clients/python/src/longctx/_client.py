@@ -300,9 +300,11 @@ class Session:
         those below the session's next_seq are already in it and are skipped,
         so running the same document again from first_seq=1 continues where a
         previous run stopped. With resume, a transient failure (UNAVAILABLE,
-        a dropped connection, a restarting server) reconnects with backoff
-        and continues from the session's next_seq; acknowledged segments are
-        never sent again. SessionLostError if the session is gone (deleted,
+        a dropped connection, a restarting server) reconnects with backoff,
+        checks with GetSession that the session still holds everything
+        acknowledged, and resends the unacknowledged segments (the server
+        acknowledges any it applied anyway as duplicates); acknowledged
+        segments are never sent again. SessionLostError if the session is gone (deleted,
         expired, or the server restarted without a durable store);
         RetriesExhaustedError after client.retry.max_elapsed seconds without
         progress. `progress` is called after each acknowledgement.

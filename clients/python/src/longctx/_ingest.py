@@ -4,9 +4,17 @@ Segments carry sequence numbers; the server applies them in order, each whole
 or not at all, and acknowledges each once applied. Sent segments stay in a
 bounded window until acknowledged. When the stream fails transiently (the
 server is unreachable, restarting or draining), the run waits with exponential
-backoff, asks GetSession for the session's next_seq, forgets the segments
-below it (applied, even if their acks were lost), and sends the rest again on
-a new stream: no acknowledged segment is ever sent twice.
+backoff until GetSession answers, checks that the session still holds every
+acknowledged segment (its next_seq is past them), and sends the
+unacknowledged ones again from the first on a new stream: no acknowledged
+segment is ever sent twice.
+
+Why not resume at next_seq itself: it counts segments claimed by the broken
+stream that may still be in flight there, and those fail (moving next_seq
+back) when the server notices the stream is gone. Resending from the first
+unacknowledged segment is always right: one the server applied after all is
+acknowledged again as a duplicate and not applied twice; one still in flight
+is acknowledged once it is done (ABORTED, retried, if it failed).
 """
 from __future__ import annotations
 
@@ -61,7 +69,7 @@ class IngestProgress:
     session_tokens: int = 0  # the session's position after the last acknowledgement
     acked_seq: int = 0       # the last sequence number the session holds
     skipped: int = 0         # segments already in the session before this call, not sent
-    duplicates: int = 0      # acknowledgements of segments the session already held
+    duplicates: int = 0      # resent segments the session already held (acks lost in a failure)
     reconnects: int = 0      # streams opened again after a failure
 
 
@@ -230,13 +238,6 @@ class IngestRun:
         p = self.progress
         if info.next_seq <= p.acked_seq:
             raise self._lost(f"it holds segments up to seq {info.next_seq - 1} only", None)
-        with self._cv:
-            while self._pending and self._pending[0][0] < info.next_seq:
-                _, _, nbytes = self._pending.popleft()
-                p.segments += 1
-                p.bytes += nbytes
-            self._skip_below = max(self._skip_below, info.next_seq)
-        p.acked_seq = info.next_seq - 1
         p.session_tokens = info.tokens
         p.reconnects += 1
         return time.monotonic()
