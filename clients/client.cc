@@ -137,6 +137,14 @@ absl::StatusOr<IngestProgress> IngestSegments(
   writer.join();
   const grpc::Status status = stream->Finish();
   if (!status.ok()) return FromGrpc(status);
+  if (p.segments < static_cast<int64_t>(segments.size())) {
+    // The server reads a message it cannot parse (e.g. text that is not
+    // UTF-8, which a proto3 string may not hold) as the end of the stream.
+    return absl::DataLossError(absl::StrFormat(
+        "the server ended the stream after %d of %d segments: segment %d was not applied "
+        "(is the text valid UTF-8?)",
+        p.segments, segments.size(), first_seq + p.segments));
+  }
   return p;
 }
 

@@ -60,7 +60,8 @@ struct IngestProgress {
 };
 
 // Streams `segments` into a session (seq first_seq, first_seq + 1, ...) on
-// one Ingest call, calling `progress` after each ack.
+// one Ingest call, calling `progress` after each ack. DataLoss if the stream
+// ends without an error before every segment is acknowledged.
 absl::StatusOr<IngestProgress> IngestSegments(
     v1::LongContext::Stub* stub, const ClientOptions& options, const std::string& session_id,
     const std::vector<std::string>& segments, int64_t first_seq,

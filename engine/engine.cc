@@ -96,7 +96,7 @@ Engine::Engine(std::unique_ptr<StepModel> model, Tokenizer tokenizer,
   if (chat) chat_ = ChatPrompt::Create(&tokenizer_, *chat);
   info_.model = std::move(config);
   info_.backend = std::move(backend_name);
-  info_.chat_template = chat_ ? "chatml" : "none";
+  info_.chat_template = chat_ ? std::string(ChatStyleName(chat->style)) : "none";
   KvCache& kv = model_->kv_cache();
   info_.block_size = kv.geometry().block_size;
   info_.total_blocks = kv.total_blocks();

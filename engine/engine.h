@@ -72,7 +72,7 @@ struct RecoveryStats {
 struct EngineInfo {
   ModelConfig model;
   std::string backend;
-  std::string chat_template;  // "chatml" or "none"
+  std::string chat_template;  // ChatStyleName of the model's template, or "none"
   DcaConfig default_attention;
   int block_size = 0;
   int64_t total_blocks = 0;
