@@ -55,7 +55,7 @@ def server():
         args = [daemon, f"--model={model}", "--backend=cpu", "--listen=127.0.0.1:0",
                 "--metrics_listen=", "--http_listen=127.0.0.1:0", f"--port_file={tmp}/ports",
                 f"--auth_tokens_file={tmp}/tokens", "--allow_insecure_tokens=true",
-                "--kv_cache_bytes=128MiB"]
+                "--kv_cache_bytes=128MiB", f"--state_dir={tmp}/state"]
         with log.open("w") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:

@@ -64,13 +64,20 @@ class Daemon:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def state_flags(self) -> List[str]:
+        """Each daemon keeps its sessions in its own directory (the default,
+        $XDG_STATE_HOME/longctx, is one per user and locked by one server)."""
+        if any(f.startswith(("--state_dir=", "--durability=none")) for f in self.flags):
+            return []
+        return [f"--state_dir={self.dir / 'state'}"]
+
     def start(self, wait: bool = True) -> None:
         port_file = self.dir / "ports"
         port_file.unlink(missing_ok=True)
         args = [str(daemon_path()), f"--listen=127.0.0.1:{self.port}",
                 "--metrics_listen=127.0.0.1:0", f"--port_file={port_file}",
                 f"--model={os.environ['LONGCTX_MODEL']}", "--backend=cpu",
-                "--kv_cache_bytes=512MiB", *self.flags]
+                "--kv_cache_bytes=512MiB", *self.state_flags(), *self.flags]
         env = dict(os.environ, OMP_WAIT_POLICY="passive")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)

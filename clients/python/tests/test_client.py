@@ -79,7 +79,9 @@ def test_export_import_roundtrip(client):
 def test_auth_token(daemon_factory, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("secret-token-team-a-0123 team-a\n")
-    d = daemon_factory([f"--auth_tokens_file={tokens}"])
+    # Plain-text tokens on loopback: the server refuses them without TLS unless
+    # told that TLS ends beside it.
+    d = daemon_factory([f"--auth_tokens_file={tokens}", "--allow_insecure_tokens=true"])
     with longctx.Client(d.target, token="secret-token-team-a-0123") as c:
         c.wait_until_serving()
         assert c.server_info().auth_required
@@ -181,7 +183,7 @@ def test_connection_drop_resumes_from_next_seq(client, daemon):
 
 
 def test_restart_without_durable_store_is_session_lost(daemon_factory):
-    d = daemon_factory()
+    d = daemon_factory(["--durability=none"])
     with longctx.Client(d.target, retry=longctx.RetryPolicy(max_elapsed=60)) as c:
         c.wait_until_serving()
         session = c.create_session(raw=True)
