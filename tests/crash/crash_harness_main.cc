@@ -47,6 +47,10 @@ ABSL_FLAG(int, max_segment, 600, "largest segment, bytes");
 ABSL_FLAG(double, max_kill_after, 3.0, "the kill comes within this many seconds");
 ABSL_FLAG(std::string, durability, "ack", "the server's durability setting");
 ABSL_FLAG(std::string, backend, "cpu", "the server's backend (cpu or cuda)");
+ABSL_FLAG(double, score_tolerance, -1,
+          "largest relative difference of Score from the twin's (default: 1e-3 on the f32 CPU "
+          "backend; 5e-2 on CUDA, whose bf16 activations bound its logits' relative error by "
+          "that, see tests/cuda_model_test.cc, and differ with the prefill's batch shapes)");
 ABSL_FLAG(uint64_t, seed, 1, "random seed");
 ABSL_FLAG(std::string, text, "",
           "document file (default: LONGCTX_BOOKS' books, else "
@@ -181,6 +185,7 @@ struct Totals {
   std::atomic<int64_t> errors{0};      // calls that failed where they must not
   std::atomic<int64_t> acked{0};
   double score_max_diff = 0;
+  double score_max_rel = 0;
   absl::Mutex mu;
 };
 
@@ -285,6 +290,12 @@ void Resume(const std::string& address, Stream* s, Totals* t) {
   Feed(address, s, applied + 1, false);
 }
 
+double ScoreTolerance() {
+  const double flag = absl::GetFlag(FLAGS_score_tolerance);
+  if (flag >= 0) return flag;
+  return absl::GetFlag(FLAGS_backend) == "cuda" ? 5e-2 : 1e-3;
+}
+
 void Compare(const std::string& address, Stream* s, Totals* t) {
   const std::string twin = s->id + "-twin";
   if (!Create(address, twin).ok()) return (void)++t->errors;
@@ -312,9 +323,14 @@ void Compare(const std::string& address, Stream* s, Totals* t) {
   auto sb = Score(address, twin);
   if (!sa.ok() || !sb.ok()) return (void)++t->errors;
   const double diff = std::abs(*sa - *sb);
+  const double rel = diff / std::max(std::abs(*sb), 1.0);
   absl::MutexLock lock(&t->mu);
   t->score_max_diff = std::max(t->score_max_diff, diff);
-  if (diff > 1e-3 * std::abs(*sb) + 1e-3) ++t->mismatches;
+  t->score_max_rel = std::max(t->score_max_rel, rel);
+  if (rel > ScoreTolerance()) {
+    std::fprintf(stderr, "session %s: Score %.6f, twin %.6f\n", s->id.c_str(), *sa, *sb);
+    ++t->mismatches;
+  }
 }
 
 // One trial; false when the server could not be started.
@@ -399,12 +415,14 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "crash-harness: mode=%s durability=%s trials=%d clients=%d acked_segments=%lld "
-      "acked_lost=%lld phantom=%lld mismatches=%lld errors=%lld score_max_diff=%g seconds=%.0f\n",
+      "acked_lost=%lld phantom=%lld mismatches=%lld errors=%lld score_max_diff=%g "
+      "score_max_rel=%g (tolerance %g) seconds=%.0f\n",
       absl::GetFlag(FLAGS_mode).c_str(), absl::GetFlag(FLAGS_durability).c_str(), done,
       absl::GetFlag(FLAGS_clients), static_cast<long long>(t.acked.load()),
       static_cast<long long>(t.acked_lost.load()), static_cast<long long>(t.phantom.load()),
       static_cast<long long>(t.mismatches.load()), static_cast<long long>(t.errors.load()),
-      t.score_max_diff, absl::ToDoubleSeconds(absl::Now() - t0));
+      t.score_max_diff, t.score_max_rel, longctx::ScoreTolerance(),
+      absl::ToDoubleSeconds(absl::Now() - t0));
   const bool ok = t.acked_lost == 0 && t.phantom == 0 && t.mismatches == 0 && t.errors == 0;
   return ok ? 0 : 1;
 }

@@ -96,11 +96,13 @@ def loadgen(args: argparse.Namespace, server: Server, sessions: int, doc_bytes: 
                           f"--doc-bytes={doc_bytes}", f"--segment-bytes={args.segment_bytes}",
                           "--questions=0", f"--keep-sessions={'true' if keep else 'false'}"],
                          capture_output=True, text=True, check=True)
-    m = re.search(r"ingested (\d+) tokens in ([\d.]+)s", out.stdout)
-    errors = re.search(r"\| (\d+) \|\n", out.stdout)
-    if not m or (errors and errors.group(1) != "0") or out.stderr.strip():
+    # The table row: | sessions | ingest tok/s | ... | errors |
+    cells = re.search(r"^\| \d+ \| (\d+) \|.*\| (\d+) \|$", out.stdout, re.M)
+    m = re.search(r"ingested (\d+) tokens", out.stdout)
+    if not m or not cells or cells.group(2) != "0" or out.stderr.strip():
         raise RuntimeError(f"loadgen failed:\n{out.stdout}\n{out.stderr}")
-    return int(m.group(1)), float(m.group(2))
+    tokens = int(m.group(1))
+    return tokens, tokens / float(cells.group(1))
 
 
 def header(args: argparse.Namespace) -> dict:
@@ -128,7 +130,7 @@ def _cpus() -> List[str]:
 
 def row(args: argparse.Namespace, bench: str, tokens: int, batch: int, unit: str, value: float,
         baseline_name: str, baseline: float, ratio: float) -> dict:
-    return {"bench": bench, "model": pathlib.Path(args.model).name, "heads": args.heads,
+    return {"bench": bench, "model": args.model_name or pathlib.Path(args.model).name, "heads": args.heads,
             "head_dim": args.head_dim, "tokens": tokens, "batch": batch, "unit": unit,
             "longctx": round(value, 3), "baseline_name": baseline_name,
             "baseline": round(baseline, 3), "ratio": round(ratio, 4)}
@@ -150,7 +152,9 @@ def cost(args: argparse.Namespace) -> dict:
                     try:
                         # Warm the server (first kernels, allocations) outside the timing.
                         loadgen(args, s, 1, min(args.doc_bytes, 4096))
-                        tok, sec = loadgen(args, s, n, args.doc_bytes)
+                        size = args.single_doc_bytes if n == 1 and args.single_doc_bytes \
+                            else args.doc_bytes
+                        tok, sec = loadgen(args, s, n, size)
                     finally:
                         s.stop()
                     rates.setdefault((d, n), []).append(tok / sec)
@@ -217,6 +221,9 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--streams", type=int, default=64)
     p.add_argument("--doc_bytes", type=int, default=8192, help="bytes each stream ingests")
+    p.add_argument("--single_doc_bytes", type=int, default=0,
+                   help="cost: bytes the single stream ingests (default: --doc_bytes)")
+    p.add_argument("--model_name", default="", help="the model's name in the rows")
     p.add_argument("--segment_bytes", type=int, default=2048)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tokens", type=int, default=1_000_000, help="recovery: tokens to hold")
