@@ -116,8 +116,8 @@ def header(args: argparse.Namespace) -> dict:
             if line.startswith("model name"):
                 device = f"{line.split(':', 1)[1].strip()} x{len(_cpus())}"
                 break
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or args.commit
+    commit = args.commit or subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                                           capture_output=True, text=True).stdout.strip()
     return {"device": device, "driver": driver, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "backend": args.backend, "rows": []}
@@ -230,7 +230,7 @@ def main() -> None:
     p.add_argument("--kv_cache_bytes", default="2GiB")
     p.add_argument("--heads", type=int, default=9)
     p.add_argument("--head_dim", type=int, default=64)
-    p.add_argument("--commit", default="", help="when the tree is no git checkout")
+    p.add_argument("--commit", default="", help="the binaries' commit (default: the checkout's)")
     args = p.parse_args()
     result = cost(args) if args.what == "cost" else recovery(args)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
