@@ -43,7 +43,10 @@ start=$(date +%s%N)
   > "$tmp/answer" 2> "$tmp/progress" || { cat "$tmp/progress" >&2; fail "longctx qa failed"; }
 tr '\r' '\n' < "$tmp/progress" | grep -v '^$' | tail -n 2 | sed 's/^/  /'
 echo "  answer ($(( ($(date +%s%N) - start) / 1000000 )) ms for ingest + answer): $(tr '\n' ' ' < "$tmp/answer")"
-curl -sf "http://127.0.0.1:$metrics_port/metrics" > "$tmp/metrics" || fail "metrics scrape failed"
+# The system's curl with the system's libraries: a binary bundle's
+# LD_LIBRARY_PATH (tools/dist/pack_bundle.sh) may carry an older libcurl.
+env -u LD_LIBRARY_PATH curl -sf "http://127.0.0.1:$metrics_port/metrics" > "$tmp/metrics" ||
+  fail "metrics scrape failed"
 grep -q '^longctx_generation_tokens_total [1-9]' "$tmp/metrics" ||
   fail "longctx_generation_tokens_total did not move"
 kill -TERM "$pid"
