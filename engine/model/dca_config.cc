@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 
@@ -38,7 +39,9 @@ absl::StatusOr<DcaConfig> DcaConfig::Resolve(const ModelConfig& model,
                      "' declares no context length); set pretrain_len explicitly"));
   }
   const int align = kDcaDefaultAlignment;
-  c.chunk_size = overrides.chunk_size.value_or(c.pretrain_len * 3 / 4 / align * align);
+  // In 64 bits: 3c overflows int for a client's pretrain_len over INT_MAX / 3.
+  c.chunk_size = overrides.chunk_size.value_or(
+      static_cast<int>(int64_t{c.pretrain_len} * 3 / 4 / align * align));
   c.local_window = overrides.local_window.value_or(c.pretrain_len / 8 / align * align);
   c.length_temperature = overrides.length_temperature.value_or(c.length_temperature);
   c.compose_rope_scaling = overrides.compose_rope_scaling.value_or(c.compose_rope_scaling);

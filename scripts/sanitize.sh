@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Sanitizer runs on the CPU backend, built with clang in their own directories.
+#
+#   ASan + UBSan (ASAN_BUILD_DIR=build-asan): the unit tests and the
+#     integration tests (a real, instrumented longctxd on loopback) on the
+#     default model (LONGCTX_MODEL, else scripts/fetch_model.sh's). Leaks
+#     count. The same build carries the fuzzers' coverage (scripts/fuzz.sh
+#     uses it too, so that CI compiles the engine with ASan once).
+#   TSan (TSAN_BUILD_DIR=build-tsan): the tests that drive concurrent work:
+#     the scheduler's, session manager's and rank group's unit tests, and the
+#     integration suites that run concurrent RPCs against a TSan longctxd
+#     (concurrency, tenancy, limits and streams, drain, metrics, security,
+#     bad input). Debian's abseil, gRPC and protobuf are not instrumented:
+#     scripts/tsan_absl_sync.cc (preloaded) shows TSan abseil's locks and
+#     scripts/tsan.supp holds the suppressions, each with its reason. OpenMP
+#     and OpenBLAS run one thread (their uninstrumented pools would be noise).
+#
+# Every process writes its reports to a log directory (the daemons' too, whose
+# stderr the tests do not show); any report fails the run and is printed.
+#
+#   scripts/sanitize.sh [--fast] [--asan | --tsan]
+#     --fast   what CI runs: the ASan + UBSan unit tests only (no server
+#              build, no model: suites that need it skip). See scripts/test.sh.
+#     --asan / --tsan   one half only.
+#   JOBS (default: nproc) build jobs.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+asan_build=${ASAN_BUILD_DIR:-build-asan}
+tsan_build=${TSAN_BUILD_DIR:-build-tsan}
+jobs=${JOBS:-$(nproc)}
+
+# configure_sanitized DIR SANITIZER [CMAKE_ARGS...]: clang, -O1 with line
+# tables (symbolized stacks at a fraction of -g's build time), CPU only.
+configure_sanitized() {
+  local dir=$1 sanitizer=$2
+  shift 2
+  CC=${CC:-clang} CXX=${CXX:-clang++} cmake -S "$root" -B "$dir" -G Ninja \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
+    -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" -DLONGCTX_CUDA=OFF \
+    -DLONGCTX_TESTS=ON -DLONGCTX_SANITIZE="$sanitizer" "$@" > /dev/null
+}
+
+# The ASan + UBSan build shared with scripts/fuzz.sh (which sources this file).
+configure_asan() {
+  configure_sanitized "$1" address -DLONGCTX_FUZZ=ON "${@:2}"
+}
+
+# Sourced (scripts/fuzz.sh): the functions only.
+[[ ${BASH_SOURCE[0]} != "$0" ]] && return 0
+
+fast=0 do_asan=1 do_tsan=1
+for arg in "$@"; do
+  case $arg in
+    --fast) fast=1 do_tsan=0 ;;
+    --asan) do_tsan=0 ;;
+    --tsan) do_asan=0 ;;
+    *) echo "usage: $0 [--fast] [--asan | --tsan]" >&2; exit 2 ;;
+  esac
+done
+cd "$root"
+
+# check_reports DIR NAME: fails, printing them, when DIR holds any report.
+check_reports() {
+  local dir=$1 name=$2
+  if compgen -G "$dir/*" > /dev/null; then
+    echo "sanitize.sh: $name reports:" >&2
+    for f in "$dir"/*; do
+      echo "==== $f" >&2
+      cat "$f" >&2
+    done
+    return 1
+  fi
+  echo "sanitize.sh: $name: no reports"
+}
+
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
+run_asan() {
+  local targets=(longctx_unit_tests)
+  ((fast)) || targets+=(longctx_integration_tests)
+  # --fast: no server, so no gRPC/protobuf compile in CI.
+  if ((fast)); then configure_asan "$asan_build" -DLONGCTX_SERVER=OFF
+  else configure_asan "$asan_build" -DLONGCTX_SERVER=ON; fi
+  cmake --build "$asan_build" -j "$jobs" --target "${targets[@]}"
+  local logs="$asan_build/sanitizer-logs"
+  rm -rf "$logs" && mkdir -p "$logs"
+  # detect_leaks: LeakSanitizer at every exit; halt at the first error.
+  export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:check_initialization_order=1:strict_init_order=1:log_path=$root/$logs/asan"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$root/$logs/ubsan"
+  export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp"
+  local rc=0
+  if ((fast)); then
+    env -u LONGCTX_MODEL "$asan_build/bin/longctx_unit_tests" --gtest_brief=1 || rc=1
+  else
+    if [[ -z ${LONGCTX_MODEL:-} ]]; then
+      LONGCTX_MODEL=$(scripts/fetch_model.sh | tail -n 1)
+      export LONGCTX_MODEL
+    fi
+    "$asan_build/bin/longctx_unit_tests" --gtest_brief=1 || rc=1
+    "$asan_build/bin/longctx_integration_tests" --gtest_brief=1 || rc=1
+  fi
+  unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
+  check_reports "$logs" "ASan/UBSan" || rc=1
+  return $rc
+}
+
+tsan_unit_filter='SchedulerTest.*:SessionManagerTest.*:DistCommunicatorTest.*:DistRendezvousTest.*:DistContextParallelTest.*:DistStepModelTest.*:DistModelTest.*'
+tsan_integration_filter='ConcurrencyTest.*:TenancyTest.*:LimitsTest.*:LifecycleTest.*:MetricsTest.*:SecurityTest.*:BadInputTest.*'
+
+run_tsan() {
+  configure_sanitized "$tsan_build" thread
+  cmake --build "$tsan_build" -j "$jobs" --target longctx_unit_tests longctx_integration_tests
+  local shim="$tsan_build/lib/libtsan_absl_sync.so"
+  mkdir -p "$(dirname "$shim")"
+  clang++ -std=c++20 -O1 -shared -fPIC -Wall -Wextra -Werror scripts/tsan_absl_sync.cc \
+    -o "$shim" -ldl
+  if [[ -z ${LONGCTX_MODEL:-} ]]; then
+    LONGCTX_MODEL=$(scripts/fetch_model.sh | tail -n 1)
+    export LONGCTX_MODEL
+  fi
+  local logs="$tsan_build/sanitizer-logs"
+  rm -rf "$logs" && mkdir -p "$logs"
+  # ignore_noninstrumented_modules: accesses that libc interceptors see on
+  # behalf of the uninstrumented libraries (their own memcpy, malloc) are not
+  # theirs to report; second_deadlock_stack: both stacks of a lock inversion.
+  local rc=0
+  env LD_PRELOAD="$root/$shim" \
+    TSAN_OPTIONS="suppressions=$root/scripts/tsan.supp:ignore_noninstrumented_modules=1:second_deadlock_stack=1:halt_on_error=0:log_path=$root/$logs/tsan" \
+    bash -c '"$1/bin/longctx_unit_tests" --gtest_brief=1 --gtest_filter="$2" &&
+             "$1/bin/longctx_integration_tests" --gtest_brief=1 --gtest_filter="$3"' \
+    _ "$tsan_build" "$tsan_unit_filter" "$tsan_integration_filter" || rc=1
+  check_reports "$logs" "TSan" || rc=1
+  return $rc
+}
+
+status=0
+if ((do_asan)); then run_asan || status=1; fi
+if ((do_tsan)); then run_tsan || status=1; fi
+if ((status)); then
+  echo "sanitize.sh: FAILED" >&2
+  exit 1
+fi
+echo "sanitize.sh: clean"
