@@ -20,10 +20,10 @@ targets=("$@")
 
 # shellcheck source=scripts/sanitize.sh
 source scripts/sanitize.sh
-configure_asan "$build" -DLONGCTX_SERVER=ON
+configure_asan "$build"
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target "${targets[@]}"
 
-# run TARGET SECONDS MAX_LEN SEED_DIR...: new inputs go to a working corpus in
+# run TARGET SECONDS MAX_LEN [SEED_DIR | -FLAG]...: new inputs go to a working corpus in
 # the build directory; the seeds are read only. Inputs that once crashed a
 # target (tests/fuzz/regressions/TARGET/, kept after the fix) are seeds too,
 # so they run first, every time.
@@ -52,7 +52,8 @@ for target in "${targets[@]}"; do
       rm -rf "$seeds"
       OMP_NUM_THREADS=1 LONGCTX_FUZZ_WRITE_SEEDS="$seeds" "$build/bin/session_fuzz"
       run session_fuzz "$seconds" 65536 "$seeds" ;;
-    request_fuzz) run request_fuzz "$seconds" 16384 ;;
+    # A script of calls needs room: longer inputs sooner than libFuzzer's default.
+    request_fuzz) run request_fuzz "$seconds" 16384 -len_control=10 ;;
     *) echo "fuzz.sh: unknown target $target" >&2; exit 2 ;;
   esac
 done

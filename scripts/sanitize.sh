@@ -19,8 +19,9 @@
 # stderr the tests do not show); any report fails the run and is printed.
 #
 #   scripts/sanitize.sh [--fast] [--asan | --tsan]
-#     --fast   what CI runs: the ASan + UBSan unit tests only (no server
-#              build, no model: suites that need it skip). See scripts/test.sh.
+#     --fast   what CI runs: the ASan + UBSan build of the unit tests only (no
+#              server, no integration tests) and the unit tests without the
+#              model (suites that need it skip). See scripts/test.sh.
 #     --asan / --tsan   one half only.
 #   JOBS (default: nproc) build jobs.
 set -euo pipefail
@@ -78,9 +79,7 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 run_asan() {
   local targets=(longctx_unit_tests)
   ((fast)) || targets+=(longctx_integration_tests)
-  # --fast: no server, so no gRPC/protobuf compile in CI.
-  if ((fast)); then configure_asan "$asan_build" -DLONGCTX_SERVER=OFF
-  else configure_asan "$asan_build" -DLONGCTX_SERVER=ON; fi
+  configure_asan "$asan_build"
   cmake --build "$asan_build" -j "$jobs" --target "${targets[@]}"
   local logs="$asan_build/sanitizer-logs"
   rm -rf "$logs" && mkdir -p "$logs"
