@@ -50,6 +50,7 @@ RUN apt-get update \
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
       libabsl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcivetweb-dev \
       libopenblas-dev libyaml-cpp-dev librocksdb-dev nlohmann-json3-dev libxxhash-dev libcurl4-openssl-dev libssl-dev \
+      libcpp-httplib-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -118,7 +119,8 @@ USER 10001:10001
 
 # 50051: gRPC (longctx.v1.LongContext, grpc.health.v1.Health, reflection)
 # 9090:  Prometheus /metrics
-EXPOSE 50051 9090
+# 8080:  the OpenAI-compatible HTTP door (when http_listen is set)
+EXPOSE 50051 9090 8080
 # longctxd drains on SIGTERM (health NOT_SERVING, new calls refused, open calls
 # get drain_grace to finish) and exits 0.
 STOPSIGNAL SIGTERM

@@ -1,5 +1,6 @@
 #include "clients/client.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <random>
@@ -60,6 +61,27 @@ absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+namespace {
+
+bool IsContinuationByte(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+// Where to end a piece of at most `max_bytes` taken from the start of `text`
+// (longer than that): after a paragraph break, a line break or a space in its
+// last three quarters, else at the start of a UTF-8 character.
+size_t CutPoint(absl::string_view text, size_t max_bytes) {
+  const absl::string_view window = text.substr(0, max_bytes);
+  for (absl::string_view sep : {"\n\n", "\n", " "}) {
+    const size_t at = window.rfind(sep);
+    if (at != absl::string_view::npos && at >= max_bytes / 4) return at + sep.size();
+  }
+  size_t cut = max_bytes;
+  // Back up to the start of a UTF-8 character.
+  while (cut > 0 && IsContinuationByte(text[cut])) --cut;
+  return cut == 0 ? max_bytes : cut;
+}
+
+}  // namespace
+
 std::vector<std::string> SplitSegments(absl::string_view text, size_t max_bytes) {
   std::vector<std::string> out;
   if (max_bytes < 8) max_bytes = 8;
@@ -68,25 +90,19 @@ std::vector<std::string> SplitSegments(absl::string_view text, size_t max_bytes)
       out.emplace_back(text);
       break;
     }
-    const absl::string_view window = text.substr(0, max_bytes);
-    size_t cut = absl::string_view::npos;
-    for (absl::string_view sep : {"\n\n", "\n", " "}) {
-      const size_t at = window.rfind(sep);
-      if (at != absl::string_view::npos && at >= max_bytes / 4) {
-        cut = at + sep.size();
-        break;
-      }
-    }
-    if (cut == absl::string_view::npos) {
-      cut = max_bytes;
-      // Back up to the start of a UTF-8 character.
-      while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
-      if (cut == 0) cut = max_bytes;
-    }
+    const size_t cut = CutPoint(text, max_bytes);
     out.emplace_back(text.substr(0, cut));
     text.remove_prefix(cut);
   }
   return out;
+}
+
+absl::string_view TextStretch(absl::string_view text, size_t begin, size_t max_bytes) {
+  begin = std::min(begin, text.size());
+  while (begin < text.size() && IsContinuationByte(text[begin])) ++begin;
+  text.remove_prefix(begin);
+  if (text.size() <= max_bytes || max_bytes < 8) return text.substr(0, max_bytes);
+  return text.substr(0, CutPoint(text, max_bytes));
 }
 
 absl::StatusOr<IngestProgress> IngestSegments(
@@ -121,7 +137,29 @@ absl::StatusOr<IngestProgress> IngestSegments(
   writer.join();
   const grpc::Status status = stream->Finish();
   if (!status.ok()) return FromGrpc(status);
+  if (p.segments < static_cast<int64_t>(segments.size())) {
+    // The server reads a message it cannot parse (e.g. text that is not
+    // UTF-8, which a proto3 string may not hold) as the end of the stream.
+    return absl::DataLossError(absl::StrFormat(
+        "the server ended the stream after %d of %d segments: segment %d was not applied "
+        "(is the text valid UTF-8?)",
+        p.segments, segments.size(), first_seq + p.segments));
+  }
   return p;
+}
+
+absl::StatusOr<std::string> ExportSession(v1::LongContext::Stub* stub, const ClientOptions& options,
+                                          const std::string& session_id) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options, session_id);
+  v1::ExportSessionRequest req;
+  req.set_session_id(session_id);
+  auto reader = stub->ExportSession(&ctx, req);
+  std::string data;
+  v1::SessionData piece;
+  while (reader->Read(&piece)) data += piece.data();
+  if (absl::Status st = FromGrpc(reader->Finish()); !st.ok()) return st;
+  return data;
 }
 
 absl::StatusOr<v1::GenerateComplete> GenerateStream(

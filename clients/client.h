@@ -46,6 +46,12 @@ absl::Status FromGrpc(const grpc::Status& status);
 // character. Each cut keeps its whitespace at the end of the earlier segment.
 std::vector<std::string> SplitSegments(absl::string_view text, size_t max_bytes);
 
+// The stretch of `text` of at most `max_bytes` from about `begin`: it starts
+// at the first UTF-8 character at or after `begin` and ends after a
+// whitespace break (as SplitSegments cuts), else at a character boundary; so
+// it is valid UTF-8 whenever `text` is.
+absl::string_view TextStretch(absl::string_view text, size_t begin, size_t max_bytes);
+
 struct IngestProgress {
   int64_t segments = 0;        // acknowledged
   int64_t bytes = 0;           // of acknowledged segments
@@ -54,11 +60,16 @@ struct IngestProgress {
 };
 
 // Streams `segments` into a session (seq first_seq, first_seq + 1, ...) on
-// one Ingest call, calling `progress` after each ack.
+// one Ingest call, calling `progress` after each ack. DataLoss if the stream
+// ends without an error before every segment is acknowledged.
 absl::StatusOr<IngestProgress> IngestSegments(
     v1::LongContext::Stub* stub, const ClientOptions& options, const std::string& session_id,
     const std::vector<std::string>& segments, int64_t first_seq,
     const std::function<void(const IngestProgress&)>& progress = nullptr);
+
+// The bytes of an exported session (ExportSession's stream, joined).
+absl::StatusOr<std::string> ExportSession(v1::LongContext::Stub* stub, const ClientOptions& options,
+                                          const std::string& session_id);
 
 // Runs Generate, calling `on_chunk` for each chunk; returns the final message.
 absl::StatusOr<v1::GenerateComplete> GenerateStream(

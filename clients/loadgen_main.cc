@@ -11,6 +11,12 @@
 //       --doc-bytes=20000 --questions=2 --max-tokens=32 [--metrics=localhost:9090]
 //       [--background-ingest=BYTES]   (an extra session ingests meanwhile)
 //
+// --mode=soak instead runs clients/soak.h: --sessions sessions of mixed
+// ingest / generate / score for --duration, sampling the RSS of
+// --server-pid:
+//   longctx-loadgen --mode=soak --document=book.txt --sessions=64 --duration=10m
+//       --server-pid=PID [--segment-bytes=2000] [--max-tokens=8] [--ops-per-session=30]
+//
 // The metrics are read over HTTP with libcurl.
 #include <curl/curl.h>
 
@@ -32,12 +38,15 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "clients/client.h"
+#include "clients/soak.h"
 
 namespace longctx::client {
 namespace {
 
 struct Options {
   ClientOptions client;
+  std::string mode = "phases";  // phases | soak
+  SoakOptions soak;
   std::string document;
   std::string metrics;
   int sessions = 4;
@@ -49,15 +58,6 @@ struct Options {
   // show what a long ingest does to the askers' latency. 0: none.
   int64_t background_ingest = 0;
 };
-
-double Percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double pos = q * static_cast<double>(v.size() - 1);
-  const size_t lo = static_cast<size_t>(pos);
-  const size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
-}
 
 size_t AppendBody(char* data, size_t size, size_t n, void* body) {
   static_cast<std::string*>(body)->append(data, size * n);
@@ -193,8 +193,8 @@ void LoadGen::DeleteSession(const std::string& id) {
 void LoadGen::BackgroundIngest() {
   const std::string id = CreateSession(v1::CreateSessionRequest());
   if (id.empty()) return;
-  const auto segments = SplitSegments(
-      absl::string_view(doc_).substr(0, static_cast<size_t>(o_.background_ingest)), 16384);
+  const auto segments =
+      SplitSegments(TextStretch(doc_, 0, static_cast<size_t>(o_.background_ingest)), 16384);
   ask_phase_.WaitForNotification();
   const absl::Time t0 = absl::Now();
   auto r = IngestSegments(stub_.get(), o_.client, id, segments, 1);
@@ -211,14 +211,10 @@ void LoadGen::BackgroundIngest() {
 std::vector<std::string> LoadGen::SegmentsOf(int i) const {
   // Each session reads a different stretch of the document.
   const size_t bytes = static_cast<size_t>(o_.doc_bytes);
-  size_t begin =
+  const size_t begin =
       doc_.size() > bytes ? (static_cast<size_t>(i) * 7919u * 64u) % (doc_.size() - bytes) : 0;
-  while (begin < doc_.size() && begin > 0 &&
-         (static_cast<unsigned char>(doc_[begin]) & 0xC0) == 0x80) {
-    ++begin;
-  }
-  return SplitSegments(absl::string_view(doc_).substr(begin, bytes),
-                       static_cast<size_t>(o_.segment_bytes));
+  // Both ends on character boundaries: a cut inside one is not UTF-8.
+  return SplitSegments(TextStretch(doc_, begin, bytes), static_cast<size_t>(o_.segment_bytes));
 }
 
 void LoadGen::Session(int i) {
@@ -337,6 +333,13 @@ int Run(const Options& o) {
   std::ifstream in(o.document, std::ios::binary);
   if (!in) return std::fprintf(stderr, "cannot read --document %s\n", o.document.c_str()), 2;
   std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (o.mode == "soak") {
+    SoakOptions soak = o.soak;
+    soak.sessions = o.sessions;
+    soak.segment_bytes = o.segment_bytes;
+    soak.max_tokens = o.max_tokens;
+    return RunSoak(soak, o.client, doc);
+  }
   auto channel = MakeChannel(o.client);
   if (!channel.ok()) return std::fprintf(stderr, "%s\n", channel.status().ToString().c_str()), 2;
   LoadGen gen(o, std::move(doc), v1::LongContext::NewStub(*channel));
@@ -359,6 +362,12 @@ bool SetFlag(const std::string& k, const std::string& v, Options* o) {
   if (k == "segment-bytes") return absl::SimpleAtoi(v, &o->segment_bytes) && o->segment_bytes > 0;
   if (k == "questions") return absl::SimpleAtoi(v, &o->questions) && o->questions >= 0;
   if (k == "max-tokens") return absl::SimpleAtoi(v, &o->max_tokens) && o->max_tokens > 0;
+  if (k == "mode") return (o->mode = v) == "phases" || v == "soak";
+  if (k == "duration") return absl::ParseDuration(v, &o->soak.duration);
+  if (k == "server-pid") return absl::SimpleAtoi(v, &o->soak.server_pid);
+  if (k == "ops-per-session") {
+    return absl::SimpleAtoi(v, &o->soak.ops_per_session) && o->soak.ops_per_session > 0;
+  }
   if (k == "background-ingest") {
     return absl::SimpleAtoi(v, &o->background_ingest) && o->background_ingest >= 0;
   }
@@ -377,7 +386,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: longctx-loadgen --document=FILE [--server=H:P] [--sessions=N] "
                    "[--doc-bytes=N] [--segment-bytes=N] [--questions=N] [--max-tokens=N] "
-                   "[--metrics=H:P] [--token=T] [--background-ingest=BYTES]\n");
+                   "[--metrics=H:P] [--token=T] [--background-ingest=BYTES] "
+                   "[--mode=phases|soak] [--duration=10m] [--server-pid=PID] "
+                   "[--ops-per-session=N]\n");
       return 2;
     }
     if (!longctx::client::SetFlag(a.substr(2, eq - 2), a.substr(eq + 1), &o)) {

@@ -29,6 +29,15 @@ void DefaultPrefillBudgets(bool gpu, SchedulerOptions& s) {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineConfig config) {
   const bool group = config.group.dist.world_size > 1;
+  // The store first: a second server on the same state_dir stops here, before
+  // it spends time loading the model.
+  std::unique_ptr<SessionStore> store;
+  StoreLoad load;
+  const absl::Time open_start = absl::Now();
+  if (config.store.durability != Durability::kNone) {
+    ASSIGN_OR_RETURN(store, SessionStore::Open(config.store, &load));
+  }
+  const absl::Duration open_time = absl::Now() - open_start;
   ASSIGN_OR_RETURN(LoadedModel loaded,
                    LoadModel(config.model, config.backend, config.options.kv, /*keep_host=*/true));
   const std::string backend_name = loaded.backend->Name();
@@ -50,6 +59,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineConfig config) {
   engine->backend_ = std::move(loaded.backend);
   engine->leader_model_ = std::move(loaded.model);  // null without a group
   engine->group_ = std::move(leader);
+  engine->on_store_event_ = std::move(config.on_store_event);
+  if (store) RETURN_IF_ERROR(engine->AttachStore(std::move(store), std::move(load), open_time));
   return engine;
 }
 
@@ -85,7 +96,7 @@ Engine::Engine(std::unique_ptr<StepModel> model, Tokenizer tokenizer,
   if (chat) chat_ = ChatPrompt::Create(&tokenizer_, *chat);
   info_.model = std::move(config);
   info_.backend = std::move(backend_name);
-  info_.chat_template = chat_ ? "chatml" : "none";
+  info_.chat_template = chat_ ? std::string(ChatStyleName(chat->style)) : "none";
   KvCache& kv = model_->kv_cache();
   info_.block_size = kv.geometry().block_size;
   info_.total_blocks = kv.total_blocks();
@@ -104,11 +115,16 @@ void Engine::Shutdown() {
   if (!stop_reaper_.HasBeenNotified()) stop_reaper_.Notify();
   if (reaper_.joinable()) reaper_.join();
   scheduler_->Stop();
+  // After the engine: its last callbacks may still write.
+  if (store_) store_->Close();
 }
 
 void Engine::ReapLoop() {
   while (!stop_reaper_.WaitForNotificationWithTimeout(options_.expiry_interval)) {
-    for (auto& s : manager_.ExpireIdle()) scheduler_->Release(std::move(s));
+    for (auto& s : manager_.ExpireIdle()) {
+      ForgetStored(s->id(), /*wait=*/false).IgnoreError();
+      scheduler_->Release(std::move(s));
+    }
   }
 }
 
@@ -125,29 +141,70 @@ SessionContext Engine::session_context() const {
 
 void Engine::StartSession(const std::string& tenant, const std::string& id,
                           SessionSettings settings, std::vector<int32_t> initial,
-                          const std::function<void(Session&)>& prepare,
+                          const std::function<void(Session&)>& prepare, StartOptions start,
                           std::function<void(absl::StatusOr<SessionInfo>)> done) {
   auto created = manager_.Create(tenant, id, std::move(settings));
   if (!created.ok()) return done(created.status());
   std::shared_ptr<Session> session = *created;
+  if (start.recovered) session->set_recovering(true);
   if (prepare) prepare(*session);
+  if (!store_) {
+    return PrefillSession(session, std::move(initial), start.recovered, std::move(done),
+                          std::move(start.handle));
+  }
+  SessionStore::Batch batch;
+  batch.PutSession(session->id(), tenant, session->create_time(), start.base);
+  store_->Commit(std::move(batch),
+                 [this, session, initial = std::move(initial), recovered = start.recovered,
+                  handle = std::move(start.handle), done = std::move(done)](absl::Status s) mutable {
+                   if (!s.ok()) {
+                     if (manager_.Delete(session->tenant(), session->id()).ok())
+                       scheduler_->Release(session);
+                     return done(s);
+                   }
+                   PrefillSession(session, std::move(initial), recovered, std::move(done),
+                                  std::move(handle));
+                 });
+}
+
+void Engine::PrefillSession(const std::shared_ptr<Session>& session, std::vector<int32_t> initial,
+                            bool recovered, std::function<void(absl::StatusOr<SessionInfo>)> done,
+                            std::shared_ptr<WorkHandle> handle) {
+  const std::string tenant = session->tenant();
+  // A session that fails here is gone; a recovered one keeps its stored data
+  // (a later start may rebuild it).
+  auto drop = [this, session, tenant, recovered](const absl::Status&) {
+    if (manager_.Delete(tenant, session->id()).ok()) scheduler_->Release(session);
+    if (!recovered) ForgetStored(session->id(), /*wait=*/false).IgnoreError();
+  };
+  if (recovered) {
+    done = [session, done = std::move(done)](absl::StatusOr<SessionInfo> info) {
+      session->set_recovering(false);
+      done(info.ok() ? session->Info() : info);
+    };
+  }
   if (initial.empty()) return done(session->Info());
   const int64_t n = static_cast<int64_t>(initial.size());
   if (absl::Status s = session->Reserve(n); !s.ok()) {
-    if (manager_.Delete(tenant, session->id()).ok()) scheduler_->Release(session);
+    drop(s);
     return done(s);
   }
   session->BeginUse();
   IngestJob job;
   job.session = session;
   job.tokens = std::move(initial);
-  job.done = [this, session, n, tenant, done = std::move(done)](absl::StatusOr<int64_t> r) {
+  job.handle = std::move(handle);
+  job.done = [this, session, n, drop, recovered,
+              done = std::move(done)](absl::StatusOr<int64_t> r) {
     session->EndUse(manager_.Now());
     if (!r.ok()) {
       session->Unreserve(n);
-      if (manager_.Delete(tenant, session->id()).ok()) scheduler_->Release(session);
-      return done(r.status());
+      // Deleted (or expired) while being rebuilt: not a loss.
+      const bool deleted = recovered && session->closed();
+      drop(r.status());
+      return done(deleted ? absl::CancelledError("deleted while being rebuilt") : r.status());
     }
+    session->engine_state().stored_end = *r;
     session->CompleteAppend(n, *r);
     done(session->Info());
   };
@@ -163,18 +220,27 @@ void Engine::CreateSession(const std::string& tenant, const SessionRequest& requ
     prefix = chat_->SessionPrefix(settings->system_prompt);
   }
   const int64_t turn = static_cast<int64_t>(prefix.size());
+  StartOptions start;
+  if (store_) {
+    SessionSnapshot base;
+    base.model = Fingerprint();
+    base.settings = *settings;
+    base.user_turn_start = turn;
+    base.tokens = prefix;
+    start.base = EncodeSessionSnapshot(base);
+  }
   StartSession(
       tenant, request.id, std::move(*settings), std::move(prefix),
-      [turn](Session& s) { s.set_user_turn_start(turn); }, std::move(done));
+      [turn](Session& s) { s.set_user_turn_start(turn); }, std::move(start), std::move(done));
 }
 
 absl::StatusOr<std::shared_ptr<Session>> Engine::FindSession(const std::string& tenant,
                                                              const std::string& id) {
-  return manager_.Get(tenant, id);
+  return Lookup(tenant, id);
 }
 
 absl::StatusOr<SessionInfo> Engine::GetSession(const std::string& tenant, const std::string& id) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Session> s, manager_.Get(tenant, id));
+  ASSIGN_OR_RETURN(std::shared_ptr<Session> s, Lookup(tenant, id));
   return s->Info();
 }
 
@@ -196,9 +262,22 @@ absl::StatusOr<Engine::ListResult> Engine::ListSessions(
 }
 
 absl::Status Engine::DeleteSession(const std::string& tenant, const std::string& id) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Session> s, manager_.Delete(tenant, id));
-  scheduler_->Release(std::move(s));
-  return absl::OkStatus();
+  auto removed = manager_.Delete(tenant, id);
+  if (!removed.ok()) {
+    {
+      // A lost session can be deleted: its damaged data goes too.
+      absl::MutexLock lock(&lost_mu_);
+      auto it = lost_.find(id);
+      if (it == lost_.end() || !absl::IsNotFound(removed.status()) ||
+          (!it->second.tenant.empty() && it->second.tenant != tenant)) {
+        return removed.status();
+      }
+      lost_.erase(it);
+    }
+    return ForgetStored(id, /*wait=*/true);
+  }
+  scheduler_->Release(*removed);
+  return ForgetStored(id, /*wait=*/true);
 }
 
 // ---------------------------------------------------------------- ingest
@@ -222,57 +301,87 @@ std::shared_ptr<WorkHandle> Engine::Ingest(const std::shared_ptr<Session>& sessi
     return fail(absl::InvalidArgumentError(
         absl::StrCat("segment ", input.seq, " has no tokens after tokenization")));
   }
-  const int64_t n = static_cast<int64_t>(ids->size());
+  if (store_) {
+    return IngestDurable(session, input.seq, std::move(*ids), input.deadline, std::move(done));
+  }
   IngestAck ack;
-  auto claim = session->ClaimSegment(input.seq, n, &ack);
+  auto claim = session->ClaimSegment(input.seq, static_cast<int64_t>(ids->size()), &ack);
+  if (!AnswerClaim(session, input.seq, claim, ack, done)) return nullptr;
+  return scheduler_->SubmitIngest(
+      SegmentJob(session, input.seq, std::move(*ids), input.deadline, -1, std::move(done)));
+}
+
+bool Engine::AnswerClaim(const std::shared_ptr<Session>& session, int64_t seq,
+                         const absl::StatusOr<Session::SegmentClaim>& claim, const IngestAck& ack,
+                         std::function<void(absl::StatusOr<IngestAck>)>& done) {
   if (absl::IsResourceExhausted(claim.status()) && !session->settings().windowed()) {
     stats_.infini_rejections_total.fetch_add(1);
   }
-  if (!claim.ok()) return fail(claim.status());
+  if (!claim.ok()) {
+    done(claim.status());
+    return false;
+  }
   if (*claim == Session::SegmentClaim::kDuplicate) {
     done(ack);
-    return nullptr;
+    return false;
   }
   if (*claim == Session::SegmentClaim::kInFlight) {
-    AckResend(session, input.seq, std::move(done));
-    return nullptr;
+    AckResend(session, seq, std::move(done));
+    return false;
   }
+  return true;
+}
+
+IngestJob Engine::SegmentJob(const std::shared_ptr<Session>& session, int64_t seq,
+                             std::vector<int32_t> tokens, absl::Time deadline, int64_t rec,
+                             std::function<void(absl::StatusOr<IngestAck>)> done,
+                             std::shared_ptr<std::atomic<bool>> stale) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
   session->BeginUse();
   IngestJob job;
   job.session = session;
-  job.seq = input.seq;
-  job.tokens = std::move(*ids);
-  job.deadline = input.deadline;
-  job.done = [this, session, seq = input.seq, n,
+  job.seq = seq;
+  job.tokens = std::move(tokens);
+  job.deadline = deadline;
+  job.done = [this, session, seq, n, rec, stale,
               done = std::move(done)](absl::StatusOr<int64_t> r) {
     session->EndUse(manager_.Now());
     if (!r.ok()) {
-      session->FailSegment(seq, n);
+      if (rec < 0) {
+        session->FailSegment(seq, n);
+      } else {
+        DurableSegmentFailed(session, seq, n, rec, stale != nullptr && stale->load());
+      }
       return done(r.status());
     }
     IngestAck a;
     a.seq = seq;
     a.tokens_ingested = n;
     a.session_tokens = *r;
+    session->engine_state().stored_end = *r;
     session->CompleteSegment(a);
-    done(a);
+    // Acknowledged once a persisted turn before it is durable too.
+    AfterDurable([done, a] { done(a); });
   };
-  return scheduler_->SubmitIngest(std::move(job));
+  return job;
 }
 
 void Engine::AckResend(const std::shared_ptr<Session>& session, int64_t seq,
                        std::function<void(absl::StatusOr<IngestAck>)> done) {
-  // Queued after the first copy, so it runs once that one is done.
-  ReadJob job;
-  job.session = session;
-  job.fn = [session, seq, done = std::move(done)](absl::Status st, const SessionEngineState*) {
+  // Queued after the first copy, so it runs once that one is done. With a
+  // store, the first copy reaches the scheduler only once its record is
+  // written: the read is queued after every write before it is done.
+  auto job = std::make_shared<ReadJob>();
+  job->session = session;
+  job->fn = [this, session, seq, done = std::move(done)](absl::Status st,
+                                                         const SessionEngineState*) {
     IngestAck again;
     if (!st.ok()) return done(st);
-    if (session->LookupAck(seq, &again)) return done(again);
+    if (session->LookupAck(seq, &again)) return AfterDurable([done, again] { done(again); });
     done(absl::AbortedError(absl::StrCat(
         "segment ", seq, " failed before its resend could be acknowledged; resend it")));
   };
-  scheduler_->SubmitRead(std::move(job));
+  AfterDurable([this, job] { scheduler_->SubmitRead(std::move(*job)); });
 }
 
 // ---------------------------------------------------------------- generate
@@ -291,7 +400,7 @@ std::shared_ptr<WorkHandle> Engine::Generate(const std::string& tenant, const st
     callbacks.done(std::move(s));
     return nullptr;
   };
-  auto found = manager_.Get(tenant, id);
+  auto found = Lookup(tenant, id);
   if (!found.ok()) return fail(found.status());
   std::shared_ptr<Session> session = *found;
   const PromptFormat format = session->settings().prompt_format;
@@ -321,6 +430,7 @@ std::shared_ptr<WorkHandle> Engine::Generate(const std::string& tenant, const st
     job.persist_suffix = [this](FinishReason reason) { return chat_->AfterAnswer(reason); };
   }
   session->BeginUse();
+  const bool durable_turn = store_ && input.persist;
   job.done = [this, session, stream, persist = input.persist,
               done = std::move(callbacks.done)](absl::StatusOr<GenerateResult> r) {
     session->EndUse(manager_.Now());
@@ -332,6 +442,7 @@ std::shared_ptr<WorkHandle> Engine::Generate(const std::string& tenant, const st
     summary.stop_string = stream->stop_string();
     done(summary);
   };
+  if (durable_turn) return GenerateDurable(std::move(job));
   return scheduler_->SubmitGenerate(std::move(job));
 }
 
@@ -344,7 +455,7 @@ std::shared_ptr<WorkHandle> Engine::Score(const std::string& tenant, const std::
     done(std::move(s));
     return nullptr;
   };
-  auto found = manager_.Get(tenant, id);
+  auto found = Lookup(tenant, id);
   if (!found.ok()) return fail(found.status());
   std::shared_ptr<Session> session = *found;
   if (input.has_tokens ? input.tokens.empty() : input.text.empty()) {

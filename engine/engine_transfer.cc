@@ -1,5 +1,8 @@
 // Engine::Export and Engine::Import: a session as a self-describing byte
 // string (engine/session/session_codec.h) and back.
+#include <algorithm>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
 #include "engine/session/session_codec.h"
@@ -8,7 +11,7 @@
 namespace longctx {
 namespace {
 
-ModelFingerprint Fingerprint(const ModelConfig& config, const Tokenizer& tok) {
+ModelFingerprint FingerprintOf(const ModelConfig& config, const Tokenizer& tok) {
   ModelFingerprint f;
   f.name = config.name;
   f.vocab_size = tok.vocab_size();
@@ -27,7 +30,9 @@ SessionSnapshot Snapshot(const Session& session, const SessionEngineState& state
   SessionSnapshot snap;
   snap.settings = session.settings();
   const SessionInfo info = session.Info();
-  snap.applied_seq = info.next_seq - 1;
+  // next_seq also counts segments claimed and queued behind this read; the
+  // applied ones are as many as the segments (seqs run from 1 without gaps).
+  snap.applied_seq = std::min(info.next_seq - 1, info.segments);
   snap.segments = info.segments;
   snap.ingested_tokens = info.ingested_tokens;
   snap.user_turn_start = session.user_turn_start();
@@ -53,8 +58,18 @@ absl::StatusOr<std::optional<SessionEngineState::Resume>> ResumePoint(
     }
     return std::nullopt;
   }
+  // Evictions move in whole chunks past the sinks (InfiniWindow::Resume).
+  const int64_t sinks = settings.sink_tokens;
+  const int64_t chunk = settings.attention.mode == DcaMode::kDca ? settings.attention.chunk_len() : 0;
+  const int64_t end = snap.evicted_end == 0 ? sinks : snap.evicted_end;
+  if (end < sinks || end > std::numeric_limits<int>::max() ||
+      (end != sinks && (chunk <= 0 || end % chunk != 0))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session data: evicted end ", snap.evicted_end, " is not a chunk boundary past the ",
+        sinks, " sink tokens"));
+  }
   SessionEngineState::Resume resume;
-  resume.evicted_end = static_cast<int>(snap.evicted_end);
+  resume.evicted_end = static_cast<int>(end);
   const bool compress = settings.overflow == OverflowPolicy::kCompress;
   if (compress != !snap.memory.empty()) {
     return absl::InvalidArgumentError(
@@ -72,59 +87,137 @@ absl::StatusOr<std::optional<SessionEngineState::Resume>> ResumePoint(
   return resume;
 }
 
+// Encodes a copy of a session's state off the engine thread, unless the
+// caller gave up meanwhile.
+void EncodeOffThread(SessionSnapshot snap, const std::string& key, HostMemoryCharge& charge,
+                     const std::shared_ptr<WorkHandle>& handle, absl::Time deadline,
+                     const std::function<void(absl::StatusOr<std::string>)>& done) {
+  if (handle->cancelled()) return done(absl::CancelledError("cancelled by the client"));
+  if (absl::Now() > deadline) return done(absl::DeadlineExceededError("export deadline exceeded"));
+  std::string bytes = EncodeSessionSnapshot(snap, key);
+  snap = SessionSnapshot();
+  charge.Reset();
+  done(std::move(bytes));
+}
+
 }  // namespace
 
-void Engine::Export(const std::string& tenant, const std::string& id,
-                    std::function<void(absl::StatusOr<std::string>)> done) {
-  auto found = manager_.Get(tenant, id);
-  if (!found.ok()) return done(found.status());
+ModelFingerprint Engine::Fingerprint() const { return FingerprintOf(info_.model, tokenizer_); }
+
+std::shared_ptr<WorkHandle> Engine::Export(const std::string& tenant, const std::string& id,
+                                           absl::Time deadline,
+                                           std::function<void(absl::StatusOr<std::string>)> done) {
+  auto found = Lookup(tenant, id);
+  if (!found.ok()) {
+    done(found.status());
+    return nullptr;
+  }
   std::shared_ptr<Session> session = *found;
   const absl::Time start = absl::Now();
+  auto handle = std::make_shared<WorkHandle>();
   session->BeginUse();
   ReadJob job;
   job.session = session;
-  job.fn = [this, session, start, done = std::move(done)](absl::Status st,
-                                                          const SessionEngineState* state) {
+  job.deadline = deadline;
+  job.handle = handle;
+  job.fn = [this, session, start, handle, deadline, done = std::move(done)](
+               absl::Status st, const SessionEngineState* state) {
     session->EndUse(manager_.Now());
     if (!st.ok()) return done(st);
     SessionSnapshot snap = Snapshot(*session, *state);
-    snap.model = Fingerprint(info_.model, tokenizer_);
-    std::string bytes = EncodeSessionSnapshot(snap);
-    stats_.export_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
-    done(std::move(bytes));
+    // The copy and the bytes encoded from it: twice the log and the memory.
+    // (shared: std::function needs a copyable task)
+    auto charge = std::make_shared<HostMemoryCharge>(&stats_.host_memory, HostMemoryKind::kExport);
+    const int64_t bytes =
+        static_cast<int64_t>(snap.tokens.size() * sizeof(int32_t) + snap.memory.size());
+    if (absl::Status s = charge->TryGrow(2 * bytes, "exporting the session"); !s.ok()) {
+      return done(s);
+    }
+    scheduler_->PostBackground([this, snap = std::move(snap), charge, handle, deadline, start,
+                                done]() mutable {
+      // Here, off the engine thread: the fingerprint hashes the whole vocabulary.
+      snap.model = Fingerprint();
+      EncodeOffThread(std::move(snap), options_.session_export_key, *charge, handle, deadline,
+                      [&](absl::StatusOr<std::string> bytes) {
+                        if (bytes.ok()) {
+                          stats_.export_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+                        }
+                        done(std::move(bytes));
+                      });
+    });
   };
   scheduler_->SubmitRead(std::move(job));
+  return handle;
 }
 
-void Engine::Import(const std::string& tenant, ImportInput input,
-                    std::function<void(absl::StatusOr<SessionInfo>)> done) {
-  const absl::Time start = absl::Now();
-  auto snap = DecodeSessionSnapshot(input.data);
-  if (!snap.ok()) return done(snap.status());
-  if (!(snap->model == Fingerprint(info_.model, tokenizer_))) {
-    return done(absl::FailedPreconditionError(
-        absl::StrCat("the session was exported from model '", snap->model.name,
-                     "', which is not the model this server serves ('", info_.model.name, "')")));
+// The decoded blob checked against this server: its model, its settings
+// under this server's limits, its token ids.
+absl::StatusOr<SessionSettings> Engine::CheckImport(
+    const SessionSnapshot& snap, const std::map<std::string, std::string>& labels) const {
+  if (!(snap.model == Fingerprint())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the session was exported from model '", snap.model.name,
+                     "', which is not the model this server serves ('", info_.model.name, "')"));
   }
-  SessionSettings settings = snap->settings;
-  if (!input.labels.empty()) settings.labels = input.labels;
+  SessionSettings settings = snap.settings;
+  if (!labels.empty()) settings.labels = labels;
   // The exported settings must be valid here too (limits may differ).
-  auto resolved =
-      ResolveSession(SessionRequest::FromSettings(settings, options_.max_ttl), session_context());
-  if (!resolved.ok()) return done(resolved.status());
-  if (static_cast<int64_t>(snap->tokens.size()) > resolved->max_tokens) {
-    return done(absl::ResourceExhaustedError(absl::StrCat("the session holds ", snap->tokens.size(),
-                                                          " tokens, over this server's ",
-                                                          "limit of ", resolved->max_tokens)));
+  ASSIGN_OR_RETURN(SessionSettings resolved,
+                   ResolveSession(SessionRequest::FromSettings(settings, options_.max_ttl),
+                                  session_context()));
+  if (static_cast<int64_t>(snap.tokens.size()) > resolved.max_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat("the session holds ", snap.tokens.size(),
+                                                     " tokens, over this server's ",
+                                                     "limit of ", resolved.max_tokens));
   }
-  auto resume = ResumePoint(*snap, *resolved);
-  if (!resume.ok()) return done(resume.status());
-  for (int32_t t : snap->tokens) {
+  for (int32_t t : snap.tokens) {
     if (t < 0 || t >= tokenizer_.vocab_size()) {
-      return done(absl::InvalidArgumentError("session data holds a token outside the vocabulary"));
+      return absl::InvalidArgumentError("session data holds a token outside the vocabulary");
     }
   }
-  const SessionSnapshot& restore = *snap;
+  return resolved;
+}
+
+std::shared_ptr<WorkHandle> Engine::Import(const std::string& tenant, ImportInput input,
+                                           std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  const absl::Time start = absl::Now();
+  auto snap = DecodeSessionSnapshot(input.data, options_.session_export_key);
+  if (!snap.ok()) {
+    done(snap.status());
+    return nullptr;
+  }
+  input.data.clear();
+  input.data.shrink_to_fit();
+  auto handle = std::make_shared<WorkHandle>();
+  RestoreSnapshot(
+      tenant, input.id, *std::move(snap), input.labels, /*recovered=*/false, handle,
+      [this, start, tenant, handle, done = std::move(done)](absl::StatusOr<SessionInfo> info) {
+        // A cancel that came too late to stop the prefill: undo the import.
+        if (info.ok() && handle->cancelled()) {
+          if (auto gone = manager_.Delete(tenant, info->id); gone.ok()) {
+            scheduler_->Release(*std::move(gone));
+            ForgetStored(info->id, /*wait=*/false).IgnoreError();
+          }
+          info = absl::CancelledError("cancelled by the client");
+        }
+        if (info.ok()) stats_.import_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+        done(std::move(info));
+      });
+  return handle;
+}
+
+void Engine::RestoreSnapshot(const std::string& tenant, const std::string& id,
+                             SessionSnapshot snap, const std::map<std::string, std::string>& labels,
+                             bool recovered, std::shared_ptr<WorkHandle> handle,
+                             std::function<void(absl::StatusOr<SessionInfo>)> done) {
+  auto resolved = CheckImport(snap, labels);
+  if (!resolved.ok()) return done(resolved.status());
+  // A recovered session without a restore point replays its whole log.
+  auto resume = recovered && snap.evicted_end == 0 && snap.memory.empty()
+                    ? absl::StatusOr<std::optional<SessionEngineState::Resume>>(std::nullopt)
+                    : ResumePoint(snap, *resolved);
+  if (!resume.ok()) return done(resume.status());
+  const SessionSnapshot& restore = snap;
   auto prepare = [&restore, &resume](Session& s) {
     s.RestoreIngestState(restore.applied_seq, restore.segments, restore.ingested_tokens);
     s.set_user_turn_start(restore.user_turn_start);
@@ -132,13 +225,16 @@ void Engine::Import(const std::string& tenant, ImportInput input,
     // first one publishes this to the engine thread.
     if (*resume) s.engine_state().resume = std::move(*resume);
   };
-  StartSession(tenant, input.id, std::move(*resolved), std::move(snap->tokens), prepare,
-               [this, start, done = std::move(done)](absl::StatusOr<SessionInfo> info) {
-                 if (info.ok()) {
-                   stats_.import_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
-                 }
-                 done(std::move(info));
-               });
+  StartOptions options;
+  options.recovered = recovered;
+  options.handle = std::move(handle);
+  if (store_) {
+    // The session's durable base: what it starts from here.
+    snap.settings = *resolved;
+    options.base = EncodeSessionSnapshot(snap);
+  }
+  StartSession(tenant, id, *resolved, std::move(snap.tokens), prepare, std::move(options),
+               std::move(done));
 }
 
 }  // namespace longctx

@@ -43,6 +43,10 @@ struct EngineOptions {
   // Attention settings of sessions that do not choose, over the model's
   // defaults (DCA, c = its context length, C = 3c/4, w = c/8).
   DcaOverrides dca_defaults;
+  // The HMAC-SHA256 key of session exports (session_codec.h). Set: exports
+  // are signed and imports must carry a valid signature; empty: exported
+  // blobs are trusted input.
+  std::string session_export_key;
 };
 
 // CreateSession's options; zero values take the server's defaults.

@@ -3,7 +3,57 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+
 namespace longctx {
+
+const char* HostMemoryKindName(HostMemoryKind kind) {
+  static constexpr const char* kNames[kNumHostMemoryKinds] = {"token_log", "queued", "import",
+                                                              "export"};
+  return kNames[static_cast<int>(kind)];
+}
+
+absl::Status HostMemoryBudget::TryCharge(HostMemoryKind kind, int64_t bytes,
+                                         absl::string_view what) {
+  const int64_t limit = limit_.load(std::memory_order_relaxed);
+  int64_t total = total_.load(std::memory_order_relaxed);
+  do {
+    if (limit > 0 && bytes > 0 && total + bytes > limit) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(what, " needs ", bytes, " bytes of host memory; ", total, " of the ",
+                       "server's host_memory_budget of ", limit, " bytes are in use"));
+    }
+  } while (!total_.compare_exchange_weak(total, total + bytes, std::memory_order_relaxed));
+  by_kind_[static_cast<int>(kind)].fetch_add(bytes, std::memory_order_relaxed);
+  return absl::OkStatus();
+}
+
+void HostMemoryBudget::Charge(HostMemoryKind kind, int64_t bytes) {
+  total_.fetch_add(bytes, std::memory_order_relaxed);
+  by_kind_[static_cast<int>(kind)].fetch_add(bytes, std::memory_order_relaxed);
+}
+
+HostMemoryCharge& HostMemoryCharge::operator=(HostMemoryCharge&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    budget_ = o.budget_;
+    kind_ = o.kind_;
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+
+absl::Status HostMemoryCharge::TryGrow(int64_t bytes, absl::string_view what) {
+  if (budget_ == nullptr || bytes <= 0) return absl::OkStatus();
+  absl::Status s = budget_->TryCharge(kind_, bytes, what);
+  if (s.ok()) bytes_ += bytes;
+  return s;
+}
+
+void HostMemoryCharge::Reset() {
+  if (budget_ != nullptr && bytes_ != 0) budget_->Release(kind_, bytes_);
+  bytes_ = 0;
+}
 
 Histogram::Histogram(std::vector<double> bounds)
     : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}

@@ -8,9 +8,12 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 
 namespace longctx {
@@ -46,8 +49,76 @@ enum class FinishReason { kStop, kLength, kStopString, kContext };
 inline constexpr int kNumFinishReasons = 4;
 const char* FinishReasonName(FinishReason r);
 
+// What host memory the budget counts (docs/service.md, host_memory_budget).
+enum class HostMemoryKind {
+  kTokenLog,  // sessions' token logs, 4 bytes a token (windowed sessions too)
+  kQueued,    // token vectors of accepted work not yet finished
+  kImport,    // ImportSession bytes received and not yet decoded
+  kExport,    // ExportSession snapshots and encoded bytes not yet sent
+};
+inline constexpr int kNumHostMemoryKinds = 4;
+const char* HostMemoryKindName(HostMemoryKind kind);
+
+// One host-memory budget over the kinds above. Admission charges what new work
+// would hold with TryCharge, which refuses (RESOURCE_EXHAUSTED) what would
+// take the total over the limit; memory already held is Charge()d whatever
+// the limit (a log growing by an accepted segment). Every charge is released
+// exactly once by its owner.
+//
+// Thread safety: every method may be called from any thread.
+class HostMemoryBudget {
+ public:
+  // 0: no limit (still counted).
+  void set_limit(int64_t bytes) { limit_.store(bytes, std::memory_order_relaxed); }
+  int64_t limit() const { return limit_.load(std::memory_order_relaxed); }
+
+  // Charges `bytes` if the total stays within the limit; otherwise charges
+  // nothing and returns RESOURCE_EXHAUSTED naming `what`.
+  absl::Status TryCharge(HostMemoryKind kind, int64_t bytes, absl::string_view what);
+  void Charge(HostMemoryKind kind, int64_t bytes);
+  void Release(HostMemoryKind kind, int64_t bytes) { Charge(kind, -bytes); }
+
+  int64_t used() const { return total_.load(std::memory_order_relaxed); }
+  int64_t used(HostMemoryKind kind) const {
+    return by_kind_[static_cast<int>(kind)].load(std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<int64_t> limit_{0};
+  std::atomic<int64_t> total_{0};
+  std::array<std::atomic<int64_t>, kNumHostMemoryKinds> by_kind_{};
+};
+
+// A charge held by one owner (an import's buffer, an export's bytes): grows
+// with TryGrow, released when destroyed. Movable, not copyable.
+class HostMemoryCharge {
+ public:
+  HostMemoryCharge() = default;
+  HostMemoryCharge(HostMemoryBudget* budget, HostMemoryKind kind)
+      : budget_(budget), kind_(kind) {}
+  HostMemoryCharge(HostMemoryCharge&& o) noexcept { *this = std::move(o); }
+  HostMemoryCharge& operator=(HostMemoryCharge&& o) noexcept;
+  ~HostMemoryCharge() { Reset(); }
+
+  // Charges `bytes` more (TryCharge: refused past the limit).
+  absl::Status TryGrow(int64_t bytes, absl::string_view what);
+  // Releases the whole charge.
+  void Reset();
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  HostMemoryBudget* budget_ = nullptr;
+  HostMemoryKind kind_ = HostMemoryKind::kImport;
+  int64_t bytes_ = 0;
+};
+
 struct EngineStats {
   EngineStats();
+
+  // Host memory held by sessions and work, against host_memory_budget.
+  HostMemoryBudget host_memory;
+  // Work refused at admission: the scheduler's queue bounds or the budget.
+  std::atomic<int64_t> admission_rejections_total{0};
 
   // Requests (Ingest segments, Generate, Score) by phase: waiting = queued
   // behind other work on their session or not yet given a step; running =

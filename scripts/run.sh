@@ -44,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 "$build/bin/longctxd" --model="$model" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
-  --port_file="$tmp/ports" > "$tmp/longctxd.log" 2>&1 &
+  --port_file="$tmp/ports" --state_dir="$tmp/state" > "$tmp/longctxd.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 600); do
   [[ -s $tmp/ports ]] && break

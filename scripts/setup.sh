@@ -7,11 +7,15 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 packages=(
-  build-essential cmake ninja-build pkg-config python3-pip
+  build-essential cmake ninja-build pkg-config python3-pip python3-venv
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcivetweb-dev
   libopenblas-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev libcurl4-openssl-dev libssl-dev
   nlohmann-json3-dev libxxhash-dev clang libclang-rt-14-dev curl python3-yaml
+  golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev
+  golang-github-golang-protobuf-1-5-dev
+  libcpp-httplib-dev python3-venv
+  prometheus  # promtool, for scripts/check_deploy.sh
 )
 missing=()
 for p in "${packages[@]}"; do

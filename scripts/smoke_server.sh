@@ -21,7 +21,7 @@ trap cleanup EXIT
 fail() { echo "smoke_server: $*" >&2; cat "$tmp/log" >&2; exit 1; }
 
 "$build/bin/longctxd" --model="$model" --backend="$backend" --listen=127.0.0.1:0 \
-  --metrics_listen=127.0.0.1:0 --port_file="$tmp/ports" > "$tmp/log" 2>&1 &
+  --metrics_listen=127.0.0.1:0 --port_file="$tmp/ports" --state_dir="$tmp/state" > "$tmp/log" 2>&1 &
 pid=$!
 for _ in $(seq 300); do
   [[ -s $tmp/ports ]] && break

@@ -167,6 +167,21 @@ absl::StatusOr<Caller> Authenticator::Authenticate(const grpc::CallbackServerCon
   return Caller{"default", false};
 }
 
+absl::StatusOr<Caller> Authenticator::AuthenticateHttp(
+    std::optional<absl::string_view> authorization) const {
+  const std::shared_ptr<const Tables> t = tables();
+  if (!t->tokens.empty() && authorization) return ByToken(*t, *authorization);
+  if (!t->tokens.empty()) {
+    return absl::UnauthenticatedError("missing 'Authorization: Bearer <token>' header");
+  }
+  if (!t->identities.empty()) {
+    return absl::UnauthenticatedError(
+        "this server maps client certificates to tenants (tls_client_tenants_file), which the "
+        "HTTP door does not read: it needs a bearer token (auth_tokens_file)");
+  }
+  return Caller{"default", false};
+}
+
 absl::StatusOr<Caller> Authenticator::ByToken(const Tables& t, absl::string_view header) const {
   absl::string_view value = header;
   if (!absl::ConsumePrefix(&value, "Bearer ") && !absl::ConsumePrefix(&value, "bearer ")) {

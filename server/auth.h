@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +53,11 @@ class Authenticator {
   // missing or unknown. A bearer token, when sent, decides; else the
   // certificate's identity.
   absl::StatusOr<Caller> Authenticate(const grpc::CallbackServerContext& ctx) const;
+  // The same for a request of the HTTP door by its Authorization header
+  // (nullopt: none sent). Bearer tokens only: a server that maps client
+  // certificates alone (no tokens file) refuses every HTTP request rather than
+  // letting it in as "default".
+  absl::StatusOr<Caller> AuthenticateHttp(std::optional<absl::string_view> authorization) const;
 
   // Re-reads the files if their modification time or size changed (`force`:
   // always). True if the tables were replaced; an error leaves them as they were.

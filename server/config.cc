@@ -4,6 +4,8 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <functional>
 #include <optional>
 
@@ -183,6 +185,10 @@ const std::vector<Field>& Fields() {
                   &ServerConfig::tls_client_ca),
       StringField("auth_tokens_file", "bearer tokens: '<token> <tenant> [readonly]' per line",
                   &ServerConfig::auth_tokens_file),
+      StringField("http_listen",
+                  "OpenAI-compatible HTTP address host:port (port 0 picks one; empty: off)",
+                  &ServerConfig::http_listen),
+      IntField("http_threads", "HTTP requests served at once", &ServerConfig::http_threads),
       BytesField("max_message_bytes", "largest gRPC message", &ServerConfig::max_message_bytes),
       BytesField("max_segment_bytes", "largest segment text, prompt or Score text",
                  &ServerConfig::max_segment_bytes),
@@ -203,6 +209,25 @@ const std::vector<Field>& Fields() {
                     &ServerConfig::session_ttl),
       DurationField("max_session_ttl", "longest TTL a session may ask for",
                     &ServerConfig::max_session_ttl),
+      IntField("max_queued_requests",
+               "most engine requests queued or running, all tenants (0: no limit)",
+               &ServerConfig::max_queued_requests),
+      IntField("max_queued_requests_per_tenant",
+               "most engine requests queued or running of one tenant (0: no limit)",
+               &ServerConfig::max_queued_requests_per_tenant),
+      BytesField("host_memory_budget",
+                 "host memory of token logs, queued work and session transfers (0: no limit)",
+                 &ServerConfig::host_memory_budget),
+      StringField("session_export_key", "HMAC key that signs exports; imports must be signed",
+                  &ServerConfig::session_export_key, /*secret=*/true),
+      StringField("session_export_key_file", "file holding session_export_key",
+                  &ServerConfig::session_export_key_file),
+      StringField("durability",
+                  "what an ack promises: none, ack (survives a process crash), sync (a machine "
+                  "crash)",
+                  &ServerConfig::durability),
+      StringField("state_dir", "session store directory (\"\": $XDG_STATE_HOME/longctx)",
+                  &ServerConfig::state_dir),
       DurationField("drain_grace", "on SIGTERM, time given to open calls to finish",
                     &ServerConfig::drain_grace),
       StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
@@ -333,6 +358,10 @@ absl::Status ServerConfig::Validate() const {
   if (!metrics_listen.empty() && !ValidHostPort(ResolvedMetricsListen())) {
     return bad("metrics_listen: expected host:port (or empty to disable)");
   }
+  if (!http_listen.empty() && !ValidHostPort(http_listen)) {
+    return bad("http_listen: expected host:port (or empty to disable)");
+  }
+  if (http_threads < 1 || http_threads > 4096) return bad("http_threads: must be in [1, 4096]");
   if (tls_cert.empty() != tls_key.empty()) return bad("tls_cert and tls_key go together");
   if (!tls_client_ca.empty() && tls_cert.empty()) return bad("tls_client_ca needs tls_cert");
   if (max_message_bytes < 1024) return bad("max_message_bytes: must be at least 1KiB");
@@ -353,6 +382,20 @@ absl::Status ServerConfig::Validate() const {
     return bad("session_ttl: must be positive and at most max_session_ttl");
   }
   if (absl::Status s = ValidateSecurity(); !s.ok()) return s;
+  if (max_queued_requests < 0 || max_queued_requests_per_tenant < 0 ||
+      max_queued_requests > (1 << 30) || max_queued_requests_per_tenant > (1 << 30)) {
+    return bad("max_queued_requests, max_queued_requests_per_tenant: must be in [0, 2^30]");
+  }
+  if (host_memory_budget < 0) return bad("host_memory_budget: must not be negative");
+  if (!session_export_key.empty() && !session_export_key_file.empty()) {
+    return bad("session_export_key and session_export_key_file: set one, not both");
+  }
+  if (!session_export_key.empty() && session_export_key.size() < 16) {
+    return bad("session_export_key: must be at least 16 bytes");
+  }
+  if (durability != "none" && durability != "ack" && durability != "sync") {
+    return bad("durability: must be none, ack or sync");
+  }
   if (drain_grace < absl::ZeroDuration()) return bad("drain_grace: must not be negative");
   if (log_format != "text" && log_format != "json") return bad("log_format: must be text or json");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
@@ -382,6 +425,13 @@ absl::Status ServerConfig::ValidateSecurity() const {
                             " is reachable from other hosts but callers do not authenticate "
                             "(no auth_tokens_file, no tls_client_ca); set one, listen on "
                             "127.0.0.1, or set allow_unauthenticated_remote=true"));
+  }
+  if (!http_listen.empty() && !authenticates() && !allow_unauthenticated_remote &&
+      !IsLoopback(http_listen)) {
+    return bad(absl::StrCat("http_listen: ", http_listen,
+                            " is reachable from other hosts but callers do not authenticate; set "
+                            "auth_tokens_file, listen on 127.0.0.1, or set "
+                            "allow_unauthenticated_remote=true"));
   }
   if (!auth_tokens_file.empty() && tls_cert.empty() && !allow_insecure_tokens) {
     return bad(
@@ -469,6 +519,17 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
   }
   for (const auto& [f, value] : flags) {
     if (absl::Status s = f->set(config, value); !s.ok()) return s;
+  }
+  if (!config.session_export_key_file.empty()) {
+    std::ifstream in(config.session_export_key_file, std::ios::binary);
+    std::string key((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    key = std::string(absl::StripTrailingAsciiWhitespace(key));
+    if (!in.is_open() || key.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("session_export_key_file: cannot read a key from ",
+                                                     config.session_export_key_file));
+    }
+    config.session_export_key = std::move(key);
+    config.session_export_key_file.clear();  // the key stands in for it from here
   }
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   config.listen = config.ResolvedListen();

@@ -45,10 +45,17 @@ struct ServerConfig {
   std::string metrics_listen = "auto";  // Prometheus /metrics; empty disables;
                                         // auto: the gRPC host, port 9090
   std::string port_file;         // if set, "grpc=<port>\nmetrics=<port>\n" is written here
+                                 // (and "http=<port>\n" with http_listen)
   std::string tls_cert;          // PEM certificate chain: enables TLS
   std::string tls_key;           // PEM private key (with tls_cert)
   std::string tls_client_ca;     // PEM CA bundle: require client certificates (mTLS)
   std::string auth_tokens_file;  // "<token> <tenant> [readonly]" per line; empty: no auth
+
+  // --- OpenAI-compatible HTTP door (server/openai/http_door.h) ---
+  // host:port of /v1/models, /v1/chat/completions and /v1/completions; empty:
+  // off. Same TLS files, tokens and limits as the gRPC port.
+  std::string http_listen;
+  int http_threads = 64;  // requests served at once (each open stream holds one)
 
   // --- limits ---
   int64_t max_message_bytes = 8 << 20;  // any one gRPC message
@@ -89,6 +96,18 @@ struct ServerConfig {
   absl::Duration max_connection_idle = absl::Hours(1);  // no calls this long: closed; 0: never
   absl::Duration max_connection_age = absl::Hours(2);   // then GOAWAY; 0: never
   absl::Duration max_connection_age_grace = absl::Minutes(10);  // calls' time to finish
+
+  // --- engine admission, host memory, session exports (docs/service.md) ---
+  int64_t max_queued_requests = 2048;            // engine requests queued or running; 0: no limit
+  int64_t max_queued_requests_per_tenant = 512;  // ... of one tenant; 0: no limit
+  int64_t host_memory_budget = 0;  // token logs, queued work, transfers; 0: counted, not limited
+  std::string session_export_key;       // HMAC key signing exports (secret); empty: unsigned
+  std::string session_export_key_file;  // file holding that key (read at start-up)
+
+  // --- durability (docs/service.md "Durability") ---
+  std::string durability = "ack";  // none | ack | sync: what an Ingest ack promises
+  std::string state_dir;           // the session store; empty: $XDG_STATE_HOME/longctx,
+                                   // else ~/.local/state/longctx (unused under none)
 
   // --- operations ---
   absl::Duration drain_grace = absl::Seconds(30);  // SIGTERM: time for streams to finish

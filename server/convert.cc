@@ -119,6 +119,7 @@ void ToProto(const SessionInfo& info, v1::Session* out) {
   out->set_ingested_tokens(info.ingested_tokens);
   out->set_segments(info.segments);
   out->set_next_seq(info.next_seq);
+  out->set_recovering(info.recovering);
   (*out->mutable_state_bytes())["device"] = info.device_bytes;
   (*out->mutable_state_bytes())["host"] = info.host_bytes;
   if (info.settings.windowed()) {

@@ -124,6 +124,9 @@ int main(int argc, char** argv) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGHUP, &sa, nullptr);  // reloads the auth files (rank 0)
+  // A file size limit (RLIMIT_FSIZE) must fail the write (the session store
+  // answers it), not kill the process.
+  signal(SIGXFSZ, SIG_IGN);
 
   auto config = longctx::server::LoadServerConfig(argc, argv);
   if (!config.ok()) {

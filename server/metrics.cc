@@ -152,8 +152,23 @@ void CollectSessions(const EngineStats& st, const SessionManager& sessions,
                         static_cast<double>(sessions.evictions()), {{"reason", "ttl"}}));
 }
 
-// Infini-attention memories of windowed sessions.
+// Infini-attention memories of windowed sessions; the host-memory budget and
+// admission refusals.
 void CollectInfini(const EngineStats& st, std::vector<MetricFamily>* out) {
+  std::vector<std::pair<std::string, double>> host;
+  for (int k = 0; k < kNumHostMemoryKinds; ++k) {
+    const auto kind = static_cast<HostMemoryKind>(k);
+    host.emplace_back(HostMemoryKindName(kind), static_cast<double>(st.host_memory.used(kind)));
+  }
+  out->push_back(LabeledFamily("longctx_host_memory_bytes",
+                               "Host memory counted against host_memory_budget, by kind.", kGauge,
+                               "kind", host));
+  out->push_back(Scalar("longctx_host_memory_budget_bytes",
+                        "The host_memory_budget (0: not limited).", kGauge,
+                        static_cast<double>(st.host_memory.limit())));
+  out->push_back(Scalar("longctx_admission_rejections_total",
+                        "Engine requests refused at admission (queue bounds, host memory).",
+                        kCounter, Value(st.admission_rejections_total)));
   out->push_back(Scalar("longctx_infini_memory_bytes",
                         "Bytes of Infini-attention compressive memory held by all sessions.",
                         kGauge, Value(st.infini_memory_bytes)));
@@ -193,6 +208,47 @@ void CollectSteps(const EngineStats& st, std::vector<MetricFamily>* out) {
                                  st.step_batch_tokens));
 }
 
+// The durable session store and what recovery did at start.
+void CollectStore(const Engine& engine, std::vector<MetricFamily>* out) {
+  const SessionStore* store = engine.store();
+  if (store == nullptr) return;
+  const StoreStats& st = store->stats();
+  const RecoveryStats& r = engine.recovery();
+  out->push_back(Scalar("longctx_store_bytes",
+                        "Bytes of the session store on disk (table files and unflushed log).",
+                        kGauge, static_cast<double>(store->DiskBytes())));
+  out->push_back(HistogramFamily("longctx_store_commit_duration_seconds",
+                                 "One group commit of the session store (with fsync under sync).",
+                                 st.commit_seconds));
+  out->push_back(Scalar("longctx_store_commits_total",
+                        "Group commits written to the session store.", kCounter,
+                        Value(st.commits_total)));
+  out->push_back(Scalar("longctx_store_write_errors_total",
+                        "Session store writes that failed (their segments were not acknowledged).",
+                        kCounter, Value(st.write_errors_total)));
+  struct Gauge {
+    const char* name;
+    const char* help;
+    const std::atomic<int64_t>& value;
+  };
+  for (const Gauge& g : {
+           Gauge{"longctx_recovery_sessions", "Sessions found in the session store at start.",
+                 r.sessions},
+           Gauge{"longctx_recovery_sessions_rebuilt", "Recovered sessions whose KV is rebuilt.",
+                 r.rebuilt_sessions},
+           Gauge{"longctx_recovery_sessions_pending",
+                 "Recovered sessions whose KV is still being rebuilt.", r.pending_sessions},
+           Gauge{"longctx_recovery_tokens", "Tokens in the recovered sessions' logs.", r.tokens},
+           Gauge{"longctx_recovery_tokens_rebuilt",
+                 "Tokens of recovered sessions prefilled again so far.", r.rebuilt_tokens},
+       }) {
+    out->push_back(Scalar(g.name, g.help, kGauge, Value(g.value)));
+  }
+  out->push_back(Scalar("longctx_sessions_lost_total",
+                        "Sessions lost to store damage or that could not be rebuilt.", kCounter,
+                        Value(r.lost_sessions)));
+}
+
 }  // namespace
 
 // Reads the engine's stats at scrape time.
@@ -221,6 +277,7 @@ class EngineCollector final : public prometheus::Collectable {
     CollectSessions(st, service_->sessions(), &out);
     CollectInfini(st, &out);
     CollectSteps(st, &out);
+    CollectStore(*service_, &out);
     return out;
   }
 
@@ -243,6 +300,12 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& addre
                         .Name("longctx_grpc_unparsable_requests_total")
                         .Help("Requests and stream messages that failed to parse, by method.")
                         .Register(*m->registry_);
+  m->http_ = &prometheus::BuildCounter()
+                  .Name("longctx_http_requests_total")
+                  .Help(
+                      "Finished requests of the OpenAI-compatible HTTP door by route and HTTP "
+                      "status (499: the client went away).")
+                  .Register(*m->registry_);
   m->streams_open_ = &prometheus::BuildGauge()
                           .Name("longctx_grpc_streams_open")
                           .Help("Open streaming calls.")
@@ -305,6 +368,10 @@ void Metrics::RecordRpc(const std::string& method, grpc::StatusCode code) {
                                  "UNAUTHENTICATED"};
   const int c = static_cast<int>(code);
   rpcs_->Add({{"method", method}, {"code", c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN"}}).Increment();
+}
+
+void Metrics::RecordHttp(const std::string& route, int status) {
+  http_->Add({{"route", route}, {"code", absl::StrCat(status)}}).Increment();
 }
 
 }  // namespace longctx::server

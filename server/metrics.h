@@ -45,6 +45,8 @@ class Metrics {
   void RecordRpc(const std::string& method, grpc::StatusCode code);
   // A request (or stream message) of `method` that failed to parse.
   void RequestUnparsable(const std::string& method);
+  // One finished request of the HTTP door by route and HTTP status.
+  void RecordHttp(const std::string& route, int status);
   void StreamOpened() { streams_open_->Increment(); }
   void StreamClosed() { streams_open_->Decrement(); }
   // 0 starting, 1 serving, 2 draining.
@@ -58,6 +60,7 @@ class Metrics {
   std::shared_ptr<EngineCollector> engine_;
   prometheus::Family<prometheus::Counter>* rpcs_ = nullptr;
   prometheus::Family<prometheus::Counter>* unparsable_ = nullptr;
+  prometheus::Family<prometheus::Counter>* http_ = nullptr;
   prometheus::Gauge* streams_open_ = nullptr;
   prometheus::Gauge* server_state_ = nullptr;
   std::unique_ptr<prometheus::Exposer> exposer_;

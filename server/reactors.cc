@@ -286,14 +286,32 @@ ExportReactor::ExportReactor(CallRegistry* calls, absl::StatusOr<CallContext> ad
                              const std::string& session_id)
     : CallReactor(calls, std::move(admission)) {
   if (!admitted()) return;
-  call().engine->Export(call().caller.tenant, session_id,
-                        [this](absl::StatusOr<std::string> bytes) { OnBytes(std::move(bytes)); });
+  AddField("session_id", session_id);
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { link_.submitting = true; });
+  std::shared_ptr<WorkHandle> handle = call().engine->Export(
+      call().caller.tenant, session_id, call().deadline,
+      [this](absl::StatusOr<std::string> bytes) { OnBytes(std::move(bytes)); });
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    link_.Submitted(std::move(handle), result_.has_value() || !data_.empty());
+  });
+}
+
+void ExportReactor::OnCancel() {
+  absl::MutexLock lock(&mu_);
+  link_.Cancel();
 }
 
 void ExportReactor::OnBytes(absl::StatusOr<std::string> bytes) {
   Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    link_.handle.reset();
     if (!bytes.ok()) {
       result_ = bytes.status();
+      return;
+    }
+    held_ = HostMemoryCharge(&call().engine->stats().host_memory, HostMemoryKind::kExport);
+    if (absl::Status s = held_.TryGrow(static_cast<int64_t>(bytes->size()), "the export");
+        !s.ok()) {
+      result_ = s;
       return;
     }
     data_ = std::move(*bytes);
@@ -327,7 +345,10 @@ void ExportReactor::OnWriteDone(bool ok) {
   });
 }
 
-std::optional<absl::Status> ExportReactor::FinishableLocked() { return result_; }
+std::optional<absl::Status> ExportReactor::FinishableLocked() {
+  if (link_.submitting) return std::nullopt;
+  return result_;
+}
 
 // ---------------------------------------------------------------- Import
 
@@ -336,6 +357,7 @@ ImportReactor::ImportReactor(CallRegistry* calls, absl::StatusOr<CallContext> ad
     : CallReactor(calls, std::move(admission)), resp_(resp) {
   if (!admitted()) return;
   max_bytes_ = MaxBytes();
+  held_ = HostMemoryCharge(&call().engine->stats().host_memory, HostMemoryKind::kImport);
   WatchIdle(config().stream_idle_timeout);
   StartRead(&in_);
 }
@@ -350,6 +372,33 @@ int64_t ImportReactor::MaxBytes() const {
                          static_cast<int64_t>(sizeof(float));
   return std::max(config().max_session_tokens, o.max_windowed_session_tokens) * 4 + memory +
          (1 << 20);
+}
+
+absl::Status ImportReactor::Receive() {
+  const int64_t have = static_cast<int64_t>(input_.data.size() + req_.data().size());
+  if (have > max_bytes_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("session data is over ", max_bytes_,
+                     " bytes (the token log of the longest session, its memory and settings)"));
+  }
+  input_.data += req_.data();
+  if (!declared_) {
+    auto size = SessionSnapshotSize(input_.data);
+    if (!size.ok()) return size.status();
+    declared_ = *size;
+    if (declared_ && *declared_ > static_cast<uint64_t>(max_bytes_)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "session data declares ", *declared_, " bytes, over the ", max_bytes_,
+          " bytes of the longest session this server holds"));
+    }
+  }
+  if (declared_ && static_cast<uint64_t>(have) > *declared_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("session data runs past the ", *declared_, " bytes its header declares"));
+  }
+  // The whole declared blob, or what came so far.
+  const int64_t want = declared_ ? static_cast<int64_t>(*declared_) : have;
+  return held_.TryGrow(want - held_.bytes(), "the imported session data");
 }
 
 void ImportReactor::OnReadDone(bool ok) {
@@ -367,35 +416,57 @@ void ImportReactor::OnReadDone(bool ok) {
     }
     if (first_) {
       input_ = FromProto(req_);
+      input_.data.clear();
       first_ = false;
     }
-    if (static_cast<int64_t>(input_.data.size() + req_.data().size()) > max_bytes_) {
-      return Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-        result_ = absl::ResourceExhaustedError(
-            absl::StrCat("session data is over ", max_bytes_,
-                         " bytes (the token log of the longest session, its memory and settings)"));
-      });
+    if (absl::Status s = Receive(); !s.ok()) {
+      return Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { result_ = s; });
     }
-    input_.data += req_.data();
     StartRead(&in_);
     return;
   }
-  // The client half-closed: all bytes are in.
-  AddField("bytes", absl::StrCat(input_.data.size()));
-  call().engine->Import(call().caller.tenant, std::move(input_),
-                        [this](absl::StatusOr<SessionInfo> info) {
-                          Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                            if (info.ok()) {
-                              v1::Session session;
-                              ToProto(*info, &session);
-                              Serialize(session, resp_);
-                              AddFieldLocked("session_id", info->id);
-                            }
-                            result_ = info.status();
-                          });
-                        });
+  // The client half-closed (all bytes are in) or cancelled.
+  StartImport();
 }
 
-std::optional<absl::Status> ImportReactor::FinishableLocked() { return result_; }
+void ImportReactor::StartImport() {
+  bool cancelled = false;
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    cancelled = link_.cancelled;
+    if (cancelled) {
+      result_ = absl::CancelledError("cancelled by the client");
+    } else {
+      link_.submitting = true;
+    }
+  });
+  if (cancelled) return;  // finished: `this` may be gone
+  AddField("bytes", absl::StrCat(input_.data.size()));
+  std::shared_ptr<WorkHandle> handle = call().engine->Import(
+      call().caller.tenant, std::move(input_), [this](absl::StatusOr<SessionInfo> info) {
+        Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          link_.handle.reset();
+          if (info.ok()) {
+            v1::Session session;
+            ToProto(*info, &session);
+            Serialize(session, resp_);
+            AddFieldLocked("session_id", info->id);
+          }
+          result_ = info.status();
+        });
+      });
+  Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    link_.Submitted(std::move(handle), result_.has_value());
+  });
+}
+
+void ImportReactor::OnCancel() {
+  absl::MutexLock lock(&mu_);
+  link_.Cancel();
+}
+
+std::optional<absl::Status> ImportReactor::FinishableLocked() {
+  if (link_.submitting) return std::nullopt;
+  return result_;
+}
 
 }  // namespace longctx::server

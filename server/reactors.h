@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -19,6 +20,26 @@
 #include "server/call_registry.h"
 
 namespace longctx::server {
+
+// The engine work of a streaming reactor that a client's cancel must reach:
+// the handle comes back after the submit returns, the cancel at any time.
+// Guarded by the owning reactor's mu_.
+struct CancelLink {
+  bool submitting = false;  // in the engine call: the reactor may not finish yet
+  bool cancelled = false;
+  std::shared_ptr<WorkHandle> handle;
+
+  // The submit returned `h` (null: done already; `done`: the result is in).
+  void Submitted(std::shared_ptr<WorkHandle> h, bool done) {
+    submitting = false;
+    if (h != nullptr && !done) handle = std::move(h);
+    if (cancelled && handle) handle->Cancel();
+  }
+  void Cancel() {
+    cancelled = true;
+    if (handle) handle->Cancel();
+  }
+};
 
 // A unary call answered asynchronously (from the engine thread). The handler
 // submits the work, then calls Started; the engine's callback calls Done.
@@ -137,6 +158,8 @@ class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<grpc::By
   ExportReactor(CallRegistry* calls, absl::StatusOr<CallContext> call,
                 const std::string& session_id);
   void OnWriteDone(bool ok) override;
+  // Stops the engine's export (it ends with CANCELLED).
+  void OnCancel() override;
 
  private:
   void OnBytes(absl::StatusOr<std::string> bytes);
@@ -144,18 +167,25 @@ class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<grpc::By
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
+  CancelLink link_ ABSL_GUARDED_BY(mu_);  // the engine's export
+  HostMemoryCharge held_ ABSL_GUARDED_BY(mu_);  // data_ against the host-memory budget
   std::string data_ ABSL_GUARDED_BY(mu_);
   size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ByteBuffer msg_;
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 
-// ImportSession: the bytes of an exported session in, a new session out.
+// ImportSession: the bytes of an exported session in, a new session out. The
+// bytes count against the host-memory budget as they arrive; once the blob's
+// header is in, its declared size is checked and charged whole, so an
+// oversized import is refused before the rest is sent. A cancelled import
+// leaves no session behind.
 class ImportReactor final : public CallReactor<grpc::ServerReadReactor<grpc::ByteBuffer>> {
  public:
   // `resp` gets the serialized v1::Session.
   ImportReactor(CallRegistry* calls, absl::StatusOr<CallContext> call, grpc::ByteBuffer* resp);
   void OnReadDone(bool ok) override;
+  void OnCancel() override;
 
  private:
   bool WaitingForClientLocked() const override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -166,6 +196,9 @@ class ImportReactor final : public CallReactor<grpc::ServerReadReactor<grpc::Byt
   }
   // The most bytes an export of the longest session may have.
   int64_t MaxBytes() const;
+  // Appends the bytes of req_ to the blob; why not, when they cannot be held.
+  absl::Status Receive();
+  void StartImport();
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
   grpc::ByteBuffer* const resp_;
@@ -175,6 +208,9 @@ class ImportReactor final : public CallReactor<grpc::ServerReadReactor<grpc::Byt
   bool first_ = true;
   int64_t max_bytes_ = 0;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed
+  std::optional<uint64_t> declared_;  // the blob's size, once its header is in
+  HostMemoryCharge held_;             // the blob against the host-memory budget
+  CancelLink link_ ABSL_GUARDED_BY(mu_);  // the engine's import
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 

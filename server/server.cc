@@ -60,13 +60,14 @@ void SetConnectionLimits(const ServerConfig& c, grpc::ServerBuilder* builder) {
 }
 
 // Who may call, said once at start (the security defaults depend on it).
-void LogAccess(const ServerConfig& c, int grpc_port, int metrics_port) {
+void LogAccess(const ServerConfig& c, int grpc_port, int metrics_port, int http_port) {
   const bool loopback = c.loopback_only();
   std::string access = loopback ? "loopback only" : "open to the network";
   if (!c.authenticates()) absl::StrAppend(&access, ", unauthenticated (tenant default)");
   Log(spdlog::level::info, "listening",
       {{"grpc_port", absl::StrCat(grpc_port)},
        {"metrics_port", absl::StrCat(metrics_port)},
+       {"http_port", absl::StrCat(http_port)},
        {"tls", c.tls_cert.empty()        ? "off"
                : c.tls_client_ca.empty() ? "on"
                                          : "mutual"},
@@ -81,11 +82,13 @@ void LogAccess(const ServerConfig& c, int grpc_port, int metrics_port) {
   }
 }
 
-absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port,
+                           int http_port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
     out << "grpc=" << grpc_port << "\nmetrics=" << metrics_port << "\n";
+    if (http_port > 0) out << "http=" << http_port << "\n";
     if (!out) return absl::InternalError(absl::StrCat("port_file ", path, ": cannot write"));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -105,6 +108,10 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   o.scheduler.prefill_budget = c.prefill_budget;
   o.scheduler.prefill_budget_decoding = c.prefill_budget_decoding;
   o.scheduler.max_decode_batch = c.max_decode_batch;
+  o.scheduler.max_queued_requests = static_cast<int>(c.max_queued_requests);
+  o.scheduler.max_queued_requests_per_tenant = static_cast<int>(c.max_queued_requests_per_tenant);
+  o.scheduler.host_memory_budget = c.host_memory_budget;
+  o.session_export_key = c.session_export_key;
   o.sessions.max_sessions = c.max_sessions;
   o.sessions.max_sessions_per_tenant = c.max_sessions_per_tenant;
   o.kv.block_size = c.kv_block_size;
@@ -120,6 +127,13 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   if (c.dca_pretrain_length > 0) o.dca_defaults.pretrain_len = c.dca_pretrain_length;
   if (c.dca_chunk_size > 0) o.dca_defaults.chunk_size = c.dca_chunk_size;
   if (c.dca_local_window > 0) o.dca_defaults.local_window = c.dca_local_window;
+  e.store.durability = *ParseDurability(c.durability);  // validated
+  e.store.dir = c.state_dir.empty() ? DefaultStateDir() : c.state_dir;
+  e.on_store_event = [](const std::string& event, const std::string& id,
+                        const std::string& detail) {
+    Log(event == "sessions rebuilt" ? spdlog::level::info : spdlog::level::err, event,
+        {{"session", id}, {"detail", detail}});
+  };
   e.group.dist = DistOptionsFrom(c, 0);
   e.group.on_rank_stopped = [](int rank, const absl::Status& s) {
     Log(s.ok() ? spdlog::level::info : spdlog::level::err, "rank stopped",
@@ -145,6 +159,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
   auto creds = Credentials(config);
   if (!creds.ok()) return creds.status();
 
+  if (!config.http_listen.empty()) {
+    auto door = openai::HttpDoor::Start(config, s->auth_, s->metrics_.get(),
+                                        absl::ToUnixSeconds(absl::Now()));
+    if (!door.ok()) return door.status();
+    s->http_ = std::move(*door);
+  }
   s->health_ = std::make_unique<HealthService>();
   s->service_ = std::make_unique<LongContextService>(config, s->auth_, s->metrics_.get(), build);
   if (config.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -162,12 +182,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerConfig& config
     return absl::UnavailableError(absl::StrCat("cannot listen on ", config.listen));
   }
   if (!config.port_file.empty()) {
-    if (absl::Status st = WritePortFile(config.port_file, s->grpc_port_, s->metrics_port());
+    if (absl::Status st =
+            WritePortFile(config.port_file, s->grpc_port_, s->metrics_port(), s->http_port());
         !st.ok()) {
       return st;
     }
   }
-  LogAccess(config, s->grpc_port_, s->metrics_port());
+  LogAccess(config, s->grpc_port_, s->metrics_port(), s->http_port());
   if (config.auth_reload_interval > absl::ZeroDuration() && s->auth_.enabled()) {
     Server* self = s.get();
     s->auth_reloader_ = std::thread([self] {
@@ -205,7 +226,19 @@ absl::Status Server::LoadEngine() {
   const EngineInfo& info = engine_->info();
   if (metrics_) metrics_->AttachEngine(engine_.get(), info.model.name, info.backend);
   service_->SetEngine(engine_.get());
+  if (http_) http_->SetEngine(engine_.get());
   health_->SetServing(true);
+  if (const SessionStore* store = engine_->store()) {
+    const RecoveryStats& r = engine_->recovery();
+    Log(spdlog::level::info, "session store open",
+        {{"durability", DurabilityName(store->durability())},
+         {"state_dir", store->dir()},
+         {"sessions", absl::StrCat(r.sessions.load())},
+         {"tokens", absl::StrCat(r.tokens.load())},
+         {"lost", absl::StrCat(r.lost_sessions.load())},
+         {"store_open_s", absl::StrCat(r.store_open_seconds.load())},
+         {"time_to_serving_s", absl::StrCat(absl::ToDoubleSeconds(absl::Now() - t0))}});
+  }
   if (metrics_) metrics_->SetServerState(1);
   Log(spdlog::level::info, "serving",
       {{"model", info.model.name},
@@ -238,14 +271,18 @@ void Server::Drain() {
   // Refuse new calls before health says NOT_SERVING, so a client that reacts
   // to the health change never gets a call in.
   service_->StartDraining();
+  if (http_) http_->StartDraining();
   health_->SetServing(false);
   if (metrics_) metrics_->SetServerState(2);
   Log(spdlog::level::info, "draining",
       {{"open_calls", absl::StrCat(service_->active_calls())},
        {"grace", absl::FormatDuration(config_.drain_grace)}});
-  const bool clean = service_->WaitForCalls(t0 + config_.drain_grace);
-  const int64_t cut = service_->active_calls();
+  bool clean = service_->WaitForCalls(t0 + config_.drain_grace);
+  if (http_) clean = http_->WaitForCalls(t0 + config_.drain_grace) && clean;
+  const int64_t cut = service_->active_calls() + (http_ ? http_->active_calls() : 0);
   health_->Shutdown();
+  // Cancels the HTTP door's open answers while the engine still runs them.
+  if (http_) http_->Stop();
   // Cancels whatever is still open; returns once every call has ended.
   server_->Shutdown(std::chrono::system_clock::now());
   if (engine_) {
@@ -262,6 +299,7 @@ Server::~Server() {
   if (!stop_monitor_.HasBeenNotified()) stop_monitor_.Notify();
   if (monitor_.joinable()) monitor_.join();
   if (auth_reloader_.joinable()) auth_reloader_.join();
+  if (http_) http_->Stop();
   if (server_) server_->Shutdown(std::chrono::system_clock::now());
   if (engine_) engine_->Shutdown();
 }

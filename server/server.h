@@ -1,5 +1,6 @@
 // The longctxd process around the service: gRPC server (health, reflection,
-// TLS, message limits), metrics exposer, model loading and graceful drain.
+// TLS, message limits), the optional OpenAI-compatible HTTP door, metrics
+// exposer, model loading and graceful drain.
 //
 // Life cycle: Start() listens at once with health NOT_SERVING and calls
 // refused as "starting"; LoadEngine() loads the model and turns SERVING;
@@ -20,6 +21,7 @@
 #include "server/config.h"
 #include "server/health.h"
 #include "server/metrics.h"
+#include "server/openai/http_door.h"
 #include "server/service.h"
 
 namespace longctx::server {
@@ -41,6 +43,7 @@ class Server {
 
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+  int http_port() const { return http_ ? http_->port() : 0; }
 
  private:
   explicit Server(ServerConfig config) : config_(std::move(config)) {}
@@ -51,6 +54,7 @@ class Server {
   std::unique_ptr<HealthService> health_;
   std::unique_ptr<LongContextService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<openai::HttpDoor> http_;  // null unless http_listen is set
   // Watches the engine's health (a group's ranks) and turns NOT_SERVING when
   // it breaks.
   void Monitor();

@@ -2,6 +2,7 @@
 // fairness, the KV ledger and its refusals, windowed sessions.
 #include "engine/scheduler/batch_planner.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -79,6 +80,21 @@ TEST(BatchPlannerTest, PromptsFirstOldestFirstThenShortestRemaining) {
   const BatchPlan plan = PlanBatch(jobs, limits);
   EXPECT_THAT(Jobs(plan), ElementsAre(4, 2, 1, 3, 0));
   EXPECT_THAT(Sizes(plan), ElementsAre(30, 300, 20, 20, 100));
+}
+
+TEST(BatchPlannerTest, NewerShorterJobsPassAnOlderOneForABoundedTime) {
+  // An ingest with 100 tokens left, then 200 newer 50-token Scores: only the
+  // Scores that came within 50 arrivals of it go first (aging).
+  std::vector<PlanJob> jobs = {Prefill(PlanWork::kIngest, 0, 0, 100)};
+  for (uint64_t k = 1; k <= 200; ++k) jobs.push_back(Prefill(PlanWork::kScore, k, 0, 50));
+  PlanLimits limits = Limits();
+  limits.prefill_budget = limits.prefill_budget_decoding = 100000;
+  limits.max_logit_rows = 100000;
+  const std::vector<size_t> order = Jobs(PlanBatch(jobs, limits));
+  const auto ingest = std::find(order.begin(), order.end(), 0u);
+  ASSERT_NE(ingest, order.end());
+  EXPECT_EQ(ingest - order.begin(), 49);  // Scores 1..49 passed it
+  for (auto it = order.begin(); it != ingest; ++it) EXPECT_LT(jobs[*it].order, 50u);
 }
 
 TEST(BatchPlannerTest, BudgetRunsOutBeforeLaterJobsAreMet) {
@@ -239,6 +255,75 @@ TEST(BatchPlannerTest, WindowedPieceOfNoTokensIsRefused) {
   ASSERT_EQ(plan.refused.size(), 1u);
   EXPECT_EQ(plan.refused[0].why, PlanRefusal::kEmpty);
   EXPECT_EQ(plan.refused[0].want, 0);
+}
+
+// ---------------------------------------------------------------- tenants
+
+PlanJob OfTenant(PlanJob job, uint64_t tenant) {
+  job.tenant = tenant;
+  return job;
+}
+
+TEST(BatchPlannerTest, ATenantsBacklogDoesNotDelayAnotherTenantsFirstPiece) {
+  // Tenant 1: 100 sessions with short ingests (each first in line by the
+  // shortest-first rule); tenant 2: one long ingest, the newest job.
+  std::vector<PlanJob> jobs;
+  for (uint64_t i = 0; i < 100; ++i) {
+    jobs.push_back(OfTenant(Prefill(PlanWork::kIngest, i, 0, 50), 1));
+  }
+  jobs.push_back(OfTenant(Prefill(PlanWork::kIngest, 100, 0, 4000), 2));
+  const BatchPlan plan = PlanBatch(jobs, Limits());
+  int64_t second = 0, first = 0;
+  for (const PlanPiece& p : plan.pieces) (p.job == 100 ? second : first) += p.n;
+  // The bound of batch_planner.h: floor(512 / 2) tokens each, in this step.
+  EXPECT_EQ(second, 256);
+  EXPECT_EQ(first, 256);
+}
+
+TEST(BatchPlannerTest, ATenantsUnusedShareGoesToTheOthers) {
+  const std::vector<PlanJob> jobs = {OfTenant(Prefill(PlanWork::kIngest, 0, 0, 4000), 1),
+                                     OfTenant(Prefill(PlanWork::kIngest, 1, 0, 10), 2)};
+  EXPECT_THAT(Sizes(PlanBatch(jobs, Limits())), ElementsAre(10, 502));
+}
+
+TEST(BatchPlannerTest, ScoreRowsAreSharedAmongTenants) {
+  std::vector<PlanJob> jobs;
+  for (uint64_t i = 0; i < 10; ++i) {
+    jobs.push_back(OfTenant(Prefill(PlanWork::kScore, i, 0, 20 + i), 1));
+  }
+  jobs.push_back(OfTenant(Prefill(PlanWork::kScore, 10, 0, 500), 2));
+  const BatchPlan plan = PlanBatch(jobs, Limits());  // 128 rows
+  int64_t second = 0;
+  for (const PlanPiece& p : plan.pieces) second += p.job == 10 ? p.n : 0;
+  EXPECT_EQ(second, 64);
+  EXPECT_LE(plan.tokens, 128);
+}
+
+TEST(BatchPlannerTest, DecodeRowsAreDealtAmongTenants) {
+  std::vector<PlanJob> jobs;
+  for (uint64_t i = 0; i < 10; ++i) jobs.push_back(OfTenant(Decoder(i, 4), 1));
+  jobs.push_back(OfTenant(Decoder(10, 4), 2));
+  PlanLimits limits = Limits();
+  limits.max_decode_batch = 4;
+  for (int step = 0; step < 5; ++step) {
+    const BatchPlan plan = PlanBatch(jobs, limits);
+    ASSERT_EQ(plan.pieces.size(), 4u);
+    EXPECT_THAT(Jobs(plan), ::testing::Contains(10u)) << "step " << step;
+    limits.decode_cursor = plan.decode_cursor;
+  }
+}
+
+TEST(BatchPlannerTest, ManyTenantsEachGetTheirShareEveryStep) {
+  std::vector<PlanJob> jobs;
+  for (uint64_t t = 0; t < 8; ++t) {
+    for (uint64_t k = 0; k < 5; ++k) {
+      jobs.push_back(OfTenant(Prefill(PlanWork::kIngest, t * 5 + k, 0, 1000 + t), t));
+    }
+  }
+  const BatchPlan plan = PlanBatch(jobs, Limits());
+  std::vector<int64_t> got(8, 0);
+  for (const PlanPiece& p : plan.pieces) got[jobs[p.job].tenant] += p.n;
+  for (int64_t g : got) EXPECT_EQ(g, 512 / 8);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include "engine/model/dca_config.h"
 
 #include <cmath>
+#include <limits>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -65,6 +66,25 @@ TEST(DcaConfigTest, MissingPretrainLengthIsAnError) {
   DcaOverrides o;
   o.pretrain_len = 4096;
   EXPECT_TRUE(DcaConfig::Resolve(m, o).ok());
+}
+
+TEST(DcaConfigTest, HugePretrainLengthIsRefusedNotOverflowed) {
+  const ModelConfig m = SmolLm2Shape();
+  DcaOverrides o;
+  o.pretrain_len = std::numeric_limits<int>::max();  // 3c overflows an int
+  auto c = DcaConfig::Resolve(m, o);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("pretrain_len"));
+  // The largest accepted c derives C = 3c/4 and w = c/8 without overflow.
+  o.pretrain_len = DcaConfig::kMaxPretrainLen;
+  c = DcaConfig::Resolve(m, o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->chunk_size, DcaConfig::kMaxPretrainLen / 4 * 3);
+  EXPECT_EQ(c->local_window, DcaConfig::kMaxPretrainLen / 8);
+  EXPECT_TRUE(c->Validate(64).ok()) << c->Validate(64);
+  DcaConfig forged = *c;
+  forged.pretrain_len = DcaConfig::kMaxPretrainLen + 1;
+  EXPECT_EQ(forged.Validate(64).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DcaConfigTest, LaterOverridesWin) {

@@ -140,11 +140,12 @@ std::vector<int32_t> Tokens(int n, int32_t first = 1) {
   return t;
 }
 
-std::shared_ptr<Session> NewSession(const std::string& id, int64_t window = 1 << 20) {
+std::shared_ptr<Session> NewSession(const std::string& id, int64_t window = 1 << 20,
+                                    const std::string& tenant = "tenant") {
   SessionSettings s;
   s.window_tokens = window;
   s.max_tokens = window;
-  return std::make_shared<Session>(id, "tenant", s, absl::Now());
+  return std::make_shared<Session>(id, tenant, s, absl::Now());
 }
 
 class SchedulerTest : public ::testing::Test {
@@ -217,9 +218,12 @@ class SchedulerTest : public ::testing::Test {
   }
   std::vector<int32_t> Log(const std::shared_ptr<Session>& s) {
     std::promise<std::vector<int32_t>> p;
-    scheduler_->SubmitRead({s, [&p](absl::Status st, const SessionEngineState* state) {
-                              p.set_value(st.ok() ? state->log : std::vector<int32_t>{});
-                            }});
+    ReadJob job;
+    job.session = s;
+    job.fn = [&p](absl::Status st, const SessionEngineState* state) {
+      p.set_value(st.ok() ? state->log : std::vector<int32_t>{});
+    };
+    scheduler_->SubmitRead(std::move(job));
     return p.get_future().get();
   }
 
@@ -655,6 +659,121 @@ TEST_F(SchedulerTest, StopFailsQueuedWorkWithUnavailable) {
   stopper.join();
   EXPECT_EQ(out.result.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(Ingest(s, Tokens(3)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+// ---------------------------------------------------------------- admission
+
+// Submits an ingest whose result lands in `out` (the future is ready once done).
+std::future<absl::StatusOr<int64_t>> SubmitIngestAsync(Scheduler& scheduler,
+                                                       const std::shared_ptr<Session>& s, int n) {
+  auto p = std::make_shared<std::promise<absl::StatusOr<int64_t>>>();
+  IngestJob job;
+  job.session = s;
+  job.tokens = Tokens(n);
+  job.done = [p](absl::StatusOr<int64_t> r) { p->set_value(std::move(r)); };
+  scheduler.SubmitIngest(std::move(job));
+  return p->get_future();
+}
+
+// `count` ingests of `n` tokens on new sessions of `tenant`, submitted with
+// the model paused (the caller resumes it).
+std::vector<std::future<absl::StatusOr<int64_t>>> PausedBacklog(FakeModel& model,
+                                                                Scheduler& scheduler,
+                                                                const std::string& tenant,
+                                                                int count, int n) {
+  model.Pause();
+  std::vector<std::future<absl::StatusOr<int64_t>>> out;
+  for (int i = 0; i < count; ++i) {
+    out.push_back(
+        SubmitIngestAsync(scheduler, NewSession(absl::StrCat(tenant, i), 1 << 20, tenant), n));
+  }
+  return out;
+}
+
+TEST_F(SchedulerTest, QueueBoundRefusesWithARetryHint) {
+  SchedulerOptions options;
+  options.max_queued_requests = 3;
+  Start(4096, options);
+  model_->Pause();
+  std::vector<std::future<absl::StatusOr<int64_t>>> accepted;
+  for (int i = 0; i < 3; ++i) {
+    accepted.push_back(SubmitIngestAsync(*scheduler_, NewSession(absl::StrCat("s", i)), 8));
+  }
+  auto refused = SubmitIngestAsync(*scheduler_, NewSession("over"), 8);
+  ASSERT_EQ(refused.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+  const absl::Status s = refused.get().status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("max_queued_requests"));
+  ASSERT_TRUE(RetryAfter(s).has_value());
+  EXPECT_GE(*RetryAfter(s), absl::Milliseconds(100));
+  EXPECT_EQ(stats_.admission_rejections_total.load(), 1);
+  model_->Resume();
+  for (auto& f : accepted) EXPECT_TRUE(f.get().ok());
+  // Finished work leaves room again.
+  EXPECT_TRUE(Ingest(NewSession("after"), Tokens(8)).ok());
+}
+
+TEST_F(SchedulerTest, OneTenantsFloodLeavesRoomForAnother) {
+  SchedulerOptions options;
+  options.max_queued_requests_per_tenant = 2;
+  Start(4096, options);
+  auto flood = PausedBacklog(*model_, *scheduler_, "a", 5, 8);
+  auto other = SubmitIngestAsync(*scheduler_, NewSession("b", 1 << 20, "b"), 8);
+  model_->Resume();
+  int refused = 0;
+  for (auto& f : flood) {
+    const absl::StatusOr<int64_t> r = f.get();
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+      ++refused;
+    }
+  }
+  EXPECT_EQ(refused, 3);
+  EXPECT_TRUE(other.get().ok());
+}
+
+TEST_F(SchedulerTest, HostMemoryBudgetCountsLogsAndQueuedWork) {
+  SchedulerOptions options;
+  options.host_memory_budget = 1000;  // bytes: 250 tokens
+  Start(4096, options);
+  HostMemoryBudget& budget = stats_.host_memory;
+  auto s = NewSession("s");
+  const absl::StatusOr<int64_t> big = Ingest(s, Tokens(300));  // 1200 bytes queued
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(big.status().message(), ::testing::HasSubstr("host_memory_budget"));
+  ASSERT_TRUE(Ingest(s, Tokens(100)).ok());
+  EXPECT_EQ(budget.used(HostMemoryKind::kQueued), 0);
+  EXPECT_GE(budget.used(HostMemoryKind::kTokenLog), 400);
+  // The log holds 400 or more bytes: 200 more tokens (800 bytes) do not fit.
+  EXPECT_EQ(Ingest(s, Tokens(200)).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Ingest(s, Tokens(50)).ok());
+  s->Close("deleted");
+  scheduler_->Release(s);
+  for (int i = 0; i < 200 && budget.used() != 0; ++i) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(budget.used(), 0);
+}
+
+TEST_F(SchedulerTest, ABackloggedTenantDoesNotDelayAnotherTenantsPrefill) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  Start(4096, options);
+  auto backlog = PausedBacklog(*model_, *scheduler_, "a", 20, 32);
+  auto b = NewSession("b", 1 << 20, "b");
+  auto late = SubmitIngestAsync(*scheduler_, b, 32);
+  const size_t steps_before = model_->StepCount();  // the step paused meanwhile
+  model_->Resume();
+  EXPECT_TRUE(late.get().ok());
+  for (auto& f : backlog) EXPECT_TRUE(f.get().ok());
+  // b's 32 tokens fit its half of the budget: it ran whole within the first
+  // step after the paused one.
+  const auto steps = model_->Steps();
+  size_t b_step = steps.size();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    for (const auto& [seq, n] : steps[i]) {
+      if (seq == &b->engine_state().sequence()) b_step = std::min(b_step, i);
+    }
+  }
+  EXPECT_LE(b_step, steps_before + 1);
 }
 
 }  // namespace

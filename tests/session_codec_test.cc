@@ -25,7 +25,7 @@ SessionSnapshot Sample() {
   s.settings.window_tokens = 100000;
   s.applied_seq = 42;
   s.segments = 42;
-  s.ingested_tokens = 9000;
+  s.ingested_tokens = 900;
   s.user_turn_start = 17;
   for (int i = 0; i < 1000; ++i) s.tokens.push_back(i * 37 % 49152);
   return s;
@@ -128,8 +128,8 @@ TEST(SessionCodecTest, ReadsEarlierVersionsWithTheFnvChecksum) {
   EXPECT_EQ(InfiniMemory::Deserialize(AsFnvVersion(memory.Serialize(), 4, 2)).status().code(),
             absl::StatusCode::kDataLoss);
   // A version this build does not know is named as such.
-  EXPECT_THAT(DecodeSessionSnapshot(AsFnvVersion(v3, 8, 4)).status().message(),
-              ::testing::HasSubstr("version 4 is not supported"));
+  EXPECT_THAT(DecodeSessionSnapshot(AsFnvVersion(v3, 8, 5)).status().message(),
+              ::testing::HasSubstr("version 5 is not supported"));
 }
 
 TEST(SessionCodecTest, RejectsDamage) {
@@ -144,6 +144,93 @@ TEST(SessionCodecTest, RejectsDamage) {
     bad[i] ^= 0x20;
     EXPECT_EQ(DecodeSessionSnapshot(bad).status().code(), absl::StatusCode::kInvalidArgument) << i;
   }
+}
+
+// Re-seals `bytes` with a valid XXH3 checksum, as a client forging a blob can.
+std::string Reseal(std::string bytes) {
+  const size_t body = bytes.size() - sizeof(uint64_t);
+  const uint64_t sum = Checksum64(absl::string_view(bytes).substr(0, body));
+  std::memcpy(bytes.data() + body, &sum, sizeof(sum));
+  return bytes;
+}
+
+TEST(SessionCodecTest, RefusesForgedCounters) {
+  struct Case {
+    const char* name;
+    void (*forge)(SessionSnapshot&);
+  };
+  const Case cases[] = {
+      {"applied seq INT64_MAX", [](SessionSnapshot& s) { s.applied_seq = INT64_MAX; }},
+      {"applied seq over segments", [](SessionSnapshot& s) { s.applied_seq = s.segments + 1; }},
+      {"segments over ingested", [](SessionSnapshot& s) { s.segments = s.ingested_tokens + 1; }},
+      {"ingested over the log", [](SessionSnapshot& s) { s.ingested_tokens = 1001; }},
+      {"user turn past the log", [](SessionSnapshot& s) { s.user_turn_start = 1001; }},
+      {"negative segments", [](SessionSnapshot& s) { s.segments = -1; }},
+      {"evicted end past the log", [](SessionSnapshot& s) { s.evicted_end = 5000; }},
+  };
+  for (const Case& c : cases) {
+    SessionSnapshot s = Sample();
+    c.forge(s);
+    const auto back = DecodeSessionSnapshot(EncodeSessionSnapshot(s));
+    EXPECT_EQ(back.status().code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_THAT(back.status().message(), ::testing::HasSubstr("session data")) << c.name;
+  }
+  SessionSnapshot ok = Sample();
+  ok.applied_seq = ok.segments = ok.ingested_tokens = 1000;  // one token a segment
+  EXPECT_TRUE(DecodeSessionSnapshot(EncodeSessionSnapshot(ok)).ok());
+}
+
+TEST(SessionCodecTest, SignedBlobsNeedTheKey) {
+  const std::string key = "0123456789abcdef-secret";
+  const SessionSnapshot s = Sample();
+  const std::string signed_blob = EncodeSessionSnapshot(s, key);
+  const std::string unsigned_blob = EncodeSessionSnapshot(s);
+  EXPECT_EQ(signed_blob.size(), unsigned_blob.size() + 32);
+
+  auto back = DecodeSessionSnapshot(signed_blob, key);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->tokens, s.tokens);
+  // Without a key, blobs are trusted input: signed or not, both are read.
+  EXPECT_TRUE(DecodeSessionSnapshot(signed_blob).ok());
+  EXPECT_TRUE(DecodeSessionSnapshot(unsigned_blob).ok());
+
+  // With a key: an unsigned blob, another key's signature and a tampered
+  // blob (checksum recomputed, as a client can) are all refused.
+  EXPECT_EQ(DecodeSessionSnapshot(unsigned_blob, key).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(DecodeSessionSnapshot(signed_blob, "another-key-0123456789").status().code(),
+            absl::StatusCode::kPermissionDenied);
+  std::string tampered = signed_blob;
+  tampered[signed_blob.size() - 32 - 8 - 4] ^= 1;  // the last token
+  tampered = Reseal(tampered);
+  EXPECT_EQ(DecodeSessionSnapshot(tampered, key).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  // Without the key the same tampering goes unnoticed (trusted input).
+  EXPECT_TRUE(DecodeSessionSnapshot(tampered).ok());
+  // Without a valid checksum it is corrupt, key or not.
+  std::string damaged = signed_blob;
+  damaged[40] ^= 1;
+  EXPECT_EQ(DecodeSessionSnapshot(damaged, key).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(SessionCodecTest, TheHeaderDeclaresTheBlobsSize) {
+  for (const std::string& key : {std::string(), std::string("0123456789abcdef")}) {
+    const std::string blob = EncodeSessionSnapshot(Sample(), key);
+    size_t known_at = 0;
+    for (size_t n = 0; n <= blob.size(); ++n) {
+      auto size = SessionSnapshotSize(absl::string_view(blob).substr(0, n));
+      ASSERT_TRUE(size.ok()) << size.status();
+      if (!size->has_value()) continue;
+      EXPECT_EQ(**size, blob.size());
+      known_at = n;
+      break;
+    }
+    // Known once the header is in: well before the 4000 bytes of tokens.
+    EXPECT_GT(known_at, 0u);
+    EXPECT_LT(known_at, blob.size() - 4000);
+  }
+  EXPECT_FALSE(SessionSnapshotSize("NOTASESSIONHEADER").ok());
 }
 
 }  // namespace

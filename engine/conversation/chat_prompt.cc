@@ -40,8 +40,12 @@ std::optional<ChatPrompt> ChatPrompt::Create(const Tokenizer* tokenizer,
   const auto gen = SplitAt(FormatChat(std::vector<ChatMessage>(conv.begin(), conv.begin() + 2),
                                       /*add_generation_prompt=*/true, chat_template),
                            {kSystemMark, kUserMark});
-  if (parts.size() != 5 || gen.size() != 3) return std::nullopt;
+  const auto bare = SplitAt(FormatChat(std::vector<ChatMessage>(conv.begin() + 1, conv.begin() + 2),
+                                       /*add_generation_prompt=*/true, chat_template),
+                            {kUserMark});
+  if (parts.size() != 5 || gen.size() != 3 || bare.size() != 2) return std::nullopt;
   ChatPrompt p(tokenizer, chat_template);
+  p.no_system_open_ = tokenizer->Encode(bare[0], /*parse_special=*/true);
   p.system_open_ = tokenizer->Encode(parts[0], /*parse_special=*/true);
   p.user_open_ = tokenizer->Encode(parts[1], true);
   p.assistant_open_ = tokenizer->Encode(gen[2], true);
@@ -52,8 +56,10 @@ std::optional<ChatPrompt> ChatPrompt::Create(const Tokenizer* tokenizer,
 std::vector<int32_t> ChatPrompt::SessionPrefix(const std::string& system_prompt) const {
   const std::string& system =
       system_prompt.empty() ? template_.default_system_prompt : system_prompt;
+  if (system.empty()) return no_system_open_;
   std::vector<int32_t> out = system_open_;
-  const auto sys = tokenizer_->Encode(system, /*parse_special=*/false);
+  const auto sys =
+      tokenizer_->Encode(RenderedContent(template_, "system", system), /*parse_special=*/false);
   out.insert(out.end(), sys.begin(), sys.end());
   out.insert(out.end(), user_open_.begin(), user_open_.end());
   return out;

@@ -5,6 +5,8 @@
 //   [system_open] system [user_open] document [question ...] question
 //   [assistant_open] answer [next_user] (the next question) ...
 //
+// or, without a system message, [no_system_open] document ...
+//
 // The pieces are cut out of the template's own formatting of a conversation
 // with placeholder contents, so any template FormatChat knows yields them.
 //
@@ -30,7 +32,10 @@ class ChatPrompt {
                                           const ChatTemplate& chat_template);
 
   // A new session's opening: the system message (`system_prompt`, or the
-  // template's default when empty) and the opening of the user turn.
+  // template's default when empty) and the opening of the user turn. With no
+  // system message at all, the opening the template gives a conversation
+  // without one (Mistral and Gemma fold the system message into the user
+  // turn, Phi-3 leaves an empty one out, Llama 3.1 keeps its preamble).
   std::vector<int32_t> SessionPrefix(const std::string& system_prompt) const;
   // A question in the open user turn, closed and followed by the opening of
   // the assistant's answer. `after_document`: the turn already holds text,
@@ -41,6 +46,8 @@ class ChatPrompt {
   // answer ended with that end token itself) and the opening of the next
   // user turn.
   std::vector<int32_t> AfterAnswer(FinishReason reason) const;
+  // The template the pieces were cut from (to format a whole conversation).
+  const ChatTemplate& chat_template() const { return template_; }
 
  private:
   ChatPrompt(const Tokenizer* tokenizer, ChatTemplate chat_template)
@@ -49,6 +56,7 @@ class ChatPrompt {
   const Tokenizer* tokenizer_;
   ChatTemplate template_;
   std::vector<int32_t> system_open_, user_open_, assistant_open_, next_user_;
+  std::vector<int32_t> no_system_open_;  // the opening without a system message
 };
 
 }  // namespace longctx

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 
 #include "absl/strings/str_cat.h"
 
@@ -38,11 +37,14 @@ absl::StatusOr<DcaConfig> DcaConfig::Resolve(const ModelConfig& model,
         absl::StrCat("dca: pretrain_len unknown (model '", model.name,
                      "' declares no context length); set pretrain_len explicitly"));
   }
-  const int align = kDcaDefaultAlignment;
-  // In 64 bits: 3c overflows int for a client's pretrain_len over INT_MAX / 3.
-  c.chunk_size = overrides.chunk_size.value_or(
-      static_cast<int>(int64_t{c.pretrain_len} * 3 / 4 / align * align));
-  c.local_window = overrides.local_window.value_or(c.pretrain_len / 8 / align * align);
+  if (c.pretrain_len > kMaxPretrainLen) {
+    return absl::InvalidArgumentError(absl::StrCat("dca: pretrain_len (c=", c.pretrain_len,
+                                                   ") is over the maximum of ", kMaxPretrainLen));
+  }
+  const int64_t align = kDcaDefaultAlignment;
+  const int64_t c64 = c.pretrain_len;  // 3c in int64: c may be near kMaxPretrainLen
+  c.chunk_size = overrides.chunk_size.value_or(static_cast<int>(c64 * 3 / 4 / align * align));
+  c.local_window = overrides.local_window.value_or(static_cast<int>(c64 / 8 / align * align));
   c.length_temperature = overrides.length_temperature.value_or(c.length_temperature);
   c.compose_rope_scaling = overrides.compose_rope_scaling.value_or(c.compose_rope_scaling);
   return c;
@@ -53,9 +55,9 @@ absl::Status DcaConfig::Validate(int block_size) const {
     return absl::InvalidArgumentError(
         absl::StrCat("dca: KV block_size (", block_size, ") must be positive"));
   }
-  if (pretrain_len <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dca: pretrain_len (c=", pretrain_len, ") must be positive"));
+  if (pretrain_len <= 0 || pretrain_len > kMaxPretrainLen) {
+    return absl::InvalidArgumentError(absl::StrCat("dca: pretrain_len (c=", pretrain_len,
+                                                   ") must be in [1, ", kMaxPretrainLen, "]"));
   }
   if (mode == DcaMode::kRope) return absl::OkStatus();
   if (local_window <= 0) {

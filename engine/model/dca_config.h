@@ -66,10 +66,13 @@ struct DcaConfig {
   // Defaults are rounded so that L = C − w is a multiple of the usual KV block
   // sizes (16, 32, 64) for any c.
   static constexpr int kDcaDefaultAlignment = 64;
+  // The largest c accepted (2^30 tokens): far past any model, and small
+  // enough that 3c/4 and every position derived from it fit an int.
+  static constexpr int kMaxPretrainLen = 1 << 30;
 
   // The model's defaults with `overrides` applied; C and w derive from the
   // resolved c unless set. INVALID_ARGUMENT naming pretrain_len when neither the
-  // model nor the overrides give c.
+  // model nor the overrides give c, or c is over kMaxPretrainLen.
   static absl::StatusOr<DcaConfig> Resolve(const ModelConfig& model, const DcaOverrides& overrides);
 
   // Chunk length L = C − w.

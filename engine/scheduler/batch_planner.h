@@ -7,10 +7,16 @@
 // Policy (continuous batching):
 //   - Decode: one token of every decoding Generate, oldest first. Past
 //     max_decode_batch, a window of that many rows moves round-robin from step
-//     to step (the cursor goes in and out with the plan).
-//   - Prefill: Generate prompts first (oldest first), then Score and Ingest,
-//     shortest remaining first (ties: oldest), until the prefill budget is
-//     spent. A step with a Generate under way (a decode row, or a prompt first
+//     to step (the cursor goes in and out with the plan), and the rows are
+//     dealt round-robin over tenants.
+//   - Prefill: the budget is first shared among tenants (max-min fair: each
+//     tenant gets its demand or an equal share of what is left, whichever is
+//     smaller); within that share, Generate prompts first (oldest first), then
+//     Score and Ingest, shortest remaining first (ties: oldest), where a job's
+//     remaining count is lowered by one for each job that arrived after it
+//     (aging: a job with R tokens left is passed by newer Score and Ingest
+//     jobs for at most R later arrivals). Score rows (max_logit_rows) are
+//     shared among tenants the same way. A step with a Generate under way (a decode row, or a prompt first
 //     in line) takes min(prefill_budget, prefill_budget_decoding) so that its
 //     tokens come quickly. Score pieces also share max_logit_rows (one logits
 //     row per token).
@@ -20,6 +26,17 @@
 //   - Windowed sessions (compress, slide): a piece stops at the next chunk
 //     boundary, and an imported session prefills its sinks alone before its
 //     restore point applies.
+//
+// Fairness bound (tenants): let T be the number of tenants with head jobs in a
+// step, B its prefill budget and R = max_logit_rows. While T <= B, every
+// tenant's head jobs together get at least min(their demand, floor(B / T))
+// prefill tokens in every step (and Score jobs min(demand, floor(R / T)) rows
+// while T <= R), however many sessions and jobs other tenants have queued; so
+// a tenant's first prefill piece runs in the very next step. While
+// T <= max_decode_batch, every tenant with decoding Generates gets at least
+// floor(max_decode_batch / T) decode rows (all of its rows if fewer) in every
+// step. Only KV blocks, which are handed out in the order above, can delay a
+// tenant further (a job that gets none of them is refused, not delayed).
 #pragma once
 
 #include <cstddef>
@@ -47,6 +64,7 @@ struct PlanWindow {
 struct PlanJob {
   PlanWork work = PlanWork::kIngest;
   uint64_t order = 0;       // arrival order, unique: lower is older
+  uint64_t tenant = 0;      // the session's tenant (any id; equal ids: one tenant)
   bool decoding = false;    // a Generate past its prompt: one token per step
   int64_t length = 0;       // tokens in the session's KV sequence
   int64_t target = 0;       // the sequence length the job prefills up to

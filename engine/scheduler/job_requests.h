@@ -37,6 +37,8 @@ struct IngestJob {
   int64_t seq = 0;
   std::vector<int32_t> tokens;  // REQUIRES: non-empty
   absl::Time deadline = absl::InfiniteFuture();
+  // The handle Submit returns; null: a new one.
+  std::shared_ptr<WorkHandle> handle;
   // The session position after the segment, or why it failed.
   std::function<void(absl::StatusOr<int64_t>)> done;
 };
@@ -89,6 +91,8 @@ struct ScoreJob {
 struct ReadJob {
   std::shared_ptr<Session> session;
   std::function<void(absl::Status, const SessionEngineState*)> fn;
+  absl::Time deadline = absl::InfiniteFuture();  // while queued
+  std::shared_ptr<WorkHandle> handle;            // SubmitRead's; null: a new one
 };
 
 }  // namespace longctx

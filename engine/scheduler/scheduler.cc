@@ -2,8 +2,10 @@
 // finish, roll back. One step's batch is scheduler_step.cc.
 #include "engine/scheduler/scheduler.h"
 
+#include <algorithm>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/scheduler/jobs.h"
 #include "engine/scheduler/scheduler_internal.h"
@@ -15,11 +17,30 @@ namespace {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Host memory a request's token vectors hold while it waits.
+template <typename Request>
+int64_t QueuedBytes(const Request& r) {
+  int64_t tokens = 0;
+  if constexpr (requires { r.tokens; }) tokens = static_cast<int64_t>(r.tokens.size());
+  if constexpr (requires { r.prompt; }) {
+    tokens = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
+  }
+  return tokens * static_cast<int64_t>(sizeof(int32_t));
+}
+
 }  // namespace
+
+std::optional<absl::Duration> RetryAfter(const absl::Status& status) {
+  auto payload = status.GetPayload(kRetryAfterPayload);
+  int64_t ms = 0;
+  if (!payload || !absl::SimpleAtoi(std::string(*payload), &ms)) return std::nullopt;
+  return absl::Milliseconds(ms);
+}
 
 Scheduler::Scheduler(StepModel* model, SchedulerOptions options, EngineStats* stats)
     : model_(model), options_(options), stats_(stats) {
   stats_->kv_blocks_total.store(model_->kv_cache().total_blocks());
+  stats_->host_memory.set_limit(options_.host_memory_budget);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -32,18 +53,23 @@ void Scheduler::Stop() {
     stopping_ = true;
   }
   if (thread_.joinable()) thread_.join();
+  background_.Stop();
   absl::MutexLock lock(&mu_);
   stopped_ = true;
 }
 
 template <typename Request>
-std::shared_ptr<WorkHandle> Scheduler::Submit(Request request) {
+std::shared_ptr<WorkHandle> Scheduler::Submit(Request request, std::shared_ptr<WorkHandle> handle) {
   auto job = std::make_unique<Job>();
   job->session = request.session;
   if constexpr (requires { request.deadline; }) job->deadline = request.deadline;
+  std::shared_ptr<WorkHandle> given;
+  if constexpr (requires { request.handle; }) given = request.handle;
+  job->queued_bytes = QueuedBytes(request);
   job->handler = MakeJobHandler(std::move(request));
-  job->handle = std::make_shared<WorkHandle>();
-  std::shared_ptr<WorkHandle> handle = job->handle;
+  if (handle == nullptr) handle = std::move(given);
+  if (handle == nullptr) handle = std::make_shared<WorkHandle>();
+  job->handle = handle;
   Enqueue(std::move(job));
   return handle;
 }
@@ -58,21 +84,80 @@ std::shared_ptr<WorkHandle> Scheduler::SubmitGenerate(GenerateJob job) {
 
 std::shared_ptr<WorkHandle> Scheduler::SubmitScore(ScoreJob job) { return Submit(std::move(job)); }
 
-void Scheduler::SubmitRead(ReadJob job) { Submit(std::move(job)); }
+std::shared_ptr<WorkHandle> Scheduler::SubmitRead(ReadJob job) { return Submit(std::move(job)); }
+
+std::shared_ptr<WorkHandle> Scheduler::SubmitIngest(IngestJob job,
+                                                    std::shared_ptr<WorkHandle> handle) {
+  return Submit(std::move(job), std::move(handle));
+}
+
+std::shared_ptr<WorkHandle> Scheduler::SubmitGenerate(GenerateJob job,
+                                                      std::shared_ptr<WorkHandle> handle) {
+  return Submit(std::move(job), std::move(handle));
+}
 
 void Scheduler::Enqueue(std::unique_ptr<Job> job) {
   job->submitted = absl::Now();
   const bool counted = job->handler->counted();
-  if (counted) stats_->requests_waiting.fetch_add(1);
+  absl::Status refused;
   {
     absl::MutexLock lock(&mu_);
-    if (!stopping_) {
+    if (stopping_) {
+      refused = absl::UnavailableError("the engine is shutting down");
+    } else if (counted) {
+      refused = AdmitLocked(*job);
+    }
+    if (refused.ok()) {
+      if (counted) stats_->requests_waiting.fetch_add(1);
       incoming_.push_back(std::move(job));
       return;
     }
   }
-  if (counted) stats_->requests_waiting.fetch_sub(1);
-  job->handler->Deliver(Context(*job), absl::UnavailableError("the engine is shutting down"));
+  if (absl::IsResourceExhausted(refused)) stats_->admission_rejections_total.fetch_add(1);
+  job->handler->Deliver(Context(*job), refused);
+}
+
+absl::Status Scheduler::QueueFull(absl::string_view why) const {
+  const int64_t ms = std::clamp<int64_t>(recent_request_us_.load() / 1000, 100, 30000);
+  absl::Status s =
+      absl::ResourceExhaustedError(absl::StrCat(why, "; retry after ", ms, " ms"));
+  s.SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(ms)));
+  return s;
+}
+
+absl::Status Scheduler::AdmitLocked(Job& job) {
+  const std::string& tenant = job.session->tenant();
+  const int total_limit = options_.max_queued_requests;
+  const int tenant_limit = options_.max_queued_requests_per_tenant;
+  if (total_limit > 0 && admitted_ >= total_limit) {
+    return QueueFull(absl::StrCat("the server's max_queued_requests (", total_limit,
+                                  ") requests are queued or running"));
+  }
+  auto it = admitted_by_tenant_.find(tenant);
+  if (tenant_limit > 0 && it != admitted_by_tenant_.end() && it->second >= tenant_limit) {
+    return QueueFull(absl::StrCat("the tenant's max_queued_requests_per_tenant (", tenant_limit,
+                                  ") requests are queued or running"));
+  }
+  absl::Status budget =
+      stats_->host_memory.TryCharge(HostMemoryKind::kQueued, job.queued_bytes, "the request");
+  if (!budget.ok()) return QueueFull(budget.message());
+  ++admitted_;
+  ++admitted_by_tenant_[tenant];
+  job.admitted = true;
+  return absl::OkStatus();
+}
+
+void Scheduler::EndAdmission(Job& job) {
+  if (!job.admitted) return;
+  job.admitted = false;
+  stats_->host_memory.Release(HostMemoryKind::kQueued, job.queued_bytes);
+  const int64_t us = absl::ToInt64Microseconds(absl::Now() - job.submitted);
+  const int64_t avg = recent_request_us_.load(std::memory_order_relaxed);
+  recent_request_us_.store(avg + (us - avg) / 8, std::memory_order_relaxed);
+  absl::MutexLock lock(&mu_);
+  --admitted_;
+  auto it = admitted_by_tenant_.find(job.session->tenant());
+  if (it != admitted_by_tenant_.end() && --it->second <= 0) admitted_by_tenant_.erase(it);
 }
 
 void Scheduler::Release(std::shared_ptr<Session> session) {
@@ -156,6 +241,10 @@ void Scheduler::ReleaseSession(Session& session) {
   st.log.clear();
   st.log.shrink_to_fit();
   session.PublishCounters(0, 0);
+  if (auto held = log_bytes_.find(&session); held != log_bytes_.end()) {
+    stats_->host_memory.Release(HostMemoryKind::kTokenLog, held->second);
+    log_bytes_.erase(held);
+  }
 }
 
 void Scheduler::StartHeads() {
@@ -333,6 +422,7 @@ void Scheduler::Finish(SessionQueue& q, absl::Status status) {
 
 void Scheduler::Complete(SessionQueue& q, std::unique_ptr<Job> job, absl::Status status) {
   JobHandler& handler = *job->handler;
+  EndAdmission(*job);
   if (handler.counted()) {
     (job->started ? stats_->requests_running : stats_->requests_waiting).fetch_sub(1);
     if (!status.ok()) stats_->request_failure_total.fetch_add(1);
@@ -368,6 +458,11 @@ void Scheduler::FailQueue(SessionQueue& q, const absl::Status& status) {
 
 void Scheduler::PublishSession(Session& session) {
   SessionEngineState& st = session.engine_state();
+  // The log's whole allocation counts: that is what the process holds.
+  const int64_t log_bytes = static_cast<int64_t>(st.log.capacity() * sizeof(int32_t));
+  int64_t& held = log_bytes_[&session];
+  stats_->host_memory.Charge(HostMemoryKind::kTokenLog, log_bytes - held);
+  held = log_bytes;
   session.PublishCounters(static_cast<int64_t>(st.log.size()),
                           st.sequence().resident_blocks() * model_->kv_cache().BytesPerBlock());
   if (st.window) {

@@ -5,8 +5,12 @@
 // Continuous batching. Each step is one Forward over:
 //   - one decode token of every generating request (up to max_decode_batch,
 //     round-robin beyond that), and
-//   - up to prefill_budget tokens of prefill: Generate prompts first, then
-//     Score and Ingest work, shortest remaining first.
+//   - up to prefill_budget tokens of prefill, first shared fairly among
+//     tenants, then within each: Generate prompts first, then Score and
+//     Ingest work, shortest remaining first.
+// Admission bounds the requests accepted and not finished (in all and per
+// tenant) and charges their token vectors to the host-memory budget
+// (EngineStats::host_memory), which also counts every session's token log.
 // So a long ingest is cut into budget-sized pieces and delays a short Generate
 // on another session by at most one step. batch_planner.h holds the policy;
 // jobs.h what each kind of job does.
@@ -27,22 +31,27 @@
 // Thread safety: Submit*, Release and Stop are safe from any thread.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "engine/stats.h"
 #include "engine/scheduler/job_requests.h"
 #include "engine/scheduler/step_model.h"
+#include "engine/scheduler/task_thread.h"
 #include "engine/session/session.h"
+#include "engine/stats.h"
 
 namespace longctx {
 
@@ -64,7 +73,25 @@ struct SchedulerOptions {
   int prefill_budget_decoding = 512;
   int max_decode_batch = 256;  // generating requests per step
   int max_logit_rows = 128;    // Score rows per step (bounds the logits buffer)
+  // Admission bounds (0: none). Requests (Ingest segments, Generate, Score,
+  // the appends of Create and Import) accepted and not yet finished, in all
+  // and per tenant: past either, a submit fails at once with
+  // RESOURCE_EXHAUSTED and a retry hint (RetryAfter). The default total is
+  // what the server's stream limits admit anyway (256 Ingest streams, 8
+  // segments in flight each), so only unary floods (Score, Create) meet it.
+  int max_queued_requests = 2048;
+  int max_queued_requests_per_tenant = 512;
+  // Host memory (bytes) that token logs, queued work and session transfers
+  // may hold together (HostMemoryBudget); 0: counted, not limited.
+  int64_t host_memory_budget = 0;
 };
+
+// The payload a RESOURCE_EXHAUSTED of admission carries: how long to wait
+// before retrying, in whole milliseconds (decimal text). The message says it
+// too.
+inline constexpr absl::string_view kRetryAfterPayload = "type.longctx.dev/retry-after-ms";
+// The retry hint of `status`, if it carries one.
+std::optional<absl::Duration> RetryAfter(const absl::Status& status);
 
 class Scheduler {
  public:
@@ -79,7 +106,16 @@ class Scheduler {
   std::shared_ptr<WorkHandle> SubmitIngest(IngestJob job);
   std::shared_ptr<WorkHandle> SubmitGenerate(GenerateJob job);
   std::shared_ptr<WorkHandle> SubmitScore(ScoreJob job);
-  void SubmitRead(ReadJob job);
+  // The handle cancels the read while it is queued.
+  std::shared_ptr<WorkHandle> SubmitRead(ReadJob job);
+  // Runs `task` on the scheduler's background thread, in order with other
+  // posted tasks: for work on copies of session state that must not hold up
+  // the engine's steps. Stop runs the tasks posted before it.
+  void PostBackground(std::function<void()> task) { background_.Post(std::move(task)); }
+  // As above with a handle made beforehand, for work submitted once a durable
+  // write is done (the caller could cancel it meanwhile).
+  std::shared_ptr<WorkHandle> SubmitIngest(IngestJob job, std::shared_ptr<WorkHandle> handle);
+  std::shared_ptr<WorkHandle> SubmitGenerate(GenerateJob job, std::shared_ptr<WorkHandle> handle);
 
   // Frees a closed session's engine state; its queued and running jobs fail
   // with the session's closing reason (FAILED_PRECONDITION).
@@ -100,8 +136,14 @@ class Scheduler {
 
   // The body of every Submit*.
   template <typename Request>
-  std::shared_ptr<WorkHandle> Submit(Request request);
+  std::shared_ptr<WorkHandle> Submit(Request request, std::shared_ptr<WorkHandle> handle = nullptr);
   void Enqueue(std::unique_ptr<Job> job);
+  // Counts `job` against the queue bounds and the host-memory budget, or
+  // says why not (RESOURCE_EXHAUSTED with a retry hint).
+  absl::Status AdmitLocked(Job& job) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Undoes AdmitLocked when the job ends.
+  void EndAdmission(Job& job);
+  absl::Status QueueFull(absl::string_view why) const;
   void Loop();
   // One iteration of the engine thread; false once stopped and drained.
   bool RunOnce();
@@ -164,14 +206,23 @@ class Scheduler {
   std::vector<std::shared_ptr<Session>> releases_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  // Admitted requests not yet finished, in all and per tenant.
+  int64_t admitted_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<std::string, int64_t> admitted_by_tenant_ ABSL_GUARDED_BY(mu_);
+  // A moving average of admitted requests' time from submit to end, for the
+  // retry hint.
+  std::atomic<int64_t> recent_request_us_{100000};
 
   // Engine thread only.
   absl::flat_hash_map<Session*, std::unique_ptr<SessionQueue>> queues_;
   uint64_t next_job_id_ = 0;
   size_t decode_cursor_ = 0;
+  // Token log bytes charged to the host-memory budget, per session.
+  absl::flat_hash_map<Session*, int64_t> log_bytes_;
   std::vector<float> logits_;
 
   std::thread thread_;
+  TaskThread background_;
 };
 
 }  // namespace longctx

@@ -23,6 +23,9 @@ struct Scheduler::Job {
   std::unique_ptr<JobHandler> handler;  // the kind's work
   absl::Time submitted;
   absl::Time deadline = absl::InfiniteFuture();
+  // Host memory its token vectors hold while queued (charged at admission).
+  int64_t queued_bytes = 0;
+  bool admitted = false;  // counted against the queue bounds (AdmitLocked)
 
   bool started = false;
   int64_t mark = 0;  // log size when the job started: where rollback returns to

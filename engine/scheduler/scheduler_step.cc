@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "engine/scheduler/batch_planner.h"
 #include "engine/scheduler/jobs.h"
@@ -88,6 +89,7 @@ PlanJob Scheduler::Describe(const SessionQueue& q) const {
   PlanJob p;
   p.work = *job.handler->work();
   p.order = job.id;
+  p.tenant = absl::HashOf(q.session->tenant());
   p.decoding = job.handler->decoding();
   p.length = seq.length();
   p.target = job.target;

@@ -26,6 +26,7 @@ SessionInfo Session::Info() const {
   info.memory_bytes = memory_bytes_.load(std::memory_order_relaxed);
   info.folded_tokens = folded_tokens_.load(std::memory_order_relaxed);
   info.dropped_tokens = dropped_tokens_.load(std::memory_order_relaxed);
+  info.recovering = recovering();
   absl::MutexLock lock(&mu_);
   info.expire_time = expire_time_;
   info.expired = closed() && close_reason_ == "expired";

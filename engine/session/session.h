@@ -49,6 +49,9 @@ struct SessionEngineState {
     std::optional<InfiniMemory> memory;
   };
   std::optional<Resume> resume;
+  // With a durable store: the log size its records cover (the tokens after
+  // it belong to a job in progress).
+  int64_t stored_end = 0;
 
   const KvSequence& sequence() const { return window ? window->sequence() : kv; }
 };
@@ -72,6 +75,9 @@ struct SessionInfo {
   int64_t memory_bytes = 0;
   int64_t folded_tokens = 0;
   int64_t dropped_tokens = 0;
+  // Recovered from the durable store, its KV not yet rebuilt: requests on it
+  // wait for the rebuild.
+  bool recovering = false;
 };
 
 // The acknowledgement of one applied ingest segment.
@@ -147,6 +153,21 @@ class Session {
   // OK while open; FAILED_PRECONDITION with the closing reason afterwards.
   absl::Status CheckOpen() const;
 
+  // --- durable store (any thread) ---
+  // Records of the session's log are numbered in the order their work is
+  // submitted; `mu` makes numbering and submitting one step.
+  struct StoreCursor {
+    absl::Mutex mu;
+    int64_t next_rec ABSL_GUARDED_BY(mu) = 0;
+    // Bumped when a segment fails after its claim (its record not written,
+    // or not applied): segments claimed before that are refused when their
+    // records are written, so none applies after a gap.
+    int64_t epoch ABSL_GUARDED_BY(mu) = 0;
+  };
+  StoreCursor& store_cursor() { return store_cursor_; }
+  void set_recovering(bool r) { recovering_.store(r, std::memory_order_release); }
+  bool recovering() const { return recovering_.load(std::memory_order_acquire); }
+
   // --- engine thread ---
   // REQUIRES: called on the engine thread only.
   SessionEngineState& engine_state() { return engine_; }
@@ -190,6 +211,9 @@ class Session {
   std::atomic<int64_t> memory_bytes_{0};
   std::atomic<int64_t> folded_tokens_{0};
   std::atomic<int64_t> dropped_tokens_{0};
+
+  std::atomic<bool> recovering_{false};
+  StoreCursor store_cursor_;
 
   SessionEngineState engine_;
 };

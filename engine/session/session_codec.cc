@@ -3,14 +3,23 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "openssl/crypto.h"
+#include "openssl/evp.h"
+#include "openssl/hmac.h"
 
 namespace longctx {
 namespace {
 
 constexpr char kMagic[8] = {'L', 'C', 'T', 'X', 'S', 'E', 'S', 'S'};
 // Version 2 added the Infini window's restore point and memory; version 3
-// changed the checksum from FNV-1a to XXH3.
-constexpr uint32_t kVersion = 3;
+// changed the checksum from FNV-1a to XXH3; version 4 is version 3 signed
+// (an HMAC-SHA256 before the checksum).
+constexpr uint32_t kVersion = 4;
+constexpr uint32_t kUnsignedVersion = 3;
+constexpr size_t kMacBytes = 32;
+constexpr size_t kHeaderBytes = sizeof(kMagic) + sizeof(uint32_t);
+// More tokens than any blob could hold (2^40 × 4 bytes): no size overflows.
+constexpr uint64_t kMaxTokens = uint64_t{1} << 40;
 constexpr uint32_t kMaxString = 1 << 20;
 // An Infini memory: n_layers × n_kv_heads × (D² + D) × 4 bytes.
 constexpr uint32_t kMaxMemory = 1u << 30;
@@ -58,13 +67,17 @@ class Reader {
   }
   size_t pos() const { return pos_; }
   size_t left() const { return in_.size() - pos_; }
+  // Whether a read failed for want of bytes.
+  bool truncated() const { return truncated_; }
 
  private:
-  static absl::Status Truncated(const char* what) {
+  absl::Status Truncated(const char* what) {
+    truncated_ = true;
     return absl::InvalidArgumentError(absl::StrCat("session data is truncated in ", what));
   }
   absl::string_view in_;
   size_t pos_ = 0;
+  bool truncated_ = false;
 };
 
 #define CODEC_TRY(expr)                                \
@@ -75,6 +88,67 @@ class Reader {
 // The checksum a blob of `version` ends with.
 uint64_t ChecksumOf(uint32_t version, absl::string_view body) {
   return version >= 3 ? Checksum64(body) : Fnv1a64(body);
+}
+
+// What follows the token log: the signature (version 4) and the checksum.
+size_t TrailerBytes(uint32_t version) {
+  return (version >= 4 ? kMacBytes : 0) + sizeof(uint64_t);
+}
+
+std::string Mac(absl::string_view key, absl::string_view body) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(body.data()), body.size(), out, &n);
+  return std::string(reinterpret_cast<const char*>(out), n);
+}
+
+// With a key, only a version 4 blob whose signature verifies under it.
+absl::Status CheckSignature(absl::string_view key, uint32_t version, absl::string_view body,
+                            absl::string_view mac) {
+  if (key.empty()) return absl::OkStatus();  // trusted input
+  if (version < 4) {
+    return absl::PermissionDeniedError(
+        "session data is not signed; this server imports only sessions signed with its "
+        "session_export_key");
+  }
+  const std::string want = Mac(key, body);
+  if (want.size() != mac.size() || CRYPTO_memcmp(want.data(), mac.data(), mac.size()) != 0) {
+    return absl::PermissionDeniedError(
+        "session data signature does not verify under this server's session_export_key "
+        "(altered, or exported by a server with another key)");
+  }
+  return absl::OkStatus();
+}
+
+// The counters must describe the log: each applied segment holds at least one
+// ingested token and every ingested token is in the log.
+absl::Status CheckCounters(const SessionSnapshot& s) {
+  const int64_t n = static_cast<int64_t>(s.tokens.size());
+  auto bad = [](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("session data: inconsistent counters: ", what));
+  };
+  if (s.applied_seq < 0 || s.segments < 0 || s.ingested_tokens < 0 || s.user_turn_start < 0 ||
+      s.evicted_end < 0) {
+    return bad("a negative counter");
+  }
+  if (s.applied_seq > s.segments) {
+    return bad(absl::StrCat("applied seq ", s.applied_seq, " is over the ", s.segments,
+                            " segments applied"));
+  }
+  if (s.segments > s.ingested_tokens) {
+    return bad(absl::StrCat(s.segments, " segments hold only ", s.ingested_tokens, " tokens"));
+  }
+  if (s.ingested_tokens > n) {
+    return bad(absl::StrCat(s.ingested_tokens, " ingested tokens in a log of ", n));
+  }
+  if (s.user_turn_start > n) {
+    return bad(absl::StrCat("user turn start ", s.user_turn_start, " past the log's ", n));
+  }
+  if (s.evicted_end > n) {
+    return bad(absl::StrCat("evicted end ", s.evicted_end, " past the log's ", n));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ReadFingerprint(Reader& r, ModelFingerprint* m) {
@@ -127,9 +201,11 @@ absl::Status ReadSettings(Reader& r, SessionSettings* st) {
   return absl::OkStatus();
 }
 
-// The counters, the Infini restore point (version 2 on) and the token log,
-// which must fill the rest of the body exactly.
-absl::Status ReadProgress(Reader& r, uint32_t version, SessionSnapshot* s) {
+// Everything before the token log, through its count: the fingerprint, the
+// settings, the counters and the Infini restore point (version 2 on).
+absl::Status ReadHeader(Reader& r, uint32_t version, SessionSnapshot* s, uint64_t* n_tokens) {
+  CODEC_TRY(ReadFingerprint(r, &s->model));
+  CODEC_TRY(ReadSettings(r, &s->settings));
   CODEC_TRY(r.Get("counters", &s->applied_seq));
   CODEC_TRY(r.Get("counters", &s->segments));
   CODEC_TRY(r.Get("counters", &s->ingested_tokens));
@@ -138,8 +214,18 @@ absl::Status ReadProgress(Reader& r, uint32_t version, SessionSnapshot* s) {
     CODEC_TRY(r.Get("evicted end", &s->evicted_end));
     CODEC_TRY(r.GetString("infini memory", &s->memory, kMaxMemory));
   }
+  CODEC_TRY(r.Get("token count", n_tokens));
+  if (*n_tokens > kMaxTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("session data: token count ", *n_tokens));
+  }
+  return absl::OkStatus();
+}
+
+// The header, then the token log, which must fill the rest of the body
+// exactly.
+absl::Status ReadProgress(Reader& r, uint32_t version, SessionSnapshot* s) {
   uint64_t n_tokens = 0;
-  CODEC_TRY(r.Get("token count", &n_tokens));
+  CODEC_TRY(ReadHeader(r, version, s, &n_tokens));
   if (n_tokens != r.left() / sizeof(int32_t) || r.left() % sizeof(int32_t) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("session data: token count ", n_tokens,
                                                    " does not match the ", r.left(),
@@ -147,20 +233,29 @@ absl::Status ReadProgress(Reader& r, uint32_t version, SessionSnapshot* s) {
   }
   s->tokens.resize(n_tokens);
   for (auto& t : s->tokens) CODEC_TRY(r.Get("tokens", &t));
-  if (s->applied_seq < 0 || s->segments < 0 || s->ingested_tokens < 0 || s->user_turn_start < 0 ||
-      s->user_turn_start > static_cast<int64_t>(n_tokens) || s->evicted_end < 0 ||
-      s->evicted_end > static_cast<int64_t>(n_tokens)) {
-    return absl::InvalidArgumentError("session data: negative or inconsistent counters");
+  return CheckCounters(*s);
+}
+
+// The magic and a version this code reads.
+absl::StatusOr<uint32_t> ReadVersion(absl::string_view data) {
+  if (data.size() < kHeaderBytes || std::memcmp(data.data(), kMagic, sizeof(kMagic)) != 0) {
+    return absl::InvalidArgumentError("session data does not start with a longctx session header");
   }
-  return absl::OkStatus();
+  uint32_t version = 0;
+  std::memcpy(&version, data.data() + sizeof(kMagic), sizeof(version));
+  if (version < 1 || version > kVersion) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "session data version ", version, " is not supported (this server reads ", kVersion, ")"));
+  }
+  return version;
 }
 
 }  // namespace
 
-std::string EncodeSessionSnapshot(const SessionSnapshot& s) {
+std::string EncodeSessionSnapshot(const SessionSnapshot& s, absl::string_view key) {
   Writer w;
   w.out().append(kMagic, sizeof(kMagic));
-  w.Put<uint32_t>(kVersion);
+  w.Put<uint32_t>(key.empty() ? kUnsignedVersion : kVersion);
   w.PutString(s.model.name);
   w.Put<int32_t>(s.model.vocab_size);
   w.Put<int32_t>(s.model.n_layers);
@@ -194,34 +289,46 @@ std::string EncodeSessionSnapshot(const SessionSnapshot& s) {
   w.PutString(s.memory);
   w.Put<uint64_t>(s.tokens.size());
   for (int32_t t : s.tokens) w.Put<int32_t>(t);
+  if (!key.empty()) w.out() += Mac(key, w.out());
   w.Put<uint64_t>(Checksum64(w.out()));
   return std::move(w.out());
 }
 
-absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data) {
-  if (data.size() < sizeof(kMagic) + sizeof(uint64_t) ||
-      std::memcmp(data.data(), kMagic, sizeof(kMagic)) != 0) {
-    return absl::InvalidArgumentError("session data does not start with a longctx session header");
+absl::StatusOr<SessionSnapshot> DecodeSessionSnapshot(absl::string_view data,
+                                                      absl::string_view key) {
+  absl::StatusOr<uint32_t> version = ReadVersion(data);
+  if (!version.ok()) return version.status();
+  const size_t trailer = TrailerBytes(*version);
+  if (data.size() < kHeaderBytes + trailer) {
+    return absl::InvalidArgumentError("session data is truncated in its trailer");
   }
-  const absl::string_view body = data.substr(0, data.size() - sizeof(uint64_t));
-  Reader r(body.substr(sizeof(kMagic)));
-  // The version picks the checksum, so it is read first.
-  uint32_t version = 0;
-  CODEC_TRY(r.Get("version", &version));
-  if (version < 1 || version > kVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "session data version ", version, " is not supported (this server reads ", kVersion, ")"));
-  }
+  const size_t summed = data.size() - sizeof(uint64_t);
   uint64_t want = 0;
-  std::memcpy(&want, data.data() + body.size(), sizeof(want));
-  if (ChecksumOf(version, body) != want) {
+  std::memcpy(&want, data.data() + summed, sizeof(want));
+  if (ChecksumOf(*version, data.substr(0, summed)) != want) {
     return absl::InvalidArgumentError("session data is corrupt (checksum mismatch)");
   }
+  const absl::string_view body = data.substr(0, data.size() - trailer);
+  CODEC_TRY(CheckSignature(key, *version, body, data.substr(body.size(), trailer - 8)));
+  Reader r(body.substr(kHeaderBytes));
   SessionSnapshot s;
-  CODEC_TRY(ReadFingerprint(r, &s.model));
-  CODEC_TRY(ReadSettings(r, &s.settings));
-  CODEC_TRY(ReadProgress(r, version, &s));
+  CODEC_TRY(ReadProgress(r, *version, &s));
   return s;
+}
+
+absl::StatusOr<std::optional<uint64_t>> SessionSnapshotSize(absl::string_view prefix) {
+  if (prefix.size() < kHeaderBytes) return std::optional<uint64_t>();
+  absl::StatusOr<uint32_t> version = ReadVersion(prefix);
+  if (!version.ok()) return version.status();
+  Reader r(prefix.substr(kHeaderBytes));
+  SessionSnapshot s;
+  uint64_t n_tokens = 0;
+  if (absl::Status st = ReadHeader(r, *version, &s, &n_tokens); !st.ok()) {
+    if (r.truncated()) return std::optional<uint64_t>();
+    return st;
+  }
+  return std::optional<uint64_t>(kHeaderBytes + r.pos() + n_tokens * sizeof(int32_t) +
+                                 TrailerBytes(*version));
 }
 
 }  // namespace longctx

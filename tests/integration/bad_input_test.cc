@@ -66,18 +66,20 @@ TEST_F(BadInputTest, UnknownSessionIsNotFound) {
   EXPECT_EQ(Export(stub_.get(), "no-such-session").status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST_F(BadInputTest, InvalidUtf8IsInvalidArgument) {
+// Text fields are proto3 `string`: a request whose text is not UTF-8 does not
+// even parse, so it fails before the service sees it, with whatever status the
+// gRPC library gives an unparsable message (not asserted), and nothing of it
+// is applied. An Ingest stream that carries such a segment ends without
+// acknowledging it; GetSession's next_seq still asks for it.
+TEST_F(BadInputTest, InvalidUtf8FailsAndChangesNothing) {
   const IngestOutcome out =
       Ingest(stub_.get(), {Segment(3, "valid start \xC3\x28 then junk", id_)});
-  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(out.status.error_message(), HasSubstr("segment.text is not valid UTF-8"));
+  EXPECT_TRUE(out.acks.empty());
   v1::GenerateRequest g = Ask();
   g.set_prompt("\xFF\xFE");
   const GenerateOutcome gen = Generate(stub_.get(), g);
-  EXPECT_EQ(gen.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(gen.status.error_message(), HasSubstr("prompt"));
-  EXPECT_EQ(Score(stub_.get(), id_, "\xE2\x82").status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(gen.status.ok());
+  EXPECT_FALSE(Score(stub_.get(), id_, "\xE2\x82").ok());
   EXPECT_EQ(GetSession(stub_.get(), id_)->next_seq(), 3);
 }
 

@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,7 +43,8 @@ std::optional<std::string> ReadBook(const std::string& file_name) {
 }
 
 absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(
-    const std::vector<std::string>& flags, std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    const std::vector<std::string>& flags, std::shared_ptr<grpc::ChannelCredentials> credentials,
+    DaemonLimits limits) {
   if (ModelPath().empty()) return absl::FailedPreconditionError("LONGCTX_MODEL is not set");
   std::unique_ptr<Daemon> d(new Daemon());
   d->credentials_ = credentials ? credentials : grpc::InsecureChannelCredentials();
@@ -58,6 +60,9 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(
                                    "--model=" + ModelPath(),
                                    "--backend=cpu",
                                    "--kv_cache_bytes=512MiB"};
+  bool own_state = true;
+  for (const std::string& f : flags) own_state = own_state && f.rfind("--state_dir=", 0) != 0;
+  if (own_state) args.push_back("--state_dir=" + d->dir_ + "/state");
   args.insert(args.end(), flags.begin(), flags.end());
   const pid_t parent = getpid();
   const pid_t pid = fork();
@@ -73,6 +78,11 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(
     }
     // The test machine is shared: threads that wait for work should sleep.
     setenv("OMP_WAIT_POLICY", "passive", 0);
+    if (limits.max_file_bytes > 0) {
+      const rlimit fsize = {static_cast<rlim_t>(limits.max_file_bytes),
+                            static_cast<rlim_t>(limits.max_file_bytes)};
+      setrlimit(RLIMIT_FSIZE, &fsize);
+    }
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

@@ -27,14 +27,20 @@ std::string ModelPath();
 // source tree), or nullopt.
 std::optional<std::string> ReadBook(const std::string& file_name);
 
+// How a test daemon's process is limited.
+struct DaemonLimits {
+  int64_t max_file_bytes = 0;  // RLIMIT_FSIZE (0: none): a "full disk" for every file
+};
+
 class Daemon {
  public:
   // Starts longctxd with `flags` (--name=value) added to the test defaults
-  // (loopback ports, the model, the CPU backend, a port file). Does not wait.
+  // (loopback ports, the model, the CPU backend, a port file, a state_dir of
+  // its own that goes with it unless `flags` name one). Does not wait.
   // `credentials` (default plaintext) are those of the test's own channel.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(
       const std::vector<std::string>& flags,
-      std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
+      std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr, DaemonLimits limits = {});
   ~Daemon();  // SIGKILL if still running
 
   // Waits for the port file (the server listens) or for SERVING health.
@@ -45,6 +51,7 @@ class Daemon {
   void Signal(int sig);
   absl::StatusOr<int> Wait(absl::Duration timeout);
   bool running();
+  int pid() const { return pid_; }
 
   const std::string& address() const { return address_; }
   int metrics_port() const { return metrics_port_; }

@@ -127,9 +127,14 @@ absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::
   return resp;
 }
 
-absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id) {
+absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id,
+                                   const std::string& token) {
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  if (token.empty()) {
+    PrepareContext(&ctx);
+  } else {
+    ctx.AddMetadata("authorization", "Bearer " + token);
+  }
   v1::ExportSessionRequest req;
   req.set_session_id(id);
   auto reader = stub->ExportSession(&ctx, req);
@@ -138,6 +143,30 @@ absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::strin
   while (reader->Read(&piece)) data += piece.data();
   if (auto st = FromGrpc(reader->Finish()); !st.ok()) return st;
   return data;
+}
+
+v1::CreateSessionRequest WindowedSession(v1::OverflowPolicy policy, int64_t window, int sinks,
+                                         int chunk_len) {
+  v1::CreateSessionRequest c;
+  c.set_prompt_format(v1::PROMPT_FORMAT_RAW);
+  c.mutable_attention()->set_mode(v1::ATTENTION_MODE_DCA);
+  c.mutable_attention()->set_chunk_size(2 * chunk_len);
+  c.mutable_attention()->set_local_window(chunk_len);
+  c.mutable_memory()->set_window_tokens(window);
+  c.mutable_memory()->set_sink_tokens(sinks);
+  c.mutable_memory()->set_overflow(policy);
+  return c;
+}
+
+std::vector<std::string> Paragraphs(int n) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) {
+    out.push_back(absl::StrCat("Paragraph ", i,
+                               ". The river keeper counted the boats that passed under the old "
+                               "stone bridge, wrote the number in a green ledger, and walked "
+                               "back along the towpath while the lamps came on one by one. "));
+  }
+  return out;
 }
 
 absl::StatusOr<v1::Session> ImportAs(v1::LongContext::Stub* stub, const std::string& id,

@@ -63,7 +63,9 @@ GenerateOutcome Generate(
 absl::StatusOr<v1::ScoreResponse> Score(v1::LongContext::Stub* stub, const std::string& id,
                                         const std::string& text, bool per_token = false);
 
-absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id);
+// `token`: the bearer token to call with (none when empty).
+absl::StatusOr<std::string> Export(v1::LongContext::Stub* stub, const std::string& id,
+                                   const std::string& token = "");
 // Imports `data` (an export) as session `id`, in two messages.
 absl::StatusOr<v1::Session> ImportAs(v1::LongContext::Stub* stub, const std::string& id,
                                      const std::string& data);
@@ -87,6 +89,14 @@ struct RawOutcome {
 };
 RawOutcome RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
                    const std::vector<std::string>& requests);
+
+// A RAW SLIDE or COMPRESS session request with DCA chunks of `chunk_len`
+// tokens (C = 2 chunk_len, w = chunk_len), so that small windows overflow
+// after a few hundred tokens.
+v1::CreateSessionRequest WindowedSession(v1::OverflowPolicy policy, int64_t window, int sinks,
+                                         int chunk_len = 64);
+// `n` paragraphs of about 60 tokens of plain prose, numbered so that no two repeat.
+std::vector<std::string> Paragraphs(int n);
 
 // Proves the engine still works: a fresh session ingests, generates and is
 // scored. Adds a gtest failure otherwise.

@@ -28,30 +28,6 @@ double Metric(const std::map<std::string, double>& m, const std::string& key) {
   return it == m.end() ? 0 : it->second;
 }
 
-v1::CreateSessionRequest WindowedSession(v1::OverflowPolicy policy, int64_t window, int sinks) {
-  v1::CreateSessionRequest c;
-  c.set_prompt_format(v1::PROMPT_FORMAT_RAW);
-  c.mutable_attention()->set_mode(v1::ATTENTION_MODE_DCA);
-  c.mutable_attention()->set_chunk_size(2 * kChunkLen);
-  c.mutable_attention()->set_local_window(kChunkLen);
-  c.mutable_memory()->set_window_tokens(window);
-  c.mutable_memory()->set_sink_tokens(sinks);
-  c.mutable_memory()->set_overflow(policy);
-  return c;
-}
-
-// About 60 tokens of plain prose per paragraph, numbered so that no two repeat.
-std::vector<std::string> Paragraphs(int n) {
-  std::vector<std::string> out;
-  for (int i = 0; i < n; ++i) {
-    out.push_back(absl::StrCat("Paragraph ", i,
-                               ". The river keeper counted the boats that passed under the old "
-                               "stone bridge, wrote the number in a green ledger, and walked "
-                               "back along the towpath while the lamps came on one by one. "));
-  }
-  return out;
-}
-
 class InfiniServiceTest : public SharedDaemonTest {
  protected:
   void SetUp() override {

@@ -52,7 +52,8 @@ session() {  # name: ingest, score, ask into $out/NAME.*
 
 # 1. One GPU.
 CUDA_VISIBLE_DEVICES=0 longctxd --model="$model" --backend=cuda --listen=127.0.0.1:0 \
-  --metrics_listen= --port_file="$out/one.ports" --kv_cache_bytes=8GiB > "$out/one.log" 2>&1 &
+  --metrics_listen= --port_file="$out/one.ports" --kv_cache_bytes=8GiB --durability=none \
+  > "$out/one.log" 2>&1 &
 one=$!
 pids+=($one)
 wait_serving "$out/one.ports" "$out/one.log" $one || exit 1
@@ -62,7 +63,8 @@ wait $one
 
 # 2. Two GPUs: rank 1 first (it waits for rank 0's rendezvous endpoint).
 group=(--model="$model" --backend=cuda --world_size=2 --rendezvous=tcp://127.0.0.1:29517
-       --collective_timeout=${timeout_s}s --kv_cache_bytes=8GiB --metrics_listen=)
+       --collective_timeout=${timeout_s}s --kv_cache_bytes=8GiB --metrics_listen=
+       --durability=none)
 CUDA_VISIBLE_DEVICES=1 longctxd "${group[@]}" --rank=1 --listen=127.0.0.1:0 > "$out/rank1.log" 2>&1 &
 r1=$!
 pids+=($r1)

@@ -5,8 +5,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "engine/backend/cuda/cuda_backend_internal.h"
 
 namespace longctx::cuda_backend_internal {
@@ -217,11 +221,81 @@ namespace longctx {
 
 using cuda_backend_internal::CudaBackend;
 
+namespace {
+
+// The NVIDIA driver's CUDA version (e.g. 13000), 0 when no driver is loaded.
+int DriverCudaVersion() {
+  int version = 0;
+  if (cudaDriverGetVersion(&version) != cudaSuccess) version = 0;
+  cudaGetLastError();
+  return version;
+}
+
+std::string CudaVersionName(int version) {
+  return absl::StrCat(version / 1000, ".", (version % 1000) / 10);
+}
+
+// Whether code built for one entry of CMake's CMAKE_CUDA_ARCHITECTURES runs on
+// a device of compute capability `cc` (major * 10 + minor): "90a" uses
+// features of that capability alone; "100f" and "90-real" are machine code for
+// later minors of the same major version; "90" and "90-virtual" carry PTX that
+// the driver compiles for any later device.
+bool ArchRuns(absl::string_view arch, int cc) {
+  size_t digits = 0;
+  while (digits < arch.size() && arch[digits] >= '0' && arch[digits] <= '9') ++digits;
+  int built = 0;
+  if (digits == 0 || !absl::SimpleAtoi(arch.substr(0, digits), &built)) return false;
+  const absl::string_view suffix = arch.substr(digits);
+  if (suffix == "a") return cc == built;
+  if (suffix == "f" || suffix == "-real") return cc / 10 == built / 10 && cc >= built;
+  return cc >= built;
+}
+
+// The start-up check: a driver new enough for the CUDA runtime this build
+// links, and a GPU the build has code for. FAILED_PRECONDITION says what is
+// there and what is needed.
+absl::Status CheckCudaDevice(int device) {
+  const int driver = DriverCudaVersion();
+  const int runtime = CUDART_VERSION;
+  if (driver / 1000 < runtime / 1000) {
+    const std::string found = driver == 0
+                                  ? "no NVIDIA driver is loaded"
+                                  : "the NVIDIA driver supports CUDA " + CudaVersionName(driver);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cuda backend: ", found, "; this build uses the CUDA ", CudaVersionName(runtime),
+        " runtime, which needs a driver for CUDA ", runtime / 1000,
+        ".x or newer (CUDA 13: R580 or newer). Update the driver, or run with backend cpu"));
+  }
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
+    cudaGetLastError();
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda backend: no CUDA device ", device, " (", count, " present)"));
+  }
+  cudaDeviceProp prop;
+  CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+  const int cc = prop.major * 10 + prop.minor;
+  for (absl::string_view arch : absl::StrSplit(LONGCTX_CUDA_ARCHS, ',')) {
+    if (ArchRuns(arch, cc)) return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "cuda backend: GPU ", device, " (", prop.name, ") has compute capability ", prop.major, ".",
+      prop.minor, "; this build has code for CUDA architectures ", LONGCTX_CUDA_ARCHS,
+      " only (sm_90a: H100, H200). Build with -DCMAKE_CUDA_ARCHITECTURES for this GPU "
+      "(docs/deployment.md), or run with backend cpu"));
+}
+
+}  // namespace
+
+// Also true when an NVIDIA driver is loaded but too old to show its devices:
+// backend auto then fails with CreateCudaBackend's message rather than running
+// on the CPU of a GPU machine unnoticed.
 bool CudaDeviceAvailable() {
   int count = 0;
   const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
   cudaGetLastError();
-  return ok;
+  const int driver = DriverCudaVersion();
+  return ok || (driver > 0 && driver / 1000 < CUDART_VERSION / 1000);
 }
 
 namespace {
@@ -268,6 +342,7 @@ absl::Status SetCudaProfilerCapture(Backend& backend, bool on) {
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+  RETURN_IF_ERROR(CheckCudaDevice(options.device));
   auto backend = std::make_unique<CudaBackend>(options);
   RETURN_IF_ERROR(backend->Init());
   return std::unique_ptr<Backend>(std::move(backend));

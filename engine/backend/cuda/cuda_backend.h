@@ -24,7 +24,9 @@ struct CudaMemoryInfo {
   int64_t total_bytes = 0;
 };
 
-// True when the CUDA runtime sees at least one device.
+// True when the CUDA runtime sees at least one device, or when an NVIDIA
+// driver is loaded that is too old for this build's runtime (so that backend
+// auto reports it rather than falling back to the CPU).
 bool CudaDeviceAvailable();
 
 // The functions below take any Backend and return INVALID_ARGUMENT unless it
@@ -44,6 +46,10 @@ absl::StatusOr<double> MeasureCudaCopyBandwidth(Backend& backend, size_t bytes, 
 absl::Status SetCudaProfilerCapture(Backend& backend, bool on);
 
 // REQUIRES: options.device names a present device (else FAILED_PRECONDITION).
+// Checks first that the driver supports this build's CUDA runtime (CUDA 13:
+// R580 or newer) and that the build has code for the GPU's compute capability
+// (as built, sm_90a: H100 and H200); FAILED_PRECONDITION names the GPU, its
+// capability or the driver's CUDA version, and what is needed.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options = {});
 
 }  // namespace longctx
