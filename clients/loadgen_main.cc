@@ -10,6 +10,7 @@
 //   longctx-loadgen --server=localhost:50051 --document=book.txt --sessions=8
 //       --doc-bytes=20000 --questions=2 --max-tokens=32 [--metrics=localhost:9090]
 //       [--background-ingest=BYTES]   (an extra session ingests meanwhile)
+//       [--keep-sessions=true]        (sessions stay in the server afterwards)
 //
 // --mode=soak instead runs clients/soak.h: --sessions sessions of mixed
 // ingest / generate / score for --duration, sampling the RSS of
@@ -57,6 +58,8 @@ struct Options {
   // Bytes of the document one extra session ingests during the ask phase, to
   // show what a long ingest does to the askers' latency. 0: none.
   int64_t background_ingest = 0;
+  // Leave the sessions in the server (a restart's recovery then has them).
+  bool keep_sessions = false;
 };
 
 size_t AppendBody(char* data, size_t size, size_t n, void* body) {
@@ -248,7 +251,7 @@ void LoadGen::Session(int i) {
     std::lock_guard<std::mutex> lock(mu_);
     if (r.ok()) ingested_ += r->tokens;
   }
-  DeleteSession(id);
+  if (!o_.keep_sessions) DeleteSession(id);
 }
 
 void LoadGen::Ask(int i, const std::string& session_id, int q) {
@@ -362,6 +365,7 @@ bool SetFlag(const std::string& k, const std::string& v, Options* o) {
   if (k == "segment-bytes") return absl::SimpleAtoi(v, &o->segment_bytes) && o->segment_bytes > 0;
   if (k == "questions") return absl::SimpleAtoi(v, &o->questions) && o->questions >= 0;
   if (k == "max-tokens") return absl::SimpleAtoi(v, &o->max_tokens) && o->max_tokens > 0;
+  if (k == "keep-sessions") return absl::SimpleAtob(v, &o->keep_sessions);
   if (k == "mode") return (o->mode = v) == "phases" || v == "soak";
   if (k == "duration") return absl::ParseDuration(v, &o->soak.duration);
   if (k == "server-pid") return absl::SimpleAtoi(v, &o->soak.server_pid);
@@ -388,7 +392,7 @@ int main(int argc, char** argv) {
                    "[--doc-bytes=N] [--segment-bytes=N] [--questions=N] [--max-tokens=N] "
                    "[--metrics=H:P] [--token=T] [--background-ingest=BYTES] "
                    "[--mode=phases|soak] [--duration=10m] [--server-pid=PID] "
-                   "[--ops-per-session=N]\n");
+                   "[--ops-per-session=N] [--keep-sessions=true]\n");
       return 2;
     }
     if (!longctx::client::SetFlag(a.substr(2, eq - 2), a.substr(eq + 1), &o)) {

@@ -46,6 +46,7 @@ ABSL_FLAG(int, min_segment, 80, "smallest segment, bytes");
 ABSL_FLAG(int, max_segment, 600, "largest segment, bytes");
 ABSL_FLAG(double, max_kill_after, 3.0, "the kill comes within this many seconds");
 ABSL_FLAG(std::string, durability, "ack", "the server's durability setting");
+ABSL_FLAG(std::string, backend, "cpu", "the server's backend (cpu or cuda)");
 ABSL_FLAG(uint64_t, seed, 1, "random seed");
 ABSL_FLAG(std::string, text, "",
           "document file (default: LONGCTX_BOOKS' books, else "
@@ -70,7 +71,7 @@ class Server {
                                      "--metrics_listen=",
                                      "--port_file=" + ports,
                                      "--model=" + Model(),
-                                     "--backend=cpu",
+                                     "--backend=" + absl::GetFlag(FLAGS_backend),
                                      "--kv_cache_bytes=256MiB",
                                      "--drain_grace=2s",
                                      "--state_dir=" + dir_ + "/state",
