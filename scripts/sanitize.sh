@@ -86,7 +86,7 @@ run_asan() {
   # detect_leaks: LeakSanitizer at every exit; halt at the first error.
   export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:check_initialization_order=1:strict_init_order=1:log_path=$root/$logs/asan"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$root/$logs/ubsan"
-  export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp"
+  export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:print_suppressions=0"
   local rc=0
   if ((fast)); then
     env -u LONGCTX_MODEL "$asan_build/bin/longctx_unit_tests" --gtest_brief=1 || rc=1
