@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/time/time.h"
 #include "google/protobuf/stubs/logging.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/slice.h"
@@ -188,7 +189,7 @@ void Export(Script& s) {
   v1::ExportSessionRequest req;
   if (!Next(s, &req) || !IdOk(req.session_id())) return;
   Result<absl::StatusOr<std::string>> r;
-  s.engine.Export(s.tenant, req.session_id(),
+  s.engine.Export(s.tenant, req.session_id(), absl::InfiniteFuture(),
                   [&](absl::StatusOr<std::string> blob) { r.Set(std::move(blob)); });
   if (auto blob = r.Take(); blob.ok()) s.blobs.push_back(*std::move(blob));
 }

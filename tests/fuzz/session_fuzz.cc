@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "engine/session/session_codec.h"
 #include "engine/util/checksum.h"
 #include "tests/fuzz/fuzz_engine.h"
@@ -53,7 +54,7 @@ void ImportAndExport(Engine& engine, std::string data) {
   auto info = imported.Take();
   if (info.ok()) {
     Result<absl::StatusOr<std::string>> exported;
-    engine.Export(kTenant, info->id,
+    engine.Export(kTenant, info->id, absl::InfiniteFuture(),
                   [&](absl::StatusOr<std::string> blob) { exported.Set(std::move(blob)); });
     auto blob = exported.Take();
     // What the server exports it must read back.
@@ -87,7 +88,7 @@ std::string ExportedSession(Engine& engine, SessionRequest request, const std::s
     (void)ack.Take();
   }
   Result<absl::StatusOr<std::string>> exported;
-  engine.Export(kTenant, info->id,
+  engine.Export(kTenant, info->id, absl::InfiniteFuture(),
                 [&](absl::StatusOr<std::string> blob) { exported.Set(std::move(blob)); });
   auto blob = exported.Take();
   (void)engine.DeleteSession(kTenant, info->id);
