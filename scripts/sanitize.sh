@@ -104,7 +104,15 @@ run_asan() {
 }
 
 tsan_unit_filter='SchedulerTest.*:SessionManagerTest.*:DistCommunicatorTest.*:DistRendezvousTest.*:DistContextParallelTest.*:DistStepModelTest.*:DistModelTest.*'
-tsan_integration_filter='ConcurrencyTest.*:TenancyTest.*:LimitsTest.*:LifecycleTest.*:MetricsTest.*:SecurityTest.*:BadInputTest.*'
+# Not under TSan: the tests that drive the server with signals (SIGTERM drains,
+# SIGHUP reloads tokens). TSan runs a signal handler only when the thread the
+# signal interrupted next enters an intercepted call, and the server's threads
+# wait in the uninstrumented abseil and gRPC libraries' raw futex syscalls, so
+# the handler (server/main.cc writes the signal to a pipe) can wait forever:
+# seen as a drain test hanging with the signal thread still in read(). ASan and
+# the plain runs cover them.
+tsan_integration_filter='ConcurrencyTest.*:TenancyTest.*:LimitsTest.*:MetricsTest.*:SecurityTest.*:BadInputTest.*'
+tsan_integration_filter+=':-SecurityTest.TokensFileReloadsWithoutRestart'
 
 run_tsan() {
   configure_sanitized "$tsan_build" thread
