@@ -2,8 +2,10 @@
 # The test command: installs what the build needs, fetches the default model,
 # builds everything (CUDA code too when nvcc is present), runs the unit and
 # integration tests on the real model and the Python client's tests against
-# the real server, then the GGUF fuzzer for a short budget.
-#   FUZZ_SECONDS=60 (0 skips the fuzz run)   BUILD_DIR=build
+# the real server, then the unit tests under ASan + UBSan
+# (scripts/sanitize.sh --fast) and the fuzzers for a short budget each, both
+# in one ASan build (build-asan).
+#   FUZZ_SECONDS=60 (0 skips the fuzz run)   SANITIZE=1 (0 skips)   BUILD_DIR=build
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -56,6 +58,11 @@ if command -v nvcc > /dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
 fi
 
 scripts/check_deploy.sh
+
+# The full sanitizer run (integration tests, TSan) is scripts/sanitize.sh.
+if [[ ${SANITIZE:-1} != 0 ]]; then
+  scripts/sanitize.sh --fast
+fi
 
 fuzz_seconds=${FUZZ_SECONDS:-60}
 if [[ $fuzz_seconds -gt 0 && -x scripts/fuzz.sh ]]; then

@@ -436,7 +436,8 @@ TEST(GgufHostileTest, GettersCheckTypes) {
   g.StrArray("s", {"x", "yz"});
   g.StrArray("empty", {});
   g.I32Array("a", {1, -2});
-  auto f = GgufFile::Parse(g.Build());
+  const std::vector<uint8_t> bytes = g.Build();  // the file views these bytes
+  auto f = GgufFile::Parse(bytes);
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(*(*f)->GetInt("u"), 7);
   EXPECT_EQ(*(*f)->GetInt("i"), -7);

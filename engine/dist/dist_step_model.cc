@@ -207,7 +207,7 @@ absl::Status RankExecutor::SendToLeader(const GroupCommand& cmd, absl::Status st
     std::vector<float> out(count, 0.f);
     out[0] = static_cast<float>(static_cast<int>(status.code()));
     if (status.ok() && local_logits_.size() + 1 == count) {
-      std::memcpy(out.data() + 1, local_logits_.data(), local_logits_.size() * sizeof(float));
+      std::copy(local_logits_.begin(), local_logits_.end(), out.begin() + 1);
     } else if (status.ok()) {
       status = absl::InternalError(absl::StrCat("group: the home computed ", local_logits_.size(),
                                                 " logits, expected ", count - 1));
