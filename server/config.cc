@@ -5,8 +5,8 @@
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
-#include <iterator>
 #include <functional>
+#include <iterator>
 #include <optional>
 
 #include "absl/strings/ascii.h"
@@ -136,103 +136,125 @@ std::vector<Field>* WithSecurityFields(std::vector<Field>* fields) {
   return fields;
 }
 
+// The limits, the session store and transfers; appended to `fields`, which it
+// returns.
+std::vector<Field>* WithLimitFields(std::vector<Field>* fields) {
+  fields->insert(
+      fields->end(),
+      {
+          BytesField("max_message_bytes", "largest gRPC message", &ServerConfig::max_message_bytes),
+          BytesField("max_segment_bytes", "largest segment text, prompt or Score text",
+                     &ServerConfig::max_segment_bytes),
+          IntField("max_segment_tokens", "most tokens of one segment",
+                   &ServerConfig::max_segment_tokens),
+          IntField("max_session_tokens", "most tokens one session may hold",
+                   &ServerConfig::max_session_tokens),
+          IntField("max_sessions", "most sessions, all tenants", &ServerConfig::max_sessions),
+          IntField("max_sessions_per_tenant", "most sessions of one tenant",
+                   &ServerConfig::max_sessions_per_tenant),
+          IntField("max_concurrent_streams", "most open streaming calls",
+                   &ServerConfig::max_concurrent_streams),
+          IntField("max_generate_tokens", "largest max_tokens a request may ask for",
+                   &ServerConfig::max_generate_tokens),
+          IntField("default_max_tokens", "max_tokens of requests that leave it 0",
+                   &ServerConfig::default_max_tokens),
+          DurationField("session_ttl", "default idle time before a session expires",
+                        &ServerConfig::session_ttl),
+          DurationField("max_session_ttl", "longest TTL a session may ask for",
+                        &ServerConfig::max_session_ttl),
+          IntField("max_queued_requests",
+                   "most engine requests queued or running, all tenants (0: no limit)",
+                   &ServerConfig::max_queued_requests),
+          IntField("max_queued_requests_per_tenant",
+                   "most engine requests queued or running of one tenant (0: no limit)",
+                   &ServerConfig::max_queued_requests_per_tenant),
+          BytesField("host_memory_budget",
+                     "host memory of token logs, queued work and session transfers (0: no limit)",
+                     &ServerConfig::host_memory_budget),
+          StringField("session_export_key", "HMAC key that signs exports; imports must be signed",
+                      &ServerConfig::session_export_key, /*secret=*/true),
+          StringField("session_export_key_file", "file holding session_export_key",
+                      &ServerConfig::session_export_key_file),
+          StringField("durability",
+                      "what an ack promises: none, ack (survives a process crash), sync (a machine "
+                      "crash)",
+                      &ServerConfig::durability),
+          StringField("state_dir", "session store directory (\"\": $XDG_STATE_HOME/longctx)",
+                      &ServerConfig::state_dir),
+      });
+  return fields;
+}
+
+// Shutdown and logging; appended to `fields`, which it returns.
+std::vector<Field>* WithTailFields(std::vector<Field>* fields) {
+  fields->insert(
+      fields->end(),
+      {
+          DurationField("drain_grace", "on SIGTERM, time given to open calls to finish",
+                        &ServerConfig::drain_grace),
+          StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
+          StringField("log_level", "trace, debug, info, warn or error", &ServerConfig::log_level),
+      });
+  return fields;
+}
+
 const std::vector<Field>& Fields() {
-  static const std::vector<Field>* fields = WithSecurityFields(new std::vector<Field>{
-      StringField("model", "model file (GGUF) or Hugging Face directory (required)",
-                  &ServerConfig::model),
-      StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
-      BytesField("kv_cache_bytes",
-                 "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",
-                 &ServerConfig::kv_cache_bytes),
-      IntField("kv_block_size", "tokens per KV cache block", &ServerConfig::kv_block_size),
-      IntField("prefill_budget", "prefill tokens per engine step (0: 512 on CPU, 8192 on GPU)",
-               &ServerConfig::prefill_budget),
-      IntField("prefill_budget_decoding",
-               "prefill tokens per engine step while a Generate is under way "
-               "(0: 128 on CPU, 1024 on GPU)",
-               &ServerConfig::prefill_budget_decoding),
-      IntField("max_decode_batch", "generating requests per engine step",
-               &ServerConfig::max_decode_batch),
-      StringField("attention", "default attention of sessions: dca or rope",
-                  &ServerConfig::attention),
-      IntField("dca_pretrain_length", "DCA pretraining length c (0: the model's context length)",
-               &ServerConfig::dca_pretrain_length),
-      IntField("dca_chunk_size", "DCA chunk size C (0: 3c/4)", &ServerConfig::dca_chunk_size),
-      IntField("dca_local_window", "DCA local window w (0: c/8)", &ServerConfig::dca_local_window),
-      IntField("world_size", "ranks (one process per GPU) of a context-parallel group",
-               &ServerConfig::world_size),
-      IntField("rank", "this process's rank; -1: the ordinal ending the host name",
-               &ServerConfig::rank),
-      StringField("rendezvous",
-                  "where the ranks meet: tcp://HOST:PORT, file://PATH or inproc (CPU, threads)",
-                  &ServerConfig::rendezvous),
-      DurationField("collective_timeout", "a rank silent for this long counts as lost",
-                    &ServerConfig::collective_timeout),
-      DurationField("rendezvous_timeout", "time for the group to form at start-up",
-                    &ServerConfig::rendezvous_timeout),
-      StringField("listen",
-                  "gRPC listen address host:port (port 0 picks a free one); auto: "
-                  "0.0.0.0:50051 when callers authenticate, else 127.0.0.1:50051",
-                  &ServerConfig::listen),
-      StringField("metrics_listen",
-                  "Prometheus metrics address host:port (empty: off; auto: the gRPC host, "
-                  "port 9090)",
-                  &ServerConfig::metrics_listen),
-      StringField("port_file", "file to write the bound ports to", &ServerConfig::port_file),
-      StringField("tls_cert", "PEM certificate chain (enables TLS)", &ServerConfig::tls_cert),
-      StringField("tls_key", "PEM private key", &ServerConfig::tls_key),
-      StringField("tls_client_ca", "PEM CA bundle; clients must present a certificate (mTLS)",
-                  &ServerConfig::tls_client_ca),
-      StringField("auth_tokens_file", "bearer tokens: '<token> <tenant> [readonly]' per line",
-                  &ServerConfig::auth_tokens_file),
-      StringField("http_listen",
-                  "OpenAI-compatible HTTP address host:port (port 0 picks one; empty: off)",
-                  &ServerConfig::http_listen),
-      IntField("http_threads", "HTTP requests served at once", &ServerConfig::http_threads),
-      BytesField("max_message_bytes", "largest gRPC message", &ServerConfig::max_message_bytes),
-      BytesField("max_segment_bytes", "largest segment text, prompt or Score text",
-                 &ServerConfig::max_segment_bytes),
-      IntField("max_segment_tokens", "most tokens of one segment",
-               &ServerConfig::max_segment_tokens),
-      IntField("max_session_tokens", "most tokens one session may hold",
-               &ServerConfig::max_session_tokens),
-      IntField("max_sessions", "most sessions, all tenants", &ServerConfig::max_sessions),
-      IntField("max_sessions_per_tenant", "most sessions of one tenant",
-               &ServerConfig::max_sessions_per_tenant),
-      IntField("max_concurrent_streams", "most open streaming calls",
-               &ServerConfig::max_concurrent_streams),
-      IntField("max_generate_tokens", "largest max_tokens a request may ask for",
-               &ServerConfig::max_generate_tokens),
-      IntField("default_max_tokens", "max_tokens of requests that leave it 0",
-               &ServerConfig::default_max_tokens),
-      DurationField("session_ttl", "default idle time before a session expires",
-                    &ServerConfig::session_ttl),
-      DurationField("max_session_ttl", "longest TTL a session may ask for",
-                    &ServerConfig::max_session_ttl),
-      IntField("max_queued_requests",
-               "most engine requests queued or running, all tenants (0: no limit)",
-               &ServerConfig::max_queued_requests),
-      IntField("max_queued_requests_per_tenant",
-               "most engine requests queued or running of one tenant (0: no limit)",
-               &ServerConfig::max_queued_requests_per_tenant),
-      BytesField("host_memory_budget",
-                 "host memory of token logs, queued work and session transfers (0: no limit)",
-                 &ServerConfig::host_memory_budget),
-      StringField("session_export_key", "HMAC key that signs exports; imports must be signed",
-                  &ServerConfig::session_export_key, /*secret=*/true),
-      StringField("session_export_key_file", "file holding session_export_key",
-                  &ServerConfig::session_export_key_file),
-      StringField("durability",
-                  "what an ack promises: none, ack (survives a process crash), sync (a machine "
-                  "crash)",
-                  &ServerConfig::durability),
-      StringField("state_dir", "session store directory (\"\": $XDG_STATE_HOME/longctx)",
-                  &ServerConfig::state_dir),
-      DurationField("drain_grace", "on SIGTERM, time given to open calls to finish",
-                    &ServerConfig::drain_grace),
-      StringField("log_format", "log lines: text or json", &ServerConfig::log_format),
-      StringField("log_level", "trace, debug, info, warn or error", &ServerConfig::log_level),
-  });
+  static const std::vector<Field>* fields =
+      WithSecurityFields(WithTailFields(WithLimitFields(new std::vector<Field>{
+          StringField("model", "model file (GGUF) or Hugging Face directory (required)",
+                      &ServerConfig::model),
+          StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
+          BytesField("kv_cache_bytes",
+                     "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",
+                     &ServerConfig::kv_cache_bytes),
+          IntField("kv_block_size", "tokens per KV cache block", &ServerConfig::kv_block_size),
+          IntField("prefill_budget", "prefill tokens per engine step (0: 512 on CPU, 8192 on GPU)",
+                   &ServerConfig::prefill_budget),
+          IntField("prefill_budget_decoding",
+                   "prefill tokens per engine step while a Generate is under way "
+                   "(0: 128 on CPU, 1024 on GPU)",
+                   &ServerConfig::prefill_budget_decoding),
+          IntField("max_decode_batch", "generating requests per engine step",
+                   &ServerConfig::max_decode_batch),
+          StringField("attention", "default attention of sessions: dca or rope",
+                      &ServerConfig::attention),
+          IntField("dca_pretrain_length",
+                   "DCA pretraining length c (0: the model's context length)",
+                   &ServerConfig::dca_pretrain_length),
+          IntField("dca_chunk_size", "DCA chunk size C (0: 3c/4)", &ServerConfig::dca_chunk_size),
+          IntField("dca_local_window", "DCA local window w (0: c/8)",
+                   &ServerConfig::dca_local_window),
+          IntField("world_size", "ranks (one process per GPU) of a context-parallel group",
+                   &ServerConfig::world_size),
+          IntField("rank", "this process's rank; -1: the ordinal ending the host name",
+                   &ServerConfig::rank),
+          StringField("rendezvous",
+                      "where the ranks meet: tcp://HOST:PORT, file://PATH or inproc (CPU, threads)",
+                      &ServerConfig::rendezvous),
+          DurationField("collective_timeout", "a rank silent for this long counts as lost",
+                        &ServerConfig::collective_timeout),
+          DurationField("rendezvous_timeout", "time for the group to form at start-up",
+                        &ServerConfig::rendezvous_timeout),
+          StringField("listen",
+                      "gRPC listen address host:port (port 0 picks a free one); auto: "
+                      "0.0.0.0:50051 when callers authenticate, else 127.0.0.1:50051",
+                      &ServerConfig::listen),
+          StringField("metrics_listen",
+                      "Prometheus metrics address host:port (empty: off; auto: the gRPC host, "
+                      "port 9090)",
+                      &ServerConfig::metrics_listen),
+          StringField("port_file", "file to write the bound ports to", &ServerConfig::port_file),
+          StringField("tls_cert", "PEM certificate chain (enables TLS)", &ServerConfig::tls_cert),
+          StringField("tls_key", "PEM private key", &ServerConfig::tls_key),
+          StringField("tls_client_ca", "PEM CA bundle; clients must present a certificate (mTLS)",
+                      &ServerConfig::tls_client_ca),
+          StringField("auth_tokens_file", "bearer tokens: '<token> <tenant> [readonly]' per line",
+                      &ServerConfig::auth_tokens_file),
+          StringField("http_listen",
+                      "OpenAI-compatible HTTP address host:port (port 0 picks one; empty: off)",
+                      &ServerConfig::http_listen),
+          IntField("http_threads", "HTTP requests served at once", &ServerConfig::http_threads),
+      })));
   return *fields;
 }
 
@@ -525,8 +547,8 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
     std::string key((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     key = std::string(absl::StripTrailingAsciiWhitespace(key));
     if (!in.is_open() || key.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("session_export_key_file: cannot read a key from ",
-                                                     config.session_export_key_file));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "session_export_key_file: cannot read a key from ", config.session_export_key_file));
     }
     config.session_export_key = std::move(key);
     config.session_export_key_file.clear();  // the key stands in for it from here
