@@ -11,7 +11,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcivetweb-dev
   libopenblas-dev libgtest-dev libgmock-dev libyaml-cpp-dev librocksdb-dev libcurl4-openssl-dev libssl-dev
-  nlohmann-json3-dev libxxhash-dev clang libclang-rt-14-dev curl python3-yaml
+  nlohmann-json3-dev libxxhash-dev clang libclang-rt-14-dev libomp-dev curl python3-yaml
   golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev
   golang-github-golang-protobuf-1-5-dev
   libcpp-httplib-dev python3-venv
