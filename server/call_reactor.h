@@ -87,7 +87,7 @@ class CallReactor : public Reactor {
       if (!finished_) {
         if (std::optional<absl::Status> status = FinishableLocked()) {
           finished_ = true;
-          final_ = ToGrpcStatus(*status);
+          final_ = ToGrpcStatus(*status, call_.ctx);
           finish = final_;
         }
       }

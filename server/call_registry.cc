@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/session/session_manager.h"
+#include "server/routing.h"
 #include "server/status.h"
 
 namespace longctx::server {
@@ -38,6 +39,7 @@ CallContext NewCall(grpc::CallbackServerContext* ctx, const char* method, CallKi
   call.stream = kind.stream;
   call.engine_work = kind.stream || kind.engine_work;
   call.start = absl::Now();
+  call.ctx = ctx;
   const auto& md = ctx->client_metadata();
   auto rid = md.find("x-request-id");
   if (rid != md.end()) call.request_id.assign(rid->second.data(), rid->second.size());
@@ -92,13 +94,14 @@ absl::StatusOr<CallContext> CallRegistry::BeginCall(grpc::CallbackServerContext*
     call.caller = *std::move(caller);
     // The id is checked before it reaches a log line or an error message.
     if (session_id != nullptr) refused = ValidateSessionId(*session_id);
+    if (refused.ok() && session_id != nullptr) refused = CheckHome(call.caller.tenant, *session_id);
     if (refused.ok()) refused = Admit(&call);
   }
   if (!refused.ok()) {
     if (refused.code() == absl::StatusCode::kResourceExhausted) {
       ctx->AddTrailingMetadata(kRetryAfterMetadata, "1000");
     }
-    Refused(call, refused);
+    Refused(call, refused, ctx);
     return refused;
   }
   if (session_id != nullptr) call.fields.emplace_back("session_id", *session_id);
@@ -114,6 +117,17 @@ absl::StatusOr<Caller> CallRegistry::Authorize(const grpc::CallbackServerContext
         absl::StrCat(method, " changes sessions; the caller's token is read-only"));
   }
   return who;
+}
+
+absl::Status CallRegistry::CheckHome(const std::string& tenant, const std::string& id) const {
+  Engine* engine = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    engine = engine_;
+  }
+  // Without an engine (starting), Admit refuses the call anyway.
+  if (engine == nullptr) return absl::OkStatus();
+  return CheckSessionHome(*engine, tenant, id, config_.replica_id);
 }
 
 absl::Status CallRegistry::Admit(CallContext* call) {
@@ -156,8 +170,9 @@ absl::Status CallRegistry::OverLimitLocked(const CallContext& call) const {
   return absl::OkStatus();
 }
 
-void CallRegistry::Refused(const CallContext& call, const absl::Status& status) {
-  const grpc::Status g = ToGrpcStatus(status);
+void CallRegistry::Refused(const CallContext& call, const absl::Status& status,
+                           grpc::CallbackServerContext* ctx) {
+  const grpc::Status g = ToGrpcStatus(status, ctx);
   if (metrics_) metrics_->RecordRpc(call.method, g.error_code());
   Log(spdlog::level::info, "call refused",
       {{"rpc", call.method},

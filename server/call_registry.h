@@ -37,6 +37,9 @@ struct CallContext {
   absl::Time start;
   absl::Time deadline = absl::InfiniteFuture();
   Engine* engine = nullptr;
+  // gRPC's context of the call, valid until the call is done: the call's
+  // status adds its trailing metadata there (server/status.h).
+  grpc::CallbackServerContext* ctx = nullptr;
   LogFields fields;  // added to the call's log line (session id, counts)
 };
 
@@ -67,8 +70,9 @@ class CallRegistry {
   bool WaitForCalls(absl::Time deadline);
   int64_t active_calls() const;
 
-  // Admission: state, authentication, permissions, the syntax of
-  // `session_id` (if not null; it then joins the call's log fields), limits,
+  // Admission: state, authentication, permissions, the syntax and the home of
+  // `session_id` (if not null; it then joins the call's log fields; an id
+  // whose home is another replica is refused, server/routing.h), limits,
   // request id (also sent back as initial metadata). A refused call is logged
   // and counted here; an admitted one must be ended with EndCall exactly once.
   // A call over a limit gets RESOURCE_EXHAUSTED and kRetryAfterMetadata.
@@ -86,12 +90,17 @@ class CallRegistry {
   // The caller, or why it may not make this call.
   absl::StatusOr<Caller> Authorize(const grpc::CallbackServerContext& ctx, const char* method,
                                    bool mutates) const;
+  // MisdirectedError when `id` names another replica and this one does not
+  // hold it for `tenant`; else OK.
+  absl::Status CheckHome(const std::string& tenant, const std::string& id) const;
   // Counts the call in, or says why the server takes no more.
   absl::Status Admit(CallContext* call);
   // Why the call would pass a limit, or OK.
   absl::Status OverLimitLocked(const CallContext& call) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Logs and counts a refused call.
-  void Refused(const CallContext& call, const absl::Status& status);
+  // Logs and counts a refused call, adding the trailing metadata its status
+  // carries to `ctx`.
+  void Refused(const CallContext& call, const absl::Status& status,
+               grpc::CallbackServerContext* ctx);
 
   const ServerConfig config_;
   const Authenticator auth_;

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "engine/dist/rendezvous.h"
+#include "server/routing.h"
 #include "yaml-cpp/yaml.h"
 
 namespace longctx::server {
@@ -250,6 +251,9 @@ const std::vector<Field>& Fields() {
                       &ServerConfig::tls_client_ca),
           StringField("auth_tokens_file", "bearer tokens: '<token> <tenant> [readonly]' per line",
                       &ServerConfig::auth_tokens_file),
+          StringField("replica_id",
+                      "this replica's name in the session ids it makes (auto: from the host name)",
+                      &ServerConfig::replica_id),
           StringField("http_listen",
                       "OpenAI-compatible HTTP address host:port (port 0 picks one; empty: off)",
                       &ServerConfig::http_listen),
@@ -384,6 +388,9 @@ absl::Status ServerConfig::Validate() const {
     return bad("http_listen: expected host:port (or empty to disable)");
   }
   if (http_threads < 1 || http_threads > 4096) return bad("http_threads: must be in [1, 4096]");
+  if (replica_id != "auto") {
+    if (absl::Status s = ValidateReplicaId(replica_id); !s.ok()) return s;
+  }
   if (tls_cert.empty() != tls_key.empty()) return bad("tls_cert and tls_key go together");
   if (!tls_client_ca.empty() && tls_cert.empty()) return bad("tls_client_ca needs tls_cert");
   if (max_message_bytes < 1024) return bad("max_message_bytes: must be at least 1KiB");
@@ -556,7 +563,15 @@ absl::StatusOr<ServerConfig> LoadServerConfig(int argc, char** argv) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   config.listen = config.ResolvedListen();
   config.metrics_listen = config.ResolvedMetricsListen();
+  config.replica_id = config.ResolvedReplicaId();
   return config;
+}
+
+std::string ServerConfig::ResolvedReplicaId() const {
+  if (replica_id != "auto") return replica_id;
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) return ReplicaIdFromHostName("");
+  return ReplicaIdFromHostName(host);
 }
 
 absl::StatusOr<int> ResolveRank(const ServerConfig& config) {

@@ -50,6 +50,11 @@ struct ServerConfig {
   std::string tls_key;           // PEM private key (with tls_cert)
   std::string tls_client_ca;     // PEM CA bundle: require client certificates (mTLS)
   std::string auth_tokens_file;  // "<token> <tenant> [readonly]" per line; empty: no auth
+  // This replica's name in the session ids it makes ("<replica_id>.s-<hex>"),
+  // by which a gateway routes calls (server/routing.h): 1 to 24 of [a-z0-9-].
+  // auto: from the host name (a StatefulSet pod's name, e.g. "longctxd-1").
+  // Replicas behind one gateway need distinct ids.
+  std::string replica_id = "auto";
 
   // --- OpenAI-compatible HTTP door (server/openai/http_door.h) ---
   // host:port of /v1/models, /v1/chat/completions and /v1/completions; empty:
@@ -129,6 +134,8 @@ struct ServerConfig {
   std::string ResolvedListen() const;
   // `metrics_listen` with "auto" resolved: the gRPC host, port 9090.
   std::string ResolvedMetricsListen() const;
+  // `replica_id` with "auto" resolved: ReplicaIdFromHostName of this host.
+  std::string ResolvedReplicaId() const;
 };
 
 // Builds the configuration from `argv` (flags; --config=FILE names the YAML

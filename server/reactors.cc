@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/session/session_manager.h"
 #include "server/convert.h"
+#include "server/routing.h"
 #include "server/wire.h"
 
 namespace longctx::server {
@@ -108,7 +109,7 @@ absl::Status IngestReactor::BindSession() {
       return absl::InvalidArgumentError("session_id is required on the first message of a stream");
     }
     auto s = call().engine->FindSession(call().caller.tenant, req_.session_id());
-    if (!s.ok()) return s.status();
+    if (!s.ok()) return RouteLookup(s.status(), req_.session_id(), config().replica_id);
     session_ = *s;
     AddField("session_id", session_->id());
   } else if (!req_.session_id().empty() && req_.session_id() != session_->id()) {
@@ -418,6 +419,9 @@ void ImportReactor::OnReadDone(bool ok) {
       input_ = FromProto(req_);
       input_.data.clear();
       first_ = false;
+      if (absl::Status s = CheckNewSessionId(input_.id, config().replica_id); !s.ok()) {
+        return Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { result_ = s; });
+      }
     }
     if (absl::Status s = Receive(); !s.ok()) {
       return Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { result_ = s; });

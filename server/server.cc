@@ -9,6 +9,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/logging.h"
+#include "server/routing.h"
 
 namespace longctx::server {
 namespace {
@@ -114,6 +115,7 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   o.session_export_key = c.session_export_key;
   o.sessions.max_sessions = c.max_sessions;
   o.sessions.max_sessions_per_tenant = c.max_sessions_per_tenant;
+  o.sessions.id_prefix = SessionIdPrefix(c.replica_id);
   o.kv.block_size = c.kv_block_size;
   o.kv.max_bytes = c.kv_cache_bytes;
   o.max_session_tokens = c.max_session_tokens;

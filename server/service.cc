@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/convert.h"
 #include "server/reactors.h"
+#include "server/routing.h"
 #include "server/status.h"
 #include "server/wire.h"
 
@@ -16,7 +17,8 @@ namespace {
 grpc::ServerUnaryReactor* FinishNow(CallRegistry* calls, grpc::CallbackServerContext* ctx,
                                     const CallContext* call, const absl::Status& status) {
   auto* reactor = ctx->DefaultReactor();
-  const grpc::Status g = ToGrpcStatus(status);
+  // A refused call's trailing metadata was added at admission.
+  const grpc::Status g = ToGrpcStatus(status, call != nullptr ? ctx : nullptr);
   if (call != nullptr) calls->EndCall(*call, g);
   reactor->Finish(g);
   return reactor;
@@ -76,6 +78,9 @@ grpc::ServerUnaryReactor* LongContextService::CreateSession(grpc::CallbackServer
   if (!call.ok()) return FinishNow(&calls_, ctx, nullptr, call.status());
   auto request = FromProto(req);
   if (!request.ok()) return FinishNow(&calls_, ctx, &*call, request.status());
+  if (absl::Status home = CheckNewSessionId(request->id, calls_.config().replica_id); !home.ok()) {
+    return FinishNow(&calls_, ctx, &*call, home);
+  }
   auto* reactor = new UnaryCall(&calls_, std::move(*call));
   reactor->call().engine->CreateSession(reactor->call().caller.tenant, *request,
                                         [reactor, out](absl::StatusOr<SessionInfo> info) {

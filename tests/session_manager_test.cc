@@ -2,6 +2,7 @@
 // tenant isolation, quotas and paging.
 #include "engine/session/session_manager.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -123,6 +124,21 @@ TEST_F(SessionManagerTest, CreateGetDelete) {
   EXPECT_EQ(manager_.Get("alice", "").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(SessionManagerTest, GeneratedIdsStartWithThePrefix) {
+  SessionLimits limits = Limits();
+  limits.id_prefix = "longctxd-12.";
+  SessionManager named(limits, [this] { return now_; });
+  auto s = named.Create("alice", "", Settings());
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(absl::StartsWith((*s)->id(), "longctxd-12.s-")) << (*s)->id();
+  EXPECT_EQ((*s)->id().size(), std::string("longctxd-12.s-").size() + 32);
+  EXPECT_TRUE(ValidateSessionId((*s)->id()).ok());
+  // A chosen id is kept as given.
+  auto chosen = named.Create("alice", "doc-1", Settings());
+  ASSERT_TRUE(chosen.ok());
+  EXPECT_EQ((*chosen)->id(), "doc-1");
+}
+
 TEST_F(SessionManagerTest, ClientChosenIdsAreValidatedAndUnique) {
   ASSERT_TRUE(manager_.Create("alice", "doc-1.v2_x", Settings()).ok());
   EXPECT_EQ(manager_.Create("alice", "doc-1.v2_x", Settings()).status().code(),
@@ -201,7 +217,10 @@ TEST_F(SessionManagerTest, IdleSessionsExpireAndSayExpired) {
 }
 
 TEST_F(SessionManagerTest, ListPagesInIdOrderWithLabelSelector) {
-  SessionManager big(SessionLimits{100, 100}, [this] { return now_; });
+  SessionLimits limits;
+  limits.max_sessions = 100;
+  limits.max_sessions_per_tenant = 100;
+  SessionManager big(limits, [this] { return now_; });
   for (int i = 0; i < 7; ++i) {
     SessionSettings s = Settings();
     s.labels["parity"] = i % 2 ? "odd" : "even";

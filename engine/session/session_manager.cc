@@ -13,7 +13,7 @@ namespace {
 
 // 128 bits from getrandom(2), which blocks only until the kernel's pool is
 // first seeded at boot.
-std::string RandomSessionId() {
+std::string RandomSessionId(const std::string& prefix) {
   unsigned char bytes[16];
   size_t got = 0;
   while (got < sizeof(bytes)) {
@@ -21,7 +21,7 @@ std::string RandomSessionId() {
     if (n > 0) got += static_cast<size_t>(n);
   }
   return absl::StrCat(
-      "s-", absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(bytes), 16)));
+      prefix, "s-", absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(bytes), 16)));
 }
 
 bool LabelsMatch(const std::map<std::string, std::string>& labels,
@@ -75,7 +75,7 @@ absl::StatusOr<std::shared_ptr<Session>> SessionManager::Create(const std::strin
   }
   Key key{tenant, id};
   if (id.empty()) {
-    do key.second = RandomSessionId();
+    do key.second = RandomSessionId(limits_.id_prefix);
     while (sessions_.contains(key));
   } else if (sessions_.contains(key)) {
     return absl::AlreadyExistsError(absl::StrCat("session_id ", id, " is taken"));

@@ -33,6 +33,10 @@ namespace longctx {
 struct SessionLimits {
   int64_t max_sessions = 1024;  // all tenants together
   int64_t max_sessions_per_tenant = 256;
+  // Put before every generated id ("s-" and 32 hex digits): the server names
+  // its replica there ("longctxd-1."), so that ids say where they live.
+  // At most 30 characters, so that ids stay within 64.
+  std::string id_prefix;
 };
 
 class SessionManager {
@@ -43,7 +47,8 @@ class SessionManager {
 
   absl::Time Now() const { return clock_(); }
 
-  // Creates a session for `tenant`. `id` empty: a fresh random id. Errors:
+  // Creates a session for `tenant`. `id` empty: a fresh random id after
+  // limits.id_prefix. Errors:
   // INVALID_ARGUMENT for a malformed id, ALREADY_EXISTS for one the same
   // tenant holds,
   // RESOURCE_EXHAUSTED over max_sessions or max_sessions_per_tenant.

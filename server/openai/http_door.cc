@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/logging.h"
+#include "server/routing.h"
 
 namespace longctx::server::openai {
 namespace {
@@ -117,7 +118,7 @@ class HttpDoor::Stream {
   std::pair<int, absl::Status> Finish() {
     run_.reset();
     if (!finished_) return {kClientClosed, absl::CancelledError("the client closed the stream")};
-    return {status_.ok() ? 200 : HttpStatus(status_.code()), status_};
+    return {status_.ok() ? 200 : HttpStatus(status_), status_};
   }
 
  private:
@@ -270,13 +271,16 @@ void HttpDoor::End(const Call& call, int http_status, const absl::Status& status
 }
 
 void HttpDoor::Fail(const Call& call, httplib::Response& res, const absl::Status& status) {
-  const int http_status = HttpStatus(status.code());
+  const int http_status = HttpStatus(status);
+  if (const std::string home = MisdirectedHome(status); !home.empty()) {
+    res.set_header(kSessionHomeHeader, home);
+  }
   WriteJson(res, http_status, RenderError(status));
   End(call, http_status, status);
 }
 
 void HttpDoor::Refuse(const char* route, httplib::Response& res, const absl::Status& status) {
-  const int http_status = HttpStatus(status.code());
+  const int http_status = HttpStatus(status);
   WriteJson(res, http_status, RenderError(status));
   Log(spdlog::level::info, "http call refused",
       {{"http", route},
@@ -304,6 +308,11 @@ absl::StatusOr<CompletionRequest> HttpDoor::Parse(ApiKind kind, const httplib::R
                                             "' (GET /v1/models)"));
   }
   if (request->session_id.empty()) request->session_id = req.get_header_value("x-session-id");
+  if (!request->session_id.empty()) {
+    absl::Status home = CheckSessionHome(*call.engine, call.caller.tenant, request->session_id,
+                                         config_.replica_id);
+    if (!home.ok()) return home;
+  }
   if (request->session_id.empty() && call.caller.read_only) {
     return absl::PermissionDeniedError(
         "a completion without session_id creates a transient session; the caller's token is "

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/util/json_util.h"
 #include "engine/util/status_macros.h"
+#include "server/routing.h"
 
 namespace longctx::server::openai {
 namespace {
@@ -308,8 +309,13 @@ int HttpStatus(absl::StatusCode code) {
   }
 }
 
+int HttpStatus(const absl::Status& status) {
+  if (!MisdirectedHome(status).empty()) return 421;
+  return HttpStatus(status.code());
+}
+
 json RenderError(const absl::Status& status) {
-  const int http = HttpStatus(status.code());
+  const int http = HttpStatus(status);
   const char* type = http == 401   ? "authentication_error"
                      : http == 403 ? "permission_error"
                      : http == 429 ? "rate_limit_error"

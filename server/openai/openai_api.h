@@ -82,6 +82,9 @@ nlohmann::json RenderModels(const std::string& model, int64_t created);
 // UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404,
 // RESOURCE_EXHAUSTED 429, UNAVAILABLE 503, DEADLINE_EXCEEDED 504, else 500.
 int HttpStatus(absl::StatusCode code);
+// The HTTP status of `status`: as its code says, but 421 Misdirected Request
+// for a session whose home is another replica (server/routing.h).
+int HttpStatus(const absl::Status& status);
 // {"error": {"message", "type", "code"}}: type as OpenAI names the class of
 // error, code the status code's name in lower case ("not_found").
 nlohmann::json RenderError(const absl::Status& status);
