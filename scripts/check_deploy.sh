@@ -10,8 +10,13 @@
 #      server/config.cc;
 #   4. deploy/prometheus/prometheusrule.yaml is alerts.yaml wrapped in a
 #      PrometheusRule (--write-prometheusrule regenerates it);
-#   5. promtool checks the rules and runs their unit tests (alerts_test.yaml);
-#   6. every kustomization under deploy/ builds (kubectl kustomize), every
+#   5. the Envoy gateway routes every pod the StatefulSet has by its session
+#      home: one endpoint per pod name, on the gRPC and HTTP ports, no
+#      fallback to another pod, the pod's replica_id from its name, and the
+#      x-session-id rewrite giving the home of a server-made id and nothing
+#      for an id without one;
+#   6. promtool checks the rules and runs their unit tests (alerts_test.yaml);
+#   7. every kustomization under deploy/ builds (kubectl kustomize), every
 #      object it renders validates against the Kubernetes schemas
 #      (kubernetes-validate --strict; the operator's CRDs have none), and every
 #      container image is pinned by digest, with no :latest anywhere.
@@ -182,16 +187,89 @@ elif not rule_path.exists() or rule_path.read_text() != rule_text:
     fail(f"{rule_path.relative_to(root)} is not alerts.yaml wrapped: run "
          "scripts/check_deploy.sh --write-prometheusrule")
 
+# --- 5. routing by session home ---------------------------------------------
+# Session ids name their pod ("longctxd-1.s-<hex>", server/routing.h); the
+# gateway must route every pod the StatefulSet can have, by the name the pod
+# gives itself, to the right port.
+envoy_path = pathlib.Path("deploy/envoy/envoy.yaml")
+sts_path = pathlib.Path("deploy/kubernetes/statefulset.yaml")
+envoy = (docs.get(envoy_path) or [{}])[0] or {}
+sts = next((d for d in docs.get(sts_path, []) if (d or {}).get("kind") == "StatefulSet"), {})
+server_conf = (docs.get(server_yaml) or [{}])[0] or {}
+clusters = {c["name"]: c for c in envoy.get("static_resources", {}).get("clusters", [])}
+http_port = int(str(server_conf.get("http_listen", ":0")).rsplit(":", 1)[1])
+headless = "longctxd-headless.longctx.svc.cluster.local"
+routed = {}
+for name, port in (("longctxd", 50051), ("longctxd-http", http_port)):
+    cluster = clusters.get(name)
+    if cluster is None:
+        fail(f"{envoy_path}: no cluster {name}")
+        continue
+    selectors = cluster.get("lb_subset_config", {}).get("subset_selectors", [])
+    if not any(sel.get("keys") == ["replica"] and sel.get("fallback_policy") == "NO_FALLBACK"
+               for sel in selectors):
+        fail(f"{envoy_path}: cluster {name} does not route by replica without fallback")
+    homes = set()
+    for group in cluster.get("load_assignment", {}).get("endpoints", []):
+        for ep in group.get("lb_endpoints", []):
+            home = ep.get("metadata", {}).get("filter_metadata", {}).get("envoy.lb", {}).get(
+                "replica")
+            addr = ep["endpoint"]["address"]["socket_address"]
+            if addr.get("address") != f"{home}.{headless}" or addr.get("port_value") != port:
+                fail(f"{envoy_path}: cluster {name}: endpoint {addr} is not {home}.{headless}:{port}")
+            homes.add(home)
+    routed[name] = homes
+replicas = int(sts.get("spec", {}).get("replicas", 1))
+for name, homes in routed.items():
+    missing = sorted({f"longctxd-{n}" for n in range(replicas)} - homes)
+    if missing:
+        fail(f"{envoy_path}: cluster {name} does not route the StatefulSet's pods {missing}")
+containers = sts.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])
+env = {e["name"]: e for e in containers[0].get("env", [])}
+ref = env.get("LONGCTX_REPLICA_ID", {}).get("valueFrom", {}).get("fieldRef", {})
+if ref.get("fieldPath") != "metadata.name":
+    fail(f"{sts_path}: LONGCTX_REPLICA_ID must come from the pod's name (metadata.name)")
+ports = {p.get("name"): p.get("containerPort") for p in containers[0].get("ports", [])}
+if ports.get("http") != http_port:
+    fail(f"{sts_path}: container port http is {ports.get('http')}, http_listen's is {http_port}")
+# The gateway's rewrite of x-session-id into the home, on ids as the server
+# makes them and on ids without a home (which must yield nothing).
+rules = []
+for listener in envoy.get("static_resources", {}).get("listeners", []):
+    for chain in listener.get("filter_chains", []):
+        for f in chain.get("filters", []):
+            for hf in f.get("typed_config", {}).get("http_filters", []):
+                if hf.get("name") == "envoy.filters.http.header_to_metadata":
+                    rules += hf["typed_config"].get("request_rules", [])
+rule = next((r for r in rules if r.get("header") == "x-session-id"), None)
+if rule is None:
+    fail(f"{envoy_path}: no header_to_metadata rule for x-session-id")
+else:
+    kv = rule["on_header_present"]
+    rewrite = kv["regex_value_rewrite"]
+    pattern = re.compile(rewrite["pattern"]["regex"])
+    subst = rewrite["substitution"]  # RE2 and Python both write a group as \1
+    cases = {"longctxd-1.s-" + "0f" * 16: "longctxd-1", "longctxd-12.s-x": "longctxd-12",
+             "doc-1.v2": "", "s-" + "0f" * 16: "", "Pod.s-1": "", "longctxd-1.s-": ""}
+    for sid, want in cases.items():
+        got = pattern.sub(subst, sid, count=1)
+        if got != want:
+            fail(f"{envoy_path}: x-session-id {sid!r} gives replica {got!r}, want {want!r}")
+    if kv.get("metadata_namespace") != "envoy.lb" or kv.get("key") != "replica":
+        fail(f"{envoy_path}: the x-session-id rule must set envoy.lb metadata 'replica'")
+print(f"check_deploy: the gateway routes {len(routed)} clusters by session home; "
+      f"StatefulSet replicas {replicas}, pods routed {sorted(routed.get('longctxd', []))}")
+
 if failures:
     print(f"check_deploy: {len(failures)} problem(s)")
     sys.exit(1)
 PY
 
-# --- 5. promtool -------------------------------------------------------------
+# --- 6. promtool -------------------------------------------------------------
 promtool check rules "$root/deploy/prometheus/alerts.yaml"
 (cd "$root/deploy/prometheus" && promtool test rules alerts_test.yaml)
 
-# --- 6. kustomize build, schemas, image pinning ------------------------------
+# --- 7. kustomize build, schemas, image pinning ------------------------------
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
 if grep -rn --include='*.yaml' -E '(image:|newTag:).*latest' "$root/deploy"; then

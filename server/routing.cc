@@ -29,9 +29,9 @@ bool IsReplicaId(absl::string_view id) {
 
 absl::Status ValidateReplicaId(absl::string_view id) {
   if (IsReplicaId(id)) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "replica_id: expected 1 to ", kMaxReplicaIdLength,
-      " of [a-z0-9-], beginning and ending with a letter or digit (got '", id, "')"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("replica_id: expected 1 to ", kMaxReplicaIdLength,
+                   " of [a-z0-9-], beginning and ending with a letter or digit (got '", id, "')"));
 }
 
 std::string ReplicaIdFromHostName(absl::string_view host) {

@@ -53,8 +53,7 @@ std::string SessionIdPrefix(absl::string_view replica_id);
 
 // FAILED_PRECONDITION for a call about session `id`, whose home `home` is not
 // this replica `self`; the message names both and the payload carries `home`.
-absl::Status MisdirectedError(absl::string_view id, absl::string_view home,
-                              absl::string_view self);
+absl::Status MisdirectedError(absl::string_view id, absl::string_view home, absl::string_view self);
 // The home replica a MisdirectedError names, or empty for any other status.
 std::string MisdirectedHome(const absl::Status& status);
 
@@ -67,8 +66,8 @@ absl::Status RouteLookup(absl::Status lookup, absl::string_view id, absl::string
 // MisdirectedError when the id names another replica and `engine` holds no
 // such session (live, expired or lost) for the tenant; else OK (the call
 // then answers as it always did). INVALID_ARGUMENT for a malformed id.
-absl::Status CheckSessionHome(Engine& engine, const std::string& tenant,
-                              const std::string& id, absl::string_view self);
+absl::Status CheckSessionHome(Engine& engine, const std::string& tenant, const std::string& id,
+                              absl::string_view self);
 
 // Before creating or importing a session under the caller's `id` on replica
 // `self`: MisdirectedError when the id names another replica (the session

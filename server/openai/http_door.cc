@@ -27,6 +27,7 @@ constexpr absl::Duration kPoll = absl::Milliseconds(200);
 constexpr int kClientClosed = 499;
 
 constexpr const char* kModelsRoute = "/v1/models";
+constexpr const char* kHealthRoute = "/health";
 constexpr const char* kChatRoute = "/v1/chat/completions";
 constexpr const char* kCompletionsRoute = "/v1/completions";
 
@@ -167,6 +168,8 @@ absl::StatusOr<std::unique_ptr<HttpDoor>> HttpDoor::Start(const ServerConfig& co
 }
 
 void HttpDoor::Route() {
+  http_->Get(kHealthRoute,
+             [this](const httplib::Request&, httplib::Response& res) { Health(res); });
   http_->Get(kModelsRoute,
              [this](const httplib::Request& req, httplib::Response& res) { Models(req, res); });
   http_->Post(kChatRoute, [this](const httplib::Request& req, httplib::Response& res) {
@@ -289,6 +292,15 @@ void HttpDoor::Refuse(const char* route, httplib::Response& res, const absl::Sta
   if (metrics_) metrics_->RecordHttp(route, http_status);
 }
 
+void HttpDoor::Health(httplib::Response& res) {
+  bool serving = false;
+  {
+    absl::MutexLock lock(&mu_);
+    serving = state_ == State::kServing;
+  }
+  WriteJson(res, serving ? 200 : 503, {{"status", serving ? "SERVING" : "NOT_SERVING"}});
+}
+
 void HttpDoor::Models(const httplib::Request& req, httplib::Response& res) {
   const char* route = kModelsRoute;
   auto call = Begin(req, route);
@@ -309,8 +321,8 @@ absl::StatusOr<CompletionRequest> HttpDoor::Parse(ApiKind kind, const httplib::R
   }
   if (request->session_id.empty()) request->session_id = req.get_header_value("x-session-id");
   if (!request->session_id.empty()) {
-    absl::Status home = CheckSessionHome(*call.engine, call.caller.tenant, request->session_id,
-                                         config_.replica_id);
+    absl::Status home =
+        CheckSessionHome(*call.engine, call.caller.tenant, request->session_id, config_.replica_id);
     if (!home.ok()) return home;
   }
   if (request->session_id.empty() && call.caller.read_only) {

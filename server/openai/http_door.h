@@ -1,6 +1,7 @@
 // longctxd's OpenAI-compatible HTTP door (docs/service.md, "OpenAI-compatible
 // HTTP"): GET /v1/models, POST /v1/chat/completions and POST /v1/completions,
-// whole or streamed as server-sent events, on its own address (http_listen).
+// whole or streamed as server-sent events, on its own address (http_listen),
+// and GET /health for load balancers.
 //
 // Built on cpp-httplib (Debian's libcpp-httplib-dev) rather than civetweb,
 // which prometheus-cpp already links: cpp-httplib gives a chunked content
@@ -94,6 +95,10 @@ class HttpDoor {
   // The same for a call refused at admission (nothing to end).
   void Refuse(const char* route, httplib::Response& res, const absl::Status& status);
 
+  // GET /health: 200 {"status": "SERVING"} while serving, else 503
+  // NOT_SERVING (starting, draining). No token needed, nothing disclosed: for
+  // load balancers' health checks (deploy/envoy).
+  void Health(httplib::Response& res);
   void Models(const httplib::Request& req, httplib::Response& res);
   void Completions(ApiKind kind, const httplib::Request& req, httplib::Response& res);
   absl::StatusOr<CompletionRequest> Parse(ApiKind kind, const httplib::Request& req,

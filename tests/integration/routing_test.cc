@@ -4,6 +4,8 @@
 // answered FAILED_PRECONDITION with the home in x-session-home (HTTP: 421),
 // never NOT_FOUND, while A goes on serving it; and a replica renamed across a
 // restart still serves the sessions its store holds.
+#include "server/routing.h"
+
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
@@ -20,21 +22,20 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/routing.h"
 #include "tests/integration/daemon.h"
 #include "tests/integration/helpers.h"
 
 namespace longctx::testing {
 namespace {
 
-using ::testing::HasSubstr;
-using ::testing::StartsWith;
 using server::CheckNewSessionId;
 using server::MisdirectedHome;
 using server::ReplicaIdFromHostName;
 using server::RouteLookup;
 using server::SessionHome;
 using server::ValidateReplicaId;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
 
 TEST(SessionHomeTest, IdsNameTheirHomeOnlyInTheHomeForm) {
   EXPECT_EQ(SessionHome("longctxd-1.s-0123abcd"), "longctxd-1");
@@ -228,6 +229,22 @@ long ChatOverSession(int port, const std::string& session_id, std::string* heade
   return status;
 }
 
+// GET `path` on the HTTP door: the HTTP status.
+long HttpGet(int port, const std::string& path) {
+  CURL* curl = curl_easy_init();
+  const std::string url = absl::StrCat("http://127.0.0.1:", port, path);
+  std::string reply;
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Collect);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &reply);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 30L);
+  curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(curl);
+  return status;
+}
+
 class TwoReplicasTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -277,6 +294,7 @@ TEST_F(TwoReplicasTest, TheWrongReplicaNamesTheHomeAndTheHomeKeepsServing) {
   ASSERT_TRUE(exported.ok()) << exported.status();
   v1::Session imported;
   ExpectMisdirected(ImportOn(stub_b.get(), id, *exported, &imported), "replica-a", "Import");
+  EXPECT_EQ(HttpGet(http_b_, "/health"), 200);  // what the gateway checks
   std::string headers;
   EXPECT_EQ(ChatOverSession(http_b_, id, &headers), 421);
   EXPECT_THAT(headers, HasSubstr("x-session-home: replica-a"));
