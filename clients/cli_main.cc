@@ -43,15 +43,22 @@ commands:
   create [--id=ID] [--label=K=V ...] [--ttl=1h] [--raw] [--system=TEXT]
          [--rope] [--window=TOKENS] [--overflow=reject|compress|slide]
          [--sinks=TOKENS]
-                                create a session (id: --id, or a fresh s-<16 hex>);
+                                create a session (id: --id, or the server's
+                                REPLICA.s-<32 hex>, naming the replica that holds it);
                                 prints its id
   get SESSION                   a session's settings and counters
   list [--label=K=V ...] [--page-size=N]
                                 your sessions
   delete SESSION                delete a session
-  ingest SESSION FILE [--segment-bytes=N]
+  ingest SESSION FILE [--segment-bytes=N] [--first-seq=N]
                                 stream a text file ('-' = stdin) into a session,
-                                with a progress bar; resumes at the session's next seq
+                                with a progress bar. Its segments are numbered from
+                                --first-seq (default: the session's next seq, so the
+                                file is appended); those below the session's next seq
+                                are already in it and are skipped, so --first-seq=1
+                                (and the same --segment-bytes) continues an ingest of
+                                the same file that stopped. A dropped stream is
+                                resumed from the first unacknowledged segment
   ask SESSION QUESTION [--max-tokens=N] [--temperature=T] [--top-p=P] [--top-k=K]
          [--repetition-penalty=R]
          [--seed=S] [--stop=TEXT ...] [--persist]
@@ -62,8 +69,10 @@ commands:
   import FILE [--id=ID]         recreate a session from an export
   qa FILE QUESTION [ask flags]  create a session, ingest FILE, ask, delete the session
 
-Every call about a session carries its id in the x-session-id header, which the
-gateway in deploy/envoy hashes to route it to the pod that holds the session.
+Every call about a session carries its id in the x-session-id header, by which
+the gateway in deploy/envoy routes it to the pod that holds the session (the
+replica the id names). A call that reaches another replica fails with
+FAILED_PRECONDITION naming the session's home.
 )";
 
 struct Args {
@@ -238,8 +247,9 @@ class Cli {
 
   absl::StatusOr<std::string> Create(const Args& a) {
     v1::CreateSessionRequest req;
-    // The id is chosen here, so that the routing header can carry it.
-    req.set_session_id(a.Has("id") ? a.Get("id") : NewSessionId());
+    // Without --id the server picks one that names its replica, the session's
+    // home, by which the gateway routes every later call.
+    if (a.Has("id")) req.set_session_id(a.Get("id"));
     for (const std::string& kv : a.All("label")) {
       const size_t eq = kv.find('=');
       if (eq == std::string::npos) return absl::InvalidArgumentError("--label wants KEY=VALUE");
@@ -287,9 +297,8 @@ class Cli {
     for (const auto& [k, v] : s.labels())
       absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", v);
     const absl::Time expire = absl::FromUnixSeconds(s.expire_time().seconds());
-    std::printf("%-28s %9lld tokens %6lld segments  %-5s  expires in %-8s %s%s\n",
-                s.id().c_str(), static_cast<long long>(s.tokens()),
-                static_cast<long long>(s.segments()),
+    std::printf("%-28s %9lld tokens %6lld segments  %-5s  expires in %-8s %s%s\n", s.id().c_str(),
+                static_cast<long long>(s.tokens()), static_cast<long long>(s.segments()),
                 s.attention().mode() == v1::ATTENTION_MODE_DCA ? "dca" : "rope",
                 absl::FormatDuration(absl::Trunc(expire - absl::Now(), absl::Seconds(1))).c_str(),
                 labels.c_str(), s.recovering() ? "  (recovering after a restart)" : "");
@@ -379,9 +388,13 @@ class Cli {
     if (a.Has("segment-bytes") && !absl::SimpleAtoi(a.Get("segment-bytes"), &seg_bytes)) {
       return absl::InvalidArgumentError("bad --segment-bytes");
     }
-    // Resume where the session is: its next expected sequence number.
     auto s = FetchSession(id);
     if (!s.ok()) return s.status();
+    int64_t first_seq = s->next_seq();
+    if (a.Has("first-seq") &&
+        (!absl::SimpleAtoi(a.Get("first-seq"), &first_seq) || first_seq < 1)) {
+      return absl::InvalidArgumentError("bad --first-seq (a sequence number, 1 or more)");
+    }
 
     const auto segments = SplitSegments(text, static_cast<size_t>(seg_bytes));
     const bool tty = isatty(2);
@@ -408,7 +421,7 @@ class Cli {
                    static_cast<long long>(p.tokens), rate, eta.c_str());
       std::fflush(stderr);
     };
-    auto r = IngestSegments(stub_.get(), options_, id, segments, s->next_seq(),
+    auto r = IngestDocument(stub_.get(), options_, id, segments, first_seq, s->next_seq(),
                             [&](const IngestProgress& p) { draw(p, false); });
     if (!r.ok()) {
       if (tty) std::fprintf(stderr, "\n");
@@ -416,10 +429,13 @@ class Cli {
     }
     draw(*r, true);
     const double secs = absl::ToDoubleSeconds(absl::Now() - t0);
-    std::fprintf(
-        stderr, "%s%lld segments, %lld tokens in %.1fs (%.0f tok/s); session holds %lld tokens\n",
-        tty ? "\n" : "", static_cast<long long>(r->segments), static_cast<long long>(r->tokens),
-        secs, r->tokens / std::max(secs, 1e-3), static_cast<long long>(r->session_tokens));
+    std::fprintf(stderr,
+                 "%s%lld segments, %lld tokens in %.1fs (%.0f tok/s); %lld already in the session, "
+                 "%lld reconnects; acknowledged through seq %lld\n",
+                 tty ? "\n" : "", static_cast<long long>(r->segments),
+                 static_cast<long long>(r->tokens), secs, r->tokens / std::max(secs, 1e-3),
+                 static_cast<long long>(r->skipped), static_cast<long long>(r->reconnects),
+                 static_cast<long long>(r->acked_seq));
     return absl::OkStatus();
   }
 

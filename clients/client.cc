@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <fstream>
-#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
@@ -48,12 +48,6 @@ void PrepareContext(grpc::ClientContext* ctx, const ClientOptions& options,
   }
   if (!options.token.empty()) ctx->AddMetadata("authorization", "Bearer " + options.token);
   if (!session_id.empty()) ctx->AddMetadata(kSessionIdHeader, session_id);
-}
-
-std::string NewSessionId() {
-  std::random_device rd;
-  const uint64_t bits = (uint64_t{rd()} << 32) ^ rd();
-  return absl::StrFormat("s-%016x", bits);
 }
 
 absl::Status FromGrpc(const grpc::Status& status) {
@@ -107,7 +101,7 @@ absl::string_view TextStretch(absl::string_view text, size_t begin, size_t max_b
 
 absl::StatusOr<IngestProgress> IngestSegments(
     v1::LongContext::Stub* stub, const ClientOptions& options, const std::string& session_id,
-    const std::vector<std::string>& segments, int64_t first_seq,
+    absl::Span<const std::string> segments, int64_t first_seq,
     const std::function<void(const IngestProgress&)>& progress) {
   grpc::ClientContext ctx;
   PrepareContext(&ctx, options, session_id);
@@ -132,6 +126,7 @@ absl::StatusOr<IngestProgress> IngestSegments(
     if (i < segments.size()) p.bytes += static_cast<int64_t>(segments[i].size());
     p.tokens += ack.tokens_ingested();
     p.session_tokens = ack.session_tokens();
+    p.acked_seq = ack.seq();
     if (progress) progress(p);
   }
   writer.join();
@@ -146,6 +141,84 @@ absl::StatusOr<IngestProgress> IngestSegments(
         p.segments, segments.size(), first_seq + p.segments));
   }
   return p;
+}
+
+namespace {
+
+// Codes after which an ingest may succeed if tried again (clients/python's
+// TRANSIENT_CODES).
+bool Transient(const absl::Status& s) {
+  return absl::IsUnavailable(s) || absl::IsAborted(s) || absl::IsInternal(s) || absl::IsUnknown(s);
+}
+
+// After a transient failure: waits with backoff until GetSession answers, and
+// checks that the session still holds every segment through `acked_seq`.
+// `last_progress` is when an ack last came.
+absl::Status AwaitSession(v1::LongContext::Stub* stub, const ClientOptions& options,
+                          const std::string& id, int64_t acked_seq, const IngestRetry& retry,
+                          absl::Time last_progress, absl::Status cause) {
+  absl::Duration delay = retry.initial_backoff;
+  while (true) {
+    if (absl::Now() - last_progress > retry.max_elapsed) {
+      return absl::DeadlineExceededError(absl::StrCat("no progress for ",
+                                                      absl::FormatDuration(retry.max_elapsed),
+                                                      "; the last error: ", cause.ToString()));
+    }
+    absl::SleepFor(delay);
+    delay = std::min(2 * delay, retry.max_backoff);
+    grpc::ClientContext ctx;
+    PrepareContext(&ctx, options, id);
+    v1::GetSessionRequest req;
+    req.set_session_id(id);
+    v1::Session session;
+    const absl::Status got = FromGrpc(stub->GetSession(&ctx, req, &session));
+    if (Transient(got)) {
+      cause = got;
+      continue;
+    }
+    if (!got.ok()) return got;
+    if (session.next_seq() <= acked_seq) {
+      return absl::DataLossError(
+          absl::StrCat("session ", id, " holds segments up to seq ", session.next_seq() - 1,
+                       " only, but segments through seq ", acked_seq, " had been acknowledged"));
+    }
+    return absl::OkStatus();
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<IngestProgress> IngestDocument(
+    v1::LongContext::Stub* stub, const ClientOptions& options, const std::string& session_id,
+    const std::vector<std::string>& segments, int64_t first_seq, int64_t next_seq,
+    const std::function<void(const IngestProgress&)>& progress, IngestRetry retry) {
+  IngestProgress total;
+  const int64_t count = static_cast<int64_t>(segments.size());
+  total.skipped = std::clamp<int64_t>(next_seq - first_seq, 0, count);
+  total.acked_seq = first_seq + total.skipped - 1;
+  absl::Time last_progress = absl::Now();
+  while (true) {
+    // Everything from the first segment not known to be in the session.
+    const int64_t begin = total.acked_seq + 1 - first_seq;
+    if (begin >= count) return total;
+    const IngestProgress before = total;
+    auto r = IngestSegments(stub, options, session_id, absl::MakeConstSpan(segments).subspan(begin),
+                            first_seq + begin, [&](const IngestProgress& p) {
+                              total.segments = before.segments + p.segments;
+                              total.bytes = before.bytes + p.bytes;
+                              total.tokens = before.tokens + p.tokens;
+                              total.session_tokens = p.session_tokens;
+                              total.acked_seq = p.acked_seq;
+                              if (progress) progress(total);
+                            });
+    if (r.ok()) return total;
+    if (!Transient(r.status())) return r.status();
+    if (total.acked_seq > before.acked_seq) last_progress = absl::Now();
+    absl::Status held =
+        AwaitSession(stub, options, session_id, total.acked_seq, retry, last_progress, r.status());
+    if (!held.ok()) return held;
+    ++total.reconnects;
+  }
 }
 
 absl::StatusOr<std::string> ExportSession(v1::LongContext::Stub* stub, const ClientOptions& options,

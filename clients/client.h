@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "longctx/v1/longctx.grpc.pb.h"
@@ -28,7 +29,7 @@ struct ClientOptions {
 
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& options);
 // The request metadata that routes a call to the pod holding its session
-// (deploy/envoy hashes it onto the ring of pods).
+// (deploy/envoy routes by the home replica the id names, server/routing.h).
 inline constexpr char kSessionIdHeader[] = "x-session-id";
 
 // Sets the deadline and the authorization metadata of a call and, for a call
@@ -36,9 +37,6 @@ inline constexpr char kSessionIdHeader[] = "x-session-id";
 void PrepareContext(grpc::ClientContext* ctx, const ClientOptions& options,
                     const std::string& session_id = {});
 
-// A fresh session id chosen on the client ("s-" and 16 hex digits), so that a
-// session can be created through the gateway with its routing header.
-std::string NewSessionId();
 absl::Status FromGrpc(const grpc::Status& status);
 
 // Cuts `text` into segments of at most `max_bytes`, preferring paragraph
@@ -57,6 +55,9 @@ struct IngestProgress {
   int64_t bytes = 0;           // of acknowledged segments
   int64_t tokens = 0;          // ingested by acknowledged segments
   int64_t session_tokens = 0;  // session position after the last ack
+  int64_t acked_seq = 0;       // the last seq acknowledged (or found in the session)
+  int64_t skipped = 0;         // segments already in the session, not sent (IngestDocument)
+  int64_t reconnects = 0;      // streams opened again after a failure (IngestDocument)
 };
 
 // Streams `segments` into a session (seq first_seq, first_seq + 1, ...) on
@@ -64,8 +65,33 @@ struct IngestProgress {
 // ends without an error before every segment is acknowledged.
 absl::StatusOr<IngestProgress> IngestSegments(
     v1::LongContext::Stub* stub, const ClientOptions& options, const std::string& session_id,
-    const std::vector<std::string>& segments, int64_t first_seq,
+    absl::Span<const std::string> segments, int64_t first_seq,
     const std::function<void(const IngestProgress&)>& progress = nullptr);
+
+// Backoff between attempts of IngestDocument (clients/python's RetryPolicy).
+struct IngestRetry {
+  absl::Duration initial_backoff = absl::Milliseconds(200);
+  absl::Duration max_backoff = absl::Seconds(5);
+  absl::Duration max_elapsed = absl::Minutes(2);  // without progress, then give up
+};
+
+// Streams a document's `segments`, numbered from `first_seq`, into a session
+// whose next_seq is `next_seq`, as clients/python's Session.ingest does
+// (docs/service.md "Ingest"). Segments below next_seq are already in the
+// session and are skipped, so running the same document again from
+// first_seq 1 continues where an earlier run stopped. A transient failure
+// (UNAVAILABLE, ABORTED, INTERNAL, UNKNOWN) is retried with backoff: once
+// GetSession answers and shows that the session still holds every
+// acknowledged segment, the segments are sent again from the first
+// unacknowledged one (not from next_seq, which may still count segments of
+// the broken stream); the server acknowledges any it applied meanwhile as
+// duplicates. NOT_FOUND or DATA_LOSS when the session is gone or lost
+// acknowledged segments; DEADLINE_EXCEEDED after retry.max_elapsed without
+// progress. `progress` is called after each ack.
+absl::StatusOr<IngestProgress> IngestDocument(
+    v1::LongContext::Stub* stub, const ClientOptions& options, const std::string& session_id,
+    const std::vector<std::string>& segments, int64_t first_seq, int64_t next_seq,
+    const std::function<void(const IngestProgress&)>& progress = nullptr, IngestRetry retry = {});
 
 // The bytes of an exported session (ExportSession's stream, joined).
 absl::StatusOr<std::string> ExportSession(v1::LongContext::Stub* stub, const ClientOptions& options,

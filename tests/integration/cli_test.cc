@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "clients/client.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon.h"
 #include "tests/integration/helpers.h"
@@ -40,11 +41,12 @@ using CliTest = SharedDaemonTest;
 TEST_F(CliTest, CreateIngestAskScoreListDelete) {
   Daemon* daemon = daemon_;
 
-  // No --id: the client picks one, so that the routing header can carry it.
+  // No --id: the server picks one that names its replica, the session's home.
   CliResult create = RunCli(*daemon, "create --label=suite=cli");
   ASSERT_EQ(create.exit_code, 0) << create.out;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(create.out, m, std::regex("s-[0-9a-f]{16}"))) << create.out;
+  ASSERT_TRUE(std::regex_search(create.out, m, std::regex("[a-z0-9-]+\\.s-[0-9a-f]{32}")))
+      << create.out;
   const std::string id = m.str();
 
   const std::string doc = ::testing::TempDir() + "/cli_doc.txt";
@@ -85,6 +87,60 @@ TEST_F(CliTest, CreateIngestAskScoreListDelete) {
   CliResult gone = RunCli(*daemon, absl::StrCat("get ", id));
   EXPECT_NE(gone.exit_code, 0) << gone.out;
   EXPECT_NE(gone.out.find("NOT_FOUND"), std::string::npos) << gone.out;
+}
+
+// `ingest --first-seq=1` of the same file continues where the session stands:
+// segments below its next_seq are skipped, the rest are sent once; without
+// --first-seq the file is appended.
+TEST_F(CliTest, IngestFromTheFirstSeqSkipsWhatTheSessionHolds) {
+  Daemon* daemon = daemon_;
+  auto stub = daemon->Stub();
+  v1::CreateSessionRequest raw;
+  raw.set_prompt_format(v1::PROMPT_FORMAT_RAW);
+  auto session = CreateSession(stub.get(), raw);
+  ASSERT_TRUE(session.ok()) << session.status();
+  const std::string id = session->id();
+  const std::string doc = ::testing::TempDir() + "/cli_resume.txt";
+  std::string text;
+  for (int i = 0; i < 6; ++i)
+    absl::StrAppend(&text, "Part ", i, " of the lighthouse keeper's long log.\n\n");
+  {
+    std::ofstream f(doc);
+    f << text;
+  }
+  // An earlier run that stopped after two of the file's segments (the CLI
+  // cuts at paragraphs: 64 bytes hold one part each).
+  const std::vector<std::string> parts = client::SplitSegments(text, 64);
+  ASSERT_EQ(parts.size(), 6u);
+  ASSERT_TRUE(IngestTexts(stub.get(), id, {parts[0], parts[1]}).ok());
+
+  CliResult resume =
+      RunCli(*daemon, absl::StrCat("ingest ", id, " ", doc, " --segment-bytes=64 --first-seq=1"));
+  ASSERT_EQ(resume.exit_code, 0) << resume.out;
+  EXPECT_NE(resume.out.find("4 segments"), std::string::npos) << resume.out;
+  EXPECT_NE(resume.out.find("2 already in the session"), std::string::npos) << resume.out;
+  auto whole = GetSession(stub.get(), id);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->segments(), 6);
+  EXPECT_EQ(whole->next_seq(), 7);
+
+  // Again: nothing left to send, nothing applied twice.
+  CliResult again =
+      RunCli(*daemon, absl::StrCat("ingest ", id, " ", doc, " --segment-bytes=64 --first-seq=1"));
+  ASSERT_EQ(again.exit_code, 0) << again.out;
+  auto same = GetSession(stub.get(), id);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ(same->tokens(), whole->tokens());
+  EXPECT_EQ(same->segments(), 6);
+
+  // Without --first-seq the file is appended after what the session holds.
+  CliResult append = RunCli(*daemon, absl::StrCat("ingest ", id, " ", doc, " --segment-bytes=64"));
+  ASSERT_EQ(append.exit_code, 0) << append.out;
+  auto appended = GetSession(stub.get(), id);
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->segments(), 12);
+  EXPECT_EQ(appended->next_seq(), 13);
+  ASSERT_TRUE(DeleteSession(stub.get(), id).ok());
 }
 
 TEST_F(CliTest, BadArgumentsFailWithUsageOrStatus) {
