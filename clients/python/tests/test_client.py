@@ -214,3 +214,27 @@ def test_restart_with_durable_store_resumes(daemon_factory, tmp_path):
         assert info.tokens == c.session(reference.id).info.tokens
         session.delete()
         reference.delete()
+
+
+def test_wrong_replica_names_the_home(daemon_factory):
+    """A session made on replica A, asked for on replica B: WrongReplicaError
+    naming A (never SessionLostError or NOT_FOUND), and A still serves it."""
+    a = daemon_factory(["--replica_id=py-a"])
+    b = daemon_factory(["--replica_id=py-b"])
+    with longctx.Client(a.target) as on_a, longctx.Client(b.target) as on_b:
+        assert on_a.server_info().replica_id == "py-a"
+        session = on_a.create_session()
+        assert session.id.startswith("py-a.s-")
+        session.ingest(["The keeper lights the lamp.\n\n"])
+        with pytest.raises(longctx.WrongReplicaError) as got:
+            on_b.session(session.id)
+        assert got.value.home == "py-a"
+        assert got.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "py-a" in str(got.value)
+        with pytest.raises(longctx.WrongReplicaError) as asked:
+            longctx.Session(on_b, session.info).ask("Who?", max_tokens=2).text
+        assert asked.value.home == "py-a"
+        with pytest.raises(longctx.WrongReplicaError):
+            longctx.Session(on_b, session.info).ingest(["More.\n\n"], first_seq=1)
+        assert on_a.session(session.id).info.next_seq == 2
+        session.delete()

@@ -13,7 +13,8 @@ longctx.v1.longctx_pb2_grpc (built from proto/longctx/v1/longctx.proto).
 """
 from longctx._client import SESSION_ID_HEADER, Answer, Client, Session
 from longctx._ingest import IngestProgress, RetryPolicy
-from longctx.errors import LongctxError, RetriesExhaustedError, SessionLostError
+from longctx.errors import (SESSION_HOME_HEADER, LongctxError, RetriesExhaustedError,
+                            SessionLostError, WrongReplicaError)
 from longctx.v1 import longctx_pb2 as pb
 
 __all__ = [
@@ -23,9 +24,11 @@ __all__ = [
     "LongctxError",
     "RetriesExhaustedError",
     "RetryPolicy",
+    "SESSION_HOME_HEADER",
     "SESSION_ID_HEADER",
     "Session",
     "SessionLostError",
+    "WrongReplicaError",
     "pb",
 ]
 __version__ = "0.1.0"
