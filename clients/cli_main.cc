@@ -297,7 +297,7 @@ class Cli {
     for (const auto& [k, v] : s.labels())
       absl::StrAppend(&labels, labels.empty() ? "" : ",", k, "=", v);
     const absl::Time expire = absl::FromUnixSeconds(s.expire_time().seconds());
-    std::printf("%-28s %9lld tokens %6lld segments  %-5s  expires in %-8s %s%s\n", s.id().c_str(),
+    std::printf("%-48s %9lld tokens %6lld segments  %-5s  expires in %-8s %s%s\n", s.id().c_str(),
                 static_cast<long long>(s.tokens()), static_cast<long long>(s.segments()),
                 s.attention().mode() == v1::ATTENTION_MODE_DCA ? "dca" : "rope",
                 absl::FormatDuration(absl::Trunc(expire - absl::Now(), absl::Seconds(1))).c_str(),
