@@ -328,6 +328,11 @@ bool IsLoopback(const std::string& addr) {
          absl::StartsWith(addr, "unix:");
 }
 
+// A setting that fails validation: INVALID_ARGUMENT naming it.
+absl::Status BadConfig(const std::string& msg) {
+  return absl::InvalidArgumentError("config " + msg);
+}
+
 }  // namespace
 
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
@@ -351,85 +356,101 @@ absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
 }
 
 absl::Status ServerConfig::Validate() const {
-  auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("config " + msg); };
-  if (model.empty()) return bad("model: required (--model=PATH or LONGCTX_MODEL)");
+  if (absl::Status s = ValidateEngine(); !s.ok()) return s;
+  if (absl::Status s = ValidateEndpoints(); !s.ok()) return s;
+  if (absl::Status s = ValidateLimits(); !s.ok()) return s;
+  return ValidateSecurity();
+}
+
+absl::Status ServerConfig::ValidateEngine() const {
+  if (model.empty()) return BadConfig("model: required (--model=PATH or LONGCTX_MODEL)");
   if (backend != "auto" && backend != "cpu" && backend != "cuda") {
-    return bad("backend: must be auto, cpu or cuda");
+    return BadConfig("backend: must be auto, cpu or cuda");
   }
-  if (kv_cache_bytes < 0) return bad("kv_cache_bytes: must be positive (or 0: automatic)");
-  if (kv_block_size < 1 || kv_block_size > 4096) return bad("kv_block_size: must be in [1, 4096]");
-  if (prefill_budget < 0) return bad("prefill_budget: must be at least 1 (or 0: automatic)");
+  if (kv_cache_bytes < 0) return BadConfig("kv_cache_bytes: must be positive (or 0: automatic)");
+  if (kv_block_size < 1 || kv_block_size > 4096)
+    return BadConfig("kv_block_size: must be in [1, 4096]");
+  if (prefill_budget < 0) return BadConfig("prefill_budget: must be at least 1 (or 0: automatic)");
   if (prefill_budget_decoding < 0) {
-    return bad("prefill_budget_decoding: must be at least 1 (or 0: automatic)");
+    return BadConfig("prefill_budget_decoding: must be at least 1 (or 0: automatic)");
   }
-  if (max_decode_batch < 1) return bad("max_decode_batch: must be at least 1");
-  if (attention != "dca" && attention != "rope") return bad("attention: must be dca or rope");
+  if (max_decode_batch < 1) return BadConfig("max_decode_batch: must be at least 1");
+  if (attention != "dca" && attention != "rope") return BadConfig("attention: must be dca or rope");
   if (dca_pretrain_length < 0 || dca_chunk_size < 0 || dca_local_window < 0) {
-    return bad("dca_*: must not be negative");
+    return BadConfig("dca_*: must not be negative");
   }
-  if (world_size < 1 || world_size > 64) return bad("world_size: must be in [1, 64]");
-  if (rank < -1 || rank >= world_size) return bad("rank: must be in [0, world_size) or -1");
+  if (world_size < 1 || world_size > 64) return BadConfig("world_size: must be in [1, 64]");
+  if (rank < -1 || rank >= world_size) return BadConfig("rank: must be in [0, world_size) or -1");
   if (world_size > 1) {
     if (rendezvous == "inproc") {
-      if (rank > 0) return bad("rendezvous: inproc runs every rank in rank 0's process");
-      if (backend != "cpu") return bad("rendezvous: inproc needs backend cpu");
+      if (rank > 0) return BadConfig("rendezvous: inproc runs every rank in rank 0's process");
+      if (backend != "cpu") return BadConfig("rendezvous: inproc needs backend cpu");
     } else if (auto a = ParseRendezvousAddress(rendezvous); !a.ok()) {
-      return bad(absl::StrCat("rendezvous: ", a.status().message()));
+      return BadConfig(absl::StrCat("rendezvous: ", a.status().message()));
     }
   }
   if (collective_timeout < absl::Seconds(1) || rendezvous_timeout < absl::Seconds(1)) {
-    return bad("collective_timeout and rendezvous_timeout: must be at least 1s");
+    return BadConfig("collective_timeout and rendezvous_timeout: must be at least 1s");
   }
-  if (!ValidHostPort(ResolvedListen())) return bad("listen: expected host:port or auto");
+  return absl::OkStatus();
+}
+
+absl::Status ServerConfig::ValidateEndpoints() const {
+  if (!ValidHostPort(ResolvedListen())) return BadConfig("listen: expected host:port or auto");
   if (!metrics_listen.empty() && !ValidHostPort(ResolvedMetricsListen())) {
-    return bad("metrics_listen: expected host:port (or empty to disable)");
+    return BadConfig("metrics_listen: expected host:port (or empty to disable)");
   }
   if (!http_listen.empty() && !ValidHostPort(http_listen)) {
-    return bad("http_listen: expected host:port (or empty to disable)");
+    return BadConfig("http_listen: expected host:port (or empty to disable)");
   }
-  if (http_threads < 1 || http_threads > 4096) return bad("http_threads: must be in [1, 4096]");
+  if (http_threads < 1 || http_threads > 4096)
+    return BadConfig("http_threads: must be in [1, 4096]");
   if (replica_id != "auto") {
     if (absl::Status s = ValidateReplicaId(replica_id); !s.ok()) return s;
   }
-  if (tls_cert.empty() != tls_key.empty()) return bad("tls_cert and tls_key go together");
-  if (!tls_client_ca.empty() && tls_cert.empty()) return bad("tls_client_ca needs tls_cert");
-  if (max_message_bytes < 1024) return bad("max_message_bytes: must be at least 1KiB");
+  if (tls_cert.empty() != tls_key.empty()) return BadConfig("tls_cert and tls_key go together");
+  if (!tls_client_ca.empty() && tls_cert.empty()) return BadConfig("tls_client_ca needs tls_cert");
+  return absl::OkStatus();
+}
+
+absl::Status ServerConfig::ValidateLimits() const {
+  if (max_message_bytes < 1024) return BadConfig("max_message_bytes: must be at least 1KiB");
   if (max_segment_bytes < 1 || max_segment_bytes > max_message_bytes) {
-    return bad("max_segment_bytes: must be in [1, max_message_bytes]");
+    return BadConfig("max_segment_bytes: must be in [1, max_message_bytes]");
   }
-  if (max_segment_tokens < 1) return bad("max_segment_tokens: must be at least 1");
-  if (max_session_tokens < 16) return bad("max_session_tokens: must be at least 16");
+  if (max_segment_tokens < 1) return BadConfig("max_segment_tokens: must be at least 1");
+  if (max_session_tokens < 16) return BadConfig("max_session_tokens: must be at least 16");
   if (max_sessions < 1 || max_sessions_per_tenant < 1) {
-    return bad("max_sessions and max_sessions_per_tenant: must be at least 1");
+    return BadConfig("max_sessions and max_sessions_per_tenant: must be at least 1");
   }
-  if (max_concurrent_streams < 1) return bad("max_concurrent_streams: must be at least 1");
-  if (max_generate_tokens < 1) return bad("max_generate_tokens: must be at least 1");
+  if (max_concurrent_streams < 1) return BadConfig("max_concurrent_streams: must be at least 1");
+  if (max_generate_tokens < 1) return BadConfig("max_generate_tokens: must be at least 1");
   if (default_max_tokens < 1 || default_max_tokens > max_generate_tokens) {
-    return bad("default_max_tokens: must be in [1, max_generate_tokens]");
+    return BadConfig("default_max_tokens: must be in [1, max_generate_tokens]");
   }
   if (session_ttl <= absl::ZeroDuration() || session_ttl > max_session_ttl) {
-    return bad("session_ttl: must be positive and at most max_session_ttl");
+    return BadConfig("session_ttl: must be positive and at most max_session_ttl");
   }
-  if (absl::Status s = ValidateSecurity(); !s.ok()) return s;
   if (max_queued_requests < 0 || max_queued_requests_per_tenant < 0 ||
       max_queued_requests > (1 << 30) || max_queued_requests_per_tenant > (1 << 30)) {
-    return bad("max_queued_requests, max_queued_requests_per_tenant: must be in [0, 2^30]");
+    return BadConfig("max_queued_requests, max_queued_requests_per_tenant: must be in [0, 2^30]");
   }
-  if (host_memory_budget < 0) return bad("host_memory_budget: must not be negative");
+  if (host_memory_budget < 0) return BadConfig("host_memory_budget: must not be negative");
   if (!session_export_key.empty() && !session_export_key_file.empty()) {
-    return bad("session_export_key and session_export_key_file: set one, not both");
+    return BadConfig("session_export_key and session_export_key_file: set one, not both");
   }
   if (!session_export_key.empty() && session_export_key.size() < 16) {
-    return bad("session_export_key: must be at least 16 bytes");
+    return BadConfig("session_export_key: must be at least 16 bytes");
   }
   if (durability != "none" && durability != "ack" && durability != "sync") {
-    return bad("durability: must be none, ack or sync");
+    return BadConfig("durability: must be none, ack or sync");
   }
-  if (drain_grace < absl::ZeroDuration()) return bad("drain_grace: must not be negative");
-  if (log_format != "text" && log_format != "json") return bad("log_format: must be text or json");
+  if (drain_grace < absl::ZeroDuration()) return BadConfig("drain_grace: must not be negative");
+  if (log_format != "text" && log_format != "json")
+    return BadConfig("log_format: must be text or json");
   static const char* kLevels[] = {"trace", "debug", "info", "warn", "error"};
   if (std::find(std::begin(kLevels), std::end(kLevels), log_level) == std::end(kLevels)) {
-    return bad("log_level: must be trace, debug, info, warn or error");
+    return BadConfig("log_level: must be trace, debug, info, warn or error");
   }
   return absl::OkStatus();
 }
@@ -448,44 +469,44 @@ std::string ServerConfig::ResolvedMetricsListen() const {
 }
 
 absl::Status ServerConfig::ValidateSecurity() const {
-  auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("config " + msg); };
   if (!authenticates() && !allow_unauthenticated_remote && !loopback_only()) {
-    return bad(absl::StrCat("listen: ", ResolvedListen(),
-                            " is reachable from other hosts but callers do not authenticate "
-                            "(no auth_tokens_file, no tls_client_ca); set one, listen on "
-                            "127.0.0.1, or set allow_unauthenticated_remote=true"));
+    return BadConfig(absl::StrCat("listen: ", ResolvedListen(),
+                                  " is reachable from other hosts but callers do not authenticate "
+                                  "(no auth_tokens_file, no tls_client_ca); set one, listen on "
+                                  "127.0.0.1, or set allow_unauthenticated_remote=true"));
   }
   if (!http_listen.empty() && !authenticates() && !allow_unauthenticated_remote &&
       !IsLoopback(http_listen)) {
-    return bad(absl::StrCat("http_listen: ", http_listen,
-                            " is reachable from other hosts but callers do not authenticate; set "
-                            "auth_tokens_file, listen on 127.0.0.1, or set "
-                            "allow_unauthenticated_remote=true"));
+    return BadConfig(
+        absl::StrCat("http_listen: ", http_listen,
+                     " is reachable from other hosts but callers do not authenticate; set "
+                     "auth_tokens_file, listen on 127.0.0.1, or set "
+                     "allow_unauthenticated_remote=true"));
   }
   if (!auth_tokens_file.empty() && tls_cert.empty() && !allow_insecure_tokens) {
-    return bad(
+    return BadConfig(
         "auth_tokens_file: bearer tokens would travel in plaintext; set tls_cert and tls_key, "
         "or allow_insecure_tokens=true when TLS ends at a proxy beside the server");
   }
   if (!tls_client_tenants_file.empty() && tls_client_ca.empty()) {
-    return bad("tls_client_tenants_file needs tls_client_ca (client certificates)");
+    return BadConfig("tls_client_tenants_file needs tls_client_ca (client certificates)");
   }
   if (auth_reload_interval < absl::ZeroDuration()) {
-    return bad("auth_reload_interval: must not be negative");
+    return BadConfig("auth_reload_interval: must not be negative");
   }
   if (max_streams_per_tenant < 1 || max_inflight_per_tenant < 1) {
-    return bad("max_streams_per_tenant and max_inflight_per_tenant: must be at least 1");
+    return BadConfig("max_streams_per_tenant and max_inflight_per_tenant: must be at least 1");
   }
   if (stream_idle_timeout < absl::Milliseconds(100)) {
-    return bad("stream_idle_timeout: must be at least 100ms");
+    return BadConfig("stream_idle_timeout: must be at least 100ms");
   }
   if (keepalive_time < absl::Seconds(1) || keepalive_timeout < absl::Seconds(1) ||
       keepalive_min_ping_interval < absl::Seconds(1)) {
-    return bad("keepalive_time, keepalive_timeout, keepalive_min_ping_interval: at least 1s");
+    return BadConfig("keepalive_time, keepalive_timeout, keepalive_min_ping_interval: at least 1s");
   }
   if (max_connection_idle < absl::ZeroDuration() || max_connection_age < absl::ZeroDuration() ||
       max_connection_age_grace < absl::ZeroDuration()) {
-    return bad("max_connection_idle, max_connection_age and its grace: must not be negative");
+    return BadConfig("max_connection_idle, max_connection_age and its grace: must not be negative");
   }
   return absl::OkStatus();
 }

@@ -44,12 +44,12 @@ struct ServerConfig {
                                         // auto: see ResolvedListen()
   std::string metrics_listen = "auto";  // Prometheus /metrics; empty disables;
                                         // auto: the gRPC host, port 9090
-  std::string port_file;         // if set, "grpc=<port>\nmetrics=<port>\n" is written here
-                                 // (and "http=<port>\n" with http_listen)
-  std::string tls_cert;          // PEM certificate chain: enables TLS
-  std::string tls_key;           // PEM private key (with tls_cert)
-  std::string tls_client_ca;     // PEM CA bundle: require client certificates (mTLS)
-  std::string auth_tokens_file;  // "<token> <tenant> [readonly]" per line; empty: no auth
+  std::string port_file;                // if set, "grpc=<port>\nmetrics=<port>\n" is written here
+                                        // (and "http=<port>\n" with http_listen)
+  std::string tls_cert;                 // PEM certificate chain: enables TLS
+  std::string tls_key;                  // PEM private key (with tls_cert)
+  std::string tls_client_ca;            // PEM CA bundle: require client certificates (mTLS)
+  std::string auth_tokens_file;         // "<token> <tenant> [readonly]" per line; empty: no auth
   // This replica's name in the session ids it makes ("<replica_id>.s-<hex>"),
   // by which a gateway routes calls (server/routing.h): 1 to 24 of [a-z0-9-].
   // auto: from the host name (a StatefulSet pod's name, e.g. "longctxd-1").
@@ -86,12 +86,12 @@ struct ServerConfig {
                                         // certificate's CN or SAN to a tenant (mTLS)
   absl::Duration auth_reload_interval = absl::Seconds(10);  // poll the tokens and tenants
                                                             // files; 0: only on SIGHUP
-  bool reflection = true;                  // gRPC server reflection (the API schema)
+  bool reflection = true;  // gRPC server reflection (the API schema)
   // A tenant may hold at most half the streams, so others always find some;
   // without authentication the one tenant "default" is every caller.
-  int64_t max_streams_per_tenant = 128;    // open streams of one tenant
-  int64_t max_inflight_per_tenant = 256;   // engine calls of one tenant at once (Score,
-                                           // CreateSession and every stream)
+  int64_t max_streams_per_tenant = 128;   // open streams of one tenant
+  int64_t max_inflight_per_tenant = 256;  // engine calls of one tenant at once (Score,
+                                          // CreateSession and every stream)
   absl::Duration stream_idle_timeout = absl::Minutes(5);  // a stream whose client sends
                                                           // nothing this long is ended
   absl::Duration keepalive_time = absl::Minutes(1);       // server pings an idle connection
@@ -106,7 +106,7 @@ struct ServerConfig {
   int64_t max_queued_requests = 2048;            // engine requests queued or running; 0: no limit
   int64_t max_queued_requests_per_tenant = 512;  // ... of one tenant; 0: no limit
   int64_t host_memory_budget = 0;  // token logs, queued work, transfers; 0: counted, not limited
-  std::string session_export_key;       // HMAC key signing exports (secret); empty: unsigned
+  std::string session_export_key;  // HMAC key signing exports (secret); empty: unsigned
   std::string session_export_key_file;  // file holding that key (read at start-up)
 
   // --- durability (docs/service.md "Durability") ---
@@ -121,7 +121,11 @@ struct ServerConfig {
 
   // Checks every field and the relations between them.
   absl::Status Validate() const;
-  // The security and fairness block of Validate.
+  // The blocks of Validate: the engine and its group, the endpoints, the
+  // per-request and per-session limits, security and fairness.
+  absl::Status ValidateEngine() const;
+  absl::Status ValidateEndpoints() const;
+  absl::Status ValidateLimits() const;
   absl::Status ValidateSecurity() const;
   // "name=value" lines for the start-up log (no secrets in it).
   std::vector<std::string> Describe() const;
