@@ -11,11 +11,17 @@ already holds). A server that restarts mid-document is reconnected to with
 backoff; if the session did not survive (no durable store), the watcher says
 so and ingests the document again into a new session.
 
+A document longer than the server's max_session_tokens needs a session that
+keeps a window: `--memory=slide` (drop what leaves the window) or
+`--memory=compress` (fold it into the compressive memory), with
+`--window-tokens` (a multiple of the DCA chunk length) and `--sink-tokens`.
+
 Events go to stdout as JSON lines: ingested, session_lost, answer, error.
 
   pip install ./clients/python
   examples/folder_watcher.py --server=localhost:50051 --dir=inbox \\
-      [--token=T] [--question="What is this document about?"] [--once]
+      [--token=T] [--question="What is this document about?"] [--once] \\
+      [--memory=compress --window-tokens=8192 --sink-tokens=64]
 """
 from __future__ import annotations
 
@@ -40,8 +46,10 @@ def emit(event: str, **fields: object) -> None:
 
 class Watcher:
     def __init__(self, client: longctx.Client, folder: pathlib.Path, state_path: pathlib.Path,
-                 pattern: str, segment_bytes: int, question: Optional[str]) -> None:
+                 pattern: str, segment_bytes: int, question: Optional[str],
+                 memory: Optional[longctx.pb.MemoryConfig] = None) -> None:
         self.client = client
+        self.memory = memory  # the sessions' window settings (None: the server's)
         self.folder = folder
         self.state_path = state_path
         self.pattern = pattern
@@ -96,7 +104,7 @@ class Watcher:
                 except longctx.LongctxError:
                     pass
             session = self.client.create_session(
-                labels={"source": "folder-watcher", "file": name[:256]})
+                labels={"source": "folder-watcher", "file": name[:256]}, memory=self.memory)
             self.state[name] = {"session": session.id, "stat": list(stat), "status": "ingesting"}
             self.save()
         start = time.monotonic()
@@ -126,14 +134,26 @@ def main() -> int:
     ap.add_argument("--question", help="ask each ingested document this")
     ap.add_argument("--once", action="store_true",
                     help="ingest what is there (two polls apart) and exit")
+    ap.add_argument("--memory", choices=["reject", "slide", "compress"], default="reject",
+                    help="past the window: fail (reject, the default), slide or compress")
+    ap.add_argument("--window-tokens", type=int, default=0,
+                    help="exact-attention window (required by slide and compress)")
+    ap.add_argument("--sink-tokens", type=int, default=0, help="leading tokens always kept")
     args = ap.parse_args()
+    memory = None
+    if args.memory != "reject" or args.window_tokens:
+        policy = {"reject": longctx.pb.OVERFLOW_POLICY_REJECT,
+                  "slide": longctx.pb.OVERFLOW_POLICY_SLIDE,
+                  "compress": longctx.pb.OVERFLOW_POLICY_COMPRESS}[args.memory]
+        memory = longctx.pb.MemoryConfig(window_tokens=args.window_tokens,
+                                         sink_tokens=args.sink_tokens, overflow=policy)
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     state = args.state or args.dir / ".longctx-watcher.json"
     with longctx.Client(args.server, token=args.token, root_certificates=args.tls_ca) as client:
         watcher = Watcher(client, args.dir, state, args.pattern, args.segment_bytes,
-                          args.question)
+                          args.question, memory)
         polls = 0
         while not stopping:
             watcher.poll()
