@@ -95,8 +95,8 @@ class InfiniLlama(torch.nn.Module):
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         self.checkpoint_layers = False
         self.register_buffer("embed", _tensor(tensors["token_embd.weight"]))
-        head = tensors["token_embd.weight" if cfg.tied_embeddings else "output.weight"]
-        self.register_buffer("head", _tensor(head))
+        if not cfg.tied_embeddings:
+            self.register_buffer("untied_head", _tensor(tensors["output.weight"]))
         self.register_buffer("out_norm", _tensor(tensors["output_norm.weight"]))
         names = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
                  "ffn_gate", "ffn_up", "ffn_down"]
@@ -128,6 +128,10 @@ class InfiniLlama(torch.nn.Module):
                     self.lora[f"{l}_{n}_b"] = torch.nn.Parameter(torch.zeros(rows, lora_rank))
 
     # --- pieces -------------------------------------------------------------
+
+    @property
+    def head(self):
+        return self.embed if self.cfg.tied_embeddings else self.untied_head
 
     def _w(self, l, n):
         return getattr(self, f"w{l}_{n}")
