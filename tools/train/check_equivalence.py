@@ -54,6 +54,7 @@ def parse_args(argv=None):
     ap.add_argument("--no_full", action="store_true", help="skip the full-DCA case")
     ap.add_argument("--factor", type=float, default=2.0, help="bound on the mean error ratio")
     ap.add_argument("--max_factor", type=float, default=4.0, help="bound on the max error ratio")
+    ap.add_argument("--lock", help="run each engine call under `flock LOCK` (shared cores)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="JSON report")
     return ap.parse_args(argv)
@@ -97,11 +98,15 @@ def run_engine(a, cfg, cases):
             write_gates(gates, torch.full((cfg.n_layers, cfg.n_heads), case["beta"]))
             cmd.append(f"--infini_gates={gates}")
         t0 = time.time()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["flock", a.lock, *cmd] if a.lock else cmd, check=True,
+                       stdout=subprocess.DEVNULL)
         case["engine_seconds"] = round(time.time() - t0, 1)
         print(f"engine: {case['name']}: {case['engine_seconds']} s", flush=True)
+    from infini_model import resolve_dca
+
+    C, L = resolve_dca(cfg.context_length, a.pretrain_len, a.chunk_size, a.local_window)
     meta = dict(model=os.path.basename(a.model), length=a.length, pretrain_len=a.pretrain_len,
-                chunk_size=a.chunk_size, local_window=a.local_window, cases=cases)
+                chunk_size=C, local_window=C - L, cases=cases)
     with open(os.path.join(a.work, "cases.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
