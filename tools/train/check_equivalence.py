@@ -54,6 +54,8 @@ def parse_args(argv=None):
     ap.add_argument("--no_full", action="store_true", help="skip the full-DCA case")
     ap.add_argument("--factor", type=float, default=2.0, help="bound on the mean error ratio")
     ap.add_argument("--max_factor", type=float, default=4.0, help="bound on the max error ratio")
+    ap.add_argument("--engine_only", action="store_true",
+                    help="with --eval: write the engine's dumps and cases.json, compare nothing")
     ap.add_argument("--lock", help="run each engine call under `flock LOCK` (shared cores)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", help="JSON report")
@@ -140,6 +142,8 @@ def main(argv=None):
     if a.eval:
         meta = run_engine(a, cfg, make_cases(a))
         meta["dir"] = a.work
+        if a.engine_only:
+            return 0
     elif a.reference:
         with open(os.path.join(a.reference, "cases.json")) as f:
             meta = json.load(f)

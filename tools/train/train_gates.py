@@ -13,7 +13,10 @@ window alone), which is what the memory has to beat.
 
 Writes into --out: gates.safetensors (blk.N.infini_beta, the sidecar
 longctx-eval --infini_gates and the server read), log.jsonl (one line per
-step and per validation), and lora.safetensors with --lora_rank > 0.
+step and per validation), and lora.safetensors with --lora_rank > 0. With
+--eval_tokens it ends with perplexities of SLIDE and of COMPRESS with the
+trained memory on that text under longctx-eval's aligned protocol (windows
+ending every max(--eval_lengths) tokens, the last --eval_score_last scored).
 
   tools/train/train_gates.py --model=M.gguf --tokens=crime.i32 --out=run/ \\
       --pretrain_len=2048 --window=2560 --sinks=64 --seq_len=10240 --minutes=6
@@ -54,6 +57,11 @@ def parse_args(argv=None):
     ap.add_argument("--lora_lr", type=float, default=1e-4)
     ap.add_argument("--same_sequence", action="store_true",
                     help="train on one fixed sequence (a smoke test: the loss must fall)")
+    ap.add_argument("--eval_tokens", help="token file to report on at the end, as longctx-eval "
+                    "ppl --score_last does (aligned windows); never trained on")
+    ap.add_argument("--eval_lengths", default="10240,20480")
+    ap.add_argument("--eval_score_last", type=int, default=1024)
+    ap.add_argument("--eval_windows", type=int, default=2)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matrix products")
     ap.add_argument("--seed", type=int, default=0)
@@ -148,6 +156,23 @@ def main(argv=None):
     record(step=step, val_loss=v_mem, val_slide_loss=v_slide, seconds=round(time.time() - t0, 1),
            final=True)
     save(step)
+    if a.eval_tokens:
+        text = np.fromfile(a.eval_tokens, dtype="<i4")
+        lengths = [int(x) for x in a.eval_lengths.split(",")]
+        span = max(lengths)
+        for n in lengths:
+            res = {}
+            for name, m in (("slide", slide), ("compress", model)):
+                nll = []
+                for w in range(min(a.eval_windows, len(text) // span)):
+                    seq = text[(w + 1) * span - n:(w + 1) * span]
+                    with torch.no_grad():
+                        nll.append(m.token_nll(as_tensor(seq), first=n - a.eval_score_last - 1))
+                res[name] = math.exp(torch.cat(nll).double().mean().item())
+            record(eval_tokens=os.path.basename(a.eval_tokens), length=n,
+                   score_last=a.eval_score_last, windows=len(nll), slide_ppl=res["slide"],
+                   compress_ppl=res["compress"],
+                   change_pct=100.0 * (res["compress"] / res["slide"] - 1))
     return 0
 
 
