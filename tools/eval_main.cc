@@ -9,9 +9,14 @@
 // windowed sessions of --infini_window tokens (+ --infini_sinks), the memory
 // updated by --infini_update and mixed only with --infini_mix (needs gates in the
 // model or --infini_gates=sidecar.safetensors).
+// --dump_nll=FILE (ppl) writes every scored token's loss, and
+//   longctx-eval tokens --text=book.txt --out=book.i32
+// the text's token ids, both for tools/train/.
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -54,6 +59,10 @@ ABSL_FLAG(int, infini_sinks, 64, "Infini attention-sink tokens (whole KV blocks)
 ABSL_FLAG(std::string, infini_update, "linear", "Infini memory update rule: linear or delta");
 ABSL_FLAG(bool, infini_mix, false, "mix the Infini memory into attention (needs gates)");
 ABSL_FLAG(std::string, infini_gates, "", "safetensors sidecar with blk.N.infini_beta gates");
+ABSL_FLAG(std::string, out, "", "tokens: where to write the text's token ids (int32 LE)");
+ABSL_FLAG(std::string, dump_nll, "",
+          "ppl: write every scored token's loss to FILE, one JSON line per column, length and "
+          "window, with the window's token ids (tools/train/check_equivalence.py reads it)");
 
 namespace longctx {
 namespace {
@@ -148,6 +157,27 @@ absl::StatusOr<Setup> Load(int max_len) {
   return s;
 }
 
+// One JSON line per window of `r`: the column, the settings, the window's
+// token ids and the loss of every scored token (PplWindowNll).
+void DumpTokenNll(std::FILE* f, const Column& col, const PplResult& r,
+                  std::span<const int32_t> tokens) {
+  for (size_t w = 0; w < r.token_nll.size(); ++w) {
+    const PplWindowNll& win = r.token_nll[w];
+    std::fprintf(f,
+                 "{\"mode\":\"%s\",\"dca\":\"%s\",\"infini\":\"%s\",\"length\":%d,"
+                 "\"window\":%zu,\"first_token\":%lld,\"first_scored\":%d,\"tokens\":[",
+                 col.name.c_str(), col.dca.DebugString().c_str(),
+                 InfiniDescription(col.infini).c_str(), r.length, w,
+                 static_cast<long long>(win.first_token), win.first_scored);
+    for (int i = 0; i < r.length; ++i) {
+      std::fprintf(f, "%s%d", i ? "," : "", tokens[static_cast<size_t>(win.first_token) + i]);
+    }
+    std::fprintf(f, "],\"nll\":[");
+    for (size_t k = 0; k < win.nll.size(); ++k) std::fprintf(f, "%s%.9g", k ? "," : "", win.nll[k]);
+    std::fprintf(f, "]}\n");
+  }
+}
+
 absl::Status RunPpl() {
   ASSIGN_OR_RETURN(std::vector<int> lengths, ParseInts(absl::GetFlag(FLAGS_lengths), "lengths"));
   std::ifstream in(absl::GetFlag(FLAGS_text), std::ios::binary);
@@ -158,6 +188,14 @@ absl::Status RunPpl() {
   ASSIGN_OR_RETURN(Setup s, Load(*std::max_element(lengths.begin(), lengths.end())));
   const std::vector<int32_t> tokens = s.tokenizer->Encode(buf.str(), false);
   const bool json = absl::GetFlag(FLAGS_json);
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> dump(nullptr, &std::fclose);
+  if (!absl::GetFlag(FLAGS_dump_nll).empty()) {
+    dump.reset(std::fopen(absl::GetFlag(FLAGS_dump_nll).c_str(), "w"));
+    if (dump == nullptr) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot write --dump_nll=", absl::GetFlag(FLAGS_dump_nll)));
+    }
+  }
   if (!json) {
     if (absl::GetFlag(FLAGS_score_last) > 0) {
       std::printf(
@@ -190,9 +228,17 @@ absl::Status RunPpl() {
         protocol.aligned_span = *std::max_element(lengths.begin(), lengths.end());
         protocol.score_last = absl::GetFlag(FLAGS_score_last);
       }
+      protocol.keep_token_nll = dump != nullptr;
       ASSIGN_OR_RETURN(PplResult r,
                        EvalPerplexity(*s.loaded.model, tokens, len, absl::GetFlag(FLAGS_windows), d,
                                       absl::GetFlag(FLAGS_piece), protocol, col.infini));
+      if (dump != nullptr) {
+        DumpTokenNll(dump.get(), col, r, tokens);
+        if (std::fflush(dump.get()) != 0) {
+          return absl::DataLossError(
+              absl::StrCat("writing --dump_nll=", absl::GetFlag(FLAGS_dump_nll), " failed"));
+        }
+      }
       if (json) {
         std::printf(
             "{\"eval\":\"ppl\",\"mode\":\"%s\",\"length\":%d,\"windows\":%d,"
@@ -214,6 +260,35 @@ absl::Status RunPpl() {
       std::fflush(stdout);
     }
   }
+  return absl::OkStatus();
+}
+
+// The text's token ids as ppl sees them, int32 little-endian, for tools/train/
+// (which has no tokenizer of its own).
+absl::Status RunTokens() {
+  std::ifstream in(absl::GetFlag(FLAGS_text), std::ios::binary);
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("cannot read --text=", absl::GetFlag(FLAGS_text)));
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::string path = absl::GetFlag(FLAGS_model);
+  if (path.empty() && std::getenv("LONGCTX_MODEL") != nullptr) path = std::getenv("LONGCTX_MODEL");
+  ASSIGN_OR_RETURN(HostModel host, LoadHostModel(path));
+  ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Create(host.vocab));
+  const std::vector<int32_t> tokens = tok.Encode(buf.str(), false);
+  std::ofstream out(absl::GetFlag(FLAGS_out), std::ios::binary);
+  for (int32_t t : tokens) {
+    const uint32_t u = static_cast<uint32_t>(t);
+    const char le[4] = {static_cast<char>(u), static_cast<char>(u >> 8), static_cast<char>(u >> 16),
+                        static_cast<char>(u >> 24)};
+    out.write(le, 4);
+  }
+  if (!out.flush()) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot write --out=", absl::GetFlag(FLAGS_out)));
+  }
+  std::printf("%s: %zu tokens -> %s\n", absl::GetFlag(FLAGS_text).c_str(), tokens.size(),
+              absl::GetFlag(FLAGS_out).c_str());
   return absl::OkStatus();
 }
 
@@ -283,15 +358,19 @@ int main(int argc, char** argv) {
   std::vector<char*> rest = longctx::ParseToolFlags(
       argc, argv,
       "Long-context evaluation, RoPE vs DCA.\n  longctx-eval ppl --text=FILE --lengths=N,... "
-      "[flags]\n  longctx-eval passkey --lengths=N,... [flags]");
+      "[flags]\n  longctx-eval passkey --lengths=N,... [flags]\n  longctx-eval tokens --text=FILE "
+      "--out=FILE.i32");
   const std::string cmd = rest.size() > 1 ? rest[1] : "";
   absl::Status s;
   if (cmd == "ppl") {
     s = longctx::RunPpl();
   } else if (cmd == "passkey") {
     s = longctx::RunPasskey();
+  } else if (cmd == "tokens") {
+    s = longctx::RunTokens();
   } else {
-    std::fprintf(stderr, "usage: longctx-eval ppl|passkey [flags]  (--helpfull for flags)\n");
+    std::fprintf(stderr,
+                 "usage: longctx-eval ppl|passkey|tokens [flags]  (--helpfull for flags)\n");
     return 2;
   }
   if (!s.ok()) {

@@ -62,10 +62,16 @@ absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int3
     const size_t first_token = static_cast<size_t>(w + 1) * stride - length;
     std::span<const int32_t> win = tokens.subspan(first_token, length);
     const int half = aligned ? length - protocol.score_last : length / 2;
-    ASSIGN_OR_RETURN(std::unique_ptr<InfiniWindow> session,
-                     InfiniWindow::Create(&model, infini,
-                                          dca.ToParams(model.config().head_dim, length)));
+    ASSIGN_OR_RETURN(
+        std::unique_ptr<InfiniWindow> session,
+        InfiniWindow::Create(&model, infini, dca.ToParams(model.config().head_dim, length)));
     // Logits at position t predict token t + 1: score t in [half - 1, length - 2].
+    PplWindowNll* kept = nullptr;
+    if (protocol.keep_token_nll) {
+      kept = &r.token_nll.emplace_back();
+      kept->first_token = static_cast<int64_t>(first_token);
+      kept->first_scored = half - 1;
+    }
     auto want = [&](int first, int n) { return first + n > half - 1; };
     auto take = [&](int first, int n, const std::vector<float>& logits) {
       for (int i = 0; i < n; ++i) {
@@ -75,7 +81,9 @@ absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int3
         const float m = *std::max_element(row, row + V);
         double s = 0;
         for (int v = 0; v < V; ++v) s += std::exp(double{row[v] - m});
-        sum += m + std::log(s) - row[win[t + 1]];
+        const double nll = m + std::log(s) - row[win[t + 1]];
+        sum += nll;
+        if (kept != nullptr) kept->nll.push_back(nll);
         ++r.scored_tokens;
       }
     };

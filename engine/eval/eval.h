@@ -33,6 +33,18 @@ namespace longctx {
 struct PplProtocol {
   int aligned_span = 0;  // 0: default protocol; else ≥ every length evaluated
   int score_last = 0;    // aligned protocol: tokens scored at the end of each window
+  // Keep every scored token's loss in PplResult::token_nll (for comparisons
+  // with another implementation of the same forward, e.g. tools/train/).
+  // Default off.
+  bool keep_token_nll = false;
+};
+// The losses of one window, kept when PplProtocol::keep_token_nll is set.
+struct PplWindowNll {
+  int64_t first_token = 0;  // the window's first token, as an index into the text
+  // Window-relative: nll[k] = −log p(token first_scored + k + 1 | tokens ≤
+  // first_scored + k), nats, from the logits of position first_scored + k.
+  int first_scored = 0;
+  std::vector<double> nll;
 };
 struct PplResult {
   int length = 0;
@@ -41,6 +53,7 @@ struct PplResult {
   double nll = 0;   // mean negative log-likelihood, nats
   double ppl = 0;
   double seconds = 0;
+  std::vector<PplWindowNll> token_nll;  // one per window when kept, else empty
 };
 
 absl::StatusOr<PplResult> EvalPerplexity(LlamaModel& model, std::span<const int32_t> tokens,
