@@ -225,8 +225,10 @@ class Cli {
         static_cast<long long>(l.max_segment_tokens()),
         static_cast<long long>(l.max_generate_tokens()),
         static_cast<long long>(l.max_message_bytes()));
+    const std::string mixing =
+        info.memory_mixing() ? absl::StrCat("on (gates: ", info.infini_gates(), ")") : "off";
     std::printf("engine     prefill budget %d tokens/step, memory mixing %s, auth %s\n",
-                info.prefill_budget_tokens(), info.memory_mixing() ? "on" : "off",
+                info.prefill_budget_tokens(), mixing.c_str(),
                 info.auth_required() ? "required" : "off");
     return absl::OkStatus();
   }

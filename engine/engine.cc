@@ -38,8 +38,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineConfig config) {
     ASSIGN_OR_RETURN(store, SessionStore::Open(config.store, &load));
   }
   const absl::Duration open_time = absl::Now() - open_start;
-  ASSIGN_OR_RETURN(LoadedModel loaded,
-                   LoadModel(config.model, config.backend, config.options.kv, /*keep_host=*/true));
+  ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(config.model, config.backend, config.options.kv,
+                                                 /*keep_host=*/true, config.infini_gates));
   const std::string backend_name = loaded.backend->Name();
   DefaultPrefillBudgets(backend_name != "cpu", config.options.scheduler);
   std::unique_ptr<StepModel> step;
@@ -56,6 +56,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineConfig config) {
             : backend_name;
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                    CreateWithModel(loaded.host, std::move(step), name, std::move(config.options)));
+  if (engine->info_.memory_mixing) engine->info_.infini_gates = loaded.infini_gates;
   engine->backend_ = std::move(loaded.backend);
   engine->leader_model_ = std::move(loaded.model);  // null without a group
   engine->group_ = std::move(leader);
@@ -154,17 +155,15 @@ void Engine::StartSession(const std::string& tenant, const std::string& id,
   }
   SessionStore::Batch batch;
   batch.PutSession(session->id(), tenant, session->create_time(), start.base);
-  store_->Commit(std::move(batch),
-                 [this, session, initial = std::move(initial), recovered = start.recovered,
-                  handle = std::move(start.handle), done = std::move(done)](absl::Status s) mutable {
-                   if (!s.ok()) {
-                     if (manager_.Delete(session->tenant(), session->id()).ok())
-                       scheduler_->Release(session);
-                     return done(s);
-                   }
-                   PrefillSession(session, std::move(initial), recovered, std::move(done),
-                                  std::move(handle));
-                 });
+  store_->Commit(std::move(batch), [this, session, initial = std::move(initial),
+                                    recovered = start.recovered, handle = std::move(start.handle),
+                                    done = std::move(done)](absl::Status s) mutable {
+    if (!s.ok()) {
+      if (manager_.Delete(session->tenant(), session->id()).ok()) scheduler_->Release(session);
+      return done(s);
+    }
+    PrefillSession(session, std::move(initial), recovered, std::move(done), std::move(handle));
+  });
 }
 
 void Engine::PrefillSession(const std::shared_ptr<Session>& session, std::vector<int32_t> initial,

@@ -43,7 +43,10 @@ namespace longctx {
 struct EngineConfig {
   std::string model;             // a GGUF file or a Hugging Face directory
   std::string backend = "auto";  // auto, cpu or cuda (ParseBackendKind)
-  EngineOptions options;         // limits and defaults
+  // Infini gates: auto (a sidecar beside the model, else the model's own),
+  // none, or a sidecar's path (engine/model/infini_gates.h).
+  std::string infini_gates = "auto";
+  EngineOptions options;  // limits and defaults
   // world_size > 1: this process is rank 0 of a context-parallel group and
   // spreads each session's KV over the ranks (engine/dist/rank_group.h).
   GroupConfig group;
@@ -80,6 +83,7 @@ struct EngineInfo {
   // Whether COMPRESS sessions mix their memory into attention: the model
   // carries trained Infini gates. Off: the memory is kept and exported only.
   bool memory_mixing = false;
+  std::string infini_gates;  // where the gates come from: "model", a sidecar's path, "" none
 };
 
 class Engine {

@@ -205,6 +205,11 @@ const std::vector<Field>& Fields() {
           StringField("model", "model file (GGUF) or Hugging Face directory (required)",
                       &ServerConfig::model),
           StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
+          StringField("infini_gates",
+                      "Infini gates turning memory mixing on: auto (a sidecar "
+                      "<model>.infini_gates.safetensors beside the model, else the model's own), "
+                      "none, or a sidecar's path",
+                      &ServerConfig::infini_gates),
           BytesField("kv_cache_bytes",
                      "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",
                      &ServerConfig::kv_cache_bytes),

@@ -16,8 +16,11 @@ namespace longctx::server {
 
 struct ServerConfig {
   // --- model and engine ---
-  std::string model;                // GGUF file or Hugging Face directory (required)
-  std::string backend = "auto";     // auto | cpu | cuda
+  std::string model;             // GGUF file or Hugging Face directory (required)
+  std::string backend = "auto";  // auto | cpu | cuda
+  // Infini gates: auto (a sidecar "<model>.infini_gates.safetensors" beside
+  // the model when present, else the model's own), none, or a sidecar's path.
+  std::string infini_gates = "auto";
   int64_t kv_cache_bytes = 0;       // KV arena budget; 0: on a GPU 90 % of its free
                                     // memory less 4 GiB, else 2 GiB
   int kv_block_size = 64;           // tokens per KV block

@@ -90,6 +90,7 @@ void ToProto(const Engine& engine, const ServerConfig& config, const BuildInfo& 
   kv->set_bytes_per_token(e.bytes_per_token);
   out->set_prefill_budget_tokens(engine.options().scheduler.prefill_budget);
   out->set_memory_mixing(e.memory_mixing);
+  out->set_infini_gates(e.infini_gates);
   out->set_auth_required(auth_required);
   out->set_replica_id(config.replica_id);
   ToProto(start_time, out->mutable_start_time());

@@ -104,6 +104,7 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   EngineConfig e;
   e.model = c.model;
   e.backend = c.backend;
+  e.infini_gates = c.infini_gates;
   EngineOptions& o = e.options;
   // 0: the engine picks by backend (a GPU's budgets are larger).
   o.scheduler.prefill_budget = c.prefill_budget;

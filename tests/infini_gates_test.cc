@@ -147,5 +147,42 @@ TEST_F(InfiniGatesTest, HostileFilesFailCleanly) {
             absl::StatusCode::kNotFound);
 }
 
+TEST_F(InfiniGatesTest, DefaultSidecarSitsBesideTheModel) {
+  EXPECT_EQ(DefaultInfiniGatesPath("/m/SmolLM2.Q4_1.gguf"),
+            "/m/SmolLM2.Q4_1.infini_gates.safetensors");
+  EXPECT_EQ(DefaultInfiniGatesPath("/m/model.bin"), "/m/model.bin.infini_gates.safetensors");
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / absl::StrCat("longctx_gates_hf_", counter_++);
+  std::filesystem::create_directories(dir);
+  EXPECT_EQ(DefaultInfiniGatesPath(dir.string()), (dir / "infini_gates.safetensors").string());
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(InfiniGatesTest, SettingAutoNoneOrAPath) {
+  const std::vector<float> b0 = {1.f, 2.f, 3.f}, own = {7.f, 7.f, 7.f};
+  const std::string model = Write("not read: only the sidecar's name derives from it");
+  const std::string sidecar = DefaultInfiniGatesPath(model);
+  // auto without a sidecar: the model's own gates, or none.
+  HostModel m = TwoLayerConfig();
+  EXPECT_EQ(*ApplyInfiniGates("auto", model, &m), "");
+  m.tensors["blk.1.infini_beta"].data = own;
+  EXPECT_EQ(*ApplyInfiniGates("auto", model, &m), "model");
+  // auto with a sidecar beside the model: the sidecar's gates win.
+  std::ofstream(sidecar, std::ios::binary)
+      << Safetensors({{"blk.1.infini_beta", "F32", "[3]", F32Bytes(b0)}});
+  paths_.push_back(sidecar);
+  EXPECT_EQ(*ApplyInfiniGates("auto", model, &m), sidecar);
+  EXPECT_EQ(m.tensors["blk.1.infini_beta"].data, b0);
+  // none drops every gate, whatever the model or a sidecar holds.
+  m.tensors["blk.0.attn_q.weight"].data = {1.f};
+  EXPECT_EQ(*ApplyInfiniGates("none", model, &m), "");
+  EXPECT_EQ(m.tensors.count("blk.1.infini_beta"), 0u);
+  EXPECT_EQ(m.tensors.count("blk.0.attn_q.weight"), 1u) << "other tensors stay";
+  // A named sidecar must exist.
+  EXPECT_EQ(*ApplyInfiniGates(sidecar, model, &m), sidecar);
+  EXPECT_EQ(ApplyInfiniGates(sidecar + ".missing", model, &m).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace longctx

@@ -7,8 +7,9 @@
 //         --length_temperature, --piece (prefill piece), --json.
 // Infini window (docs/design.md §4): --infini=none,slide,compress compares full DCA with
 // windowed sessions of --infini_window tokens (+ --infini_sinks), the memory
-// updated by --infini_update and mixed only with --infini_mix (needs gates in the
-// model or --infini_gates=sidecar.safetensors).
+// updated by --infini_update and mixed only with --infini_mix (needs gates:
+// --infini_gates=auto, the default, takes a sidecar beside the model or the
+// model's own; or --infini_gates=sidecar.safetensors).
 // --dump_nll=FILE (ppl) writes every scored token's loss, and
 //   longctx-eval tokens --text=book.txt --out=book.i32
 // the text's token ids, both for tools/train/.
@@ -29,7 +30,6 @@
 #include "engine/backend/cpu_process.h"
 #include "engine/eval/eval.h"
 #include "engine/model/host_weights.h"
-#include "engine/model/infini_gates.h"
 #include "engine/model/load_model.h"
 #include "engine/util/status_macros.h"
 #include "tools/tool_flags.h"
@@ -58,7 +58,9 @@ ABSL_FLAG(int, infini_window, 0, "Infini window W in tokens, a multiple of the D
 ABSL_FLAG(int, infini_sinks, 64, "Infini attention-sink tokens (whole KV blocks)");
 ABSL_FLAG(std::string, infini_update, "linear", "Infini memory update rule: linear or delta");
 ABSL_FLAG(bool, infini_mix, false, "mix the Infini memory into attention (needs gates)");
-ABSL_FLAG(std::string, infini_gates, "", "safetensors sidecar with blk.N.infini_beta gates");
+ABSL_FLAG(std::string, infini_gates, "auto",
+          "Infini gates: auto (<model>.infini_gates.safetensors beside the model, else the "
+          "model's own), none, or a safetensors sidecar with blk.N.infini_beta gates");
 ABSL_FLAG(std::string, out, "", "tokens: where to write the text's token ids (int32 LE)");
 ABSL_FLAG(std::string, dump_nll, "",
           "ppl: write every scored token's loss to FILE, one JSON line per column, length and "
@@ -126,10 +128,8 @@ absl::StatusOr<Setup> Load(int max_len) {
   Setup s;
   std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty() && std::getenv("LONGCTX_MODEL") != nullptr) path = std::getenv("LONGCTX_MODEL");
-  ASSIGN_OR_RETURN(s.loaded, OpenModel(path, absl::GetFlag(FLAGS_backend)));
-  if (!absl::GetFlag(FLAGS_infini_gates).empty()) {
-    RETURN_IF_ERROR(LoadInfiniGateSidecar(absl::GetFlag(FLAGS_infini_gates), &s.loaded.host));
-  }
+  ASSIGN_OR_RETURN(
+      s.loaded, OpenModel(path, absl::GetFlag(FLAGS_backend), absl::GetFlag(FLAGS_infini_gates)));
   ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Create(s.loaded.host.vocab));
   s.tokenizer = std::make_unique<Tokenizer>(std::move(tok));
   KvCacheConfig kv;

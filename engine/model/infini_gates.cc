@@ -1,6 +1,7 @@
 #include "engine/model/infini_gates.h"
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string_view>
@@ -29,6 +30,13 @@ int GateLayer(const std::string& name) {
     return -1;
   }
   return layer;
+}
+
+bool HasGates(const HostModel& host) {
+  for (const auto& [name, t] : host.tensors) {
+    if (GateLayer(name) >= 0) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -65,6 +73,34 @@ absl::Status LoadInfiniGateSidecar(const std::string& path, HostModel* host) {
   if (gates.empty()) return bad("holds no Infini gates");
   for (auto& [name, t] : gates) host->tensors[name] = std::move(t);
   return absl::OkStatus();
+}
+
+std::string DefaultInfiniGatesPath(const std::string& model_path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(model_path, ec)) {
+    return (std::filesystem::path(model_path) / "infini_gates.safetensors").string();
+  }
+  std::string stem = model_path;
+  if (stem.ends_with(".gguf")) stem.resize(stem.size() - 5);
+  return stem + ".infini_gates.safetensors";
+}
+
+absl::StatusOr<std::string> ApplyInfiniGates(const std::string& setting,
+                                             const std::string& model_path, HostModel* host) {
+  if (setting == "none") {
+    std::erase_if(host->tensors, [](const auto& kv) { return GateLayer(kv.first) >= 0; });
+    return std::string();
+  }
+  std::string path = setting;
+  if (setting == "auto") {
+    path = DefaultInfiniGatesPath(model_path);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) {
+      return HasGates(*host) ? std::string("model") : std::string();
+    }
+  }
+  RETURN_IF_ERROR(LoadInfiniGateSidecar(path, host));
+  return path;
 }
 
 }  // namespace longctx

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/model/host_weights.h"
 
 namespace longctx {
@@ -18,5 +19,20 @@ namespace longctx {
 // otherwise, naming the tensor; a malformed file fails as SafetensorsFile::Open
 // says. Never crashes on a hostile file.
 absl::Status LoadInfiniGateSidecar(const std::string& path, HostModel* host);
+
+// The sidecar a model uses when none is named: beside a model file,
+// "<file name without .gguf>.infini_gates.safetensors"; inside a Hugging Face
+// directory, "infini_gates.safetensors".
+std::string DefaultInfiniGatesPath(const std::string& model_path);
+
+// Applies an `infini_gates` setting to `host`, read from `model_path`:
+//   auto  the sidecar at DefaultInfiniGatesPath when that file exists, else
+//         the gates the model file carries (if any);
+//   none  no gates: the model's own are dropped, sessions never mix;
+//   PATH  that sidecar (it must exist and load).
+// Returns where the gates in use come from: "" (none), "model" or the
+// sidecar's path. Errors as LoadInfiniGateSidecar.
+absl::StatusOr<std::string> ApplyInfiniGates(const std::string& setting,
+                                             const std::string& model_path, HostModel* host);
 
 }  // namespace longctx

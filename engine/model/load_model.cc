@@ -1,20 +1,24 @@
 #include "engine/model/load_model.h"
 
 #include "engine/backend/backend_factory.h"
+#include "engine/model/infini_gates.h"
 #include "engine/util/status_macros.h"
 
 namespace longctx {
 
-absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend) {
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend,
+                                      const std::string& infini_gates) {
   ASSIGN_OR_RETURN(BackendKind kind, ParseBackendKind(backend));
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, CreateBackend(kind));
-  return OpenModel(path, std::move(b));
+  return OpenModel(path, std::move(b), infini_gates);
 }
 
-absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend) {
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend,
+                                      const std::string& infini_gates) {
   LoadedModel m;
   m.backend = std::move(backend);
   ASSIGN_OR_RETURN(m.host, LoadHostModel(path));
+  ASSIGN_OR_RETURN(m.infini_gates, ApplyInfiniGates(infini_gates, path, &m.host));
   return m;
 }
 
@@ -25,8 +29,9 @@ absl::Status BuildModel(LoadedModel& m, const KvCacheConfig& kv, bool keep_host)
 }
 
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend,
-                                      const KvCacheConfig& kv, bool keep_host) {
-  ASSIGN_OR_RETURN(LoadedModel m, OpenModel(path, backend));
+                                      const KvCacheConfig& kv, bool keep_host,
+                                      const std::string& infini_gates) {
+  ASSIGN_OR_RETURN(LoadedModel m, OpenModel(path, backend, infini_gates));
   RETURN_IF_ERROR(BuildModel(m, kv, keep_host));
   return m;
 }

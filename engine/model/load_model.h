@@ -18,6 +18,9 @@ struct LoadedModel {
   std::unique_ptr<Backend> backend;
   HostModel host;  // the host copy of the weights (tensors dropped unless kept)
   std::unique_ptr<LlamaModel> model;
+  // Where the Infini gates in use come from (ApplyInfiniGates): "" none,
+  // "model" the model file, else a sidecar's path.
+  std::string infini_gates;
 };
 
 // In two steps, for callers that size the KV cache from the model's
@@ -26,14 +29,18 @@ struct LoadedModel {
 // and reads the weights at `path` (a GGUF file or a Hugging Face directory)
 // into LoadedModel::host; BuildModel builds LoadedModel::model with a KV
 // cache of `kv`, then drops the host weights' tensors unless `keep_host`
-// (the vocabulary and configuration stay).
-absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend);
+// (the vocabulary and configuration stay). `infini_gates` is the gate setting
+// of engine/model/infini_gates.h (auto: a sidecar beside the model, if any).
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend,
+                                      const std::string& infini_gates = "auto");
 // As above, on a backend the caller made (e.g. with CUDA options).
-absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend);
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend,
+                                      const std::string& infini_gates = "auto");
 absl::Status BuildModel(LoadedModel& model, const KvCacheConfig& kv, bool keep_host = false);
 
 // OpenModel then BuildModel.
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend,
-                                      const KvCacheConfig& kv, bool keep_host = false);
+                                      const KvCacheConfig& kv, bool keep_host = false,
+                                      const std::string& infini_gates = "auto");
 
 }  // namespace longctx

@@ -53,13 +53,13 @@ absl::StatusOr<std::unique_ptr<Daemon>> Daemon::Start(
   d->dir_ = tmpl;
   d->log_path_ = d->dir_ + "/longctxd.log";
   d->port_file_ = d->dir_ + "/ports";
-  std::vector<std::string> args = {LONGCTX_DAEMON_PATH,
-                                   "--listen=127.0.0.1:0",
-                                   "--metrics_listen=127.0.0.1:0",
-                                   "--port_file=" + d->port_file_,
-                                   "--model=" + ModelPath(),
-                                   "--backend=cpu",
-                                   "--kv_cache_bytes=512MiB"};
+  std::vector<std::string> args = {LONGCTX_DAEMON_PATH, "--listen=127.0.0.1:0",
+                                   "--metrics_listen=127.0.0.1:0", "--port_file=" + d->port_file_,
+                                   "--model=" + ModelPath(), "--backend=cpu",
+                                   "--kv_cache_bytes=512MiB",
+                                   // Whatever gate sidecar sits beside the model:
+                                   // tests that mix name their gates.
+                                   "--infini_gates=none"};
   bool own_state = true;
   for (const std::string& f : flags) own_state = own_state && f.rfind("--state_dir=", 0) != 0;
   if (own_state) args.push_back("--state_dir=" + d->dir_ + "/state");

@@ -35,8 +35,9 @@ struct DaemonLimits {
 class Daemon {
  public:
   // Starts longctxd with `flags` (--name=value) added to the test defaults
-  // (loopback ports, the model, the CPU backend, a port file, a state_dir of
-  // its own that goes with it unless `flags` name one). Does not wait.
+  // (loopback ports, the model, the CPU backend, no Infini gates, a port
+  // file, a state_dir of its own that goes with it unless `flags` name one);
+  // a flag in `flags` overrides a default. Does not wait.
   // `credentials` (default plaintext) are those of the test's own channel.
   static absl::StatusOr<std::unique_ptr<Daemon>> Start(
       const std::vector<std::string>& flags,

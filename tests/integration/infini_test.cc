@@ -2,7 +2,13 @@
 // a session's KV bounded however much it ingests, REJECT refuses what does not
 // fit and stays usable, generation works after folds, Export/Import carries the
 // compressive memory, and the metrics and server info say what happened.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -301,6 +307,71 @@ TEST_F(InfiniServiceTest, BadWindowSettingsAreRefusedByName) {
   // A window is required.
   auto none = CreateSession(stub_.get(), WindowedSession(v1::OVERFLOW_POLICY_SLIDE, 0, 0));
   EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Writes a gate sidecar: every layer's q heads at `beta` (safetensors, F32).
+std::string WriteGates(const std::string& path, int layers, int heads, float beta) {
+  std::string header = "{", data;
+  for (int l = 0; l < layers; ++l) {
+    const size_t at = data.size();
+    for (int h = 0; h < heads; ++h) data.append(reinterpret_cast<const char*>(&beta), 4);
+    absl::StrAppend(&header, l ? "," : "", "\"blk.", l, ".infini_beta\":{\"dtype\":\"F32\",",
+                    "\"shape\":[", heads, "],\"data_offsets\":[", at, ",", data.size(), "]}");
+  }
+  header += "}";
+  const uint64_t n = header.size();
+  std::ofstream(path, std::ios::binary)
+      << std::string(reinterpret_cast<const char*>(&n), 8) << header << data;
+  return path;
+}
+
+// Score of the same continuation after the same ingest, in a SLIDE and a
+// COMPRESS session: equal without gates (the memory is kept, not mixed).
+std::pair<double, double> SlideAndCompressScores(v1::LongContext::Stub* stub) {
+  double out[2] = {0, 0};
+  const v1::OverflowPolicy policies[2] = {v1::OVERFLOW_POLICY_SLIDE, v1::OVERFLOW_POLICY_COMPRESS};
+  for (int i = 0; i < 2; ++i) {
+    auto s = CreateSession(stub, WindowedSession(policies[i], kWindow, kSinks));
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return {0, 0};
+    EXPECT_TRUE(IngestTexts(stub, s->id(), Paragraphs(8), 1).ok());
+    auto score = Score(stub, s->id(), " The river keeper walked along the bank.");
+    EXPECT_TRUE(score.ok()) << score.status();
+    if (score.ok()) out[i] = score->logprob();
+    EXPECT_TRUE(DeleteSession(stub, s->id()).ok());
+  }
+  return {out[0], out[1]};
+}
+
+TEST_F(InfiniServiceTest, WithoutGatesCompressScoresAsSlide) {
+  const auto [slide, compress] = SlideAndCompressScores(stub_.get());
+  EXPECT_NEAR(compress, slide, 1e-4 * std::abs(slide));
+}
+
+TEST_F(InfiniServiceTest, AGateSidecarTurnsMixingOnForCompress) {
+  const std::string path = WriteGates(
+      absl::StrCat(::testing::TempDir(), "/gates_", getpid(), ".infini_gates.safetensors"),
+      info_.model().n_layers(), info_.model().n_heads(), 0.f);
+  auto d = Daemon::Start({"--infini_gates=" + path});
+  ASSERT_TRUE(d.ok()) << d.status();
+  ASSERT_TRUE((*d)->WaitServing(absl::Minutes(2)).ok()) << (*d)->LogTail();
+  auto stub = (*d)->Stub();
+  grpc::ClientContext ctx;
+  v1::ServerInfo info;
+  ASSERT_TRUE(stub->GetServerInfo(&ctx, v1::GetServerInfoRequest(), &info).ok());
+  EXPECT_TRUE(info.memory_mixing());
+  EXPECT_EQ(info.infini_gates(), path);
+  // Half of every head's output now comes from the memory (sigmoid(0)).
+  const auto [slide, compress] = SlideAndCompressScores(stub.get());
+  EXPECT_GT(std::abs(compress - slide), 1e-2) << "slide " << slide << " compress " << compress;
+  std::remove(path.c_str());
+  // A named sidecar that is missing stops the server at start-up.
+  auto missing = Daemon::Start({"--infini_gates=" + path});
+  ASSERT_TRUE(missing.ok());
+  auto code = (*missing)->Wait(absl::Minutes(1));
+  ASSERT_TRUE(code.ok());
+  EXPECT_NE(*code, 0);
+  EXPECT_THAT((*missing)->LogTail(), ::testing::HasSubstr(path));
 }
 
 }  // namespace
