@@ -188,7 +188,8 @@ def attention_rows(lc_outs, sdpa_outs):
         mine, base = ours.get(shape, {}), theirs.get(shape, {})
         lengths = sorted({T for _, T in mine} | {T for _, T in base})
         for T in lengths:
-            for mode, bench in (("DCA", "attention_prefill_dca"), ("RoPE", "attention_prefill_rope")):
+            for mode in ("DCA", "RoPE"):
+                bench = "attention_prefill_" + mode.lower()
                 for backend, name in SDPA_NAMES.items():
                     layout = layouts.get((shape, backend), "")
                     if layout and layout != "GQA":

@@ -67,8 +67,10 @@ fi
   echo "$run_date"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   echo "commit $commit"
-  python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-  python3 -c 'import gguf, importlib.metadata as m; print("gguf", m.version("gguf"))' 2>&1 | tail -n 1
+  python3 -c 'import torch, transformers
+print("torch", torch.__version__, "transformers", transformers.__version__)'
+  python3 -c 'import gguf, importlib.metadata as m; print("gguf", m.version("gguf"))' 2>&1 |
+    tail -n 1
   ls -l "$model"
   echo "REPEATS=$repeats ATTN_REPS=$attn_reps DECODE=$decode BUDGET_S=${BUDGET_S:-500}"
 } > "$out/env.log" 2>&1
