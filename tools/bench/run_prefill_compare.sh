@@ -57,8 +57,8 @@ if ! python3 -c 'import gguf' 2> /dev/null; then
   wheel=$(find "$bundle/wheels" -name 'gguf-*.whl' 2> /dev/null | head -n 1)
   if [[ -n $wheel ]]; then
     pylib=$(mktemp -d)
-    python3 -m pip install --quiet --no-deps --no-index --target "$pylib" "$wheel" ||
-      pylib=$wheel
+    python3 -m pip install --quiet --no-deps --no-index --target "$pylib" "$wheel" \
+      > "$out/pip.log" 2>&1 || pylib=$wheel  # a pure-Python wheel imports as a zip too
     export PYTHONPATH=$pylib${PYTHONPATH:+:$PYTHONPATH}
   fi
 fi
