@@ -18,6 +18,8 @@ export LONGCTX_MODEL
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLONGCTX_TESTS=ON -DLONGCTX_CUDA=OFF
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j 2
+# The benchmark output parsers (tools/bench/test_*.py; standard library only).
+python3 -m unittest discover -s tools/bench -p 'test_*.py'
 
 # ---- OpenAI compatibility (tests/openai): the official openai package, in its
 # own venv, against the real longctxd's HTTP door ----

@@ -94,7 +94,9 @@ int Fail(const absl::Status& s) {
 }
 
 // Seconds per call of `fn`: `rounds` rounds (after a warm-up round) of `calls`
-// back-to-back calls between two synchronisations; the median round's average.
+// back-to-back calls between two synchronisations; the median round's average
+// (the mean of the two middle rounds when even, as Python's statistics.median
+// in the SDPA baseline, tools/bench/attention_sdpa.py).
 // Back-to-back calls let the host prepare a call while the device runs the
 // previous one, as an engine loop does.
 template <typename Fn>
@@ -110,7 +112,8 @@ absl::StatusOr<double> Time(Backend* b, int rounds, int calls, Fn fn) {
     if (r > 0) t.push_back(Seconds(t0) / calls);
   }
   std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  const size_t m = t.size() / 2;
+  return t.size() % 2 == 1 ? t[m] : 0.5 * (t[m - 1] + t[m]);
 }
 
 // Writes random K/V for the first `n` tokens of a sequence with block table `table`.

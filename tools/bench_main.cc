@@ -9,6 +9,10 @@
 //   longctx-bench --backend=cuda --model=synthetic:llama2-7b --lengths=4096,8192,32768,131072
 //       --batch=1,32 --chunk=4096 --max_context
 //
+// Prefill at each length: one untimed run at that length (--warmup), then
+// --repeats timed runs; the table gives the median (and the fastest and the
+// slowest), as the transformers and PyTorch baselines in tools/bench do.
+//
 // Session 1 of a length is prefilled for real (timed). The other sessions of a
 // batch get KV slots reserved to the same length without computing them: a
 // decode step reads every key and value whatever they hold, so its cost is that
@@ -49,7 +53,12 @@ ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(std::string, lengths, "512,2048,8192", "context lengths to prefill");
 ABSL_FLAG(int, decode, 64, "decode steps timed per batch size (and per graph setting)");
 ABSL_FLAG(int, chunk, 512, "prefill piece size (tokens per forward call)");
-ABSL_FLAG(int, repeats, 1, "prefill runs per length; the best is reported");
+ABSL_FLAG(int, repeats, 3,
+          "timed prefill runs per length; the median is reported, with the fastest and the "
+          "slowest");
+ABSL_FLAG(bool, warmup, true,
+          "one untimed prefill at each length before its timed runs (false: only the first "
+          "length is preceded by an untimed prefill of one piece)");
 ABSL_FLAG(std::string, batch, "1", "sessions decoded together in one step, e.g. 1,32");
 ABSL_FLAG(std::string, attention, "dca", "dca (the model's default DCA settings) or rope");
 ABSL_FLAG(std::string, graphs, "both",
@@ -92,7 +101,8 @@ struct Options {
   std::vector<bool> graph_settings;  // false = off, true = on (CUDA only)
   int decode = 64;
   int chunk = 512;
-  int repeats = 1;
+  int repeats = 3;
+  bool warmup = true;  // an untimed prefill at each length before the timed ones
   bool dca = true;
   bool device_tokens = true;  // --tokens=device
 };
@@ -123,8 +133,18 @@ struct DecodeRow {
 
 struct PrefillRow {
   int length = 0;
-  double seconds = 0;
+  double seconds = 0;  // median of the timed runs
+  double min_seconds = 0;
+  double max_seconds = 0;
 };
+
+// The middle value of sorted `v` (the mean of the two middle ones when even),
+// as Python's statistics.median, which the baselines in tools/bench use.
+// REQUIRES: v sorted, not empty.
+double Median(const std::vector<double>& v) {
+  const size_t m = v.size() / 2;
+  return v.size() % 2 == 1 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
 
 struct KvRow {
   int length = 0;
@@ -162,6 +182,18 @@ class Bench {
   }
   absl::Status Prefill(KvSequence& seq, int n, std::mt19937& rng, std::vector<float>* logits,
                        double* seconds);
+  // Checks that the weights and *kv_bytes of KV fit host memory (CPU) or the
+  // device (CUDA, which also measures the copy bandwidth); on the device, a KV
+  // arena that does not fit, or --max_context, gets all free memory instead.
+  absl::Status FitArena(int64_t* kv_bytes, bool* whole_device);
+  // Prefills every length in turn (timed), then decodes each batch size at it.
+  absl::Status RunLengths();
+  // Prefills `seq` to n tokens opt_.repeats times (after one untimed run when
+  // opt_.warmup) and records the median; `seq` holds the last run's tokens.
+  absl::Status TimePrefill(KvSequence& seq, int n, std::mt19937& rng, std::vector<float>* logits);
+  // Times decode steps of `seq` (prefilled to n tokens) with b - 1 sessions
+  // reserved to the same length, once per graph setting.
+  absl::Status DecodeBatch(KvSequence& seq, int n, int b, int32_t first, int64_t session_tokens);
   // Times `opt_.decode` steps of all `seqs` together after kWarmupSteps.
   absl::Status Decode(std::vector<KvSequence*> seqs, std::vector<int32_t>& next, DecodeRow* row);
   double FloorMs(int sessions, double mean_len) const;
@@ -317,36 +349,7 @@ absl::Status Bench::Run() {
   const int64_t per_session = max_len + StepsPerSession() + 2 * block_size;
   int64_t kv_bytes = kv_theory_ * per_session * max_batch;
   bool whole_device = false;
-  if (!cuda_) {
-    const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
-    if (weight_bytes_ + kv_bytes > 0.9 * ram) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("%.1f GiB of weights and KV do not fit %.1f GiB of host memory",
-                          (weight_bytes_ + kv_bytes) / kGiB, ram / kGiB));
-    }
-  }
-#ifdef LONGCTX_WITH_CUDA
-  if (cuda_) {
-    const int copy_mib = absl::GetFlag(FLAGS_copy_mib);
-    if (copy_mib > 0) {
-      ASSIGN_OR_RETURN(copy_bw_,
-                       MeasureCudaCopyBandwidth(*loaded_.backend, size_t(copy_mib) << 20, 20));
-    }
-    ASSIGN_OR_RETURN(CudaMemoryInfo mem, GetCudaMemoryInfo(*loaded_.backend));
-    free_before_ = mem.free_bytes;
-    const int64_t available = mem.free_bytes - weight_bytes_ -
-                              static_cast<int64_t>(absl::GetFlag(FLAGS_reserve_gib) * kGiB);
-    if (available <= 0) {
-      return absl::ResourceExhaustedError(
-          absl::StrFormat("%.2f GiB free cannot hold %.2f GiB of weights", mem.free_bytes / kGiB,
-                          weight_bytes_ / kGiB));
-    }
-    if (absl::GetFlag(FLAGS_max_context) || kv_bytes > available) {
-      kv_bytes = available;
-      whole_device = true;
-    }
-  }
-#endif
+  RETURN_IF_ERROR(FitArena(&kv_bytes, &whole_device));
   KvCacheConfig kv;
   kv.max_bytes = kv_bytes;
   RETURN_IF_ERROR(BuildModel(loaded_, kv));
@@ -376,6 +379,26 @@ absl::Status Bench::Run() {
   std::printf("\n");
   std::fflush(stdout);
 
+  RETURN_IF_ERROR(RunLengths());
+#ifdef LONGCTX_WITH_CUDA
+  if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*loaded_.backend, true));
+#endif
+  if (absl::GetFlag(FLAGS_max_context) && !cuda_) {
+    max_context_line_ = "Longest single-session context: measured on the CUDA backend only.";
+  } else if (absl::GetFlag(FLAGS_max_context)) {
+    absl::Status s = MaxContext();
+    if (!s.ok())
+      max_context_line_ = absl::StrCat("Longest single-session context: failed: ", s.ToString());
+  }
+  PrintTables();
+  return absl::OkStatus();
+}
+
+absl::Status Bench::RunLengths() {
+  KvCache& cache = loaded_.model->kv_cache();
+  const int block_size = cache.geometry().block_size;
+  int max_len = 0;
+  for (int n : opt_.lengths) max_len = std::max(max_len, n);
   std::mt19937 rng(7);
   {
     // Untimed: first use of the GEMM shapes and kernels, scratch growth.
@@ -400,87 +423,139 @@ absl::Status Bench::Run() {
     }
     KvSequence seq;
     std::vector<float> logits;
-    double best = 1e30;
-    for (int rep = 0; rep < opt_.repeats; ++rep) {
-      if (rep > 0) cache.Release(seq);
-      double s = 0;
-      RETURN_IF_ERROR(Prefill(seq, n, rng, &logits, &s));
-      best = std::min(best, s);
-    }
-    prefill_.push_back({n, best});
-    std::fprintf(stderr, "prefill %d tokens: %.3f s, %.1f tok/s\n", n, best, n / best);
-    const int32_t first = cpu::ArgMax(logits.data(), c.vocab_size);
-
-    for (int b : opt_.batches) {
-      // Extra sessions: KV reserved to the same length, not computed.
-      std::vector<KvSequence> extra(static_cast<size_t>(b - 1));
-      std::vector<int32_t> slots;
-      const int64_t need = (b - 1) * BlocksFor(session_tokens);
-      bool fits = cache.free_blocks() >= need;
-      for (size_t i = 0; fits && i < extra.size(); ++i) {
-        fits = cache.Append(extra[i], n, &slots).ok();
-      }
-      std::vector<std::string> settings;
-      for (bool g : opt_.graph_settings) settings.push_back(cuda_ ? (g ? "on" : "off") : "-");
-      for (size_t gi = 0; gi < settings.size(); ++gi) {
-        DecodeRow row;
-        row.length = n;
-        row.sessions = b;
-        row.graphs = settings[gi];
-        if (!fits) {
-          row.note = absl::StrFormat("does not fit: %.2f GiB of KV for %d sessions, arena %.2f GiB",
-                                     static_cast<double>(b) * session_tokens * kv_theory_ / kGiB, b,
-                                     cache.total_blocks() * cache.BytesPerBlock() / kGiB);
-          decode_.push_back(row);
-          continue;
-        }
-#ifdef LONGCTX_WITH_CUDA
-        if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*loaded_.backend, opt_.graph_settings[gi]));
-#endif
-        std::vector<KvSequence*> seqs = {&seq};
-        for (KvSequence& e : extra) seqs.push_back(&e);
-        std::vector<int32_t> next(seqs.size(), first);
-        const double len0 = seq.length();
-        RETURN_IF_ERROR(Decode(seqs, next, &row));
-        const double mean_len = len0 + kWarmupSteps + (opt_.decode + 1) / 2.0;
-        row.floor_ms = FloorMs(b, mean_len);
-        row.gb_per_step = copy_bw_ > 0 ? row.floor_ms * 1e-3 * copy_bw_ / 1e9 : 0;
-        std::fprintf(stderr, "decode %d tokens x %d sessions, graphs %s: %.3f ms/step%s%s\n", n, b,
-                     row.graphs.c_str(), row.step_ms, row.note.empty() ? "" : "; ",
-                     row.note.c_str());
-        decode_.push_back(row);
-      }
-      // Both settings launch the same kernels; only the recording counts them.
-      for (size_t i = decode_.size() - settings.size(); i < decode_.size(); ++i) {
-        if (decode_[i].graphs == "off") decode_[i].kernels = decode_.back().kernels;
-      }
-      for (KvSequence& e : extra) cache.Release(e);
-    }
+    RETURN_IF_ERROR(TimePrefill(seq, n, rng, &logits));
+    const int32_t first = cpu::ArgMax(logits.data(), loaded_.host.config.vocab_size);
+    for (int b : opt_.batches) RETURN_IF_ERROR(DecodeBatch(seq, n, b, first, session_tokens));
     // After the decode steps, so the last block is partly filled as in use.
     kv_rows_.push_back(
         {seq.length(),
          static_cast<double>(seq.resident_blocks() * cache.BytesPerBlock()) / seq.length()});
     cache.Release(seq);
   }
-#ifdef LONGCTX_WITH_CUDA
-  if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*loaded_.backend, true));
-#endif
-  if (absl::GetFlag(FLAGS_max_context) && !cuda_) {
-    max_context_line_ = "Longest single-session context: measured on the CUDA backend only.";
-  } else if (absl::GetFlag(FLAGS_max_context)) {
-    absl::Status s = MaxContext();
-    if (!s.ok())
-      max_context_line_ = absl::StrCat("Longest single-session context: failed: ", s.ToString());
+  return absl::OkStatus();
+}
+
+absl::Status Bench::TimePrefill(KvSequence& seq, int n, std::mt19937& rng,
+                                std::vector<float>* logits) {
+  KvCache& cache = loaded_.model->kv_cache();
+  double s = 0;
+  if (opt_.warmup) {
+    // Untimed, at this length: the attention shapes, scratch and allocator
+    // state of an n-token prefill are in place before the timed runs.
+    RETURN_IF_ERROR(Prefill(seq, n, rng, logits, &s));
+    cache.Release(seq);
   }
-  PrintTables();
+  std::vector<double> runs;
+  for (int rep = 0; rep < opt_.repeats; ++rep) {
+    // The session of the last run stays for the decode steps.
+    if (rep > 0) cache.Release(seq);
+    RETURN_IF_ERROR(Prefill(seq, n, rng, logits, &s));
+    runs.push_back(s);
+  }
+  std::sort(runs.begin(), runs.end());
+  PrefillRow row;
+  row.length = n;
+  row.seconds = Median(runs);
+  row.min_seconds = runs.front();
+  row.max_seconds = runs.back();
+  prefill_.push_back(row);
+  std::fprintf(stderr, "prefill %d tokens: median %.3f s of %d (min %.3f, max %.3f), %.1f tok/s\n",
+               n, row.seconds, opt_.repeats, row.min_seconds, row.max_seconds, n / row.seconds);
+  return absl::OkStatus();
+}
+
+absl::Status Bench::DecodeBatch(KvSequence& seq, int n, int b, int32_t first,
+                                int64_t session_tokens) {
+  KvCache& cache = loaded_.model->kv_cache();
+  // Extra sessions: KV reserved to the same length, not computed.
+  std::vector<KvSequence> extra(static_cast<size_t>(b - 1));
+  std::vector<int32_t> slots;
+  const int64_t need = (b - 1) * BlocksFor(session_tokens);
+  bool fits = cache.free_blocks() >= need;
+  for (size_t i = 0; fits && i < extra.size(); ++i) {
+    fits = cache.Append(extra[i], n, &slots).ok();
+  }
+  std::vector<std::string> settings;
+  for (bool g : opt_.graph_settings) settings.push_back(cuda_ ? (g ? "on" : "off") : "-");
+  for (size_t gi = 0; gi < settings.size(); ++gi) {
+    DecodeRow row;
+    row.length = n;
+    row.sessions = b;
+    row.graphs = settings[gi];
+    if (!fits) {
+      row.note = absl::StrFormat("does not fit: %.2f GiB of KV for %d sessions, arena %.2f GiB",
+                                 static_cast<double>(b) * session_tokens * kv_theory_ / kGiB, b,
+                                 cache.total_blocks() * cache.BytesPerBlock() / kGiB);
+      decode_.push_back(row);
+      continue;
+    }
+#ifdef LONGCTX_WITH_CUDA
+    if (cuda_) RETURN_IF_ERROR(SetCudaStepGraphs(*loaded_.backend, opt_.graph_settings[gi]));
+#endif
+    std::vector<KvSequence*> seqs = {&seq};
+    for (KvSequence& e : extra) seqs.push_back(&e);
+    std::vector<int32_t> next(seqs.size(), first);
+    const double len0 = seq.length();
+    RETURN_IF_ERROR(Decode(seqs, next, &row));
+    const double mean_len = len0 + kWarmupSteps + (opt_.decode + 1) / 2.0;
+    row.floor_ms = FloorMs(b, mean_len);
+    row.gb_per_step = copy_bw_ > 0 ? row.floor_ms * 1e-3 * copy_bw_ / 1e9 : 0;
+    std::fprintf(stderr, "decode %d tokens x %d sessions, graphs %s: %.3f ms/step%s%s\n", n, b,
+                 row.graphs.c_str(), row.step_ms, row.note.empty() ? "" : "; ", row.note.c_str());
+    decode_.push_back(row);
+  }
+  // Both settings launch the same kernels; only the recording counts them.
+  for (size_t i = decode_.size() - settings.size(); i < decode_.size(); ++i) {
+    if (decode_[i].graphs == "off") decode_[i].kernels = decode_.back().kernels;
+  }
+  for (KvSequence& e : extra) cache.Release(e);
+  return absl::OkStatus();
+}
+
+absl::Status Bench::FitArena(int64_t* kv_bytes, [[maybe_unused]] bool* whole_device) {
+  if (!cuda_) {
+    const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);
+    if (weight_bytes_ + *kv_bytes > 0.9 * ram) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("%.1f GiB of weights and KV do not fit %.1f GiB of host memory",
+                          (weight_bytes_ + *kv_bytes) / kGiB, ram / kGiB));
+    }
+  }
+#ifdef LONGCTX_WITH_CUDA
+  if (cuda_) {
+    const int copy_mib = absl::GetFlag(FLAGS_copy_mib);
+    if (copy_mib > 0) {
+      ASSIGN_OR_RETURN(copy_bw_,
+                       MeasureCudaCopyBandwidth(*loaded_.backend, size_t(copy_mib) << 20, 20));
+    }
+    ASSIGN_OR_RETURN(CudaMemoryInfo mem, GetCudaMemoryInfo(*loaded_.backend));
+    free_before_ = mem.free_bytes;
+    const int64_t available = mem.free_bytes - weight_bytes_ -
+                              static_cast<int64_t>(absl::GetFlag(FLAGS_reserve_gib) * kGiB);
+    if (available <= 0) {
+      return absl::ResourceExhaustedError(
+          absl::StrFormat("%.2f GiB free cannot hold %.2f GiB of weights", mem.free_bytes / kGiB,
+                          weight_bytes_ / kGiB));
+    }
+    if (absl::GetFlag(FLAGS_max_context) || *kv_bytes > available) {
+      *kv_bytes = available;
+      *whole_device = true;
+    }
+  }
+#endif
   return absl::OkStatus();
 }
 
 void Bench::PrintTables() const {
-  std::printf("### Prefill (one session, pieces of %d tokens)\n\n", opt_.chunk);
-  std::printf("| context | prefill s | prefill tok/s |\n|---:|---:|---:|\n");
+  std::printf("### Prefill (one session, pieces of %d tokens; median of %d timed run%s%s)\n\n",
+              opt_.chunk, opt_.repeats, opt_.repeats == 1 ? "" : "s",
+              opt_.warmup ? " after an untimed one at the same length" : "");
+  std::printf(
+      "| context | prefill s | prefill tok/s | fastest s | slowest s |\n"
+      "|---:|---:|---:|---:|---:|\n");
   for (const PrefillRow& r : prefill_) {
-    std::printf("| %d | %.3f | %.1f |\n", r.length, r.seconds, r.length / r.seconds);
+    std::printf("| %d | %.3f | %.1f | %.3f | %.3f |\n", r.length, r.seconds, r.length / r.seconds,
+                r.min_seconds, r.max_seconds);
   }
   std::printf(
       "\n### Decode (%d timed steps after %d warm-up steps; step = one forward call, %s)\n\n",
@@ -538,6 +613,7 @@ int Run() {
   opt.decode = std::max(1, absl::GetFlag(FLAGS_decode));
   opt.chunk = std::max(1, absl::GetFlag(FLAGS_chunk));
   opt.repeats = std::max(1, absl::GetFlag(FLAGS_repeats));
+  opt.warmup = absl::GetFlag(FLAGS_warmup);
   const std::string attention = absl::GetFlag(FLAGS_attention);
   if (attention != "dca" && attention != "rope") {
     return std::fprintf(stderr, "bad --attention (dca or rope)\n"), 2;

@@ -5,8 +5,9 @@ baseline of longctx-attention-bench (same shapes, same FLOP count).
 Backends: FLASH_ATTENTION and CUDNN_ATTENTION, bf16, causal, batch 1, GQA through
 enable_gqa=True (K/V not repeated); a backend that rejects that gets K/V
 repeated to the query heads, and the table says so. FLOPs: 4 * D * H * T * (T + 1) / 2,
-as in tools/attention_bench_main.cc. Time: median of CUDA-event timings after a
-warm-up. Prints a Markdown table.
+as in tools/attention_bench_main.cc. Time: at each length and backend, one
+untimed call, then the median of --reps CUDA-event timings, as
+longctx-attention-bench times its side. Prints a Markdown table.
 
   python3 tools/bench/attention_sdpa.py --lengths 8192,32768,131072 --heads 32 \
       --kv-heads 8 --head-dim 128
@@ -44,7 +45,8 @@ def main():
     args = ap.parse_args()
     H, KV, D = args.heads, args.kv_heads, args.head_dim
     print(f"device={torch.cuda.get_device_name()} torch={torch.__version__} "
-          f"cudnn={torch.backends.cudnn.version()} heads={H} kv_heads={KV} head_dim={D}\n")
+          f"cudnn={torch.backends.cudnn.version()} heads={H} kv_heads={KV} head_dim={D} "
+          f"reps={args.reps}\n")
     print("| backend | tokens | K/V | ms | TFLOP/s |")
     print("|---|---:|---|---:|---:|")
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -38,7 +38,7 @@ def longctx(path):
     """{context: (prefill tok/s, batch-1 decode tok/s with graphs on or '-')}"""
     prefill, decode = {}, {}
     for r in rows(path, "Prefill"):
-        if len(r) == 3 and num(r[0]) is not None:
+        if len(r) >= 3 and num(r[0]) is not None:
             prefill[int(r[0])] = num(r[2])
     for r in rows(path, "Decode"):
         if len(r) >= 5 and num(r[0]) is not None and r[1] == "1" and r[2] in ("on", "-"):

@@ -9,7 +9,10 @@
 #   ninja -C build longctx_unit_tests longctx-dist-bench
 #   tools/dist/pack_bundle.sh [BUNDLE [BINARY...]]
 # BINARY: names under $BUILD_DIR/bin (default build); default
-# longctx_unit_tests and longctx-dist-bench.
+# longctx_unit_tests and longctx-dist-bench. BUNDLE/env.sh, sourced on the GPU
+# machine, puts bin/ on PATH and lib/ and the CUDA libraries on
+# LD_LIBRARY_PATH; BUNDLE/commit names the commit the binaries were built from
+# ("-dirty" when tracked files differed from it).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bundle=${1:-$root/.devbundle}
@@ -29,4 +32,14 @@ ldd "${paths[@]}" |
   grep -v '/cuda' |
   grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libstdc\+\+|libgcc_s)\.so' |
   while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
+cat > "$bundle/env.sh" << 'EOF'
+# Source on the GPU machine before running anything from bin/.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export LD_LIBRARY_PATH="$here/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PATH="$here/bin:$PATH"
+EOF
+if commit=$(git -C "$root" rev-parse HEAD 2> /dev/null); then
+  git -C "$root" diff --quiet HEAD || commit+=-dirty
+  echo "$commit" > "$bundle/commit"
+fi
 du -sh "$bundle"

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Prefill of longctx against its baselines on one GPU, in one run, both sides
+# measured the same way: at every length one untimed run, then the median of
+# timed runs (REPEATS, default 3, end to end; ATTN_REPS, default 5, attention
+# alone). All phases together stop within BUDGET_S seconds (default 500), each
+# under its own time limit too; a failing phase does not stop the others.
+# Writes each program's output (OUTDIR/<phase>.md) and log (<phase>.log), then
+# OUTDIR/<date>-<device>-prefill.json (tools/bench/perf_json.py), and prints a
+# summary.
+#
+#   tools/bench/run_prefill_compare.sh BUNDLE OUTDIR [MODEL]
+#
+# BUNDLE: longctx-bench and longctx-attention-bench of the CUDA build, packed
+# here with tools/dist/pack_bundle.sh (which writes env.sh and the commit the
+# binaries were built from), and the wheel of the `gguf` package, which
+# transformers needs to load the default model (docs/benchmarks.md, "Prefill
+# against the baselines"). MODEL: the default model (GGUF), /tmp/model.gguf
+# unless given.
+#
+# Phases, at 8k, 32k and 128k tokens unless said:
+#   attn_d128, attn_d64  longctx-attention-bench: causal prefill of one
+#                        sequence, DCA and RoPE, D 128 (32 q / 8 kv heads) and
+#                        D 64 (9 / 3)
+#   sdpa_d128, sdpa_d64  attention_sdpa.py: PyTorch SDPA flash and cuDNN, the
+#                        same shapes and FLOP count
+#   lc_default, lc_7b    longctx-bench --backend=cuda: prefill of one session
+#                        in pieces of 8192, then DECODE (default 32) batch-1
+#                        decode steps with step graphs; the default model, and
+#                        the Llama-2-7B shape with random weights at 8k and 32k
+#   hf_default, hf_7b    hf_transformers_bench.py: transformers, sdpa, bf16,
+#                        batch 1, the same models and lengths
+set -u
+bundle=$(cd "$1" && pwd)
+out=$2
+model=${3:-/tmp/model.gguf}
+repeats=${REPEATS:-3}
+attn_reps=${ATTN_REPS:-5}
+decode=${DECODE:-32}
+bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+# shellcheck disable=SC1091
+source "$bundle/env.sh"  # PATH and LD_LIBRARY_PATH
+t_start=$(date +%s)
+deadline=$((t_start + ${BUDGET_S:-500}))
+run_date=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
+commit=$(cat "$bundle/commit" 2> /dev/null || git -C "$bench_dir" rev-parse HEAD 2> /dev/null ||
+  echo unknown)
+IFS=',' read -r device driver < <(nvidia-smi --query-gpu=name,driver_version \
+  --format=csv,noheader 2> /dev/null | head -n 1)
+device=$(echo "${device:-unknown}" | xargs)
+driver=$(echo "${driver:-unknown}" | xargs)
+
+# transformers loads a GGUF file only with the gguf package; the bundle has its
+# wheel (pure Python; numpy and pyyaml, which transformers needs too).
+if ! python3 -c 'import gguf' 2> /dev/null; then
+  wheel=$(find "$bundle/wheels" -name 'gguf-*.whl' 2> /dev/null | head -n 1)
+  if [[ -n $wheel ]]; then
+    pylib=$(mktemp -d)
+    python3 -m pip install --quiet --no-deps --no-index --target "$pylib" "$wheel" \
+      > "$out/pip.log" 2>&1 || pylib=$wheel  # a pure-Python wheel imports as a zip too
+    export PYTHONPATH=$pylib${PYTHONPATH:+:$PYTHONPATH}
+  fi
+fi
+
+{
+  echo "$run_date"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  echo "commit $commit"
+  python3 -c 'import torch, transformers
+print("torch", torch.__version__, "transformers", transformers.__version__)'
+  python3 -c 'import gguf, importlib.metadata as m; print("gguf", m.version("gguf"))' 2>&1 |
+    tail -n 1
+  ls -l "$model"
+  echo "REPEATS=$repeats ATTN_REPS=$attn_reps DECODE=$decode BUDGET_S=${BUDGET_S:-500}"
+} > "$out/env.log" 2>&1
+
+cap() {  # limit: the limit, or less where the budget has less left
+  local left=$((deadline - $(date +%s)))
+  echo $(($1 < left ? $1 : left))
+}
+
+phase() {  # name limit command...
+  local name=$1 limit=$2
+  shift 2
+  if ((limit < 15)); then
+    echo "$name: skipped, budget spent" | tee -a "$out/phases.log"
+    return
+  fi
+  local t0
+  t0=$(date +%s)
+  timeout -k 10 "$limit" "$@" > "$out/$name.md" 2> "$out/$name.log"
+  local rc=$?
+  echo "$name: rc=$rc ($(($(date +%s) - t0)) s, limit $limit s)" | tee -a "$out/phases.log"
+}
+
+lengths=8192,32768,131072
+for shape in "128 32 8" "64 9 3"; do
+  read -r D H KV <<< "$shape"
+  phase "attn_d$D" "$(cap 60)" longctx-attention-bench --backend=cuda --lengths=$lengths \
+    --heads="$H" --kv_heads="$KV" --head_dim="$D" --reps="$attn_reps"
+  phase "sdpa_d$D" "$(cap 75)" python3 "$bench_dir/attention_sdpa.py" --lengths $lengths \
+    --heads "$H" --kv-heads "$KV" --head-dim "$D" --reps "$attn_reps"
+done
+
+phase lc_default "$(cap 90)" longctx-bench --backend=cuda --model="$model" --lengths=$lengths \
+  --batch=1 --decode="$decode" --chunk=8192 --graphs=on --repeats="$repeats"
+phase lc_7b "$(cap 100)" longctx-bench --backend=cuda --model=synthetic:llama2-7b \
+  --lengths=8192,32768 --batch=1 --decode="$decode" --chunk=8192 --graphs=on --repeats="$repeats"
+
+# The transformers script stops starting lengths 45 s before its limit, so its
+# table is printed even when a length is slow.
+limit=$(cap 150)
+phase hf_default "$limit" python3 "$bench_dir/hf_transformers_bench.py" --gguf "$model" \
+  --models default --lengths $lengths --decode "$decode" --repeats "$repeats" \
+  --time-budget $((limit - 45))
+limit=$(cap 150)
+phase hf_7b "$limit" python3 "$bench_dir/hf_transformers_bench.py" --models llama2-7b \
+  --lengths 8192,32768 --decode "$decode" --repeats "$repeats" --time-budget $((limit - 45))
+
+method="Both sides at every length: one untimed run, then the median of $repeats timed runs \
+(attention: $attn_reps). Prefill: one session, batch 1, random token ids; longctx-bench in pieces \
+of 8192 tokens, transformers (sdpa, bf16, DynamicCache) in one forward call. Decode: batch 1 \
+after 3 untimed steps, $decode timed steps (longctx: one series, step graphs on; transformers: \
+median of $repeats series). Attention: causal, one sequence, bf16 K/V, GQA, \
+FLOPs 4*D*H*T*(T+1)/2 on both sides. Logs: the *.md and *.log files of the run."
+
+{
+  echo "# Summary ($(date -u), $(($(date +%s) - t_start)) s)"
+  echo
+  cat "$out/phases.log"
+  echo
+  grep -E '^(backend=|device=|- |NOTE|Prefill:)' "$out"/*.md | sed "s|^$out/||"
+  for f in "$out"/*.log; do
+    grep -HE 'Error|error|Traceback|RESOURCE|INTERNAL|out of memory' "$f" | tail -n 3 |
+      sed "s|^$out/||"
+  done
+  echo
+  python3 "$bench_dir/perf_json.py" "$out" --device "$device" --driver "$driver" \
+    --commit "$commit" --date "$run_date" --method "$method" --markdown
+} 2>&1 | tee "$out/summary.txt"
