@@ -39,7 +39,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineConfig config) {
   }
   const absl::Duration open_time = absl::Now() - open_start;
   ASSIGN_OR_RETURN(LoadedModel loaded,
-                   LoadModel(config.model, config.backend, config.options.kv, /*keep_host=*/true));
+                   LoadModel(config.model, config.backend, config.options.kv, /*keep_host=*/true,
+                             config.cpu));
   const std::string backend_name = loaded.backend->Name();
   DefaultPrefillBudgets(backend_name != "cpu", config.options.scheduler);
   std::unique_ptr<StepModel> step;

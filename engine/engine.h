@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_options.h"
 #include "engine/conversation/chat_prompt.h"
 #include "engine/dist/rank_group.h"
 #include "engine/model/host_weights.h"
@@ -43,6 +44,7 @@ namespace longctx {
 struct EngineConfig {
   std::string model;             // a GGUF file or a Hugging Face directory
   std::string backend = "auto";  // auto, cpu or cuda (ParseBackendKind)
+  CpuBackendOptions cpu;         // when the backend is the CPU's
   EngineOptions options;         // limits and defaults
   // world_size > 1: this process is rank 0 of a context-parallel group and
   // spreads each session's KV over the ranks (engine/dist/rank_group.h).

@@ -204,6 +204,10 @@ const std::vector<Field>& Fields() {
           StringField("model", "model file (GGUF) or Hugging Face directory (required)",
                       &ServerConfig::model),
           StringField("backend", "compute backend: auto, cpu or cuda", &ServerConfig::backend),
+          StringField("cpu_weights",
+                      "CPU backend: quantized (weights in their GGUF blocks, int8 activations) "
+                      "or f32 (dequantized at load)",
+                      &ServerConfig::cpu_weights),
           BytesField("kv_cache_bytes",
                      "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",
                      &ServerConfig::kv_cache_bytes),
@@ -351,6 +355,9 @@ absl::Status ServerConfig::Validate() const {
   if (model.empty()) return bad("model: required (--model=PATH or LONGCTX_MODEL)");
   if (backend != "auto" && backend != "cpu" && backend != "cuda") {
     return bad("backend: must be auto, cpu or cuda");
+  }
+  if (cpu_weights != "quantized" && cpu_weights != "f32") {
+    return bad("cpu_weights: must be quantized or f32");
   }
   if (kv_cache_bytes < 0) return bad("kv_cache_bytes: must be positive (or 0: automatic)");
   if (kv_block_size < 1 || kv_block_size > 4096) return bad("kv_block_size: must be in [1, 4096]");

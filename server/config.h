@@ -18,6 +18,8 @@ struct ServerConfig {
   // --- model and engine ---
   std::string model;                // GGUF file or Hugging Face directory (required)
   std::string backend = "auto";     // auto | cpu | cuda
+  std::string cpu_weights = "quantized";  // CPU: quantized (GGUF blocks, int8
+                                          // activations) | f32 (dequantized at load)
   int64_t kv_cache_bytes = 0;       // KV arena budget; 0: on a GPU 90 % of its free
                                     // memory less 4 GiB, else 2 GiB
   int kv_block_size = 64;           // tokens per KV block

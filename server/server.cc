@@ -103,6 +103,7 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   EngineConfig e;
   e.model = c.model;
   e.backend = c.backend;
+  e.cpu.quantized_weights = c.cpu_weights == "quantized";
   EngineOptions& o = e.options;
   // 0: the engine picks by backend (a GPU's budgets are larger).
   o.scheduler.prefill_budget = c.prefill_budget;

@@ -8,11 +8,16 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_options.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 
 namespace longctx {
+
+// What LoadHostModel keeps in its blocks for `backend`: the GGUF weight types
+// it takes (Backend::TakesWeights).
+HostLoadOptions HostLoadOptionsFor(const Backend& backend);
 
 struct LoadedModel {
   std::unique_ptr<Backend> backend;
@@ -24,16 +29,19 @@ struct LoadedModel {
 // configuration (or adjust the host weights) before building it:
 // OpenModel creates `backend` (a ParseBackendKind name: auto, cpu or cuda)
 // and reads the weights at `path` (a GGUF file or a Hugging Face directory)
-// into LoadedModel::host; BuildModel builds LoadedModel::model with a KV
+// into LoadedModel::host, GGUF matrices of the types the backend takes
+// (Backend::TakesWeights) in their blocks; BuildModel builds LoadedModel::model with a KV
 // cache of `kv`, then drops the host weights' tensors unless `keep_host`
 // (the vocabulary and configuration stay).
-absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend);
+absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend,
+                                      const CpuBackendOptions& cpu = {});
 // As above, on a backend the caller made (e.g. with CUDA options).
 absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend);
 absl::Status BuildModel(LoadedModel& model, const KvCacheConfig& kv, bool keep_host = false);
 
 // OpenModel then BuildModel.
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend,
-                                      const KvCacheConfig& kv, bool keep_host = false);
+                                      const KvCacheConfig& kv, bool keep_host = false,
+                                      const CpuBackendOptions& cpu = {});
 
 }  // namespace longctx

@@ -23,9 +23,13 @@ struct Kernel {
   template <int R, int C>
   static inline void Step(const TileIn& in, int k, __m256 (&acc)[R][C]) {
     const int K = in.K;
+    const int G = K / kGroup;
     __m256i lo[R], hi[R];
+    __m256 sa[R];
     float da[R];
     for (int r = 0; r < R; ++r) {
+      sa[r] = _mm256_zextps128_ps256(_mm_castpd_ps(
+          _mm_load_sd(reinterpret_cast<const double*>(in.s + int64_t{r} * G + k / kGroup))));
       const int8_t* a = in.a + int64_t{r} * K + k;
       lo[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
       hi[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16)));
@@ -37,7 +41,11 @@ struct Kernel {
       const __m256i uhi =
           _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(u + 16)));
       const float s0 = in.w[c].scale[k / kGroup], s1 = in.w[c].scale[k / kGroup + 1];
+      // Lanes 0 and 1: the two groups' offset terms, offset[g] · s[g].
+      const __m256 off = _mm256_zextps128_ps256(_mm_castpd_ps(
+          _mm_load_sd(reinterpret_cast<const double*>(in.w[c].offset + k / kGroup))));
       for (int r = 0; r < R; ++r) {
+        acc[r][c] = _mm256_fmadd_ps(off, sa[r], acc[r][c]);
         const __m256 p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(ulo, lo[r]));
         const __m256 p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(uhi, hi[r]));
         acc[r][c] = _mm256_fmadd_ps(p0, _mm256_set1_ps(s0 * da[r]), acc[r][c]);

@@ -21,22 +21,29 @@ struct Kernel {
     const __m512i kBlockLanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     const __mmask64 bytes = Tail ? 0xffffffffull : ~0ull;
     const int K = in.K;
+    const __mmask8 groups = Tail ? 3 : 15;
+    const int G = K / kGroup;
     __m512i a[R];
-    __m512 da[R];
+    __m512 da[R], sa[R];
     for (int r = 0; r < R; ++r) {
       a[r] = _mm512_maskz_loadu_epi8(bytes, in.a + int64_t{r} * K + k);
       const float* d = in.d + int64_t{r} * (K / kActBlock) + k / kActBlock;
       da[r] = _mm512_permutexvar_ps(kBlockLanes,
                                     _mm512_zextps128_ps512(_mm_maskz_loadu_ps(Tail ? 1 : 3, d)));
+      sa[r] = _mm512_zextps128_ps512(_mm_maskz_loadu_ps(groups, in.s + int64_t{r} * G + k / kGroup));
     }
     for (int c = 0; c < C; ++c) {
       const __m512i u = _mm512_maskz_loadu_epi8(bytes, in.w[c].u + k);
       const __m512 sw = _mm512_permutexvar_ps(
           kGroupLanes,
-          _mm512_zextps128_ps512(_mm_maskz_loadu_ps(Tail ? 3 : 15, in.w[c].scale + k / kGroup)));
+          _mm512_zextps128_ps512(_mm_maskz_loadu_ps(groups, in.w[c].scale + k / kGroup)));
+      const __m512 off =
+          _mm512_zextps128_ps512(_mm_maskz_loadu_ps(groups, in.w[c].offset + k / kGroup));
       for (int r = 0; r < R; ++r) {
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, a[r]);
-        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sw, da[r]), acc[r][c]);
+        // Lanes 0..3 also take the groups' offset terms, offset[g] · s[g].
+        const __m512 with_off = _mm512_mask3_fmadd_ps(off, sa[r], acc[r][c], 0x000f);
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(sw, da[r]), with_off);
       }
     }
   }

@@ -18,7 +18,8 @@ struct Kernel {
       for (int i = kGroup * g; i < kGroup * (g + 1); ++i) {
         dot += int32_t{in.w[0].u[i]} * int32_t{in.a[i]};
       }
-      acc += static_cast<float>(dot) * (in.w[0].scale[g] * in.d[g * kGroup / kActBlock]);
+      acc += static_cast<float>(dot) * (in.w[0].scale[g] * in.d[g * kGroup / kActBlock]) +
+             in.w[0].offset[g] * in.s[g];
     }
     out[0][0] = acc;
   }
