@@ -32,10 +32,10 @@ LLAMA_CPP_PYTHON = "0.3.16"
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def run(cmd, env=None, cwd=None):
+def run(cmd, env=None, cwd=None, merge_stderr=False):
     print("+", " ".join(str(c) for c in cmd), file=sys.stderr, flush=True)
-    return subprocess.run(cmd, env=env, cwd=cwd, check=True, text=True,
-                          stdout=subprocess.PIPE).stdout
+    return subprocess.run(cmd, env=env, cwd=cwd, check=True, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT if merge_stderr else None).stdout
 
 
 def build_llama_bench(cache: pathlib.Path) -> pathlib.Path:
@@ -80,7 +80,7 @@ def longctx_round(exe, model, threads, prefill, decode_at, decode_n):
     lengths = sorted(set(prefill) | set(decode_at))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="active")
     text = run([exe, f"--model={model}", "--backend=cpu", f"--lengths={','.join(map(str, lengths))}",
-                f"--decode={decode_n}"], env=env)
+                f"--decode={decode_n}"], env=env, merge_stderr=True)
     shape = re.search(r" heads=(\d+) .*head_dim=(\d+)", text)
     out = {("shape", "heads"): int(shape.group(1)), ("shape", "head_dim"): int(shape.group(2))}
     for m in re.finditer(r"^prefill (\d+) tokens: [\d.]+ s, ([\d.]+) tok/s", text, re.M):
@@ -129,8 +129,10 @@ def main():
             for key, v in fn(exe, a.model, a.threads, prefill, decode_at,
                              a.decode_tokens).items():
                 samples[name].setdefault(key, []).append(v)
-        worst = max(spread(v) for s in samples.values() for k, v in s.items() if k[0] != "shape")
-        print(f"round {r + 1}: largest spread {worst:.3f}", file=sys.stderr, flush=True)
+        spreads = {f"{n} {k[0]} {k[1]}": round(spread(v), 3) for n, s in samples.items()
+                   for k, v in s.items() if k[0] != "shape"}
+        worst = max(spreads.values())
+        print(f"round {r + 1}: spreads {spreads}", file=sys.stderr, flush=True)
         if r + 1 >= a.min_rounds and worst <= a.spread:
             break
     write_results(a, prefill, decode_at, samples, r + 1)
