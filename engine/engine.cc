@@ -38,8 +38,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(EngineConfig config) {
     ASSIGN_OR_RETURN(store, SessionStore::Open(config.store, &load));
   }
   const absl::Duration open_time = absl::Now() - open_start;
-  ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(config.model, config.backend, config.options.kv,
-                                                 /*keep_host=*/true, config.infini_gates));
+  ASSIGN_OR_RETURN(LoadedModel loaded,
+                   LoadModel(config.model, config.backend, config.options.kv, /*keep_host=*/true,
+                             config.cpu, config.infini_gates));
   const std::string backend_name = loaded.backend->Name();
   DefaultPrefillBudgets(backend_name != "cpu", config.options.scheduler);
   std::unique_ptr<StepModel> step;

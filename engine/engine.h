@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_options.h"
 #include "engine/conversation/chat_prompt.h"
 #include "engine/dist/rank_group.h"
 #include "engine/model/host_weights.h"
@@ -46,6 +47,7 @@ struct EngineConfig {
   // Infini gates: auto (a sidecar beside the model, else the model's own),
   // none, or a sidecar's path (engine/model/infini_gates.h).
   std::string infini_gates = "auto";
+  CpuBackendOptions cpu;  // when the backend is the CPU's
   EngineOptions options;  // limits and defaults
   // world_size > 1: this process is rank 0 of a context-parallel group and
   // spreads each session's KV over the ranks (engine/dist/rank_group.h).

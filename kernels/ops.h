@@ -40,6 +40,46 @@ void SwiGlu(float* out,               // [T, F] (may alias gate)
 // x += y
 void AddInPlace(float* x, const float* y, int64_t n);
 
+// --- Products over weights kept in their file's blocks (kernels/cpu/quant_*.cc) -----
+// Weight rows are stored as in GGUF: a row of K elements is K / block elements
+// blocks, little-endian, laid out as ggml defines them.
+enum class WeightFormat { kF16, kBF16, kQ4_0, kQ4_1, kQ8_0, kQ4_K, kQ5_K, kQ6_K };
+
+// Elements per block (1 for f16 / bf16, 32 for the legacy quants, 256 for the
+// k-quants) and bytes of one row of K elements: -1 when K is not a positive
+// multiple of the block.
+int WeightBlockElements(WeightFormat f);
+int64_t WeightRowBytes(WeightFormat f, int64_t K);
+
+// Instruction set of QuantLinear. kAuto resolves once to the best the CPU runs:
+// AVX-512 with VNNI (and BW, VL), else AVX2 with FMA and F16C, else the scalar
+// code. Tests force the others to check every path.
+enum class CpuIsa { kAuto, kAvx512, kAvx2, kScalar };
+CpuIsa ResolveCpuIsa(CpuIsa isa);          // kAuto → the best supported one
+bool CpuIsaSupported(CpuIsa isa);          // this CPU runs it (kAuto, kScalar: true)
+const char* CpuIsaName(CpuIsa isa);
+
+// out = x · dequant(w)ᵀ (+ bias). Block formats: each row of x is quantized to
+// int8 in blocks of 32 with one f32 scale (amax / 127), and the products are
+// integer dot products (vpdpbusd with AVX-512 VNNI, pmaddwd with AVX2) scaled
+// per block: out differs from the f32 product by the activation rounding only,
+// as llama.cpp's. f16 / bf16 weights multiply f32 x exactly (f32 sums).
+// Parallel over output columns (OpenMP). REQUIRES: WeightRowBytes(f, K) > 0,
+// isa supported.
+void QuantLinear(float* out,               // [T, N]
+                 const float* x,           // [T, K]
+                 const uint8_t* w,         // [N, WeightRowBytes(f, K)]
+                 WeightFormat f,
+                 const float* bias,        // [N] or nullptr
+                 int T, int N, int K, CpuIsa isa);
+
+// out[t, :] = dequant(w[ids[t], :]): the embedding lookup of a table kept in blocks.
+void DequantizeWeightRows(float* out,           // [T, K]
+                          const uint8_t* w,     // [V, WeightRowBytes(f, K)]
+                          WeightFormat f,
+                          const int32_t* ids,   // [T], each in [0, V)
+                          int T, int K);
+
 // The index of the largest of x[0 .. n), the lowest among equals (as
 // std::max_element on finite values); NaN never wins, a row of NaN gives 0.
 int32_t ArgMax(const float* x, int64_t n);

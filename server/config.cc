@@ -210,6 +210,10 @@ const std::vector<Field>& Fields() {
                       "<model>.infini_gates.safetensors beside the model, else the model's own), "
                       "none, or a sidecar's path",
                       &ServerConfig::infini_gates),
+          StringField("cpu_weights",
+                      "CPU backend: f32 (dequantized at load) or quantized (weights in their "
+                      "GGUF blocks, int8 activations)",
+                      &ServerConfig::cpu_weights),
           BytesField("kv_cache_bytes",
                      "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",
                      &ServerConfig::kv_cache_bytes),
@@ -371,6 +375,9 @@ absl::Status ServerConfig::ValidateEngine() const {
   if (model.empty()) return BadConfig("model: required (--model=PATH or LONGCTX_MODEL)");
   if (backend != "auto" && backend != "cpu" && backend != "cuda") {
     return BadConfig("backend: must be auto, cpu or cuda");
+  }
+  if (cpu_weights != "quantized" && cpu_weights != "f32") {
+    return BadConfig("cpu_weights: must be quantized or f32");
   }
   if (kv_cache_bytes < 0) return BadConfig("kv_cache_bytes: must be positive (or 0: automatic)");
   if (kv_block_size < 1 || kv_block_size > 4096)

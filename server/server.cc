@@ -105,6 +105,7 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   e.model = c.model;
   e.backend = c.backend;
   e.infini_gates = c.infini_gates;
+  e.cpu.quantized_weights = c.cpu_weights == "quantized";
   EngineOptions& o = e.options;
   // 0: the engine picks by backend (a GPU's budgets are larger).
   o.scheduler.prefill_budget = c.prefill_budget;

@@ -50,6 +50,9 @@
 ABSL_FLAG(std::string, model, "",
           "model file (GGUF), Hugging Face directory, or synthetic:llama2-7b (random weights)");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
+ABSL_FLAG(std::string, cpu_weights, "f32",
+          "CPU: f32 (dequantized at load, BLAS) or quantized (GGUF blocks, int8 activations)");
+ABSL_FLAG(std::string, cpu_isa, "auto", "CPU: quantized products on auto, avx512, avx2 or scalar");
 ABSL_FLAG(std::string, lengths, "512,2048,8192", "context lengths to prefill");
 ABSL_FLAG(int, decode, 64, "decode steps timed per batch size (and per graph setting)");
 ABSL_FLAG(int, chunk, 512, "prefill piece size (tokens per forward call)");
@@ -151,8 +154,11 @@ struct KvRow {
   double session_bytes_per_token = 0;
 };
 
-// CreateBackend(kind), with the CUDA options of the flags.
+// CreateBackend(kind), with the CPU and CUDA options of the flags.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(BackendKind kind) {
+  ASSIGN_OR_RETURN(
+      const CpuBackendOptions cpu,
+      ParseCpuBackendOptions(absl::GetFlag(FLAGS_cpu_weights), absl::GetFlag(FLAGS_cpu_isa)));
 #ifdef LONGCTX_WITH_CUDA
   if (kind == BackendKind::kCuda || (kind == BackendKind::kAuto && CudaDeviceAvailable())) {
     CudaBackendOptions options;
@@ -160,7 +166,19 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(BackendKind kind) {
     return CreateCudaBackend(options);
   }
 #endif
-  return CreateBackend(kind);
+  return CreateBackend(kind, cpu);
+}
+
+// Bytes of the weights as the host holds them (blocks or f32); 0 for
+// synthetic weights, which only the backend makes.
+int64_t HostWeightBytes(const HostModel& host, bool* blocks) {
+  int64_t bytes = 0;
+  *blocks = false;
+  for (const auto& [name, t] : host.tensors) {
+    bytes += static_cast<int64_t>(t.raw.size() + t.data.size() * sizeof(float));
+    *blocks = *blocks || !t.raw.empty();
+  }
+  return bytes;
 }
 
 class Bench {
@@ -339,7 +357,14 @@ absl::Status Bench::Run() {
   ASSIGN_OR_RETURN(dca_, DcaConfig::Resolve(c, {}));
   if (!opt_.dca) dca_.mode = DcaMode::kRope;
   cuda_ = loaded_.backend->Name().rfind("cuda", 0) == 0;
-  weight_bytes_ = WeightBytes(c, static_cast<int>(DTypeSize(loaded_.backend->WeightType())));
+  bool blocks = false;
+  weight_bytes_ = HostWeightBytes(loaded_.host, &blocks);
+  if (weight_bytes_ == 0 || cuda_) {
+    weight_bytes_ = WeightBytes(c, static_cast<int>(DTypeSize(loaded_.backend->WeightType())));
+  }
+  const char* weight_format = blocks && !cuda_                                ? "GGUF blocks"
+                              : loaded_.backend->WeightType() == DType::kBF16 ? "bf16"
+                                                                              : "f32";
   kv_theory_ = int64_t{2} * c.n_layers * c.n_kv_heads * c.head_dim *
                static_cast<int64_t>(DTypeSize(loaded_.backend->KvType()));
   const int block_size = KvCacheConfig{}.block_size;
@@ -365,8 +390,7 @@ absl::Status Bench::Run() {
     std::printf("NOTE: synthetic model, random weights: timings only, outputs meaningless.\n");
   }
   std::printf("attention: %s; weights %.2f GiB (%s); KV arena %.2f GiB (%lld blocks of %d)%s\n",
-              dca_.DebugString().c_str(), weight_bytes_ / kGiB,
-              loaded_.backend->WeightType() == DType::kBF16 ? "bf16" : "f32",
+              dca_.DebugString().c_str(), weight_bytes_ / kGiB, weight_format,
               static_cast<double>(cache.total_blocks() * cache.BytesPerBlock()) / kGiB,
               static_cast<long long>(cache.total_blocks()), cache.geometry().block_size,
               whole_device ? ", all free device memory" : "");

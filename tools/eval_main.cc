@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/backend_factory.h"
 #include "engine/backend/cpu_process.h"
 #include "engine/eval/eval.h"
 #include "engine/model/host_weights.h"
@@ -36,6 +37,9 @@
 
 ABSL_FLAG(std::string, model, "", "model file; default $LONGCTX_MODEL");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
+ABSL_FLAG(std::string, cpu_weights, "f32",
+          "CPU: f32 (dequantized at load, BLAS) or quantized (GGUF blocks, int8 activations)");
+ABSL_FLAG(std::string, cpu_isa, "auto", "CPU: quantized products on auto, avx512, avx2 or scalar");
 ABSL_FLAG(std::string, text, "", "ppl: UTF-8 text file");
 ABSL_FLAG(std::string, lengths, "1024,2048,4096", "context lengths in tokens");
 ABSL_FLAG(std::string, modes, "rope,dca", "attention modes to compare");
@@ -128,8 +132,13 @@ absl::StatusOr<Setup> Load(int max_len) {
   Setup s;
   std::string path = absl::GetFlag(FLAGS_model);
   if (path.empty() && std::getenv("LONGCTX_MODEL") != nullptr) path = std::getenv("LONGCTX_MODEL");
+  ASSIGN_OR_RETURN(const BackendKind kind, ParseBackendKind(absl::GetFlag(FLAGS_backend)));
   ASSIGN_OR_RETURN(
-      s.loaded, OpenModel(path, absl::GetFlag(FLAGS_backend), absl::GetFlag(FLAGS_infini_gates)));
+      const CpuBackendOptions cpu,
+      ParseCpuBackendOptions(absl::GetFlag(FLAGS_cpu_weights), absl::GetFlag(FLAGS_cpu_isa)));
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateBackend(kind, cpu));
+  ASSIGN_OR_RETURN(s.loaded,
+                   OpenModel(path, std::move(backend), absl::GetFlag(FLAGS_infini_gates)));
   ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Create(s.loaded.host.vocab));
   s.tokenizer = std::make_unique<Tokenizer>(std::move(tok));
   KvCacheConfig kv;

@@ -10,6 +10,34 @@ namespace longctx {
 
 size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
 
+cpu::WeightFormat WeightFormatOf(DType t) {
+  switch (t) {
+    case DType::kBF16:
+      return cpu::WeightFormat::kBF16;
+    case DType::kQ4_0:
+      return cpu::WeightFormat::kQ4_0;
+    case DType::kQ4_1:
+      return cpu::WeightFormat::kQ4_1;
+    case DType::kQ8_0:
+      return cpu::WeightFormat::kQ8_0;
+    case DType::kQ4_K:
+      return cpu::WeightFormat::kQ4_K;
+    case DType::kQ5_K:
+      return cpu::WeightFormat::kQ5_K;
+    case DType::kQ6_K:
+      return cpu::WeightFormat::kQ6_K;
+    default:
+      return cpu::WeightFormat::kF16;
+  }
+}
+
+int64_t DTypeRowBytes(DType t, int64_t cols) {
+  if (t == DType::kF32 || t == DType::kBF16 || t == DType::kF16) {
+    return cols * static_cast<int64_t>(DTypeSize(t));
+  }
+  return cpu::WeightRowBytes(WeightFormatOf(t), cols);
+}
+
 namespace {
 
 // Whether the memory of two non-empty tensors intersects.
@@ -52,6 +80,11 @@ absl::Status Backend::PartialAttention(Tensor, Tensor, int, int,
                                        std::span<const float>) {
   return absl::UnimplementedError(
       absl::StrCat("the ", Name(), " backend has no context-parallel attention"));
+}
+
+absl::Status Backend::UploadRaw(Tensor, std::span<const uint8_t>) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("the ", Name(), " backend takes no weights in their file's blocks"));
 }
 
 absl::Status Backend::FillUniform(Tensor dst, uint64_t seed, float lo, float hi) {
@@ -210,7 +243,7 @@ void DeviceBuffer::Release() {
 
 Tensor Tensor::Rows(int64_t first, int64_t count) const {
   Tensor t = *this;
-  t.data = static_cast<char*>(data) + static_cast<size_t>(first * cols) * DTypeSize(dtype);
+  t.data = static_cast<char*>(data) + static_cast<size_t>(first * DTypeRowBytes(dtype, cols));
   t.rows = count;
   return t;
 }

@@ -22,8 +22,16 @@
 
 namespace longctx {
 
-enum class DType { kF32, kBF16 };
+// Element types, and the block types of weights kept as the model file stores
+// them (GGUF; a row of a block type is whole blocks, kernels/ops.h WeightFormat).
+enum class DType { kF32, kBF16, kF16, kQ4_0, kQ4_1, kQ8_0, kQ4_K, kQ5_K, kQ6_K };
+// Bytes of one element. REQUIRES: an element type (f32, bf16, f16).
 size_t DTypeSize(DType t);
+// Bytes of a row of `cols` elements; -1 when `cols` is not a whole number of
+// the type's blocks.
+int64_t DTypeRowBytes(DType t, int64_t cols);
+// The kernels' format of a non-f32 type.
+cpu::WeightFormat WeightFormatOf(DType t);  // REQUIRES: t != kF32
 
 class Backend;
 
@@ -56,7 +64,7 @@ struct Tensor {
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t numel() const { return rows * cols; }
-  size_t bytes() const { return static_cast<size_t>(numel()) * DTypeSize(dtype); }
+  size_t bytes() const { return static_cast<size_t>(rows * DTypeRowBytes(dtype, cols)); }
   Tensor Rows(int64_t first, int64_t count) const;  // REQUIRES: in range
 };
 
@@ -122,11 +130,20 @@ class Backend {
   virtual DType ActivationType() const = 0;
   virtual DType KvType() const = 0;
 
+  // Whether weights of type t may come as they are (UploadRaw) rather than
+  // as f32: the backend multiplies them in that type (block types: the
+  // quantized products of kernels/ops.h). The loader keeps such matrices in
+  // their file's blocks.
+  virtual bool TakesWeights(DType t) const { return t == DType::kF32; }
+
   // --- memory ---
   virtual absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) = 0;
   virtual void Free(void* data) = 0;
   // f32 host data converted to the tensor's dtype.
   virtual absl::Status Upload(Tensor dst, const float* host) = 0;
+  // dst.bytes() bytes already in dst.dtype's layout (a weight's GGUF rows).
+  // INVALID_ARGUMENT when the size differs or !TakesWeights(dst.dtype).
+  virtual absl::Status UploadRaw(Tensor dst, std::span<const uint8_t> bytes);
   // Tensor converted to f32 host data.
   virtual absl::Status Download(float* host, Tensor src) = 0;
   virtual absl::Status Synchronize() = 0;

@@ -19,7 +19,8 @@ absl::StatusOr<BackendKind> ParseBackendKind(std::string_view s) {
       absl::StrCat("backend: unknown kind '", std::string(s), "' (want auto, cpu or cuda)"));
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind) {
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind,
+                                                       const CpuBackendOptions& cpu) {
 #ifdef LONGCTX_WITH_CUDA
   if (kind == BackendKind::kCuda || (kind == BackendKind::kAuto && CudaDeviceAvailable())) {
     return CreateCudaBackend();
@@ -29,7 +30,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind) {
     return absl::FailedPreconditionError("backend: this build has no CUDA backend");
   }
 #endif
-  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
+  if (absl::Status s = cpu.Validate(); !s.ok()) return s;
+  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(cpu));
 }
 
 }  // namespace longctx

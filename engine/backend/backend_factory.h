@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_options.h"
 
 namespace longctx {
 
@@ -16,6 +17,8 @@ enum class BackendKind { kAuto, kCpu, kCuda };
 absl::StatusOr<BackendKind> ParseBackendKind(std::string_view s);
 // kAuto picks CUDA when built with it and a GPU is present. kCuda without CUDA
 // in the build is FAILED_PRECONDITION.
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind);
+// `cpu` configures the CPU backend when that is the one made (validated then).
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(BackendKind kind,
+                                                       const CpuBackendOptions& cpu = {});
 
 }  // namespace longctx

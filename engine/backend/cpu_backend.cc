@@ -28,6 +28,21 @@ absl::Status CheckShape(bool ok, const char* op) {
 
 CpuBackend::~CpuBackend() { std::free(kv_); }
 
+bool CpuBackend::TakesWeights(DType t) const {
+  return t == DType::kF32 || options_.quantized_weights;
+}
+
+absl::Status CpuBackend::UploadRaw(Tensor dst, std::span<const uint8_t> bytes) {
+  if (dst.dtype == DType::kF32 || !TakesWeights(dst.dtype) || dst.data == nullptr ||
+      DTypeRowBytes(dst.dtype, dst.cols) <= 0 || bytes.size() != dst.bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cpu backend: raw upload of ", bytes.size(), " bytes into a [", dst.rows, ", ", dst.cols,
+        "] tensor of a type it does not take or of another size"));
+  }
+  std::memcpy(dst.data, bytes.data(), bytes.size());
+  return absl::OkStatus();
+}
+
 absl::StatusOr<DeviceBuffer> CpuBackend::Allocate(size_t bytes) {
   void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
   if (p == nullptr) {
@@ -108,6 +123,12 @@ absl::Status CpuBackend::Embedding(Tensor out, Tensor table, std::span<const int
       return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside the vocabulary"));
     }
   }
+  if (table.dtype != DType::kF32) {
+    cpu::DequantizeWeightRows(F32(out), static_cast<const uint8_t*>(table.data),
+                              WeightFormatOf(table.dtype), ids.data(), static_cast<int>(ids.size()),
+                              static_cast<int>(table.cols));
+    return absl::OkStatus();
+  }
   cpu::Embedding(F32(out), F32(table), ids.data(), static_cast<int>(ids.size()),
                  static_cast<int>(table.cols));
   return absl::OkStatus();
@@ -124,10 +145,17 @@ absl::Status CpuBackend::RmsNorm(Tensor out, Tensor x, Tensor w, float eps) {
 
 absl::Status CpuBackend::Linear(Tensor out, Tensor x, Tensor w, const Tensor* bias) {
   if (auto s = CheckShape(out.rows == x.rows && out.cols == w.rows && x.cols == w.cols &&
+                              DTypeRowBytes(w.dtype, w.cols) > 0 &&
                               (bias == nullptr || bias->numel() == w.rows),
                           "Linear");
       !s.ok()) {
     return s;
+  }
+  if (w.dtype != DType::kF32) {
+    cpu::QuantLinear(F32(out), F32(x), static_cast<const uint8_t*>(w.data), WeightFormatOf(w.dtype),
+                     bias ? F32(*bias) : nullptr, static_cast<int>(x.rows),
+                     static_cast<int>(w.rows), static_cast<int>(w.cols), options_.isa);
+    return absl::OkStatus();
   }
   cpu::Linear(F32(out), F32(x), F32(w), bias ? F32(*bias) : nullptr, static_cast<int>(x.rows),
               static_cast<int>(w.rows), static_cast<int>(w.cols));

@@ -1,14 +1,22 @@
-// CPU backend: f32 everywhere, ops from kernels/cpu, BLAS for matrix products.
+// CPU backend: f32 activations and KV, ops from kernels/cpu. Weights of GGUF
+// block types (and f16 / bf16) stay in their blocks and go through
+// cpu::QuantLinear (int8 activations, AVX-512 VNNI or AVX2); f32 weights through
+// BLAS.
 #pragma once
 
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_options.h"
 
 namespace longctx {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend() = default;
+  // REQUIRES: options.Validate() is OK.
+  explicit CpuBackend(const CpuBackendOptions& options = {}) : options_(options) {}
   ~CpuBackend() override;
+
+  bool TakesWeights(DType t) const override;
+  absl::Status UploadRaw(Tensor dst, std::span<const uint8_t> bytes) override;
 
   std::string Name() const override { return "cpu"; }
   DType WeightType() const override { return DType::kF32; }
@@ -46,6 +54,7 @@ class CpuBackend final : public Backend {
   // The paged K and V of one layer, without a block table.
   cpu::PagedKvView LayerView(int layer) const;
 
+  CpuBackendOptions options_;
   KvGeometry kv_geometry_;
   float* kv_ = nullptr;  // owned: n_blocks * ElementsPerBlock() floats, pages committed lazily
 };

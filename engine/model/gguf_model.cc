@@ -182,9 +182,63 @@ int UnpermuteHeads(const ModelConfig& c, const std::string& name) {
   return 0;
 }
 
+// The DType of a ggml type, when it has one.
+std::optional<DType> DTypeOfGgml(uint32_t type) {
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::kF16:
+      return DType::kF16;
+    case GgmlType::kBF16:
+      return DType::kBF16;
+    case GgmlType::kQ4_0:
+      return DType::kQ4_0;
+    case GgmlType::kQ4_1:
+      return DType::kQ4_1;
+    case GgmlType::kQ8_0:
+      return DType::kQ8_0;
+    case GgmlType::kQ4_K:
+      return DType::kQ4_K;
+    case GgmlType::kQ5_K:
+      return DType::kQ5_K;
+    case GgmlType::kQ6_K:
+      return DType::kQ6_K;
+    default:
+      return std::nullopt;
+  }
+}
+
+// A matrix kept in its blocks: rows copied whole (un-permuted with `heads`).
+absl::Status CopyRawTensor(const GgufFile& f, const GgufTensorInfo& t, DType dtype, int heads,
+                           HostTensor* out) {
+  const std::span<const uint8_t> src = f.TensorData(t);
+  const int64_t rows = t.rows(), row_bytes = DTypeRowBytes(dtype, t.cols());
+  if (row_bytes <= 0 || rows * row_bytes != static_cast<int64_t>(src.size()) ||
+      (heads != 0 && (rows % heads != 0 || (rows / heads) % 2 != 0))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GGUF: tensor '", t.name, "' of shape ", ShapeString(out->shape),
+                     " cannot be kept in its blocks"));
+  }
+  out->dtype = dtype;
+  out->raw.resize(src.size());
+  if (heads == 0) {
+    std::copy(src.begin(), src.end(), out->raw.begin());
+    return absl::OkStatus();
+  }
+  const std::vector<int64_t> map = UnpermuteRowMap(rows, heads);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(src.begin() + r * row_bytes, row_bytes, out->raw.begin() + map[r] * row_bytes);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LoadGgufTensor(const GgufFile& f, const GgufTensorInfo& t, const ModelConfig& c,
-                            HostTensor* out) {
+                            const HostLoadOptions& options, HostTensor* out) {
   out->shape = t.Shape();
+  const std::optional<DType> dtype = DTypeOfGgml(t.type);
+  if (t.ne.size() == 2 && dtype.has_value() &&
+      std::find(options.raw_types.begin(), options.raw_types.end(), *dtype) !=
+          options.raw_types.end()) {
+    return CopyRawTensor(f, t, *dtype, UnpermuteHeads(c, t.name), out);
+  }
   out->data.resize(static_cast<size_t>(t.n_elements));
   const int heads = UnpermuteHeads(c, t.name);
   if (heads == 0) return f.Dequantize(t, out->data);
@@ -205,7 +259,7 @@ absl::Status LoadGgufTensor(const GgufFile& f, const GgufTensorInfo& t, const Mo
 
 }  // namespace
 
-absl::StatusOr<HostModel> LoadGgufModel(const GgufFile& f) {
+absl::StatusOr<HostModel> LoadGgufModel(const GgufFile& f, const HostLoadOptions& options) {
   HostModel m;
   ASSIGN_OR_RETURN(m.config, GgufConfig(f));
   ASSIGN_OR_RETURN(m.vocab, GgufVocab(f));
@@ -241,15 +295,15 @@ absl::StatusOr<HostModel> LoadGgufModel(const GgufFile& f) {
   const auto n_jobs = static_cast<int64_t>(jobs.size());
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n_jobs; ++i) {
-    status[i] = LoadGgufTensor(f, *jobs[i].first, m.config, jobs[i].second);
+    status[i] = LoadGgufTensor(f, *jobs[i].first, m.config, options, jobs[i].second);
   }
   for (const absl::Status& s : status) RETURN_IF_ERROR(s);
   return m;
 }
 
-absl::StatusOr<HostModel> LoadGgufModel(const std::string& path) {
+absl::StatusOr<HostModel> LoadGgufModel(const std::string& path, const HostLoadOptions& options) {
   ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> f, GgufFile::Open(path));
-  absl::StatusOr<HostModel> m = LoadGgufModel(*f);
+  absl::StatusOr<HostModel> m = LoadGgufModel(*f, options);
   if (!m.ok())
     return absl::Status(m.status().code(), absl::StrCat(path, ": ", m.status().message()));
   return m;

@@ -14,8 +14,10 @@ namespace longctx {
 
 // Checks config, vocabulary and every required tensor's shape before
 // dequantizing anything.
-absl::StatusOr<HostModel> LoadGgufModel(const GgufFile& file);
+// Matrices of options.raw_types keep their blocks (HostLoadOptions).
+absl::StatusOr<HostModel> LoadGgufModel(const GgufFile& file, const HostLoadOptions& options = {});
 // Opens (memory-maps) `path` and loads it; errors are prefixed with the path.
-absl::StatusOr<HostModel> LoadGgufModel(const std::string& path);
+absl::StatusOr<HostModel> LoadGgufModel(const std::string& path,
+                                        const HostLoadOptions& options = {});
 
 }  // namespace longctx

@@ -15,12 +15,12 @@ int64_t HostTensor::numel() const {
   return n;
 }
 
-absl::StatusOr<HostModel> LoadHostModel(const std::string& path) {
+absl::StatusOr<HostModel> LoadHostModel(const std::string& path, const HostLoadOptions& options) {
   const std::string_view prefix = kSyntheticModelPrefix;
   if (path.starts_with(prefix)) return SyntheticHostModel(path.substr(prefix.size()));
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) return LoadSafetensorsModel(path);
-  return LoadGgufModel(path);
+  return LoadGgufModel(path, options);
 }
 
 }  // namespace longctx

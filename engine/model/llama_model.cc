@@ -80,11 +80,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(const HostModel& 
                                                      it->second.numel(), " elements, want ", rows,
                                                      "x", cols));
     }
-    Tensor t{nullptr, backend->WeightType(), rows, cols};
+    const HostTensor& h = it->second;
+    const bool raw = h.dtype != DType::kF32;
+    Tensor t{nullptr, raw ? h.dtype : backend->WeightType(), rows, cols};
     ASSIGN_OR_RETURN(DeviceBuffer buf, backend->Allocate(t.bytes()));
     t.data = buf.data();
-    const HostTensor& h = it->second;
-    if (h.synthetic()) {
+    if (raw) {
+      RETURN_IF_ERROR(backend->UploadRaw(t, h.raw));
+    } else if (h.synthetic()) {
       RETURN_IF_ERROR(backend->FillUniform(t, h.fill_seed, h.fill_lo, h.fill_hi));
     } else {
       RETURN_IF_ERROR(backend->Upload(t, h.data.data()));

@@ -6,10 +6,20 @@
 
 namespace longctx {
 
+HostLoadOptions HostLoadOptionsFor(const Backend& backend) {
+  HostLoadOptions options;
+  for (DType t : {DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kQ4_K,
+                  DType::kQ5_K, DType::kQ6_K}) {
+    if (backend.TakesWeights(t)) options.raw_types.push_back(t);
+  }
+  return options;
+}
+
 absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend,
+                                      const CpuBackendOptions& cpu,
                                       const std::string& infini_gates) {
   ASSIGN_OR_RETURN(BackendKind kind, ParseBackendKind(backend));
-  ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, CreateBackend(kind));
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> b, CreateBackend(kind, cpu));
   return OpenModel(path, std::move(b), infini_gates);
 }
 
@@ -17,7 +27,7 @@ absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<B
                                       const std::string& infini_gates) {
   LoadedModel m;
   m.backend = std::move(backend);
-  ASSIGN_OR_RETURN(m.host, LoadHostModel(path));
+  ASSIGN_OR_RETURN(m.host, LoadHostModel(path, HostLoadOptionsFor(*m.backend)));
   ASSIGN_OR_RETURN(m.infini_gates, ApplyInfiniGates(infini_gates, path, &m.host));
   return m;
 }
@@ -30,8 +40,9 @@ absl::Status BuildModel(LoadedModel& m, const KvCacheConfig& kv, bool keep_host)
 
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend,
                                       const KvCacheConfig& kv, bool keep_host,
+                                      const CpuBackendOptions& cpu,
                                       const std::string& infini_gates) {
-  ASSIGN_OR_RETURN(LoadedModel m, OpenModel(path, backend, infini_gates));
+  ASSIGN_OR_RETURN(LoadedModel m, OpenModel(path, backend, cpu, infini_gates));
   RETURN_IF_ERROR(BuildModel(m, kv, keep_host));
   return m;
 }

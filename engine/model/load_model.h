@@ -8,11 +8,16 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/backend.h"
+#include "engine/backend/cpu_options.h"
 #include "engine/kv/kv_cache.h"
 #include "engine/model/host_weights.h"
 #include "engine/model/llama_model.h"
 
 namespace longctx {
+
+// What LoadHostModel keeps in its blocks for `backend`: the GGUF weight types
+// it takes (Backend::TakesWeights).
+HostLoadOptions HostLoadOptionsFor(const Backend& backend);
 
 struct LoadedModel {
   std::unique_ptr<Backend> backend;
@@ -27,11 +32,14 @@ struct LoadedModel {
 // configuration (or adjust the host weights) before building it:
 // OpenModel creates `backend` (a ParseBackendKind name: auto, cpu or cuda)
 // and reads the weights at `path` (a GGUF file or a Hugging Face directory)
-// into LoadedModel::host; BuildModel builds LoadedModel::model with a KV
+// into LoadedModel::host, GGUF matrices of the types the backend takes
+// (Backend::TakesWeights) in their blocks; BuildModel builds LoadedModel::model with a KV
 // cache of `kv`, then drops the host weights' tensors unless `keep_host`
-// (the vocabulary and configuration stay). `infini_gates` is the gate setting
-// of engine/model/infini_gates.h (auto: a sidecar beside the model, if any).
+// (the vocabulary and configuration stay). `cpu` applies when the backend is
+// the CPU's; `infini_gates` is the gate setting of engine/model/infini_gates.h
+// (auto: a sidecar beside the model, if any).
 absl::StatusOr<LoadedModel> OpenModel(const std::string& path, const std::string& backend,
+                                      const CpuBackendOptions& cpu = {},
                                       const std::string& infini_gates = "auto");
 // As above, on a backend the caller made (e.g. with CUDA options).
 absl::StatusOr<LoadedModel> OpenModel(const std::string& path, std::unique_ptr<Backend> backend,
@@ -41,6 +49,7 @@ absl::Status BuildModel(LoadedModel& model, const KvCacheConfig& kv, bool keep_h
 // OpenModel then BuildModel.
 absl::StatusOr<LoadedModel> LoadModel(const std::string& path, const std::string& backend,
                                       const KvCacheConfig& kv, bool keep_host = false,
+                                      const CpuBackendOptions& cpu = {},
                                       const std::string& infini_gates = "auto");
 
 }  // namespace longctx

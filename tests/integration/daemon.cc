@@ -200,9 +200,12 @@ Daemon* SharedDaemon(std::string* why) {
     if (ModelPath().empty()) {
       error = new std::string("LONGCTX_MODEL is not set: integration tests need the default model");
     } else {
-      // Small limits so that the limit tests can reach them cheaply.
+      // Small limits so that the limit tests can reach them cheaply. f32 weights:
+      // tests compare its scores with the engine run directly in other prefill
+      // pieces, equal up to summation order only without int8 activations.
       auto d = Daemon::Start({"--max_message_bytes=1MiB", "--max_segment_bytes=64KiB",
-                              "--max_generate_tokens=512", "--max_session_tokens=8192"});
+                              "--max_generate_tokens=512", "--max_session_tokens=8192",
+                              "--cpu_weights=f32"});
       absl::Status s = d.ok() ? (*d)->WaitServing(absl::Minutes(5)) : d.status();
       if (s.ok()) {
         shared = new std::unique_ptr<Daemon>(std::move(*d));
