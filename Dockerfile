@@ -78,7 +78,8 @@ RUN cuda=OFF; if [ "$VARIANT" = cuda ]; then cuda=ON; fi; \
 # into $LONGCTX_MODELS; the Kubernetes init container of the StatefulSet. It
 # does nothing when the model is already there with the right checksum.
 FROM python:3.12-slim-bookworm AS fetch-model
-COPY scripts/fetch_model.sh scripts/models.sha256 /opt/longctx/
+COPY scripts/fetch_model.sh scripts/models.sha256 \
+     models/SmolLM2-135M-Instruct.Q4_1.infini_gates.safetensors /opt/longctx/
 ENV LONGCTX_MODELS=/var/lib/longctx/models \
     HOME=/tmp \
     PIP_NO_CACHE_DIR=1 \

@@ -1,5 +1,10 @@
 #include "tests/integration/helpers.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <fstream>
 
@@ -284,6 +289,18 @@ void ExpectStillServing(Daemon* daemon) {
   auto score = Score(stub.get(), s->id(), " It purred.");
   EXPECT_TRUE(score.ok()) << score.status();
   EXPECT_TRUE(DeleteSession(stub.get(), s->id()).ok());
+}
+
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t n = sizeof(a);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n);
+  close(fd);
+  return ntohs(a.sin_port);
 }
 
 }  // namespace longctx::testing

@@ -98,6 +98,9 @@ v1::CreateSessionRequest WindowedSession(v1::OverflowPolicy policy, int64_t wind
 // `n` paragraphs of about 60 tokens of plain prose, numbered so that no two repeat.
 std::vector<std::string> Paragraphs(int n);
 
+// A loopback TCP port that was free a moment ago (for a server's flags).
+int FreePort();
+
 // Proves the engine still works: a fresh session ingests, generates and is
 // scored. Adds a gtest failure otherwise.
 void ExpectStillServing(Daemon* daemon);

@@ -33,18 +33,6 @@ constexpr char kAlice[] = "alice-http-token-00001";
 constexpr char kBob[] = "bob-http-token-0000002";
 constexpr char kReader[] = "reader-http-token-0003";
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t n = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 struct HttpReply {
   long status = 0;
   std::string body;

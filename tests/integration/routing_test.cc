@@ -86,18 +86,6 @@ TEST(SessionHomeTest, OnlyNotFoundOfAnotherHomeBecomesMisdirected) {
   EXPECT_EQ(CheckNewSessionId("bad id", "a-1").code(), absl::StatusCode::kInvalidArgument);
 }
 
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t n = sizeof(a);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 // The value of trailing metadata `key` of a finished call, or "".
 std::string Trailer(const grpc::ClientContext& ctx, const std::string& key) {
   const auto& md = ctx.GetServerTrailingMetadata();
