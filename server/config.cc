@@ -211,8 +211,8 @@ const std::vector<Field>& Fields() {
                       "none, or a sidecar's path",
                       &ServerConfig::infini_gates),
           StringField("cpu_weights",
-                      "CPU backend: f32 (dequantized at load) or quantized (weights in their "
-                      "GGUF blocks, int8 activations)",
+                      "CPU backend: quantized (weights in their GGUF blocks, int8 "
+                      "activations) or f32 (dequantized at load)",
                       &ServerConfig::cpu_weights),
           BytesField("kv_cache_bytes",
                      "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",

@@ -50,8 +50,8 @@
 ABSL_FLAG(std::string, model, "",
           "model file (GGUF), Hugging Face directory, or synthetic:llama2-7b (random weights)");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
-ABSL_FLAG(std::string, cpu_weights, "f32",
-          "CPU: f32 (dequantized at load, BLAS) or quantized (GGUF blocks, int8 activations)");
+ABSL_FLAG(std::string, cpu_weights, "quantized",
+          "CPU: quantized (GGUF blocks, int8 activations) or f32 (dequantized at load, BLAS)");
 ABSL_FLAG(std::string, cpu_isa, "auto", "CPU: quantized products on auto, avx512, avx2 or scalar");
 ABSL_FLAG(std::string, lengths, "512,2048,8192", "context lengths to prefill");
 ABSL_FLAG(int, decode, 64, "decode steps timed per batch size (and per graph setting)");

@@ -37,8 +37,8 @@
 
 ABSL_FLAG(std::string, model, "", "model file; default $LONGCTX_MODEL");
 ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
-ABSL_FLAG(std::string, cpu_weights, "f32",
-          "CPU: f32 (dequantized at load, BLAS) or quantized (GGUF blocks, int8 activations)");
+ABSL_FLAG(std::string, cpu_weights, "quantized",
+          "CPU: quantized (GGUF blocks, int8 activations) or f32 (dequantized at load, BLAS)");
 ABSL_FLAG(std::string, cpu_isa, "auto", "CPU: quantized products on auto, avx512, avx2 or scalar");
 ABSL_FLAG(std::string, text, "", "ppl: UTF-8 text file");
 ABSL_FLAG(std::string, lengths, "1024,2048,4096", "context lengths in tokens");

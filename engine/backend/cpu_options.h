@@ -11,11 +11,11 @@
 namespace longctx {
 
 struct CpuBackendOptions {
-  // Keep GGUF weights in their blocks and multiply them with int8-quantized
-  // activations (a quarter to an eighth of the bytes; prefill as fast as the
-  // f32 path, decode slower so far: docs/benchmarks.md); false (default):
+  // true (default): keep GGUF weights in their blocks and multiply them with
+  // int8-quantized activations (a quarter to an eighth of the bytes; prefill
+  // as fast as the f32 path, decode faster: docs/benchmarks.md); false:
   // dequantize every weight to f32 at load and multiply in f32 with BLAS.
-  bool quantized_weights = false;
+  bool quantized_weights = true;
   // Instruction set of the quantized products; kAuto: the best this CPU has.
   cpu::CpuIsa isa = cpu::CpuIsa::kAuto;
 
