@@ -198,6 +198,43 @@ TEST_P(QuantLinearTest, ZeroBlocksOutliersAndExtremeScales) {
   }
 }
 
+// Up to four rows the legacy formats (blocks of 32) are read in place, two
+// blocks at a time with AVX-512: every row count around that limit, an odd
+// number of blocks, and blocks of the extreme values (nibbles all 15 or all 0;
+// Q8_0 at 127, −128, −1 and 1: its values all 0 would make a row of zero
+// weights, which the offset form, scale · (q + 128) − 128 · scale, gets to
+// within the rounding of the two terms only, not to the relative bound here).
+TEST_P(QuantLinearTest, FewRowsWithOddBlocksAndExtremeValues) {
+  const FormatCase& fc = format();
+  const int block = cpu::WeightBlockElements(fc.format);
+  const int unit = std::max(block, 32);
+  std::mt19937 rng(19 + GetParam());
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (int T = 1; T <= 5; ++T) {
+    for (int blocks : {1, 3, 18}) {
+      const Shape s{T, 7, unit * blocks};
+      std::vector<uint8_t> w = RandomRows(fc, s.N, s.K, rng);
+      if (block == 32) {
+        const int qs = 2 * static_cast<int>(fc.half_fields.size());
+        const uint8_t zero = fc.format == WeightFormat::kQ8_0 ? 0x01 : 0x00;
+        const uint8_t fills[] = {0xff, zero, 0x7f, 0x80};
+        for (int i = 0; i < 4; ++i) {
+          const int64_t b = (i * 5) % (s.N * blocks);
+          std::fill(w.begin() + b * fc.block_bytes + qs, w.begin() + (b + 1) * fc.block_bytes,
+                    fills[i]);
+        }
+      }
+      std::vector<float> x(static_cast<size_t>(s.T) * s.K), bias(static_cast<size_t>(s.N));
+      for (float& v : x) v = normal(rng);
+      for (float& v : bias) v = normal(rng);
+      for (CpuIsa isa : Isas()) {
+        std::vector<float> out;
+        CheckCase(fc, isa, s, w, x, bias, &out);
+      }
+    }
+  }
+}
+
 TEST_P(QuantLinearTest, ZeroWeightsGiveTheBias) {
   const FormatCase& fc = format();
   const int K = std::max(cpu::WeightBlockElements(fc.format), 32);

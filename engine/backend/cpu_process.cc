@@ -12,6 +12,10 @@ namespace longctx {
 namespace {
 
 constexpr char kPreparedEnv[] = "LONGCTX_PROCESS_PREPARED";
+// Spins of a waiting OpenMP thread before it sleeps: longer than the gaps
+// between the parallel regions of a decode step, short against a scheduler
+// slice (cpu_process.h).
+constexpr char kShortSpin[] = "20000";
 
 // The OpenBLAS kernel family to ask for, or nullptr to keep the detected one.
 const char* BetterBlasCore() {
@@ -38,8 +42,8 @@ void PrepareCpuProcess(char** argv) {
     setenv("OPENBLAS_CORETYPE", core, 1);
     changed = true;
   }
-  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    setenv("OMP_WAIT_POLICY", "passive", 1);
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr && std::getenv("GOMP_SPINCOUNT") == nullptr) {
+    setenv("GOMP_SPINCOUNT", kShortSpin, 1);
     changed = true;
   }
   if (!changed) return;

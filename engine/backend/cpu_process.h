@@ -8,11 +8,16 @@
 //   not know (newer Xeons, many virtual machines) it falls back to its oldest
 //   kernels (Prescott, SSE3), an order of magnitude slower. Then, when the CPU has
 //   AVX-512 or AVX2, OPENBLAS_CORETYPE is set to the matching kernel family.
-// - OpenMP threads spin at barriers by default. When the process shares its cores
-//   (other processes, a container's CPU quota), a spinning thread waits for a
-//   descheduled peer for whole scheduler slices: measured 10x slower steps on a
-//   loaded 2-core machine. OMP_WAIT_POLICY defaults to passive; set it to active
-//   on dedicated cores.
+// - OpenMP threads wait at barriers and between parallel regions. Spinning
+//   for long (OMP_WAIT_POLICY=active) makes a thread wait for a descheduled
+//   peer for whole scheduler slices when the process shares its cores (other
+//   processes, a container's CPU quota): measured 10x slower steps on a loaded
+//   2-core machine. Sleeping at once (passive) pays a futex wake-up per region,
+//   hundreds of them per decode step: quantized decode at 512 tokens ran at
+//   69 tok/s passive, 153 tok/s spinning briefly. So, unless OMP_WAIT_POLICY or
+//   GOMP_SPINCOUNT is set, threads spin kShortSpin iterations, then sleep
+//   (GOMP_SPINCOUNT, libgomp's setting). Set OMP_WAIT_POLICY=active on
+//   dedicated cores, passive on crowded ones.
 #pragma once
 
 namespace longctx {

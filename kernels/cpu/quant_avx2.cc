@@ -54,6 +54,58 @@ struct Kernel {
     }
   }
 
+  // Direct products (quant_impl.h): a block's 32 values as unsigned bytes in
+  // element order (4-bit: the 16 low nibbles, then the 16 high ones), widened
+  // to 16 bits as in Step.
+  static constexpr bool kDirect = true;
+
+  template <WeightFormat F>
+  static inline __m256i Unpack(const uint8_t* blk) {
+    if constexpr (F == WeightFormat::kQ8_0) {
+      return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)),
+                              _mm256_set1_epi8(static_cast<char>(0x80)));
+    } else {
+      const __m128i q = _mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(blk + (F == WeightFormat::kQ4_1 ? 4 : 2)));
+      const __m128i m = _mm_set1_epi8(0x0f);
+      return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
+    }
+  }
+
+  template <WeightFormat F, int R>
+  static void Direct(const DirectIn& in, DirectOut& out) {
+    constexpr int kBytes = kLegacyBytes<F>;
+    const int nb = in.K / kActBlock;
+    __m256 acc[R];
+    float off[R];
+    for (int r = 0; r < R; ++r) {
+      acc[r] = _mm256_setzero_ps();
+      off[r] = 0.f;
+    }
+    for (int b = 0; b < nb; ++b) {
+      const uint8_t* blk = in.w + int64_t{kBytes} * b;
+      float scale, offset;
+      LegacyScale<F>(blk, &scale, &offset);
+      const __m256i u = Unpack<F>(blk);
+      const __m256i ulo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(u));
+      const __m256i uhi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(u, 1));
+      for (int r = 0; r < R; ++r) {
+        const int8_t* a = in.a + int64_t{r} * in.K + kActBlock * b;
+        const __m256i alo =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+        const __m256i ahi =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a + 16)));
+        const __m256i dot =
+            _mm256_add_epi32(_mm256_madd_epi16(ulo, alo), _mm256_madd_epi16(uhi, ahi));
+        const float* s = in.s + int64_t{r} * 2 * nb + 2 * b;
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                 _mm256_set1_ps(scale * in.d[int64_t{r} * nb + b]), acc[r]);
+        off[r] += offset * (s[0] + s[1]);
+      }
+    }
+    for (int r = 0; r < R; ++r) out[r] = HorizontalSum(acc[r]) + off[r];
+  }
+
   template <int R, int C>
   static void Tile(const TileIn& in, TileOut& out) {
     __m256 acc[R][C];

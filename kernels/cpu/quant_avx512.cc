@@ -48,6 +48,67 @@ struct Kernel {
     }
   }
 
+  // Direct products (quant_impl.h): a block's 32 values as unsigned bytes in
+  // element order (4-bit: the 16 low nibbles, then the 16 high ones).
+  static constexpr bool kDirect = true;
+
+  template <WeightFormat F>
+  static inline __m256i Unpack(const uint8_t* blk) {
+    if constexpr (F == WeightFormat::kQ8_0) {
+      return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)),
+                              _mm256_set1_epi8(static_cast<char>(0x80)));
+    } else {
+      const __m128i q = _mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(blk + (F == WeightFormat::kQ4_1 ? 4 : 2)));
+      const __m128i m = _mm_set1_epi8(0x0f);
+      return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
+    }
+  }
+
+  // Blocks b and b + 1 (Pair) or block b alone of one weight row × R activation
+  // rows: lanes 0..7 hold block b, lanes 8..15 block b + 1.
+  template <WeightFormat F, int R, bool Pair>
+  static inline void DirectStep(const DirectIn& in, int b, __m512 (&acc)[R], float (&off)[R]) {
+    constexpr int kBytes = kLegacyBytes<F>;
+    const int nb = in.K / kActBlock;
+    const uint8_t* blk = in.w + int64_t{kBytes} * b;
+    float s0, o0, s1 = 0.f, o1 = 0.f;
+    LegacyScale<F>(blk, &s0, &o0);
+    __m512i u = _mm512_zextsi256_si512(Unpack<F>(blk));
+    if constexpr (Pair) {
+      LegacyScale<F>(blk + kBytes, &s1, &o1);
+      u = _mm512_inserti64x4(u, Unpack<F>(blk + kBytes), 1);
+    }
+    for (int r = 0; r < R; ++r) {
+      const int8_t* a = in.a + int64_t{r} * in.K + kActBlock * b;
+      const float* d = in.d + int64_t{r} * nb + b;
+      const float* s = in.s + int64_t{r} * 2 * nb + 2 * b;
+      const __m512i ar = _mm512_maskz_loadu_epi8(Pair ? ~0ull : 0xffffffffull, a);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, ar);
+      const __m512 sc = Pair ? _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(s0 * d[0]),
+                                                    _mm512_set1_ps(s1 * d[Pair ? 1 : 0]))
+                             : _mm512_set1_ps(s0 * d[0]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[r]);
+      off[r] += o0 * (s[0] + s[1]);
+      if constexpr (Pair) off[r] += o1 * (s[2] + s[3]);
+    }
+  }
+
+  template <WeightFormat F, int R>
+  static void Direct(const DirectIn& in, DirectOut& out) {
+    __m512 acc[R];
+    float off[R];
+    for (int r = 0; r < R; ++r) {
+      acc[r] = _mm512_setzero_ps();
+      off[r] = 0.f;
+    }
+    const int nb = in.K / kActBlock;
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) DirectStep<F, R, true>(in, b, acc, off);
+    if (b < nb) DirectStep<F, R, false>(in, b, acc, off);
+    for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]) + off[r];
+  }
+
   template <int R, int C>
   static void Tile(const TileIn& in, TileOut& out) {
     __m512 acc[R][C];

@@ -13,7 +13,11 @@
 //   Σ w x ≈ Σ_g scale[g] d(g) Σ_{i∈g} u a  +  Σ_g offset[g] s[g],
 // the first sum by integer dot products (u8 × s8), the second in f32. A tile of
 // weight rows is expanded once and reused for every activation row, so prefill
-// pays the unpacking once per weight and decode pays it once per token.
+// pays the unpacking once per weight. Decode would pay it once per token, as
+// much as the products themselves; so for a few activation rows the legacy
+// formats (Q4_0, Q4_1, Q8_0) skip the expanded form: a kernel with `Direct`
+// unpacks each block in registers and takes its dot products at once, with the
+// same sums (scale and offset per block of 32, that is per pair of groups).
 #ifndef LONGCTX_QUANT_ISA
 #error "define LONGCTX_QUANT_ISA before including quant_impl.h"
 #endif
@@ -24,6 +28,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -218,6 +223,26 @@ inline void RowToFloat(WeightFormat f, const uint8_t* row, int K, float* out) {
   }
 }
 
+// The legacy formats read in place (decode, kDirectRows rows or fewer): bytes of a
+// block, and its scale and offset in the form w = scale · u + offset, u as
+// Unpack gives it (nibbles as they are, Q8_0 shifted by 128).
+inline constexpr int kDirectRows = 4;
+
+template <WeightFormat F>
+inline constexpr int kLegacyBytes = F == WeightFormat::kQ4_1   ? 20
+                                    : F == WeightFormat::kQ8_0 ? 34
+                                                               : 18;
+
+template <WeightFormat F>
+inline void LegacyScale(const uint8_t* blk, float* scale, float* offset) {
+  *scale = Half(blk);
+  if constexpr (F == WeightFormat::kQ4_1) {
+    *offset = Half(blk + 2);
+  } else {
+    *offset = (F == WeightFormat::kQ8_0 ? -128.f : -8.f) * *scale;
+  }
+}
+
 // --- activations -------------------------------------------------------------------
 
 // Rows of activations quantized: a [T, K] int8, d [T, K / 32], s [T, K / 16].
@@ -312,6 +337,56 @@ constexpr auto FloatTileTable(std::integer_sequence<int, R...>) {
       row.template operator()<R + 1>(std::make_integer_sequence<int, kMaxTile>())...};
 }
 
+// What a direct product reads: one weight row in its blocks and every activation row.
+struct DirectIn {
+  const uint8_t* w = nullptr;  // [K / 32 blocks]
+  const int8_t* a = nullptr;   // row r at a + r * K
+  const float* d = nullptr;    // row r at d + r * (K / 32)
+  const float* s = nullptr;    // row r at s + r * (K / 16)
+  int K = 0;
+};
+using DirectOut = float[kDirectRows];  // [row]: Σ w x without bias
+
+// Output columns [c0, c0 + nc) of the p.T ≤ kDirectRows rows, weights read in place.
+template <class Kernel, WeightFormat F>
+void DirectColumnsOf(const LinearArgs& p, const Acts& acts, int c0, int nc) {
+  using Fn = void (*)(const DirectIn&, DirectOut&);
+  static constexpr Fn kRows[kDirectRows] = {
+      &Kernel::template Direct<F, 1>, &Kernel::template Direct<F, 2>,
+      &Kernel::template Direct<F, 3>, &Kernel::template Direct<F, 4>};
+  DirectOut res;
+  for (int c = c0; c < c0 + nc; ++c) {
+    const DirectIn in{p.w + c * p.row_bytes, acts.a.data(), acts.d.data(), acts.s.data(), p.K};
+    kRows[p.T - 1](in, res);
+    for (int r = 0; r < p.T; ++r) {
+      p.out[int64_t{r} * p.N + c] = res[r] + (p.bias != nullptr ? p.bias[c] : 0.f);
+    }
+  }
+}
+
+// True when the columns were computed here: a kernel with direct products, a
+// legacy format and few rows.
+template <class Kernel>
+bool DirectColumns(const LinearArgs& p, const Acts& acts, int c0, int nc) {
+  if constexpr (requires { Kernel::kDirect; }) {
+    if (p.T > kDirectRows) return false;
+    switch (p.format) {
+      case WeightFormat::kQ4_0:
+        DirectColumnsOf<Kernel, WeightFormat::kQ4_0>(p, acts, c0, nc);
+        return true;
+      case WeightFormat::kQ4_1:
+        DirectColumnsOf<Kernel, WeightFormat::kQ4_1>(p, acts, c0, nc);
+        return true;
+      case WeightFormat::kQ8_0:
+        DirectColumnsOf<Kernel, WeightFormat::kQ8_0>(p, acts, c0, nc);
+        return true;
+      default:
+        return false;
+    }
+  }
+  return false;
+}
+
 // Per-thread scratch of one column tile.
 struct ColumnScratch {
   explicit ColumnScratch(int K)
@@ -367,37 +442,55 @@ inline void FloatColumns(const LinearArgs& p, int c0, int nc, ColumnScratch& cs)
   }
 }
 
+// Rows [t0, t1) of x quantized into acts (sized for all of x's rows).
+inline void QuantizeRows(const LinearArgs& p, int t0, int t1, Acts& acts) {
+  const int K = p.K;
+  for (int t = t0; t < t1; ++t) {
+    QuantizeRow(p.x + int64_t{t} * K, K, acts.a.data() + int64_t{t} * K,
+                acts.d.data() + int64_t{t} * (K / kActBlock),
+                acts.s.data() + int64_t{t} * (K / kGroup));
+  }
+}
+
+inline void ResizeActs(int T, int K, Acts& acts) {
+  acts.a.resize(static_cast<size_t>(T) * K);
+  acts.d.resize(static_cast<size_t>(T) * (K / kActBlock));
+  acts.s.resize(static_cast<size_t>(T) * (K / kGroup));
+}
+
 template <class Kernel>
 void RunLinear(const LinearArgs& p) {
   const bool blocks = !IsFloatFormat(p.format);
   const int K = p.K;
   const int tile = blocks ? Kernel::kCols : kMaxTile;
-  Acts acts;
-  if (blocks) {
-    acts.a.resize(static_cast<size_t>(p.T) * K);
-    acts.d.resize(static_cast<size_t>(p.T) * (K / kActBlock));
-    acts.s.resize(static_cast<size_t>(p.T) * (K / kGroup));
-  }
+  // A few rows (decode) every thread quantizes for itself: cheaper than the
+  // barrier that sharing them would take.
+  const bool own_acts = blocks && p.T <= kDirectRows;
+  Acts shared;
+  if (blocks && !own_acts) ResizeActs(p.T, K, shared);
   const int n_tiles = (p.N + tile - 1) / tile;
   const double work = 2.0 * p.T * p.N * K;
 #pragma omp parallel if (work > 1e6)
   {
-    if (blocks) {
+    Acts own;
+    if (own_acts) {
+      ResizeActs(p.T, K, own);
+      QuantizeRows(p, 0, p.T, own);
+    } else if (blocks) {
 #pragma omp for schedule(static)
-      for (int t = 0; t < p.T; ++t) {
-        QuantizeRow(p.x + int64_t{t} * K, K, acts.a.data() + int64_t{t} * K,
-                    acts.d.data() + int64_t{t} * (K / kActBlock),
-                    acts.s.data() + int64_t{t} * (K / kGroup));
-      }
+      for (int t = 0; t < p.T; ++t) QuantizeRows(p, t, t + 1, shared);
     }
-    ColumnScratch cs(K);
+    const Acts& acts = own_acts ? own : shared;
+    std::optional<ColumnScratch> cs;
 #pragma omp for schedule(static)
     for (int i = 0; i < n_tiles; ++i) {
       const int c0 = i * tile, nc = std::min(tile, p.N - c0);
+      if (blocks && DirectColumns<Kernel>(p, acts, c0, nc)) continue;
+      if (!cs) cs.emplace(K);
       if (blocks) {
-        BlockColumns<Kernel>(p, acts, c0, nc, cs);
+        BlockColumns<Kernel>(p, acts, c0, nc, *cs);
       } else {
-        FloatColumns(p, c0, nc, cs);
+        FloatColumns(p, c0, nc, *cs);
       }
     }
   }
