@@ -80,7 +80,9 @@ run_asan() {
   local targets=(longctx_unit_tests)
   ((fast)) || targets+=(longctx_integration_tests)
   configure_asan "$asan_build"
-  cmake --build "$asan_build" -j "$jobs" --target "${targets[@]}"
+  # (set -e does not hold inside a function called with ||: check by hand,
+  # or a failed build would run the previous binaries.)
+  cmake --build "$asan_build" -j "$jobs" --target "${targets[@]}" || return 1
   local logs="$asan_build/sanitizer-logs"
   rm -rf "$logs" && mkdir -p "$logs"
   # detect_leaks: LeakSanitizer at every exit; halt at the first error.
@@ -116,7 +118,8 @@ tsan_integration_filter+=':-SecurityTest.TokensFileReloadsWithoutRestart'
 
 run_tsan() {
   configure_sanitized "$tsan_build" thread
-  cmake --build "$tsan_build" -j "$jobs" --target longctx_unit_tests longctx_integration_tests
+  cmake --build "$tsan_build" -j "$jobs" --target longctx_unit_tests longctx_integration_tests ||
+    return 1
   local shim="$tsan_build/lib/libtsan_absl_sync.so"
   mkdir -p "$(dirname "$shim")"
   clang++ -std=c++20 -O1 -shared -fPIC -Wall -Wextra -Werror scripts/tsan_absl_sync.cc \

@@ -1,6 +1,10 @@
 // QuantLinear's front: formats, the choice of instruction set, the dispatch.
 #include <omp.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #include "kernels/cpu/quant_internal.h"
 #include "kernels/ops.h"
 
@@ -43,6 +47,16 @@ int64_t WeightRowBytes(WeightFormat f, int64_t K) {
   return K / s.block * s.bytes;
 }
 
+#if defined(__x86_64__)
+namespace {
+// F16C, CPUID leaf 1 ECX bit 29 (clang's __builtin_cpu_supports does not know it).
+bool HasF16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+}
+}  // namespace
+#endif
+
 bool CpuIsaSupported(CpuIsa isa) {
 #if defined(__x86_64__)
   switch (isa) {
@@ -50,8 +64,7 @@ bool CpuIsaSupported(CpuIsa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     case CpuIsa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
     default:
       return true;
   }
