@@ -5,6 +5,7 @@
 
 #define LONGCTX_QUANT_ISA avx512
 #include "kernels/cpu/quant_impl.h"
+#include "kernels/cpu/quant_unpack_x86.h"
 
 namespace longctx::cpu::quant::avx512 {
 namespace {
@@ -54,15 +55,7 @@ struct Kernel {
 
   template <WeightFormat F>
   static inline __m256i Unpack(const uint8_t* blk) {
-    if constexpr (F == WeightFormat::kQ8_0) {
-      return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2)),
-                              _mm256_set1_epi8(static_cast<char>(0x80)));
-    } else {
-      const __m128i q = _mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(blk + (F == WeightFormat::kQ4_1 ? 4 : 2)));
-      const __m128i m = _mm_set1_epi8(0x0f);
-      return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
-    }
+    return UnpackBlockBytes<F>(blk);
   }
 
   // Blocks b and b + 1 (Pair) or block b alone of one weight row × R activation
