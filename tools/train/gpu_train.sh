@@ -15,7 +15,8 @@
 # 64 sinks, linear update, sequences of 10240 tokens (4 windows). Env:
 # LORA_RANK (default 0: gates only), RULE (linear), SEQ_LEN (10240), DEVICE
 # (cuda), EXTRA (more train_gates.py flags; later flags win). Writes into OUTDIR: env.log, equivalence.md and
-# .json, train.log, log.jsonl, gates.safetensors (lora.safetensors).
+# .json, train.log, log.jsonl, gates.safetensors (with LORA_RANK: lora.safetensors, and
+# model-lora.gguf with model-lora.infini_gates.safetensors, the deltas merged by merge_lora.py).
 set -uo pipefail
 bundle=$1 out=$2 minutes=${3:-5}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,3 +54,8 @@ timeout $(( minutes * 60 + 120 )) python3 "$here/train_gates.py" --model="$model
   ${EXTRA:-} 2>&1 | tee "$out/train.log" | grep -v '^step=[0-9]* loss=' 
 echo "train: rc=${PIPESTATUS[0]} $(( $(date +%s) - start )) s"
 tail -n 3 "$out/train.log"
+if [[ ${LORA_RANK:-0} -gt 0 && -f $out/lora.safetensors ]]; then
+  python3 "$here/merge_lora.py" --model="$model" --lora="$out/lora.safetensors" \
+    --gates="$out/gates.safetensors" --out="$out/model-lora.gguf"
+  echo "merge: rc=$?"
+fi

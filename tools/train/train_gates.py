@@ -13,10 +13,11 @@ window alone), which is what the memory has to beat.
 
 Writes into --out: gates.safetensors (blk.N.infini_beta, the sidecar
 longctx-eval --infini_gates and the server read), log.jsonl (one line per
-step and per validation), and lora.safetensors with --lora_rank > 0. With
---eval_tokens it ends with perplexities of SLIDE and of COMPRESS with the
-trained memory on that text under longctx-eval's aligned protocol (windows
-ending every max(--eval_lengths) tokens, the last --eval_score_last scored).
+step and per validation), and lora.safetensors with --lora_rank > 0 (which
+merge_lora.py merges into a model file). With --eval_tokens it ends with
+perplexities of SLIDE and of COMPRESS with the trained memory on that text
+under longctx-eval's aligned protocol (windows ending every max(--eval_lengths)
+tokens, the last --eval_score_last scored).
 
   tools/train/train_gates.py --model=M.gguf --tokens=crime.i32 --out=run/ \\
       --pretrain_len=2048 --window=2560 --sinks=64 --seq_len=10240 --minutes=6
@@ -127,8 +128,11 @@ def main(argv=None):
         write_gates(os.path.join(a.out, "gates.safetensors"), model.beta, meta)
         if a.lora_rank:
             from safetensors.torch import save_file
+            # merge_lora.py reads the scale α/r from here.
+            lora_meta = dict(meta, lora_rank=a.lora_rank, lora_scale=model.lora_scale)
             save_file({k: v.detach().cpu().contiguous() for k, v in model.lora.items()},
-                      os.path.join(a.out, "lora.safetensors"), {k: str(v) for k, v in meta.items()})
+                      os.path.join(a.out, "lora.safetensors"),
+                      {k: str(v) for k, v in lora_meta.items()})
 
     v_mem, v_slide = validate()
     record(step=0, val_loss=v_mem, val_slide_loss=v_slide, seconds=0.0)

@@ -48,6 +48,14 @@ def unpermute_rows(w, n_heads):
     return w.reshape(n_heads, hd // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
 
 
+def permute_rows(w, n_heads):
+    """The inverse of unpermute_rows: engine-layout rows back to the GGUF pair order."""
+    rows = w.shape[0]
+    hd = rows // n_heads
+    rest = w.shape[1:]
+    return w.reshape(n_heads, 2, hd // 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
+
+
 def load_gguf(path):
     """Returns (ModelConfig, {name: f32 array}) with engine-layout q/k weights."""
     from gguf import GGUFReader
