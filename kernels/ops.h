@@ -116,6 +116,7 @@ struct DcaParams {
 // block_table[j / block_size], slot j % block_size; element (slot s, kv head h,
 // dim d) of physical block b is at k[b * block_stride + (s * n_kv_heads + h) * D + d]
 // (same for v). Keys are stored already rotated at position j mod chunk_len.
+// The elements are f32 (k, v) or IEEE half (k16, v16, when set; kernels/cpu/half.h).
 struct PagedKvView {
   const float* k = nullptr;
   const float* v = nullptr;
@@ -123,6 +124,8 @@ struct PagedKvView {
   const int32_t* block_table = nullptr;
   int block_size = 0;
   int n_kv_heads = 0;
+  const uint16_t* k16 = nullptr;
+  const uint16_t* v16 = nullptr;
 };
 
 // Causal DCA attention of n_q new queries over a sequence's paged KV.

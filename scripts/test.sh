@@ -31,10 +31,13 @@ LONGCTX_DAEMON="$build/bin/longctxd" "$openai_venv/bin/python" -m pytest -q test
 
 # The crash harness (docs/service.md "Durability"): a few trials of SIGKILL and
 # of SIGTERM at random moments under streaming clients; nothing acknowledged
-# may be lost and every session must equal its uninterrupted twin.
-for mode in kill term; do
+# may be lost and every session must equal its uninterrupted twin: kills with
+# the default (quantized) weights, whose scores agree within 5e-2 relative, and
+# terms with f32 weights, within 1e-3.
+for run in "kill quantized" "term f32"; do
+  read -r mode weights <<< "$run"
   "$build/bin/longctx-crash-harness" --server="$build/bin/longctxd" --mode=$mode --trials=3 \
-    --clients=3 --work_dir="$(mktemp -d)" | tail -n 1
+    --clients=3 --cpu_weights=$weights --work_dir="$(mktemp -d)" | tail -n 1
 done
 
 # The Python client (clients/python) against the real server, installed into a

@@ -211,9 +211,13 @@ const std::vector<Field>& Fields() {
                       "none, or a sidecar's path",
                       &ServerConfig::infini_gates),
           StringField("cpu_weights",
-                      "CPU backend: f32 (dequantized at load) or quantized (weights in their "
-                      "GGUF blocks, int8 activations)",
+                      "CPU backend: quantized (weights in their GGUF blocks, int8 activations) "
+                      "or f32 (dequantized at load; scores of a session agree to float rounding "
+                      "however its prefill was split)",
                       &ServerConfig::cpu_weights),
+          StringField("cpu_kv",
+                      "CPU backend: KV cache elements, f32 or f16 (half the bytes: twice the tokens in kv_cache_bytes)",
+                      &ServerConfig::cpu_kv),
           BytesField("kv_cache_bytes",
                      "KV cache budget (0: on a GPU 90% of its free memory less 4GiB, else 2GiB)",
                      &ServerConfig::kv_cache_bytes),
@@ -379,6 +383,7 @@ absl::Status ServerConfig::ValidateEngine() const {
   if (cpu_weights != "quantized" && cpu_weights != "f32") {
     return BadConfig("cpu_weights: must be quantized or f32");
   }
+  if (cpu_kv != "f16" && cpu_kv != "f32") return BadConfig("cpu_kv: must be f32 or f16");
   if (kv_cache_bytes < 0) return BadConfig("kv_cache_bytes: must be positive (or 0: automatic)");
   if (kv_block_size < 1 || kv_block_size > 4096)
     return BadConfig("kv_block_size: must be in [1, 4096]");

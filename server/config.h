@@ -21,8 +21,9 @@ struct ServerConfig {
   // Infini gates: auto (a sidecar "<model>.infini_gates.safetensors" beside
   // the model when present, else the model's own), none, or a sidecar's path.
   std::string infini_gates = "auto";
-  std::string cpu_weights = "f32";  // CPU: f32 (dequantized at load) | quantized
-                                    // (GGUF blocks, int8 activations)
+  std::string cpu_weights = "quantized";  // CPU: quantized (GGUF blocks, int8
+                                         // activations) | f32 (dequantized at load)
+  std::string cpu_kv = "f32";       // CPU: KV cache elements, f32 | f16 (half the bytes)
   int64_t kv_cache_bytes = 0;       // KV arena budget; 0: on a GPU 90 % of its free
                                     // memory less 4 GiB, else 2 GiB
   int kv_block_size = 64;           // tokens per KV block

@@ -106,6 +106,7 @@ EngineConfig EngineConfigFrom(const ServerConfig& c) {
   e.backend = c.backend;
   e.infini_gates = c.infini_gates;
   e.cpu.quantized_weights = c.cpu_weights == "quantized";
+  e.cpu.kv_type = c.cpu_kv == "f32" ? DType::kF32 : DType::kF16;
   EngineOptions& o = e.options;
   // 0: the engine picks by backend (a GPU's budgets are larger).
   o.scheduler.prefill_budget = c.prefill_budget;

@@ -53,6 +53,7 @@ ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(std::string, cpu_weights, "f32",
           "CPU: f32 (dequantized at load, BLAS) or quantized (GGUF blocks, int8 activations)");
 ABSL_FLAG(std::string, cpu_isa, "auto", "CPU: quantized products on auto, avx512, avx2 or scalar");
+ABSL_FLAG(std::string, cpu_kv, "f32", "CPU: KV cache elements, f32 or f16");
 ABSL_FLAG(std::string, lengths, "512,2048,8192", "context lengths to prefill");
 ABSL_FLAG(int, decode, 64, "decode steps timed per batch size (and per graph setting)");
 ABSL_FLAG(int, chunk, 512, "prefill piece size (tokens per forward call)");
@@ -158,7 +159,8 @@ struct KvRow {
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(BackendKind kind) {
   ASSIGN_OR_RETURN(
       const CpuBackendOptions cpu,
-      ParseCpuBackendOptions(absl::GetFlag(FLAGS_cpu_weights), absl::GetFlag(FLAGS_cpu_isa)));
+      ParseCpuBackendOptions(absl::GetFlag(FLAGS_cpu_weights), absl::GetFlag(FLAGS_cpu_isa),
+                             absl::GetFlag(FLAGS_cpu_kv)));
 #ifdef LONGCTX_WITH_CUDA
   if (kind == BackendKind::kCuda || (kind == BackendKind::kAuto && CudaDeviceAvailable())) {
     CudaBackendOptions options;

@@ -40,6 +40,7 @@ ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
 ABSL_FLAG(std::string, cpu_weights, "f32",
           "CPU: f32 (dequantized at load, BLAS) or quantized (GGUF blocks, int8 activations)");
 ABSL_FLAG(std::string, cpu_isa, "auto", "CPU: quantized products on auto, avx512, avx2 or scalar");
+ABSL_FLAG(std::string, cpu_kv, "f32", "CPU: KV cache elements, f32 or f16");
 ABSL_FLAG(std::string, text, "", "ppl: UTF-8 text file");
 ABSL_FLAG(std::string, lengths, "1024,2048,4096", "context lengths in tokens");
 ABSL_FLAG(std::string, modes, "rope,dca", "attention modes to compare");
@@ -135,7 +136,8 @@ absl::StatusOr<Setup> Load(int max_len) {
   ASSIGN_OR_RETURN(const BackendKind kind, ParseBackendKind(absl::GetFlag(FLAGS_backend)));
   ASSIGN_OR_RETURN(
       const CpuBackendOptions cpu,
-      ParseCpuBackendOptions(absl::GetFlag(FLAGS_cpu_weights), absl::GetFlag(FLAGS_cpu_isa)));
+      ParseCpuBackendOptions(absl::GetFlag(FLAGS_cpu_weights), absl::GetFlag(FLAGS_cpu_isa),
+                             absl::GetFlag(FLAGS_cpu_kv)));
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, CreateBackend(kind, cpu));
   ASSIGN_OR_RETURN(s.loaded,
                    OpenModel(path, std::move(backend), absl::GetFlag(FLAGS_infini_gates)));

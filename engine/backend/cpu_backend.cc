@@ -5,6 +5,7 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/half.h"
 #include "kernels/ops.h"
 
 namespace longctx {
@@ -67,9 +68,9 @@ absl::Status CpuBackend::Download(float* host, Tensor src) {
 
 absl::Status CpuBackend::InitKv(const KvGeometry& g) {
   if (kv_ != nullptr) return absl::FailedPreconditionError("cpu backend: KV arena already initialised");
-  const size_t bytes = static_cast<size_t>(g.n_blocks * g.ElementsPerBlock()) * sizeof(float);
+  const size_t bytes = static_cast<size_t>(g.n_blocks * g.ElementsPerBlock()) * DTypeSize(KvType());
   // calloc of a large size maps fresh zero pages: memory is committed as blocks are used.
-  kv_ = static_cast<float*>(std::calloc(1, bytes));
+  kv_ = std::calloc(1, bytes);
   if (kv_ == nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat("cpu backend: cannot reserve ", bytes, " bytes of KV"));
   }
@@ -91,9 +92,14 @@ absl::Status CpuBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const 
   const int64_t plane = int64_t{g.block_size} * width;
   for (size_t r = 0; r < slots.size(); ++r) {
     const int64_t block = slots[r] / g.block_size, slot = slots[r] % g.block_size;
-    float* base = kv_ + block * g.ElementsPerBlock() + int64_t{layer} * 2 * plane + slot * width;
-    std::memcpy(base, F32(k) + r * width, sizeof(float) * width);
-    std::memcpy(base + plane, F32(v) + r * width, sizeof(float) * width);
+    const int64_t at = block * g.ElementsPerBlock() + int64_t{layer} * 2 * plane + slot * width;
+    if (half_kv()) {
+      cpu::FloatToHalfRow(F32(k) + r * width, Half() + at, width);
+      cpu::FloatToHalfRow(F32(v) + r * width, Half() + at + plane, width);
+    } else {
+      std::memcpy(Float() + at, F32(k) + r * width, sizeof(float) * width);
+      std::memcpy(Float() + at + plane, F32(v) + r * width, sizeof(float) * width);
+    }
   }
   return absl::OkStatus();
 }
@@ -101,14 +107,22 @@ absl::Status CpuBackend::KvWrite(int layer, Tensor k, Tensor v, std::span<const 
 absl::Status CpuBackend::KvReadBlock(int64_t block, float* host) {
   if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvReadBlock: block");
   const int64_t n = kv_geometry_.ElementsPerBlock();
-  std::memcpy(host, kv_ + block * n, sizeof(float) * n);
+  if (half_kv()) {
+    cpu::HalfToFloatRow(Half() + block * n, host, static_cast<int>(n));
+  } else {
+    std::memcpy(host, Float() + block * n, sizeof(float) * n);
+  }
   return absl::OkStatus();
 }
 
 absl::Status CpuBackend::KvWriteBlock(int64_t block, const float* host) {
   if (block < 0 || block >= kv_geometry_.n_blocks) return absl::OutOfRangeError("KvWriteBlock: block");
   const int64_t n = kv_geometry_.ElementsPerBlock();
-  std::memcpy(kv_ + block * n, host, sizeof(float) * n);
+  if (half_kv()) {
+    cpu::FloatToHalfRow(host, Half() + block * n, static_cast<int>(n));
+  } else {
+    std::memcpy(Float() + block * n, host, sizeof(float) * n);
+  }
   return absl::OkStatus();
 }
 
@@ -195,8 +209,14 @@ cpu::PagedKvView CpuBackend::LayerView(int layer) const {
   const KvGeometry& g = kv_geometry_;
   const int64_t plane = int64_t{g.block_size} * g.n_kv_heads * g.head_dim;
   cpu::PagedKvView view;
-  view.k = kv_ + int64_t{layer} * 2 * plane;
-  view.v = view.k + plane;
+  const int64_t at = int64_t{layer} * 2 * plane;
+  if (half_kv()) {
+    view.k16 = Half() + at;
+    view.v16 = view.k16 + plane;
+  } else {
+    view.k = Float() + at;
+    view.v = view.k + plane;
+  }
   view.block_stride = g.ElementsPerBlock();
   view.block_size = g.block_size;
   view.n_kv_heads = g.n_kv_heads;

@@ -1,4 +1,4 @@
-// CPU backend: f32 activations and KV, ops from kernels/cpu. Weights of GGUF
+// CPU backend: f32 activations, f16 (or f32) KV, ops from kernels/cpu. Weights of GGUF
 // block types (and f16 / bf16) stay in their blocks and go through
 // cpu::QuantLinear (int8 activations, AVX-512 VNNI or AVX2); f32 weights through
 // BLAS.
@@ -21,7 +21,7 @@ class CpuBackend final : public Backend {
   std::string Name() const override { return "cpu"; }
   DType WeightType() const override { return DType::kF32; }
   DType ActivationType() const override { return DType::kF32; }
-  DType KvType() const override { return DType::kF32; }
+  DType KvType() const override { return options_.kv_type; }
 
   absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) override;
   void Free(void* data) override;
@@ -54,9 +54,14 @@ class CpuBackend final : public Backend {
   // The paged K and V of one layer, without a block table.
   cpu::PagedKvView LayerView(int layer) const;
 
+  bool half_kv() const { return options_.kv_type == DType::kF16; }
+  float* Float() const { return static_cast<float*>(kv_); }
+  uint16_t* Half() const { return static_cast<uint16_t*>(kv_); }
+
   CpuBackendOptions options_;
   KvGeometry kv_geometry_;
-  float* kv_ = nullptr;  // owned: n_blocks * ElementsPerBlock() floats, pages committed lazily
+  // Owned: n_blocks * ElementsPerBlock() elements of KvType(), pages committed lazily.
+  void* kv_ = nullptr;
 };
 
 }  // namespace longctx

@@ -8,6 +8,9 @@
 namespace longctx {
 
 absl::Status CpuBackendOptions::Validate() const {
+  if (kv_type != DType::kF16 && kv_type != DType::kF32) {
+    return absl::InvalidArgumentError("cpu backend: the KV cache is f16 or f32");
+  }
   if (!cpu::CpuIsaSupported(isa)) {
     return absl::InvalidArgumentError(
         absl::StrCat("cpu backend: this CPU cannot run the ", cpu::CpuIsaName(isa), " kernels"));
@@ -16,8 +19,15 @@ absl::Status CpuBackendOptions::Validate() const {
 }
 
 absl::StatusOr<CpuBackendOptions> ParseCpuBackendOptions(std::string_view weights,
-                                                         std::string_view isa) {
+                                                         std::string_view isa,
+                                                         std::string_view kv) {
   CpuBackendOptions o;
+  if (kv == "f16" || kv == "f32") {
+    o.kv_type = kv == "f16" ? DType::kF16 : DType::kF32;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cpu kv: unknown '", std::string(kv), "' (want f16 or f32)"));
+  }
   if (weights == "quantized" || weights == "f32") {
     o.quantized_weights = weights == "quantized";
   } else {

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/half.h"
 #include "kernels/ops.h"
 
 namespace longctx::cpu {
@@ -52,6 +53,7 @@ void DcaPartialAttention(float* out, float* lse, const float* q, const PagedKvVi
       RotateQuery(qrot.data() + D, qh, std::min(ti + L, C), inv_freq, D);
       RotateQuery(qrot.data() + 2 * D, qh, C, inv_freq, D);
       std::vector<float> acc(static_cast<size_t>(D), 0.f);
+      std::vector<float> khalf(2 * static_cast<size_t>(D));  // a half cache's row in f32
       float m = kNegInf;
       float l = 0.f;
       for (int s = 0; s < runs.n && runs.first[s] <= i; ++s) {
@@ -62,8 +64,15 @@ void DcaPartialAttention(float* out, float* lse, const float* q, const PagedKvVi
           const int64_t lj = run_base[static_cast<size_t>(s)] + (j - runs.first[s]);
           const int64_t base = int64_t{kv.block_table[lj / kv.block_size]} * kv.block_stride +
                                ((lj % kv.block_size) * kv.n_kv_heads + kvh) * D;
-          const float* kj = kv.k + base;
-          const float* vj = kv.v + base;
+          const float* kj = khalf.data();
+          const float* vj = khalf.data() + D;
+          if (kv.k16 != nullptr) {
+            HalfToFloatRow(kv.k16 + base, khalf.data(), D);
+            HalfToFloatRow(kv.v16 + base, khalf.data() + D, D);
+          } else {
+            kj = kv.k + base;
+            vj = kv.v + base;
+          }
           float sc = 0.f;
           for (int d = 0; d < D; ++d) sc += qr[d] * kj[d];
           sc *= p.softmax_scale;

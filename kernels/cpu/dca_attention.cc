@@ -32,6 +32,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/half.h"
 #include "kernels/ops.h"
 
 namespace longctx::cpu {
@@ -210,6 +211,7 @@ struct Scratch {
   std::vector<float> o;   // [rows_pad][D] accumulators
   std::vector<float> m, l, corr, tile_max, tile_sum;  // [rows_pad]
   std::vector<const float*> krows, vrows;             // [kKeyTile]
+  std::vector<float> khalf, vhalf;  // [kKeyTile][D]: a tile of a half KV cache in f32
   std::vector<KeyTile> tiles;
 
   explicit Scratch(const Problem& pb)
@@ -222,7 +224,9 @@ struct Scratch {
         tile_max(pb.rows_pad),
         tile_sum(pb.rows_pad),
         krows(kKeyTile),
-        vrows(kKeyTile) {}
+        vrows(kKeyTile),
+        khalf(pb.kv->k16 != nullptr ? size_t{kKeyTile} * pb.D : 0),
+        vhalf(khalf.size()) {}
 };
 
 // Fills the rotated queries of the versions query tile qt needs, for kv head g.
@@ -363,14 +367,45 @@ void AttendTiles(const Problem& pb, const QueryTile& qt, int g, int t_begin, int
   std::fill(sc.m.begin(), sc.m.end(), kNegInf);
   std::fill(sc.l.begin(), sc.l.end(), 0.f);
   std::fill(sc.o.begin(), sc.o.end(), 0.f);
+  // Element offset of key j's row for kv head g (K and V alike).
+  const auto row_at = [&](int j) {
+    return int64_t{kv.block_table[j / kv.block_size]} * kv.block_stride +
+           (int64_t{j % kv.block_size} * kv.n_kv_heads + g) * D;
+  };
+  const int row_bytes = D * (kv.k16 != nullptr ? 2 : 4);
   for (int t = t_begin; t < t_end; ++t) {
     const KeyTile& kt = sc.tiles[t];
+    // The next tile's rows lie in another block, pages away: their loads are
+    // started now, so that its products do not wait on each row in turn.
+    if (t + 1 < t_end) {
+      const KeyTile& next = sc.tiles[t + 1];
+      const char* kb = kv.k16 != nullptr ? reinterpret_cast<const char*>(kv.k16)
+                                         : reinterpret_cast<const char*>(kv.k);
+      const char* vb = kv.k16 != nullptr ? reinterpret_cast<const char*>(kv.v16)
+                                         : reinterpret_cast<const char*>(kv.v);
+      const int elem = row_bytes / D;
+      for (int k = 0; k < next.n; ++k) {
+        const int64_t at = row_at(next.j0 + k) * elem;
+        for (int b = 0; b < row_bytes; b += 64) {
+          __builtin_prefetch(kb + at + b);
+          __builtin_prefetch(vb + at + b);
+        }
+      }
+    }
     for (int k = 0; k < kt.n; ++k) {
-      const int j = kt.j0 + k;
-      const int64_t at = int64_t{kv.block_table[j / kv.block_size]} * kv.block_stride +
-                         (int64_t{j % kv.block_size} * kv.n_kv_heads + g) * D;
-      sc.krows[k] = kv.k + at;
-      sc.vrows[k] = kv.v + at;
+      const int64_t at = row_at(kt.j0 + k);
+      if (kv.k16 != nullptr) {
+        // A half cache: the tile's rows in f32 once, then the same products.
+        float* kf = sc.khalf.data() + size_t(k) * D;
+        float* vf = sc.vhalf.data() + size_t(k) * D;
+        HalfToFloatRow(kv.k16 + at, kf, D);
+        HalfToFloatRow(kv.v16 + at, vf, D);
+        sc.krows[k] = kf;
+        sc.vrows[k] = vf;
+      } else {
+        sc.krows[k] = kv.k + at;
+        sc.vrows[k] = kv.v + at;
+      }
     }
     std::fill(sc.krows.begin() + kt.n, sc.krows.end(), zero_row);
     ScoreTile(pb, kt, sc);

@@ -354,7 +354,7 @@ void DirectColumnsOf(const LinearArgs& p, const Acts& acts, int c0, int nc) {
   static constexpr Fn kRows[kDirectRows] = {
       &Kernel::template Direct<F, 1>, &Kernel::template Direct<F, 2>,
       &Kernel::template Direct<F, 3>, &Kernel::template Direct<F, 4>};
-  DirectOut res;
+  DirectOut res = {};
   for (int c = c0; c < c0 + nc; ++c) {
     const DirectIn in{p.w + c * p.row_bytes, acts.a.data(), acts.d.data(), acts.s.data(), p.K};
     kRows[p.T - 1](in, res);
@@ -409,7 +409,7 @@ void BlockColumns(const LinearArgs& p, const Acts& acts, int c0, int nc, ColumnS
                     cs.offset.data() + int64_t{c} * G};
     ExpandRow(p.format, p.w + (c0 + c) * p.row_bytes, K, w[c]);
   }
-  TileOut res;
+  TileOut res = {};
   for (int r0 = 0; r0 < p.T; r0 += Kernel::kRows) {
     const int nr = std::min(Kernel::kRows, p.T - r0);
     const TileIn in{acts.a.data() + int64_t{r0} * K, acts.d.data() + int64_t{r0} * (K / kActBlock),
@@ -429,7 +429,7 @@ inline void FloatColumns(const LinearArgs& p, int c0, int nc, ColumnScratch& cs)
   for (int c = 0; c < nc; ++c) {
     RowToFloat(p.format, p.w + (c0 + c) * p.row_bytes, K, cs.wf.data() + int64_t{c} * K);
   }
-  TileOut res;
+  TileOut res = {};
   for (int r0 = 0; r0 < p.T; r0 += kMaxTile) {
     const int nr = std::min(kMaxTile, p.T - r0);
     kTiles[nr - 1][nc - 1](p.x + int64_t{r0} * K, K, cs.wf.data(), K, res);
@@ -458,6 +458,12 @@ inline void ResizeActs(int T, int K, Acts& acts) {
   acts.s.resize(static_cast<size_t>(T) * (K / kGroup));
 }
 
+// Below this many FLOPs a product runs on one thread. Decode's q, k, v and o
+// projections of a small model (2-7e5) are above it: threads that spin briefly
+// before sleeping (longctxd's OpenMP setting) start a region in about a
+// microsecond, less than the product saves.
+inline constexpr double kMinParallelWork = 1e5;
+
 template <class Kernel>
 void RunLinear(const LinearArgs& p) {
   const bool blocks = !IsFloatFormat(p.format);
@@ -470,7 +476,7 @@ void RunLinear(const LinearArgs& p) {
   if (blocks && !own_acts) ResizeActs(p.T, K, shared);
   const int n_tiles = (p.N + tile - 1) / tile;
   const double work = 2.0 * p.T * p.N * K;
-#pragma omp parallel if (work > 1e6)
+#pragma omp parallel if (work > kMinParallelWork)
   {
     Acts own;
     if (own_acts) {

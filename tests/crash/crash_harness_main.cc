@@ -47,10 +47,13 @@ ABSL_FLAG(int, max_segment, 600, "largest segment, bytes");
 ABSL_FLAG(double, max_kill_after, 3.0, "the kill comes within this many seconds");
 ABSL_FLAG(std::string, durability, "ack", "the server's durability setting");
 ABSL_FLAG(std::string, backend, "cpu", "the server's backend (cpu or cuda)");
+ABSL_FLAG(std::string, cpu_weights, "quantized", "the server's cpu_weights (quantized or f32)");
 ABSL_FLAG(double, score_tolerance, -1,
-          "largest relative difference of Score from the twin's (default: 1e-3 on the f32 CPU "
-          "backend; 5e-2 on CUDA, whose bf16 activations bound its logits' relative error by "
-          "that, see tests/cuda_model_test.cc, and differ with the prefill's batch shapes)");
+          "largest relative difference of Score from the twin's (default: 1e-3 on the CPU "
+          "backend with f32 weights; 5e-2 on CUDA, whose bf16 activations bound its logits' "
+          "relative error by that, see tests/cuda_model_test.cc, and on the CPU's quantized "
+          "path, whose int8 activations round alike: both differ with the prefill's batch "
+          "shapes)");
 ABSL_FLAG(uint64_t, seed, 1, "random seed");
 ABSL_FLAG(std::string, text, "",
           "document file (default: LONGCTX_BOOKS' books, else "
@@ -76,6 +79,7 @@ class Server {
                                      "--port_file=" + ports,
                                      "--model=" + Model(),
                                      "--backend=" + absl::GetFlag(FLAGS_backend),
+                                     "--cpu_weights=" + absl::GetFlag(FLAGS_cpu_weights),
                                      "--kv_cache_bytes=256MiB",
                                      "--drain_grace=2s",
                                      "--state_dir=" + dir_ + "/state",
@@ -293,7 +297,8 @@ void Resume(const std::string& address, Stream* s, Totals* t) {
 double ScoreTolerance() {
   const double flag = absl::GetFlag(FLAGS_score_tolerance);
   if (flag >= 0) return flag;
-  return absl::GetFlag(FLAGS_backend) == "cuda" ? 5e-2 : 1e-3;
+  const bool exact = absl::GetFlag(FLAGS_backend) == "cpu" && absl::GetFlag(FLAGS_cpu_weights) == "f32";
+  return exact ? 1e-3 : 5e-2;
 }
 
 void Compare(const std::string& address, Stream* s, Totals* t) {

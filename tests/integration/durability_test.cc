@@ -131,9 +131,11 @@ TEST_F(DurabilityTest, SessionsSurviveSigkillAndSigterm) {
 
 // COMPRESS sessions are rebuilt by replaying their token log: the window
 // steps at chunk boundaries whatever the segments were, so the same chunks
-// fold into the memory in the same order.
+// fold into the memory in the same order. f32 weights, so that the scores
+// agree to summation order (see FlippedTableBytesLoseOnlyWhatTheyHold).
 TEST_F(DurabilityTest, CompressSessionRebuildsItsMemory) {
-  Serve();
+  const std::vector<std::string> f32 = {"--cpu_weights=f32"};
+  Serve(f32);
   v1::CreateSessionRequest req = WindowedSession(v1::OVERFLOW_POLICY_COMPRESS, 128, 64);
   req.set_session_id("folded");
   ASSERT_TRUE(CreateSession(stub_.get(), req).ok());
@@ -143,7 +145,7 @@ TEST_F(DurabilityTest, CompressSessionRebuildsItsMemory) {
   ASSERT_GT(before->folded_tokens(), 0);
   const double logprob = ScoreOf("folded");
   Stop(SIGKILL);
-  Serve();
+  Serve(f32);
   auto after = GetSession(stub_.get(), "folded");
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->next_seq(), 9);
