@@ -81,11 +81,11 @@ def longctx_round(exe, model, threads, prefill, decode_at, decode_n, cpu_weights
     lengths = sorted(set(prefill) | set(decode_at))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="active")
     text = run([exe, f"--model={model}", "--backend=cpu", f"--lengths={','.join(map(str, lengths))}",
-                f"--decode={decode_n}", f"--cpu_weights={cpu_weights}"], env=env,
+                f"--decode={decode_n}", f"--cpu_weights={cpu_weights}", "--repeats=1"], env=env,
                merge_stderr=True)
     shape = re.search(r" heads=(\d+) .*head_dim=(\d+)", text)
     out = {("shape", "heads"): int(shape.group(1)), ("shape", "head_dim"): int(shape.group(2))}
-    for m in re.finditer(r"^prefill (\d+) tokens: [\d.]+ s, ([\d.]+) tok/s", text, re.M):
+    for m in re.finditer(r"^prefill (\d+) tokens: .*?([\d.]+) tok/s$", text, re.M):
         if int(m.group(1)) in prefill:
             out[("prefill", int(m.group(1)))] = float(m.group(2))
     for m in re.finditer(r"^decode (\d+) tokens x 1 sessions, graphs -: ([\d.]+) ms/step",
@@ -166,7 +166,8 @@ def write_results(a, prefill, decode_at, samples, rounds):
               f"{spread(ours):.1%} / {spread(base):.1%} |")
     doc = {"device": cpu_model(), "threads": a.threads, "commit": commit, "date": date,
            "rounds": rounds, "rows": rows}
-    name = f"{date}-{re.sub(r'[^a-z0-9]+', '-', cpu_model().lower()).strip('-')}-llamacpp.json"
+    device = re.sub(r'[^a-z0-9]+', '-', cpu_model().lower()).strip('-')
+    name = f"{date}-{device}-llamacpp-{commit}.json"  # one file per run
     out = pathlib.Path(a.out_dir) / name
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out}", file=sys.stderr)
