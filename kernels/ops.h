@@ -25,6 +25,12 @@ void RmsNorm(float* out,              // [T, D]  (may alias x)
              int T, int D, float eps);
 
 // out = x · wᵀ (+ bias). Through BLAS sgemm.
+// All CPU parallelism is OpenMP's: every BLAS caller first calls this, which
+// makes OpenBLAS single-threaded (once per process). Two thread pools spinning
+// on the same cores (OpenBLAS's threads yield in a loop between calls) cost
+// several times the work itself.
+void SingleThreadedBlas();
+
 void Linear(float* out,               // [T, N]
             const float* x,           // [T, K]
             const float* w,           // [N, K]

@@ -29,15 +29,17 @@ void RmsNorm(float* out, const float* x, const float* w, int T, int D, float eps
   }
 }
 
-void Linear(float* out, const float* x, const float* w, const float* bias, int T, int N, int K) {
-  // All parallelism is OpenMP's: BLAS runs single-threaded inside our regions, each
-  // thread computing a slice of the output columns. Two thread pools (BLAS's and
-  // OpenMP's) spinning on the same cores cost several times the work itself.
-  static const bool kSingleThreadedBlas = [] {
+void SingleThreadedBlas() {
+  static const bool kOnce = [] {
     openblas_set_num_threads(1);
     return true;
   }();
-  (void)kSingleThreadedBlas;
+  (void)kOnce;
+}
+
+void Linear(float* out, const float* x, const float* w, const float* bias, int T, int N, int K) {
+  // Each thread computes a slice of the output columns with single-threaded BLAS.
+  SingleThreadedBlas();
   const double flops = 2.0 * T * N * K;
 #pragma omp parallel if (flops > 4e6)
   {

@@ -3,6 +3,10 @@
 // portable scalar form gives the same bits (round to nearest even, subnormals,
 // infinities and NaN kept). Written here because the compiler's _Float16 does
 // not use F16C in GCC 12 and no packaged library converts whole rows.
+//
+// The functions are static: files built with other target flags (the
+// quantized kernels, one per instruction set) each keep their own copy, never
+// one the linker picked from a file built for a wider instruction set.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +18,7 @@
 
 namespace longctx::cpu {
 
-inline float HalfToFloat(uint16_t h) {
+static inline float HalfToFloat(uint16_t h) {
 #if defined(__F16C__)
   return _cvtsh_ss(h);
 #else
@@ -32,7 +36,7 @@ inline float HalfToFloat(uint16_t h) {
 #endif
 }
 
-inline uint16_t FloatToHalf(float f) {
+static inline uint16_t FloatToHalf(float f) {
 #if defined(__F16C__)
   return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
 #else
@@ -55,7 +59,7 @@ inline uint16_t FloatToHalf(float f) {
 #endif
 }
 
-inline void HalfToFloatRow(const uint16_t* src, float* dst, int n) {
+static inline void HalfToFloatRow(const uint16_t* src, float* dst, int n) {
   int i = 0;
 #if defined(__F16C__)
   for (; i + 8 <= n; i += 8) {
@@ -66,7 +70,7 @@ inline void HalfToFloatRow(const uint16_t* src, float* dst, int n) {
   for (; i < n; ++i) dst[i] = HalfToFloat(src[i]);
 }
 
-inline void FloatToHalfRow(const float* src, uint16_t* dst, int n) {
+static inline void FloatToHalfRow(const float* src, uint16_t* dst, int n) {
   int i = 0;
 #if defined(__F16C__)
   for (; i + 8 <= n; i += 8) {

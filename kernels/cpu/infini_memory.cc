@@ -24,6 +24,7 @@ void EluPlusOne(float* out, const float* x, int64_t n) {
 
 void InfiniRetrieve(float* out, const float* q, const float* mem, const float* z, int T, int H,
                     int n_kv_heads, int D, float eps) {
+  SingleThreadedBlas();
   const int group = H / n_kv_heads;
   const int64_t row = int64_t{H} * D;
   std::vector<float> sq(static_cast<size_t>(T * row));
@@ -56,6 +57,7 @@ void InfiniRetrieve(float* out, const float* q, const float* mem, const float* z
 
 void InfiniFold(float* mem, float* z, const float* k, const float* v, int T, int n_kv_heads, int D,
                 InfiniUpdateRule rule, float eps) {
+  SingleThreadedBlas();
   if (T <= 0) return;
   const int64_t row = int64_t{n_kv_heads} * D;
   const int ld = static_cast<int>(row);

@@ -32,10 +32,7 @@
 #include <utility>
 #include <vector>
 
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
-
+#include "kernels/cpu/half.h"
 #include "kernels/cpu/quant_internal.h"
 
 namespace longctx::cpu::quant::LONGCTX_QUANT_ISA {
@@ -45,21 +42,7 @@ namespace longctx::cpu::quant::LONGCTX_QUANT_ISA {
 inline float Half(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t sign = static_cast<uint32_t>(h >> 15) << 31;
-  const uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  float f;
-  if (exp == 0) {
-    f = static_cast<float>(mant) * 0x1p-24f;  // zero or subnormal, exact
-    return sign ? -f : f;
-  }
-  const uint32_t bits =
-      sign | (exp == 31 ? 0x7f800000u | (mant << 13) : ((exp + 112) << 23) | (mant << 13));
-  std::memcpy(&f, &bits, 4);
-  return f;
-#endif
+  return HalfToFloat(h);
 }
 
 inline float Bf16(const uint8_t* p) {
