@@ -137,7 +137,10 @@ def daemon_factory() -> Iterator:
 
 @pytest.fixture(scope="session")
 def daemon(daemon_factory) -> Daemon:
-    return daemon_factory()
+    # f32 weights where the build has the setting: tests compare the scores of a
+    # session and of its copy rebuilt in other prefill pieces, equal up to
+    # summation order only without int8 activations (docs/service.md).
+    return daemon_factory(["--cpu_weights=f32"] if "--cpu_weights" in daemon_flags() else [])
 
 
 @pytest.fixture
