@@ -60,22 +60,6 @@ struct PartialCase {
 
 std::ostream& operator<<(std::ostream& os, const PartialCase& c) { return os << c.name; }
 
-const char* KernelsName(CudaAttentionKernels k) {
-  switch (k) {
-    case CudaAttentionKernels::kSimple:
-      return "simple";
-    case CudaAttentionKernels::kTiled:
-      return "tiled";
-    case CudaAttentionKernels::kSplit:
-      return "split";
-    case CudaAttentionKernels::kAutoMmaSync:
-      return "auto-mma.sync";
-    case CudaAttentionKernels::kAuto:
-      break;
-  }
-  return "auto";
-}
-
 cpu::DcaParams DcaOf(const PartialCase& c) {
   cpu::DcaParams p;
   if (c.C > 0) {
@@ -138,8 +122,9 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   }
 
   const std::vector<CudaAttentionKernels> modes = {
-      CudaAttentionKernels::kSimple, CudaAttentionKernels::kTiled, CudaAttentionKernels::kSplit,
-      CudaAttentionKernels::kAuto, CudaAttentionKernels::kAutoMmaSync};
+      CudaAttentionKernels::kSimple,      CudaAttentionKernels::kTiled,
+      CudaAttentionKernels::kSplit,       CudaAttentionKernels::kAuto,
+      CudaAttentionKernels::kAutoMmaSync, CudaAttentionKernels::kAutoWgmmaSerial};
   std::vector<std::unique_ptr<Backend>> gpus;
   const std::vector<float> nan_block(g.ElementsPerBlock(), std::numeric_limits<float>::quiet_NaN());
   for (CudaAttentionKernels m : modes) {
@@ -251,7 +236,7 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
 
   for (size_t m = 0; m < gpus.size(); ++m) {
     Backend* gpu = gpus[m].get();
-    const std::string what = absl::StrCat(c.name, " kernels=", KernelsName(modes[m]));
+    const std::string what = absl::StrCat(c.name, " kernels=", CudaAttentionKernelsName(modes[m]));
     SCOPED_TRACE(what);
     OwnedTensor qt = MakeTensor(gpu, DType::kF32, c.n_q, cols, q);
     std::vector<float> gathered;

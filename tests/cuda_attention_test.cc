@@ -55,25 +55,10 @@ struct AttnCase {
   // kernels worth running at that size.
   bool sampled_reference = false;
   std::vector<CudaAttentionKernels> kernels = {
-      CudaAttentionKernels::kSimple, CudaAttentionKernels::kTiled, CudaAttentionKernels::kSplit,
-      CudaAttentionKernels::kAuto, CudaAttentionKernels::kAutoMmaSync};
+      CudaAttentionKernels::kSimple,      CudaAttentionKernels::kTiled,
+      CudaAttentionKernels::kSplit,       CudaAttentionKernels::kAuto,
+      CudaAttentionKernels::kAutoMmaSync, CudaAttentionKernels::kAutoWgmmaSerial};
 };
-
-const char* KernelsName(CudaAttentionKernels k) {
-  switch (k) {
-    case CudaAttentionKernels::kSimple:
-      return "simple";
-    case CudaAttentionKernels::kTiled:
-      return "tiled";
-    case CudaAttentionKernels::kSplit:
-      return "split";
-    case CudaAttentionKernels::kAutoMmaSync:
-      return "auto-mma.sync";
-    case CudaAttentionKernels::kAuto:
-      break;
-  }
-  return "auto";
-}
 
 std::ostream& operator<<(std::ostream& os, const AttnCase& c) { return os << c.name; }
 
@@ -271,7 +256,8 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
       const int row = seqs[si].q_row + r;
       got_s.insert(got_s.end(), got.begin() + row * cols, got.begin() + (row + 1) * cols);
     }
-    const std::string what = absl::StrCat(c.name, " kernels=", KernelsName(c.kernels[m]));
+    const std::string what =
+        absl::StrCat(c.name, " kernels=", CudaAttentionKernelsName(c.kernels[m]));
     // The whole output against f32, the sampled rows also against naive bf16.
     if (!c.sampled_reference) {
       EXPECT_LE(testing_cuda::RelErr(got, ref), testing_cuda::kBf16Bound) << what << " (all rows)";

@@ -20,9 +20,9 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "engine/backend/cpu_process.h"
 #include "engine/backend/backend.h"
 #include "engine/backend/backend_factory.h"
+#include "engine/backend/cpu_process.h"
 #include "tools/tool_flags.h"
 #ifdef LONGCTX_WITH_CUDA
 #include "engine/backend/cuda/cuda_backend.h"
@@ -38,8 +38,9 @@ ABSL_FLAG(std::string, decode_batch, "",
           "sessions per decode step to time, e.g. 1,32 (empty: none)");
 ABSL_FLAG(bool, prefill, true, "time the causal prefill");
 ABSL_FLAG(std::string, prefill_kernel, "auto",
-          "CUDA prefill attention: auto (the Hopper wgmma kernel where it runs) or mma.sync "
-          "(the portable tiled kernel)");
+          "CUDA prefill attention: auto (the Hopper wgmma kernel where it runs, softmax "
+          "overlapped with the products), wgmma-serial (the Hopper kernel without the "
+          "overlap) or mma.sync (the portable tiled kernel)");
 ABSL_FLAG(int, reps, 5, "timed rounds (median reported); a decode round is 20 steps");
 ABSL_FLAG(int, block_spacing, 1,
           "physical KV blocks between consecutive blocks of a session (1: back to back). "
@@ -124,8 +125,8 @@ absl::Status FillKv(const Bench& bn, std::span<const int32_t> table, int n) {
     slots.resize(m);
     for (int j = 0; j < m; ++j) {
       const int64_t tok = at + j;
-      slots[j] = static_cast<int32_t>(int64_t{table[tok / kBlockSize]} * kBlockSize +
-                                      tok % kBlockSize);
+      slots[j] =
+          static_cast<int32_t>(int64_t{table[tok / kBlockSize]} * kBlockSize + tok % kBlockSize);
     }
     if (auto s = bn.b->KvWrite(0, bn.fill_k.Rows(0, m), bn.fill_v.Rows(0, m), slots); !s.ok()) {
       return s;
@@ -150,18 +151,21 @@ int Run() {
   if (!kind.ok()) return std::fprintf(stderr, "%s\n", kind.status().ToString().c_str()), 2;
   absl::StatusOr<std::unique_ptr<Backend>> backend;
   const std::string prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
-  if (prefill_kernel == "mma.sync") {
+  if (prefill_kernel == "mma.sync" || prefill_kernel == "wgmma-serial") {
 #ifdef LONGCTX_WITH_CUDA
     CudaBackendOptions options;
-    options.attention = CudaAttentionKernels::kAutoMmaSync;
+    options.attention = prefill_kernel == "mma.sync" ? CudaAttentionKernels::kAutoMmaSync
+                                                     : CudaAttentionKernels::kAutoWgmmaSerial;
     backend = CreateCudaBackend(options);
 #else
-    return std::fprintf(stderr, "--prefill_kernel=mma.sync needs the CUDA backend\n"), 2;
+    return std::fprintf(stderr, "--prefill_kernel=%s needs the CUDA backend\n",
+                        prefill_kernel.c_str()),
+           2;
 #endif
   } else if (prefill_kernel == "auto") {
     backend = CreateBackend(*kind);
   } else {
-    return std::fprintf(stderr, "--prefill_kernel: auto or mma.sync\n"), 2;
+    return std::fprintf(stderr, "--prefill_kernel: auto, wgmma-serial or mma.sync\n"), 2;
   }
   if (!backend.ok()) return std::fprintf(stderr, "%s\n", backend.status().ToString().c_str()), 1;
   Backend* b = backend->get();
@@ -202,8 +206,9 @@ int Run() {
   std::printf(
       "backend=%s prefill_kernel=%s heads=%d kv_heads=%d head_dim=%d dca: c=%d C=%d w=%d "
       "block_spacing=%d\n\n",
-      b->Name().c_str(), prefill_kernel.c_str(), bn.H, bn.n_kv, bn.D, absl::GetFlag(FLAGS_pretrain_len),
-      Dca(true, bn.D).chunk_size, Dca(true, bn.D).chunk_size - Dca(true, bn.D).chunk_len, spacing);
+      b->Name().c_str(), prefill_kernel.c_str(), bn.H, bn.n_kv, bn.D,
+      absl::GetFlag(FLAGS_pretrain_len), Dca(true, bn.D).chunk_size,
+      Dca(true, bn.D).chunk_size - Dca(true, bn.D).chunk_len, spacing);
   std::printf("| run | tokens | sessions | attention | ms | TFLOP/s | GB/s |\n");
   std::printf("|---|---:|---:|---|---:|---:|---:|\n");
 
@@ -213,7 +218,8 @@ int Run() {
     table.push_back(static_cast<int32_t>(blk * spacing));
   }
   for (int64_t s = 0; s < std::max(1, max_batch); ++s) {
-    const auto session = std::span<const int32_t>(table).subspan(s * blocks_per_seq, blocks_per_seq);
+    const auto session =
+        std::span<const int32_t>(table).subspan(s * blocks_per_seq, blocks_per_seq);
     if (auto st = FillKv(bn, session, max_len + 1); !st.ok()) return Fail(st);
   }
   const int64_t cols = int64_t{bn.H} * bn.D;
@@ -279,7 +285,8 @@ int Run() {
 
 int main(int argc, char** argv) {
   longctx::PrepareCpuProcess(argv);
-  longctx::ParseToolFlags(argc, argv,
+  longctx::ParseToolFlags(
+      argc, argv,
       "Attention throughput of a backend, RoPE vs DCA.\n  longctx-attention-bench [flags]");
   return longctx::Run();
 }

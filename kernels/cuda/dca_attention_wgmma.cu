@@ -8,10 +8,20 @@
 // warpgroup MMA: each warpgroup owns 64 rows (a block has one or two); S = Q K^T
 // reads Q and K straight from shared memory through descriptors (m64n64k16,
 // D / 16 steps); the probabilities stay in registers as the A operand of
-// O += P V (m64nDk16, V read MN-major from shared memory). Three K/V stages and
-// one barrier per key tile. Shared tiles use the hardware's 128-byte swizzle
-// (wgmma.cuh). Built for sm_90a only; elsewhere the kernel traps and
-// DcaWgmmaSupported says no.
+// O += P V (m64nDk16, V read MN-major from shared memory). Shared tiles use the
+// hardware's 128-byte swizzle (wgmma.cuh); one barrier per key tile.
+//
+// Two schedules of a warpgroup's work on a key tile:
+//  - serial (three K/V stages): S = Q K^T, wait, softmax, O += P V, wait;
+//  - overlapped (four stages), as FlashAttention-3's intra-warpgroup pipeline:
+//    S(t) = Q K(t)^T and O += P(t-1) V(t-1) are issued together, the softmax of
+//    S(t) runs while the tensor cores do the P V product, and O is rescaled
+//    once that product lands. V(t-1) is still read during tile t, hence the
+//    fourth stage.
+// Blocks run longest key range first across all heads (the work list is
+// sorted so, and a block's head is the fastest-moving part of its index), so
+// the short tiles fill the grid's tail. Built for sm_90a only; elsewhere the
+// kernel traps and DcaWgmmaSupported says no.
 #include "kernels/cuda/dca_prefill_common.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -26,10 +36,11 @@
 namespace longctx::cuda {
 namespace {
 
-template <int kHeadDim, int kWarpgroupsPerBlock>
+template <int kHeadDim, int kWarpgroupsPerBlock, bool kOverlapProducts>
 struct WgmmaTraits {
   static constexpr int D = kHeadDim;
   static constexpr int kWarpgroups = kWarpgroupsPerBlock;
+  static constexpr bool kOverlap = kOverlapProducts;
   static constexpr int kBlockM = 64 * kWarpgroups;  // rows of one block
   static constexpr int kBlocksPerTile = kDcaTiledRows / kBlockM;
   static constexpr int kBlockN = kDcaKeyTile;
@@ -37,15 +48,17 @@ struct WgmmaTraits {
   static constexpr int kQElems = kBlockM * D;
   static constexpr int kKvStage = kBlockN * D;
   // K/V tiles in flight: the copy of tile t + 2 overlaps the work on tile t, and
-  // a stage is refilled only after the one barrier per tile.
-  static constexpr int kStages = 3;
+  // a stage is refilled only after the one barrier per tile; overlapped, the
+  // stage of tile t - 1 is still read during tile t.
+  static constexpr int kStages = kOverlap ? 4 : 3;
   // + 1024: the dynamic shared memory is only 16-byte aligned, swizzle atoms
   // need 1024.
   static constexpr int kSmemBytes =
       (kQElems + 2 * kStages * kKvStage) * static_cast<int>(sizeof(bf16)) + 1024;
   // Resident blocks per SM the register budget aims at (accumulators: D / 2 of
-  // O and 32 of S per thread).
+  // O and 32 of S per thread; overlapped, two sets of packed probabilities).
   static constexpr int kMinBlocksPerSm = kWarpgroups == 2 ? (D == 64 ? 2 : 1) : (D == 64 ? 3 : 2);
+  static_assert(kSmemBytes * kMinBlocksPerSm <= 227 * 1024, "the blocks fit one SM");
   static_assert(D == 64 || D == 128, "head dims 64 and 128");
   static_assert(kDcaTiledRows % kBlockM == 0 && kBlockN == 64, "m64n64 score tiles");
 };
@@ -110,12 +123,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
   bf16* k_s = q_s + Tr::kQElems;                          // [stages][D / 64][N][64]
   bf16* v_s = k_s + Tr::kStages * Tr::kKvStage;           // [stages][D / 64][N][64]
 
-  const DcaRowTile tile = tiles[blockIdx.x / Tr::kBlocksPerTile];
+  // Head fastest: every head's longest tiles start first.
+  const int h = static_cast<int>(blockIdx.x % p.H);
+  const int tb = static_cast<int>(blockIdx.x / p.H);
+  const DcaRowTile tile = tiles[tb / Tr::kBlocksPerTile];
   const DcaSeqDesc seq = p.seqs[tile.seq];
-  const int row0 = tile.row0 + (blockIdx.x % Tr::kBlocksPerTile) * M;
+  const int row0 = tile.row0 + (tb % Tr::kBlocksPerTile) * M;
   const int n_rows = min(M, seq.n_q - row0);
   if (n_rows <= 0) return;  // the second half of a sequence's short last tile
-  const int h = blockIdx.y;
   const int kvh = h / (p.H / p.kv.n_kv_heads);
   const int i_first = seq.q_start + row0;
   const int i_last = i_first + n_rows - 1;
@@ -171,10 +186,90 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
   // Whether this warpgroup's rows see any key of tile kt (a prefix of the walk).
   auto wg_needs = [&](int kt) { return wg_active && kt * N <= wg_i_last; };
 
+  // Masks the scores of the tile at key j0 where it needs it (the causal
+  // diagonal, an Infini window's gap, the end of a held run), then one step of
+  // the online softmax in log2 units: the maximum over the raw scores, each
+  // probability one FFMA and one exp2, packed at once into pf, the A operand of
+  // O += P V (the accumulator layout of two adjacent 8-key column groups is the
+  // register layout of one 16-key step). corr: the factors O is to be rescaled
+  // by. s[4 nt + e]: key nt * 8 + 2 t4 + (e & 1), row lo for e < 2, hi
+  // otherwise.
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  auto softmax = [&](float(&s)[32], uint32_t(&pf)[N / 16][4], int j0, int run_end,
+                     float& corr_lo, float& corr_hi) {
+    if (j0 + N - 1 > wg_i_first || walk.InWindow(j0) || (kRuns && j0 + N > run_end)) {
+#pragma unroll
+      for (int nt = 0; nt < N / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = j0 + nt * 8 + 2 * t4 + e;
+          const bool absent = walk.Absent(key, run_end);
+          if (key > row_lo || absent) s[4 * nt + e] = -INFINITY;
+          if (key > row_hi || absent) s[4 * nt + 2 + e] = -INFINITY;
+        }
+      }
+    }
+    float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) {
+      mx_lo = fmaxf(mx_lo, fmaxf(s[4 * nt], s[4 * nt + 1]));
+      mx_hi = fmaxf(mx_hi, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
+    }
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+      mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+    }
+    const float new_lo = fmaxf(m_lo, mx_lo * scale_log2), new_hi = fmaxf(m_hi, mx_hi * scale_log2);
+    const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
+    const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
+    corr_lo = FastExp2(m_lo - base_lo);
+    corr_hi = FastExp2(m_hi - base_hi);
+    m_lo = new_lo;
+    m_hi = new_hi;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt) {
+      const float p0 = FastExp2(fmaf(s[4 * nt], scale_log2, -base_lo));
+      const float p1 = FastExp2(fmaf(s[4 * nt + 1], scale_log2, -base_lo));
+      const float p2 = FastExp2(fmaf(s[4 * nt + 2], scale_log2, -base_hi));
+      const float p3 = FastExp2(fmaf(s[4 * nt + 3], scale_log2, -base_hi));
+      sum_lo += p0 + p1;
+      sum_hi += p2 + p3;
+      pf[nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);
+      pf[nt / 2][(nt % 2) * 2 + 1] = PackBf16(p2, p3);
+    }
+    l_lo = l_lo * corr_lo + sum_lo;
+    l_hi = l_hi * corr_hi + sum_hi;
+  };
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  // Once the row maxima settle most tiles leave them as they are: the warp
+  // skips the rescale of O then.
+  auto rescale = [&](float corr_lo, float corr_hi) {
+    if (__any_sync(0xffffffffu, corr_lo != 1.f || corr_hi != 1.f)) {
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        o[4 * dn] *= corr_lo;
+        o[4 * dn + 1] *= corr_lo;
+        o[4 * dn + 2] *= corr_hi;
+        o[4 * dn + 3] *= corr_hi;
+      }
+    }
+  };
+  // Overlapped: the probabilities of the last tile this warpgroup scored and
+  // the descriptor offset of its V stage, waiting for their P V product.
+  uint32_t pf_prev[N / 16][4];
+  bool have_prev = false;
+  uint32_t prev_off = 0;
+  auto flush_prev = [&]() {
+    if (!have_prev) return;
+    IssuePv<D, N>(o, pf_prev, v_lo0 + prev_off, v_hi);
+    wgmma::Wait<0>();
+    wgmma::PinRegisters(o);
+    have_prev = false;
+  };
 
   // The walk: tile kt (in `stage`) and the two after it (in the next stages).
   const int n_tiles = i_last / N + 1;
@@ -201,80 +296,53 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
     CpAsyncWait<1>();
     // The tile (cp.async) and the rotated rows (stores) are read by wgmma
     // through the async proxy. After the barrier every warpgroup is also done
-    // with the last tile, whose stage takes the tile two ahead.
+    // with every product issued before this tile but the P V of the tile
+    // before it (overlapped), so the stage two behind this one takes the tile
+    // two ahead.
     wgmma::FenceSharedForAsync();
     __syncthreads();
-    if (kt2 < n_tiles) load_tile(kt2, run2, stage == 0 ? Tr::kStages - 1 : stage - 1);
+    if (kt2 < n_tiles) {
+      load_tile(kt2, run2, stage + 2 >= Tr::kStages ? stage + 2 - Tr::kStages : stage + 2);
+    }
     CpAsyncCommit();
     if (wg_needs(kt)) {
       float s[32];
-      IssueScores<D, M, N>(s, q_lo, k_lo0 + stage_off, k_hi);
-      wgmma::Wait<0>();
-      wgmma::PinRegisters(s);
-      // Causal mask (only tiles that reach past the warpgroup's first row),
-      // then the online softmax in log2 units: the maximum over the raw
-      // scores, each probability one FFMA and one exp2. s[4 nt + e]: key
-      // nt * 8 + 2 t4 + (e & 1), row lo for e < 2, hi otherwise.
-      if (j0 + N - 1 > wg_i_first || walk.InWindow(j0) || (kRuns && j0 + N > run_end)) {
-#pragma unroll
-        for (int nt = 0; nt < N / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int key = j0 + nt * 8 + 2 * t4 + e;
-            const bool absent = walk.Absent(key, run_end);
-            if (key > row_lo || absent) s[4 * nt + e] = -INFINITY;
-            if (key > row_hi || absent) s[4 * nt + 2 + e] = -INFINITY;
-          }
-        }
-      }
-      float mx_lo = -INFINITY, mx_hi = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < N / 8; ++nt) {
-        mx_lo = fmaxf(mx_lo, fmaxf(s[4 * nt], s[4 * nt + 1]));
-        mx_hi = fmaxf(mx_hi, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
-      }
-#pragma unroll
-      for (int off = 1; off <= 2; off <<= 1) {
-        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
-        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
-      }
-      const float new_lo = fmaxf(m_lo, mx_lo * scale_log2), new_hi = fmaxf(m_hi, mx_hi * scale_log2);
-      const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
-      const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
-      const float corr_lo = FastExp2(m_lo - base_lo), corr_hi = FastExp2(m_hi - base_hi);
-      m_lo = new_lo;
-      m_hi = new_hi;
-      float sum_lo = 0.f, sum_hi = 0.f;
-      // The accumulator layout of two adjacent 8-key column groups is the
-      // register A-operand layout of one 16-key step: pack P right away.
       uint32_t pf[N / 16][4];
-#pragma unroll
-      for (int nt = 0; nt < N / 8; ++nt) {
-        const float p0 = FastExp2(fmaf(s[4 * nt], scale_log2, -base_lo));
-        const float p1 = FastExp2(fmaf(s[4 * nt + 1], scale_log2, -base_lo));
-        const float p2 = FastExp2(fmaf(s[4 * nt + 2], scale_log2, -base_hi));
-        const float p3 = FastExp2(fmaf(s[4 * nt + 3], scale_log2, -base_hi));
-        sum_lo += p0 + p1;
-        sum_hi += p2 + p3;
-        pf[nt / 2][(nt % 2) * 2] = PackBf16(p0, p1);
-        pf[nt / 2][(nt % 2) * 2 + 1] = PackBf16(p2, p3);
-      }
-      l_lo = l_lo * corr_lo + sum_lo;
-      l_hi = l_hi * corr_hi + sum_hi;
-      // Once the row maxima settle most tiles leave them as they are: the
-      // warp skips the rescale of O then.
-      if (__any_sync(0xffffffffu, corr_lo != 1.f || corr_hi != 1.f)) {
-#pragma unroll
-        for (int dn = 0; dn < D / 8; ++dn) {
-          o[4 * dn] *= corr_lo;
-          o[4 * dn + 1] *= corr_lo;
-          o[4 * dn + 2] *= corr_hi;
-          o[4 * dn + 3] *= corr_hi;
+      float corr_lo, corr_hi;
+      IssueScores<D, M, N>(s, q_lo, k_lo0 + stage_off, k_hi);
+      if constexpr (Tr::kOverlap) {
+        // S(t) and P(t-1) V(t-1) in flight together; the softmax of S(t) runs
+        // under the second.
+        if (have_prev) {
+          IssuePv<D, N>(o, pf_prev, v_lo0 + prev_off, v_hi);
+          wgmma::Wait<1>();
+        } else {
+          wgmma::Wait<0>();
         }
+        wgmma::PinRegisters(s);
+        softmax(s, pf, j0, run_end, corr_lo, corr_hi);
+        wgmma::Wait<0>();
+        wgmma::PinRegisters(o);
+        wgmma::PinRegisters(pf_prev);
+        rescale(corr_lo, corr_hi);
+#pragma unroll
+        for (int kk = 0; kk < N / 16; ++kk) {
+#pragma unroll
+          for (int r = 0; r < 4; ++r) pf_prev[kk][r] = pf[kk][r];
+        }
+        have_prev = true;
+        prev_off = stage_off;
+      } else {
+        wgmma::Wait<0>();
+        wgmma::PinRegisters(s);
+        softmax(s, pf, j0, run_end, corr_lo, corr_hi);
+        rescale(corr_lo, corr_hi);
+        IssuePv<D, N>(o, pf, v_lo0 + stage_off, v_hi);
+        wgmma::Wait<0>();
+        wgmma::PinRegisters(o);
       }
-      IssuePv<D, N>(o, pf, v_lo0 + stage_off, v_hi);
-      wgmma::Wait<0>();
-      wgmma::PinRegisters(o);
+    } else if constexpr (Tr::kOverlap) {
+      flush_prev();  // this warpgroup's rows are done with the walk
     }
     kt = kt1;
     run = run1;
@@ -282,6 +350,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
     run1 = run2;
     if (kt2 < n_tiles) kt2 = walk.Next(kt2, run2);
   }
+  if constexpr (Tr::kOverlap) flush_prev();
 
   // Row sums across the 4 lanes of a row, then the normalised output.
   float* out_base = p.out + (int64_t{seq.q_row} + row0) * row_stride + int64_t{h} * D;
@@ -324,8 +393,8 @@ cudaError_t LaunchWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, in
   const cudaError_t err = cudaFuncSetAttribute(
       DcaWgmmaKernel<Tr, kRuns>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaWgmmaKernel<Tr, kRuns>
-      <<<dim3(n_tiles * Tr::kBlocksPerTile, p.H), Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
+  DcaWgmmaKernel<Tr, kRuns><<<static_cast<unsigned>(n_tiles) * Tr::kBlocksPerTile * p.H,
+                              Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
   return cudaGetLastError();
 }
 
@@ -349,23 +418,37 @@ bool DcaWgmmaSupported(int D, int device) {
   // targets it has the kernel's body.
   if (major != 9 || minor != 0) return false;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, DcaWgmmaKernel<WgmmaTraits<64, 2>, false>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, DcaWgmmaKernel<WgmmaTraits<64, 2, true>, false>) !=
+      cudaSuccess) {
     return false;
   }
   return attr.binaryVersion == 90;
 }
 
 cudaError_t DcaAttentionWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
-                              cudaStream_t stream) {
+                              WgmmaSchedule schedule, cudaStream_t stream) {
   if (n_tiles == 0) return cudaSuccess;
-  // Warpgroups per block, the faster of 1 and 2 on an H200 (docs/cuda.md): at
-  // D = 128 one (two independent blocks per SM overlap each other's softmax and
-  // products), at D = 64 two (K/V tiles shared by 128 rows).
+  if (schedule == WgmmaSchedule::kOverlapped) {
+    // Two warpgroups per block (K/V tiles shared by 128 rows) at both head
+    // dims: the fourth stage leaves room for one block per SM at D = 128, two
+    // at D = 64.
+    switch (p.D) {
+      case 64:
+        return LaunchWgmma<WgmmaTraits<64, 2, true>>(p, tiles, n_tiles, stream);
+      case 128:
+        return LaunchWgmma<WgmmaTraits<128, 2, true>>(p, tiles, n_tiles, stream);
+      default:
+        return cudaErrorInvalidValue;
+    }
+  }
+  // Serial: warpgroups per block, the faster of 1 and 2 on an H200
+  // (docs/cuda.md): at D = 128 one (two independent blocks per SM overlap each
+  // other's softmax and products), at D = 64 two (K/V tiles shared by 128 rows).
   switch (p.D) {
     case 64:
-      return LaunchWgmma<WgmmaTraits<64, 2>>(p, tiles, n_tiles, stream);
+      return LaunchWgmma<WgmmaTraits<64, 2, false>>(p, tiles, n_tiles, stream);
     case 128:
-      return LaunchWgmma<WgmmaTraits<128, 1>>(p, tiles, n_tiles, stream);
+      return LaunchWgmma<WgmmaTraits<128, 1, false>>(p, tiles, n_tiles, stream);
     default:
       return cudaErrorInvalidValue;
   }

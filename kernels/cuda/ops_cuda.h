@@ -258,11 +258,15 @@ cudaError_t DcaAttentionTiled(const DcaAttentionParams& p, const DcaRowTile* til
                               cudaStream_t stream);
 
 // The tiled prefill kernel's work on Hopper tensor cores (wgmma): same tiles,
-// grid, arguments and results. Supported for D in {64, 128} on compute
-// capability 9.0 when the build targets sm_90a.
+// arguments and results. Supported for D in {64, 128} on compute capability
+// 9.0 when the build targets sm_90a.
 bool DcaWgmmaSupported(int D, int device);
+// How a warpgroup orders its two products and the softmax of one key tile:
+// one after the other, or the softmax of a tile under the P V product of the
+// tile before it (dca_attention_wgmma.cu).
+enum class WgmmaSchedule { kSerial, kOverlapped };
 cudaError_t DcaAttentionWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, int n_tiles,
-                              cudaStream_t stream);
+                              WgmmaSchedule schedule, cudaStream_t stream);
 
 // Split-KV (flash-decoding) kernel, bf16 mma.sync like the tiled kernel, D in
 // {64, 128}. Rows are (query, head in group) pairs of one kv head: row rr of a

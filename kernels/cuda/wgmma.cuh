@@ -54,6 +54,16 @@ __device__ __forceinline__ void PinRegisters(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+// The same for A operands held in registers: a wgmma still in flight reads
+// them, so they stay live (and unchanged) until its wait.
+template <int N, int K>
+__device__ __forceinline__ void PinRegisters(uint32_t (&a)[N][K]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) asm volatile("" : "+r"(a[i][k])::"memory");
+  }
+}
 
 // Operand lists of the accumulators: the register names in the instruction
 // string and the "+f" bindings of d[0 .. 32) and d[32 .. 64).

@@ -165,16 +165,20 @@ def e2e_rows(lc_outs, hf_outs):
 
 
 def attention_rows(lc_outs, sdpa_outs):
-    # {(heads, kv_heads, head_dim): {(mode, tokens): TFLOP/s}}, default kernel only.
+    # {(heads, kv_heads, head_dim): {(mode, kernel, tokens): TFLOP/s}}; rows of a
+    # kernel other than the default one (--prefill_kernel) get its name in their
+    # bench: attention_prefill_dca_wgmma_serial.
     ours, theirs, layouts = {}, {}, {}
+    kernels = set()
     for out in lc_outs:
         p = out["params"]
-        if p.get("prefill_kernel", "auto") != "auto":
-            continue
+        kernel = p.get("prefill_kernel", "auto")
+        kernels.add(kernel)
         shape = (int(p["heads"]), int(p["kv_heads"]), int(p["head_dim"]))
         for r in table_rows(out):
             if r.get("run") == "prefill" and num(r.get("TFLOP/s")) is not None:
-                ours.setdefault(shape, {})[(r["attention"], int(r["tokens"]))] = num(r["TFLOP/s"])
+                ours.setdefault(shape, {})[(r["attention"], kernel, int(r["tokens"]))] = \
+                    num(r["TFLOP/s"])
     for out in sdpa_outs:
         p = out["params"]
         shape = (int(p["heads"]), int(p["kv_heads"]), int(p["head_dim"]))
@@ -186,16 +190,21 @@ def attention_rows(lc_outs, sdpa_outs):
     for shape in sorted(set(ours) | set(theirs), key=lambda s: (-s[2], -s[0])):
         H, KV, D = shape
         mine, base = ours.get(shape, {}), theirs.get(shape, {})
-        lengths = sorted({T for _, T in mine} | {T for _, T in base})
-        for T in lengths:
-            for mode in ("DCA", "RoPE"):
-                bench = "attention_prefill_" + mode.lower()
-                for backend, name in SDPA_NAMES.items():
-                    layout = layouts.get((shape, backend), "")
-                    if layout and layout != "GQA":
-                        name += f" (K/V {layout})"
-                    rows.append(row(bench, f"attention, {H} q / {KV} kv heads", H, D, T,
-                                    "TFLOP/s", mine.get((mode, T)), name, base.get((backend, T))))
+        lengths = sorted({T for _, _, T in mine} | {T for _, T in base})
+        for kernel in sorted(kernels, key=lambda k: k != "auto"):
+            suffix = "" if kernel == "auto" else "_" + re.sub(r"[^a-z0-9]+", "_", kernel.lower())
+            for T in lengths:
+                for mode in ("DCA", "RoPE"):
+                    bench = "attention_prefill_" + mode.lower() + suffix
+                    for backend, name in SDPA_NAMES.items():
+                        layout = layouts.get((shape, backend), "")
+                        if layout and layout != "GQA":
+                            name += f" (K/V {layout})"
+                        ours_v = mine.get((mode, kernel, T))
+                        if kernel != "auto" and ours_v is None:
+                            continue
+                        rows.append(row(bench, f"attention, {H} q / {KV} kv heads", H, D, T,
+                                        "TFLOP/s", ours_v, name, base.get((backend, T))))
     return [r for r in rows if r["longctx"] is not None or r["baseline"] is not None]
 
 

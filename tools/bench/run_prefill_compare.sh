@@ -20,7 +20,9 @@
 # Phases, at 8k, 32k and 128k tokens unless said:
 #   attn_d128, attn_d64  longctx-attention-bench: causal prefill of one
 #                        sequence, DCA and RoPE, D 128 (32 q / 8 kv heads) and
-#                        D 64 (9 / 3)
+#                        D 64 (9 / 3); again with each --prefill_kernel named
+#                        in KERNELS (e.g. "wgmma-serial mma.sync"), rows of
+#                        their own in the JSON
 #   sdpa_d128, sdpa_d64  attention_sdpa.py: PyTorch SDPA flash and cuDNN, the
 #                        same shapes and FLOP count
 #   lc_default, lc_7b    longctx-bench --backend=cuda: prefill of one session
@@ -99,6 +101,11 @@ for shape in "128 32 8" "64 9 3"; do
   read -r D H KV <<< "$shape"
   phase "attn_d$D" "$(cap 60)" longctx-attention-bench --backend=cuda --lengths=$lengths \
     --heads="$H" --kv_heads="$KV" --head_dim="$D" --reps="$attn_reps"
+  for kernel in ${KERNELS:-}; do
+    phase "attn_d${D}_$kernel" "$(cap 60)" longctx-attention-bench --backend=cuda \
+      --lengths=$lengths --heads="$H" --kv_heads="$KV" --head_dim="$D" --reps="$attn_reps" \
+      --prefill_kernel="$kernel"
+  done
   phase "sdpa_d$D" "$(cap 75)" python3 "$bench_dir/attention_sdpa.py" --lengths $lengths \
     --heads "$H" --kv-heads "$KV" --head-dim "$D" --reps "$attn_reps"
 done

@@ -75,8 +75,14 @@ class GpuLogTest(unittest.TestCase):
         r = find(self.rows, bench="prefill", heads=32, tokens=4096)  # longctx only
         self.assertEqual((r["longctx"], r["baseline"], r["ratio"]), (32413.2, None, None))
 
+    def test_other_kernels_have_rows_of_their_own(self):
+        r = find(self.rows, bench="attention_prefill_rope_mma_sync", heads=32, tokens=8192,
+                 baseline_name="PyTorch SDPA flash")
+        self.assertEqual(r["longctx"], 220.3)
+
     def test_every_row_has_the_schema(self):
-        self.assertEqual(len(self.rows), 38)
+        # 38 of the default kernels, 24 of the mma.sync kernel.
+        self.assertEqual(len(self.rows), 62)
         for r in self.rows:
             self.assertEqual(tuple(r), perf_json.ROW_KEYS)
             self.assertEqual(r["batch"], 1)

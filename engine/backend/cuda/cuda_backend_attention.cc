@@ -110,7 +110,8 @@ int CudaBackend::PrefillKeySplits(std::span<const AttentionSeq> seqs, int n_head
   // kernel choice, for one sequence without an Infini window (partials read
   // every key of their runs).
   const bool automatic = options_.attention == CudaAttentionKernels::kAuto ||
-                         options_.attention == CudaAttentionKernels::kAutoMmaSync;
+                         options_.attention == CudaAttentionKernels::kAutoMmaSync ||
+                         options_.attention == CudaAttentionKernels::kAutoWgmmaSerial;
   if (graph_.deferred() || !automatic || seqs.size() != 1) {
     return 1;
   }
@@ -262,7 +263,10 @@ absl::Status CudaBackend::LaunchAttention(const StagedAttention& w, float* out, 
   CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSimple(
       p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_simple), w.n_simple, stream_));
   const auto* tiled = reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_tiled);
-  CUDA_RETURN_IF_ERROR(wgmma_ ? cuda::DcaAttentionWgmma(p, tiled, w.n_tiled, stream_)
+  const cuda::WgmmaSchedule schedule = options_.attention == CudaAttentionKernels::kAutoWgmmaSerial
+                                           ? cuda::WgmmaSchedule::kSerial
+                                           : cuda::WgmmaSchedule::kOverlapped;
+  CUDA_RETURN_IF_ERROR(wgmma_ ? cuda::DcaAttentionWgmma(p, tiled, w.n_tiled, schedule, stream_)
                               : cuda::DcaAttentionTiled(p, tiled, w.n_tiled, stream_));
   if (w.n_split > 0) {
     cuda::DcaSplitScratch scratch{split_o_.as<float>(), split_ml_.as<float>(),

@@ -21,7 +21,30 @@ enum class CudaAttentionKernels {
   // (wgmma) kernel could run it: the baseline the wgmma kernel is measured and
   // tested against.
   kAutoMmaSync,
+  // As kAuto, with the Hopper kernel's serial schedule (each product waited
+  // for before the softmax or the next product) instead of the overlapped one:
+  // the baseline the overlap is measured and tested against.
+  kAutoWgmmaSerial,
 };
+
+// The name tests and tools print for a choice of kernels.
+inline const char* CudaAttentionKernelsName(CudaAttentionKernels k) {
+  switch (k) {
+    case CudaAttentionKernels::kSimple:
+      return "simple";
+    case CudaAttentionKernels::kTiled:
+      return "tiled";
+    case CudaAttentionKernels::kSplit:
+      return "split";
+    case CudaAttentionKernels::kAutoMmaSync:
+      return "auto-mma.sync";
+    case CudaAttentionKernels::kAutoWgmmaSerial:
+      return "auto-wgmma-serial";
+    case CudaAttentionKernels::kAuto:
+      break;
+  }
+  return "auto";
+}
 
 struct CudaBackendOptions {
   int device = 0;  // CUDA device ordinal
