@@ -22,7 +22,7 @@ mkdir -p "$out"
 } >> "$out/env.log" 2>&1
 
 # Attention cases small enough for the sanitizers (each runs every kernel
-# modes), the few-row products (both kernels, every epilogue, the folded norm),
+# mode), the few-row products (both kernels, every epilogue, the folded norm),
 # the fused RoPE + KV write and the arg-max rows.
 san_filter='CudaGemvTest.TensorCoreRowsMatchReferenceForEveryEpilogue:CudaGemvTest.RmsNormFusedProductsMatchNormThenProduct:CudaOpsTest.RopeKvWriteEqualsRopeThenKvWrite:CudaOpsTest.ArgMaxRowsMatchesCpu:Cases/CudaAttentionTest.MatchesCpu/window_chunk_gqa64:Cases/CudaAttentionTest.MatchesCpu/Small_mixed_batch_gqa64:Cases/CudaAttentionTest.MatchesCpu/Small_mixed_batch_mha128:Cases/CudaAttentionTest.MatchesCpu/Small_prefill65_gqa128_C128w64:Cases/CudaAttentionTest.MatchesCpu/Small_prefill64_gqa64_C256w64'
 
