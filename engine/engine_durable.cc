@@ -223,6 +223,7 @@ void Engine::WrittenAhead(const std::shared_ptr<Session>& session, int64_t seq, 
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
   ReadJob check;
   check.session = session;
+  check.segment_check = true;
   check.fn = [session, epoch, handle, cancelled](absl::Status, const SessionEngineState*) {
     Session::StoreCursor& c = session->store_cursor();
     absl::MutexLock lock(&c.mu);

@@ -84,14 +84,17 @@ void IngestReactor::Submit() {
   absl::StatusOr<SegmentInput> input = TakeSegment(&req_);
   if (!input.ok()) return fail(input.status());
   input->deadline = call().deadline;
+  const int64_t bytes =
+      static_cast<int64_t>(input->text.size() + input->tokens.size() * sizeof(int32_t));
   {
     absl::MutexLock lock(&mu_);
     ++in_flight_;
+    in_flight_bytes_ += bytes;
   }
   // The callback may run right here (a rejected or duplicate segment).
-  auto handle =
-      call().engine->Ingest(session_, *std::move(input),
-                            [this](absl::StatusOr<IngestAck> ack) { OnAck(std::move(ack)); });
+  auto handle = call().engine->Ingest(
+      session_, *std::move(input),
+      [this, bytes](absl::StatusOr<IngestAck> ack) { OnAck(std::move(ack), bytes); });
   if (handle == nullptr) return;
   absl::MutexLock lock(&mu_);
   handles_.push_back(std::move(handle));
@@ -120,9 +123,10 @@ absl::Status IngestReactor::BindSession() {
   return absl::OkStatus();
 }
 
-void IngestReactor::OnAck(absl::StatusOr<IngestAck> ack) {
+void IngestReactor::OnAck(absl::StatusOr<IngestAck> ack, int64_t bytes) {
   Update([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     --in_flight_;
+    in_flight_bytes_ -= bytes;
     if (ack.ok()) {
       // Applied segments are acknowledged even after a later failure, so the
       // client knows exactly what the session holds.
@@ -155,7 +159,9 @@ void IngestReactor::MaybeWriteLocked() {
 
 void IngestReactor::MaybeReadLocked() {
   if (reading_ || reads_done_ || submitting_ || error_ || FinishedLocked()) return;
-  if (in_flight_ >= kMaxInFlight) return;
+  if (in_flight_ >= kMaxInFlight || (in_flight_ > 0 && in_flight_bytes_ >= kMaxInFlightBytes)) {
+    return;
+  }
   reading_ = true;
   ClientActiveLocked();  // the idle clock starts when the server waits
   StartRead(&in_);
@@ -388,9 +394,9 @@ absl::Status ImportReactor::Receive() {
     if (!size.ok()) return size.status();
     declared_ = *size;
     if (declared_ && *declared_ > static_cast<uint64_t>(max_bytes_)) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "session data declares ", *declared_, " bytes, over the ", max_bytes_,
-          " bytes of the longest session this server holds"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("session data declares ", *declared_, " bytes, over the ", max_bytes_,
+                       " bytes of the longest session this server holds"));
     }
   }
   if (declared_ && static_cast<uint64_t>(have) > *declared_) {

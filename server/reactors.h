@@ -65,12 +65,17 @@ class UnaryCall final : public CallReactor<grpc::ServerUnaryReactor> {
   std::shared_ptr<WorkHandle> handle_ ABSL_GUARDED_BY(mu_);
 };
 
-// Ingest: segments in, acks out. Up to kMaxInFlight segments are read ahead
-// and queued on the engine; reading pauses until acks come back.
+// Ingest: segments in, acks out. Segments are read ahead and queued on the
+// engine, up to kMaxInFlight of them and kMaxInFlightBytes of their text (at
+// least one); reading pauses until acks come back. The engine prefills the
+// queued segments of a session together (Scheduler::StartFollowers), so read
+// ahead of about one GPU step's prefill budget keeps small segments as fast as
+// large ones.
 class IngestReactor final
     : public CallReactor<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>> {
  public:
-  static constexpr int kMaxInFlight = 8;
+  static constexpr int kMaxInFlight = 64;
+  static constexpr int64_t kMaxInFlightBytes = int64_t{128} << 10;
 
   IngestReactor(CallRegistry* calls, absl::StatusOr<CallContext> call);
 
@@ -90,7 +95,7 @@ class IngestReactor final
   // The stream's session, found by the first message's session_id; later
   // messages may repeat it but not change it.
   absl::Status BindSession();
-  void OnAck(absl::StatusOr<IngestAck> ack);
+  void OnAck(absl::StatusOr<IngestAck> ack, int64_t bytes);
   // Ends the stream with `status` once the segments in flight are done;
   // `cancel` also stops them (the client is gone).
   void FailLocked(absl::Status status, bool cancel) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -102,10 +107,11 @@ class IngestReactor final
   v1::IngestRequest req_;             // ... parsed by Submit
   std::shared_ptr<Session> session_;  // set by the first message
 
-  bool reading_ ABSL_GUARDED_BY(mu_) = false;     // a read is outstanding
-  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed
-  bool submitting_ ABSL_GUARDED_BY(mu_) = false;  // Submit() is running
-  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;        // segments awaiting their ack
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;         // a read is outstanding
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;      // the client half-closed
+  bool submitting_ ABSL_GUARDED_BY(mu_) = false;      // Submit() is running
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;            // segments awaiting their ack
+  int64_t in_flight_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // their text or tokens
   std::deque<std::shared_ptr<WorkHandle>> handles_ ABSL_GUARDED_BY(mu_);
   std::deque<v1::IngestResponse> acks_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer writing_msg_;  // the message being written
@@ -167,7 +173,7 @@ class ExportReactor final : public CallReactor<grpc::ServerWriteReactor<grpc::By
   void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<absl::Status> FinishableLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override;
 
-  CancelLink link_ ABSL_GUARDED_BY(mu_);  // the engine's export
+  CancelLink link_ ABSL_GUARDED_BY(mu_);        // the engine's export
   HostMemoryCharge held_ ABSL_GUARDED_BY(mu_);  // data_ against the host-memory budget
   std::string data_ ABSL_GUARDED_BY(mu_);
   size_t offset_ ABSL_GUARDED_BY(mu_) = 0;
@@ -208,9 +214,9 @@ class ImportReactor final : public CallReactor<grpc::ServerReadReactor<grpc::Byt
   bool first_ = true;
   int64_t max_bytes_ = 0;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;  // the client half-closed
-  std::optional<uint64_t> declared_;  // the blob's size, once its header is in
-  HostMemoryCharge held_;             // the blob against the host-memory budget
-  CancelLink link_ ABSL_GUARDED_BY(mu_);  // the engine's import
+  std::optional<uint64_t> declared_;              // the blob's size, once its header is in
+  HostMemoryCharge held_;                         // the blob against the host-memory budget
+  CancelLink link_ ABSL_GUARDED_BY(mu_);          // the engine's import
   std::optional<absl::Status> result_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -4,6 +4,7 @@
 // them).
 #include "engine/scheduler/scheduler.h"
 
+#include <atomic>
 #include <cmath>
 #include <future>
 #include <map>
@@ -45,6 +46,7 @@ class FakeModel final : public StepModel {
   bool greedy_tokens() const override { return greedy_tokens_; }
 
   absl::Status Forward(std::span<const StepItem> items, std::vector<float>* logits) override {
+    bool fail = false;
     {
       // Recorded first, so a paused step is visible to the test.
       absl::MutexLock lock(&mu_);
@@ -54,10 +56,11 @@ class FakeModel final : public StepModel {
         modes_.push_back(it.logits);
       }
       steps_.push_back(std::move(step));
+      fail = static_cast<int>(steps_.size()) == fail_step_.load();
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !paused_; };
       mu_.Await(absl::Condition(&ready));
     }
-    if (fail_next_.exchange(false)) return absl::InternalError("injected failure");
+    if (fail_next_.exchange(false) || fail) return absl::InternalError("injected failure");
     // All or nothing, like the real model.
     int64_t need = 0;
     for (const StepItem& it : items) {
@@ -113,7 +116,8 @@ class FakeModel final : public StepModel {
     return modes_;
   }
   std::atomic<bool> fail_next_{false};
-  bool greedy_tokens_ = false;  // set before the scheduler starts
+  std::atomic<int> fail_step_{0};  // the step (1-based, of all so far) that fails
+  bool greedy_tokens_ = false;     // set before the scheduler starts
 
  private:
   CpuBackend backend_;
@@ -612,6 +616,179 @@ TEST_F(SchedulerTest, FailedSegmentAbortsLaterQueuedSegments) {
   EXPECT_EQ(results[1].get_future().get().status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(results[2].get_future().get().status().code(), absl::StatusCode::kAborted);
   EXPECT_EQ(Log(s).size(), 10u);
+}
+
+// Submits client segments 1..n of `sizes` tokens to `s` (a segment check read
+// before each odd one, as the durable path queues them); results[i] gets
+// segment i + 1's.
+void SubmitSegments(Scheduler* scheduler, const std::shared_ptr<Session>& s,
+                    const std::vector<int>& sizes,
+                    std::vector<std::promise<absl::StatusOr<int64_t>>>* results,
+                    std::atomic<int>* checks) {
+  results->resize(sizes.size());
+  int32_t first = 1;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i % 2 == 1) {
+      ReadJob check;
+      check.session = s;
+      check.segment_check = true;
+      check.fn = [checks](absl::Status st, const SessionEngineState*) {
+        if (st.ok()) checks->fetch_add(1);
+      };
+      scheduler->SubmitRead(std::move(check));
+    }
+    IngestJob job;
+    job.session = s;
+    job.seq = static_cast<int64_t>(i) + 1;
+    job.tokens = Tokens(sizes[i], first);
+    first += sizes[i];
+    job.done = [results, i](absl::StatusOr<int64_t> r) { (*results)[i].set_value(r); };
+    scheduler->SubmitIngest(std::move(job));
+  }
+}
+
+std::vector<int32_t> SegmentTokens(const std::vector<int>& sizes) {
+  std::vector<int32_t> all;
+  int32_t first = 1;
+  for (int n : sizes) {
+    for (int32_t t : Tokens(n, first)) all.push_back(t);
+    first += n;
+  }
+  return all;
+}
+
+TEST_F(SchedulerTest, QueuedSegmentsArePrefilledTogether) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  Start(4096, options);
+  auto s = NewSession("a");
+  const std::vector<int> sizes(20, 10);
+  std::vector<std::promise<absl::StatusOr<int64_t>>> results;
+  std::atomic<int> checks{0};
+  model_->Pause();
+  SubmitSegments(scheduler_.get(), s, sizes, &results, &checks);
+  model_->Resume();
+  // Each ack reports the session's size after its own segment, in order.
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    auto r = results[i].get_future().get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(*r, 10 * static_cast<int64_t>(i + 1));
+  }
+  EXPECT_EQ(checks.load(), 10);
+  const std::vector<int32_t> all = SegmentTokens(sizes);
+  EXPECT_EQ(Log(s), all);
+  EXPECT_EQ(s->tokens(), 200);
+  EXPECT_EQ(stats_.ingested_segments_total.load(), 20);
+  // Budget-sized pieces across segments rather than one step per segment.
+  const auto steps = model_->Steps();
+  EXPECT_LE(steps.size(), 5u);  // ceil(200 / 64) = 4, and the first segment alone
+  int64_t prefilled = 0;
+  for (const auto& step : steps) {
+    EXPECT_LE(step[0].second, 64);
+    prefilled += step[0].second;
+  }
+  EXPECT_EQ(prefilled, 200);
+  // The KV holds what one long segment would have put there.
+  std::vector<int32_t> more = Tokens(3, 5);
+  auto scored = Score(s, more);
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  std::vector<int32_t> whole = all;
+  whole.insert(whole.end(), more.begin(), more.end());
+  for (size_t i = 0; i < more.size(); ++i) {
+    EXPECT_NEAR(scored->logprobs[i], DirectLogProb(whole, all.size() + i), 1e-5);
+  }
+}
+
+TEST_F(SchedulerTest, ASegmentStartedEarlyFailsAloneAndAbortsTheRest) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  Start(4096, options);
+  auto s = NewSession("a", /*window=*/25);
+  std::vector<std::promise<absl::StatusOr<int64_t>>> results;
+  std::atomic<int> checks{0};
+  model_->Pause();
+  SubmitSegments(scheduler_.get(), s, {10, 10, 10, 3}, &results, &checks);
+  model_->Resume();
+  EXPECT_EQ(*results[0].get_future().get(), 10);
+  EXPECT_EQ(*results[1].get_future().get(), 20);
+  EXPECT_EQ(results[2].get_future().get().status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(results[3].get_future().get().status().code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(Log(s), SegmentTokens({10, 10}));
+  EXPECT_EQ(s->tokens(), 20);
+  // The session goes on from what was applied.
+  EXPECT_EQ(*Ingest(s, Tokens(5), /*seq=*/3), 25);
+}
+
+TEST_F(SchedulerTest, AFailedStepFailsTheSegmentsItCarried) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  Start(4096, options);
+  auto s = NewSession("a");
+  std::vector<std::promise<absl::StatusOr<int64_t>>> results;
+  std::atomic<int> checks{0};
+  // Segment 1's first 64 tokens run in step 1 while the others queue; step 2
+  // carries its last 36 and all of segments 2 to 4, and fails.
+  model_->Pause();
+  SubmitSegments(scheduler_.get(), s, {100}, &results, &checks);
+  while (model_->Steps().empty()) absl::SleepFor(absl::Milliseconds(1));
+  std::vector<std::promise<absl::StatusOr<int64_t>>> rest;
+  IngestJob jobs[3];
+  rest.resize(3);
+  for (int i = 0; i < 3; ++i) {
+    jobs[i].session = s;
+    jobs[i].seq = i + 2;
+    jobs[i].tokens = Tokens(8, 100 + 8 * i);
+    jobs[i].done = [&rest, i](absl::StatusOr<int64_t> r) { rest[i].set_value(r); };
+    scheduler_->SubmitIngest(std::move(jobs[i]));
+  }
+  model_->fail_step_ = 2;
+  model_->Resume();
+  EXPECT_EQ(results[0].get_future().get().status().code(), absl::StatusCode::kInternal);
+  for (auto& r : rest) {
+    EXPECT_EQ(r.get_future().get().status().code(), absl::StatusCode::kAborted);
+  }
+  const auto steps = model_->Steps();
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_EQ(steps[1][0].second, 36 + 24);
+  // Nothing of the four stays; the session goes on from where it was.
+  EXPECT_EQ(Log(s), std::vector<int32_t>{});
+  EXPECT_EQ(*Ingest(s, Tokens(4, 2), /*seq=*/1), 4);
+  auto scored = Score(s, Tokens(2, 9));
+  ASSERT_TRUE(scored.ok());
+  std::vector<int32_t> whole = Tokens(4, 2);
+  for (int32_t t : Tokens(2, 9)) whole.push_back(t);
+  EXPECT_NEAR(scored->logprobs[1], DirectLogProb(whole, 5), 1e-5);
+}
+
+TEST_F(SchedulerTest, AReadBetweenSegmentsSeesOnlyTheSegmentsBeforeIt) {
+  SchedulerOptions options;
+  options.prefill_budget = 64;
+  Start(4096, options);
+  auto s = NewSession("a");
+  std::vector<std::promise<absl::StatusOr<int64_t>>> results;
+  std::atomic<int> checks{0};
+  model_->Pause();
+  SubmitSegments(scheduler_.get(), s, {10, 10}, &results, &checks);
+  std::promise<std::pair<std::vector<int32_t>, int64_t>> seen;
+  ReadJob read;
+  read.session = s;
+  read.fn = [&seen](absl::Status st, const SessionEngineState* state) {
+    ASSERT_TRUE(st.ok());
+    seen.set_value({state->log, state->sequence().length()});
+  };
+  scheduler_->SubmitRead(std::move(read));
+  std::vector<std::promise<absl::StatusOr<int64_t>>> later(1);
+  IngestJob job;
+  job.session = s;
+  job.seq = 3;
+  job.tokens = Tokens(10, 21);
+  job.done = [&later](absl::StatusOr<int64_t> r) { later[0].set_value(r); };
+  scheduler_->SubmitIngest(std::move(job));
+  model_->Resume();
+  const auto [log, prefilled] = seen.get_future().get();
+  EXPECT_EQ(log, SegmentTokens({10, 10}));
+  EXPECT_EQ(prefilled, 20);
+  EXPECT_EQ(*later[0].get_future().get(), 30);
 }
 
 TEST_F(SchedulerTest, ModelErrorFailsTheStepsRequestsOnly) {

@@ -13,8 +13,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/sampling/sampler.h"
-#include "engine/stats.h"
 #include "engine/session/session.h"
+#include "engine/stats.h"
 
 namespace longctx {
 
@@ -91,6 +91,9 @@ struct ScoreJob {
 struct ReadJob {
   std::shared_ptr<Session> session;
   std::function<void(absl::Status, const SessionEngineState*)> fn;
+  // A check between two segments of a stream that reads nothing the segments
+  // ahead of it change: it may run while they are still prefilling.
+  bool segment_check = false;
   absl::Time deadline = absl::InfiniteFuture();  // while queued
   std::shared_ptr<WorkHandle> handle;            // SubmitRead's; null: a new one
 };

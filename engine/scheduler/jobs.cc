@@ -17,9 +17,10 @@ void Append(SessionEngineState& st, const std::vector<int32_t>& tokens) {
   st.log.insert(st.log.end(), tokens.begin(), tokens.end());
 }
 
-// Whether the job's prefill is all in the KV.
+// Whether the job's prefill is all in the KV (a step may also have prefilled
+// segments started behind it).
 bool Prefilled(const JobContext& ctx) {
-  return ctx.session.engine_state().sequence().length() == ctx.target;
+  return ctx.session.engine_state().sequence().length() >= ctx.target;
 }
 
 int64_t Position(const JobContext& ctx) { return Size(ctx.session.engine_state().log); }
@@ -40,6 +41,7 @@ class IngestHandler final : public JobHandler {
 
   std::optional<PlanWork> work() const override { return PlanWork::kIngest; }
   int64_t segment() const override { return job_.seq; }
+  bool starts_early() const override { return job_.seq > 0; }
   bool keeps_tokens() const override { return true; }
 
   absl::Status Start(const JobContext& ctx) override {
@@ -70,7 +72,8 @@ class IngestHandler final : public JobHandler {
       ctx.stats.ingested_segments_total.fetch_add(1);
       ctx.session.AddIngested(n);
     }
-    job_.done(Position(ctx));
+    // Its own end: segments started behind it may have appended already.
+    job_.done(ctx.target);
   }
 
  private:
@@ -239,6 +242,7 @@ class ReadHandler final : public JobHandler {
 
   std::optional<PlanWork> work() const override { return std::nullopt; }
   bool counted() const override { return false; }
+  bool starts_early() const override { return job_.segment_check; }
 
   absl::Status Start(const JobContext& ctx) override {
     job_.fn(absl::OkStatus(), &ctx.session.engine_state());

@@ -18,9 +18,9 @@
 #include "absl/time/time.h"
 #include "engine/model/llama_model.h"
 #include "engine/scheduler/batch_planner.h"
-#include "engine/stats.h"
 #include "engine/scheduler/job_requests.h"
 #include "engine/session/session.h"
+#include "engine/stats.h"
 
 namespace longctx {
 
@@ -59,6 +59,11 @@ class JobHandler {
   // A client ingest segment's sequence number (0 otherwise): when it fails,
   // later queued segments of its session (larger numbers) cannot apply.
   virtual int64_t segment() const { return 0; }
+  // Whether the job may start while the job ahead of it still runs: client
+  // segments (each appends after the one before, and fails with it) and the
+  // checks between them, so that one step prefills several queued segments
+  // (Scheduler::StartFollowers).
+  virtual bool starts_early() const { return false; }
 
   // At the head of the session's queue, with its committed state (the log
   // holds ctx.mark tokens): appends the job's tokens to the log. An error ends

@@ -119,8 +119,7 @@ void Scheduler::Enqueue(std::unique_ptr<Job> job) {
 
 absl::Status Scheduler::QueueFull(absl::string_view why) const {
   const int64_t ms = std::clamp<int64_t>(recent_request_us_.load() / 1000, 100, 30000);
-  absl::Status s =
-      absl::ResourceExhaustedError(absl::StrCat(why, "; retry after ", ms, " ms"));
+  absl::Status s = absl::ResourceExhaustedError(absl::StrCat(why, "; retry after ", ms, " ms"));
   s.SetPayload(kRetryAfterPayload, absl::Cord(absl::StrCat(ms)));
   return s;
 }
@@ -269,6 +268,7 @@ void Scheduler::StartHeads() {
       if (head.started) break;
       if (StartJob(q, head)) break;
     }
+    if (!q.jobs.empty() && q.jobs.front()->started) StartFollowers(q);
     if (q.jobs.empty()) {
       queues_.erase(it++);
     } else {
@@ -366,6 +366,45 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
   return true;
 }
 
+void Scheduler::StartFollowers(SessionQueue& q) {
+  Session& session = *q.session;
+  SessionEngineState& st = session.engine_state();
+  // A window moves as it goes and rolls back only within its span: windowed
+  // sessions keep to one job at a time.
+  if (session.settings().windowed() || st.window) return;
+  const absl::Time now = absl::Now();
+  size_t i = 0;  // the last started job
+  while (i + 1 < q.jobs.size() && q.jobs[i + 1]->started) ++i;
+  while (i + 1 < q.jobs.size()) {
+    const Job& last = *q.jobs[i];
+    if (!last.handler->starts_early() || !last.handler->work()) return;
+    if (last.target - st.sequence().length() >= options_.prefill_budget) return;
+    Job& next = *q.jobs[i + 1];
+    // Cancelled or late ones end by the usual path once at the head.
+    if (!next.handler->starts_early() || next.handle->cancelled() || now > next.deadline) return;
+    next.started = true;
+    next.mark = static_cast<int64_t>(st.log.size());
+    if (next.handler->counted()) {
+      stats_->requests_waiting.fetch_sub(1);
+      stats_->requests_running.fetch_add(1);
+    }
+    absl::Status s = next.handler->Start(Context(next));
+    if (s.ok() && next.handler->work()) {
+      next.target = static_cast<int64_t>(st.log.size());
+      s = CheckKvRoom(session, next);
+      if (s.ok()) {
+        ++i;
+        continue;
+      }
+    }
+    // A check (done once started) or a failure: it ends here, out of line.
+    std::unique_ptr<Job> done = std::move(q.jobs[i + 1]);
+    q.jobs.erase(q.jobs.begin() + static_cast<long>(i + 1));
+    Complete(q, std::move(done), s);
+    if (!s.ok()) return;
+  }
+}
+
 // Refuses up front what cannot fit the KV blocks free now (others may still
 // take blocks meanwhile; a step that runs out fails the job then).
 absl::Status Scheduler::CheckKvRoom(Session& session, const Job& job) {
@@ -399,7 +438,9 @@ JobContext Scheduler::Context(const Job& job) {
 
 void Scheduler::Rollback(SessionQueue& q, Job& job) {
   SessionEngineState& st = q.session->engine_state();
-  st.log.resize(static_cast<size_t>(job.mark));
+  // A segment started early may find the log cut back already (a failure
+  // ahead of it).
+  if (static_cast<int64_t>(st.log.size()) > job.mark) st.log.resize(static_cast<size_t>(job.mark));
   if (!st.window) {
     if (st.kv.length() > job.mark) model_->TruncateSequence(st.kv, static_cast<int>(job.mark));
     return;

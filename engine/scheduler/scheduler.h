@@ -155,6 +155,11 @@ class Scheduler {
   void DropAbandoned(SessionQueue& q, absl::Time now);
   // Starts the head job of `q`; false when it ended instead.
   bool StartJob(SessionQueue& q, Job& job);
+  // Behind a started client segment, starts the segments queued after it (and
+  // the checks between them) while what is started but not prefilled is under
+  // one step's prefill budget, so that a stream of small segments is
+  // prefilled in budget-sized pieces. Sessions without an Infini window only.
+  void StartFollowers(SessionQueue& q);
   absl::Status CheckKvRoom(Session& session, const Job& job);
   absl::Status RewindForLogits(SessionEngineState& st, const Job& job);
 

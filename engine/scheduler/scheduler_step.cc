@@ -93,6 +93,10 @@ PlanJob Scheduler::Describe(const SessionQueue& q) const {
   p.decoding = job.handler->decoding();
   p.length = seq.length();
   p.target = job.target;
+  // Segments started behind the head (StartFollowers) extend its piece.
+  for (size_t i = 1; i < q.jobs.size() && q.jobs[i]->started; ++i) {
+    p.target = q.jobs[i]->target;
+  }
   p.held_blocks = static_cast<int64_t>(seq.block_table().size());
   if (st.window) {
     PlanWindow w;
@@ -208,7 +212,17 @@ void Scheduler::Dispatch(const StepBatch& batch) {
     out.greedy_token = batch.greedy[i];
     out.now = now;
     row += rows;
-    if (p.job->handler->OnStep(Context(*p.job), out)) Finish(*p.q, absl::OkStatus());
+    if (!p.job->handler->OnStep(Context(*p.job), out)) continue;
+    Finish(*p.q, absl::OkStatus());
+    // Segments started behind it that the step prefilled whole end too.
+    while (!p.q->jobs.empty()) {
+      Job& next = *p.q->jobs.front();
+      if (!next.started || !next.handler->starts_early() ||
+          !next.handler->OnStep(Context(next), out)) {
+        break;
+      }
+      Finish(*p.q, absl::OkStatus());
+    }
   }
 }
 
