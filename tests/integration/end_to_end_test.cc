@@ -239,6 +239,50 @@ TEST_F(EndToEndTest, BookChapterStreamedInAnsweredAndScoredLikeTheEngine) {
   EXPECT_TRUE(DeleteSession(stub_.get(), session->id()).ok());
 }
 
+TEST_F(EndToEndTest, ManySmallSegmentsShareSteps) {
+  // A stream of small segments: the server reads ahead and prefills the
+  // queued ones together, so far fewer engine steps run than segments, while
+  // every segment is acknowledged on its own, in order, with its own counts.
+  v1::CreateSessionRequest create;
+  create.set_prompt_format(v1::PROMPT_FORMAT_RAW);
+  auto s = CreateSession(stub_.get(), create);
+  ASSERT_TRUE(s.ok()) << s.status();
+  constexpr int kSegments = 96;
+  std::vector<v1::IngestRequest> requests;
+  for (int i = 0; i < kSegments; ++i) {
+    requests.push_back(Segment(i + 1, absl::StrCat("Boat ", i, " drifted down the river. "),
+                               i == 0 ? s->id() : ""));
+  }
+  auto before = ScrapeMetrics(daemon_->metrics_port());
+  ASSERT_TRUE(before.ok()) << before.status();
+  const IngestOutcome out = Ingest(stub_.get(), requests);
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  ASSERT_EQ(out.acks.size(), static_cast<size_t>(kSegments));
+  int64_t total = 0;
+  for (int i = 0; i < kSegments; ++i) {
+    const v1::IngestResponse& ack = out.acks[static_cast<size_t>(i)];
+    EXPECT_EQ(ack.seq(), i + 1);
+    EXPECT_GT(ack.tokens_ingested(), 0);
+    total += ack.tokens_ingested();
+    EXPECT_EQ(ack.session_tokens(), total) << "segment " << i + 1;
+  }
+  auto after = ScrapeMetrics(daemon_->metrics_port());
+  ASSERT_TRUE(after.ok()) << after.status();
+  const double steps =
+      after->at("longctx_engine_steps_total") - before->at("longctx_engine_steps_total");
+  EXPECT_GE(steps, 1);
+  EXPECT_LE(steps, kSegments / 2) << "one step per segment: queued segments were not combined";
+  auto now = GetSession(stub_.get(), s->id());
+  ASSERT_TRUE(now.ok());
+  EXPECT_EQ(now->tokens(), total);
+  v1::GenerateRequest g;
+  g.set_session_id(s->id());
+  g.set_prompt(" Boat");
+  g.set_max_tokens(3);
+  g.mutable_sampling()->set_temperature(0);
+  EXPECT_TRUE(Generate(stub_.get(), g).status.ok());
+}
+
 TEST_F(EndToEndTest, ExportImportRoundTripKeepsTokensAndSequence) {
   v1::CreateSessionRequest create;
   create.set_prompt_format(v1::PROMPT_FORMAT_RAW);
