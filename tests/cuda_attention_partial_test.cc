@@ -124,7 +124,7 @@ TEST_P(CudaAttentionPartialTest, PartialsAndMergeMatchCpu) {
   const std::vector<CudaAttentionKernels> modes = {
       CudaAttentionKernels::kSimple,      CudaAttentionKernels::kTiled,
       CudaAttentionKernels::kSplit,       CudaAttentionKernels::kAuto,
-      CudaAttentionKernels::kAutoMmaSync, CudaAttentionKernels::kAutoWgmmaSerial};
+      CudaAttentionKernels::kAutoMmaSync, CudaAttentionKernels::kAutoWgmmaOverlapped};
   std::vector<std::unique_ptr<Backend>> gpus;
   const std::vector<float> nan_block(g.ElementsPerBlock(), std::numeric_limits<float>::quiet_NaN());
   for (CudaAttentionKernels m : modes) {

@@ -57,7 +57,7 @@ struct AttnCase {
   std::vector<CudaAttentionKernels> kernels = {
       CudaAttentionKernels::kSimple,      CudaAttentionKernels::kTiled,
       CudaAttentionKernels::kSplit,       CudaAttentionKernels::kAuto,
-      CudaAttentionKernels::kAutoMmaSync, CudaAttentionKernels::kAutoWgmmaSerial};
+      CudaAttentionKernels::kAutoMmaSync, CudaAttentionKernels::kAutoWgmmaOverlapped};
 };
 
 std::ostream& operator<<(std::ostream& os, const AttnCase& c) { return os << c.name; }

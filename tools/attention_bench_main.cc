@@ -38,9 +38,9 @@ ABSL_FLAG(std::string, decode_batch, "",
           "sessions per decode step to time, e.g. 1,32 (empty: none)");
 ABSL_FLAG(bool, prefill, true, "time the causal prefill");
 ABSL_FLAG(std::string, prefill_kernel, "auto",
-          "CUDA prefill attention: auto (the Hopper wgmma kernel where it runs, softmax "
-          "overlapped with the products), wgmma-serial (the Hopper kernel without the "
-          "overlap) or mma.sync (the portable tiled kernel)");
+          "CUDA prefill attention: auto (the Hopper wgmma kernel where it runs), "
+          "wgmma-overlapped (the Hopper kernel with a tile's softmax under the previous "
+          "tile's P V product) or mma.sync (the portable tiled kernel)");
 ABSL_FLAG(int, reps, 5, "timed rounds (median reported); a decode round is 20 steps");
 ABSL_FLAG(int, block_spacing, 1,
           "physical KV blocks between consecutive blocks of a session (1: back to back). "
@@ -151,11 +151,11 @@ int Run() {
   if (!kind.ok()) return std::fprintf(stderr, "%s\n", kind.status().ToString().c_str()), 2;
   absl::StatusOr<std::unique_ptr<Backend>> backend;
   const std::string prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
-  if (prefill_kernel == "mma.sync" || prefill_kernel == "wgmma-serial") {
+  if (prefill_kernel == "mma.sync" || prefill_kernel == "wgmma-overlapped") {
 #ifdef LONGCTX_WITH_CUDA
     CudaBackendOptions options;
     options.attention = prefill_kernel == "mma.sync" ? CudaAttentionKernels::kAutoMmaSync
-                                                     : CudaAttentionKernels::kAutoWgmmaSerial;
+                                                     : CudaAttentionKernels::kAutoWgmmaOverlapped;
     backend = CreateCudaBackend(options);
 #else
     return std::fprintf(stderr, "--prefill_kernel=%s needs the CUDA backend\n",
@@ -165,7 +165,7 @@ int Run() {
   } else if (prefill_kernel == "auto") {
     backend = CreateBackend(*kind);
   } else {
-    return std::fprintf(stderr, "--prefill_kernel: auto, wgmma-serial or mma.sync\n"), 2;
+    return std::fprintf(stderr, "--prefill_kernel: auto, wgmma-overlapped or mma.sync\n"), 2;
   }
   if (!backend.ok()) return std::fprintf(stderr, "%s\n", backend.status().ToString().c_str()), 1;
   Backend* b = backend->get();

@@ -12,16 +12,20 @@
 // hardware's 128-byte swizzle (wgmma.cuh); one barrier per key tile.
 //
 // Two schedules of a warpgroup's work on a key tile:
-//  - serial (three K/V stages): S = Q K^T, wait, softmax, O += P V, wait;
+//  - serial (three K/V stages; the default): S = Q K^T, wait, softmax,
+//    O += P V, wait;
 //  - overlapped (four stages), as FlashAttention-3's intra-warpgroup pipeline:
 //    S(t) = Q K(t)^T and O += P(t-1) V(t-1) are issued together, the softmax of
 //    S(t) runs while the tensor cores do the P V product, and O is rescaled
 //    once that product lands. V(t-1) is still read during tile t, hence the
 //    fourth stage.
-// Blocks run longest key range first across all heads (the work list is
-// sorted so, and a block's head is the fastest-moving part of its index), so
-// the short tiles fill the grid's tail. Built for sm_90a only; elsewhere the
-// kernel traps and DcaWgmmaSupported says no.
+// Overlapped, blocks run longest key range first across all heads (the work
+// list is sorted so, and a block's head is the fastest-moving part of its
+// index), so the short tiles fill the grid's tail. The serial schedule is the
+// one measured on H100 and H200 (docs/benchmarks.md) and the default; the
+// overlapped one is selected by CudaAttentionKernels::kAutoWgmmaOverlapped
+// until it has been measured. Built for sm_90a only; elsewhere the kernel
+// traps and DcaWgmmaSupported says no.
 #include "kernels/cuda/dca_prefill_common.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"
@@ -123,9 +127,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocksPerSm)
   bf16* k_s = q_s + Tr::kQElems;                          // [stages][D / 64][N][64]
   bf16* v_s = k_s + Tr::kStages * Tr::kKvStage;           // [stages][D / 64][N][64]
 
-  // Head fastest: every head's longest tiles start first.
-  const int h = static_cast<int>(blockIdx.x % p.H);
-  const int tb = static_cast<int>(blockIdx.x / p.H);
+  // Overlapped: one grid dimension, the head fastest, so every head's
+  // longest tiles start first. Serial: (tiles, heads), as measured so far.
+  const int h = Tr::kOverlap ? static_cast<int>(blockIdx.x % p.H) : static_cast<int>(blockIdx.y);
+  const int tb = Tr::kOverlap ? static_cast<int>(blockIdx.x / p.H) : static_cast<int>(blockIdx.x);
   const DcaRowTile tile = tiles[tb / Tr::kBlocksPerTile];
   const DcaSeqDesc seq = p.seqs[tile.seq];
   const int row0 = tile.row0 + (tb % Tr::kBlocksPerTile) * M;
@@ -393,8 +398,9 @@ cudaError_t LaunchWgmma(const DcaAttentionParams& p, const DcaRowTile* tiles, in
   const cudaError_t err = cudaFuncSetAttribute(
       DcaWgmmaKernel<Tr, kRuns>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
   if (err != cudaSuccess) return err;
-  DcaWgmmaKernel<Tr, kRuns><<<static_cast<unsigned>(n_tiles) * Tr::kBlocksPerTile * p.H,
-                              Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
+  const unsigned blocks = static_cast<unsigned>(n_tiles) * Tr::kBlocksPerTile;
+  const dim3 grid = Tr::kOverlap ? dim3(blocks * p.H) : dim3(blocks, p.H);
+  DcaWgmmaKernel<Tr, kRuns><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiles);
   return cudaGetLastError();
 }
 
@@ -418,7 +424,7 @@ bool DcaWgmmaSupported(int D, int device) {
   // targets it has the kernel's body.
   if (major != 9 || minor != 0) return false;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, DcaWgmmaKernel<WgmmaTraits<64, 2, true>, false>) !=
+  if (cudaFuncGetAttributes(&attr, DcaWgmmaKernel<WgmmaTraits<64, 2, false>, false>) !=
       cudaSuccess) {
     return false;
   }

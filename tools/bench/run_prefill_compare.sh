@@ -21,7 +21,7 @@
 #   attn_d128, attn_d64  longctx-attention-bench: causal prefill of one
 #                        sequence, DCA and RoPE, D 128 (32 q / 8 kv heads) and
 #                        D 64 (9 / 3); again with each --prefill_kernel named
-#                        in KERNELS (e.g. "wgmma-serial mma.sync"), rows of
+#                        in KERNELS (e.g. "wgmma-overlapped mma.sync"), rows of
 #                        their own in the JSON
 #   sdpa_d128, sdpa_d64  attention_sdpa.py: PyTorch SDPA flash and cuDNN, the
 #                        same shapes and FLOP count

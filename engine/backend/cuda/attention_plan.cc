@@ -59,7 +59,7 @@ Kernel ChooseKernel(const PlanSeq& s, const AttentionPlanShape& shape) {
       return split_ok ? Kernel::kSplit : Kernel::kSimple;
     case CudaAttentionKernels::kAuto:
     case CudaAttentionKernels::kAutoMmaSync:
-    case CudaAttentionKernels::kAutoWgmmaSerial:
+    case CudaAttentionKernels::kAutoWgmmaOverlapped:
       break;
   }
   const int group = shape.n_heads / shape.n_kv_heads;

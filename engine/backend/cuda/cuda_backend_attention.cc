@@ -111,7 +111,7 @@ int CudaBackend::PrefillKeySplits(std::span<const AttentionSeq> seqs, int n_head
   // every key of their runs).
   const bool automatic = options_.attention == CudaAttentionKernels::kAuto ||
                          options_.attention == CudaAttentionKernels::kAutoMmaSync ||
-                         options_.attention == CudaAttentionKernels::kAutoWgmmaSerial;
+                         options_.attention == CudaAttentionKernels::kAutoWgmmaOverlapped;
   if (graph_.deferred() || !automatic || seqs.size() != 1) {
     return 1;
   }
@@ -263,9 +263,10 @@ absl::Status CudaBackend::LaunchAttention(const StagedAttention& w, float* out, 
   CUDA_RETURN_IF_ERROR(cuda::DcaAttentionSimple(
       p, reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_simple), w.n_simple, stream_));
   const auto* tiled = reinterpret_cast<const cuda::DcaRowTile*>(base + w.at_tiled);
-  const cuda::WgmmaSchedule schedule = options_.attention == CudaAttentionKernels::kAutoWgmmaSerial
-                                           ? cuda::WgmmaSchedule::kSerial
-                                           : cuda::WgmmaSchedule::kOverlapped;
+  const cuda::WgmmaSchedule schedule =
+      options_.attention == CudaAttentionKernels::kAutoWgmmaOverlapped
+          ? cuda::WgmmaSchedule::kOverlapped
+          : cuda::WgmmaSchedule::kSerial;
   CUDA_RETURN_IF_ERROR(wgmma_ ? cuda::DcaAttentionWgmma(p, tiled, w.n_tiled, schedule, stream_)
                               : cuda::DcaAttentionTiled(p, tiled, w.n_tiled, stream_));
   if (w.n_split > 0) {

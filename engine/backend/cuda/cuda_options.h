@@ -21,10 +21,10 @@ enum class CudaAttentionKernels {
   // (wgmma) kernel could run it: the baseline the wgmma kernel is measured and
   // tested against.
   kAutoMmaSync,
-  // As kAuto, with the Hopper kernel's serial schedule (each product waited
-  // for before the softmax or the next product) instead of the overlapped one:
-  // the baseline the overlap is measured and tested against.
-  kAutoWgmmaSerial,
+  // As kAuto, with the Hopper kernel's overlapped schedule (a tile's softmax
+  // under the previous tile's P V product, kernels/cuda/dca_attention_wgmma.cu)
+  // instead of the serial one; not the default until measured on a GPU.
+  kAutoWgmmaOverlapped,
 };
 
 // The name tests and tools print for a choice of kernels.
@@ -38,8 +38,8 @@ inline const char* CudaAttentionKernelsName(CudaAttentionKernels k) {
       return "split";
     case CudaAttentionKernels::kAutoMmaSync:
       return "auto-mma.sync";
-    case CudaAttentionKernels::kAutoWgmmaSerial:
-      return "auto-wgmma-serial";
+    case CudaAttentionKernels::kAutoWgmmaOverlapped:
+      return "auto-wgmma-overlapped";
     case CudaAttentionKernels::kAuto:
       break;
   }
