@@ -369,9 +369,6 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
 void Scheduler::StartFollowers(SessionQueue& q) {
   Session& session = *q.session;
   SessionEngineState& st = session.engine_state();
-  // A window moves as it goes and rolls back only within its span: windowed
-  // sessions keep to one job at a time.
-  if (session.settings().windowed() || st.window) return;
   const absl::Time now = absl::Now();
   size_t i = 0;  // the last started job
   while (i + 1 < q.jobs.size() && q.jobs[i + 1]->started) ++i;
@@ -382,6 +379,14 @@ void Scheduler::StartFollowers(SessionQueue& q) {
     Job& next = *q.jobs[i + 1];
     // Cancelled or late ones end by the usual path once at the head.
     if (!next.handler->starts_early() || next.handle->cancelled() || now > next.deadline) return;
+    // Windowed sessions: where the window stands now is where a failure of
+    // this job alone rebuilds it from (Rollback).
+    if (absl::Status s = OpenWindow(session, next); !s.ok()) {
+      std::unique_ptr<Job> failed = std::move(q.jobs[i + 1]);
+      q.jobs.erase(q.jobs.begin() + static_cast<long>(i + 1));
+      Complete(q, std::move(failed), s);
+      return;
+    }
     next.started = true;
     next.mark = static_cast<int64_t>(st.log.size());
     if (next.handler->counted()) {

@@ -158,7 +158,8 @@ class Scheduler {
   // Behind a started client segment, starts the segments queued after it (and
   // the checks between them) while what is started but not prefilled is under
   // one step's prefill budget, so that a stream of small segments is
-  // prefilled in budget-sized pieces. Sessions without an Infini window only.
+  // prefilled in budget-sized pieces (windowed sessions' pieces still stop at
+  // their chunk boundaries).
   void StartFollowers(SessionQueue& q);
   absl::Status CheckKvRoom(Session& session, const Job& job);
   absl::Status RewindForLogits(SessionEngineState& st, const Job& job);

@@ -343,6 +343,56 @@ std::pair<double, double> SlideAndCompressScores(v1::LongContext::Stub* stub) {
   return {out[0], out[1]};
 }
 
+TEST_F(InfiniServiceTest, SmallSegmentsInOneStreamEqualOneAtATime) {
+  // The same small segments into two COMPRESS sessions: all on one stream
+  // (queued segments prefilled together, up to the window's chunk
+  // boundaries) and one stream per segment, each waited for (one segment per
+  // step). Same tokens, same folds, the same score after, in fewer steps.
+  std::vector<std::string> segments;
+  for (const std::string& p : Paragraphs(16)) {
+    const size_t quarter = p.size() / 4;
+    for (size_t at = 0; at < p.size(); at += quarter) segments.push_back(p.substr(at, quarter));
+  }
+  double scores[2] = {0, 0}, steps[2] = {0, 0};
+  int64_t tokens[2] = {0, 0}, folded[2] = {0, 0};
+  for (int way = 0; way < 2; ++way) {
+    auto s =
+        CreateSession(stub_.get(), WindowedSession(v1::OVERFLOW_POLICY_COMPRESS, kWindow, kSinks));
+    ASSERT_TRUE(s.ok()) << s.status();
+    auto before = ScrapeMetrics(daemon_->metrics_port());
+    ASSERT_TRUE(before.ok());
+    if (way == 0) {
+      ASSERT_TRUE(IngestTexts(stub_.get(), s->id(), segments, 1).ok());
+    } else {
+      for (size_t i = 0; i < segments.size(); ++i) {
+        ASSERT_TRUE(
+            IngestTexts(stub_.get(), s->id(), {segments[i]}, static_cast<int64_t>(i) + 1).ok());
+      }
+    }
+    auto after = ScrapeMetrics(daemon_->metrics_port());
+    ASSERT_TRUE(after.ok());
+    steps[way] = Metric(*after, "longctx_engine_steps_total") -
+                 Metric(*before, "longctx_engine_steps_total");
+    auto now = GetSession(stub_.get(), s->id());
+    ASSERT_TRUE(now.ok());
+    tokens[way] = now->tokens();
+    folded[way] = now->folded_tokens();
+    auto score = Score(stub_.get(), s->id(), " The river keeper walked along the bank.");
+    ASSERT_TRUE(score.ok()) << score.status();
+    scores[way] = score->logprob();
+    EXPECT_TRUE(DeleteSession(stub_.get(), s->id()).ok());
+  }
+  EXPECT_EQ(tokens[0], tokens[1]);
+  EXPECT_GT(tokens[0], 4 * kWindow);
+  std::printf(
+      "[small segments] %zu segments, %lld tokens: %g steps on one stream, %g one at a time\n",
+      segments.size(), static_cast<long long>(tokens[0]), steps[0], steps[1]);
+  EXPECT_EQ(folded[0], folded[1]);
+  EXPECT_GT(folded[0], 0);
+  EXPECT_NEAR(scores[0], scores[1], 1e-3 * std::abs(scores[1]));
+  EXPECT_LT(steps[0], steps[1]) << "segments on one stream were not prefilled together";
+}
+
 TEST_F(InfiniServiceTest, WithoutGatesCompressScoresAsSlide) {
   const auto [slide, compress] = SlideAndCompressScores(stub_.get());
   EXPECT_NEAR(compress, slide, 1e-4 * std::abs(slide));
