@@ -159,6 +159,11 @@ class SchedulerTest : public ::testing::Test {
     model_->greedy_tokens_ = greedy_tokens;
     scheduler_ = std::make_unique<Scheduler>(model_.get(), options, &stats_);
   }
+  void StartWithBudget(int prefill_budget) {
+    SchedulerOptions options;
+    options.prefill_budget = prefill_budget;
+    Start(4096, options);
+  }
   void TearDown() override {
     if (scheduler_) scheduler_->Stop();
   }
@@ -250,9 +255,7 @@ TEST_F(SchedulerTest, IngestAppendsInOrderAndReportsPosition) {
 }
 
 TEST_F(SchedulerTest, LongIngestIsCutIntoBudgetPieces) {
-  SchedulerOptions options;
-  options.prefill_budget = 64;
-  Start(4096, options);
+  StartWithBudget(64);
   auto s = NewSession("a");
   ASSERT_TRUE(Ingest(s, Tokens(1000)).ok());
   const auto steps = model_->Steps();
@@ -658,9 +661,7 @@ std::vector<int32_t> SegmentTokens(const std::vector<int>& sizes) {
 }
 
 TEST_F(SchedulerTest, QueuedSegmentsArePrefilledTogether) {
-  SchedulerOptions options;
-  options.prefill_budget = 64;
-  Start(4096, options);
+  StartWithBudget(64);
   auto s = NewSession("a");
   const std::vector<int> sizes(20, 10);
   std::vector<std::promise<absl::StatusOr<int64_t>>> results;
@@ -700,9 +701,7 @@ TEST_F(SchedulerTest, QueuedSegmentsArePrefilledTogether) {
 }
 
 TEST_F(SchedulerTest, ASegmentStartedEarlyFailsAloneAndAbortsTheRest) {
-  SchedulerOptions options;
-  options.prefill_budget = 64;
-  Start(4096, options);
+  StartWithBudget(64);
   auto s = NewSession("a", /*window=*/25);
   std::vector<std::promise<absl::StatusOr<int64_t>>> results;
   std::atomic<int> checks{0};
@@ -720,9 +719,7 @@ TEST_F(SchedulerTest, ASegmentStartedEarlyFailsAloneAndAbortsTheRest) {
 }
 
 TEST_F(SchedulerTest, AFailedStepFailsTheSegmentsItCarried) {
-  SchedulerOptions options;
-  options.prefill_budget = 64;
-  Start(4096, options);
+  StartWithBudget(64);
   auto s = NewSession("a");
   std::vector<std::promise<absl::StatusOr<int64_t>>> results;
   std::atomic<int> checks{0};
@@ -761,9 +758,7 @@ TEST_F(SchedulerTest, AFailedStepFailsTheSegmentsItCarried) {
 }
 
 TEST_F(SchedulerTest, AReadBetweenSegmentsSeesOnlyTheSegmentsBeforeIt) {
-  SchedulerOptions options;
-  options.prefill_budget = 64;
-  Start(4096, options);
+  StartWithBudget(64);
   auto s = NewSession("a");
   std::vector<std::promise<absl::StatusOr<int64_t>>> results;
   std::atomic<int> checks{0};

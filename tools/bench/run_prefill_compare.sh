@@ -31,6 +31,11 @@
 #                        the Llama-2-7B shape with random weights at 8k and 32k
 #   hf_default, hf_7b    hf_transformers_bench.py: transformers, sdpa, bf16,
 #                        batch 1, the same models and lengths
+#   ingest               (with DOCUMENT and a bundle holding longctxd,
+#                        longctx and longctx-loadgen) ingest_bench.py: 540 kB
+#                        of DOCUMENT streamed into one session in 2 kB and
+#                        32 kB segments against longctx-bench's prefill of as
+#                        many tokens; OUTDIR/ingest.json
 set -u
 bundle=$(cd "$1" && pwd)
 out=$2
@@ -114,6 +119,15 @@ phase lc_default "$(cap 90)" longctx-bench --backend=cuda --model="$model" --len
   --batch=1 --decode="$decode" --chunk=8192 --graphs=on --repeats="$repeats"
 phase lc_7b "$(cap 100)" longctx-bench --backend=cuda --model=synthetic:llama2-7b \
   --lengths=8192,32768 --batch=1 --decode="$decode" --chunk=8192 --graphs=on --repeats="$repeats"
+
+# A ~128k-token document through longctxd's Ingest against the engine's own
+# prefill (tools/bench/ingest_bench.py), where the bundle has the server and
+# DOCUMENT names a text file of at least 540 kB.
+if [[ -x $bundle/bin/longctxd && -x $bundle/bin/longctx-loadgen && -n ${DOCUMENT:-} ]]; then
+  phase ingest "$(cap 170)" python3 "$bench_dir/ingest_bench.py" --bin="$bundle/bin" \
+    --model="$model" --backend=cuda --document="$DOCUMENT" --doc_bytes=540000 \
+    --segment_bytes=2048,32768 --rounds=2 --commit="$commit" --out="$out/ingest.json"
+fi
 
 # The transformers script stops starting lengths 45 s before its limit, so its
 # table is printed even when a length is slow.
