@@ -37,7 +37,10 @@ def engine_rate(args: argparse.Namespace, tokens: int) -> float:
     out = subprocess.run(
         [f"{args.bin}/longctx-bench", f"--backend={args.backend}", f"--model={args.model}",
          f"--lengths={tokens}", "--batch=1", "--decode=0", f"--chunk={args.chunk}",
-         "--graphs=on", "--repeats=1"], capture_output=True, text=True)
+         "--graphs=on", "--repeats=1"]
+        # On a CPU, longctxd's default weights (longctx-bench's default is f32).
+        + (["--cpu_weights=quantized"] if args.backend == "cpu" else []),
+        capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"longctx-bench failed:\n{out.stdout}\n{out.stderr}")
     for o in perf_json.outputs(out.stdout):
