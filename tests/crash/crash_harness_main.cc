@@ -297,20 +297,29 @@ void Resume(const std::string& address, Stream* s, Totals* t) {
 double ScoreTolerance() {
   const double flag = absl::GetFlag(FLAGS_score_tolerance);
   if (flag >= 0) return flag;
-  const bool exact = absl::GetFlag(FLAGS_backend) == "cpu" && absl::GetFlag(FLAGS_cpu_weights) == "f32";
+  const bool exact =
+      absl::GetFlag(FLAGS_backend) == "cpu" && absl::GetFlag(FLAGS_cpu_weights) == "f32";
   return exact ? 1e-3 : 5e-2;
 }
 
 void Compare(const std::string& address, Stream* s, Totals* t) {
   const std::string twin = s->id + "-twin";
-  if (!Create(address, twin).ok()) return (void)++t->errors;
+  if (absl::Status c = Create(address, twin); !c.ok()) {
+    std::fprintf(stderr, "session %s: creating its twin: %s\n", s->id.c_str(),
+                 c.ToString().c_str());
+    return (void)++t->errors;
+  }
   Stream copy;
   copy.id = twin;
   copy.segments = s->segments;
   Feed(address, &copy, 1, false);
   auto a = Export(address, s->id);
   auto b = Export(address, twin);
-  if (!a.ok() || !b.ok()) return (void)++t->errors;
+  if (!a.ok() || !b.ok()) {
+    std::fprintf(stderr, "session %s: export: %s / %s\n", s->id.c_str(),
+                 a.status().ToString().c_str(), b.status().ToString().c_str());
+    return (void)++t->errors;
+  }
   if (a->tokens != b->tokens || a->applied_seq != b->applied_seq || a->segments != b->segments ||
       a->ingested_tokens != b->ingested_tokens ||
       a->applied_seq != static_cast<int64_t>(s->segments.size())) {
@@ -326,7 +335,11 @@ void Compare(const std::string& address, Stream* s, Totals* t) {
   }
   auto sa = Score(address, s->id);
   auto sb = Score(address, twin);
-  if (!sa.ok() || !sb.ok()) return (void)++t->errors;
+  if (!sa.ok() || !sb.ok()) {
+    std::fprintf(stderr, "session %s: score: %s / %s\n", s->id.c_str(),
+                 sa.status().ToString().c_str(), sb.status().ToString().c_str());
+    return (void)++t->errors;
+  }
   const double diff = std::abs(*sa - *sb);
   const double rel = diff / std::max(std::abs(*sb), 1.0);
   absl::MutexLock lock(&t->mu);
