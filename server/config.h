@@ -22,11 +22,11 @@ struct ServerConfig {
   // the model when present, else the model's own), none, or a sidecar's path.
   std::string infini_gates = "auto";
   std::string cpu_weights = "quantized";  // CPU: quantized (GGUF blocks, int8
-                                         // activations) | f32 (dequantized at load)
-  std::string cpu_kv = "f32";       // CPU: KV cache elements, f32 | f16 (half the bytes)
-  int64_t kv_cache_bytes = 0;       // KV arena budget; 0: on a GPU 90 % of its free
-                                    // memory less 4 GiB, else 2 GiB
-  int kv_block_size = 64;           // tokens per KV block
+                                          // activations) | f32 (dequantized at load)
+  std::string cpu_kv = "f32";             // CPU: KV cache elements, f32 | f16 (half the bytes)
+  int64_t kv_cache_bytes = 0;             // KV arena budget; 0: on a GPU 90 % of its free
+                                          // memory less 4 GiB, else 2 GiB
+  int kv_block_size = 64;                 // tokens per KV block
   int prefill_budget = 0;           // prefill tokens per engine step; 0: 512 on CPU, 8192 on GPU
   int prefill_budget_decoding = 0;  // ... while a Generate is under way (its latency);
                                     // 0: 128 on CPU, 1024 on GPU
@@ -109,8 +109,8 @@ struct ServerConfig {
   absl::Duration max_connection_age_grace = absl::Minutes(10);  // calls' time to finish
 
   // --- engine admission, host memory, session exports (docs/service.md) ---
-  int64_t max_queued_requests = 2048;            // engine requests queued or running; 0: no limit
-  int64_t max_queued_requests_per_tenant = 512;  // ... of one tenant; 0: no limit
+  int64_t max_queued_requests = 4096;             // engine requests queued or running; 0: no limit
+  int64_t max_queued_requests_per_tenant = 1024;  // ... of one tenant; 0: no limit
   int64_t host_memory_budget = 0;  // token logs, queued work, transfers; 0: counted, not limited
   std::string session_export_key;  // HMAC key signing exports (secret); empty: unsigned
   std::string session_export_key_file;  // file holding that key (read at start-up)

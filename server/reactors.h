@@ -74,8 +74,10 @@ class UnaryCall final : public CallReactor<grpc::ServerUnaryReactor> {
 class IngestReactor final
     : public CallReactor<grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>> {
  public:
-  static constexpr int kMaxInFlight = 64;
-  static constexpr int64_t kMaxInFlightBytes = int64_t{128} << 10;
+  // 16 segments of 2 kB, about one GPU step's 8192 tokens; the default queue
+  // bounds (server/config.h) leave room for 64 such streams per tenant.
+  static constexpr int kMaxInFlight = 16;
+  static constexpr int64_t kMaxInFlightBytes = int64_t{64} << 10;
 
   IngestReactor(CallRegistry* calls, absl::StatusOr<CallContext> call);
 

@@ -79,8 +79,8 @@ struct SchedulerOptions {
   // RESOURCE_EXHAUSTED and a retry hint (RetryAfter). The default total is
   // what the server's stream limits admit anyway (256 Ingest streams, 8
   // segments in flight each), so only unary floods (Score, Create) meet it.
-  int max_queued_requests = 2048;
-  int max_queued_requests_per_tenant = 512;
+  int max_queued_requests = 4096;
+  int max_queued_requests_per_tenant = 1024;
   // Host memory (bytes) that token logs, queued work and session transfers
   // may hold together (HostMemoryBudget); 0: counted, not limited.
   int64_t host_memory_budget = 0;
