@@ -337,13 +337,9 @@ absl::Status Scheduler::OpenWindow(Session& session, Job& job) {
   return absl::OkStatus();
 }
 
-bool Scheduler::StartJob(SessionQueue& q, Job& job) {
-  Session& session = *q.session;
+absl::StatusOr<bool> Scheduler::BeginJob(Session& session, Job& job) {
   SessionEngineState& st = session.engine_state();
-  if (absl::Status s = OpenWindow(session, job); !s.ok()) {
-    Finish(q, s);
-    return false;
-  }
+  RETURN_IF_ERROR(OpenWindow(session, job));
   job.started = true;
   job.mark = static_cast<int64_t>(st.log.size());
   if (job.handler->counted()) {
@@ -351,19 +347,19 @@ bool Scheduler::StartJob(SessionQueue& q, Job& job) {
     stats_->requests_running.fetch_add(1);
   }
   // A job that runs no steps (a read) is done once started.
-  absl::Status s = job.handler->Start(Context(job));
-  if (!s.ok() || !job.handler->work()) {
-    Finish(q, s);
-    return false;
-  }
+  RETURN_IF_ERROR(job.handler->Start(Context(job)));
+  if (!job.handler->work()) return false;
   job.target = static_cast<int64_t>(st.log.size());
-  s = CheckKvRoom(session, job);
-  if (s.ok()) s = RewindForLogits(st, job);
-  if (!s.ok()) {
-    Finish(q, s);
-    return false;
-  }
+  RETURN_IF_ERROR(CheckKvRoom(session, job));
+  RETURN_IF_ERROR(RewindForLogits(st, job));
   return true;
+}
+
+bool Scheduler::StartJob(SessionQueue& q, Job& job) {
+  const absl::StatusOr<bool> runs = BeginJob(*q.session, job);
+  if (runs.ok() && *runs) return true;
+  Finish(q, runs.status());
+  return false;
 }
 
 void Scheduler::StartFollowers(SessionQueue& q) {
@@ -379,34 +375,18 @@ void Scheduler::StartFollowers(SessionQueue& q) {
     Job& next = *q.jobs[i + 1];
     // Cancelled or late ones end by the usual path once at the head.
     if (!next.handler->starts_early() || next.handle->cancelled() || now > next.deadline) return;
-    // Windowed sessions: where the window stands now is where a failure of
-    // this job alone rebuilds it from (Rollback).
-    if (absl::Status s = OpenWindow(session, next); !s.ok()) {
-      std::unique_ptr<Job> failed = std::move(q.jobs[i + 1]);
-      q.jobs.erase(q.jobs.begin() + static_cast<long>(i + 1));
-      Complete(q, std::move(failed), s);
-      return;
-    }
-    next.started = true;
-    next.mark = static_cast<int64_t>(st.log.size());
-    if (next.handler->counted()) {
-      stats_->requests_waiting.fetch_sub(1);
-      stats_->requests_running.fetch_add(1);
-    }
-    absl::Status s = next.handler->Start(Context(next));
-    if (s.ok() && next.handler->work()) {
-      next.target = static_cast<int64_t>(st.log.size());
-      s = CheckKvRoom(session, next);
-      if (s.ok()) {
-        ++i;
-        continue;
-      }
+    // A windowed session's window mark is taken now: where a failure of this
+    // job alone rebuilds it from (Rollback).
+    const absl::StatusOr<bool> runs = BeginJob(session, next);
+    if (runs.ok() && *runs) {
+      ++i;
+      continue;
     }
     // A check (done once started) or a failure: it ends here, out of line.
     std::unique_ptr<Job> done = std::move(q.jobs[i + 1]);
     q.jobs.erase(q.jobs.begin() + static_cast<long>(i + 1));
-    Complete(q, std::move(done), s);
-    if (!s.ok()) return;
+    Complete(q, std::move(done), runs.status());
+    if (!runs.ok()) return;
   }
 }
 

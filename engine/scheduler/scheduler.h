@@ -77,7 +77,7 @@ struct SchedulerOptions {
   // the appends of Create and Import) accepted and not yet finished, in all
   // and per tenant: past either, a submit fails at once with
   // RESOURCE_EXHAUSTED and a retry hint (RetryAfter). The default total is
-  // what the server's stream limits admit anyway (256 Ingest streams, 8
+  // what the server's stream limits admit anyway (256 Ingest streams, 16
   // segments in flight each), so only unary floods (Score, Create) meet it.
   int max_queued_requests = 4096;
   int max_queued_requests_per_tenant = 1024;
@@ -153,6 +153,10 @@ class Scheduler {
   void StartHeads();
   // Ends the queued (not head) jobs of `q` that were cancelled or timed out.
   void DropAbandoned(SessionQueue& q, absl::Time now);
+  // Starts `job` (window, mark, tokens, KV room): true while it has steps to
+  // run, false for a job done once started (a read), or the error it ends
+  // with. The caller ends it in the last two cases.
+  absl::StatusOr<bool> BeginJob(Session& session, Job& job);
   // Starts the head job of `q`; false when it ended instead.
   bool StartJob(SessionQueue& q, Job& job);
   // Behind a started client segment, starts the segments queued after it (and

@@ -212,16 +212,14 @@ void Scheduler::Dispatch(const StepBatch& batch) {
     out.greedy_token = batch.greedy[i];
     out.now = now;
     row += rows;
-    if (!p.job->handler->OnStep(Context(*p.job), out)) continue;
-    Finish(*p.q, absl::OkStatus());
-    // Segments started behind it that the step prefilled whole end too.
-    while (!p.q->jobs.empty()) {
-      Job& next = *p.q->jobs.front();
-      if (!next.started || !next.handler->starts_early() ||
-          !next.handler->OnStep(Context(next), out)) {
-        break;
-      }
+    // The head, then the segments started behind it that the step
+    // prefilled whole.
+    Job* job = p.job;
+    while (job->handler->OnStep(Context(*job), out)) {
       Finish(*p.q, absl::OkStatus());
+      if (p.q->jobs.empty()) break;
+      job = p.q->jobs.front().get();
+      if (!job->started || !job->handler->starts_early()) break;
     }
   }
 }

@@ -109,10 +109,7 @@ int CudaBackend::PrefillKeySplits(std::span<const AttentionSeq> seqs, int n_head
   // Only op by op (a recorded step keeps its launches fixed), with the automatic
   // kernel choice, for one sequence without an Infini window (partials read
   // every key of their runs).
-  const bool automatic = options_.attention == CudaAttentionKernels::kAuto ||
-                         options_.attention == CudaAttentionKernels::kAutoMmaSync ||
-                         options_.attention == CudaAttentionKernels::kAutoWgmmaOverlapped;
-  if (graph_.deferred() || !automatic || seqs.size() != 1) {
+  if (graph_.deferred() || !AutomaticKernels(options_.attention) || seqs.size() != 1) {
     return 1;
   }
   const AttentionSeq& s = seqs[0];

@@ -27,6 +27,12 @@ enum class CudaAttentionKernels {
   kAutoWgmmaOverlapped,
 };
 
+// Whether the backend picks the kernel per sequence (kAuto and its variants).
+inline bool AutomaticKernels(CudaAttentionKernels k) {
+  return k == CudaAttentionKernels::kAuto || k == CudaAttentionKernels::kAutoMmaSync ||
+         k == CudaAttentionKernels::kAutoWgmmaOverlapped;
+}
+
 // The name tests and tools print for a choice of kernels.
 inline const char* CudaAttentionKernelsName(CudaAttentionKernels k) {
   switch (k) {
