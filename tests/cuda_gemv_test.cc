@@ -257,6 +257,72 @@ TEST_F(CudaGemvTest, RmsNormFusedProductsMatchNormThenProduct) {
   }
 }
 
+// Above kGemvMmaMaxT rows (prefill) the norm is written straight in bf16 for
+// the cuBLAS GEMMs, and RmsNormFeedForward also writes SwiGlu in bf16 for the
+// down GEMM, which accumulates into x. At fewer rows it composes the few-row
+// products. Both against f64 with the same bf16 roundings as the bound.
+TEST_F(CudaGemvTest, RmsNormFeedForwardMatchesReference) {
+  const float eps = 1e-5f;
+  struct Case {
+    int K, F;
+    std::vector<int> rows;
+  };
+  // The default model's shapes; K = 522 (rows not 16-byte aligned: the
+  // general norm kernel).
+  const Case cases[] = {{576, 1536, {9, 64, 65, 200, 1024}}, {522, 256, {65, 130}}};
+  for (const Case& cs : cases) {
+    const int K = cs.K, F = cs.F;
+    const std::vector<float> wg = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
+    const std::vector<float> wu = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
+    const std::vector<float> wd = RoundBf16(RandomVec(static_cast<size_t>(K) * F, rng_, 0.05f));
+    const std::vector<float> g = RoundBf16(RandomVec(K, rng_));
+    auto wgt = MakeTensor(gpu_.get(), DType::kBF16, F, K, wg);
+    auto wut = MakeTensor(gpu_.get(), DType::kBF16, F, K, wu);
+    auto wdt = MakeTensor(gpu_.get(), DType::kBF16, K, F, wd);
+    auto gt = MakeTensor(gpu_.get(), DType::kBF16, 1, K, g);
+    for (int T : cs.rows) {
+      const std::string what = absl::StrCat("T=", T, " K=", K, " F=", F);
+      const std::vector<float> x = RandomVec(static_cast<size_t>(T) * K, rng_, 4.f);
+      std::vector<float> xn(x.size());
+      ref::RmsNorm(xn.data(), x.data(), g.data(), T, K, eps);
+      const std::vector<float> xnb = RoundBf16(xn);
+      // The block's output (x after minus x before): exact, and with the
+      // intermediate roundings the GPU may make (norm, gate and up's inputs,
+      // the SwiGlu product in bf16).
+      const std::vector<double> rg = LinearF64(xn, wg, T, F, K), ru = LinearF64(xn, wu, T, F, K);
+      const std::vector<double> ng = LinearF64(xnb, wg, T, F, K), nu = LinearF64(xnb, wu, T, F, K);
+      std::vector<float> h(rg.size()), hb(rg.size());
+      for (size_t i = 0; i < rg.size(); ++i) {
+        h[i] = static_cast<float>(SiluTimes(rg[i], ru[i]));
+        hb[i] = RoundBf16(static_cast<float>(SiluTimes(ng[i], nu[i])));
+      }
+      const std::vector<float> ref = ToFloat(LinearF64(h, wd, T, K, F));
+      const std::vector<float> naive = ToFloat(LinearF64(hb, wd, T, K, F));
+
+      auto xt = MakeTensor(gpu_.get(), DType::kF32, T, K, x);
+      auto scratch_xn = MakePoisoned(gpu_.get(), T, K);
+      auto gate = MakePoisoned(gpu_.get(), T, F), up = MakePoisoned(gpu_.get(), T, F);
+      ASSERT_TRUE(gpu_->RmsNormFeedForward(xt.t, RowNorm{gt.t, eps, scratch_xn.t}, wgt.t, wut.t,
+                                           wdt.t, gate.t, up.t)
+                      .ok())
+          << what;
+      std::vector<float> got = Fetch(gpu_.get(), xt.t);
+      for (size_t i = 0; i < got.size(); ++i) got[i] -= x[i];
+      ExpectBf16Close(got, ref, naive, "RmsNormFeedForward " + what);
+
+      // RmsNormLinearMany at these rows: the norm in bf16 for cuBLAS.
+      auto out = MakePoisoned(gpu_.get(), T, F);
+      const LinearJob jobs[] = {{out.t, wgt.t, nullptr}};
+      ASSERT_TRUE(gpu_->RmsNormLinearMany(jobs, xt.t, RowNorm{gt.t, eps, scratch_xn.t}).ok());
+      const std::vector<float> xa = Fetch(gpu_.get(), xt.t);
+      std::vector<float> xan(xa.size());
+      ref::RmsNorm(xan.data(), xa.data(), g.data(), T, K, eps);
+      ExpectBf16Close(Fetch(gpu_.get(), out.t), ToFloat(LinearF64(xan, wg, T, F, K)),
+                      ToFloat(LinearF64(RoundBf16(xan), wg, T, F, K)), "RmsNormLinearMany " + what);
+    }
+  }
+}
+
 TEST_F(CudaGemvTest, RmsNormFusedProductsRejectScratchOverInput) {
   const int T = 32, K = 64, N = 32;
   const std::vector<float> x0 = RandomVec(static_cast<size_t>(T) * K, rng_);

@@ -188,6 +188,46 @@ TEST_F(FusedOpsTest, RmsNormProductsEqualNormThenProduct) {
   }
 }
 
+TEST_F(FusedOpsTest, RmsNormFeedForwardEqualsItsTwoSteps) {
+  const int K = 64, F = 40;
+  for (int T : {1, 4, 9}) {
+    auto x = Random(T, K, 3.f), norm_w = Random(1, K), w_gate = Random(F, K, 0.1f),
+         w_up = Random(F, K, 0.1f), w_down = Random(K, F, 0.1f);
+    auto ref_x = Copy(x.t), xn = MakePoisoned(&cpu_, T, K), ref_xn = MakePoisoned(&cpu_, T, K);
+    auto gate = MakePoisoned(&cpu_, T, F), up = MakePoisoned(&cpu_, T, F);
+    auto ref_gate = MakePoisoned(&cpu_, T, F), ref_up = MakePoisoned(&cpu_, T, F);
+    ASSERT_TRUE(cpu_.RmsNormFeedForward(x.t, RowNorm{norm_w.t, 1e-5f, xn.t}, w_gate.t, w_up.t,
+                                        w_down.t, gate.t, up.t)
+                    .ok());
+    ASSERT_TRUE(cpu_.RmsNormLinearSwiGlu(ref_gate.t, ref_x.t, RowNorm{norm_w.t, 1e-5f, ref_xn.t},
+                                         w_gate.t, w_up.t, ref_up.t)
+                    .ok());
+    ASSERT_TRUE(cpu_.LinearAddInPlace(ref_x.t, ref_gate.t, w_down.t, ref_xn.t).ok());
+    EXPECT_EQ(Fetch(&cpu_, x.t), Fetch(&cpu_, ref_x.t)) << "T=" << T;
+  }
+}
+
+TEST_F(FusedOpsTest, RmsNormFeedForwardRejectsOverlapAndShapeBeforeWriting) {
+  const int T = 3, K = 16, F = 8;
+  auto x = Random(T, K), norm_w = Random(1, K), xn = Random(T, K), w_gate = Random(F, K),
+       w_up = Random(F, K), w_down = Random(K, F), gate = Random(T, F), up = Random(T, F);
+  const std::vector<float> x_before = Fetch(&cpu_, x.t), gate_before = Fetch(&cpu_, gate.t);
+  const RowNorm norm{norm_w.t, 1e-5f, xn.t};
+  // w_down of the wrong shape (checked by the second step, before the first runs).
+  auto w_down_bad = Random(K, F - 1);
+  EXPECT_EQ(cpu_.RmsNormFeedForward(x.t, norm, w_gate.t, w_up.t, w_down_bad.t, gate.t, up.t).code(),
+            absl::StatusCode::kInvalidArgument);
+  // gate is up; the norm's scratch is x.
+  EXPECT_EQ(cpu_.RmsNormFeedForward(x.t, norm, w_gate.t, w_up.t, w_down.t, gate.t, gate.t).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cpu_.RmsNormFeedForward(x.t, RowNorm{norm_w.t, 1e-5f, x.t}, w_gate.t, w_up.t,
+                                    w_down.t, gate.t, up.t)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Fetch(&cpu_, x.t), x_before);
+  EXPECT_EQ(Fetch(&cpu_, gate.t), gate_before);
+}
+
 TEST_F(FusedOpsTest, RmsNormProductsRejectBadNormBeforeWriting) {
   const int T = 3, K = 16, N = 8;
   auto x = Random(T, K), w = Random(N, K), norm_w = Random(1, K), short_w = Random(1, K - 1);

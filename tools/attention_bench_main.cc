@@ -23,6 +23,7 @@
 #include "engine/backend/backend.h"
 #include "engine/backend/backend_factory.h"
 #include "engine/backend/cpu_process.h"
+#include "engine/backend/cuda/cuda_options.h"
 #include "tools/tool_flags.h"
 #ifdef LONGCTX_WITH_CUDA
 #include "engine/backend/cuda/cuda_backend.h"
@@ -151,21 +152,22 @@ int Run() {
   if (!kind.ok()) return std::fprintf(stderr, "%s\n", kind.status().ToString().c_str()), 2;
   absl::StatusOr<std::unique_ptr<Backend>> backend;
   const std::string prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
-  if (prefill_kernel == "mma.sync" || prefill_kernel == "wgmma-overlapped") {
+  CudaAttentionKernels kernels = CudaAttentionKernels::kAuto;
+  if (!PrefillKernelsByName(prefill_kernel, &kernels)) {
+    return std::fprintf(stderr, "--prefill_kernel: auto, wgmma-overlapped or mma.sync\n"), 2;
+  }
+  if (kernels != CudaAttentionKernels::kAuto) {
 #ifdef LONGCTX_WITH_CUDA
     CudaBackendOptions options;
-    options.attention = prefill_kernel == "mma.sync" ? CudaAttentionKernels::kAutoMmaSync
-                                                     : CudaAttentionKernels::kAutoWgmmaOverlapped;
+    options.attention = kernels;
     backend = CreateCudaBackend(options);
 #else
     return std::fprintf(stderr, "--prefill_kernel=%s needs the CUDA backend\n",
                         prefill_kernel.c_str()),
            2;
 #endif
-  } else if (prefill_kernel == "auto") {
-    backend = CreateBackend(*kind);
   } else {
-    return std::fprintf(stderr, "--prefill_kernel: auto, wgmma-overlapped or mma.sync\n"), 2;
+    backend = CreateBackend(*kind);
   }
   if (!backend.ok()) return std::fprintf(stderr, "%s\n", backend.status().ToString().c_str()), 1;
   Backend* b = backend->get();

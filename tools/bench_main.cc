@@ -73,6 +73,9 @@ ABSL_FLAG(std::string, tokens, "device",
 ABSL_FLAG(bool, dependent_launch, true,
           "CUDA: launch the decode-path kernels as programmatic dependents (overlapping the "
           "kernel ahead)");
+ABSL_FLAG(std::string, prefill_kernel, "auto",
+          "CUDA prefill attention: auto (the default kernels), wgmma-overlapped (the "
+          "Hopper kernel's overlapped schedule) or mma.sync (the portable tiled kernel)");
 ABSL_FLAG(bool, profile_step, false,
           "CUDA: open the profiler's capture range around the first timed decode step of each "
           "series (for `ncu --profile-from-start off`)");
@@ -165,6 +168,9 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(BackendKind kind) {
   if (kind == BackendKind::kCuda || (kind == BackendKind::kAuto && CudaDeviceAvailable())) {
     CudaBackendOptions options;
     options.dependent_launch = absl::GetFlag(FLAGS_dependent_launch);
+    if (!PrefillKernelsByName(absl::GetFlag(FLAGS_prefill_kernel), &options.attention)) {
+      return absl::InvalidArgumentError("--prefill_kernel: auto, wgmma-overlapped or mma.sync");
+    }
     return CreateCudaBackend(options);
   }
 #endif

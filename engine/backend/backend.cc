@@ -234,6 +234,19 @@ absl::Status Backend::RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& n
   return LinearSwiGlu(out, norm.xn, w_gate, w_up, scratch);
 }
 
+absl::Status Backend::CheckRmsNormFeedForward(Tensor x, const RowNorm& norm, Tensor w_gate,
+                                              Tensor w_up, Tensor w_down, Tensor gate, Tensor up) {
+  RETURN_IF_ERROR(CheckRmsNormLinearSwiGlu(gate, x, norm, w_gate, w_up, up));
+  return CheckLinearAddInPlace(x, gate, w_down, norm.xn);
+}
+
+absl::Status Backend::RmsNormFeedForward(Tensor x, const RowNorm& norm, Tensor w_gate, Tensor w_up,
+                                         Tensor w_down, Tensor gate, Tensor up) {
+  RETURN_IF_ERROR(CheckRmsNormFeedForward(x, norm, w_gate, w_up, w_down, gate, up));
+  RETURN_IF_ERROR(RmsNormLinearSwiGlu(gate, x, norm, w_gate, w_up, up));
+  return LinearAddInPlace(x, gate, w_down, norm.xn);
+}
+
 void DeviceBuffer::Release() {
   if (backend_ != nullptr && data_ != nullptr) backend_->Free(data_);
   backend_ = nullptr;

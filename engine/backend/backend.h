@@ -223,6 +223,14 @@ class Backend {
                                          const RowNorm& norm);
   virtual absl::Status RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm, Tensor w_gate,
                                            Tensor w_up, Tensor scratch);
+  // A layer's whole feed-forward block, x += SwiGlu(RmsNorm(x) w_gate^T,
+  // RmsNorm(x) w_up^T) w_down^T: RmsNormLinearSwiGlu(gate, x, norm, w_gate,
+  // w_up, up), then LinearAddInPlace(x, gate, w_down, norm.xn). gate, up:
+  // [T, F]; w_down: [D, F]. A backend may keep the intermediate products in
+  // its own precision between the three products (gate's contents are then
+  // undefined afterwards, as up's and norm.xn's are).
+  virtual absl::Status RmsNormFeedForward(Tensor x, const RowNorm& norm, Tensor w_gate,
+                                          Tensor w_up, Tensor w_down, Tensor gate, Tensor up);
 
   // --- step graphs (optional) ---
   // A forward step may be bracketed by BeginStep / EndStep(launch). Inside the
@@ -283,6 +291,9 @@ class Backend {
                                              const RowNorm& norm);
   static absl::Status CheckRmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm,
                                                Tensor w_gate, Tensor w_up, Tensor scratch);
+  // Those of both of RmsNormFeedForward's steps, before either runs.
+  static absl::Status CheckRmsNormFeedForward(Tensor x, const RowNorm& norm, Tensor w_gate,
+                                              Tensor w_up, Tensor w_down, Tensor gate, Tensor up);
 };
 
 }  // namespace longctx

@@ -386,9 +386,8 @@ absl::Status LlamaModel::RunLayers(std::span<const StepItem> items, int64_t tota
     // Residual updates and the gated FFN as fused products (xn and up are
     // their scratch where a backend composes them from separate ops).
     RETURN_IF_ERROR(b.LinearAddInPlace(x, attn, L.wo, xn));
-    RETURN_IF_ERROR(
-        b.RmsNormLinearSwiGlu(gate, x, RowNorm{L.ffn_norm, c.rms_eps, xn}, L.w_gate, L.w_up, up));
-    RETURN_IF_ERROR(b.LinearAddInPlace(x, gate, L.w_down, xn));
+    RETURN_IF_ERROR(b.RmsNormFeedForward(x, RowNorm{L.ffn_norm, c.rms_eps, xn}, L.w_gate, L.w_up,
+                                         L.w_down, gate, up));
   }
   return absl::OkStatus();
 }

@@ -27,6 +27,29 @@ __device__ __forceinline__ float ToF32<bf16>(bf16 v) {
   return __bfloat162float(v);
 }
 
+template <typename Out>
+__device__ __forceinline__ Out FromF32(float v);
+template <>
+__device__ __forceinline__ float FromF32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ bf16 FromF32<bf16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Four consecutive values at `out` (16-byte aligned floats, 8-byte aligned bf16).
+__device__ __forceinline__ void Store4(float* out, float4 v) {
+  *reinterpret_cast<float4*>(out) = v;
+}
+__device__ __forceinline__ void Store4(bf16* out, float4 v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 u;
+  u.x = *reinterpret_cast<const uint32_t*>(&lo);
+  u.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(out) = u;
+}
+
 __global__ void F32ToBf16Kernel(bf16* out, const float* in, int64_t n) {
   BeginAfterPredecessor();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
@@ -69,8 +92,8 @@ __global__ void EmbeddingKernel(float* out, const T* table, const int32_t* ids, 
 // One block per row; sum of squares in f32 with a block tree reduction. The
 // general form, for rows whose width is not a multiple of 4 or that are not
 // 16-byte aligned.
-template <typename T>
-__global__ void RmsNormKernel(float* out, const float* x, const T* w, int D, float eps) {
+template <typename T, typename Out>
+__global__ void RmsNormKernel(Out* out, const float* x, const T* w, int D, float eps) {
   BeginAfterPredecessor();
   __shared__ float partial[kThreads / 32];
   const int t = blockIdx.x;
@@ -84,8 +107,10 @@ __global__ void RmsNormKernel(float* out, const float* x, const T* w, int D, flo
 #pragma unroll
   for (int i = 0; i < kThreads / 32; ++i) total += partial[i];
   const float inv = rsqrtf(total / D + eps);
-  float* orow = out + int64_t{t} * D;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) orow[i] = xr[i] * inv * ToF32(w[i]);
+  Out* orow = out + int64_t{t} * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    orow[i] = FromF32<Out>(xr[i] * inv * ToF32(w[i]));
+  }
 }
 
 // Four consecutive weights as floats.
@@ -103,9 +128,9 @@ __device__ __forceinline__ float4 Load4(const bf16* w) {
 // loads in flight together (a decode step's single row is a chain of dependent
 // loads in the general kernel, ~15 us for 4096 floats).
 constexpr int kRmsMaxThreads = 1024;
-template <typename T, int kVec>
+template <typename T, typename Out, int kVec>
 __global__ void __launch_bounds__(kRmsMaxThreads)
-    RmsNormVecKernel(float* out, const float* x, const T* w, int D, float eps) {
+    RmsNormVecKernel(Out* out, const float* x, const T* w, int D, float eps) {
   BeginAfterPredecessor();
   __shared__ float partial[kRmsMaxThreads / 32];
   const int n4 = D / 4;
@@ -124,35 +149,35 @@ __global__ void __launch_bounds__(kRmsMaxThreads)
   float total = 0.f;
   for (int i = 0; i < static_cast<int>(blockDim.x / 32); ++i) total += partial[i];
   const float inv = rsqrtf(total / D + eps);
-  float4* orow = reinterpret_cast<float4*>(out + int64_t{blockIdx.x} * D);
+  Out* orow = out + int64_t{blockIdx.x} * D;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     const int i = threadIdx.x + k * blockDim.x;
     if (i < n4) {
       const float4 g = Load4(w + 4 * i);
-      orow[i] = make_float4(v[k].x * inv * g.x, v[k].y * inv * g.y, v[k].z * inv * g.z,
-                            v[k].w * inv * g.w);
+      Store4(orow + 4 * i, make_float4(v[k].x * inv * g.x, v[k].y * inv * g.y,
+                                       v[k].z * inv * g.z, v[k].w * inv * g.w));
     }
   }
 }
 
-template <typename T>
-cudaError_t LaunchRmsNorm(float* out, const float* x, const T* w, int T_rows, int D, float eps,
+template <typename T, typename Out>
+cudaError_t LaunchRmsNorm(Out* out, const float* x, const T* w, int T_rows, int D, float eps,
                           cudaStream_t stream) {
   const bool aligned = D % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(out) % (4 * sizeof(Out)) == 0 &&
                        reinterpret_cast<uintptr_t>(w) % (4 * sizeof(T)) == 0;
   const int n4 = D / 4;
   const int threads = std::min(kRmsMaxThreads, (n4 + 31) / 32 * 32);
   const int vec = threads > 0 ? (n4 + threads - 1) / threads : 0;
   if (!aligned || vec > 4) {
-    LaunchAfter(RmsNormKernel<T>, T_rows, kThreads, 0, stream, out, x, w, D, eps);
+    LaunchAfter(RmsNormKernel<T, Out>, T_rows, kThreads, 0, stream, out, x, w, D, eps);
   } else if (vec == 1) {
-    LaunchAfter(RmsNormVecKernel<T, 1>, T_rows, threads, 0, stream, out, x, w, D, eps);
+    LaunchAfter(RmsNormVecKernel<T, Out, 1>, T_rows, threads, 0, stream, out, x, w, D, eps);
   } else if (vec == 2) {
-    LaunchAfter(RmsNormVecKernel<T, 2>, T_rows, threads, 0, stream, out, x, w, D, eps);
+    LaunchAfter(RmsNormVecKernel<T, Out, 2>, T_rows, threads, 0, stream, out, x, w, D, eps);
   } else {
-    LaunchAfter(RmsNormVecKernel<T, 4>, T_rows, threads, 0, stream, out, x, w, D, eps);
+    LaunchAfter(RmsNormVecKernel<T, Out, 4>, T_rows, threads, 0, stream, out, x, w, D, eps);
   }
   return cudaGetLastError();
 }
@@ -166,12 +191,13 @@ __global__ void AddBiasKernel(float* out, const T* bias, int64_t n, int N) {
   }
 }
 
-__global__ void SwiGluKernel(float* out, const float* gate, const float* up, int64_t n) {
+template <typename Out>
+__global__ void SwiGluKernel(Out* out, const float* gate, const float* up, int64_t n) {
   BeginAfterPredecessor();
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     const float g = gate[i];
-    out[i] = g / (1.f + expf(-g)) * up[i];
+    out[i] = FromF32<Out>(g / (1.f + expf(-g)) * up[i]);
   }
 }
 
@@ -418,6 +444,15 @@ cudaError_t RmsNorm(float* out, const float* x, const void* w, ElemType w_type, 
   return LaunchRmsNorm(out, x, static_cast<const float*>(w), T, D, eps, stream);
 }
 
+cudaError_t RmsNormToBf16(bf16* out, const float* x, const void* w, ElemType w_type, int T, int D,
+                          float eps, cudaStream_t stream) {
+  if (T == 0) return cudaSuccess;
+  if (w_type == ElemType::kBF16) {
+    return LaunchRmsNorm(out, x, static_cast<const bf16*>(w), T, D, eps, stream);
+  }
+  return LaunchRmsNorm(out, x, static_cast<const float*>(w), T, D, eps, stream);
+}
+
 cudaError_t AddBias(float* out, const void* bias, ElemType bias_type, int T, int N,
                     cudaStream_t stream) {
   const int64_t n = int64_t{T} * N;
@@ -436,7 +471,15 @@ cudaError_t SwiGlu(float* out, const float* gate, const float* up, int T, int F,
                    cudaStream_t stream) {
   const int64_t n = int64_t{T} * F;
   if (n == 0) return cudaSuccess;
-  LaunchAfter(SwiGluKernel, GridFor(n), kThreads, 0, stream, out, gate, up, n);
+  LaunchAfter(SwiGluKernel<float>, GridFor(n), kThreads, 0, stream, out, gate, up, n);
+  return cudaGetLastError();
+}
+
+cudaError_t SwiGluToBf16(bf16* out, const float* gate, const float* up, int T, int F,
+                         cudaStream_t stream) {
+  const int64_t n = int64_t{T} * F;
+  if (n == 0) return cudaSuccess;
+  LaunchAfter(SwiGluKernel<bf16>, GridFor(n), kThreads, 0, stream, out, gate, up, n);
   return cudaGetLastError();
 }
 

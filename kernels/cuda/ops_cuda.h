@@ -41,6 +41,13 @@ cudaError_t RmsNorm(float* out,      // [T, D] (may alias x)
                     const void* w,   // [D], w_type
                     ElemType w_type, int T, int D, float eps, cudaStream_t stream);
 
+// RmsNorm rounded to bf16 (round to nearest even): a cuBLAS GEMM's input
+// written at once, without the f32 rows and their conversion.
+cudaError_t RmsNormToBf16(bf16* out,      // [T, D], not overlapping x
+                          const float* x,  // [T, D]
+                          const void* w,   // [D], w_type
+                          ElemType w_type, int T, int D, float eps, cudaStream_t stream);
+
 // out[t, n] += bias[n]: the bias half of Linear when the product is a cuBLAS GEMM.
 cudaError_t AddBias(float* out,        // [T, N]
                     const void* bias,  // [N], bias_type
@@ -118,6 +125,12 @@ cudaError_t SwiGlu(float* out,         // [T, F] (may alias gate)
                    const float* gate,  // [T, F]
                    const float* up,    // [T, F]
                    int T, int F, cudaStream_t stream);
+
+// SwiGlu rounded to bf16: the down product's GEMM input, written at once.
+cudaError_t SwiGluToBf16(bf16* out,          // [T, F], not overlapping gate or up
+                         const float* gate,  // [T, F]
+                         const float* up,    // [T, F]
+                         int T, int F, cudaStream_t stream);
 
 cudaError_t AddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream);
 

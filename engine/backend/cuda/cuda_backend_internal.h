@@ -50,6 +50,7 @@ enum class OpId : uint64_t {
   kLinearSwiGlu,
   kLinearAdd,
   kGemmMany,
+  kFeedForward,
 };
 
 inline uint64_t U(const void* p) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p)); }
@@ -132,12 +133,21 @@ class CudaBackend final : public Backend {
                                  const RowNorm& norm) override;
   absl::Status RmsNormLinearSwiGlu(Tensor out, Tensor x, const RowNorm& norm, Tensor w_gate,
                                    Tensor w_up, Tensor scratch) override;
+  // Above kGemvMmaMaxT rows of bf16 weights (prefill): the norm written in bf16,
+  // the gate and up GEMMs, SwiGlu written in bf16 as the down GEMM's input,
+  // and that GEMM accumulating into x: no f32 copy of the normalised rows or
+  // of the SwiGlu product, and two launches fewer. Else the composition.
+  absl::Status RmsNormFeedForward(Tensor x, const RowNorm& norm, Tensor w_gate, Tensor w_up,
+                                  Tensor w_down, Tensor gate, Tensor up) override;
   // Products of bf16 weights with more rows than the few-row kernel takes,
   // through cuBLAS with x converted to bf16 once for all of them: out = x w^T
   // (+ bias), or out += x w^T with `accumulate` (the GEMM's beta, so no
-  // separate add). False for at most kGemvMaxT rows or a weight not in bf16:
-  // the caller composes the separate ops then.
-  absl::StatusOr<bool> GemmBf16Many(std::span<const LinearJob> jobs, Tensor x, bool accumulate);
+  // separate add). With `norm`, the products take RmsNorm(x) instead of x,
+  // written in bf16 by one kernel (no f32 rows of it, no conversion). False
+  // for at most kGemvMaxT rows or a weight not in bf16: the caller composes
+  // the separate ops then.
+  absl::StatusOr<bool> GemmBf16Many(std::span<const LinearJob> jobs, Tensor x, bool accumulate,
+                                    const RowNorm* norm = nullptr);
   // job.out (+)= x_bf16_[T, K] job.w^T (+ job.bias), bf16 weights, f32 out.
   absl::Status GemmBf16(const LinearJob& job, int T, int K, float beta);
 

@@ -1,5 +1,6 @@
 // The CUDA backend's products: the few-row (decode) kernels where they apply,
 // cuBLAS GEMMs otherwise, and the fused products built on them.
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -125,6 +126,10 @@ absl::Status CudaBackend::FusedLinearMany(std::span<const LinearJob> jobs, Tenso
   const std::optional<cuda::GemvParams> gemv =
       FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore, nullptr, norm);
   if (norm != nullptr && (!gemv.has_value() || !FoldNorm(*gemv))) {
+    if (!gemv.has_value()) {
+      ASSIGN_OR_RETURN(const bool done, GemmBf16Many(jobs, x, /*accumulate=*/false, norm));
+      if (done) return absl::OkStatus();
+    }
     RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
     return FusedLinearMany(jobs, norm->xn, nullptr);
   }
@@ -164,14 +169,17 @@ absl::Status CudaBackend::FusedLinearSwiGlu(Tensor out, Tensor x, const RowNorm*
   const LinearJob job{out, w_gate, nullptr};
   const std::optional<cuda::GemvParams> gemv =
       FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up, norm);
-  if (norm != nullptr && (!gemv.has_value() || !FoldNorm(*gemv))) {
-    RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
-    return FusedLinearSwiGlu(out, norm->xn, nullptr, w_gate, w_up, scratch);
-  }
-  if (!gemv.has_value()) {
-    const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
-    ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false));
-    return done ? SwiGlu(out, out, scratch) : Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
+  if (!gemv.has_value() || (norm != nullptr && !FoldNorm(*gemv))) {
+    if (!gemv.has_value()) {
+      const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
+      ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false, norm));
+      if (done) return SwiGlu(out, out, scratch);
+    }
+    if (norm != nullptr) {
+      RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
+      return FusedLinearSwiGlu(out, norm->xn, nullptr, w_gate, w_up, scratch);
+    }
+    return Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
   }
   Trace({U(OpId::kLinearSwiGlu), U(out.data), U(x.data), U(w_gate.data), U(w_up.data),
          static_cast<uint64_t>(gemv->T), static_cast<uint64_t>(w_gate.rows),
@@ -199,8 +207,33 @@ absl::Status CudaBackend::LinearAddInPlace(Tensor x, Tensor h, Tensor w, Tensor 
   return absl::OkStatus();
 }
 
+absl::Status CudaBackend::RmsNormFeedForward(Tensor x, const RowNorm& norm, Tensor w_gate,
+                                             Tensor w_up, Tensor w_down, Tensor gate, Tensor up) {
+  RETURN_IF_ERROR(CheckRmsNormFeedForward(x, norm, w_gate, w_up, w_down, gate, up));
+  const bool fused = x.rows > cuda::kGemvMmaMaxT && w_gate.dtype == DType::kBF16 &&
+                     w_up.dtype == DType::kBF16 && w_down.dtype == DType::kBF16 &&
+                     x.dtype == DType::kF32 && gate.dtype == DType::kF32 &&
+                     up.dtype == DType::kF32;
+  if (!fused) return Backend::RmsNormFeedForward(x, norm, w_gate, w_up, w_down, gate, up);
+  const int T = static_cast<int>(x.rows), F = static_cast<int>(gate.cols);
+  // x_bf16_ holds the normalised rows, then the SwiGlu product: sized for the
+  // larger before the first GEMM reads it.
+  RETURN_IF_ERROR(ReserveScratch(
+      x_bf16_, static_cast<size_t>(std::max(x.numel(), gate.numel())) * sizeof(cuda::bf16)));
+  const LinearJob both[2] = {{gate, w_gate, nullptr}, {up, w_up, nullptr}};
+  ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false, &norm));
+  if (!done) return Backend::RmsNormFeedForward(x, norm, w_gate, w_up, w_down, gate, up);
+  Trace({U(OpId::kFeedForward), U(x.data), U(gate.data), U(up.data), U(w_down.data),
+         static_cast<uint64_t>(T), static_cast<uint64_t>(F), U(x_bf16_.as<void>())});
+  if (Replaying()) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cuda::SwiGluToBf16(x_bf16_.as<cuda::bf16>(),
+                                          static_cast<const float*>(gate.data),
+                                          static_cast<const float*>(up.data), T, F, stream_));
+  return GemmBf16({x, w_down, nullptr}, T, F, 1.f);
+}
+
 absl::StatusOr<bool> CudaBackend::GemmBf16Many(std::span<const LinearJob> jobs, Tensor x,
-                                               bool accumulate) {
+                                               bool accumulate, const RowNorm* norm) {
   // Up to kGemvMaxT rows the separate products keep to the few-row kernel
   // (f32 activations) wherever it applies: no bf16 copy of x then.
   if (x.rows <= cuda::kGemvMaxT) return false;
@@ -211,14 +244,21 @@ absl::StatusOr<bool> CudaBackend::GemmBf16Many(std::span<const LinearJob> jobs, 
   RETURN_IF_ERROR(ReserveScratch(x_bf16_, static_cast<size_t>(x.numel()) * sizeof(cuda::bf16)));
   Trace({U(OpId::kGemmMany), U(x.data), U(x_bf16_.as<void>()), static_cast<uint64_t>(T),
          static_cast<uint64_t>(K), jobs.size(), static_cast<uint64_t>(accumulate)});
+  TraceNorm(norm);
   for (const LinearJob& j : jobs) {
     Trace({U(j.out.data), U(j.w.data), static_cast<uint64_t>(j.w.rows),
            U(j.bias != nullptr ? j.bias->data : nullptr),
            static_cast<uint64_t>(j.bias != nullptr ? j.bias->dtype : DType::kF32)});
   }
   if (Replaying()) return true;
-  CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
-      x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
+  if (norm != nullptr) {
+    CUDA_RETURN_IF_ERROR(cuda::RmsNormToBf16(x_bf16_.as<cuda::bf16>(),
+                                             static_cast<const float*>(x.data), norm->w.data,
+                                             ElemOf(norm->w.dtype), T, K, norm->eps, stream_));
+  } else {
+    CUDA_RETURN_IF_ERROR(cuda::ConvertF32ToBf16(
+        x_bf16_.as<cuda::bf16>(), static_cast<const float*>(x.data), x.numel(), stream_));
+  }
   for (const LinearJob& j : jobs) RETURN_IF_ERROR(GemmBf16(j, T, K, accumulate ? 1.f : 0.f));
   return true;
 }

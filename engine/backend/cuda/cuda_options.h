@@ -27,6 +27,21 @@ enum class CudaAttentionKernels {
   kAutoWgmmaOverlapped,
 };
 
+// The choice a tool's --prefill_kernel flag names: "auto" (the default
+// kernels), "wgmma-overlapped" or "mma.sync"; false for any other name.
+inline bool PrefillKernelsByName(const std::string& name, CudaAttentionKernels* kernels) {
+  if (name == "auto") {
+    *kernels = CudaAttentionKernels::kAuto;
+  } else if (name == "wgmma-overlapped") {
+    *kernels = CudaAttentionKernels::kAutoWgmmaOverlapped;
+  } else if (name == "mma.sync") {
+    *kernels = CudaAttentionKernels::kAutoMmaSync;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 // Whether the backend picks the kernel per sequence (kAuto and its variants).
 inline bool AutomaticKernels(CudaAttentionKernels k) {
   return k == CudaAttentionKernels::kAuto || k == CudaAttentionKernels::kAutoMmaSync ||
