@@ -22,10 +22,11 @@
 // Overlapped, blocks run longest key range first across all heads (the work
 // list is sorted so, and a block's head is the fastest-moving part of its
 // index), so the short tiles fill the grid's tail. The serial schedule is the
-// one measured on H100 and H200 (docs/benchmarks.md) and the default; the
-// overlapped one is selected by CudaAttentionKernels::kAutoWgmmaOverlapped
-// until it has been measured. Built for sm_90a only; elsewhere the kernel
-// traps and DcaWgmmaSupported says no.
+// default. The overlapped one (CudaAttentionKernels::kAutoWgmmaOverlapped) was
+// faster on an H100 but gave wrong partials with held key runs (D 128) and
+// non-finite rows in one plain 4097-token D 64 prefill (docs/cuda.md), so it
+// stays opt-in until that is found. Built for sm_90a only; elsewhere the
+// kernel traps and DcaWgmmaSupported says no.
 #include "kernels/cuda/dca_prefill_common.cuh"
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/ops_cuda.h"

@@ -243,6 +243,9 @@ def main():
         t0 = time.time()
         if key == "default":
             model, label = load_default(args.gguf, max_len)
+        elif key == "smollm2-135m":
+            model = random_llama(SMOLLM2_135M, max_len)
+            label = "SmolLM2-135M shape, random weights"
         elif key == "llama2-7b":
             model = random_llama(LLAMA2_7B, max_len)
             label = "Llama-2-7B shape, random weights"

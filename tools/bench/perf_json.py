@@ -7,7 +7,8 @@ longctx-attention-bench ("backend=... prefill_kernel=..."),
 hf_transformers_bench.py ("device=... transformers=...") and attention_sdpa.py
 ("device=... cudnn=..."). A file may hold several outputs one after another.
 A longctx-bench output is paired with the transformers model "llama2-7b" when
-its file name contains "7b", with "default" otherwise. Rows:
+its file name contains "7b", with "smollm2-135m" when it ran the synthetic
+SmolLM2-135M shape, with "default" otherwise. Rows:
 
   prefill                 end-to-end prefill tok/s of one session (batch 1),
                           longctx-bench against transformers (sdpa, bf16)
@@ -208,6 +209,18 @@ def attention_rows(lc_outs, sdpa_outs):
     return [r for r in rows if r["longctx"] is not None or r["baseline"] is not None]
 
 
+def transformers_key(stem, head):
+    """The hf_transformers_bench.py model a longctx-bench output is paired with:
+    "llama2-7b" for a file named so, "smollm2-135m" for the synthetic SmolLM2
+    shape (random weights on both sides), else "default" (the default model)."""
+    if "7b" in stem.lower():
+        return "llama2-7b"
+    name = model_name(head)
+    if "synthetic" in name and "SmolLM2-135M" in name:
+        return "smollm2-135m"
+    return "default"
+
+
 def collect(outdir):
     """Rows from every *.md file of outdir, and the software versions seen."""
     lc, attn, hf, sdpa, software = [], [], [], [], {}
@@ -216,7 +229,7 @@ def collect(outdir):
         with open(path, encoding="utf-8", errors="replace") as f:
             for out in outputs(f.read()):
                 if out["kind"] == "longctx_bench":
-                    lc.append(("llama2-7b" if "7b" in stem.lower() else "default", out))
+                    lc.append((transformers_key(stem, out["head"]), out))
                 elif out["kind"] == "attention_bench":
                     attn.append(out)
                 else:

@@ -129,6 +129,26 @@ class CurrentFormatTest(unittest.TestCase):
         self.assertEqual(perf_json.device_slug("NVIDIA GH200 480GB"), "gh200")
 
 
+class SyntheticShapeTest(unittest.TestCase):
+    """docs/gpu-logs/2026-12-08-h100-prefill: longctx-bench on the synthetic
+    SmolLM2-135M shape (lc_new.md) against transformers on the same shape with
+    random weights (hf.md, model key smollm2-135m)."""
+
+    def test_pairs_with_the_same_shape(self):
+        run = os.path.join(ROOT, "docs", "gpu-logs", "2026-12-08-h100-prefill")
+        with tempfile.TemporaryDirectory() as d:
+            for name in ("lc_new.md", "hf.md"):
+                with open(os.path.join(run, name), encoding="utf-8") as src, \
+                        open(os.path.join(d, name), "w", encoding="utf-8") as dst:
+                    dst.write(src.read())
+            rows, _ = perf_json.collect(d)
+        r = find(rows, bench="prefill", tokens=32768)
+        self.assertEqual(r["model"], "SmolLM2-135M shape (synthetic, random weights)")
+        self.assertEqual(r["longctx"], 188053.6)
+        self.assertEqual(r["baseline"], 247221.4)
+        self.assertEqual(r["baseline_name"], perf_json.HF_NAME)
+
+
 # The longctx values of testdata/prefill_compare/lc_default.md and attn_d64.md.
 LC_PREFILL = {512: 891.0, 1024: 846.2}
 ATTN_DCA_512 = 0.3
