@@ -41,6 +41,10 @@ class CudaGemvTest : public ::testing::Test {
     ASSERT_TRUE(b.ok()) << b.status();
     gpu_ = std::move(*b);
   }
+  // Random weights [rows, cols] of magnitude up to 0.05, rounded to bf16.
+  std::vector<float> Bf16Weights(int rows, int cols) {
+    return RoundBf16(RandomVec(static_cast<size_t>(rows) * cols, rng_, 0.05f));
+  }
   std::unique_ptr<Backend> gpu_;
   std::mt19937 rng_{99};
 };
@@ -202,9 +206,7 @@ TEST_F(CudaGemvTest, RmsNormFusedProductsMatchNormThenProduct) {
                         {4096, 1100, 1536, {1, 8}}};
   for (const Case& cs : cases) {
     const int K = cs.K, N = cs.N, F = cs.F;
-    const std::vector<float> w = RoundBf16(RandomVec(static_cast<size_t>(N) * K, rng_, 0.05f));
-    const std::vector<float> wg = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
-    const std::vector<float> wu = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
+    const std::vector<float> w = Bf16Weights(N, K), wg = Bf16Weights(F, K), wu = Bf16Weights(F, K);
     const std::vector<float> g = RoundBf16(RandomVec(K, rng_));
     auto wt = MakeTensor(gpu_.get(), DType::kBF16, N, K, w);
     auto wgt = MakeTensor(gpu_.get(), DType::kBF16, F, K, wg);
@@ -272,9 +274,7 @@ TEST_F(CudaGemvTest, RmsNormFeedForwardMatchesReference) {
   const Case cases[] = {{576, 1536, {9, 64, 65, 200, 1024}}, {522, 256, {65, 130}}};
   for (const Case& cs : cases) {
     const int K = cs.K, F = cs.F;
-    const std::vector<float> wg = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
-    const std::vector<float> wu = RoundBf16(RandomVec(static_cast<size_t>(F) * K, rng_, 0.05f));
-    const std::vector<float> wd = RoundBf16(RandomVec(static_cast<size_t>(K) * F, rng_, 0.05f));
+    const std::vector<float> wg = Bf16Weights(F, K), wu = Bf16Weights(F, K), wd = Bf16Weights(K, F);
     const std::vector<float> g = RoundBf16(RandomVec(K, rng_));
     auto wgt = MakeTensor(gpu_.get(), DType::kBF16, F, K, wg);
     auto wut = MakeTensor(gpu_.get(), DType::kBF16, F, K, wu);

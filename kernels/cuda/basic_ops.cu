@@ -27,15 +27,14 @@ __device__ __forceinline__ float ToF32<bf16>(bf16 v) {
   return __bfloat162float(v);
 }
 
+// v as Out (float or bf16, rounded to nearest even).
 template <typename Out>
-__device__ __forceinline__ Out FromF32(float v);
-template <>
-__device__ __forceinline__ float FromF32<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ bf16 FromF32<bf16>(float v) {
-  return __float2bfloat16_rn(v);
+__device__ __forceinline__ Out FromF32(float v) {
+  if constexpr (std::is_same_v<Out, bf16>) {
+    return __float2bfloat16_rn(v);
+  } else {
+    return v;
+  }
 }
 
 // Four consecutive values at `out` (16-byte aligned floats, 8-byte aligned bf16).
@@ -435,8 +434,12 @@ cudaError_t Embedding(float* out, const void* table, ElemType table_type, const 
   return cudaGetLastError();
 }
 
-cudaError_t RmsNorm(float* out, const float* x, const void* w, ElemType w_type, int T, int D,
-                    float eps, cudaStream_t stream) {
+namespace {
+
+// RmsNorm and SwiGlu written as Out (f32, or bf16 for a GEMM's input).
+template <typename Out>
+cudaError_t RmsNormAs(Out* out, const float* x, const void* w, ElemType w_type, int T, int D,
+                      float eps, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   if (w_type == ElemType::kBF16) {
     return LaunchRmsNorm(out, x, static_cast<const bf16*>(w), T, D, eps, stream);
@@ -444,13 +447,25 @@ cudaError_t RmsNorm(float* out, const float* x, const void* w, ElemType w_type, 
   return LaunchRmsNorm(out, x, static_cast<const float*>(w), T, D, eps, stream);
 }
 
+template <typename Out>
+cudaError_t SwiGluAs(Out* out, const float* gate, const float* up, int T, int F,
+                     cudaStream_t stream) {
+  const int64_t n = int64_t{T} * F;
+  if (n == 0) return cudaSuccess;
+  LaunchAfter(SwiGluKernel<Out>, GridFor(n), kThreads, 0, stream, out, gate, up, n);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t RmsNorm(float* out, const float* x, const void* w, ElemType w_type, int T, int D,
+                    float eps, cudaStream_t stream) {
+  return RmsNormAs(out, x, w, w_type, T, D, eps, stream);
+}
+
 cudaError_t RmsNormToBf16(bf16* out, const float* x, const void* w, ElemType w_type, int T, int D,
                           float eps, cudaStream_t stream) {
-  if (T == 0) return cudaSuccess;
-  if (w_type == ElemType::kBF16) {
-    return LaunchRmsNorm(out, x, static_cast<const bf16*>(w), T, D, eps, stream);
-  }
-  return LaunchRmsNorm(out, x, static_cast<const float*>(w), T, D, eps, stream);
+  return RmsNormAs(out, x, w, w_type, T, D, eps, stream);
 }
 
 cudaError_t AddBias(float* out, const void* bias, ElemType bias_type, int T, int N,
@@ -469,18 +484,12 @@ cudaError_t AddBias(float* out, const void* bias, ElemType bias_type, int T, int
 
 cudaError_t SwiGlu(float* out, const float* gate, const float* up, int T, int F,
                    cudaStream_t stream) {
-  const int64_t n = int64_t{T} * F;
-  if (n == 0) return cudaSuccess;
-  LaunchAfter(SwiGluKernel<float>, GridFor(n), kThreads, 0, stream, out, gate, up, n);
-  return cudaGetLastError();
+  return SwiGluAs(out, gate, up, T, F, stream);
 }
 
 cudaError_t SwiGluToBf16(bf16* out, const float* gate, const float* up, int T, int F,
                          cudaStream_t stream) {
-  const int64_t n = int64_t{T} * F;
-  if (n == 0) return cudaSuccess;
-  LaunchAfter(SwiGluKernel<bf16>, GridFor(n), kThreads, 0, stream, out, gate, up, n);
-  return cudaGetLastError();
+  return SwiGluAs(out, gate, up, T, F, stream);
 }
 
 cudaError_t AddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream) {
