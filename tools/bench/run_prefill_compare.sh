@@ -10,6 +10,14 @@
 #
 #   tools/bench/run_prefill_compare.sh BUNDLE OUTDIR [MODEL]
 #
+# MODEL "synthetic" runs the default model's shape with random weights on both
+# sides (longctx-bench --model=synthetic:smollm2-135m, transformers
+# --models smollm2-135m) where the model file is not on the machine; the
+# ingest phase, which needs its tokenizer, is skipped then. PREV_BENCH names a
+# longctx-bench of an earlier build: the phase lc_prev runs it and the
+# bundle's, alternately, twice each, on the default model (prefill and decode
+# of the same call; logs only, prev_*.txt, not in the JSON).
+#
 # BUNDLE: longctx-bench and longctx-attention-bench of the CUDA build, packed
 # here with tools/dist/pack_bundle.sh (which writes env.sh and the commit the
 # binaries were built from), and the wheel of the `gguf` package, which
@@ -115,15 +123,29 @@ for shape in "128 32 8" "64 9 3"; do
     --heads "$H" --kv-heads "$KV" --head-dim "$D" --reps "$attn_reps"
 done
 
-phase lc_default "$(cap 90)" longctx-bench --backend=cuda --model="$model" --lengths=$lengths \
+lc_model=$model hf_model=default hf_gguf=(--gguf "$model")
+if [[ $model == synthetic ]]; then
+  lc_model=synthetic:smollm2-135m hf_model=smollm2-135m hf_gguf=()
+fi
+phase lc_default "$(cap 90)" longctx-bench --backend=cuda --model="$lc_model" --lengths=$lengths \
   --batch=1 --decode="$decode" --chunk=8192 --graphs=on --repeats="$repeats"
+if [[ -n ${PREV_BENCH:-} ]]; then
+  # The earlier build ($0), then this one, twice.
+  # shellcheck disable=SC2016
+  phase lc_prev "$(cap 120)" bash -c 'for round in 1 2; do for bin in "$0" longctx-bench; do
+      echo "## $bin, round $round"; "$bin" "$@"; done; done' "$PREV_BENCH" --backend=cuda \
+    --model="$lc_model" --lengths=$lengths --batch=1 --decode="$decode" --chunk=8192 \
+    --graphs=on --repeats="$repeats" --copy_mib=0
+  [[ -f $out/lc_prev.md ]] && mv "$out/lc_prev.md" "$out/prev_lc_default.txt"
+fi
 phase lc_7b "$(cap 100)" longctx-bench --backend=cuda --model=synthetic:llama2-7b \
   --lengths=8192,32768 --batch=1 --decode="$decode" --chunk=8192 --graphs=on --repeats="$repeats"
 
 # A ~128k-token document through longctxd's Ingest against the engine's own
 # prefill (tools/bench/ingest_bench.py), where the bundle has the server and
 # DOCUMENT names a text file of at least 540 kB.
-if [[ -x $bundle/bin/longctxd && -x $bundle/bin/longctx-loadgen && -n ${DOCUMENT:-} ]]; then
+if [[ -x $bundle/bin/longctxd && -x $bundle/bin/longctx-loadgen && -n ${DOCUMENT:-} &&
+  $model != synthetic ]]; then
   phase ingest "$(cap 170)" python3 "$bench_dir/ingest_bench.py" --bin="$bundle/bin" \
     --model="$model" --backend=cuda --document="$DOCUMENT" --doc_bytes=540000 \
     --segment_bytes=2048,32768 --rounds=2 --commit="$commit" --out="$out/ingest.json"
@@ -132,8 +154,8 @@ fi
 # The transformers script stops starting lengths 45 s before its limit, so its
 # table is printed even when a length is slow.
 limit=$(cap 150)
-phase hf_default "$limit" python3 "$bench_dir/hf_transformers_bench.py" --gguf "$model" \
-  --models default --lengths $lengths --decode "$decode" --repeats "$repeats" \
+phase hf_default "$limit" python3 "$bench_dir/hf_transformers_bench.py" "${hf_gguf[@]}" \
+  --models "$hf_model" --lengths $lengths --decode "$decode" --repeats "$repeats" \
   --time-budget $((limit - 45))
 limit=$(cap 150)
 phase hf_7b "$limit" python3 "$bench_dir/hf_transformers_bench.py" --models llama2-7b \
