@@ -154,7 +154,7 @@ int Run() {
   const std::string prefill_kernel = absl::GetFlag(FLAGS_prefill_kernel);
   CudaAttentionKernels kernels = CudaAttentionKernels::kAuto;
   if (!PrefillKernelsByName(prefill_kernel, &kernels)) {
-    return std::fprintf(stderr, "--prefill_kernel: auto, wgmma-overlapped or mma.sync\n"), 2;
+    return std::fprintf(stderr, "--prefill_kernel: %s\n", kPrefillKernelNames), 2;
   }
   if (kernels != CudaAttentionKernels::kAuto) {
 #ifdef LONGCTX_WITH_CUDA

@@ -169,7 +169,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(BackendKind kind) {
     CudaBackendOptions options;
     options.dependent_launch = absl::GetFlag(FLAGS_dependent_launch);
     if (!PrefillKernelsByName(absl::GetFlag(FLAGS_prefill_kernel), &options.attention)) {
-      return absl::InvalidArgumentError("--prefill_kernel: auto, wgmma-overlapped or mma.sync");
+      return absl::InvalidArgumentError(absl::StrCat("--prefill_kernel: ", kPrefillKernelNames));
     }
     return CreateCudaBackend(options);
   }

@@ -125,17 +125,16 @@ absl::Status CudaBackend::FusedLinearMany(std::span<const LinearJob> jobs, Tenso
   for (const LinearJob& j : jobs) RETURN_IF_ERROR(RequireF32(j.out, "LinearMany", "out"));
   const std::optional<cuda::GemvParams> gemv =
       FewRowGemv(jobs, x, cuda::GemvEpilogue::kStore, nullptr, norm);
+  // No few-row kernel: cuBLAS (the norm written in bf16 for it), else the
+  // norm apart and then the separate products.
+  if (!gemv.has_value()) {
+    ASSIGN_OR_RETURN(const bool done, GemmBf16Many(jobs, x, /*accumulate=*/false, norm));
+    if (done) return absl::OkStatus();
+    if (norm == nullptr) return Backend::LinearMany(jobs, x);
+  }
   if (norm != nullptr && (!gemv.has_value() || !FoldNorm(*gemv))) {
-    if (!gemv.has_value()) {
-      ASSIGN_OR_RETURN(const bool done, GemmBf16Many(jobs, x, /*accumulate=*/false, norm));
-      if (done) return absl::OkStatus();
-    }
     RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
     return FusedLinearMany(jobs, norm->xn, nullptr);
-  }
-  if (!gemv.has_value()) {
-    ASSIGN_OR_RETURN(const bool done, GemmBf16Many(jobs, x, /*accumulate=*/false));
-    return done ? absl::OkStatus() : Backend::LinearMany(jobs, x);
   }
   Trace({U(OpId::kLinearMany), U(x.data), static_cast<uint64_t>(gemv->T),
          static_cast<uint64_t>(gemv->K), jobs.size()});
@@ -169,17 +168,16 @@ absl::Status CudaBackend::FusedLinearSwiGlu(Tensor out, Tensor x, const RowNorm*
   const LinearJob job{out, w_gate, nullptr};
   const std::optional<cuda::GemvParams> gemv =
       FewRowGemv({&job, 1}, x, cuda::GemvEpilogue::kSwiGlu, &w_up, norm);
-  if (!gemv.has_value() || (norm != nullptr && !FoldNorm(*gemv))) {
-    if (!gemv.has_value()) {
-      const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
-      ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false, norm));
-      if (done) return SwiGlu(out, out, scratch);
-    }
-    if (norm != nullptr) {
-      RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
-      return FusedLinearSwiGlu(out, norm->xn, nullptr, w_gate, w_up, scratch);
-    }
-    return Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
+  // As FusedLinearMany.
+  if (!gemv.has_value()) {
+    const LinearJob both[2] = {{out, w_gate, nullptr}, {scratch, w_up, nullptr}};
+    ASSIGN_OR_RETURN(const bool done, GemmBf16Many(both, x, /*accumulate=*/false, norm));
+    if (done) return SwiGlu(out, out, scratch);
+    if (norm == nullptr) return Backend::LinearSwiGlu(out, x, w_gate, w_up, scratch);
+  }
+  if (norm != nullptr && (!gemv.has_value() || !FoldNorm(*gemv))) {
+    RETURN_IF_ERROR(RmsNorm(norm->xn, x, norm->w, norm->eps));
+    return FusedLinearSwiGlu(out, norm->xn, nullptr, w_gate, w_up, scratch);
   }
   Trace({U(OpId::kLinearSwiGlu), U(out.data), U(x.data), U(w_gate.data), U(w_up.data),
          static_cast<uint64_t>(gemv->T), static_cast<uint64_t>(w_gate.rows),

@@ -27,8 +27,9 @@ enum class CudaAttentionKernels {
   kAutoWgmmaOverlapped,
 };
 
-// The choice a tool's --prefill_kernel flag names: "auto" (the default
-// kernels), "wgmma-overlapped" or "mma.sync"; false for any other name.
+// The choice a tool's --prefill_kernel flag names: one of kPrefillKernelNames;
+// false for any other name.
+inline constexpr char kPrefillKernelNames[] = "auto, wgmma-overlapped or mma.sync";
 inline bool PrefillKernelsByName(const std::string& name, CudaAttentionKernels* kernels) {
   if (name == "auto") {
     *kernels = CudaAttentionKernels::kAuto;
